@@ -1,0 +1,52 @@
+"""kiwi_jax: a JAX/Flax reimplementation of Kiwi-Edit.
+
+`pip install .` installs the JAX library only. torch and the PyTorch
+reference stack come with the `convert` extra (install torch==2.13.0 first,
+see requirements.txt).
+"""
+
+import setuptools
+
+CORE = [
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "grain>=0.2.18",
+    "tensorflow-datasets>=4.9.10",
+    "einops>=0.8",
+    "ml_collections>=1.1.0",
+    "numpy>=2.0",
+    "transformers>=5.0",  # tokenizer side only; no model classes are used
+    "tokenizers>=0.22",
+    "safetensors>=0.6",
+    "av>=14",
+    "pillow>=10",
+    "etils[epath]>=1.10",
+    "absl-py>=2.0",
+    "tqdm",
+    "pyyaml",
+]
+
+CONVERT = [
+    "torch==2.13.0",
+    "diffusers==0.42.1",
+    "accelerate==1.15.0",
+]
+
+setuptools.setup(
+    name="kiwi_jax",
+    version="0.1.0",
+    description="Kiwi-Edit (instruction and reference guided video editing) in JAX/Flax",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["kiwi_jax", "kiwi_jax.*", "converters", "converters.*", "configs"]),
+    py_modules=["train", "eval"],
+    install_requires=CORE,
+    extras_require={
+        "convert": CONVERT,
+        "dev": CONVERT + ["pytest", "pytest-xdist"],
+        "tb": ["tensorboardX"],
+        "wandb": ["wandb"],
+    },
+    entry_points={"console_scripts": []},
+)
