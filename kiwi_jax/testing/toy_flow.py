@@ -125,3 +125,45 @@ class ToyFlowTask:
     examples = int(np.shape(batch["target"])[0]) * jax.process_count()
     return {"examples": examples,
             "frames": examples * int(np.shape(batch["target"])[1])}
+
+
+def toy_batch(indices, num_examples: int = 16) -> dict[str, jax.Array]:
+  """A batch of the given toy examples (device arrays)."""
+  examples = toy_examples(num_examples)
+  return {k: jnp.asarray(np.stack([examples[i][k] for i in indices]))
+          for k in ("target", "source", "index")}
+
+
+def deterministic_toy_loss(model: ToyVelocityNet, batch: dict[str, Any],
+                           rng: jax.Array) -> tuple[jax.Array, dict]:
+  """A flow-matching loss at a fixed noise level with the source as noise:
+  no randomness, so k micro-batches and one big batch see the same data."""
+  del rng
+  size = batch["target"].shape[0]
+  timestep = jnp.full((size,), 500.0, jnp.bfloat16)
+  sigma = jnp.full((size,), 0.5)
+  noisy = flow_matching.add_noise(batch["target"], batch["source"], sigma)
+  prediction = model(noisy, timestep, sigma, batch["source"])
+  return flow_matching.weighted_mse(
+      prediction, flow_matching.velocity_target(batch["target"],
+                                                batch["source"])), {}
+
+
+def toy_training(opt_config, precision, *, mesh=None, loss_fn=None,
+                 trainable=(".*",), frozen=("^source_proj/",)):
+  """``(split, initial_state, train_step)`` for the toy model."""
+  from kiwi_jax.train_lib import optimizers, train_step
+  from kiwi_jax.train_lib.train_state import ModelSplit
+
+  def ctor():
+    return ToyVelocityNet(rngs=nnx.Rngs(0))
+
+  split = ModelSplit.build(ctor, trainable, frozen, mesh=mesh,
+                           precision=precision)
+  optimizer = optimizers.make_optimizer(opt_config)
+  state = train_step.init_train_state(ctor, split, optimizer, precision, 0,
+                                      mesh)
+  step = train_step.make_train_step(
+      split, loss_fn or ToyFlowTask().loss_fn, optimizer, opt_config,
+      precision, mesh=mesh)
+  return split, state, step

@@ -1,6 +1,5 @@
 """The jitted Euler loop against a numpy Euler loop on a linear field."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
