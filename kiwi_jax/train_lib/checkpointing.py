@@ -103,9 +103,9 @@ def restore(manager: ocp.CheckpointManager, step: int,
   """Restores step ``step`` into ``abstract_state``'s shardings; restores
   ``data_iter`` in place when given and saved."""
   items = {STATE: ocp.args.StandardRestore(_state_dict(abstract_state))}
-  saved = manager.item_metadata(step)
-  has_iter = saved is not None and DATA_ITER in saved and (
-      saved[DATA_ITER] is not None)
+  # item_metadata() knows no handler for the Grain item in a fresh process,
+  # so look for the item's directory (default step naming, see make_manager).
+  has_iter = (epath.Path(manager.directory) / str(step) / DATA_ITER).exists()
   if data_iter is not None and has_iter:
     items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
   elif data_iter is not None:

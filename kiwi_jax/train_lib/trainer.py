@@ -114,7 +114,7 @@ def _write_config(workdir: epath.Path, config: Any) -> None:
   data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   tmp = workdir / ".config.json.tmp"
   tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-  tmp.rename(workdir / "config.json")
+  tmp.replace(workdir / "config.json")  # atomic, overwrites on restart
 
 
 def _batch_counts(task: Task, batch: Any) -> dict[str, int]:
@@ -225,6 +225,7 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
         guard.check()
         writer.write_scalars(step, {**jax.device_get(metrics),
                                     **reporter.report(step)})
+        writer.flush()  # a killed run keeps what it logged
       preempted = manager.reached_preemption(step)
       if last or preempted or manager.should_save(step):
         guard.check()  # never save a state that went non-finite
