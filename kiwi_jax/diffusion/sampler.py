@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 from kiwi_jax.diffusion import schedules
@@ -60,8 +61,11 @@ class SamplingPlan:
     schedule = schedules.get_schedule(schedule)
     sigmas = schedule.sigmas(num_steps, denoising_strength)
     timesteps = schedule.timesteps(num_steps, denoising_strength)
-    model_timesteps = np.asarray(schedules.to_bf16(timesteps))
-    index = np.asarray(schedules.nearest_index(timesteps, model_timesteps))
+    # Host numpy (ml_dtypes bf16), the same rounding and argmin as on device.
+    model_timesteps = timesteps.astype(ml_dtypes.bfloat16)
+    distance = np.abs(timesteps[None, :] -
+                      model_timesteps.astype(np.float32)[:, None])
+    index = np.argmin(distance, axis=-1)
     # The last step goes to sigma 0 (1 only for inverse/reversed schedules,
     # which Kiwi-Edit does not use).
     next_sigmas = np.append(sigmas[1:], np.float32(0)).astype(np.float32)
@@ -155,8 +159,14 @@ def euler_loop(
 
 @functools.partial(jax.jit, static_argnames=("velocity_fn",
                                              "guidance_scale"))
-def _jitted_loop(velocity_fn, latents, plan, operands, guidance_scale,
-                 uncond_operands):
+def _jitted_sample(velocity_fn, noise, clean_latents, plan, operands,
+                   guidance_scale, uncond_operands):
+  latents = noise
+  if clean_latents is not None:
+    # The reference's add_noise at timesteps[0], i.e. sigmas[0].
+    sigma = plan.sigmas[0]
+    latents = ((1 - sigma) * clean_latents.astype(jnp.float32) +
+               sigma * noise.astype(jnp.float32)).astype(noise.dtype)
   return euler_loop(velocity_fn, latents, plan, operands,
                     guidance_scale=guidance_scale,
                     uncond_operands=uncond_operands)
@@ -191,16 +201,12 @@ def sample(
   Returns:
     Denoised latents, same shape and dtype as ``noise``.
   """
-  plan = SamplingPlan.build(num_steps, schedule, denoising_strength)
-  latents = noise
-  if clean_latents is not None:
-    sigma = jnp.float32(plan.sigmas[0])
-    latents = ((1 - sigma) * clean_latents.astype(jnp.float32) +
-               sigma * noise.astype(jnp.float32)).astype(noise.dtype)
-  elif denoising_strength < 1.0:
+  if denoising_strength < 1.0 and clean_latents is None:
     raise ValueError("denoising_strength < 1 needs clean_latents.")
-  return _jitted_loop(velocity_fn, latents, plan,
-                      tuple(operands), guidance_scale,
-                      None if uncond_operands is None else
-                      tuple(uncond_operands))
-
+  # Explicit transfer: works under jax_transfer_guard("disallow").
+  plan = jax.device_put(
+      SamplingPlan.build(num_steps, schedule, denoising_strength))
+  return _jitted_sample(velocity_fn, noise, clean_latents, plan,
+                        tuple(operands), guidance_scale,
+                        None if uncond_operands is None else
+                        tuple(uncond_operands))

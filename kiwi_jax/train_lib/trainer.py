@@ -125,6 +125,20 @@ def _batch_counts(task: Task, batch: Any) -> dict[str, int]:
   return {"examples": int(np.shape(leading)[0]) * jax.process_count()}
 
 
+def _run_hooks(task: Task, split: ModelSplit, state: TrainState, step: int,
+               writer: Any, last: bool, sample_every: int,
+               eval_every: int) -> None:
+  """Sample edits and evaluation every N steps (and at the end)."""
+  due = lambda every: every and (step % every == 0 or last)  # noqa: E731
+  model = None
+  if due(sample_every) and hasattr(task, "sample"):
+    model = split.merge(state.params, state.frozen)
+    task.sample(model, step, writer)
+  if due(eval_every) and hasattr(task, "evaluate"):
+    model = model or split.merge(state.params, state.frozen)
+    writer.write_scalars(step, task.evaluate(model, step))
+
+
 def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
                        task: Task) -> TrainState:
   """Trains ``task`` as ``config`` says, writing to ``workdir``.
@@ -162,48 +176,52 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
   def model_ctor():
     return task.build_model(nnx.Rngs(seed))
 
-  progress.note("Building the model abstractly and its shardings.")
-  split = ModelSplit.build(model_ctor, task.trainable, task.frozen,
-                           mesh=mesh, rules=rules, precision=precision)
-  abstract = train_step.abstract_train_state(split, optimizer, mesh)
-  logger.info("Trainable parameters: %d tensors, %d values",
-              len(split.trainable_names()),
-              sum(int(np.prod(x.shape)) for x in
-                  jax.tree.leaves(split.abstract_params)))
+  # Set-up may move host values to devices implicitly (optimiser init,
+  # restores); train.py may forbid that with jax_transfer_guard, which
+  # then still guards the training loop itself.
+  with jax.transfer_guard("allow"):
+    progress.note("Building the model abstractly and its shardings.")
+    split = ModelSplit.build(model_ctor, task.trainable, task.frozen,
+                             mesh=mesh, rules=rules, precision=precision)
+    abstract = train_step.abstract_train_state(split, optimizer, mesh)
+    logger.info("Trainable parameters: %d tensors, %d values",
+                len(split.trainable_names()),
+                sum(int(np.prod(x.shape)) for x in
+                    jax.tree.leaves(split.abstract_params)))
 
-  data_iter = task.train_iterator(jax.process_index(), jax.process_count())
-  manager = checkpointing.make_manager(
-      workdir / "checkpoints",
-      checkpointing.CheckpointConfig.from_mapping(
-          _get(config, "checkpoint", {})))
-  progress.note("Restoring or initialising the train state.")
-  state, source = checkpointing.restore_or_initialize(
-      manager, abstract,
-      init_from_scratch=lambda: train_step.init_train_state(
-          model_ctor, split, optimizer, precision, seed, mesh, rules),
-      init_from_weights=lambda p, f: train_step.state_from_weights(
-          p, f, split, optimizer, seed, mesh),
-      split=split, data_iter=data_iter,
-      resume=_get(config, "resume", None) or None,
-      model_init=_get(config, "model_init", None) or None,
-      load_weights=getattr(task, "load_weights", None))
-  step = int(jax.device_get(state.step))
-  progress.note(f"Starting at step {step} of {total_steps} from {source}.")
+    data_iter = task.train_iterator(jax.process_index(), jax.process_count())
+    manager = checkpointing.make_manager(
+        workdir / "checkpoints",
+        checkpointing.CheckpointConfig.from_mapping(
+            _get(config, "checkpoint", {})))
+    progress.note("Restoring or initialising the train state.")
+    state, source = checkpointing.restore_or_initialize(
+        manager, abstract,
+        init_from_scratch=lambda: train_step.init_train_state(
+            model_ctor, split, optimizer, precision, seed, mesh, rules),
+        init_from_weights=lambda p, f: train_step.state_from_weights(
+            p, f, split, optimizer, seed, mesh),
+        split=split, data_iter=data_iter,
+        resume=_get(config, "resume", None) or None,
+        model_init=_get(config, "model_init", None) or None,
+        load_weights=getattr(task, "load_weights", None))
+    step = int(jax.device_get(state.step))
+    progress.note(f"Starting at step {step} of {total_steps} from {source}.")
 
-  step_fn = train_step.make_train_step(split, task.loss_fn, optimizer,
-                                       opt_config, precision, mesh=mesh,
-                                       rules=rules)
-  reporter = progress.ReportProgress(
-      total_steps, num_chips=jax.device_count(),
-      flops_per_step=getattr(task, "flops_per_step", None),
-      peak_flops_per_chip=_get(config, "peak_flops_per_chip", None),
-      first_step=step)
-  profiler = profiling.Profiler.from_config(_get(config, "profile", {}),
-                                            workdir)
-  guard = _FiniteGuard(step)
-  sample_every = int(_get(config, "sample_every", 0))
-  eval_every = int(_get(config, "eval_every", 0))
-  first_step = step
+    step_fn = train_step.make_train_step(split, task.loss_fn, optimizer,
+                                         opt_config, precision, mesh=mesh,
+                                         rules=rules)
+    reporter = progress.ReportProgress(
+        total_steps, num_chips=jax.device_count(),
+        flops_per_step=getattr(task, "flops_per_step", None),
+        peak_flops_per_chip=_get(config, "peak_flops_per_chip", None),
+        first_step=step)
+    profiler = profiling.Profiler.from_config(_get(config, "profile", {}),
+                                              workdir)
+    guard = _FiniteGuard(step)
+    sample_every = int(_get(config, "sample_every", 0))
+    eval_every = int(_get(config, "eval_every", 0))
+    first_step = step
 
   try:
     while step < total_steps:
@@ -236,15 +254,9 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
           manager.wait_until_finished()
           progress.note(f"Preempted: saved step {step}; exiting.")
           break
-      hook_model = None
-      if sample_every and (step % sample_every == 0 or last) and hasattr(
-          task, "sample"):
-        hook_model = split.merge(state.params, state.frozen)
-        task.sample(hook_model, step, writer)
-      if eval_every and (step % eval_every == 0 or last) and hasattr(
-          task, "evaluate"):
-        hook_model = hook_model or split.merge(state.params, state.frozen)
-        writer.write_scalars(step, task.evaluate(hook_model, step))
+      with jax.transfer_guard("allow"):  # task code, outside the hot loop
+        _run_hooks(task, split, state, step, writer, last, sample_every,
+                   eval_every)
   finally:
     profiler.stop()
     manager.wait_until_finished()

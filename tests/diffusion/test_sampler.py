@@ -93,3 +93,12 @@ def test_bf16_latents_and_partial_strength():
                              atol=1e-2)
   with pytest.raises(ValueError, match="clean_latents"):
     sampler.sample(zero_field, noise, num_steps=5, denoising_strength=0.5)
+
+
+def test_sampling_needs_no_implicit_transfers():
+  import jax
+  noise = sampler.initial_noise(3, (1, 2, 3), jnp.float32)
+  a, b = jnp.asarray(_A), jnp.asarray(_B)
+  with jax.transfer_guard("disallow"):
+    out = sampler.sample(linear_velocity, noise, a, b, num_steps=3)
+  assert out.shape == noise.shape
