@@ -67,7 +67,9 @@ def read_csv_rows(csv_path: str | epath.Path) -> list[Row]:
     # Line numbers count the header as line 1, as editors show them.
     line = reader.line_num
     rows.append(Row(
-        key=f"{csv_path.name}:{line}",
+        # An optional `iid` column (written by RefVIE-mini, ignored by the
+        # reference loader) gives stable keys; else the file and line.
+        key=(row.get("iid") or "").strip() or f"{csv_path.name}:{line}",
         origin=f"{csv_path}:{line}",
         prompt=(row["prompt"] or "").strip(),
         src_video=(row["src_video"] or "").strip(),

@@ -17,13 +17,14 @@ pixels that differ between source and target, exactly) so later stages can
 score localisation (IoU) against it.
 
 `write_dataset` writes the RefVIE layout (CSV + media, spec 6.1):
-  <out>/refvie_mini_video.csv   src_video,tgt_video,prompt (instruction edits)
-  <out>/refvie_mini_ref.csv     src_video,tgt_video,ref_image,prompt
-  <out>/refvie_mini_image.csv   src_video,tgt_video,prompt (1-frame edits)
+  <out>/refvie_mini_video.csv   iid,src_video,tgt_video,prompt (instructions)
+  <out>/refvie_mini_ref.csv     iid,src_video,tgt_video,ref_image,prompt
+  <out>/refvie_mini_image.csv   iid,src_video,tgt_video,prompt (1-frame edits)
   <out>/media/{src,tgt}/<key>.mp4|.png, <out>/media/ref/<key>.png
   <out>/masks/<key>.npy         bool[T, H, W] true edited region
   <out>/metadata.jsonl          key, edit type, prompt, paths, objects
-Videos are lossless H.264 (libx264rgb, qp 0): decoding gives back the
+The extra `iid` column (the sample key) is ignored by the reference's
+loader and links records back to masks. Videos are lossless H.264 (libx264rgb, qp 0): decoding gives back the
 rendered frames bit for bit.
 
 Command line:
@@ -267,7 +268,8 @@ def write_dataset(
     np.save(mask_buffer, sample.mask)
     mask_path = f"masks/{sample.key}.npy"
     _write_atomic(out / mask_path, mask_buffer.getvalue())
-    tables[table].append({**paths, "prompt": sample.prompt})
+    tables[table].append(
+        {"iid": sample.key, **paths, "prompt": sample.prompt})
     meta_lines.append(json.dumps({
         "key": sample.key, "edit_type": sample.edit_type,
         "prompt": sample.prompt, "subject": sample.subject,
@@ -277,7 +279,7 @@ def write_dataset(
   for name, rows in tables.items():
     if not rows and name == "image":
       continue
-    columns = ["src_video", "tgt_video"] + (
+    columns = ["iid", "src_video", "tgt_video"] + (
         ["ref_image"] if name == "ref" else []) + ["prompt"]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
