@@ -15,6 +15,7 @@ import struct
 import tempfile
 from typing import Any, Iterable, Mapping
 
+import ml_dtypes
 import numpy as np
 from etils import epath
 
@@ -54,7 +55,7 @@ def serialize(record: Mapping[str, Any]) -> bytes:
         raise TypeError(f"field {name!r}: object arrays cannot be stored")
       data = np.ascontiguousarray(value).tobytes()
       entry = {
-          "type": "array", "dtype": value.dtype.str,
+          "type": "array", "dtype": _dtype_name(value.dtype),
           "shape": list(value.shape),
       }
     else:
@@ -92,10 +93,21 @@ def deserialize(data: bytes) -> Record:
     if kind == "bytes":
       record[name] = bytes(chunk)
     else:
-      record[name] = np.frombuffer(chunk, dtype=entry["dtype"]).reshape(
-          entry["shape"]
-      )
+      record[name] = np.frombuffer(
+          chunk, dtype=_dtype_from_name(entry["dtype"])
+      ).reshape(entry["shape"])
   return record
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+  # ml_dtypes types (bfloat16, float8_*) have an opaque `.str` ("<V2").
+  return dtype.name if dtype.kind == "V" else dtype.str
+
+
+def _dtype_from_name(name: str) -> np.dtype:
+  if hasattr(ml_dtypes, name):
+    return np.dtype(getattr(ml_dtypes, name))
+  return np.dtype(name)
 
 
 def write_shards(
