@@ -186,3 +186,20 @@ def _allow_workers_outside_absl():
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
+
+
+def to_global_batch(batch, mesh, logical_batch_axis: str = "act_batch"):
+  """Numeric fields -> global jax arrays sharded over the batch axes.
+
+  Text fields (`prompt`, `key`: object arrays) have no device form; they stay
+  process-local numpy (the MLLM hook turns prompts into token arrays first).
+  """
+  from kiwi_jax import sharding  # pylint: disable=g-import-not-at-top
+
+  def is_numeric(x):
+    return isinstance(x, np.ndarray) and x.dtype != object
+
+  numeric = {k: v for k, v in batch.items()
+             if isinstance(v, dict) or is_numeric(v)}
+  host = {k: v for k, v in batch.items() if k not in numeric}
+  return {**host, **sharding.host_to_global(numeric, mesh, logical_batch_axis)}
