@@ -179,7 +179,8 @@ def check_row(
     try:
       video_io.decode_image(ref)
     except video_io.MediaError as e:
-      problems.append(Problem("unreadable_image", row.origin, f"ref_image: {e}"))
+      problems.append(
+          Problem("unreadable_image", row.origin, f"ref_image: {e}"))
   if len(media) == 2 and options.require_same_size:
     (_, _, _, src_h, src_w), (_, _, _, tgt_h, tgt_w) = (
         media["src_video"], media["tgt_video"])

@@ -1,4 +1,4 @@
-"""Shared fixtures: one small RefVIE-mini dataset and its records per session."""
+"""Shared fixtures: one small RefVIE-mini dataset and its records."""
 
 import pytest
 

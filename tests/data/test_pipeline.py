@@ -235,3 +235,19 @@ def test_latent_cache_is_read_like_media_records(mini_records, tmp_path):
     np.testing.assert_array_equal(cached_batch["mllm"]["input_ids"][0],
                                   batch["mllm"]["input_ids"][i])
     assert cached_batch["prompt"][0] == batch["prompt"][i]
+
+
+def test_reads_a_tfds_directory_like_array_records(mini_dir, tmp_path):
+  from kiwi_jax.data import metadata
+  from kiwi_jax.data import tfds_builder
+  rows = metadata.read_csv_rows(mini_dir / "refvie_mini_video.csv")
+  path, _ = tfds_builder.build_tfds({"train": rows}, mini_dir, tmp_path)
+  small = examples.ExampleConfig(max_frames=5, max_pixels=32 * 32)
+  it = pipeline.make_iterator(
+      [pipeline.SourceSpec(str(path), example=small)], EVAL,
+      pipeline.PipelineConfig(batch_size=2, num_epochs=1),
+      shard_index=0, shard_count=1)
+  batches = list(it)
+  assert len(batches) == len(rows) // 2
+  assert batches[0]["source_video"].shape == (2, 5, 32, 32, 3)
+  assert isinstance(batches[0]["key"][0], str)

@@ -51,7 +51,8 @@ WANT_COUNTS = {"missing_file": 1, "unreadable_video": 1, "too_few_frames": 1,
                "unreadable_image": 0, "empty_prompt": 1, "size_mismatch": 0}
 
 
-def test_skip_policy_counts_each_problem_and_writes_good_rows(bad_csv, tmp_path):
+def test_skip_policy_counts_each_problem_and_writes_good_rows(
+    bad_csv, tmp_path):
   out = tmp_path / "out"
   report = record_builder.build_array_records(
       metadata.read_csv_rows(bad_csv), bad_csv.parent, out, policy="skip")
