@@ -24,11 +24,18 @@ estimated from the Wan2.2-5B DiT FLOPs at the given MFU on an H100 (spec
 """
 
 import argparse
+import io
+import pathlib
+import sys
 import time
 
 import numpy as np
 from PIL import Image
 
+# Run from a checkout without installing: the repository root on the path.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from kiwi_jax.data import examples
 from kiwi_jax.data import mini_scene
 from kiwi_jax.data import records
@@ -74,7 +81,7 @@ def reference_style(record, max_frames, max_pixels):
       image = image.crop((left, top, left + tw, top + th))
       processed.append(np.asarray(image, np.float32) / 127.5 - 1.0)
     out.append(np.stack(processed))
-  ref = Image.open(__import__("io").BytesIO(record["ref_image"])).convert("RGB")
+  ref = Image.open(io.BytesIO(record["ref_image"])).convert("RGB")
   ref = transforms.shrink_and_pad_centered(np.asarray(ref), th, tw, 0.85)
   out.append(ref.astype(np.float32) / 127.5 - 1.0)
   return out
