@@ -302,6 +302,38 @@ def load_mask(dataset_dir: str | epath.Path, key: str) -> np.ndarray:
   return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def build_records(
+    dataset_dir: str | epath.Path,
+    records_dir: str | epath.Path,
+    csvs: dict[str, epath.Path],
+    *,
+    cfg: MiniConfig = MiniConfig(),
+    num_shards: int = 1,
+) -> dict[str, epath.Path]:
+  """Builds ArrayRecord shards for each CSV of `write_dataset` (fail policy).
+
+  `cfg` must be the one the dataset was written with: every video must have
+  exactly `cfg.num_frames` frames.
+
+  Returns:
+    {"video" | "ref" | "image": record directory}, ready for
+    `pipeline.SourceSpec`.
+  """
+  # Imported on use: generating the dataset needs neither.
+  # pylint: disable=g-import-not-at-top
+  from kiwi_jax.data import metadata
+  from kiwi_jax.data import record_builder
+  out = {}
+  for name, path in csvs.items():
+    out[name] = epath.Path(records_dir) / name
+    frames = 1 if name == "image" else cfg.num_frames
+    record_builder.build_array_records(
+        metadata.read_csv_rows(path), dataset_dir, out[name],
+        options=record_builder.CheckOptions(min_frames=frames),
+        policy="fail", num_shards=num_shards, prefix=f"refvie_mini_{name}")
+  return out
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out_dir", required=True)
@@ -323,18 +355,9 @@ def main(argv=None) -> int:
   for name, path in csvs.items():
     print(f"wrote {path}")
   if args.records_dir:
-    # Imported on use: generating the dataset needs neither.
-    # pylint: disable=g-import-not-at-top
-    from kiwi_jax.data import metadata
-    from kiwi_jax.data import record_builder
-    for name, path in csvs.items():
-      options = record_builder.CheckOptions(
-          min_frames=1 if name == "image" else min(5, cfg.num_frames))
-      report = record_builder.build_array_records(
-          metadata.read_csv_rows(path), args.out_dir,
-          epath.Path(args.records_dir) / name, options=options,
-          policy="fail", prefix=f"refvie_mini_{name}")
-      print(f"{name}: {report.summary()}")
+    for name, path in build_records(
+        args.out_dir, args.records_dir, csvs, cfg=cfg).items():
+      print(f"{name}: records in {path}")
   return 0
 
 
