@@ -126,6 +126,7 @@ def test_resume_from_state_gives_identical_next_batch(mini_records):
     _assert_batches_equal(a, b)
 
 
+@pytest.mark.slow  # Spawns worker processes: ~5 s on 2 idle cores.
 def test_resume_with_worker_processes(mini_records):
   cfg = pipeline.PipelineConfig(batch_size=1, seed=2, num_workers=2)
   kw = dict(shard_index=0, shard_count=1)
