@@ -186,7 +186,6 @@ def judge_benchmark(judge: Judge, tasks: Sequence[JudgeTask], out_path: str,
           if isinstance(entry, dict) and 'record' in entry}
   summary = JudgeSummary(reused=sum(key in done for key in keys))
   pending = [task for task in tasks if task.key not in done]
-  lock = threading.Lock()
   os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
   _end_with_newline(partial_path)
   with open(partial_path, 'a', encoding='utf-8') as partial, \
@@ -195,20 +194,26 @@ def judge_benchmark(judge: Judge, tasks: Sequence[JudgeTask], out_path: str,
                 disable=not show_progress) as progress:
     futures = {pool.submit(judge_sample, judge, task, attempts): task
                for task in pending}
-    for future in concurrent.futures.as_completed(futures):
-      task = futures[future]
-      result = future.result()
-      progress.update(1)
-      if result is None:
-        summary.dropped.append(task.key)
-        continue
-      record = task.record(*result)
-      with lock:
+    try:
+      for future in concurrent.futures.as_completed(futures):
+        task = futures[future]
+        result = future.result()
+        progress.update(1)
+        if result is None:
+          summary.dropped.append(task.key)
+          continue
+        record = task.record(*result)
         done[task.key] = record
         partial.write(json.dumps({'output': task.key, 'result': result[1],
                                   'record': record}, default=str) + '\n')
         partial.flush()
-      summary.scored += 1
+        summary.scored += 1
+    except BaseException:
+      # Interrupted: stop asking the judge; finished samples are kept in
+      # the partial file for the next run.
+      for future in futures:
+        future.cancel()
+      raise
   jsonl.write_atomic(out_path, [done[k] for k in keys if k in done])
   os.remove(partial_path)
   logging.info('%s: %d scored, %d reused, %d dropped', out_path,
