@@ -35,14 +35,16 @@ from kiwi_jax.evaluators import runner
 PIPELINE_MODULE = 'kiwi_jax.pipeline'
 
 
-def load_editor(checkpoint_dir: str, *, max_frames: int, max_pixels: int,
+def load_editor(checkpoint_dir: str, *, max_frames: int = 81,
+                max_pixels: int = 720 * 1280,
                 seed: int = 0) -> runner.EditFn:
   """The Kiwi-Edit model as a benchmark editor (`runner.EditFn`).
 
   Written against the pipeline API that the sampling issue specifies
   (`EditPipeline.from_pretrained(dir)`, then `pipe(video, prompt,
   ref_image=...)`); the module is imported only here, so everything else in
-  this file works without it.
+  this file works without it. The defaults are `test_benchmark.py`'s
+  (81 frames, 720x1280 pixels, seed 0).
   """
   if importlib.util.find_spec(PIPELINE_MODULE) is None:
     raise RuntimeError(

@@ -39,12 +39,17 @@ def aggregate_scores(bench: str, jsonl_path: str) -> str:
   """Aggregates a score jsonl, writes `<jsonl stem>.md`, returns the table."""
   records = [r for r in jsonl.read(jsonl_path) if isinstance(r, dict)]
   title = f'{bench} · {os.path.basename(jsonl_path)}'
-  if bench == 'openve':
-    table = aggregate.openve_table(aggregate.aggregate_openve(records), title)
-  elif bench == 'refvie':
-    table = aggregate.refvie_table(aggregate.aggregate_refvie(records), title)
-  else:
-    raise ValueError(f"unknown benchmark {bench!r}")
+  try:
+    if bench == 'openve':
+      table = aggregate.openve_table(aggregate.aggregate_openve(records),
+                                     title)
+    elif bench == 'refvie':
+      table = aggregate.refvie_table(aggregate.aggregate_refvie(records),
+                                     title)
+    else:
+      raise ValueError(f'unknown benchmark {bench!r}')
+  except ValueError as e:
+    raise ValueError(f'{jsonl_path}: {e}') from e
   jsonl.write_text_atomic(table_path(jsonl_path), table)
   return table
 
