@@ -3,9 +3,10 @@
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from typing import Any
+
+from kiwi_jax.utils import atomic
 
 
 def read(path: str, missing_ok: bool = False) -> list[Any]:
@@ -46,13 +47,5 @@ def write_atomic(path: str, values: Iterable[Any]) -> None:
 
 def write_text_atomic(path: str, text: str) -> None:
   """Writes a text file under a temporary name, then renames."""
-  directory = os.path.dirname(path) or '.'
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.tmp_', dir=directory)
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    os.remove(tmp)
-    raise
+  with atomic.atomic_path(path) as tmp:
+    tmp.write_text(text, encoding='utf-8')

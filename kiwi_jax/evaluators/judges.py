@@ -15,9 +15,10 @@ The results are written as the reference's jsonl
 (`openve_<model>_score.jsonl` with `{scores, prompt, edited_type, result}`
 records, `refvie_<model>_score.jsonl` with `{scores, result, meta_info,
 subtask}`), in benchmark order (the reference writes them in completion
-order; the aggregates do not depend on it). Judging is resumable: each scored sample is
-appended to `<jsonl>.partial` as it finishes, and a rerun only asks the
-judge about the others. As in the reference, an existing final jsonl means
+order; the aggregates do not depend on it, except for which of two RefVIE
+replies of unequal length is rejected, see `aggregate`). Judging is
+resumable: each scored sample is appended to `<jsonl>.partial` as it
+finishes, and a rerun only asks the judge about the others. As in the reference, an existing final jsonl means
 the benchmark is done.
 """
 

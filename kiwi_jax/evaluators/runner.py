@@ -8,8 +8,8 @@ side-by-side `concat_<output_name>` the reference also writes.
 Resuming: every file is written under a temporary name and renamed when
 complete, and the edited video is written last, so an existing output means
 a finished item; a rerun skips those (the reference skips existing outputs
-too). A run killed mid-write can leave a hidden `.tmp_*.mp4` behind, never a
-truncated output.
+too). A run killed mid-write can leave a hidden `.<name>.*` temporary file
+behind, never a truncated output.
 """
 
 import dataclasses

@@ -6,12 +6,11 @@ imageio-ffmpeg maps quality 5 to libx264 with `-crf int((1 - 5/10) * 51)`
 = 25, yuv420p, so the judge sees files of the same kind.
 """
 
-import os
-import tempfile
-
 import av
 import numpy as np
 from PIL import Image
+
+from kiwi_jax.utils import video_files
 
 REFERENCE_FPS = 15
 REFERENCE_CRF = 25
@@ -76,36 +75,17 @@ def as_uint8_frames(frames, where: str = 'frames') -> np.ndarray:
 
 def write_video(path: str, frames: np.ndarray, fps: int = REFERENCE_FPS,
                 crf: int = REFERENCE_CRF) -> None:
-  """Encodes frames to an mp4 atomically (temporary name, then rename).
+  """Encodes frames to an mp4 atomically (`kiwi_jax.utils.video_files`).
 
   Args:
     path: destination; its directory is created if needed.
-    frames: uint8[T, H, W, 3] with even H and W (yuv420p).
+    frames: uint8[T, H, W, 3], or float in [-1, 1] (`as_uint8_frames`); odd
+      sides are padded by one pixel (yuv420p).
     fps: frame rate.
     crf: libx264 constant rate factor.
   """
-  frames = as_uint8_frames(frames, where=path)
-  _, height, width, _ = frames.shape
-  if height % 2 or width % 2:
-    raise ValueError(f'{path}: yuv420p needs even sides, got {height}x{width}')
-  directory = os.path.dirname(path) or '.'
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.mp4', dir=directory)
-  os.close(fd)
-  try:
-    with av.open(tmp, mode='w', format='mp4') as container:
-      stream = container.add_stream('libx264', rate=fps)
-      stream.width, stream.height = width, height
-      stream.pix_fmt = 'yuv420p'
-      stream.options = {'crf': str(crf)}
-      for array in frames:
-        frame = av.VideoFrame.from_ndarray(array, format='rgb24')
-        container.mux(stream.encode(frame))
-      container.mux(stream.encode())
-    os.replace(tmp, path)
-  except BaseException:
-    os.remove(tmp)
-    raise
+  video_files.write_mp4(path, as_uint8_frames(frames, where=path), fps=fps,
+                        crf=crf)
 
 
 def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -123,7 +123,7 @@ def test_runner_resumes_without_redoing_finished_items(tmp_path):
         os.path.join(save_dir, runner.side_by_side_name(item.output_name)))
     assert concat.shape == out.shape[:2] + (2 * eval_fakes.WIDTH, 3)
   # Nothing half-written anywhere.
-  assert not [n for n in os.listdir(save_dir) if n.startswith('.tmp')]
+  assert not [n for n in os.listdir(save_dir) if n.startswith('.')]
   again = eval_fakes.CountingEditor()
   runner.run_benchmark(items, again, save_dir, show_progress=False)
   assert again.calls == []
