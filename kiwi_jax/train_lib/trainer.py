@@ -50,6 +50,9 @@ class Task(Protocol):
       process-local numpy batches (its state is checkpointed).
 
   Optional (looked up with ``getattr``):
+    global_batch(host_batch, mesh): process-local batch -> global arrays
+      (default ``sharding.host_to_global``; e.g. tokenise text fields first,
+      or ``kiwi_jax.data.pipeline.to_global_batch``).
     batch_counts(batch) -> {"examples": n, "frames": n} for throughput.
     flops_per_step: model FLOPs of one step, for the MFU estimate.
     sample(model, step, writer): writes sample edits (videos).
@@ -222,13 +225,20 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
     sample_every = int(_get(config, "sample_every", 0))
     eval_every = int(_get(config, "eval_every", 0))
     first_step = step
+    to_global = getattr(task, "global_batch", sharding.host_to_global)
 
+  if step >= total_steps:
+    # A restart after the last checkpoint: redo the final sample/eval, which
+    # the killed run may not have finished.
+    with jax.transfer_guard("allow"):
+      _run_hooks(task, split, state, step, writer, True, sample_every,
+                 eval_every)
   try:
     while step < total_steps:
       with reporter.timed("data"):
         host_batch = next(data_iter)
         counts = _batch_counts(task, host_batch)
-        batch = sharding.host_to_global(host_batch, mesh)
+        batch = to_global(host_batch, mesh)
       if step == first_step:
         progress.note("Compiling the train step (the first step is slow).")
       profiler.before_step(step, state)

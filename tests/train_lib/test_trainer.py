@@ -47,12 +47,38 @@ def test_non_finite_loss_stops_naming_the_step_and_saves_nothing_broken(
   assert manager.all_steps() == [1, 2]
 
 
+class HookTask(ToyFlowTask):
+  """Records its sample/eval hook calls; samples a tiny video."""
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.calls = []
+
+  def sample(self, model, step, writer):
+    video = np.linspace(0, 1, 5 * 16 * 16 * 3).reshape(5, 16, 16, 3)
+    writer.write_videos(step, {"sample": video})
+    self.calls.append(("sample", step, type(model).__name__))
+
+  def evaluate(self, model, step):
+    self.calls.append(("evaluate", step, type(model).__name__))
+    return {"eval/kernel_mean": float(jnp.mean(model.mlp.fc1.kernel[...]))}
+
+
 @pytest.fixture(scope="module")
 def stage_one(tmp_path_factory):
-  """A short 'stage 1' run that trains only the MLP."""
+  """A short 'stage 1' run that trains only the MLP, with hooks."""
   workdir = tmp_path_factory.mktemp("stage1")
-  task = ToyFlowTask(batch_size=4, trainable=("^mlp/",), frozen=())
-  state = trainer.train_and_evaluate(_config(), workdir, task)
+  task = HookTask(batch_size=4, trainable=("^mlp/",), frozen=())
+  config = _config(sample_every=2, eval_every=1)
+  state = trainer.train_and_evaluate(config, workdir, task)
+  assert task.calls == [("evaluate", 1, "ToyVelocityNet"),
+                        ("sample", 2, "ToyVelocityNet"),
+                        ("evaluate", 2, "ToyVelocityNet")]
+  # A restart that finds the final checkpoint redoes the final hooks only.
+  task.calls.clear()
+  trainer.train_and_evaluate(config, workdir, task)
+  assert [c[:2] for c in task.calls] == [("sample", 2), ("evaluate", 2)]
+  assert list((workdir / "videos").glob("sample_2.mp4"))
   return workdir, jax.device_get(state)
 
 
