@@ -149,10 +149,10 @@ class ModelSplit:
 
     def to_abstract(state, dtype):
       shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                            state.to_pure_dict())
+                            nnx.to_pure_dict(state))
       if mesh is not None:
-        shardings = sharding.state_shardings(state, mesh,
-                                             rules).to_pure_dict()
+        shardings = nnx.to_pure_dict(
+            sharding.state_shardings(state, mesh, rules))
         shapes = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             shapes, shardings)
@@ -165,8 +165,8 @@ class ModelSplit:
   def split(self, model: nnx.Module, precision: Precision) -> tuple[Any, Any]:
     """A concrete module -> ``(params, frozen)`` pure dicts, cast."""
     _, params, rest = nnx.split(model, self.is_trainable, ...)
-    return (cast_floating(params.to_pure_dict(), precision.master_dtype),
-            cast_floating(rest.to_pure_dict(), precision.frozen_dtype))
+    return (cast_floating(nnx.to_pure_dict(params), precision.master_dtype),
+            cast_floating(nnx.to_pure_dict(rest), precision.frozen_dtype))
 
   def merge(self, params: Any, frozen: Any) -> nnx.Module:
     """Rebuilds the module from the two trees (e.g. inside a jitted step)."""

@@ -165,9 +165,9 @@ def make_train_step(
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "training_loss": loss,
-        "l2_grads": optax.global_norm(grads),
-        "l2_params": optax.global_norm(params),
-        "l2_updates": optax.global_norm(updates),
+        "l2_grads": optax.tree.norm(grads),
+        "l2_params": optax.tree.norm(params),
+        "l2_updates": optax.tree.norm(updates),
         "learning_rate": optimizers.learning_rate_at(opt_config, state.step),
         **_mean_scalars(aux),
     }
