@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
@@ -37,14 +38,24 @@ class PoisonTask(ToyFlowTask):
     return jnp.where(jnp.any(batch["index"] == 9), jnp.nan, loss), aux
 
 
-def test_non_finite_loss_stops_naming_the_step_and_saves_nothing_broken(
-    tmp_path):
+def test_preemption_then_non_finite_loss(tmp_path, monkeypatch):
+  config = _config(total_steps=5, checkpoint=dict(every=100, keep=5))
+  # A preemption notice at step 2: save it, exit cleanly.
+  monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption",
+                      lambda self, step: step == 2)
+  state = trainer.train_and_evaluate(config, tmp_path,
+                                     PoisonTask(batch_size=4))
+  assert int(state.step) == 2
+  monkeypatch.undo()
+  # The restart continues at step 3, whose loss is NaN: the run stops naming
+  # it and saves nothing from then on.
   with pytest.raises(trainer.NonFiniteLossError, match="at step 3 "):
-    trainer.train_and_evaluate(_config(total_steps=5), tmp_path,
-                               PoisonTask(batch_size=4))
+    trainer.train_and_evaluate(
+        _config(total_steps=5, checkpoint=dict(every=1, keep=5)), tmp_path,
+        PoisonTask(batch_size=4))
   manager = checkpointing.make_manager(tmp_path / "checkpoints",
                                        read_only=True)
-  assert manager.all_steps() == [1, 2]
+  assert manager.all_steps() == [2]
 
 
 class HookTask(ToyFlowTask):
