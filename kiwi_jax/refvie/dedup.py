@@ -59,7 +59,8 @@ def distance(a: Sequence[str], b: Sequence[str]) -> int:
 
 
 def _bands(hash_hex: str, count: int) -> list[int]:
-  value, edges = int(hash_hex, 16), np.linspace(0, 64, count + 1).astype(int)
+  value = int(hash_hex, 16)
+  edges = [64 * i // count for i in range(count + 1)]
   return [(value >> lo) & ((1 << (hi - lo)) - 1)
           for lo, hi in zip(edges[:-1], edges[1:])]
 
