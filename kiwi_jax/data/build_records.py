@@ -68,7 +68,8 @@ def main(argv=None) -> int:
       require_same_size=not args.allow_size_mismatch)
   try:
     if args.format == "tfds":
-      from kiwi_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+      # Imported here: tfds is only needed for this output format.
+      from kiwi_jax.data import tfds_builder
       path, reports = tfds_builder.build_tfds(
           {"train": list(rows)}, args.base_dir, args.out_dir,
           options=options, policy=args.policy)

@@ -65,7 +65,7 @@ class ExampleConfig:
 
 
 def parse_record(raw: Any) -> dict[str, Any]:
-  """Raw ArrayRecord bytes or a tfds example dict -> a record dict (str text)."""
+  """Raw ArrayRecord bytes or a tfds example -> a record dict (text as str)."""
   record = records.deserialize(raw) if isinstance(raw, bytes) else dict(raw)
   for name in _TEXT_FIELDS:
     if isinstance(record.get(name), bytes):

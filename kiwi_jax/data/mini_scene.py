@@ -129,7 +129,8 @@ def render_texture(
   elif texture.kind == "dotted":
     first = ((yy % p) - p / 2) ** 2 + ((xx % p) - p / 2) ** 2 > (p / 3) ** 2
   elif texture.kind == "wavy":
-    first = ((yy + np.round(2 * np.sin(xx * 2 * np.pi / (2 * p)))) // p) % 2 == 0
+    wave = np.round(2 * np.sin(xx * np.pi / p))
+    first = ((yy + wave) // p) % 2 == 0
   else:
     raise ValueError(f"unknown texture {texture.kind!r}; expected {TEXTURES}")
   c0 = np.array(TEXTURE_COLORS[texture.colors[0]], np.uint8)

@@ -40,12 +40,15 @@ class SourceSpec:
     name: label for logs; batches carry the source's position as
       `source_id`.
     split: split to read from a tfds directory.
+    example: per-source override of the pipeline's `ExampleConfig` (e.g. a
+      larger pixel budget for image edits, as in stage 1).
   """
 
   path: str
   weight: float = 1.0
   name: str = ""
   split: str = "train"
+  example: examples_lib.ExampleConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +136,8 @@ def source_dataset(
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(cfg.num_epochs)
   ds = ds.random_map(
-      examples_lib.DecodeExample(example_cfg, mllm_transform), seed=seed + 1)
+      examples_lib.DecodeExample(spec.example or example_cfg, mllm_transform),
+      seed=seed + 1)
   ds = ds.batch(cfg.batch_size, drop_remainder=True,
                 batch_fn=examples_lib.stack_examples)
   return ds.map(_TagSource(source_id))

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, Literal
 from etils import epath
 
 from kiwi_jax.data import records
+from kiwi_jax.data import transforms
 from kiwi_jax.data import video_io
 from kiwi_jax.data.metadata import Row
 
@@ -46,7 +47,8 @@ class CheckOptions:
       clip longer than a single frame).
     max_frames: frames decoded per video during the check; training reads
       only the first frames (spec 6.3), so later ones need not be proven.
-    require_same_size: source and target must agree in height and width.
+    require_same_size: source and target must agree in height, width and
+      clip length (first 4k+1 frames up to `max_frames`).
   """
 
   min_frames: int = 5
@@ -175,18 +177,27 @@ def check_row(
     ref = row.ref_image_bytes
   elif row.ref_image is not None:
     ref = _read(base_dir, row.ref_image, "ref_image", row, problems) or b""
-  if row.has_ref and ref:
+  if ref:
     try:
       video_io.decode_image(ref)
     except video_io.MediaError as e:
-      problems.append(Problem("unreadable_image", row.origin, f"ref_image: {e}"))
+      problems.append(
+          Problem("unreadable_image", row.origin, f"ref_image: {e}"))
+  elif row.ref_image_bytes is not None:
+    problems.append(
+        Problem("unreadable_image", row.origin, "ref_image_bytes is empty"))
   if len(media) == 2 and options.require_same_size:
-    (_, _, _, src_h, src_w), (_, _, _, tgt_h, tgt_w) = (
+    (_, _, src_t, src_h, src_w), (_, _, tgt_t, tgt_h, tgt_w) = (
         media["src_video"], media["tgt_video"])
-    if (src_h, src_w) != (tgt_h, tgt_w):
+    # The reference loads the first 4k+1 frames of each and retries the
+    # sample when frame counts or sizes differ (spec 6.3).
+    src_t = transforms.clip_length(src_t, options.max_frames)
+    tgt_t = transforms.clip_length(tgt_t, options.max_frames)
+    if (src_t, src_h, src_w) != (tgt_t, tgt_h, tgt_w):
       problems.append(Problem(
           "size_mismatch", row.origin,
-          f"source {src_h}x{src_w} vs target {tgt_h}x{tgt_w}",
+          f"source {src_t}x{src_h}x{src_w} vs target {tgt_t}x{tgt_h}x{tgt_w}"
+          " (frames x height x width)",
       ))
   if problems:
     return None, problems

@@ -125,7 +125,8 @@ def write_shards(
   Returns:
     The final shard paths, `<prefix>-0000X-of-0000N.array_record`.
   """
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  # Imported on use: readers go through grain and need only the module.
+  from array_record.python import array_record_module
 
   if num_shards < 1:
     raise ValueError(f"num_shards must be >= 1, got {num_shards}")

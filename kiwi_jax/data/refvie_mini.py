@@ -24,7 +24,8 @@ score localisation (IoU) against it.
   <out>/masks/<key>.npy         bool[T, H, W] true edited region
   <out>/metadata.jsonl          key, edit type, prompt, paths, objects
 The extra `iid` column (the sample key) is ignored by the reference's
-loader and links records back to masks. Videos are lossless H.264 (libx264rgb, qp 0): decoding gives back the
+loader and links records back to masks. Videos are lossless H.264
+(libx264rgb, qp 0): decoding gives back the
 rendered frames bit for bit.
 
 Command line:
@@ -80,7 +81,8 @@ class MiniConfig:
     if self.num_frames % 4 != 1:
       raise ValueError(f"num_frames must be 4k+1, got {self.num_frames}")
     if min(self.height, self.width) < 16:
-      raise ValueError(f"frames must be >= 16 px, got {self.height}x{self.width}")
+      raise ValueError(
+          f"frames must be >= 16 px, got {self.height}x{self.width}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +173,8 @@ def make_sample(
   elif edit_type in ("background_change", "background_reference"):
     tgt_texture = _random_texture(rng, exclude_colors=texture.colors)
     if edit_type == "background_change":
-      prompt = f"Replace the background with a {tgt_texture.description} pattern."
+      prompt = (f"Replace the background with a {tgt_texture.description} "
+                "pattern.")
     else:
       prompt = "Replace the background with the one in the reference image."
       ref_image = ms.render_texture(tgt_texture, cfg.ref_size, cfg.ref_size)
@@ -186,8 +189,10 @@ def make_sample(
               "reference image.")
     ref_image = ms.render_object_on_white(new, cfg.ref_size)
 
-  source, src_labels = ms.render(ms.Scene(src_texture, tuple(src_objects)), t, h, w)
-  target, tgt_labels = ms.render(ms.Scene(tgt_texture, tuple(tgt_objects)), t, h, w)
+  source, src_labels = ms.render(
+      ms.Scene(src_texture, tuple(src_objects)), t, h, w)
+  target, tgt_labels = ms.render(
+      ms.Scene(tgt_texture, tuple(tgt_objects)), t, h, w)
   if subject is None:
     # Background edits change every background pixel (disjoint palettes).
     mask = (src_labels == 0) & (tgt_labels == 0)
@@ -297,6 +302,38 @@ def load_mask(dataset_dir: str | epath.Path, key: str) -> np.ndarray:
   return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def build_records(
+    dataset_dir: str | epath.Path,
+    records_dir: str | epath.Path,
+    csvs: dict[str, epath.Path],
+    *,
+    cfg: MiniConfig = MiniConfig(),
+    num_shards: int = 1,
+) -> dict[str, epath.Path]:
+  """Builds ArrayRecord shards for each CSV of `write_dataset` (fail policy).
+
+  `cfg` must be the one the dataset was written with: every video must have
+  exactly `cfg.num_frames` frames.
+
+  Returns:
+    {"video" | "ref" | "image": record directory}, ready for
+    `pipeline.SourceSpec`.
+  """
+  # Imported on use: generating the dataset needs neither.
+  # pylint: disable=g-import-not-at-top
+  from kiwi_jax.data import metadata
+  from kiwi_jax.data import record_builder
+  out = {}
+  for name, path in csvs.items():
+    out[name] = epath.Path(records_dir) / name
+    frames = 1 if name == "image" else cfg.num_frames
+    record_builder.build_array_records(
+        metadata.read_csv_rows(path), dataset_dir, out[name],
+        options=record_builder.CheckOptions(min_frames=frames),
+        policy="fail", num_shards=num_shards, prefix=f"refvie_mini_{name}")
+  return out
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out_dir", required=True)
@@ -318,15 +355,9 @@ def main(argv=None) -> int:
   for name, path in csvs.items():
     print(f"wrote {path}")
   if args.records_dir:
-    from kiwi_jax.data import metadata, record_builder  # pylint: disable=g-import-not-at-top
-    for name, path in csvs.items():
-      options = record_builder.CheckOptions(
-          min_frames=1 if name == "image" else min(5, cfg.num_frames))
-      report = record_builder.build_array_records(
-          metadata.read_csv_rows(path), args.out_dir,
-          epath.Path(args.records_dir) / name, options=options,
-          policy="fail", prefix=f"refvie_mini_{name}")
-      print(f"{name}: {report.summary()}")
+    for name, path in build_records(
+        args.out_dir, args.records_dir, csvs, cfg=cfg).items():
+      print(f"{name}: records in {path}")
   return 0
 
 

@@ -72,11 +72,14 @@ def resize_cover_and_center_crop(
   new_h, new_w = round(in_h * scale), round(in_w * scale)
   top = int(round((new_h - height) / 2.0))
   left = int(round((new_w - width) / 2.0))
+  if (new_h, new_w) == (in_h, in_w):
+    # Crop only (e.g. 720 -> 704 rows at 720p): no per-frame resampling.
+    return np.ascontiguousarray(
+        frames[:, top:top + height, left:left + width])
   out = np.empty((frames.shape[0], height, width, 3), np.uint8)
   for i, frame in enumerate(frames):
-    image = Image.fromarray(frame)
-    if (new_h, new_w) != (in_h, in_w):
-      image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    image = Image.fromarray(frame).resize(
+        (new_w, new_h), Image.Resampling.BILINEAR)
     out[i] = np.asarray(image)[top:top + height, left:left + width]
   return out
 

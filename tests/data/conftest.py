@@ -1,9 +1,7 @@
-"""Shared fixtures: one small RefVIE-mini dataset and its records per session."""
+"""Shared fixtures: one small RefVIE-mini dataset and its records."""
 
 import pytest
 
-from kiwi_jax.data import metadata
-from kiwi_jax.data import record_builder
 from kiwi_jax.data import refvie_mini
 
 # Small and prime-ish counts: 13 videos cover every edit type twice (+1), 5
@@ -24,14 +22,8 @@ def mini_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mini_records(mini_dir, tmp_path_factory):
   """{"image"|"video"|"ref": record directory}, two shards each."""
-  root = tmp_path_factory.mktemp("records")
-  out = {}
-  for name in ("image", "video", "ref"):
-    rows = metadata.read_csv_rows(mini_dir / f"refvie_mini_{name}.csv")
-    options = record_builder.CheckOptions(
-        min_frames=1 if name == "image" else 5)
-    record_builder.build_array_records(
-        rows, mini_dir, root / name, options=options, policy="fail",
-        num_shards=2, prefix=name)
-    out[name] = root / name
-  return out
+  csvs = {name: mini_dir / f"refvie_mini_{name}.csv"
+          for name in ("image", "video", "ref")}
+  return refvie_mini.build_records(
+      mini_dir, tmp_path_factory.mktemp("records"), csvs, cfg=CFG,
+      num_shards=2)

@@ -126,6 +126,7 @@ def test_resume_from_state_gives_identical_next_batch(mini_records):
     _assert_batches_equal(a, b)
 
 
+@pytest.mark.slow  # Spawns worker processes: ~5 s on 2 idle cores.
 def test_resume_with_worker_processes(mini_records):
   cfg = pipeline.PipelineConfig(batch_size=1, seed=2, num_workers=2)
   kw = dict(shard_index=0, shard_count=1)
@@ -235,3 +236,49 @@ def test_latent_cache_is_read_like_media_records(mini_records, tmp_path):
     np.testing.assert_array_equal(cached_batch["mllm"]["input_ids"][0],
                                   batch["mllm"]["input_ids"][i])
     assert cached_batch["prompt"][0] == batch["prompt"][i]
+
+
+def test_reads_a_tfds_directory_like_array_records(mini_dir, tmp_path):
+  from kiwi_jax.data import metadata
+  from kiwi_jax.data import tfds_builder
+  rows = metadata.read_csv_rows(mini_dir / "refvie_mini_video.csv")
+  path, _ = tfds_builder.build_tfds({"train": rows}, mini_dir, tmp_path)
+  small = examples.ExampleConfig(max_frames=5, max_pixels=32 * 32)
+  it = pipeline.make_iterator(
+      [pipeline.SourceSpec(str(path), example=small)], EVAL,
+      pipeline.PipelineConfig(batch_size=2, num_epochs=1),
+      shard_index=0, shard_count=1)
+  batches = list(it)
+  assert len(batches) == len(rows) // 2
+  assert batches[0]["source_video"].shape == (2, 5, 32, 32, 3)
+  assert isinstance(batches[0]["key"][0], str)
+
+
+def test_iterator_state_round_trips_through_orbax(mini_records, tmp_path):
+  grain = pytest.importorskip("grain")
+  ocp = pytest.importorskip("orbax.checkpoint")
+  kw = dict(shard_index=0, shard_count=1)
+  cfg = pipeline.PipelineConfig(batch_size=1, seed=4)
+  specs = _specs(mini_records)
+  it = pipeline.make_iterator(specs, TRAIN, cfg, **kw)
+  _take(it, 4)
+  manager = ocp.CheckpointManager(tmp_path / "ckpt")
+  manager.save(4, args=ocp.args.Composite(
+      data_iter=grain.checkpoint.CheckpointSave(it)))
+  manager.wait_until_finished()
+  want = next(it)
+  resumed = pipeline.make_iterator(specs, TRAIN, cfg, **kw)
+  manager.restore(4, args=ocp.args.Composite(
+      data_iter=grain.checkpoint.CheckpointRestore(resumed)))
+  _assert_batches_equal(want, next(resumed))
+
+
+def test_each_epoch_is_shuffled_differently(mini_records):
+  it = pipeline.make_iterator(
+      _specs(mini_records, ["video"]), EVAL,
+      pipeline.PipelineConfig(batch_size=1, seed=0, num_epochs=2),
+      shard_index=0, shard_count=1)
+  keys = [b["key"][0] for b in it]
+  half = len(keys) // 2
+  assert sorted(keys[:half]) == sorted(keys[half:])
+  assert keys[:half] != keys[half:]

@@ -51,7 +51,8 @@ WANT_COUNTS = {"missing_file": 1, "unreadable_video": 1, "too_few_frames": 1,
                "unreadable_image": 0, "empty_prompt": 1, "size_mismatch": 0}
 
 
-def test_skip_policy_counts_each_problem_and_writes_good_rows(bad_csv, tmp_path):
+def test_skip_policy_counts_each_problem_and_writes_good_rows(
+    bad_csv, tmp_path):
   out = tmp_path / "out"
   report = record_builder.build_array_records(
       metadata.read_csv_rows(bad_csv), bad_csv.parent, out, policy="skip")
@@ -162,3 +163,28 @@ def test_tfds_builder_is_readable_from_directory(mini_dir, tmp_path):
   np.testing.assert_array_equal(
       video_io.decode_video(example["src"]), sample.source)
   assert example["has_ref"]
+
+
+def test_clip_length_mismatch_and_empty_inline_reference(tmp_path):
+  cfg = refvie_mini.MiniConfig(height=32, width=32, num_frames=9)
+  nine = refvie_mini.make_sample(0, 0, cfg).source
+  (tmp_path / "nine.mp4").write_bytes(
+      video_io.encode_video(nine, lossless=True))
+  (tmp_path / "five.mp4").write_bytes(
+      video_io.encode_video(nine[:5], lossless=True))
+  (tmp_path / "seven.mp4").write_bytes(
+      video_io.encode_video(nine[:7], lossless=True))
+  rows = [
+      metadata.Row("a", "a", "x", "nine.mp4", "five.mp4"),
+      # 7 frames load as 5 (4k+1), like the 5-frame clip: no mismatch.
+      metadata.Row("b", "b", "x", "seven.mp4", "five.mp4"),
+      metadata.Row("c", "c", "x", "five.mp4", "five.mp4",
+                   ref_image_bytes=b""),
+  ]
+  report = record_builder.ProblemReport()
+  got = list(record_builder.checked_records(rows, tmp_path, report))
+  assert [r["key"] for r in got] == ["b"]
+  assert got[0]["num_frames"] == 5
+  assert report.counts["size_mismatch"] == 1
+  assert "9x32x32 vs target 5x32x32" in report.examples["size_mismatch"][0]
+  assert report.counts["unreadable_image"] == 1

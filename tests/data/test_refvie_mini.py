@@ -91,6 +91,6 @@ def test_command_line_writes_dataset_and_records(tmp_path, capsys):
       f"--out_dir={tmp_path / 'mini'}", "--num_videos=7", "--num_images=2",
       "--height=32", "--width=32", f"--records_dir={tmp_path / 'rec'}"])
   assert rc == 0
-  assert "0 with problems" in capsys.readouterr().out
+  assert "records in" in capsys.readouterr().out
   for name in ("image", "video", "ref"):
     assert list((tmp_path / "rec" / name).glob("*.array_record"))
