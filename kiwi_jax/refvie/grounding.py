@@ -119,11 +119,18 @@ def difference(source: np.ndarray, target: np.ndarray,
   return np.abs(s - t).max(-1)
 
 
+def _trimmed_cost(a: np.ndarray, b: np.ndarray) -> float:
+  # Mean of the lowest 75% of |a - b|: an edit covering under a quarter of
+  # the frame does not count, a misalignment (texture edges) does.
+  diff = np.sort(np.abs(a - b).ravel())
+  return float(diff[:max(1, int(0.75 * diff.size))].mean())
+
+
 def estimate_shift(source: np.ndarray, target: np.ndarray,
                    max_shift: int) -> tuple[int, int]:
   """Integer (dy, dx) to roll the target by to align it with the source.
 
-  Kept at (0, 0) unless a shift halves the median difference: a real
+  Kept at (0, 0) unless a shift halves the trimmed mean difference: a real
   misalignment raises the difference everywhere, an edit only where it is.
   """
   if max_shift <= 0:
@@ -134,17 +141,22 @@ def estimate_shift(source: np.ndarray, target: np.ndarray,
   core = (slice(None), slice(m, s.shape[1] - m), slice(m, s.shape[2] - m))
   if s[core].size == 0:
     return 0, 0
-  best, best_cost = (0, 0), None
-  zero_cost = float(np.median(np.abs(s[core] - t[core])))
+  zero_cost = _trimmed_cost(s[core], t[core])
+  if zero_cost <= 0.5:
+    return 0, 0
+  costs = {}
   for dy in range(-m, m + 1):
     for dx in range(-m, m + 1):
       rolled = np.roll(t, (dy, dx), axis=(1, 2))
-      cost = float(np.median(np.abs(s[core] - rolled[core])))
-      if best_cost is None or cost < best_cost:
-        best, best_cost = (dy, dx), cost
-  if zero_cost > 1.0 and best_cost < 0.5 * zero_cost:
-    return best
-  return 0, 0
+      costs[dy, dx] = (_trimmed_cost(s[core], rolled[core]),
+                       float(np.abs(s[core] - rolled[core]).mean()))
+  lowest = min(c for c, _ in costs.values())
+  if lowest >= 0.5 * zero_cost:
+    return 0, 0
+  # Periodic textures can make several shifts fit the trimmed cost; the
+  # full difference (objects included) and then the smaller shift decide.
+  near = [k for k, (c, _) in costs.items() if c <= lowest + 0.1 * zero_cost]
+  return min(near, key=lambda k: (costs[k][1], abs(k[0]) + abs(k[1]), k))
 
 
 def _hysteresis(diff: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -23,9 +23,9 @@ import dataclasses
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
-from kiwi_jax.data import transforms
 from kiwi_jax.refvie import grounding as grounding_lib
 from kiwi_jax.refvie.grounding import Grounding
 from kiwi_jax.refvie.types import Pair, Rejected
@@ -52,6 +52,8 @@ class SynthesisConfig:
     min_background_fraction: least visible background in the best frame.
     max_background_motion: mean |difference| (0-255) between visible
       background in two frames above which temporal filling is skipped.
+    rim_radius: background pixels this close to the preserved subject are
+      not trusted (filled like holes).
   """
 
   canvas_size: int | None = None
@@ -63,6 +65,7 @@ class SynthesisConfig:
   min_subject_pixels: int = 16
   min_background_fraction: float = 0.2
   max_background_motion: float = 4.0
+  rim_radius: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +148,9 @@ def place_on_canvas(crop: np.ndarray, alpha: np.ndarray,
                     cfg: SynthesisConfig) -> tuple[np.ndarray, np.ndarray]:
   """Centres an object crop on a white square canvas (fit + pad).
 
+  The reference-image convention (spec 4.5/5.1: white canvas, centred,
+  aspect kept); the object's longest side spans `fill` of the canvas.
+
   Returns:
     (uint8[S, S, 3] image, bool[S, S] alpha).
   """
@@ -159,12 +165,25 @@ def place_on_canvas(crop: np.ndarray, alpha: np.ndarray,
     out_alpha[y:y + h, x:x + w] = alpha
     return image, out_alpha
   side = cfg.canvas_size
-  # The spec's own convention (spec 4.5): contain, shrink, paste centred.
-  image = transforms.shrink_and_pad_centered(rgb, side, side, cfg.fill)
-  # The alpha goes through the same geometry as a black-on-white image.
-  matte = np.where(alpha, 0, 255).astype(np.uint8)[..., None].repeat(3, -1)
-  matte = transforms.shrink_and_pad_centered(matte, side, side, cfg.fill)
-  return image, matte[..., 0] < 128
+  scale = cfg.fill * side / max(h, w)
+  new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+  # Colour and matte are resized apart, then composited on white: the
+  # object's colour is first spread into the background (nearest fill) so
+  # neither white nor the old background bleeds into its rim, and the
+  # padding stays exactly white.
+  spread = nearest_fill(np.asarray(crop, np.uint8), ~alpha, "")
+  colour = np.asarray(Image.fromarray(spread).resize(
+      (new_w, new_h), Image.Resampling.BICUBIC), np.float32)
+  matte = np.asarray(Image.fromarray(alpha.astype(np.float32)).resize(
+      (new_w, new_h), Image.Resampling.BILINEAR), np.float32)[..., None]
+  matte = np.clip(matte, 0.0, 1.0)
+  image = np.full((side, side, 3), 255, np.uint8)
+  out_alpha = np.zeros((side, side), bool)
+  y, x = (side - new_h) // 2, (side - new_w) // 2
+  image[y:y + new_h, x:x + new_w] = np.round(
+      matte * colour + (1 - matte) * 255.0).clip(0, 255).astype(np.uint8)
+  out_alpha[y:y + new_h, x:x + new_w] = matte[..., 0] >= 0.5
+  return image, out_alpha
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +217,11 @@ class ReferenceSynthesizer:
 
   def background(self, pair: Pair, grounding: Grounding) -> Scaffold:
     cfg = self.config
-    mask, target = grounding.mask, pair.target
+    target = pair.target
+    # Trust background pixels a pixel away from the preserved subject: the
+    # mask's rim (closing) may hold a few subject pixels.
+    mask = ndimage.binary_erosion(grounding.mask, grounding_lib.disk(
+        cfg.rim_radius), border_value=1) if cfg.rim_radius else grounding.mask
     visible = mask.mean(axis=(1, 2))
     middle = (len(visible) - 1) / 2
     frame = max(range(len(visible)),
