@@ -25,8 +25,8 @@ PLANTED = {
     "p_global_as_local": ("grounding", "global_change"),
     "p_style": ("grounding", "style_edit"),
     "p_missing": ("input", "missing_file"),
-    "dup_exact": ("dedup", "duplicate"),
-    "dup_brighter": ("dedup", "duplicate"),
+    "x_dup_exact": ("dedup", "duplicate"),
+    "x_dup_brighter": ("dedup", "duplicate"),
 }
 # What the instruction-only RefVIE-mini pairs must give, by edit type.
 EXPECTED_BY_TYPE = {
@@ -71,9 +71,10 @@ def planted_pairs(mini_dir):
       "p_global_as_local": (src, grade(recolor.target), recolor.prompt),
       "p_style": (src, recolor.target,
                   "Make it look like an oil painting."),
-      # Copies of pool pair v000000 (same pair as `recolor`).
-      "dup_exact": (src, recolor.target, recolor.prompt),
-      "dup_brighter": (brighter(src), brighter(recolor.target),
+      # Copies of pool pair v000000 (same pair as `recolor`); equal scores,
+      # so the smaller key is kept: the copies' keys sort after it.
+      "x_dup_exact": (src, recolor.target, recolor.prompt),
+      "x_dup_brighter": (brighter(src), brighter(recolor.target),
                        recolor.prompt),
   }
   rows = []
