@@ -23,6 +23,8 @@ import dataclasses
 import json
 import sys
 
+from etils import epath
+
 from kiwi_jax.data import metadata
 from kiwi_jax.refvie import grounding
 from kiwi_jax.refvie import pipeline_local
@@ -47,9 +49,11 @@ def _rows(args) -> list[metadata.Row]:
   for path in args.csv or ():
     rows.extend(metadata.read_csv_rows(path))
   if args.parquet:
-    from kiwi_jax.data import build_records  # pylint: disable=g-import-not-at-top
-    rows.extend(metadata.read_parquet_rows(
-        build_records._expand(args.parquet)))  # pylint: disable=protected-access
+    pattern = epath.Path(args.parquet)
+    paths = sorted(pattern.parent.glob(pattern.name))
+    if not paths:
+      raise FileNotFoundError(f"no file matches {args.parquet}")
+    rows.extend(metadata.read_parquet_rows(paths))
   return [dataclasses.replace(r, ref_image=None, ref_image_bytes=None)
           for r in rows]
 
@@ -88,7 +92,9 @@ def main(argv=None) -> int:
   rows = _rows(args)
   if args.runner == "beam":
     try:
-      from kiwi_jax.refvie import pipeline_beam  # pylint: disable=g-import-not-at-top
+      # Optional dependency, imported on use.
+      # pylint: disable-next=g-import-not-at-top
+      from kiwi_jax.refvie import pipeline_beam
     except ImportError as e:
       print(f"--runner=beam needs apache-beam ({e}); pip install apache-beam",
             file=sys.stderr)

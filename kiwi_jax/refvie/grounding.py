@@ -14,10 +14,12 @@ The default grounder (`DiffGrounder`) works from that difference:
 4. temporal smoothing: a pixel missing in one frame but present in the
    frames before and after is filled (a window-3 temporal closing; for
    convex shapes in linear motion this adds nothing outside the object);
-5. morphological clean-up per frame: opening then closing with a disk, and
-   3-D components smaller than `min_component_fraction` of the clip or
-   spanning fewer than `min_persistence` of its frames are dropped; subject
-   masks get their holes filled.
+5. morphological clean-up per frame: an optional opening (`open_radius`,
+   off by default: it erodes the thin tips of small objects; try 1 for
+   noisy lossy sources), a closing with a disk, and 3-D components smaller
+   than `min_component_fraction` of the clip or spanning fewer than
+   `min_persistence` of its frames are dropped; subject masks get their
+   holes filled.
 
 The instruction decides what the mask must look like (`instructions`): a
 subject edit must stay local (`max_subject_area`), a background edit must
@@ -240,30 +242,31 @@ class DiffGrounder:
                      f"change: {pair.prompt!r}")
     mask, scores = self.changed_region(pair, fill_holes=False)
     area = scores["area_fraction"]
+    boxes = boxes_of(mask)
     if not mask.any():
-      raise Rejected("no_region", "nothing left after clean-up", scores)
+      raise Rejected("no_region", "nothing left after clean-up", scores, boxes)
     if kind == "unknown":  # no instruction cue: decide from the geometry
       kind = "background" if area > 0.5 else "subject"
     if kind == "removal":
       raise Rejected("removal_edit", "a removal leaves nothing to show in a "
-                     f"reference image: {pair.prompt!r}", scores)
+                     f"reference image: {pair.prompt!r}", scores, boxes)
     if kind == "subject":
       if area > cfg.max_subject_area:
         raise Rejected(
             "global_change", f"instruction names a subject but "
             f"{area:.1%} of the frame changed (max {cfg.max_subject_area:.0%})",
-            scores)
+            scores, boxes)
       mask = _fill_holes(mask)
     else:
       if 1 - area < cfg.min_preserved_fraction:
         raise Rejected(
             "global_change", f"background edit but only {1 - area:.2%} of the "
             f"frame is unchanged (min {cfg.min_preserved_fraction:.0%})",
-            scores)
+            scores, boxes)
       if area < cfg.min_background_area:
         raise Rejected(
             "kind_mismatch", f"background edit but only {area:.1%} of the "
-            f"frame changed (min {cfg.min_background_area:.0%})", scores)
+            f"frame changed (min {cfg.min_background_area:.0%})", scores, boxes)
     scores["area_fraction"] = mask.mean()
     return Grounding(kind, mask, boxes_of(mask), scores)
 
@@ -293,12 +296,12 @@ class InstructionBoxGrounder:
       raise ValueError(f"{pair.key}: locator returned {len(boxes)} boxes for "
                        f"{t} frames")
     gate = np.zeros_like(grounding.mask)
+    m = self.margin
     for i, box in enumerate(boxes):
       if box is not None:
         y0, x0, y1, x1 = box
-        m = self.margin
-        gate[i, max(0, y0 - m):min(h, y1 + m), max(0, x0 - m):min(w, x1 + m)] = (
-            True)
+        gate[i, max(0, y0 - m):min(h, y1 + m),
+             max(0, x0 - m):min(w, x1 + m)] = True
     mask = grounding.mask & gate
     scores = dict(grounding.scores)
     scores["located_fraction"] = mask.sum() / max(1, grounding.mask.sum())

@@ -1,4 +1,4 @@
-"""The pipeline as Apache Beam transforms (optional dependency `apache-beam`).
+"""The pipeline as Apache Beam transforms (optional: `apache-beam`).
 
   rows ─► ProcessPairs (stages 1-4 per pair, a ParDo) ─► Deduplicate
        ─► outcome JSON lines ─► finalize (the CSV, provenance and report)

@@ -88,6 +88,8 @@ class Pipeline:
       outcome.scores.update(prefixed(stage, checks))
     except Rejected as e:
       outcome.scores.update(prefixed(stage, e.scores))
+      if e.boxes is not None:
+        outcome.boxes = [list(b) if b else None for b in e.boxes]
       outcome.stage, outcome.reason, outcome.detail = stage, e.reason, e.detail
       return outcome
     outcome.status = "accepted"

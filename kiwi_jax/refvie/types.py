@@ -49,14 +49,17 @@ class Rejected(Exception):
     reason: one of `REASONS[stage]`.
     detail: a human-readable explanation with the numbers that decided.
     scores: the measurements made before the decision (kept as provenance).
+    boxes: per-frame boxes of the edited region, when known by then.
   """
 
   def __init__(self, reason: str, detail: str,
-               scores: dict[str, float] | None = None):
+               scores: dict[str, float] | None = None,
+               boxes: list | None = None):
     super().__init__(f"{reason}: {detail}")
     self.reason = reason
     self.detail = detail
     self.scores = dict(scores or {})
+    self.boxes = boxes
 
 
 def prefixed(stage: str, scores: dict[str, float]) -> dict[str, float]:

@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from kiwi_jax.data import metadata
 from kiwi_jax.data import refvie_mini
 from kiwi_jax.data import video_io
+from kiwi_jax.refvie import pipeline_local
 from kiwi_jax.refvie.types import Pair
 
 # 13 videos: every edit type twice, one thrice; 64x64x5 clips (tiny, fast).
@@ -122,14 +124,12 @@ def as_pair(sample) -> Pair:
 
 
 def pool_rows(pool_csv):
-  from kiwi_jax.data import metadata  # pylint: disable=g-import-not-at-top
   return metadata.read_csv_rows(pool_csv)
 
 
 @pytest.fixture(scope="session")
 def local_run(mini_pool, tmp_path_factory):
   """(output directory, report) of the single-machine driver on the pool."""
-  from kiwi_jax.refvie import pipeline_local  # pylint: disable=g-import-not-at-top
   base, pool_csv, _ = mini_pool
   out = tmp_path_factory.mktemp("refvie_local")
   report = pipeline_local.run_local(pool_rows(pool_csv), base, out,

@@ -13,7 +13,8 @@ from tests.refvie.test_refvie_build import _snapshot
 
 pytest.importorskip("apache_beam")
 
-from kiwi_jax.refvie import pipeline_beam  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable-next=g-import-not-at-top,wrong-import-position
+from kiwi_jax.refvie import pipeline_beam
 
 
 @pytest.mark.slow

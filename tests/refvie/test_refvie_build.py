@@ -4,6 +4,7 @@ RefVIE-format quadruplets, provenance and a report out; resumable."""
 import csv
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -170,3 +171,26 @@ def test_reference_media_mode_lists_original_paths(mini_pool, tmp_path):
   assert not (tmp_path / "media/src").exists()
   frames = video_io.decode_video((tmp_path / row.src_video).read_bytes())
   assert frames.shape == (5, 64, 64, 3) and frames.dtype == np.uint8
+
+
+def test_rejections_keep_their_provenance(local_run):
+  outcomes = _outcomes(local_run[0])
+  removal = outcomes["v000001"]  # "Remove the red square."
+  assert (removal.stage, removal.reason) == ("grounding", "removal_edit")
+  assert len(removal.boxes) == 5 and any(removal.boxes)
+  assert removal.scores["grounding.area_fraction"] > 0
+  assert "quality.change_fraction" in removal.scores
+  flicker = outcomes["p_flicker"]
+  assert flicker.scores["quality.change_jump"] > 0.35
+
+
+def test_beam_runner_without_beam_says_what_to_install(
+    mini_pool, tmp_path, monkeypatch, capsys):
+  base, pool_csv, _ = mini_pool
+  monkeypatch.setitem(sys.modules, "apache_beam", None)
+  monkeypatch.delitem(sys.modules, "kiwi_jax.refvie.pipeline_beam",
+                      raising=False)
+  rc = cli.main([f"--csv={pool_csv}", f"--base_dir={base}",
+                 f"--out_dir={tmp_path}", "--runner=beam"])
+  assert rc == 2
+  assert "pip install apache-beam" in capsys.readouterr().err
