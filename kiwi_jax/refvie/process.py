@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 from etils import epath
+from PIL import Image
 
 from kiwi_jax.data import video_io
 from kiwi_jax.data.metadata import Row
@@ -40,6 +41,10 @@ class Pipeline:
       drivers, not here).
     max_frames: frames decoded per video (training reads the first 81 at
       most, spec 6.3).
+    analysis_max_side: the stages look at copies whose longer side is at
+      most this (area downscaling; None: full size), which bounds memory and
+      time per pair; subject scaffolds are then re-cut from the
+      full-resolution target.
     media: "copy" writes the accepted pairs' source and target under
       media/{src,tgt}/ so the output stands alone; "reference" lists their
       original paths (absolute) instead.
@@ -51,6 +56,7 @@ class Pipeline:
   verifier: Verifier = Verifier()
   dedup: dedup_lib.DedupConfig = dedup_lib.DedupConfig()
   max_frames: int = 81
+  analysis_max_side: int | None = 512
   media: str = "copy"
 
   def __post_init__(self):
@@ -71,7 +77,8 @@ class Pipeline:
                       src_video=row.src_video, tgt_video=row.tgt_video)
     stage = "input"
     try:
-      pair, data = _load(row, base_dir, self.max_frames)
+      full, data = _load(row, base_dir, self.max_frames)
+      pair = downscale(full, self.analysis_max_side)
       stage = "quality"
       outcome.scores.update(prefixed(stage, self.quality(pair)))
       stage = "grounding"
@@ -81,6 +88,9 @@ class Pipeline:
       outcome.scores.update(prefixed(stage, grounding.scores))
       stage = "synthesis"
       scaffold = self.synthesizer(pair, grounding)
+      if pair is not full:
+        scaffold = self.synthesizer.at_resolution(
+            scaffold, grounding.kind, full.target[scaffold.frame])
       outcome.best_frame = scaffold.frame
       outcome.scores.update(prefixed(stage, scaffold.scores))
       stage = "verification"
@@ -110,6 +120,26 @@ class Pipeline:
         path = str(base_dir / relative)
       setattr(outcome, column, path)
     return outcome
+
+
+def downscale(pair: Pair, max_side: int | None) -> Pair:
+  """An analysis copy of `pair` with longer side <= max_side (area filter).
+
+  Returns `pair` itself when it is small enough, or when source and target
+  differ in size (the quality stage rejects those from `media_shapes`).
+  """
+  t, h, w, _ = pair.source.shape
+  if (max_side is None or max(h, w) <= max_side
+      or pair.target.shape[1:3] != (h, w)):
+    return pair
+  scale = max_side / max(h, w)
+  size = (max(1, round(w * scale)), max(1, round(h * scale)))
+  def shrink(frames):
+    return np.stack([np.asarray(Image.fromarray(f).resize(
+        size, Image.Resampling.BOX)) for f in frames])
+  return dataclasses.replace(
+      pair, source=shrink(pair.source), target=shrink(pair.target),
+      media_shapes=(pair.source.shape[:3], pair.target.shape[:3]))
 
 
 def _load(row: Row, base_dir: epath.Path, max_frames: int

@@ -96,20 +96,21 @@ class QualityFilter:
 
   def __call__(self, pair: Pair) -> dict[str, float]:
     cfg = self.config
-    src, tgt = pair.source, pair.target
-    if src.shape[1:] != tgt.shape[1:]:
-      raise Rejected("size_mismatch", f"source {src.shape[1:3]} vs target "
-                     f"{tgt.shape[1:3]}")
-    if src.shape[0] != tgt.shape[0]:
-      raise Rejected("length_mismatch", f"source {src.shape[0]} frames vs "
-                     f"target {tgt.shape[0]}")
-    t, h, w, _ = src.shape
+    # Format rules look at the media's own size, not the analysis copy.
+    (t, h, w), (tgt_t, tgt_h, tgt_w) = pair.shapes
+    if (h, w) != (tgt_h, tgt_w):
+      raise Rejected("size_mismatch", f"source {h}x{w} vs target "
+                     f"{tgt_h}x{tgt_w}")
+    if t != tgt_t:
+      raise Rejected("length_mismatch", f"source {t} frames vs target "
+                     f"{tgt_t}")
     if min(h, w) < cfg.min_side:
       raise Rejected("too_small", f"{h}x{w} < min side {cfg.min_side}")
     if max(h, w) / min(h, w) > cfg.max_aspect:
       raise Rejected("bad_aspect", f"{h}x{w} aspect > {cfg.max_aspect}")
     if t < cfg.min_frames:
       raise Rejected("too_short", f"{t} frames < {cfg.min_frames}")
+    src, tgt = pair.source, pair.target
     fractions = changed_fraction_per_frame(pair, cfg.pixel_threshold)
     scores = {"change_fraction": fractions.mean(),
               "max_change_fraction": fractions.max()}

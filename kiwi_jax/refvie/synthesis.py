@@ -186,6 +186,20 @@ def place_on_canvas(crop: np.ndarray, alpha: np.ndarray,
   return image, out_alpha
 
 
+def cut_subject(frame: np.ndarray, piece: np.ndarray, cfg: SynthesisConfig
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """The scaffold of the object `piece` (bool[H, W]) in `frame`."""
+  (y0, x0, y1, x1), = grounding_lib.boxes_of(piece[None])
+  return place_on_canvas(frame[y0:y1, x0:x1], piece[y0:y1, x0:x1], cfg)
+
+
+def upsample_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+  """bool[h, w] -> bool[height, width] (bilinear, then >= 0.5)."""
+  image = Image.fromarray(mask.astype(np.float32))
+  resized = image.resize((width, height), Image.Resampling.BILINEAR)
+  return np.asarray(resized) >= 0.5
+
+
 @dataclasses.dataclass(frozen=True)
 class ReferenceSynthesizer:
   """Builds the scaffold of a grounded pair (see the module docstring)."""
@@ -210,10 +224,29 @@ class ReferenceSynthesizer:
     if area < cfg.min_subject_pixels:
       raise Rejected("subject_too_small", f"largest subject piece has {area} "
                      f"px (< {cfg.min_subject_pixels})", scores)
-    (y0, x0, y1, x1), = grounding_lib.boxes_of(piece[None])
-    image, alpha = place_on_canvas(
-        pair.target[frame, y0:y1, x0:x1], piece[y0:y1, x0:x1], cfg)
+    image, alpha = cut_subject(pair.target[frame], piece, cfg)
     return Scaffold(image, alpha, frame, piece, scores)
+
+  def at_resolution(self, scaffold: Scaffold, kind: str,
+                    frame: np.ndarray) -> Scaffold:
+    """Re-cuts a subject scaffold found on a downscaled copy from the
+    full-resolution target frame (uint8[H, W, 3]); background plates are
+    kept at the analysis resolution."""
+    if kind != "subject":
+      return scaffold
+    # The upsampled region is blocky at the object's rim: grow it a little
+    # and let the background colour model trim it at full resolution.
+    scale = frame.shape[0] / scaffold.region.shape[0]
+    region = upsample_mask(scaffold.region, *frame.shape[:2])
+    grown = ndimage.binary_dilation(
+        region, grounding_lib.disk(max(1, round(scale)))[0])
+    refined = subject_pixels(frame[None], grown[None], self.config)[0]
+    labels, count = ndimage.label(refined)
+    if count:
+      sizes = np.bincount(labels.ravel())[1:]
+      region = labels == 1 + int(sizes.argmax())
+    image, alpha = cut_subject(frame, region, self.config)
+    return dataclasses.replace(scaffold, image=image, alpha=alpha)
 
   def background(self, pair: Pair, grounding: Grounding) -> Scaffold:
     cfg = self.config

@@ -33,6 +33,8 @@ class Pair:
     source, target: uint8[T, H, W, 3] (T = 1 for image pairs). Stages after
       the quality filter may assume equal shapes.
     origin: where the pair came from, for messages.
+    media_shapes: (T, H, W) of the decoded source and target when the arrays
+      here were downscaled for analysis; None when they are the media's own.
   """
 
   key: str
@@ -40,6 +42,14 @@ class Pair:
   source: np.ndarray
   target: np.ndarray
   origin: str = ""
+  media_shapes: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
+
+  @property
+  def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(T, H, W) of the source and target media."""
+    if self.media_shapes is not None:
+      return self.media_shapes
+    return self.source.shape[:3], self.target.shape[:3]
 
 
 class Rejected(Exception):

@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from kiwi_jax.data import metadata
 from kiwi_jax.data import mini_scene
 from kiwi_jax.data import refvie_mini
+from kiwi_jax.data import video_io
 from kiwi_jax.refvie import grounding
 from kiwi_jax.refvie import instructions
+from kiwi_jax.refvie import process
 from kiwi_jax.refvie import quality
 from kiwi_jax.refvie import synthesis
 from kiwi_jax.refvie import verification
@@ -283,3 +286,30 @@ def test_verifier_rejects_scaffolds_that_show_the_source():
       embedder=lambda image, mask: np.array([1.0, 0.0]))
   with pytest.raises(Rejected, match="scaffold_matches_source"):
     blind(pair, found, scaffold)
+
+
+def test_analysis_copy_and_full_resolution_scaffold(tmp_path):
+  big = refvie_mini.MiniConfig(height=128, width=128, num_frames=5,
+                               ref_size=64)
+  sample = refvie_mini.make_sample(0, 0, big, "subject_reference")
+  for name, frames in (("s.mp4", sample.source), ("t.mp4", sample.target)):
+    (tmp_path / name).write_bytes(
+        video_io.encode_video(frames, lossless=True))
+  row = metadata.Row(key="big", origin="test", prompt=sample.prompt,
+                     src_video="s.mp4", tgt_video="t.mp4")
+  # min_side 100 holds for the 128 px media though the analysis copy is 64.
+  pipe = process.Pipeline(
+      quality=quality.QualityFilter(quality.QualityConfig(min_side=100)),
+      analysis_max_side=64)
+  outcome = pipe.process(row, tmp_path, tmp_path / "out")
+  assert outcome.status == "accepted", outcome.detail
+  assert max(max(b[2:]) for b in outcome.boxes) <= 64  # analysis boxes
+  scaffold = video_io.decode_image(
+      (tmp_path / "out" / outcome.ref_image).read_bytes())
+  shown = metrics.not_white(scaffold)
+  ys, xs = np.nonzero(shown)
+  assert max(np.ptp(ys), np.ptp(xs)) + 1 > 32  # cut at 128 px, not 64
+  a = metrics.object_crop(scaffold, shown)
+  b = metrics.object_crop(sample.ref_image, metrics.not_white(
+      sample.ref_image))
+  assert metrics.ssim(a, b) >= MIN_SSIM and metrics.psnr(a, b) >= MIN_PSNR
