@@ -35,10 +35,11 @@ from kiwi_jax.refvie.process import MEDIA_MODES, Pipeline
 
 def _pipeline(args) -> Pipeline:
   return Pipeline(
-      quality=quality.QualityFilter(quality.QualityConfig(
+      quality=quality.QualityFilter(dataclasses.replace(
+          quality.LOSSY if args.lossy else quality.QualityConfig(),
           min_side=args.min_side, min_frames=args.min_frames)),
-      grounder=grounding.DiffGrounder(grounding.GroundingConfig(
-          blur_sigma=args.blur_sigma)),
+      grounder=grounding.DiffGrounder(
+          grounding.LOSSY if args.lossy else grounding.GroundingConfig()),
       synthesizer=synthesis.ReferenceSynthesizer(synthesis.SynthesisConfig(
           canvas_size=args.canvas_size)),
       max_frames=args.max_frames, media=args.media)
@@ -79,9 +80,9 @@ def main(argv=None) -> int:
   parser.add_argument("--max_frames", type=int, default=81)
   parser.add_argument("--min_side", type=int, default=64)
   parser.add_argument("--min_frames", type=int, default=1)
-  parser.add_argument("--blur_sigma", type=float, default=0.0,
-                      help="blur before differencing (try 1.0 for lossy "
-                      "sources)")
+  parser.add_argument("--lossy", action="store_true",
+                      help="thresholds for separately lossy-encoded sources "
+                      "and targets (quality.LOSSY, grounding.LOSSY)")
   parser.add_argument("--canvas_size", type=int, default=None,
                       help="square scaffold side for subject edits; default "
                       "keeps the object's native resolution")

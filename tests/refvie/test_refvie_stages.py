@@ -313,3 +313,23 @@ def test_analysis_copy_and_full_resolution_scaffold(tmp_path):
   b = metrics.object_crop(sample.ref_image, metrics.not_white(
       sample.ref_image))
   assert metrics.ssim(a, b) >= MIN_SSIM and metrics.psnr(a, b) >= MIN_PSNR
+
+
+def test_lossy_presets_on_separately_encoded_pairs():
+  lossy = lambda x, crf: video_io.decode_video(
+      video_io.encode_video(x, crf=crf))
+  grounder = grounding.DiffGrounder(grounding.LOSSY)
+  qf = quality.QualityFilter(quality.LOSSY)
+  ious = []
+  for index in range(6):
+    sample = refvie_mini.make_sample(0, index, CFG)
+    source = lossy(sample.source, 18)
+    pair = Pair("k", sample.prompt, source, lossy(sample.target, 18))
+    qf(pair)  # a real edit passes
+    mask, _ = grounder.changed_region(
+        pair, fill_holes="background" not in sample.edit_type)
+    ious.append(metrics.iou(mask, sample.mask))
+    # The same frames at another quality are no edit.
+    with pytest.raises(Rejected, match="no_edit"):
+      qf(Pair("k", sample.prompt, source, lossy(sample.source, 23)))
+  assert np.mean(ious) >= 0.85, ious
