@@ -128,7 +128,7 @@ def downscale(pair: Pair, max_side: int | None) -> Pair:
   Returns `pair` itself when it is small enough, or when source and target
   differ in size (the quality stage rejects those from `media_shapes`).
   """
-  t, h, w, _ = pair.source.shape
+  _, h, w, _ = pair.source.shape
   if (max_side is None or max(h, w) <= max_side
       or pair.target.shape[1:3] != (h, w)):
     return pair

@@ -13,8 +13,10 @@ from kiwi_jax.data import video_io
 from kiwi_jax.refvie import pipeline_local
 from kiwi_jax.refvie.types import Pair
 
-# 13 videos: every edit type twice, one thrice; 64x64x5 clips (tiny, fast).
+# 13 videos: every edit type twice, one thrice; 64x64x5 clips (tiny, fast);
+# 4 one-frame image pairs (the instruction-only types).
 NUM_VIDEOS = 13
+NUM_IMAGES = 4
 CFG = refvie_mini.MiniConfig(height=64, width=64, num_frames=5, ref_size=32)
 POOL_CSV = "pool.csv"
 
@@ -96,10 +98,10 @@ def mini_pool(tmp_path_factory):
   """(directory, pool CSV path, {key: edit type}) of RefVIE-mini as
   instruction-only pairs (true references withheld) plus planted pairs."""
   out = tmp_path_factory.mktemp("refvie_pool")
-  csvs = refvie_mini.write_dataset(out, num_videos=NUM_VIDEOS, seed=0,
-                                   cfg=CFG)
+  csvs = refvie_mini.write_dataset(out, num_videos=NUM_VIDEOS,
+                                   num_images=NUM_IMAGES, seed=0, cfg=CFG)
   rows = []
-  for name in ("video", "ref"):
+  for name in ("video", "ref", "image"):
     with open(csvs[name]) as f:
       for row in csv.DictReader(f):
         row.pop("ref_image", None)  # withheld: the pipeline must make one

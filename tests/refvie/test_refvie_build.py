@@ -18,8 +18,8 @@ from kiwi_jax.refvie import pipeline_local
 from kiwi_jax.refvie import process
 from kiwi_jax.refvie.records import Outcome
 
-from tests.refvie.conftest import (EXPECTED_BY_TYPE, PLANTED, NUM_VIDEOS,
-                                   pool_rows)
+from tests.refvie.conftest import (EXPECTED_BY_TYPE, NUM_IMAGES,
+                                   NUM_VIDEOS, PLANTED, pool_rows)
 
 OUTPUT_FILES = ("refvie.csv", "provenance.jsonl", "report.json")
 
@@ -40,14 +40,15 @@ def test_every_pair_gets_the_right_outcome(mini_pool, local_run):
   _, _, types = mini_pool
   out, report = local_run
   outcomes = _outcomes(out)
-  assert len(outcomes) == NUM_VIDEOS + len(PLANTED)
+  assert len(outcomes) == NUM_VIDEOS + NUM_IMAGES + len(PLANTED)
   for key, edit_type in types.items():
     want = EXPECTED_BY_TYPE[edit_type]
     o = outcomes[key]
     if want[0] == "accepted":
       assert (o.status, o.edit_kind) == want, (key, o.detail)
       assert o.ref_image and o.best_frame is not None
-      assert len(o.boxes) == 5 and all(b is not None for b in o.boxes)
+      frames = 1 if key.startswith("i") else 5
+      assert len(o.boxes) == frames and all(b is not None for b in o.boxes)
       assert o.scores["verification.margin"] >= 0.15
     else:
       assert (o.stage, o.reason) == want, (key, o.detail)
@@ -89,8 +90,9 @@ def test_output_is_refvie_format_and_loads(local_run):
   assert not (out / "media/ref/x_dup_exact.png").exists()
   assert len(list((out / "media/ref").iterdir())) == len(rows)
   for row in metadata.read_csv_rows(out / "refvie.csv"):
+    frames = 1 if row.key.startswith("i") else 5
     fields, problems = record_builder.check_row(
-        row, out, record_builder.CheckOptions(min_frames=5))
+        row, out, record_builder.CheckOptions(min_frames=frames))
     assert not problems and fields["has_ref"]
   ref = video_io.decode_image((out / rows[0]["ref_image"]).read_bytes())
   assert ref.ndim == 3 and (ref[0] == 255).all()  # white canvas border
@@ -103,7 +105,7 @@ def test_resume_skips_done_chunks_and_gives_the_same_output(
   out = tmp_path / "resumed"
   shutil.copytree(first, out)
   chunks = sorted((out / "work").glob("chunk-*.jsonl"))
-  assert len(chunks) == 4  # 22 pairs in chunks of 7
+  assert len(chunks) == 4  # 26 pairs in chunks of 7
   kept = chunks[0].stat().st_mtime_ns
   # A run that died after its first chunk: later chunks and outputs missing.
   for path in chunks[1:]:
