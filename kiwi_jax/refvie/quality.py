@@ -72,7 +72,7 @@ def changed_fraction_per_frame(pair: Pair, threshold: float,
                                blur_sigma: float = 0.0) -> np.ndarray:
   """float[T]: fraction of pixels whose max-channel difference (after an
   optional Gaussian blur) is >= threshold."""
-  diff = grounding.difference(pair.source, pair.target, blur_sigma)
+  diff = grounding.difference(pair, blur_sigma)
   return (diff >= threshold).mean(axis=(1, 2))
 
 
@@ -90,7 +90,8 @@ def structure_correlation(source: np.ndarray, target: np.ndarray) -> float:
 
 def luminance_flicker(frames: np.ndarray) -> float:
   """Mean |second difference| of frame-mean luma (0 for < 3 frames)."""
-  means = luminance(frames).mean(axis=(1, 2))
+  # Luma is linear: the mean of the luma is the luma of the mean colour.
+  means = frames.mean(axis=(1, 2), dtype=np.float64) @ _LUMA
   if means.size < 3:
     return 0.0
   return float(np.abs(np.diff(means, n=2)).mean())

@@ -49,6 +49,8 @@ class SynthesisConfig:
     min_ring_fraction: a colour bin counts as background when it holds at
       least this fraction of the ring's pixels.
     min_subject_pixels: smallest object piece worth a reference.
+    max_candidate_frames: frames (evenly spread) searched for the best view
+      of the subject.
     min_background_fraction: least visible background in the best frame.
     max_background_motion: mean |difference| (0-255) between visible
       background in two frames above which temporal filling is skipped.
@@ -63,6 +65,7 @@ class SynthesisConfig:
   colour_bins: int = 16
   min_ring_fraction: float = 0.002
   min_subject_pixels: int = 16
+  max_candidate_frames: int = 16
   min_background_fraction: float = 0.2
   max_background_motion: float = 4.0
   rim_radius: int = 1
@@ -116,6 +119,18 @@ def _background_colours(target, mask, cfg) -> np.ndarray:
 def subject_pixels(target: np.ndarray, mask: np.ndarray,
                    cfg: SynthesisConfig) -> np.ndarray:
   """bool[T, H, W]: the edited region's pixels that show the new subject."""
+  # Work inside the region's box grown by the ring (local edits are small).
+  (y0, x0, y1, x1), = grounding_lib.boxes_of(mask.any(0, keepdims=True))
+  m = cfg.ring_gap + cfg.ring_radius + 1
+  h, w = mask.shape[1:]
+  y0, x0, y1, x1 = max(0, y0 - m), max(0, x0 - m), min(h, y1 + m), min(w, x1 + m)
+  out = np.zeros_like(mask)
+  out[:, y0:y1, x0:x1] = _subject_pixels(
+      target[:, y0:y1, x0:x1], mask[:, y0:y1, x0:x1], cfg)
+  return out
+
+
+def _subject_pixels(target, mask, cfg):
   present = _background_colours(target, mask, cfg)
   q = (target.astype(np.int32) * cfg.colour_bins) // 256
   background_like = present[q[..., 0], q[..., 1], q[..., 2]]
@@ -214,7 +229,12 @@ class ReferenceSynthesizer:
 
   def subject(self, pair: Pair, grounding: Grounding) -> Scaffold:
     cfg = self.config
-    subject = subject_pixels(pair.target, grounding.mask, cfg)
+    count = len(pair.target)
+    frames = np.unique(np.linspace(
+        0, count - 1, min(count, cfg.max_candidate_frames)).round().astype(int))
+    subject = np.zeros_like(grounding.mask)
+    subject[frames] = subject_pixels(
+        pair.target[frames], grounding.mask[frames], cfg)
     if not subject.any():
       raise Rejected("no_subject_in_target", "every changed pixel of the "
                      "target looks like the surrounding background")

@@ -1,6 +1,7 @@
 """The pair a stage sees, and how a stage rejects it."""
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -43,6 +44,13 @@ class Pair:
   target: np.ndarray
   origin: str = ""
   media_shapes: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
+
+  @functools.cached_property
+  def abs_diff(self) -> np.ndarray:
+    """uint8[T, H, W]: max-channel |source - target| (computed once; the
+    quality and grounding stages both need it)."""
+    diff = np.abs(self.source.astype(np.int16) - self.target.astype(np.int16))
+    return diff.max(-1).astype(np.uint8)
 
   @property
   def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
