@@ -42,7 +42,8 @@ def _pipeline(args) -> Pipeline:
           grounding.LOSSY if args.lossy else grounding.GroundingConfig()),
       synthesizer=synthesis.ReferenceSynthesizer(synthesis.SynthesisConfig(
           canvas_size=args.canvas_size)),
-      max_frames=args.max_frames, media=args.media)
+      max_frames=args.max_frames, media=args.media,
+      analysis_max_side=args.analysis_max_side or None)
 
 
 def _rows(args) -> list[metadata.Row]:
@@ -78,6 +79,9 @@ def main(argv=None) -> int:
   parser.add_argument("--no_progress", action="store_true")
   parser.add_argument("--media", choices=MEDIA_MODES, default="copy")
   parser.add_argument("--max_frames", type=int, default=81)
+  parser.add_argument("--analysis_max_side", type=int, default=512,
+                      help="stages look at copies at most this large "
+                      "(0: full size); subject scaffolds are cut at full size")
   parser.add_argument("--min_side", type=int, default=64)
   parser.add_argument("--min_frames", type=int, default=1)
   parser.add_argument("--lossy", action="store_true",
