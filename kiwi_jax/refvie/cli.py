@@ -9,13 +9,15 @@
       --out_dir=gs://bucket/refvie --runner=beam \\
       --beam_arg=--runner=DataflowRunner --beam_arg=--project=my-project
 
-  # Then, optionally, ArrayRecord shards for training:
-  python -m kiwi_jax.data.build_records --csv=/data/refvie_built/refvie.csv \\
-      --base_dir=/data/refvie_built --out_dir=/data/records/refvie
+  # Also ArrayRecord shards for training (or later, with
+  # python -m kiwi_jax.data.build_records on refvie.csv):
+  python -m kiwi_jax.refvie --csv=pool.csv --base_dir=/data \\
+      --out_dir=/data/refvie_built --records_dir=/data/records/refvie
 
 Inputs: reference-format CSVs (`src_video,tgt_video,prompt`, optional
 `iid`; spec 6.1) or RefVIE parquet chunks; a `ref_image` column, if any, is
-ignored. Prints the report (counts per stage and reason); exit status 0.
+ignored. Prints the report (counts per stage and reason); exit status 0
+(1 when --records_dir is given and a quadruplet fails the record check).
 """
 
 import argparse
@@ -78,6 +80,10 @@ def main(argv=None) -> int:
   parser.add_argument("--overwrite", action="store_true")
   parser.add_argument("--no_progress", action="store_true")
   parser.add_argument("--media", choices=MEDIA_MODES, default="copy")
+  parser.add_argument("--records_dir", default=None,
+                      help="also write the quadruplets as ArrayRecord shards "
+                      "(kiwi_jax.data.record_builder) here")
+  parser.add_argument("--num_shards", type=int, default=1)
   parser.add_argument("--max_frames", type=int, default=81)
   parser.add_argument("--analysis_max_side", type=int, default=512,
                       help="stages look at copies at most this large "
@@ -113,4 +119,18 @@ def main(argv=None) -> int:
         num_workers=args.num_workers, chunk_size=args.chunk_size,
         overwrite=args.overwrite, progress=not args.no_progress)
   print(json.dumps(report, indent=2))
+  if args.records_dir:
+    # pylint: disable-next=g-import-not-at-top
+    from kiwi_jax.data import record_builder
+    try:
+      built = record_builder.build_array_records(
+          metadata.read_csv_rows(epath.Path(args.out_dir) / "refvie.csv"),
+          args.out_dir, args.records_dir,
+          options=record_builder.CheckOptions(min_frames=1,
+                                              max_frames=args.max_frames),
+          policy="fail", num_shards=args.num_shards, prefix="refvie")
+    except record_builder.RecordBuildError as e:
+      print(str(e), file=sys.stderr)
+      return 1
+    print(f"ArrayRecord shards in {args.records_dir}: {built.summary()}")
   return 0

@@ -154,12 +154,18 @@ def test_process_pool_gives_the_same_output(mini_pool, local_run, tmp_path):
 
 def test_command_line(mini_pool, local_run, tmp_path, capsys):
   base, pool_csv, _ = mini_pool
+  out, records_dir = tmp_path / "out", tmp_path / "records"
   rc = cli.main([f"--csv={pool_csv}", f"--base_dir={base}",
-                 f"--out_dir={tmp_path}", "--chunk_size=7", "--no_progress"])
+                 f"--out_dir={out}", "--chunk_size=7", "--no_progress",
+                 f"--records_dir={records_dir}"])
   assert rc == 0
-  printed = json.loads(capsys.readouterr().out)
-  assert printed == local_run[1]
-  assert _snapshot(tmp_path) == _snapshot(local_run[0])
+  printed = capsys.readouterr().out
+  report = json.loads(printed[:printed.index("ArrayRecord shards")])
+  assert report == local_run[1]
+  assert _snapshot(out) == _snapshot(local_run[0])
+  built = json.loads((records_dir / "refvie.report.json").read_text())
+  assert built["rows_written"] == report["accepted"]
+  assert list(records_dir.glob("refvie-*.array_record"))
 
 
 def test_reference_media_mode_lists_original_paths(mini_pool, tmp_path):
