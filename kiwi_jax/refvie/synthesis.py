@@ -119,12 +119,15 @@ def _background_colours(target, mask, cfg) -> np.ndarray:
 def subject_pixels(target: np.ndarray, mask: np.ndarray,
                    cfg: SynthesisConfig) -> np.ndarray:
   """bool[T, H, W]: the edited region's pixels that show the new subject."""
+  out = np.zeros_like(mask)
+  if not mask.any():
+    return out
   # Work inside the region's box grown by the ring (local edits are small).
   (y0, x0, y1, x1), = grounding_lib.boxes_of(mask.any(0, keepdims=True))
   m = cfg.ring_gap + cfg.ring_radius + 1
   h, w = mask.shape[1:]
-  y0, x0, y1, x1 = max(0, y0 - m), max(0, x0 - m), min(h, y1 + m), min(w, x1 + m)
-  out = np.zeros_like(mask)
+  y0, x0 = max(0, y0 - m), max(0, x0 - m)
+  y1, x1 = min(h, y1 + m), min(w, x1 + m)
   out[:, y0:y1, x0:x1] = _subject_pixels(
       target[:, y0:y1, x0:x1], mask[:, y0:y1, x0:x1], cfg)
   return out

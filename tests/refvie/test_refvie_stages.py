@@ -333,3 +333,28 @@ def test_lossy_presets_on_separately_encoded_pairs():
     with pytest.raises(Rejected, match="no_edit"):
       qf(Pair("k", sample.prompt, source, lossy(sample.source, 23)))
   assert np.mean(ious) >= 0.85, ious
+
+
+def test_synthesis_rejects_regions_without_a_new_subject():
+  sample = refvie_mini.make_sample(0, 0, CFG, "local_remove")
+  pair = as_pair(sample)
+  mask, scores = GROUNDER.changed_region(pair, fill_holes=True)
+  # Forced through as a subject edit, a removal shows only background.
+  found = grounding.Grounding("subject", mask, grounding.boxes_of(mask),
+                              scores)
+  with pytest.raises(Rejected, match="no_subject_in_target"):
+    SYNTH(pair, found)
+  empty = grounding.Grounding("subject", np.zeros_like(mask),
+                              [None] * len(mask), scores)
+  with pytest.raises(Rejected, match="no_subject_in_target"):
+    SYNTH(pair, empty)
+  tiny = synthesis.ReferenceSynthesizer(
+      synthesis.SynthesisConfig(min_subject_pixels=10_000))
+  add = as_pair(refvie_mini.make_sample(0, 0, CFG, "local_add"))
+  with pytest.raises(Rejected, match="subject_too_small"):
+    tiny(add, GROUNDER(add))
+  # A background plate needs the new background to be visible.
+  small = grounding.Grounding("background", mask, grounding.boxes_of(mask),
+                              scores)
+  with pytest.raises(Rejected, match="no_background_visible"):
+    SYNTH(pair, small)
