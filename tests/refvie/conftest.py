@@ -29,6 +29,8 @@ PLANTED = {
     "p_global_as_local": ("grounding", "global_change"),
     "p_style": ("grounding", "style_edit"),
     "p_missing": ("input", "missing_file"),
+    "p_corrupt": ("input", "unreadable_media"),
+    "p_no_prompt": ("input", "empty_prompt"),
     "x_dup_exact": ("dedup", "duplicate"),
     "x_dup_brighter": ("dedup", "duplicate"),
 }
@@ -90,6 +92,11 @@ def planted_pairs(mini_dir):
   rows.append({"iid": "p_missing", "src_video": "planted/nowhere.mp4",
                "tgt_video": "planted/nowhere_tgt.mp4",
                "prompt": recolor.prompt})
+  (mini_dir / "planted" / "corrupt.mp4").write_bytes(b"not a video")
+  rows.append({"iid": "p_corrupt", "src_video": "planted/p_same_src.mp4",
+               "tgt_video": "planted/corrupt.mp4", "prompt": recolor.prompt})
+  rows.append({"iid": "p_no_prompt", "src_video": "planted/p_same_src.mp4",
+               "tgt_video": "planted/x_dup_exact_tgt.mp4", "prompt": " "})
   return rows
 
 

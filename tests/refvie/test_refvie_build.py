@@ -105,7 +105,7 @@ def test_resume_skips_done_chunks_and_gives_the_same_output(
   out = tmp_path / "resumed"
   shutil.copytree(first, out)
   chunks = sorted((out / "work").glob("chunk-*.jsonl"))
-  assert len(chunks) == 4  # 26 pairs in chunks of 7
+  assert len(chunks) == 4  # 28 pairs in chunks of 7
   kept = chunks[0].stat().st_mtime_ns
   # A run that died after its first chunk: later chunks and outputs missing.
   for path in chunks[1:]:
