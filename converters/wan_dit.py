@@ -211,6 +211,26 @@ def load_wan_dit(ckpt: Checkpoint | str | os.PathLike, cfg: WanDiTConfig, *,
   return nnx.merge(graphdef, state)
 
 
+def load_kiwi_diffusers(root: str | os.PathLike, *, mesh=None,
+                        dtype: Any = None, **overrides) -> WanDiT:
+  """Loads Kiwi's diffusers release layout (``transformer/`` plus optional
+  ``source_embedder/`` and ``ref_embedder/``), reading ``ref_pad_first``
+  from ``ref_embedder/config.json`` rather than assuming it (spec 7.4)."""
+  root = pathlib.Path(root)
+  source, ref = root / "source_embedder", root / "ref_embedder"
+  fields = dict(source_condition=source.is_dir(),
+                reference_condition=ref.is_dir())
+  if ref.is_dir():
+    ref_config = json.loads((ref / "config.json").read_text())
+    fields["ref_pad_first"] = bool(ref_config.get("ref_pad_first", False))
+  fields.update(overrides)
+  cfg = config_from_diffusers(root / "transformer", **fields)
+  ckpt = open_diffusers(root / "transformer",
+                        source if cfg.source_condition else None,
+                        ref if cfg.reference_condition else None)
+  return load_wan_dit(ckpt, cfg, layout="diffusers", mesh=mesh, dtype=dtype)
+
+
 def diffusers_config(cfg: WanDiTConfig) -> dict[str, Any]:
   """``WanTransformer3DModel`` config for ``cfg``."""
   return {
@@ -303,8 +323,54 @@ def save_diffusers(model: WanDiT, transformer_dir: str | os.PathLike, *,
     _write_json(config, folder / "config.json")
 
 
+def convert_to_diffusers(src: str | os.PathLike, dst: str | os.PathLike,
+                         cfg: WanDiTConfig, *, layout: str | None = None
+                         ) -> pathlib.Path:
+  """Converts a Wan / DiffSynth (or diffusers) checkpoint to Kiwi's
+  diffusers folders under ``dst``: ``transformer/`` and, when ``cfg`` has
+  them, ``source_embedder/`` and ``ref_embedder/``.
+
+  The whole plan is checked before anything is written; on any mismatch
+  nothing is created under ``dst``.
+  """
+  model = load_wan_dit(src, cfg, layout=layout)
+  dst = pathlib.Path(dst)
+  save_diffusers(
+      model, dst / "transformer",
+      source_embedder_dir=dst / "source_embedder" if cfg.source_condition
+      else None,
+      ref_embedder_dir=dst / "ref_embedder" if cfg.reference_condition
+      else None)
+  return dst
+
+
+def main(argv=None) -> None:
+  """``python -m converters.wan_dit --src CKPT --dst DIR --variant NAME``."""
+  import argparse
+  parser = argparse.ArgumentParser(description=main.__doc__)
+  parser.add_argument("--src", required=True,
+                      help="safetensors file/folder or .pth (Wan, DiffSynth "
+                      "or diffusers names)")
+  parser.add_argument("--dst", required=True, help="output folder")
+  parser.add_argument("--variant", default="wan2.2-ti2v-5b")
+  parser.add_argument("--source_condition", action="store_true")
+  parser.add_argument("--reference_condition", action="store_true")
+  parser.add_argument("--ref_pad_first", action="store_true")
+  args = parser.parse_args(argv)
+  cfg = WanDiTConfig.from_variant(
+      args.variant, source_condition=args.source_condition,
+      reference_condition=args.reference_condition,
+      ref_pad_first=args.ref_pad_first)
+  print(f"Wrote {convert_to_diffusers(args.src, args.dst, cfg)}")
+
+
 __all__ = [
     "IGNORE_UNUSED", "LAYOUTS", "STRIP_PREFIXES", "config_from_diffusers",
+    "convert_to_diffusers", "load_kiwi_diffusers",
     "detect_layout", "diffusers_config", "keymaps", "load_wan_dit",
     "merge_checkpoints", "open_diffusers", "save_diffusers",
 ]
+
+
+if __name__ == "__main__":
+  main()
