@@ -32,7 +32,8 @@ from flax import nnx
 
 from converters.assign import (CONV, IDENTITY, LINEAR, KeyMap, assign,
                                compose, export, reshape, save_safetensors)
-from converters.checkpoint_io import Checkpoint, CheckpointError, open_checkpoint
+from converters.checkpoint_io import (Checkpoint, CheckpointError,
+                                      open_checkpoint)
 from kiwi_jax.models.dit import WanDiT, WanDiTConfig
 
 LAYOUTS = ("wan", "diffusers")

@@ -142,10 +142,9 @@ def _reference(sd, cfg, z, t, ctx, z_src, sigma, z_ref, ref_pad_first):
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
         sd[p + "modulation"] + t_mod).chunk(6, dim=1)
     y = F.layer_norm(x, (d,), eps=eps) * (1 + scale_msa) + shift_msa
-    q = _rope_apply(rms(lin(y, p + "self_attn.q"), p + "self_attn.norm_q.weight"),
-                    grid, heads)
-    k = _rope_apply(rms(lin(y, p + "self_attn.k"), p + "self_attn.norm_k.weight"),
-                    grid, heads)
+    q = rms(lin(y, p + "self_attn.q"), p + "self_attn.norm_q.weight")
+    k = rms(lin(y, p + "self_attn.k"), p + "self_attn.norm_k.weight")
+    q, k = _rope_apply(q, grid, heads), _rope_apply(k, grid, heads)
     v = lin(y, p + "self_attn.v")
     x = x + gate_msa * lin(attention(q, k, v), p + "self_attn.o")
     y = F.layer_norm(x, (d,), sd[p + "norm3.weight"], sd[p + "norm3.bias"],

@@ -161,7 +161,7 @@ class WanDiT(nnx.Module):
         if cfg.reference_condition else None)
 
   def embed_text(self, text_states: jax.Array) -> jax.Array:
-    """Stock Wan text path: float[B, L, text_dim] -> context float[B, L, dim]."""
+    """Stock Wan text path: float[B, L, text_dim] -> float[B, L, dim]."""
     return self.text_embedding(text_states)
 
   def embed_timestep(self, timestep: jax.Array):

@@ -175,3 +175,14 @@ def test_bad_inputs_name_the_problem():
     model(jnp.zeros((1, 33, 2, 2, 48)), timestep, context)
   with pytest.raises(ValueError, match="remat_policy"):
     _tiny(remat_policy="sometimes")
+
+
+def test_bf16_compute_close_to_fp32():
+  latents, timestep, context = _inputs(t=2, h=4, w=6)
+  fp32 = WanDiT(_tiny(), rngs=nnx.Rngs(6))
+  bf16 = WanDiT(_tiny(dtype=jnp.bfloat16), rngs=nnx.Rngs(6))
+  want = _velocity(fp32, latents, timestep, context)
+  got = _velocity(bf16, latents, timestep, context)
+  assert got.dtype == jnp.bfloat16
+  err = float(jnp.max(jnp.abs(got.astype(jnp.float32) - want)))
+  assert err < 0.05 * float(jnp.max(jnp.abs(want)))
