@@ -8,8 +8,6 @@ released key names (``dit.*``, ``vae_condition.patch_embedding.*``,
 converter must skip). It goes through the real converter.
 """
 
-import functools
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -167,7 +165,7 @@ def _reference(sd, cfg, z, t, ctx, z_src, sigma, z_ref, ref_pad_first):
       x.shape[0], -1, f * pt, h * ph, w * pw)
 
 
-@functools.partial(nnx.jit)
+@nnx.jit
 def _velocity(model, latents, timestep, context, source, sigma, ref):
   return model(latents, timestep, context, source_latents=source,
                sigma=sigma, ref_latents=ref).velocity
