@@ -205,39 +205,9 @@ class WanDiT(nnx.Module):
       ``DiTOutput(velocity=float[B, t, h, w, out_channels])``.
     """
     cfg = self.cfg
-    x = self.patch_embedding(latents, "latents")  # [B, f, h, w, dim]
-    b, f, h, w, _ = x.shape
-    if source_latents is not None:
-      if self.vae_condition is None:
-        raise ValueError("source_latents given but the model has no "
-                         "vae_condition (set source_condition=True).")
-      if source_latents.shape != latents.shape:
-        raise ValueError(f"source_latents shape {source_latents.shape} must "
-                         f"equal latents shape {latents.shape}.")
-      if sigma is None or jnp.shape(sigma) != (b,):
-        raise ValueError(f"sigma must be float[{b}] with source_latents, got "
-                         f"{None if sigma is None else jnp.shape(sigma)}.")
-      src = self.vae_condition(source_latents, "source_latents")
-      x = x + src * sigma.astype(x.dtype)[:, None, None, None, None]
-    x = x.reshape(b, f * h * w, cfg.dim)
-    n_video = f * h * w
-
-    ref_frames = 0
-    if ref_latents is not None:
-      if self.ref_vae_condition is None:
-        raise ValueError("ref_latents given but the model has no "
-                         "ref_vae_condition (set reference_condition=True).")
-      if (ref_latents.ndim != 5 or ref_latents.shape[0] != b
-          or ref_latents.shape[2:] != latents.shape[2:]):
-        raise ValueError(
-            f"ref_latents must be float[{b}, r, {latents.shape[2]}, "
-            f"{latents.shape[3]}, {latents.shape[4]}] (same size as the "
-            f"video latents), got {tuple(ref_latents.shape)}.")
-      r = self.ref_vae_condition(ref_latents, "ref_latents")
-      ref_frames = r.shape[1]
-      r = r.reshape(b, -1, cfg.dim)
-      x = jnp.concatenate([r, x] if cfg.ref_pad_first else [x, r], axis=1)
-    x = sharding.constrain(x.astype(cfg.dtype), blocks_lib.TOKENS)
+    x, (f, h, w), ref_frames = self._tokens(latents, source_latents, sigma,
+                                           ref_latents)
+    b, n_video = x.shape[0], f * h * w
 
     # RoPE: video frames 0..f-1 then ref frames f.. (default), or ref
     # frames first at 0.. and the video shifted after them (ref_pad_first).
@@ -275,6 +245,44 @@ class WanDiT(nnx.Module):
     out = self.head(x, t_emb)
     velocity = unpatchify(out, (f, h, w), cfg.patch_size)
     return DiTOutput(velocity=velocity)
+
+  def _tokens(self, latents, source_latents, sigma, ref_latents):
+    """Patch tokens float[B, S, dim] (video + reference, sequence order),
+    the video token grid (f, h, w) and the number of reference frames."""
+    cfg = self.cfg
+    x = self.patch_embedding(latents, "latents")  # [B, f, h, w, dim]
+    b, f, h, w, _ = x.shape
+    if source_latents is not None:
+      if self.vae_condition is None:
+        raise ValueError("source_latents given but the model has no "
+                         "vae_condition (set source_condition=True).")
+      if source_latents.shape != latents.shape:
+        raise ValueError(f"source_latents shape {source_latents.shape} must "
+                         f"equal latents shape {latents.shape}.")
+      if sigma is None or jnp.shape(sigma) != (b,):
+        raise ValueError(f"sigma must be float[{b}] with source_latents, got "
+                         f"{None if sigma is None else jnp.shape(sigma)}.")
+      src = self.vae_condition(source_latents, "source_latents")
+      x = x + src * sigma.astype(x.dtype)[:, None, None, None, None]
+    x = x.reshape(b, f * h * w, cfg.dim)
+
+    ref_frames = 0
+    if ref_latents is not None:
+      if self.ref_vae_condition is None:
+        raise ValueError("ref_latents given but the model has no "
+                         "ref_vae_condition (set reference_condition=True).")
+      if (ref_latents.ndim != 5 or ref_latents.shape[0] != b
+          or ref_latents.shape[2:] != latents.shape[2:]):
+        raise ValueError(
+            f"ref_latents must be float[{b}, r, {latents.shape[2]}, "
+            f"{latents.shape[3]}, {latents.shape[4]}] (same size as the "
+            f"video latents), got {tuple(ref_latents.shape)}.")
+      r = self.ref_vae_condition(ref_latents, "ref_latents")
+      ref_frames = r.shape[1]
+      r = r.reshape(b, -1, cfg.dim)
+      x = jnp.concatenate([r, x] if cfg.ref_pad_first else [x, r], axis=1)
+    x = sharding.constrain(x.astype(cfg.dtype), blocks_lib.TOKENS)
+    return x, (f, h, w), ref_frames
 
   def _run_blocks(self, x, context, t_mod, rope):
     """``lax.scan`` over the stacked blocks, each under the remat policy."""
