@@ -34,6 +34,7 @@ from converters.assign import (CONV, IDENTITY, LINEAR, KeyMap, assign,
                                compose, export, reshape, save_safetensors)
 from converters.checkpoint_io import (Checkpoint, CheckpointError,
                                       open_checkpoint)
+from converters.lora import merge_lora, overlay
 from kiwi_jax.models.dit import WanDiT, WanDiTConfig
 
 LAYOUTS = ("wan", "diffusers")
@@ -184,13 +185,17 @@ def open_diffusers(transformer: str | os.PathLike,
 
 
 def load_wan_dit(ckpt: Checkpoint | str | os.PathLike, cfg: WanDiTConfig, *,
+                 base: Checkpoint | str | os.PathLike | None = None,
                  layout: str | None = None, mesh=None, dtype: Any = None,
                  ignore_unused=IGNORE_UNUSED) -> WanDiT:
   """Builds a :class:`WanDiT` from a PyTorch checkpoint, streaming.
 
   Args:
     ckpt: a :class:`Checkpoint` or a path (safetensors file or folder,
-      ``.pth``); paths get the ``dit.`` / ``model.`` prefixes stripped.
+      ``.pth``); paths get the ``dit.`` / ``model.`` prefixes stripped. PEFT
+      LoRA pairs in it (Kiwi's 14B DiT LoRA) are merged into their weights.
+    base: the base Wan DiT under a partial (e.g. LoRA-only) Kiwi training
+      checkpoint; ``ckpt``'s tensors replace or LoRA-update its tensors.
     cfg: model config; its ``param_dtype`` is the stored dtype unless
       ``dtype`` overrides it.
     layout: ``"wan"`` / ``"diffusers"``; detected from the keys if None.
@@ -204,6 +209,11 @@ def load_wan_dit(ckpt: Checkpoint | str | os.PathLike, cfg: WanDiTConfig, *,
   """
   if not isinstance(ckpt, Checkpoint):
     ckpt = open_checkpoint(ckpt, strip_prefixes=STRIP_PREFIXES)
+  if base is not None:
+    if not isinstance(base, Checkpoint):
+      base = open_checkpoint(base, strip_prefixes=STRIP_PREFIXES)
+    ckpt = overlay(base, ckpt, skip=ignore_unused)
+  ckpt = merge_lora(ckpt)
   layout = layout or detect_layout(ckpt)
   graphdef, abstract = nnx.split(
       nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))

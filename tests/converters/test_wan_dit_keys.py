@@ -110,3 +110,28 @@ def test_unknown_layout_is_named(tmp_path):
               tmp_path / "vae.safetensors")
   with pytest.raises(checkpoint_io.CheckpointError, match="vae.safetensors"):
     wan_dit.load_wan_dit(src, CFG)
+
+
+def test_lora_only_checkpoint_merges_into_base(tmp_path):
+  from converters import checkpoint_io, wan_dit
+  stock = CFG.replace(source_condition=False, reference_condition=False)
+  _, base = _wan_tensors(stock, seed=2)
+  rng = np.random.default_rng(0)
+  d = stock.dim
+  a = rng.standard_normal((4, d), dtype=np.float32)
+  b = rng.standard_normal((d, 4), dtype=np.float32)
+  # Kiwi 14B-style checkpoint: DiT LoRA pairs, embedders, MLLM tensors.
+  kiwi = {"dit.blocks.1.cross_attn.o.lora_A.default.weight": a,
+          "dit.blocks.1.cross_attn.o.lora_B.default.weight": b,
+          "mllm.connetor.0.bias": np.zeros((d,), np.float32)}
+  kiwi_path = _save(kiwi, tmp_path / "kiwi_lora.safetensors")
+  base_path = _save({"model." + k: v for k, v in base.items()},
+                    tmp_path / "base.safetensors")
+  model = wan_dit.load_wan_dit(kiwi_path, stock, base=base_path)
+  merged = base["blocks.1.cross_attn.o.weight"] + b @ a
+  np.testing.assert_allclose(model.blocks.cross_attn.o.kernel[1], merged.T,
+                             rtol=1e-6, atol=1e-5)
+  np.testing.assert_array_equal(model.blocks.cross_attn.o.kernel[0],
+                                base["blocks.0.cross_attn.o.weight"].T)
+  with pytest.raises(checkpoint_io.CheckpointError, match="without a base"):
+    wan_dit.load_wan_dit(kiwi_path, stock)
