@@ -128,7 +128,9 @@ def scale_run(cfg: WanDiTConfig, grids, context_len: int, repeats: int):
   graphdef, state = nnx.split(model)
   print(f"{kind}: {cfg.num_layers} layers, dim {cfg.dim}, "
         f"{jnp.dtype(cfg.dtype).name}, attention={cfg.attention}, "
-        f"remat={cfg.remat_policy} for the backward; best of {repeats}")
+        f"remat={cfg.remat_policy} for the backward; best of {repeats}; "
+        "TFLOP/s and MFU count model FLOPs (fwd+bwd = 3x forward, remat "
+        "recompute not counted)")
   for label, (t, h, w) in grids.items():
     key = jax.random.key(0)
     latents = jax.random.normal(key, (1, t, h, w, cfg.in_channels), cfg.dtype)
