@@ -108,6 +108,23 @@ def euler_step(latents: jax.Array, velocity: jax.Array, sigma: jax.Array,
           delta.astype(jnp.float32)).astype(latents.dtype)
 
 
+def _guidance_chain(guidance_scale, uncond_operands, guidance_scales,
+                    guidance_operands):
+  """Normalises both guidance spellings to (scales, branch operands)."""
+  if guidance_scale is not None:
+    if guidance_scales:
+      raise ValueError("Pass guidance_scale or guidance_scales, not both.")
+    if uncond_operands is None:
+      raise ValueError("guidance_scale needs uncond_operands.")
+    return (float(guidance_scale),), (tuple(uncond_operands),)
+  if len(guidance_scales) != len(guidance_operands):
+    raise ValueError(
+        f"{len(guidance_scales)} guidance_scales need as many "
+        f"guidance_operands, got {len(guidance_operands)}.")
+  return (tuple(float(x) for x in guidance_scales),
+          tuple(tuple(ops) for ops in guidance_operands))
+
+
 def euler_loop(
     velocity_fn: SamplerVelocityFn,
     latents: jax.Array,
@@ -116,6 +133,8 @@ def euler_loop(
     *,
     guidance_scale: float | None = None,
     uncond_operands: Sequence[Any] | None = None,
+    guidance_scales: Sequence[float] = (),
+    guidance_operands: Sequence[Sequence[Any]] = (),
 ) -> jax.Array:
   """Runs every Euler step in one ``lax.fori_loop`` (traceable; no jit).
 
@@ -132,12 +151,17 @@ def euler_loop(
       behaviour) evaluates only the conditional branch.
     uncond_operands: operands of the unconditional branch (needed when
       ``guidance_scale`` is set).
+    guidance_scales: nested guidance over several conditions (e.g. text
+      and reference): scales s_1..s_n.
+    guidance_operands: operands v_0..v_{n-1} of the less-conditioned
+      branches, from unconditional upward; ``operands`` is v_n. The
+      velocity is ``v_0 + sum_i s_i (v_i - v_{i-1})`` (one scale: CFG).
 
   Returns:
     The final latents, same shape and dtype as ``latents``.
   """
-  if guidance_scale is not None and uncond_operands is None:
-    raise ValueError("guidance_scale needs uncond_operands.")
+  scales, branches = _guidance_chain(guidance_scale, uncond_operands,
+                                     guidance_scales, guidance_operands)
   tables = {name: jnp.asarray(getattr(plan, name)) for name in
             ("model_timesteps", "model_sigmas", "sigmas", "next_sigmas")}
   num_steps = len(plan)  # static: the tables' length
@@ -146,11 +170,13 @@ def euler_loop(
     t = tables["model_timesteps"][step]
     sigma = tables["model_sigmas"][step]
     velocity = velocity_fn(z, t, sigma, step, *operands)
-    if guidance_scale is not None:
-      uncond = velocity_fn(z, t, sigma, step, *uncond_operands)
-      velocity = (uncond.astype(jnp.float32) + guidance_scale *
-                  (velocity.astype(jnp.float32) -
-                   uncond.astype(jnp.float32))).astype(velocity.dtype)
+    if scales:
+      chain = [velocity_fn(z, t, sigma, step, *ops).astype(jnp.float32)
+               for ops in branches] + [velocity.astype(jnp.float32)]
+      guided = chain[0]
+      for i, scale in enumerate(scales):
+        guided = guided + scale * (chain[i + 1] - chain[i])
+      velocity = guided.astype(velocity.dtype)
     return euler_step(z, velocity, tables["sigmas"][step],
                       tables["next_sigmas"][step])
 
@@ -158,9 +184,9 @@ def euler_loop(
 
 
 @functools.partial(jax.jit, static_argnames=("velocity_fn",
-                                             "guidance_scale"))
+                                             "guidance_scales"))
 def _jitted_sample(velocity_fn, noise, clean_latents, plan, operands,
-                   guidance_scale, uncond_operands):
+                   guidance_scales, guidance_operands):
   latents = noise
   if clean_latents is not None:
     # The reference's add_noise at timesteps[0], i.e. sigmas[0].
@@ -168,8 +194,8 @@ def _jitted_sample(velocity_fn, noise, clean_latents, plan, operands,
     latents = ((1 - sigma) * clean_latents.astype(jnp.float32) +
                sigma * noise.astype(jnp.float32)).astype(noise.dtype)
   return euler_loop(velocity_fn, latents, plan, operands,
-                    guidance_scale=guidance_scale,
-                    uncond_operands=uncond_operands)
+                    guidance_scales=guidance_scales,
+                    guidance_operands=guidance_operands)
 
 
 def sample(
@@ -182,6 +208,8 @@ def sample(
     clean_latents: jax.Array | None = None,
     guidance_scale: float | None = None,
     uncond_operands: Sequence[Any] | None = None,
+    guidance_scales: Sequence[float] = (),
+    guidance_operands: Sequence[Sequence[Any]] = (),
 ) -> jax.Array:
   """Jitted flow-matching Euler sampling.
 
@@ -197,6 +225,9 @@ def sample(
     clean_latents: [B, ...] latents to start from when strength < 1.
     guidance_scale: CFG scale, None for none (the reference).
     uncond_operands: operands for the unconditional branch.
+    guidance_scales: nested multi-condition guidance (see
+      :func:`euler_loop`).
+    guidance_operands: its less-conditioned branches' operands.
 
   Returns:
     Denoised latents, same shape and dtype as ``noise``.
@@ -206,7 +237,7 @@ def sample(
   # Explicit transfer: works under jax_transfer_guard("disallow").
   plan = jax.device_put(
       SamplingPlan.build(num_steps, schedule, denoising_strength))
+  scales, branches = _guidance_chain(guidance_scale, uncond_operands,
+                                     guidance_scales, guidance_operands)
   return _jitted_sample(velocity_fn, noise, clean_latents, plan,
-                        tuple(operands), guidance_scale,
-                        None if uncond_operands is None else
-                        tuple(uncond_operands))
+                        tuple(operands), scales, branches)

@@ -77,6 +77,25 @@ def test_guidance_off_by_default_and_cfg_formula():
                    guidance_scale=2.0)
 
 
+def test_nested_text_and_reference_guidance():
+  """v = v0 + s1 (v1 - v0) + s2 (v2 - v1): on a linear field this is the
+  field with A = A0 + s1 (A1 - A0) + s2 (A2 - A1)."""
+  noise = sampler.initial_noise(4, (1, 2, 3, 3), jnp.float32)
+  b = jnp.asarray(_B)
+  a0, a1, a2 = (jnp.asarray(_A) * k for k in (0.2, 0.6, 1.0))
+  s1, s2 = 2.0, 1.5
+  guided = sampler.sample(linear_velocity, noise, a2, b, num_steps=4,
+                          guidance_scales=(s1, s2),
+                          guidance_operands=((a0, b), (a1, b)))
+  mixed = sampler.sample(linear_velocity, noise,
+                         a0 + s1 * (a1 - a0) + s2 * (a2 - a1), b,
+                         num_steps=4)
+  np.testing.assert_allclose(guided, mixed, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="as many"):
+    sampler.sample(linear_velocity, noise, a2, b, num_steps=4,
+                   guidance_scales=(s1, s2), guidance_operands=((a0, b),))
+
+
 def test_bf16_latents_and_partial_strength():
   noise = sampler.initial_noise(2, (1, 3, 3), jnp.bfloat16)
   out = sampler.sample(linear_velocity, noise, jnp.asarray(_A),
