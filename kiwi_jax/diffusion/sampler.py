@@ -142,6 +142,8 @@ def euler_loop(
     velocity_fn: ``(latents, timestep, sigma, step, *operands) -> velocity``
       with ``timestep`` a bf16 scalar, ``sigma`` the float32 looked-up sigma
       and ``step`` the int32 step index; velocity has the latents' shape.
+      The DiT takes ``timestep``/``sigma`` per sample ([B]) or per token:
+      broadcast them inside ``velocity_fn``.
     latents: [B, ...] initial latents (noise, or noised source latents).
     plan: the step tables.
     operands: pytrees passed on to ``velocity_fn`` (model parameters,
