@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from converters import qwen2_5_vl as conv  # noqa: E402
@@ -153,6 +154,13 @@ def jax_inputs(ids, images, videos):
   return jnp.asarray(ids)[None], jnp.asarray(pos)[:, None], kw
 
 
+@nnx.jit(static_argnames="return_all_hidden_states")
+def forward(model, input_ids, position_ids, return_all_hidden_states=True,
+            **kw):
+  return model(input_ids, position_ids,
+               return_all_hidden_states=return_all_hidden_states, **kw)
+
+
 def assert_hidden_close(hf_out, jax_out):
   hf_hidden = [h.numpy() for h in hf_out.hidden_states]
   assert len(hf_hidden) == jax_out.hidden_states.shape[0]
@@ -172,7 +180,7 @@ def test_hidden_states_match_transformers(hf_model, jax_model, parts):
   ids, images, videos = build_prompt(parts)
   hf_out = run_hf(hf_model, ids, images, videos)
   input_ids, pos, kw = jax_inputs(ids, images, videos)
-  out = jax_model(input_ids, pos, return_all_hidden_states=True, **kw)
+  out = forward(jax_model, input_ids, pos, **kw)
   assert_hidden_close(hf_out, out)
 
 
@@ -212,16 +220,15 @@ def test_query_hook_matches_patched_reference_forward(hf_model, jax_model):
                                   output_hidden_states=True)
   input_ids, jpos, kw = jax_inputs(ids, images, videos)
   np.testing.assert_array_equal(np.asarray(jpos), pos.numpy())
-  out = jax_model(input_ids, jpos, queries=jnp.asarray(queries),
-                  return_all_hidden_states=True, **kw)
+  out = forward(jax_model, input_ids, jpos, queries=jnp.asarray(queries),
+                **kw)
   assert_hidden_close(ref, out)
 
 
 def test_layouts_load_the_same_and_export_round_trips(hf_model, jax_model,
                                                       tmp_path):
-  from converters.checkpoint_io import open_checkpoint
-  from flax import nnx
   import jax
+  from converters.checkpoint_io import open_checkpoint
   ref_state = nnx.state(jax_model)
   for layout in ("v5", "base"):
     path = tmp_path / f"{layout}.safetensors"
