@@ -112,6 +112,39 @@ def keymaps(cfg: Qwen25VLConfig, layout: str = "hub") -> list[KeyMap]:
   return maps
 
 
+def to_hf_config(cfg: Qwen25VLConfig):
+  """The equivalent ``transformers.Qwen2_5_VLConfig`` (for parity checks and
+  for writing a ``config.json`` next to exported weights)."""
+  from transformers import Qwen2_5_VLConfig
+  v, t = cfg.vision, cfg.text
+  return Qwen2_5_VLConfig(
+      text_config=dict(
+          vocab_size=t.vocab_size, hidden_size=t.hidden_size,
+          intermediate_size=t.intermediate_size,
+          num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
+          num_key_value_heads=t.num_kv_heads, rms_norm_eps=t.rms_norm_eps,
+          max_position_embeddings=128000,
+          rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
+                           "mrope_section": list(t.mrope_section)},
+          # Ids inside the vocabulary (transformers warns otherwise).
+          bos_token_id=min(151643, t.vocab_size - 1),
+          eos_token_id=min(151645, t.vocab_size - 1),
+          pad_token_id=min(151643, t.vocab_size - 1)),
+      vision_config=dict(
+          depth=v.depth, hidden_size=v.hidden_size,
+          intermediate_size=v.intermediate_size, num_heads=v.num_heads,
+          in_channels=v.in_channels, patch_size=v.patch_size,
+          spatial_merge_size=v.spatial_merge_size,
+          temporal_patch_size=v.temporal_patch_size,
+          window_size=v.window_size, out_hidden_size=v.out_hidden_size,
+          fullatt_block_indexes=list(v.fullatt_block_indexes),
+          tokens_per_second=v.tokens_per_second),
+      image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
+      vision_start_token_id=cfg.vision_start_token_id,
+      vision_end_token_id=cfg.vision_end_token_id,
+      tie_word_embeddings=True)
+
+
 def load_qwen2_5_vl(source: str | os.PathLike | Checkpoint,
                     cfg: Qwen25VLConfig, *, mesh=None, dtype: Any = None,
                     layout: str | None = None, seed: int = 0) -> Qwen25VL:

@@ -27,38 +27,11 @@ IMAGE_GRID = (1, 12, 20)   # llm grid 6 x 10: 2 x 3 windows, partial ones
 VIDEO_GRID = (2, 8, 12)    # 2 temporal grids, llm grid 4 x 6
 
 
-def hf_config(cfg=CFG):
-  from transformers import Qwen2_5_VLConfig
-  v, t = cfg.vision, cfg.text
-  return Qwen2_5_VLConfig(
-      text_config=dict(
-          vocab_size=t.vocab_size, hidden_size=t.hidden_size,
-          intermediate_size=t.intermediate_size,
-          num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
-          num_key_value_heads=t.num_kv_heads, max_position_embeddings=512,
-          rms_norm_eps=t.rms_norm_eps,
-          rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
-                           "mrope_section": list(t.mrope_section)},
-          bos_token_id=1, eos_token_id=2, pad_token_id=0),
-      vision_config=dict(
-          depth=v.depth, hidden_size=v.hidden_size,
-          intermediate_size=v.intermediate_size, num_heads=v.num_heads,
-          in_channels=v.in_channels, patch_size=v.patch_size,
-          spatial_merge_size=v.spatial_merge_size,
-          temporal_patch_size=v.temporal_patch_size,
-          window_size=v.window_size, out_hidden_size=v.out_hidden_size,
-          fullatt_block_indexes=list(v.fullatt_block_indexes),
-          tokens_per_second=v.tokens_per_second),
-      image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
-      vision_start_token_id=cfg.vision_start_token_id,
-      vision_end_token_id=cfg.vision_end_token_id)
-
-
 @pytest.fixture(scope="module")
 def hf_model():
   from transformers import Qwen2_5_VLModel
   torch.manual_seed(0)
-  model = Qwen2_5_VLModel(hf_config()).eval()
+  model = Qwen2_5_VLModel(conv.to_hf_config(CFG)).eval()
   gen = torch.Generator().manual_seed(1)
   with torch.no_grad():
     for name, p in model.named_parameters():
