@@ -1,0 +1,1 @@
+"""Training library: trainer, train state, optimizers, checkpoints, logging."""

@@ -1,0 +1,277 @@
+"""Metric writers with clu's method names, without TensorFlow.
+
+``create_default_writer(workdir)`` returns a writer that always appends JSON
+lines to ``workdir/metrics.jsonl``, adds TensorBoard event files through
+tensorboardX when it is installed (extra ``tb``), and wandb when a project is
+given (extra ``wandb``). Only process 0 writes; other processes get a writer
+that drops everything, so call sites need no ``if process_index() == 0``.
+
+Images and videos go to TensorBoard/wandb; the JSONL backend records their
+shapes and, for videos, writes mp4 files next to it (``workdir/videos``) so
+edits can be watched without TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+Scalar = int | float | np.number | np.ndarray
+
+
+class MetricWriter(Protocol):
+  """The clu ``MetricWriter`` interface kiwi_jax code writes against."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Scalar]) -> None:
+    ...
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """images: uint8 or float in [0, 1], [H, W, C] or [N, H, W, C]."""
+
+  def write_videos(self, step: int, videos: Mapping[str, np.ndarray],
+                   fps: float = 15.0) -> None:
+    """videos: uint8 [T, H, W, C] (or float in [0, 1])."""
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    ...
+
+  def flush(self) -> None:
+    ...
+
+  def close(self) -> None:
+    ...
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x)
+  if x.dtype == np.uint8:
+    return x
+  return (np.clip(x.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(
+      np.uint8)
+
+
+def _as_float(v: Scalar) -> float:
+  v = float(np.asarray(v))
+  return v
+
+
+class NullWriter:
+  """Drops everything (non-zero processes)."""
+
+  def write_scalars(self, step, scalars):
+    del step, scalars
+
+  def write_images(self, step, images):
+    del step, images
+
+  def write_videos(self, step, videos, fps=15.0):
+    del step, videos, fps
+
+  def write_hparams(self, hparams):
+    del hparams
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+class JsonlWriter:
+  """One JSON object per call in ``<workdir>/metrics.jsonl``."""
+
+  def __init__(self, workdir: str | os.PathLike,
+               filename: str = "metrics.jsonl"):
+    self.workdir = pathlib.Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.path = self.workdir / filename
+    self._file = open(self.path, "a", encoding="utf-8")
+
+  def _write(self, record: dict[str, Any]) -> None:
+    record.setdefault("time", time.time())
+    self._file.write(json.dumps(record, sort_keys=True) + "\n")
+
+  def write_scalars(self, step, scalars):
+    values = {}
+    for k, v in scalars.items():
+      f = _as_float(v)
+      values[k] = f if math.isfinite(f) else str(f)  # JSON has no NaN
+    self._write({"step": int(step), **values})
+
+  def write_images(self, step, images):
+    self._write({"step": int(step), "images": {
+        k: list(np.shape(v)) for k, v in images.items()}})
+
+  def write_videos(self, step, videos, fps=15.0):
+    from kiwi_jax.utils.video_files import write_mp4
+    paths = {}
+    for name, video in videos.items():
+      path = self.workdir / "videos" / f"{name.replace('/', '_')}_{step}.mp4"
+      write_mp4(path, _to_uint8(video), fps=fps)
+      paths[name] = str(path.relative_to(self.workdir))
+    self._write({"step": int(step), "videos": paths})
+
+  def write_hparams(self, hparams):
+    self._write({"hparams": _jsonable(hparams)})
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    if not self._file.closed:
+      self._file.close()
+
+
+def _jsonable(obj):
+  return json.loads(json.dumps(obj, default=str))
+
+
+class TensorBoardWriter:
+  """TensorBoard event files via tensorboardX (no TensorFlow)."""
+
+  def __init__(self, logdir: str | os.PathLike):
+    from tensorboardX import SummaryWriter
+    self._w = SummaryWriter(str(logdir))
+
+  def write_scalars(self, step, scalars):
+    for k, v in scalars.items():
+      self._w.add_scalar(k, _as_float(v), int(step))
+
+  def write_images(self, step, images):
+    for k, v in images.items():
+      v = _to_uint8(v)
+      self._w.add_images(k, v if v.ndim == 4 else v[None], int(step),
+                         dataformats="NHWC")
+
+  def write_videos(self, step, videos, fps=15.0):
+    for k, v in videos.items():
+      v = _to_uint8(v)  # [T, H, W, C] -> [1, T, C, H, W]
+      self._w.add_video(k, np.transpose(v, (0, 3, 1, 2))[None], int(step),
+                        fps=fps)
+
+  def write_hparams(self, hparams):
+    flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in _flatten(hparams).items()}
+    self._w.add_text("hparams", json.dumps(flat, indent=1), 0)
+
+  def flush(self):
+    self._w.flush()
+
+  def close(self):
+    self._w.close()
+
+
+class WandbWriter:
+  """Weights & Biases (opt-in; needs the ``wandb`` extra and a login)."""
+
+  def __init__(self, project: str, workdir: str | os.PathLike,
+               name: str | None = None):
+    import wandb
+    self._wandb = wandb
+    self._run = wandb.init(project=project, dir=str(workdir), name=name,
+                           resume="allow")
+
+  def write_scalars(self, step, scalars):
+    self._run.log({k: _as_float(v) for k, v in scalars.items()},
+                  step=int(step))
+
+  def write_images(self, step, images):
+    self._run.log({k: self._wandb.Image(_to_uint8(v)) for k, v in
+                   images.items()}, step=int(step))
+
+  def write_videos(self, step, videos, fps=15.0):
+    self._run.log({k: self._wandb.Video(
+        np.transpose(_to_uint8(v), (0, 3, 1, 2)), fps=int(fps))
+                   for k, v in videos.items()}, step=int(step))
+
+  def write_hparams(self, hparams):
+    self._run.config.update(_flatten(hparams), allow_val_change=True)
+
+  def flush(self):
+    pass
+
+  def close(self):
+    self._run.finish()
+
+
+class MultiWriter:
+  """Fans every call out to several writers."""
+
+  def __init__(self, writers: Sequence[MetricWriter]):
+    self.writers = list(writers)
+
+  def write_scalars(self, step, scalars):
+    for w in self.writers:
+      w.write_scalars(step, scalars)
+
+  def write_images(self, step, images):
+    for w in self.writers:
+      w.write_images(step, images)
+
+  def write_videos(self, step, videos, fps=15.0):
+    for w in self.writers:
+      w.write_videos(step, videos, fps)
+
+  def write_hparams(self, hparams):
+    for w in self.writers:
+      w.write_hparams(hparams)
+
+  def flush(self):
+    for w in self.writers:
+      w.flush()
+
+  def close(self):
+    for w in self.writers:
+      w.close()
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def create_default_writer(
+    workdir: str | os.PathLike,
+    *,
+    tensorboard: bool = True,
+    wandb_project: str | None = None,
+    wandb_name: str | None = None,
+    just_logging: bool | None = None,
+) -> MetricWriter:
+  """JSONL always, TensorBoard if tensorboardX is installed, wandb if asked.
+
+  Args:
+    workdir: run directory.
+    tensorboard: add TensorBoard events under ``workdir/tensorboard``.
+    wandb_project: wandb project name; ``None`` disables wandb.
+    wandb_name: wandb run name.
+    just_logging: return a writer that writes nothing (default: on every
+      process but process 0).
+  """
+  if just_logging is None:
+    import jax
+    just_logging = jax.process_index() > 0
+  if just_logging:
+    return NullWriter()
+  writers: list[MetricWriter] = [JsonlWriter(workdir)]
+  if tensorboard:
+    try:
+      writers.append(TensorBoardWriter(pathlib.Path(workdir) / "tensorboard"))
+    except ImportError:
+      pass  # the `tb` extra is optional; JSONL still records everything
+  if wandb_project:
+    writers.append(WandbWriter(wandb_project, workdir, wandb_name))
+  return MultiWriter(writers)

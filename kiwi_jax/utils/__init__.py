@@ -1,0 +1,1 @@
+"""Small, named helpers (files, video containers)."""
