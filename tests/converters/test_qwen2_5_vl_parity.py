@@ -97,7 +97,8 @@ def run_hf(model, ids, images, videos):
   type_ids[ids == CFG.image_token_id] = 1
   type_ids[ids == CFG.video_token_id] = 2
   if images:
-    kw["pixel_values"] = torch.from_numpy(np.concatenate([p for _, p in images]))
+    kw["pixel_values"] = torch.from_numpy(
+        np.concatenate([p for _, p in images]))
     kw["image_grid_thw"] = torch.tensor([g for g, _ in images])
   if videos:
     kw["pixel_values_videos"] = torch.from_numpy(
