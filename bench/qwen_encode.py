@@ -39,6 +39,7 @@ from flax import nnx
 from kiwi_jax.models.mllm import Qwen25VL, Qwen25VLConfig
 from kiwi_jax.models.mllm import bucketing
 from kiwi_jax.models.mllm.rope_index import mrope_position_ids
+from kiwi_jax.models.mllm.vision import required_patches
 
 CASES = {
     # (config variant, video grid, image grid, queries, text tokens)
@@ -77,7 +78,8 @@ def jax_encoder(model, cfg, ids, video, image, video_grid, image_grid,
   round_up = lambda n, m: -(-n // m) * m
   padded = bucketing.pad_example(
       example, cfg.vision, pad_token_id=0,
-      num_patches=round_up(example["pixel_values"].shape[0], 512),
+      num_patches=round_up(
+          required_patches(example["grid_thw"], cfg.vision), 512),
       seq_len=round_up(ids.size, 256))
   batch = {k: v[None] for k, v in padded.items() if k != "grid_thw"}
   batch["position_ids"] = np.transpose(batch["position_ids"], (1, 0, 2))

@@ -122,9 +122,10 @@ def jax_inputs(ids, images, videos):
   kw = {}
   if grids:
     pix = np.concatenate([p for _, p in images] + [p for _, p in videos])
+    meta = vision_metadata(grids, CFG.vision)
+    pix = np.pad(pix, ((0, meta["positions"].shape[0] - pix.shape[0]), (0, 0)))
     kw["pixel_values"] = jnp.asarray(pix)[None]
-    kw["vision_meta"] = {k: jnp.asarray(v)[None]
-                         for k, v in vision_metadata(grids, CFG.vision).items()}
+    kw["vision_meta"] = {k: jnp.asarray(v)[None] for k, v in meta.items()}
   return jnp.asarray(ids)[None], jnp.asarray(pos)[:, None], kw
 
 

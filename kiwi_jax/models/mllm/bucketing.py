@@ -4,8 +4,9 @@ Every distinct (patch count, sequence length) would otherwise be a new XLA
 program. :func:`pad_example` pads an example from ``processing`` to the
 smallest bucket that fits and adds what keeps padding inert:
 
-* patches: zero rows, identity window order and their own attention segment
-  (``vision.vision_metadata``), so real patches never see them;
+* patches: zero rows up to the bucket, which must hold the window-aligned
+  slots (``vision.required_patches``); padding has its own attention
+  segment (``vision.vision_metadata``), so real patches never see it;
 * tokens: ``pad_token_id`` with ``segment_ids`` 0 (real tokens 1); the
   decoder is causal and padding sits at the end, so real tokens never see
   padding either.
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from kiwi_jax.models.mllm.config import QwenVisionConfig
-from kiwi_jax.models.mllm.vision import vision_metadata
+from kiwi_jax.models.mllm.vision import required_patches, vision_metadata
 
 # Powers of two cover 16 frames at 262,144 px (9,216 patches) up to 16 frames
 # at 602,112 px (24,576 patches) with at most 2x waste.
@@ -58,11 +59,12 @@ def pad_example(example: dict[str, Any], vision_cfg: QwenVisionConfig, *,
   """
   ids = np.asarray(example["input_ids"])
   pixels = np.asarray(example["pixel_values"], np.float32)
+  slots = required_patches(example["grid_thw"], vision_cfg)
   s = seq_len or bucket_for(ids.size, seq_buckets)
-  p = num_patches or bucket_for(pixels.shape[0], patch_buckets)
-  if s < ids.size or p < pixels.shape[0]:
-    raise ValueError(f"Example of {ids.size} tokens / {pixels.shape[0]} "
-                     f"patches does not fit seq_len={s}, num_patches={p}.")
+  p = num_patches or bucket_for(slots, patch_buckets)
+  if s < ids.size or p < slots:
+    raise ValueError(f"Example of {ids.size} tokens / {slots} window-aligned "
+                     f"patch slots does not fit seq_len={s}, num_patches={p}.")
   out = dict(example)
   out["input_ids"] = np.pad(ids, (0, s - ids.size),
                             constant_values=pad_token_id).astype(np.int32)
@@ -84,8 +86,8 @@ def collate(examples: Sequence[dict[str, Any]], vision_cfg: QwenVisionConfig,
   per-example length; the metadata already encodes it).
   """
   s = bucket_for(max(np.size(e["input_ids"]) for e in examples), seq_buckets)
-  p = bucket_for(max(np.shape(e["pixel_values"])[0] for e in examples),
-                 patch_buckets)
+  p = bucket_for(max(required_patches(e["grid_thw"], vision_cfg)
+                     for e in examples), patch_buckets)
   padded = [pad_example(e, vision_cfg, pad_token_id=pad_token_id,
                         num_patches=p, seq_len=s) for e in examples]
   batch = {k: np.stack([e[k] for e in padded]) for k in padded[0]

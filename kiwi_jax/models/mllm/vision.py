@@ -7,7 +7,8 @@ metadata (:func:`vision_metadata`, numpy) padded to a bucket:
 
 * the window reorder (``window_index``) and its inverse (``reverse_index``),
   applied on device at merge-unit granularity, exactly where the reference
-  applies them;
+  applies them, into a *window-aligned* layout: each window owns a block of
+  64 slots, so windowed blocks attend within fixed blocks (a reshape);
 * window attention and the full-attention blocks as *segment ids*: one id per
   (visual, frame, window) for windowed blocks and one per (visual, frame) for
   the full blocks (the reference's ``cu_seqlens`` are per frame, so even
@@ -32,6 +33,9 @@ from kiwi_jax.layers.rope import apply_rotary_half, rotary_inv_freq
 from kiwi_jax.models.mllm.config import Qwen25VLConfig, QwenVisionConfig
 
 PAD_SEGMENT = -1  # segment id of padding patches (they only see each other)
+# Above this many patches the full-attention blocks switch from one masked
+# [N, N] problem to query chunks (``implementation="chunked"``).
+_DENSE_LIMIT = 4096
 
 
 # ---------------------------------------------------------------------------
@@ -67,52 +71,106 @@ def _visual_layout(t: int, h: int, w: int, cfg: QwenVisionConfig):
   return order, window, tt.reshape(-1), positions
 
 
-def vision_metadata(grid_thw: Sequence[Sequence[int]], cfg: QwenVisionConfig,
-                    num_patches: int | None = None) -> dict[str, np.ndarray]:
-  """Static-shape metadata for a packed sequence of visuals.
-
-  Args:
-    grid_thw: (t, h, w) patch grid of each visual, in packing order.
-    cfg: vision config.
-    num_patches: padded patch count (a multiple of ``merge_unit``); default
-      the exact count.
+def _slot_layout(grid_thw, cfg: QwenVisionConfig):
+  """Window-aligned order of all merge units, with padding inside windows.
 
   Returns:
-    Dict of numpy arrays (M = num_patches / merge_unit merged tokens):
-      ``window_index`` int32[M], ``reverse_index`` int32[M],
-      ``positions`` int32[N, 2] (processor order),
-      ``window_segment_ids``, ``full_segment_ids`` int32[N] (window order),
-      ``merged_mask`` bool[M] (True for real merged tokens, original order).
+    slots: int[S_units] processor-order unit per slot, -1 for padding; every
+      window starts at a multiple of ``window_units`` and fills it.
+    window_of_slot, frame_of_slot: int[S_units] global ids (-1 for padding).
+    positions: int[N_real, 2] patch (row, col) in processor order.
   """
-  unit = cfg.merge_unit
-  total = sum(int(t) * int(h) * int(w) for t, h, w in grid_thw)
-  n = total if num_patches is None else int(num_patches)
-  if n < total or n % unit:
-    raise ValueError(f"num_patches={n} must be a multiple of {unit} and at "
-                     f"least the {total} patches of grids {list(grid_thw)}.")
-  m_real, m = total // unit, n // unit
-  orders, windows, frames, positions = [], [], [], []
+  wu = cfg.merger_window ** 2
+  slots, slot_windows, slot_frames, positions = [], [], [], []
   unit_offset = window_offset = frame_offset = 0
   for t, h, w in grid_thw:
     order, window, frame, pos = _visual_layout(int(t), int(h), int(w), cfg)
-    orders.append(order + unit_offset)
-    windows.append(window + window_offset)
-    frames.append(frame + frame_offset)
+    for win in np.unique(window):
+      units = order[window[order] == win]  # this window's units, in order
+      pad = wu - units.size
+      slots.append(np.concatenate([units + unit_offset, np.full(pad, -1)]))
+      slot_windows.append(np.concatenate([
+          np.full(units.size, win + window_offset), np.full(pad, -1)]))
+      slot_frames.append(np.concatenate([
+          frame[units] + frame_offset, np.full(pad, -1)]))
     positions.append(pos)
     unit_offset += order.size
     window_offset += int(window.max()) + 1
     frame_offset += int(t)
-  window_index = np.concatenate(orders + [np.arange(m_real, m)])
-  unit_window = np.concatenate(windows + [np.full(m - m_real, PAD_SEGMENT)])
-  unit_frame = np.concatenate(frames + [np.full(m - m_real, PAD_SEGMENT)])
-  pos = np.concatenate(positions + [np.zeros((n - total, 2), np.int64)])
+  cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)
+  return (cat(slots), cat(slot_windows), cat(slot_frames),
+          np.concatenate(positions) if positions else np.zeros((0, 2)))
+
+
+def required_patches(grid_thw: Sequence[Sequence[int]],
+                     cfg: QwenVisionConfig) -> int:
+  """Patch slots the visuals need in the window-aligned layout."""
+  wu = cfg.merger_window ** 2
+  total = 0
+  for t, h, w in grid_thw:
+    lh, lw = int(h) // cfg.spatial_merge_size, int(w) // cfg.spatial_merge_size
+    total += int(t) * -(-lh // cfg.merger_window) * -(-lw // cfg.merger_window)
+  return total * wu * cfg.merge_unit
+
+
+def vision_metadata(grid_thw: Sequence[Sequence[int]], cfg: QwenVisionConfig,
+                    num_patches: int | None = None) -> dict[str, np.ndarray]:
+  """Static-shape metadata for a packed sequence of visuals.
+
+  On device the patches are reordered into *window-aligned slots*: every
+  attention window of the reference (``get_window_index``) occupies its own
+  block of ``window_tokens = merger_window^2 * merge_unit`` slots (64 for
+  Qwen), padded at its end when the window is cut by the image border. The
+  windowed blocks then attend within fixed blocks (a reshape, no mask over
+  the whole sequence), and padding slots carry ``PAD_SEGMENT``. Slots map
+  one-to-one onto the processor's patch rows: real windows take the real
+  rows, padding slots take the padding rows after them, so ``pixel_values``
+  must have ``num_patches`` rows (zeros after the real ones).
+
+  Args:
+    grid_thw: (t, h, w) patch grid of each visual, in packing order.
+    cfg: vision config.
+    num_patches: padded patch count, a multiple of ``window_tokens`` and at
+      least :func:`required_patches`; default the latter.
+
+  Returns:
+    Dict of numpy arrays (M = num_patches / merge_unit merged tokens):
+      ``window_index`` int32[M]: processor unit of each slot unit;
+      ``reverse_index`` int32[M]: its inverse;
+      ``positions`` int32[N, 2]: (row, col) per patch, processor order;
+      ``window_segment_ids``, ``full_segment_ids`` int32[N]: window and
+        frame ids per slot (``PAD_SEGMENT`` for padding);
+      ``merged_mask`` bool[M]: True for real merged tokens (processor
+        order, they come first).
+  """
+  unit = cfg.merge_unit
+  block = cfg.merger_window ** 2 * unit
+  need = required_patches(grid_thw, cfg)
+  n = need if num_patches is None else int(num_patches)
+  if n < need or n % block:
+    raise ValueError(
+        f"num_patches={n} must be a multiple of {block} (one window) and at "
+        f"least the {need} window-aligned slots of grids {list(grid_thw)}.")
+  slots, slot_window, slot_frame, pos = _slot_layout(grid_thw, cfg)
+  m = n // unit
+  m_real = int(np.sum(slots >= 0))
+  tail = m - slots.size
+  slots = np.concatenate([slots, np.full(tail, -1)])
+  slot_window = np.concatenate([slot_window, np.full(tail, -1)])
+  slot_frame = np.concatenate([slot_frame, np.full(tail, -1)])
+  # Padding slots take the padding rows (processor units m_real.. m-1).
+  window_index = slots.copy()
+  window_index[slots < 0] = np.arange(m_real, m)
+  pos = np.concatenate([pos, np.zeros((n - pos.shape[0], 2), np.int64)])
   return {
       "window_index": window_index.astype(np.int32),
       "reverse_index": np.argsort(window_index).astype(np.int32),
       "positions": pos.astype(np.int32),
-      "window_segment_ids": np.repeat(unit_window[window_index],
+      "window_segment_ids": np.repeat(np.where(slots < 0, PAD_SEGMENT,
+                                               slot_window),
                                       unit).astype(np.int32),
-      "full_segment_ids": np.repeat(unit_frame[window_index],
+      "full_segment_ids": np.repeat(np.where(slots < 0, PAD_SEGMENT,
+                                             slot_frame),
                                     unit).astype(np.int32),
       "merged_mask": np.arange(m) < m_real,
   }
@@ -149,16 +207,31 @@ class VisionAttention(nnx.Module):
     self.qkv = Dense(d, 3 * d, kernel_axes=("embed", "heads"), **kw)
     self.proj = Dense(d, d, kernel_axes=("heads", "embed"), **kw)
 
-  def __call__(self, x, cos, sin, segment_ids):
-    """x: float[B, N, D]; cos/sin: float[B, N, H]; segment_ids: int[B, N]."""
+  def __call__(self, x, cos, sin, segment_ids, block: int | None = None):
+    """Attention within segments.
+
+    Args:
+      x: float[B, N, D].
+      cos, sin: float[B, N, head_dim] rotary tables.
+      segment_ids: int[B, N]; tokens attend within their segment.
+      block: if set, segments never cross multiples of ``block`` (the
+        window-aligned layout), so attention runs on [B * N / block, block]
+        blocks instead of one masked [N, N] problem.
+    """
     b, n, d = x.shape
     qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q = apply_rotary_half(q, cos, sin)
     k = apply_rotary_half(k, cos, sin)
     q = sharding.constrain(q, ("act_batch", "act_seq", "act_heads", None))
+    impl = self.attention
+    if block:
+      split = lambda a: a.reshape((b * n // block, block) + a.shape[2:])
+      q, k, v, segment_ids = split(q), split(k), split(v), split(segment_ids)
+    elif n > _DENSE_LIMIT and impl in (None, "xla"):
+      impl = "chunked"  # the masked [N, N] logits would not fit
     out = dot_product_attention(q, k, v, segment_ids=segment_ids,
-                                implementation=self.attention)
+                                implementation=impl)
     return self.proj(out.reshape(b, n, d))
 
 
@@ -175,8 +248,8 @@ class VisionBlock(nnx.Module):
     self.mlp = SwiGLU(d, cfg.intermediate_size, use_bias=True, dtype=dtype,
                       param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x, cos, sin, segment_ids):
-    x = x + self.attn(self.norm1(x), cos, sin, segment_ids)
+  def __call__(self, x, cos, sin, segment_ids, block=None):
+    x = x + self.attn(self.norm1(x), cos, sin, segment_ids, block)
     x = x + self.mlp(self.norm2(x))
     return sharding.constrain(x, ("act_batch", "act_seq", "act_embed"))
 
@@ -246,12 +319,16 @@ class VisionTower(nnx.Module):
                            ("act_batch", "act_seq", "act_embed"))
     cos, sin = vision_rope_cos_sin(meta["positions"], v.head_dim, v.rope_theta)
     cos, sin = to_window_order(cos), to_window_order(sin)
-    for i, block in enumerate(self.blocks):
-      segments = (meta["full_segment_ids"] if i in v.fullatt_block_indexes
-                  else meta["window_segment_ids"])
-      if self.remat:
-        x = nnx.remat(lambda blk, *a: blk(*a))(block, x, cos, sin, segments)
+    window_tokens = v.merger_window ** 2 * unit
+    for i, blk in enumerate(self.blocks):
+      if i in v.fullatt_block_indexes:
+        args = (meta["full_segment_ids"], None)
       else:
-        x = block(x, cos, sin, segments)
+        args = (meta["window_segment_ids"], window_tokens)
+      if self.remat:
+        x = nnx.remat(lambda blk, x, c, s, seg: blk(x, c, s, seg, args[1]))(
+            blk, x, cos, sin, args[0])
+      else:
+        x = blk(x, cos, sin, *args)
     merged = self.merger(x)
     return jnp.take_along_axis(merged, meta["reverse_index"][:, :, None], 1)

@@ -37,11 +37,12 @@ def test_two_resolutions_in_one_bucket_compile_once(tiny_tokenizer_dir):
     traces.append(1)  # runs only while tracing
     return nnx.merge(graphdef, state)(**inputs).last_hidden_state
 
-  buckets = dict(patch_buckets=(128, 256, 512), seq_buckets=(192, 384))
+  # Window-aligned slots: 12 x 20 needs 384, 16 x 16 needs 256.
+  buckets = dict(patch_buckets=(512, 1024), seq_buckets=(192, 384))
   outs = []
   for ex in examples:
     batch = bucketing.collate([ex], TINY.vision, pad_token_id=0, **buckets)
-    assert batch["pixel_values"].shape == (1, 256, 1176)
+    assert batch["pixel_values"].shape == (1, 512, 1176)
     assert batch["input_ids"].shape == (1, 192)
     outs.append(encode(state, bucketing.model_inputs(batch)))
   assert len(traces) == 1
@@ -49,8 +50,7 @@ def test_two_resolutions_in_one_bucket_compile_once(tiny_tokenizer_dir):
   ex = examples[0]
   n = ex["input_ids"].size
   exact = bucketing.pad_example(ex, TINY.vision, pad_token_id=0,
-                                num_patches=ex["pixel_values"].shape[0],
-                                seq_len=n)
+                                num_patches=384, seq_len=n)
   batch = {k: v[None] for k, v in exact.items() if k != "grid_thw"}
   batch["position_ids"] = np.transpose(batch["position_ids"], (1, 0, 2))
   ref = encode(state, bucketing.model_inputs(batch))
@@ -65,7 +65,7 @@ def test_batched_lanes_match_single_examples(tiny_tokenizer_dir):
               _image_example(proc, 112, 196, 2)]
   model = Qwen25VL(TINY, rngs=nnx.Rngs(1))
   forward = nnx.jit(lambda m, kw: m(**kw).last_hidden_state)
-  kw = dict(pad_token_id=0, patch_buckets=(256,), seq_buckets=(192,))
+  kw = dict(pad_token_id=0, patch_buckets=(512,), seq_buckets=(192,))
   both = forward(model, bucketing.model_inputs(
       bucketing.collate(examples, TINY.vision, **kw)))
   for i, ex in enumerate(examples):

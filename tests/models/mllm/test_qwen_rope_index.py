@@ -5,7 +5,8 @@ import pytest
 
 from kiwi_jax.models.mllm import Qwen25VLConfig
 from kiwi_jax.models.mllm.rope_index import mrope_position_ids
-from kiwi_jax.models.mllm.vision import PAD_SEGMENT, vision_metadata
+from kiwi_jax.models.mllm.vision import (PAD_SEGMENT, required_patches,
+                                         vision_metadata)
 
 CFG = Qwen25VLConfig.from_variant("tiny")
 IDS = dict(image_token_id=CFG.image_token_id,
@@ -82,24 +83,32 @@ def test_vision_metadata_matches_transformers_windows_and_segments():
   from transformers import vision_utils as vu
   grids = [(1, 12, 20), (2, 8, 12), (3, 10, 18)]
   n = sum(t * h * w for t, h, w in grids)
-  meta = vision_metadata(grids, CFG.vision, num_patches=n + 36)
+  slots = required_patches(grids, CFG.vision)
+  meta = vision_metadata(grids, CFG.vision, num_patches=slots + 128)
   g = torch.tensor(grids)
   window_index, cu_windows = vu.get_vision_window_index(
       g, spatial_merge_size=2, window_size=112, patch_size=14)
-  m = n // 4
-  np.testing.assert_array_equal(meta["window_index"][:m], window_index)
-  np.testing.assert_array_equal(meta["window_index"][m:], np.arange(m, m + 9))
+  m, total = n // 4, (slots + 128) // 4
+  real_slots = meta["window_segment_ids"][::4] != PAD_SEGMENT
+  # Real slots, in order, are the reference's window order.
+  np.testing.assert_array_equal(meta["window_index"][real_slots], window_index)
+  assert (meta["window_index"][~real_slots] >= m).all()
   np.testing.assert_array_equal(meta["reverse_index"][meta["window_index"]],
-                                np.arange(m + 9))
+                                np.arange(total))
+  # Each window starts a 64-slot block.
+  win = meta["window_segment_ids"].reshape(-1, 64)
+  assert all(len(set(row[row != PAD_SEGMENT])) <= 1 for row in win)
 
   def boundaries(seg):
+    seg = seg[seg != PAD_SEGMENT]
     return np.concatenate([[0], np.flatnonzero(np.diff(seg)) + 1, [n]])
 
-  np.testing.assert_array_equal(
-      boundaries(meta["window_segment_ids"][:n]), cu_windows)
-  np.testing.assert_array_equal(boundaries(meta["full_segment_ids"][:n]),
+  np.testing.assert_array_equal(boundaries(meta["window_segment_ids"]),
+                                cu_windows)
+  np.testing.assert_array_equal(boundaries(meta["full_segment_ids"]),
                                 vu.get_vision_cu_seqlens(g))
-  assert (meta["window_segment_ids"][n:] == PAD_SEGMENT).all()
   np.testing.assert_array_equal(meta["positions"][:n],
                                 vu.get_vision_position_ids(g, 2))
   assert meta["merged_mask"].sum() == m
+  with pytest.raises(ValueError, match="window-aligned"):
+    vision_metadata(grids, CFG.vision, num_patches=slots - 64)
