@@ -234,3 +234,20 @@ def test_mismatched_checkpoint_lists_every_problem(hf_model, tmp_path):
   for key in ("model.norm.weight", "visual.blocks.0.attn.qkv.bias",
               "model.extra.weight"):
     assert key in msg
+
+
+def test_chunked_full_attention_matches(hf_model, jax_model, monkeypatch):
+  """Long sequences switch the full-attention blocks to query chunks."""
+  from kiwi_jax.models.mllm import vision
+  monkeypatch.setattr(vision, "_DENSE_LIMIT", 64)
+  ids, images, videos = build_prompt(("text:2", "video", "image", "text:3"),
+                                     5)
+  hf_out = run_hf(hf_model, ids, images, videos)
+  input_ids, pos, kw = jax_inputs(ids, images, videos)
+  kw["pixel_values"] = jnp.pad(kw["pixel_values"], ((0, 0), (0, 1024), (0, 0)))
+  n = kw["pixel_values"].shape[1]
+  grids = [g for g, _ in images] + [g for g, _ in videos]
+  kw["vision_meta"] = {k: jnp.asarray(v)[None] for k, v in
+                       vision_metadata(grids, CFG.vision, n).items()}
+  out = forward(jax_model, input_ids, pos, **kw)  # new shape: traced here
+  assert_hidden_close(hf_out, out)
