@@ -79,8 +79,8 @@ def jax_encoder(model, cfg, ids, video, image, video_grid, image_grid,
   padded = bucketing.pad_example(
       example, cfg.vision, pad_token_id=0,
       num_patches=round_up(
-          required_patches(example["grid_thw"], cfg.vision), 512),
-      seq_len=round_up(ids.size, 256))
+          required_patches(example["grid_thw"], cfg.vision), 64),
+      seq_len=round_up(ids.size, 64))
   batch = {k: v[None] for k, v in padded.items() if k != "grid_thw"}
   batch["position_ids"] = np.transpose(batch["position_ids"], (1, 0, 2))
   inputs = jax.device_put(bucketing.model_inputs(batch))
