@@ -19,6 +19,7 @@ from kiwi_jax.layers import RMSNorm, SwiGLU, dot_product_attention
 from kiwi_jax.layers.rope import apply_rotary_half, mrope_cos_sin
 from kiwi_jax.models.mllm.config import Qwen25VLConfig, QwenTextConfig
 from kiwi_jax.models.mllm.lora import LoRADense
+from kiwi_jax.models.mllm.remat import remat_call
 
 
 class TextAttention(nnx.Module):
@@ -124,8 +125,7 @@ class TextModel(nnx.Module):
     hidden = [x]
     for layer in self.layers:
       if self.remat:
-        x = nnx.remat(lambda lyr, *a: lyr(*a))(layer, x, cos, sin,
-                                               segment_ids)
+        x = remat_call(layer, x, cos, sin, segment_ids)
       else:
         x = layer(x, cos, sin, segment_ids)
       hidden.append(x)

@@ -31,6 +31,7 @@ from kiwi_jax import sharding
 from kiwi_jax.layers import Dense, RMSNorm, SwiGLU, dot_product_attention
 from kiwi_jax.layers.rope import apply_rotary_half, rotary_inv_freq
 from kiwi_jax.models.mllm.config import Qwen25VLConfig, QwenVisionConfig
+from kiwi_jax.models.mllm.remat import remat_call
 
 PAD_SEGMENT = -1  # segment id of padding patches (they only see each other)
 # Above this many patches the full-attention blocks switch from one masked
@@ -326,8 +327,7 @@ class VisionTower(nnx.Module):
       else:
         args = (meta["window_segment_ids"], window_tokens)
       if self.remat:
-        x = nnx.remat(lambda blk, x, c, s, seg: blk(x, c, s, seg, args[1]))(
-            blk, x, cos, sin, args[0])
+        x = remat_call(blk, x, cos, sin, *args)
       else:
         x = blk(x, cos, sin, *args)
     merged = self.merger(x)

@@ -1,17 +1,13 @@
-"""Qwen25VL: bucketing without recompiles, batched lanes, LoRA."""
-
-import dataclasses
+"""Qwen25VL: bucketing without recompiles, batched lanes."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 from PIL import Image
 
 from kiwi_jax.models.mllm import Qwen25VL, Qwen25VLConfig
-from kiwi_jax.models.mllm import bucketing, lora, processing
-from kiwi_jax.models.mllm.rope_index import text_position_ids
+from kiwi_jax.models.mllm import bucketing, processing
 
 TINY = Qwen25VLConfig.from_variant("tiny")
 
@@ -74,76 +70,3 @@ def test_batched_lanes_match_single_examples(tiny_tokenizer_dir):
     n = ex["input_ids"].size
     np.testing.assert_allclose(np.asarray(both[i, :n]),
                                np.asarray(one[0, :n]), atol=1e-5)
-
-
-def _lora_model(rank=3):
-  cfg = TINY.replace(text=dataclasses.replace(TINY.text, lora_rank=rank))
-  return Qwen25VL(cfg, rngs=nnx.Rngs(0))
-
-
-@nnx.jit
-def _text_hidden(model, ids, pos):
-  return model(ids, pos).last_hidden_state
-
-
-def _text_forward(model):
-  ids = jnp.asarray(np.arange(20, 37))[None]
-  pos = jnp.asarray(text_position_ids(17))[:, None]
-  return np.asarray(_text_hidden(model, ids, pos))
-
-
-def test_lora_is_separate_trainable_state_and_merges_exactly():
-  model = _lora_model()
-  lora_state = nnx.state(model, nnx.LoRAParam)
-  # a and b for q/k/v/o in each of the 2 layers.
-  assert len(jax.tree.leaves(lora_state)) == 2 * 4 * 2
-  attn = model.language_model.layers[0].self_attn
-  assert attn.q_proj.lora_a.shape == (64, 3)
-  assert attn.q_proj.lora_b.get_metadata()["logical_axes"] == (
-      "lora_rank", "heads")
-  before = _text_forward(model)
-  # Zero-initialised b: LoRA starts as the identity update.
-  for layer in lora.lora_layers(model):
-    np.testing.assert_array_equal(layer.lora_b[...], 0)
-  key = jax.random.key(3)
-  for layer in lora.lora_layers(model):
-    key, sub = jax.random.split(key)
-    layer.lora_b[...] = 0.2 * jax.random.normal(sub, layer.lora_b.shape)
-  kernel = np.asarray(attn.o_proj.kernel[...])
-  adapted = _text_forward(model)
-  assert np.max(np.abs(adapted - before)) > 1e-3
-  lora.merge_lora(model)
-  assert not np.allclose(np.asarray(attn.o_proj.kernel[...]), kernel)
-  np.testing.assert_allclose(_text_forward(model), adapted, atol=1e-5)
-  lora.unmerge_lora(model)
-  np.testing.assert_allclose(np.asarray(attn.o_proj.kernel[...]), kernel,
-                             atol=1e-6)
-  np.testing.assert_allclose(_text_forward(model), adapted, atol=1e-5)
-
-
-def test_lora_gradients_flow_to_lora_params_only():
-  model = _lora_model()
-  graphdef, lora_params, rest = nnx.split(model, nnx.LoRAParam, ...)
-
-  def loss(lora_params):
-    m = nnx.merge(graphdef, lora_params, rest)
-    ids = jnp.asarray(np.arange(20, 31))[None]
-    pos = jnp.asarray(text_position_ids(11))[:, None]
-    return jnp.sum(m(ids, pos).last_hidden_state ** 2)
-
-  grads = jax.jit(jax.grad(loss))(lora_params)
-  flat = nnx.to_flat_state(grads)
-  assert all(path[-1] in ("lora_a", "lora_b") for path, _ in flat)
-  assert any(np.abs(np.asarray(v.get_value())).max() > 0 for _, v in flat)
-
-
-@pytest.mark.torch
-def test_converter_loads_base_weights_into_a_lora_model(tmp_path):
-  from converters import qwen2_5_vl as conv
-  base = Qwen25VL(TINY, rngs=nnx.Rngs(5))
-  path = conv.save_qwen2_5_vl(base, tmp_path / "q.safetensors", layout="v5")
-  cfg = TINY.replace(text=dataclasses.replace(TINY.text, lora_rank=2))
-  model = conv.load_qwen2_5_vl(path, cfg)
-  np.testing.assert_allclose(_text_forward(model), _text_forward(base),
-                             atol=1e-6)
-  assert len(jax.tree.leaves(nnx.state(model, nnx.LoRAParam))) == 16
