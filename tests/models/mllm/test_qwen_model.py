@@ -1,7 +1,6 @@
 """Qwen25VL: bucketing without recompiles, batched lanes."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from PIL import Image
