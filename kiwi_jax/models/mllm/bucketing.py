@@ -24,10 +24,14 @@ import numpy as np
 from kiwi_jax.models.mllm.config import QwenVisionConfig
 from kiwi_jax.models.mllm.vision import required_patches, vision_metadata
 
-# Powers of two cover 16 frames at 262,144 px (9,216 patches) up to 16 frames
-# at 602,112 px (24,576 patches) with at most 2x waste.
-PATCH_BUCKETS = (1024, 2048, 4096, 8192, 16384, 32768)
-SEQ_BUCKETS = (512, 1024, 2048, 4096, 8192, 16384)
+# Ladders with steps of at most 1.5x (multiples of the 64-slot vision
+# window). Kiwi's inference input (16 frames at 262,144 px + a 768-token
+# reference) needs 15,872 patch slots and ~4,200 tokens; training frames at
+# 560 x 1008 need 26,112 slots. Each bucket is one compiled program.
+PATCH_BUCKETS = (1024, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 20480,
+                 24576, 28672, 32768)
+SEQ_BUCKETS = (256, 512, 1024, 1536, 2048, 3072, 4096, 5120, 6144, 8192,
+               12288, 16384)
 
 
 def bucket_for(n: int, buckets: Sequence[int]) -> int:
