@@ -15,6 +15,7 @@ from flax import nnx  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from converters import qwen2_5_vl as conv  # noqa: E402
+from kiwi_jax import sharding  # noqa: E402
 from kiwi_jax.models.mllm import Qwen25VLConfig  # noqa: E402
 from kiwi_jax.models.mllm.rope_index import mrope_position_ids  # noqa: E402
 from kiwi_jax.models.mllm.vision import vision_metadata  # noqa: E402
@@ -211,6 +212,12 @@ def test_layouts_load_the_same_and_export_round_trips(hf_model, jax_model,
     assert conv.detect_layout(open_checkpoint(path).keys()) == layout
     state = nnx.state(conv.load_qwen2_5_vl(path, CFG))
     jax.tree.map(np.testing.assert_array_equal, state, ref_state)
+  # Straight into shardings on 8 fake devices.
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  sharded = conv.load_qwen2_5_vl(path, CFG, mesh=mesh)
+  kernel = sharded.language_model.layers[0].mlp.gate_proj.kernel[...]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  jax.tree.map(np.testing.assert_array_equal, nnx.state(sharded), ref_state)
   out = conv.save_qwen2_5_vl(jax_model, tmp_path / "export.safetensors",
                              layout="hub")
   exported = open_checkpoint(out)

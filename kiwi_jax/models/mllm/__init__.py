@@ -3,7 +3,8 @@
 Public surface:
   * :class:`Qwen25VLConfig` (``from_variant("qwen2.5-vl-3b" | "tiny")``),
   * :class:`Qwen25VL` and its output :class:`Qwen25VLOutput`,
-  * ``processing`` (torch-free chat, image and video preprocessing),
+  * ``processing.QwenProcessor`` (torch-free chat, tokens, positions) over
+    ``vision_preprocess`` (image and video pixels),
   * ``bucketing`` (static shapes), ``lora`` (q/k/v/o LoRA),
   * ``rope_index.mrope_position_ids`` and ``vision.vision_metadata``.
 """
