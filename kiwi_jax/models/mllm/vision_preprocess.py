@@ -90,14 +90,27 @@ def sample_frame_indices(num_frames: int,
   return np.round(np.linspace(0, num_frames - 1, max_frames)).astype(np.int64)
 
 
+def _normalize_float(x: np.ndarray) -> np.ndarray:
+  x = (np.asarray(x).astype(np.float64) * (1 / 255)).astype(np.float32)
+  return (x - CLIP_MEAN) / CLIP_STD
+
+
+# uint8 value x channel -> normalised float32 (the same float32 arithmetic,
+# done once per value instead of once per pixel).
+_UINT8_TABLE = _normalize_float(np.arange(256)[:, None])
+
+
 def normalize(pixels: np.ndarray) -> np.ndarray:
   """float32 ``(x / 255 - mean) / std`` for [..., 3] values in 0..255.
 
   The rescale runs in float64 and is rounded once to float32, then the
-  normalisation is float32, as the Qwen PIL image processor does.
+  normalisation is float32, as the Qwen PIL image processor does. uint8
+  input goes through a 256-entry table with identical values.
   """
-  x = (np.asarray(pixels).astype(np.float64) * (1 / 255)).astype(np.float32)
-  return (x - CLIP_MEAN) / CLIP_STD
+  pixels = np.asarray(pixels)
+  if pixels.dtype == np.uint8:
+    return _UINT8_TABLE[pixels, np.arange(3)]
+  return _normalize_float(pixels)
 
 
 def patchify(frames: np.ndarray, patch_size: int = PATCH_SIZE,
