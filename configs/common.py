@@ -71,3 +71,52 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Locks the config so that a mistyped override fails with a hint."""
   config.lock()
   return config
+
+
+def kiwi_block(*, variant: str, family: str, stage: int, lora_rank: int,
+               sources: list[dict[str, Any]], tokenizer_dir: str,
+               max_pixels: int, size_multiple: int = 32,
+               fixed_size: tuple[int, int] | None = None,
+               codec: str = "vae", ref_tokens: int = 768,
+               seq_len: int = 0, num_patches: int = 0,
+               model: dict[str, Any] | None = None,
+               batch_size: int = 1, num_workers: int = 0,
+               dit_lora_rank: int = 0) -> ml_collections.ConfigDict:
+  """``config.kiwi``: what ``kiwi_jax.training.kiwi_task.KiwiTask`` reads.
+
+  ``sources``: ``[{path, weight, name, max_frames}]``, mixed batch by batch
+  (spec 4.4). ``seq_len``/``num_patches`` 0 pad the MLLM inputs to the
+  bucket ladders of ``kiwi_jax.models.mllm.bucketing``.
+  """
+  return ml_collections.ConfigDict({
+      "variant": variant,
+      "variant_family": family,
+      "stage": stage,
+      "mllm_lora_rank": lora_rank,
+      "dit_lora_rank": dit_lora_rank,
+      "model": model or {},
+      "codec": codec,
+      "unshuffle_factor": 2,
+      "tokenizer_dir": tokenizer_dir,
+      "seq_len": seq_len,
+      "num_patches": num_patches,
+      "ref_tokens": ref_tokens,
+      "data": {
+          "sources": sources,
+          "fixed_size": fixed_size,
+          "max_pixels": max_pixels,
+          "size_multiple": size_multiple,
+          "batch_size": batch_size,
+          "seed": 0,
+          "num_workers": num_workers,
+      },
+  })
+
+
+def optimizer(learning_rate: float, grad_accum_steps: int
+              ) -> ml_collections.ConfigDict:
+  """The reference optimiser (spec 4.3): AdamW wd 0.01, ConstantLR 1/3 for
+  5 steps, clipping 1.0."""
+  return ml_collections.ConfigDict({
+      "learning_rate": learning_rate, "weight_decay": 0.01,
+      "grad_clip_norm": 1.0, "grad_accum_steps": grad_accum_steps})

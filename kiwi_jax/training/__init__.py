@@ -1,0 +1,1 @@
+"""Kiwi-Edit training: the three-stage curriculum on the generic trainer."""

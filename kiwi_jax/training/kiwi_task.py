@@ -1,0 +1,322 @@
+"""The Kiwi-Edit ``Task`` for ``train_lib.trainer.train_and_evaluate``.
+
+One micro-step (``WanVideoPipeline.training_loss``, spec 4.1 and 4.5):
+
+  MLLM inputs --KiwiEdit.encode_conditions(mode)--> context
+  source / target / reference pixels --frozen codec, no gradient--> latents
+  t ~ grid (bf16 lookup), z_t = (1 - sigma) z_0 + sigma eps
+  v = denoise_step(z_t, t, context, sigma * source, ref)   (stage >= 2)
+  loss = w(t) * mean((v - (eps - z_0))^2)
+
+The mode of a batch follows from its structure, which the mixed pipeline
+keeps one kind per batch (spec 4.4): a ``ref_image`` field means
+"reference", one frame means "image", otherwise "video". Each mode is its
+own compiled program. Stage 1 never injects the source (the scripts pass no
+``source_input``); later stages inject it for every mode.
+
+Config (``config.kiwi``)::
+
+  variant: KiwiEditConfig variant ("kiwi-5b", "kiwi-14b", "tiny").
+  model: dict of KiwiEditConfig field overrides (dit/mllm/vae: dicts).
+  mllm_lora_rank: Qwen2.5-VL LoRA rank (64 for 5B, 256 for 14B).
+  dit_lora_rank: 14B stage-2 DiT LoRA rank (must be 0: see stages.py).
+  stage: 1, 2 or 3; variant_family: "5b" or "14b" (trainable sets).
+  codec: "vae" (the model's frozen Wan VAE) or "pixel_unshuffle" (demo).
+  unshuffle_factor: the stand-in's factor.
+  tokenizer_dir: local Qwen tokenizer directory.
+  seq_len, num_patches: fixed MLLM token / patch-slot counts per example.
+  ref_tokens: the reference image's MLLM token count (static).
+  data: sources [{path, weight, name, max_frames}], fixed_size, batch_size,
+    seed, num_workers, max_pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kiwi_jax.data import examples as examples_lib
+from kiwi_jax.data import pipeline as data_pipeline
+from kiwi_jax.diffusion import flow_matching, sampler
+from kiwi_jax.models.kiwi.config import KiwiEditConfig
+from kiwi_jax.models.kiwi.model import KiwiEdit
+from kiwi_jax.models.mllm import bucketing, processing
+from kiwi_jax.training import latent_codec, stages
+
+logger = logging.getLogger("kiwi_jax")
+
+_GRID = flow_matching.TrainingGrid.from_schedule("diffsynth")
+
+
+def _replace_nested(obj: Any, changes: dict[str, Any]) -> Any:
+  """``dataclasses.replace`` with dict values applied to dataclass fields."""
+  direct = {}
+  for name, value in changes.items():
+    if not hasattr(obj, name):
+      raise ValueError(f"{type(obj).__name__} has no field {name!r}.")
+    current = getattr(obj, name)
+    if isinstance(value, dict) and dataclasses.is_dataclass(current):
+      value = _replace_nested(current, value)
+    direct[name] = tuple(value) if isinstance(value, list) else value
+  return dataclasses.replace(obj, **direct)
+
+
+def kiwi_model_config(kiwi: Any) -> KiwiEditConfig:
+  """The :class:`KiwiEditConfig` a ``config.kiwi`` block describes."""
+  overrides = dict(kiwi.get("model", {}) or {})
+  overrides = (overrides.to_dict() if hasattr(overrides, "to_dict")
+               else overrides)
+  cfg = KiwiEditConfig.from_variant(kiwi.variant)
+  cfg = _replace_nested(cfg, overrides)
+  return _replace_nested(
+      cfg, {"mllm": {"text": {"lora_rank": int(kiwi.mllm_lora_rank)}}})
+
+
+class KiwiMllmHook:
+  """The data pipeline's MLLM hook: Qwen2.5-VL inputs at fixed sizes.
+
+  Picklable (Grain workers pickle it): holds only the tokenizer directory
+  and configs and loads the processor on first use.
+  """
+
+  def __init__(self, tokenizer_dir: str, cfg: KiwiEditConfig, seq_len: int,
+               num_patches: int):
+    self.tokenizer_dir = tokenizer_dir
+    self.cfg = cfg
+    self.seq_len = seq_len
+    self.num_patches = num_patches
+    self._processor = None
+
+  def __getstate__(self):
+    return {**self.__dict__, "_processor": None}
+
+  def processor(self) -> processing.QwenProcessor:
+    if self._processor is None:
+      cfg = self.cfg
+      self._processor = processing.QwenProcessor(
+          self.tokenizer_dir, cfg.mllm, processing.ProcessorConfig(
+              num_image_queries=cfg.num_image_queries,
+              num_video_queries=cfg.num_video_queries,
+              num_ref_queries=cfg.num_ref_queries,
+              max_pixels_per_frame=cfg.mllm_max_pixels_per_frame,
+              max_object_token=cfg.max_ref_tokens))
+    return self._processor
+
+  def __call__(self, frames: np.ndarray, prompt: str,
+               ref_image: np.ndarray | None) -> dict[str, np.ndarray]:
+    proc = self.processor()
+    example = proc(prompt, frames=frames, ref_image=ref_image)
+    tok = proc.tokenizer
+    pad = (tok.pad_token_id if tok.pad_token_id is not None
+           else tok.convert_tokens_to_ids("<|endoftext|>"))
+    out = bucketing.pad_example(example, self.cfg.mllm.vision,
+                                pad_token_id=pad, seq_len=self.seq_len,
+                                num_patches=self.num_patches)
+    del out["grid_thw"]  # per-example length; the metadata encodes it
+    return out
+
+
+def batch_mode(batch: dict[str, Any]) -> str:
+  """The edit mode of a one-kind batch (static: from its structure)."""
+  if "ref_image" in batch or "ref_latents" in batch:
+    return "reference"
+  video = batch.get("source_video", batch.get("source_latents"))
+  return "image" if video.shape[1] == 1 else "video"
+
+
+def mllm_inputs(mllm: dict[str, Any]) -> dict[str, Any]:
+  """Stacked hook outputs -> ``KiwiEdit.encode_conditions`` inputs."""
+  inputs = bucketing.model_inputs(
+      {**mllm, "position_ids": jnp.transpose(mllm["position_ids"],
+                                             (1, 0, 2))})
+  inputs["attention_mask"] = inputs.pop("segment_ids")
+  return inputs
+
+
+class KiwiTask:
+  """Trains :class:`KiwiEdit` at one curriculum stage (a trainer ``Task``).
+
+  Args:
+    config: the run config; reads ``config.kiwi`` (module docstring).
+  """
+
+  def __init__(self, config: Any):
+    kiwi = config.kiwi
+    self.config = config
+    self.stage = int(kiwi.stage)
+    self.model_cfg = kiwi_model_config(kiwi)
+    if int(kiwi.get("dit_lora_rank", 0) or 0):
+      raise ValueError(
+          "kiwi.dit_lora_rank > 0 (the 14B stage-2 DiT LoRA) needs LoRA "
+          "layers in WanDiT, which kiwi_jax does not have yet; set it to 0 "
+          "to train the 14B stage 2 without the DiT LoRA.")
+    self.trainable, self.frozen = stages.trainable_sets(
+        self.stage, kiwi.variant_family)
+    if kiwi.codec not in latent_codec.CODECS:
+      raise ValueError(f"kiwi.codec={kiwi.codec!r}; choose one of "
+                       f"{latent_codec.CODECS}.")
+    self.codec = (latent_codec.PixelUnshuffle(int(kiwi.unshuffle_factor))
+                  if kiwi.codec == "pixel_unshuffle" else None)
+    self.ref_tokens = int(kiwi.ref_tokens)
+    self.hook = KiwiMllmHook(str(kiwi.tokenizer_dir), self.model_cfg,
+                             int(kiwi.seq_len), int(kiwi.num_patches))
+
+  # -- Model.
+
+  def build_model(self, rngs: nnx.Rngs) -> KiwiEdit:
+    return KiwiEdit(self.model_cfg, rngs=rngs)
+
+  def encode(self, model: KiwiEdit, frames: jax.Array) -> jax.Array:
+    """uint8[B, T, H, W, 3] -> latents in the DiT's dtype, no gradient."""
+    video = latent_codec.pixels_to_unit(frames)
+    latents = (self.codec.encode(video) if self.codec is not None
+               else model.encode_video(video))
+    return jax.lax.stop_gradient(latents.astype(self.model_cfg.dit.dtype))
+
+  def decode(self, model: KiwiEdit, latents: jax.Array) -> jax.Array:
+    """Latents -> float32[B, T, H, W, 3] in [-1, 1]."""
+    if self.codec is not None:
+      return self.codec.decode(latents.astype(jnp.float32))
+    return model.decode_latents(latents).astype(jnp.float32)
+
+  def _latents(self, model, batch, name):
+    if f"{name}_latents" in batch:  # the pipeline's latent cache
+      return batch[f"{name}_latents"].astype(self.model_cfg.dit.dtype)
+    if name == "ref":
+      return self.encode(model, batch["ref_image"][:, None])
+    return self.encode(model, batch[f"{name}_video"])
+
+  def conditions(self, model: KiwiEdit, batch: dict[str, Any]):
+    """``(context, source_latents | None, ref_latents | None)``."""
+    mode = batch_mode(batch)
+    cond = model.encode_conditions(
+        mllm_inputs(batch["mllm"]), mode,
+        ref_tokens=self.ref_tokens if mode == "reference" else 0)
+    # Stage 1 has no source_input (spec 4.2): noise + MLLM context only.
+    source = self._latents(model, batch, "source") if self.stage > 1 else None
+    ref = self._latents(model, batch, "ref") if mode == "reference" else None
+    return cond.context, source, ref
+
+  def loss_fn(self, model: KiwiEdit, batch: dict[str, Any],
+              rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    context, source, ref = self.conditions(model, batch)
+    target = self._latents(model, batch, "target")
+
+    def velocity(noisy, timestep, sigma):
+      return model.denoise_step(
+          noisy, timestep, context, source_latents=source,
+          sigma=sigma if source is not None else None, ref_latents=ref)
+
+    loss, aux = flow_matching.flow_matching_loss(velocity, target, rng,
+                                                 _GRID)
+    return loss, {"mse": aux["mse"], "sigma": aux["sigma"]}
+
+  # -- Editing (sample videos, the demo's evaluation).
+
+  def edit(self, model: KiwiEdit, batch: dict[str, Any], *,
+           num_steps: int = 10, seed: int = 0) -> np.ndarray:
+    """Edits a device batch from noise with ``num_steps`` Euler steps.
+
+    Returns:
+      float32[B, T, H, W, 3] in [-1, 1] (host numpy).
+    """
+    graphdef, state = nnx.split(model)
+    return np.asarray(_edit(self, graphdef, state, batch, num_steps,
+                            jax.random.key(seed)))
+
+  def sample(self, model: KiwiEdit, step: int, writer: Any) -> None:
+    """Writes ``source | edit | target`` videos of the held-out batches in
+    ``config.kiwi.sample_batches`` (set by the caller)."""
+    for name, batch in getattr(self, "sample_batches", {}).items():
+      edited = self.edit(model, batch, num_steps=int(
+          self.config.kiwi.get("sample_steps", 10)))
+      writer.write_videos(step, {name: side_by_side(
+          np.asarray(batch["source_video"])[0], unit_to_uint8(edited[0]),
+          np.asarray(batch["target_video"])[0])})
+
+  # -- Data.
+
+  def example_config(self, max_frames: int) -> examples_lib.ExampleConfig:
+    data = self.config.kiwi.data
+    fixed = data.get("fixed_size")
+    return examples_lib.ExampleConfig(
+        max_frames=max_frames, max_pixels=int(data.max_pixels),
+        size_multiple=int(data.size_multiple),
+        fixed_size=tuple(fixed) if fixed else None)
+
+  def source_specs(self) -> list[data_pipeline.SourceSpec]:
+    return [data_pipeline.SourceSpec(
+        path=str(s.path), weight=float(s.weight), name=str(s.name),
+        example=self.example_config(int(s.max_frames)))
+            for s in self.config.kiwi.data.sources]
+
+  def train_iterator(self, shard_index: int, shard_count: int):
+    data = self.config.kiwi.data
+    cfg = data_pipeline.PipelineConfig(
+        batch_size=int(data.batch_size) // shard_count,
+        seed=int(data.seed), num_workers=int(data.num_workers))
+    return data_pipeline.make_iterator(
+        self.source_specs(), self.example_config(1), cfg,
+        mllm_transform=self.hook, shard_index=shard_index,
+        shard_count=shard_count)
+
+  def global_batch(self, host_batch: dict[str, Any], mesh) -> dict[str, Any]:
+    """Drops the text fields, checks the reference token count, and makes
+    global arrays."""
+    numeric = {k: v for k, v in host_batch.items()
+               if k in ("source_video", "target_video", "ref_image", "mllm",
+                        "source_latents", "target_latents", "ref_latents")}
+    if "ref_image" in numeric or "ref_latents" in numeric:
+      span = np.asarray(host_batch["mllm"]["ref_span"])
+      counts = span[:, 1] - span[:, 0]
+      if np.any(counts != self.ref_tokens):
+        raise ValueError(
+            f"Reference images of batch {list(host_batch.get('key', []))} "
+            f"give {counts.tolist()} MLLM tokens; kiwi.ref_tokens is "
+            f"{self.ref_tokens}. Fix the reference size (data.fixed_size / "
+            "max_pixels) or kiwi.ref_tokens.")
+    return data_pipeline.to_global_batch(numeric, mesh)
+
+  def batch_counts(self, batch: dict[str, Any]) -> dict[str, int]:
+    video = batch.get("target_video", batch.get("target_latents"))
+    examples = int(np.shape(video)[0]) * jax.process_count()
+    return {"examples": examples, "frames": examples * int(video.shape[1])}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 4))
+def _edit(task: KiwiTask, graphdef, state, batch, num_steps: int, key):
+  model = nnx.merge(graphdef, state)
+  context, source, ref = task.conditions(model, batch)
+  shape = jax.eval_shape(lambda: task._latents(model, batch, "target"))
+  noise = jax.random.normal(key, shape.shape, jnp.float32).astype(
+      shape.dtype)
+  plan = sampler.SamplingPlan.build(num_steps)
+
+  def velocity(latents, timestep, sigma, step):
+    del step
+    size = latents.shape[0]
+    return model.denoise_step(
+        latents, jnp.full((size,), timestep), context,
+        source_latents=source,
+        sigma=jnp.full((size,), sigma) if source is not None else None,
+        ref_latents=ref)
+
+  return task.decode(model, sampler.euler_loop(velocity, noise, plan))
+
+
+def unit_to_uint8(video: np.ndarray) -> np.ndarray:
+  """float in [-1, 1] -> uint8 (round to nearest)."""
+  return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5),
+                 0, 255).astype(np.uint8)
+
+
+def side_by_side(*videos: np.ndarray) -> np.ndarray:
+  """uint8[T, H, W, 3] clips -> one clip, left to right."""
+  return np.concatenate(videos, axis=2)
