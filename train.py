@@ -28,9 +28,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
-  runtime.initialize()
   logging.getLogger("kiwi_jax").setLevel(logging.INFO)
-  runtime.log_runtime()
+  runtime.initialize()  # logs hosts, devices and versions
   config = _CONFIG.value
   # Imported after initialize(): jax.distributed must start first.
   # pylint: disable=g-import-not-at-top
