@@ -35,7 +35,7 @@ def get_config(arg: str | None = None):
   config.kiwi = common.kiwi_block(
       variant="tiny", family="5b", stage=1, lora_rank=4, sources=[],
       tokenizer_dir="", max_pixels=32 * 32, fixed_size=(32, 32),
-      codec="pixel_unshuffle", ref_tokens=0, seq_len=512, num_patches=2048,
+      codec="pixel_unshuffle", ref_tokens=0, seq_len=0, num_patches=0,
       batch_size=2)
   config.optimizer = common.optimizer(1e-3, 1)
   config.precision = {"master_dtype": "float32", "compute_dtype": None,

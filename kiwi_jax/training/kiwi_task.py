@@ -24,7 +24,8 @@ Config (``config.kiwi``)::
   codec: "vae" (the model's frozen Wan VAE) or "pixel_unshuffle" (demo).
   unshuffle_factor: the stand-in's factor.
   tokenizer_dir: local Qwen tokenizer directory.
-  seq_len, num_patches: fixed MLLM token / patch-slot counts per example.
+  seq_len, num_patches: fixed MLLM token / patch-slot counts per example
+    (0: the smallest ``bucketing`` ladder entry that fits).
   ref_tokens: the reference image's MLLM token count (static).
   data: sources [{path, weight, name, max_frames}], fixed_size, batch_size,
     seed, num_workers, max_pixels.
@@ -117,8 +118,9 @@ class KiwiMllmHook:
     pad = (tok.pad_token_id if tok.pad_token_id is not None
            else tok.convert_tokens_to_ids("<|endoftext|>"))
     out = bucketing.pad_example(example, self.cfg.mllm.vision,
-                                pad_token_id=pad, seq_len=self.seq_len,
-                                num_patches=self.num_patches)
+                                pad_token_id=pad,
+                                seq_len=self.seq_len or None,
+                                num_patches=self.num_patches or None)
     del out["grid_thw"]  # per-example length; the metadata encodes it
     return out
 
