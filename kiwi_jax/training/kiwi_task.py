@@ -255,8 +255,8 @@ class KiwiTask:
 
   def source_specs(self) -> list[data_pipeline.SourceSpec]:
     return [data_pipeline.SourceSpec(
-        path=str(s.path), weight=float(s.weight), name=str(s.name),
-        example=self.example_config(int(s.max_frames)))
+        path=str(s["path"]), weight=float(s["weight"]), name=str(s["name"]),
+        example=self.example_config(int(s["max_frames"])))
             for s in self.config.kiwi.data.sources]
 
   def train_iterator(self, shard_index: int, shard_count: int):
