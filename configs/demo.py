@@ -23,7 +23,7 @@ def get_config(arg: str | None = None):
   config.log_every = 25
   config.log_first_steps = 2
   config.demo = {
-      "num_videos": 4 if arg.runlocal else 60,
+      "num_videos": 6 if arg.runlocal else 60,
       "num_images": 2 if arg.runlocal else 20,
       "num_heldout": 6 if arg.runlocal else 24,
       "height": 32, "width": 32, "num_frames": 5,
