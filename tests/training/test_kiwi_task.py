@@ -1,0 +1,123 @@
+"""One Kiwi-Edit train step per curriculum stage, on the tiny model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flax import nnx
+
+from kiwi_jax import sharding
+from kiwi_jax.train_lib import optimizers, train_step
+from kiwi_jax.train_lib.train_state import ModelSplit, Precision
+from tests.training.conftest import kiwi_config
+
+# KiwiEdit (branch kiwi) and the Wan VAE (branch vae) must be in main.
+kiwi_task = pytest.importorskip("kiwi_jax.training.kiwi_task")
+
+FP32 = Precision(master_dtype="float32", compute_dtype=None)
+
+
+def _training(config, mesh=None):
+  task = kiwi_task.KiwiTask(config)
+  opt = optimizers.OptimizerConfig.from_mapping(config.optimizer)
+  optimizer = optimizers.make_optimizer(opt)
+  ctor = lambda: task.build_model(nnx.Rngs(0))  # noqa: E731
+  split = ModelSplit.build(ctor, task.trainable, task.frozen, mesh=mesh,
+                           precision=FP32)
+  state = train_step.init_train_state(ctor, split, optimizer, FP32, 0, mesh)
+  step = train_step.make_train_step(split, task.loss_fn, optimizer, opt,
+                                    FP32, mesh=mesh)
+  return task, split, state, step
+
+
+def _global(task, host, mesh=None):
+  mesh = mesh or sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  return task.global_batch(host, mesh)
+
+
+# stage -> (mode it is tested on, parameters that must / must not train)
+STAGES = {
+    1: ("image", ("image_queries/q", "connector/fc1/kernel"),
+        ("video_queries/q", "dit/vae_condition", "dit/blocks")),
+    2: ("video", ("video_queries/q", "dit/blocks", "dit/vae_condition"),
+        ("ref_queries/q", "ref_connector", "dit/ref_vae_condition",
+         "dit/text_embedding", "mllm/visual", "vae/")),
+    3: ("reference", ("ref_queries/q", "ref_connector/fc1/kernel",
+                      "dit/ref_vae_condition"),
+        ("dit/text_embedding", "mllm/visual", "vae/",
+         "mllm/language_model/embed_tokens")),
+}
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_step_per_stage_trains_its_set_and_freezes_the_rest(
+    stage, kiwi_batches, tiny_tokenizer_dir):
+  batches, ref_tokens = kiwi_batches
+  mode, must, must_not = STAGES[stage]
+  config = kiwi_config(stage, tiny_tokenizer_dir, ref_tokens)
+  task, split, state, step = _training(config)
+  names = split.trainable_names()
+  for part in must:
+    assert any(part in n for n in names), (stage, part)
+  for part in must_not:
+    assert not any(part in n for n in names), (stage, part)
+  assert any("lora_a" in n for n in names) and not any(
+      "lora" not in n and n.startswith("mllm/") for n in names)
+  frozen_before = jax.tree.map(np.asarray, state.frozen)
+  params_before = jax.tree.map(np.asarray, state.params)
+  state, metrics = step(state, _global(task, batches[mode]))
+  assert np.isfinite(float(metrics["training_loss"]))
+  assert float(metrics["l2_grads"]) > 0
+  jax.tree.map(np.testing.assert_array_equal, frozen_before,
+               jax.tree.map(np.asarray, state.frozen))
+  moved = jax.tree.leaves(jax.tree.map(
+      lambda a, b: bool(np.any(a != np.asarray(b))), params_before,
+      state.params))
+  assert sum(moved) > len(moved) // 2  # LoRA B and most others moved
+
+
+def test_loss_falls_when_overfitting(kiwi_batches, tiny_tokenizer_dir):
+  batches, ref_tokens = kiwi_batches
+  config = kiwi_config(2, tiny_tokenizer_dir, ref_tokens, learning_rate=3e-3,
+                       grad_clip_norm=None)
+  task, _, state, step = _training(config)
+  batch = _global(task, batches["video"])
+  losses = []
+  for _ in range(24):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["mse"]))
+  assert np.mean(losses[-6:]) < 0.7 * np.mean(losses[:6]), losses
+
+
+def test_sharded_step_equals_single_device(kiwi_batches, tiny_tokenizer_dir):
+  """data x fsdp x tensor = 2 x 2 x 2 against one device, stage 2."""
+  batches, ref_tokens = kiwi_batches
+  config = kiwi_config(2, tiny_tokenizer_dir, ref_tokens)
+  task, _, single, single_step = _training(config)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  _, _, sharded, sharded_step = _training(config, mesh)
+  assert any(len(x.sharding.device_set) > 1 and not
+             x.sharding.is_fully_replicated
+             for x in jax.tree.leaves(sharded.params))
+  host = batches["image"]
+  for _ in range(2):
+    single, m1 = single_step(single, _global(task, host))
+    sharded, m2 = sharded_step(sharded, _global(task, host, mesh))
+  np.testing.assert_allclose(m1["training_loss"], m2["training_loss"],
+                             rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=1e-4, atol=1e-5), single.params,
+               jax.device_get(sharded.params))
+
+
+def test_pixel_unshuffle_codec_is_invertible():
+  from kiwi_jax.training.latent_codec import PixelUnshuffle
+  codec = PixelUnshuffle(2)
+  video = jax.random.uniform(jax.random.key(0), (1, 3, 6, 10, 3), minval=-1,
+                             maxval=1)
+  latents = codec.encode(video)
+  assert latents.shape == (1, 3, 3, 5, 12)
+  np.testing.assert_allclose(codec.decode(latents), video, atol=1e-6)
+  with pytest.raises(ValueError, match="multiple"):
+    codec.encode(jnp.zeros((1, 1, 5, 4, 3)))
