@@ -14,7 +14,8 @@ MINI = refvie_mini.MiniConfig(height=32, width=32, num_frames=5)
 
 def kiwi_config(stage, tokenizer_dir, ref_tokens, **optimizer):
   from kiwi_jax.training import demo  # pylint: disable=g-import-not-at-top
-  config = demo.stage_config(demo_config.get_config("runlocal"), stage, {},
+  records = {name: "unused" for name in ("image", "video", "ref")}
+  config = demo.stage_config(demo_config.get_config("runlocal"), stage, records,
                              str(tokenizer_dir), ref_tokens, "")
   config.unlock()
   config.kiwi.data.sources = []
