@@ -173,7 +173,12 @@ class KiwiTask:
   # -- Model.
 
   def build_model(self, rngs: nnx.Rngs) -> KiwiEdit:
-    return KiwiEdit(self.model_cfg, rngs=rngs)
+    model = KiwiEdit(self.model_cfg, rngs=rngs)
+    if self.codec is not None:
+      # The stand-in codec replaces the Wan VAE: drop it, so its weights
+      # are neither stored nor initialised (XLA drops the dead init ops).
+      model.vae = None
+    return model
 
   def encode(self, model: KiwiEdit, frames: jax.Array) -> jax.Array:
     """uint8[B, T, H, W, 3] -> latents in the DiT's dtype, no gradient."""
