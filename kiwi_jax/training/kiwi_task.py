@@ -239,8 +239,9 @@ class KiwiTask:
                             jax.random.key(seed)))
 
   def sample(self, model: KiwiEdit, step: int, writer: Any) -> None:
-    """Writes ``source | edit | target`` videos of the held-out batches in
-    ``config.kiwi.sample_batches`` (set by the caller)."""
+    """Writes ``source | edit | target`` videos every ``sample_every``
+    steps, of the device batches a caller put in ``self.sample_batches``
+    (``{name: batch of one}``; none by default)."""
     for name, batch in getattr(self, "sample_batches", {}).items():
       edited = self.edit(model, batch, num_steps=int(
           self.config.kiwi.get("sample_steps", 10)))
