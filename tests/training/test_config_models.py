@@ -9,7 +9,6 @@ import pytest
 from flax import nnx
 
 from kiwi_jax.train_lib.train_state import ModelSplit
-from kiwi_jax.training import stages
 
 # KiwiEdit (branch kiwi) and the Wan VAE (branch vae) must be in main.
 kiwi_task = pytest.importorskip("kiwi_jax.training.kiwi_task")
@@ -36,11 +35,3 @@ def test_config_model_builds_abstractly(name, arg, stage):
   assert dit_trains == (config.kiwi.variant_family == "5b" and stage >= 2)
   assert any(n.startswith("ref_queries") for n in names) == (stage == 3)
 
-
-def test_trainable_sets_reject_unknown_stages():
-  with pytest.raises(ValueError, match="stage"):
-    stages.trainable_sets(4)
-  with pytest.raises(ValueError, match="14B stage-3"):
-    stages.trainable_sets(3, "14b")
-  with pytest.raises(ValueError, match="variant"):
-    stages.trainable_sets(1, "7b")
