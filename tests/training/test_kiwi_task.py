@@ -14,6 +14,7 @@ from tests.training.conftest import kiwi_config
 
 # KiwiEdit (branch kiwi) and the Wan VAE (branch vae) must be in main.
 kiwi_task = pytest.importorskip("kiwi_jax.training.kiwi_task")
+pytestmark = pytest.mark.slow  # four step compilations of the tiny Kiwi
 
 FP32 = Precision(master_dtype="float32", compute_dtype=None)
 
