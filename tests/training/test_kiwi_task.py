@@ -10,7 +10,7 @@ from flax import nnx
 from kiwi_jax import sharding
 from kiwi_jax.train_lib import optimizers, train_step
 from kiwi_jax.train_lib.train_state import ModelSplit, Precision
-from tests.training.conftest import kiwi_config
+from tests.training.conftest import host_batch, kiwi_config
 
 # KiwiEdit (branch kiwi) and the Wan VAE (branch vae) must be in main.
 kiwi_task = pytest.importorskip("kiwi_jax.training.kiwi_task")
@@ -107,8 +107,9 @@ def test_loss_falls_when_overfitting(kiwi_batches, stage_training):
 
 def test_sharded_step_equals_single_device(kiwi_batches, stage_training,
                                            tiny_tokenizer_dir):
-  """data x fsdp x tensor = 2 x 2 x 2 against one device, stage 2."""
-  batches, ref_tokens = kiwi_batches
+  """data x fsdp x tensor = 2 x 2 x 2 against one device, stage 2: the
+  batch (4, split over data and fsdp) and the weights are sharded."""
+  _, ref_tokens = kiwi_batches
   task, _, single, single_step = stage_training(2)
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   _, _, sharded, sharded_step = _training(
@@ -116,7 +117,7 @@ def test_sharded_step_equals_single_device(kiwi_batches, stage_training,
   assert any(len(x.sharding.device_set) > 1 and not
              x.sharding.is_fully_replicated
              for x in jax.tree.leaves(sharded.params))
-  host = batches["video"]
+  host = host_batch(task.hook, "local_remove", [0, 1, 2, 3])
   for _ in range(2):
     single, m1 = single_step(single, _global(task, host))
     sharded, m2 = sharded_step(sharded, _global(task, host, mesh))
