@@ -1,0 +1,1 @@
+"""Kiwi-Edit: the MLLM condition encoder, connectors and DiT/VAE assembly."""
