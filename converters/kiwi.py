@@ -27,7 +27,8 @@ from typing import Any
 from flax import nnx
 
 from converters import qwen2_5_vl, wan_dit, wan_vae
-from converters.assign import LINEAR, KeyMap, assign
+from converters.assign import (LINEAR, CheckpointMismatchError, KeyMap,
+                               assign, check_plan)
 from converters.kiwi_sources import KiwiSources
 from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
@@ -130,9 +131,28 @@ def build_state(sources: KiwiSources, cfg: KiwiEditConfig, *, mesh=None,
   """
   graphdef, abstract = nnx.split(
       nnx.eval_shape(lambda: KiwiEdit(cfg, rngs=nnx.Rngs(0))))
-  state = assign(abstract, keymaps(cfg), sources.checkpoint, dtype=dtype,
+  maps = keymaps(cfg)
+  check(sources, abstract, maps)
+  state = assign(abstract, maps, sources.checkpoint, dtype=dtype,
                  mesh=mesh, ignore_unused=IGNORE_UNUSED)
   return graphdef, state
+
+
+def check(sources: KiwiSources, abstract, maps) -> None:
+  """Raises one error listing the layout's and the plan's problems."""
+  found = {k: list(v) for k, v in sources.problems.items()}
+  uncovered: list[str] = []
+  try:
+    check_plan(abstract, maps, sources.checkpoint, IGNORE_UNUSED)
+  except CheckpointMismatchError as e:
+    for name in ("missing", "unexpected", "misshaped"):
+      found.setdefault(name, []).extend(getattr(e, name))
+    uncovered = e.uncovered
+  if any(found.values()) or uncovered:
+    raise CheckpointMismatchError(
+        sources.checkpoint.source, sorted(found.get("missing", [])),
+        sorted(found.get("unexpected", [])),
+        sorted(found.get("misshaped", [])), uncovered)
 
 
 def report(sources: KiwiSources, cfg: KiwiEditConfig) -> dict[str, Any]:

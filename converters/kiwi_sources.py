@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from converters import kiwi_names as names
-from converters.assign import CheckpointMismatchError
 from converters.checkpoint_io import Checkpoint, CheckpointError, open_checkpoint
 
 LORA_MODES = ("merge", "keep")
@@ -66,6 +65,9 @@ class KiwiSources:
     lora: ``"merge"`` or ``"keep"``; kept LoRA factors appear as
       ``<target>.lora_A.weight`` / ``.lora_B.weight``.
     lora_rank: rank of the MLLM LoRA (0 without LoRA).
+    problems: layout problems found while reading (``missing``,
+      ``unexpected``, ``misshaped`` lists); the converter reports them
+      together with the model plan's own, before writing anything.
   """
   checkpoint: Checkpoint
   layout: str
@@ -78,6 +80,7 @@ class KiwiSources:
   processor_files: dict[str, pathlib.Path]
   lora: str
   lora_rank: int
+  problems: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
   def has(self, component: str) -> bool:
     return self.report.get(component, "absent") != "absent"
@@ -162,11 +165,10 @@ class _Builder:
                             f"{sorted(ranks)}")
     return ranks.pop() if ranks else 0
 
-  def raise_problems(self, source: str) -> None:
-    if self.unexpected or self.misshaped or self.missing:
-      raise CheckpointMismatchError(source, sorted(self.missing),
-                                    sorted(self.unexpected),
-                                    sorted(self.misshaped))
+  def problems(self) -> dict[str, list[str]]:
+    return {"missing": sorted(self.missing),
+            "unexpected": sorted(self.unexpected),
+            "misshaped": sorted(self.misshaped)}
 
   def checkpoint(self, source: str) -> Checkpoint:
     index = {k: {"shape": t.shape, "dtype": t.dtype}
@@ -302,7 +304,6 @@ def from_diffsynth(kiwi_checkpoint, base_dit, vae, qwen_dir, *,
                           f"({dict(merge='merged', keep='kept')[lora]})")
   rank = b.resolve_lora()
   source = f"DiffSynth Kiwi checkpoint {kiwi.source}"
-  b.raise_problems(source)
   dit_dir = pathlib.Path(base_dit)
   dit_dir = dit_dir if dit_dir.is_dir() else dit_dir.parent
   return KiwiSources(
@@ -311,7 +312,7 @@ def from_diffsynth(kiwi_checkpoint, base_dit, vae, qwen_dir, *,
       qwen_config=_read_json(qwen_dir / "config.json"), mllm_config={},
       dit_config=_read_json(dit_dir / "config.json"), vae_config={},
       processor_files=_processor_files(qwen_dir), lora=lora, lora_rank=(
-          rank if lora == "keep" else 0))
+          rank if lora == "keep" else 0), problems=b.problems())
 
 
 def _open_weights(folder: pathlib.Path, pattern: str) -> Checkpoint | None:
@@ -372,7 +373,6 @@ def from_diffusers(directory) -> KiwiSources:
           "patch_embedding.") else None)
       origins[prefix[:-1]] = str(root / folder)
   source = f"diffusers Kiwi directory {root}"
-  b.raise_problems(source)
   ref_cfg = _read_json(root / "ref_embedder" / "config.json")
   processor = root / "processor"
   qwen_config = (_read_json(processor / "qwen_config.json")
@@ -386,4 +386,5 @@ def from_diffusers(directory) -> KiwiSources:
       mllm_config=_read_json(mllm_dir / "config.json"),
       dit_config=_read_json(root / "transformer" / "config.json"),
       vae_config=_read_json(root / "vae" / "config.json"),
-      processor_files=_processor_files(processor), lora="merge", lora_rank=0)
+      processor_files=_processor_files(processor), lora="merge", lora_rank=0,
+      problems=b.problems())
