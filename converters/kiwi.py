@@ -20,11 +20,8 @@ connectors, LoRA factors) are mapped here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Any
-
-from flax import nnx
 
 from converters import qwen2_5_vl, wan_dit, wan_vae
 from converters.assign import (LINEAR, CheckpointMismatchError, KeyMap,
@@ -32,7 +29,7 @@ from converters.assign import (LINEAR, CheckpointMismatchError, KeyMap,
 from converters.kiwi_sources import KiwiSources
 from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
-from kiwi_jax.models.kiwi.model import KiwiEdit
+from kiwi_jax.models.kiwi.model import abstract_kiwi
 from kiwi_jax.models.mllm.lora import LORA_TARGETS
 
 _EMBEDDERS = ("vae_condition.", "ref_vae_condition.")
@@ -129,8 +126,7 @@ def build_state(sources: KiwiSources, cfg: KiwiEditConfig, *, mesh=None,
     CheckpointMismatchError: every missing, unexpected and mis-shaped key,
       before any tensor is read.
   """
-  graphdef, abstract = nnx.split(
-      nnx.eval_shape(lambda: KiwiEdit(cfg, rngs=nnx.Rngs(0))))
+  graphdef, abstract = abstract_kiwi(cfg)
   maps = keymaps(cfg)
   check(sources, abstract, maps)
   state = assign(abstract, maps, sources.checkpoint, dtype=dtype,

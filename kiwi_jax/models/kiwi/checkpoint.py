@@ -30,7 +30,7 @@ from flax import nnx
 
 from kiwi_jax import sharding
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
-from kiwi_jax.models.kiwi.model import KiwiEdit
+from kiwi_jax.models.kiwi.model import KiwiEdit, abstract_kiwi
 
 CONFIG_FILE = "kiwi_config.json"
 REPORT_FILE = "conversion_report.json"
@@ -134,8 +134,11 @@ def load(directory: str | os.PathLike, *, mesh=None, rules=None,
   directory = pathlib.Path(directory).absolute()
   cfg = config or load_config(directory)
   mesh = mesh or sharding.make_mesh({"data": 1}, jax.devices()[:1])
-  graphdef, abstract = sharding.abstract_state(
-      lambda: KiwiEdit(cfg, rngs=nnx.Rngs(0)), mesh, rules)
+  graphdef, abstract = abstract_kiwi(cfg)
+  shardings = sharding.state_shardings(abstract, mesh, rules)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, shardings)
   checkpointer = ocp.StandardCheckpointer()
   state = checkpointer.restore(directory / PARAMS_DIR, abstract)
   checkpointer.close()

@@ -15,6 +15,7 @@ The methods are the pieces a pipeline and a trainer call under ``jit``;
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -189,6 +190,13 @@ class KiwiEdit(nnx.Module):
     return self.vae.decode(latents, clamp=clamp)
 
 
+@functools.lru_cache(maxsize=8)
+def abstract_kiwi(cfg: KiwiEditConfig) -> tuple[nnx.GraphDef, nnx.State]:
+  """``nnx.split`` of the shape-only model (cached: tracing the
+  initialisers of a full model takes seconds)."""
+  return nnx.split(nnx.eval_shape(lambda: KiwiEdit(cfg, rngs=nnx.Rngs(0))))
+
+
 def pure(graphdef: nnx.GraphDef, method: str) -> Callable[..., Any]:
   """``fn(state, *args, **kwargs)`` calling ``KiwiEdit.<method>``.
 
@@ -208,4 +216,4 @@ def pure(graphdef: nnx.GraphDef, method: str) -> Callable[..., Any]:
   return fn
 
 
-__all__ = ["KiwiConditions", "KiwiEdit", "pure"]
+__all__ = ["KiwiConditions", "KiwiEdit", "abstract_kiwi", "pure"]
