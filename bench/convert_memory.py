@@ -8,7 +8,7 @@ fits beside other work on a small machine (``--layers 0`` keeps them all:
 the full model, ~19 GB in bf16). On the CPU backend the converted state
 itself lives in host memory, so the bench reports
 
-  overhead = peak RSS - RSS before - bytes of the converted state,
+  overhead = peak anonymous RSS - before - bytes of the converted state,
 
 the transient host memory of the conversion. Streaming means the overhead
 stays near the largest single source tensor (or stacked parameter), far
@@ -37,10 +37,14 @@ import time
 import numpy as np
 
 
-def rss_bytes() -> int:
+def rss_bytes(field: str = "RssAnon") -> int:
+  """Resident memory of this process from /proc (``RssAnon``: heap and
+  anonymous maps, the memory a conversion allocates; ``VmRSS`` also counts
+  the page cache of memory-mapped checkpoint files, which the kernel can
+  drop at will)."""
   with open("/proc/self/status") as f:
     for line in f:
-      if line.startswith("VmRSS:"):
+      if line.startswith(field + ":"):
         return int(line.split()[1]) * 1024
   return 0
 
@@ -49,24 +53,25 @@ class PeakRSS:
   """Samples VmRSS every few milliseconds in a thread (ru_maxrss cannot be
   reset, so a sampled peak isolates one phase)."""
 
-  def __init__(self, interval=0.005):
-    self.interval, self.peak, self._stop = interval, 0, False
+  def __init__(self, field="RssAnon", interval=0.005):
+    self.field, self.interval = field, interval
+    self.peak, self._stop = 0, False
 
   def __enter__(self):
-    self.peak = rss_bytes()
+    self.peak = rss_bytes(self.field)
     self._thread = threading.Thread(target=self._run, daemon=True)
     self._thread.start()
     return self
 
   def _run(self):
     while not self._stop:
-      self.peak = max(self.peak, rss_bytes())
+      self.peak = max(self.peak, rss_bytes(self.field))
       time.sleep(self.interval)
 
   def __exit__(self, *exc):
     self._stop = True
     self._thread.join()
-    self.peak = max(self.peak, rss_bytes())
+    self.peak = max(self.peak, rss_bytes(self.field))
 
 
 def config(layers: int, dtype):
@@ -179,9 +184,9 @@ def main():
     sources = kiwi_sources.from_diffsynth(**paths, ref_pad_first=False)
   else:
     sources = abstract_sources(shapes, args.dtype)
-  before = rss_bytes()
+  before, before_total = rss_bytes(), rss_bytes("VmRSS")
   start = time.perf_counter()
-  with PeakRSS() as peak:
+  with PeakRSS() as peak, PeakRSS("VmRSS") as peak_total:
     _, state = kiwi_conv.build_state(sources, cfg, dtype=jnp.dtype(
         args.dtype))
     jax.block_until_ready(state)
@@ -195,10 +200,13 @@ def main():
       "state_GB": round(state_bytes / 1e9, 3),
       "largest_tensor": largest,
       "largest_tensor_GB": round(sizes[largest] / 1e9, 3),
-      "peak_rss_GB": round(peak.peak / 1e9, 3),
-      "rss_before_GB": round(before / 1e9, 3),
+      "peak_anon_rss_GB": round(peak.peak / 1e9, 3),
+      "anon_rss_before_GB": round(before / 1e9, 3),
       "overhead_GB": round(overhead / 1e9, 3),
       "overhead_over_state": round(overhead / state_bytes, 3),
+      "overhead_over_largest_tensor": round(overhead / sizes[largest], 3),
+      "peak_vmrss_incl_mmap_GB": round(peak_total.peak / 1e9, 3),
+      "vmrss_before_GB": round(before_total / 1e9, 3),
       "ru_maxrss_GB": round(resource.getrusage(
           resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3),
       "seconds": round(seconds, 1),

@@ -40,6 +40,12 @@ _WEIGHT_FILE = re.compile(r"(model|pytorch_model|diffusion_pytorch_model)"
                           r"([-.].*)?\.(safetensors|bin)(\.index\.json)?")
 
 
+# LoRA that kiwi_jax can keep as separate factors: the Qwen decoder's
+# attention projections (``kiwi_jax.models.mllm.lora``). Any other LoRA (the
+# 14B scripts' MLLM MLP and DiT LoRA) is always merged.
+_KEEPABLE = re.compile(r"qwen\.model\.layers\.\d+\.self_attn\.[qkvo]_proj")
+
+
 @dataclasses.dataclass
 class _Tensor:
   shape: tuple[int, ...]
@@ -153,9 +159,8 @@ class _Builder:
         self.misshaped.append(f"{cb.source}:{rb} {b_shape} @ {ra} {a_shape} "
                               f"does not fit {weight} {base.shape}")
         continue
-      if target.startswith("qwen."):
+      if self.lora == "keep" and _KEEPABLE.fullmatch(target):
         ranks.add(a_shape[0])
-      if self.lora == "keep":
         self.add(f"{target}.lora_A.weight", ca, ra)
         self.add(f"{target}.lora_B.weight", cb, rb)
       else:
@@ -183,6 +188,9 @@ class _Builder:
 
 
 def _merged(base: _Tensor, ca, ra, cb, rb) -> _Tensor:
+  """``W + B @ A`` in fp32 (``merge_mllm_lora_into_qwen``; DiffSynth's
+  ``load_lora`` adds in bf16), cast to the model's dtype by ``assign``."""
+
   def read():
     w = np.asarray(base.read(), np.float32)
     a = np.asarray(ca.read(ra), np.float32)
