@@ -31,6 +31,8 @@ import json
 import os
 import pathlib
 import resource
+import subprocess
+import sys
 import threading
 import time
 
@@ -154,6 +156,9 @@ def write_files(shapes, directory: pathlib.Path):
     return k.replace("mllm.connector.", "mllm.connetor.")
 
   dump(kiwi, directory / "kiwi.safetensors", kiwi_name)
+
+
+def _file_paths(directory: pathlib.Path) -> dict[str, pathlib.Path]:
   return dict(kiwi_checkpoint=directory / "kiwi.safetensors",
               base_dit=directory / "dit.safetensors",
               vae=directory / "vae.safetensors", qwen_dir=directory / "qwen")
@@ -167,6 +172,9 @@ def main():
   p.add_argument("--source", default="abstract", choices=("abstract",
                                                             "files"))
   p.add_argument("--dir", default="/tmp/kiwi_5b_shaped")
+  p.add_argument("--write-only", action="store_true",
+                 help="only write the files (run in a child process so the "
+                 "measuring process starts clean)")
   args = p.parse_args()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax
@@ -179,8 +187,14 @@ def main():
   itemsize = jnp.dtype(args.dtype).itemsize
   sizes = {k: int(np.prod(s)) * itemsize for k, s in shapes.items()}
   largest = max(sizes, key=sizes.get)
+  if args.write_only:
+    write_files(shapes, pathlib.Path(args.dir))
+    return
   if args.source == "files":
-    paths = write_files(shapes, pathlib.Path(args.dir))
+    subprocess.run([sys.executable, __file__, "--write-only", "--layers",
+                    str(args.layers), "--dtype", args.dtype, "--dir",
+                    args.dir], check=True)
+    paths = _file_paths(pathlib.Path(args.dir))
     sources = kiwi_sources.from_diffsynth(**paths, ref_pad_first=False)
   else:
     sources = abstract_sources(shapes, args.dtype)
