@@ -30,38 +30,11 @@ import torch
 from torch import nn
 
 from converters import kiwi_names as names
+from converters.qwen2_5_vl import to_hf_config as hf_qwen_config
 
 
 def _t(x) -> torch.Tensor:
   return torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32)))
-
-
-def hf_qwen_config(cfg):
-  """transformers ``Qwen2_5_VLConfig`` for a kiwi_jax ``Qwen25VLConfig``."""
-  from transformers import Qwen2_5_VLConfig
-  v, t = cfg.vision, cfg.text
-  return Qwen2_5_VLConfig(
-      text_config=dict(
-          vocab_size=t.vocab_size, hidden_size=t.hidden_size,
-          intermediate_size=t.intermediate_size,
-          num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
-          num_key_value_heads=t.num_kv_heads, max_position_embeddings=4096,
-          rms_norm_eps=t.rms_norm_eps,
-          rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
-                           "mrope_section": list(t.mrope_section)},
-          bos_token_id=1, eos_token_id=2, pad_token_id=0),
-      vision_config=dict(
-          depth=v.depth, hidden_size=v.hidden_size,
-          intermediate_size=v.intermediate_size, num_heads=v.num_heads,
-          in_channels=v.in_channels, patch_size=v.patch_size,
-          spatial_merge_size=v.spatial_merge_size,
-          temporal_patch_size=v.temporal_patch_size,
-          window_size=v.window_size, out_hidden_size=v.out_hidden_size,
-          fullatt_block_indexes=list(v.fullatt_block_indexes),
-          tokens_per_second=v.tokens_per_second),
-      image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
-      vision_start_token_id=cfg.vision_start_token_id,
-      vision_end_token_id=cfg.vision_end_token_id)
 
 
 def _mlp(weights: Mapping[str, np.ndarray], prefix: str) -> nn.Sequential:

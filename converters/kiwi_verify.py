@@ -44,7 +44,9 @@ def _prompt(cfg, mode, rng):
     ids += [m.vision_end_token_id]
     images.append(IMAGE_GRID)
   ids += [m.query_token_id] * cfg.num_queries(mode)
-  ids += [m.vision_end_token_id + 1, m.vision_end_token_id + 2]  # stand-ins
+  # Two closing tokens after the queries, as <|im_end|> "\n" in the real
+  # prompt (the readout takes the last N positions, spec 2.4).
+  ids += list(rng.integers(14, 100, size=2))
   ids = np.asarray(ids)
   pix = {k: [rng.standard_normal((int(np.prod(g)), 1176)).astype(np.float32)
              for g in gs] for k, gs in (("image", images), ("video", videos))}
@@ -72,13 +74,16 @@ def _contexts(model, tk, mode, rng):
   types[ids == cfg.mllm.video_token_id] = 2
   kw["mm_token_type_ids"] = torch.from_numpy(types)[None]
   want = tk.encode(torch.from_numpy(ids)[None], mode, **kw).numpy()
+  meta = vision_metadata(images + videos, cfg.mllm.vision)
+  pixels = np.concatenate(pix["image"] + pix["video"])
+  # Window-aligned slots: zero rows after the real patches.
+  pixels = np.pad(pixels, ((0, meta["positions"].shape[0] - len(pixels)),
+                           (0, 0)))
   inputs = {
       "input_ids": jnp.asarray(ids)[None],
       "position_ids": jnp.asarray(pos)[:, None],
-      "pixel_values": jnp.asarray(np.concatenate(pix["image"]
-                                                 + pix["video"]))[None],
-      "vision_meta": {k: jnp.asarray(v)[None] for k, v in vision_metadata(
-          images + videos, cfg.mllm.vision).items()},
+      "pixel_values": jnp.asarray(pixels)[None],
+      "vision_meta": {k: jnp.asarray(v)[None] for k, v in meta.items()},
   }
   n_ref = int(np.prod(IMAGE_GRID)) // 4 if mode == "reference" else 0
   got = nnx.jit(lambda m, x: m.encode_conditions(

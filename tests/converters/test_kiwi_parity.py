@@ -97,12 +97,16 @@ def torch_context(tk, mode, ids, images, pix_i, videos, pix_v, pos):
 
 def jax_inputs(ids, images, pix_i, videos, pix_v, pos):
   grids = list(images) + list(videos)
+  meta = vision_metadata(grids, CFG.mllm.vision)
+  pix = np.concatenate(pix_i + pix_v)
+  # The vision tower takes window-aligned slots: zero rows after the real
+  # patches up to the metadata's patch count.
+  pix = np.pad(pix, ((0, meta["positions"].shape[0] - pix.shape[0]), (0, 0)))
   return {
       "input_ids": jnp.asarray(ids)[None],
       "position_ids": jnp.asarray(pos)[:, None],
-      "pixel_values": jnp.asarray(np.concatenate(pix_i + pix_v))[None],
-      "vision_meta": {k: jnp.asarray(v)[None]
-                      for k, v in vision_metadata(grids, CFG.mllm.vision).items()},
+      "pixel_values": jnp.asarray(pix)[None],
+      "vision_meta": {k: jnp.asarray(v)[None] for k, v in meta.items()},
   }
 
 

@@ -40,7 +40,8 @@ class KiwiConditions:
     context: float[B, L, dim] cross-attention context; in reference mode
       ``[ref_connector(ref tokens) (ref_tokens rows) | connector(queries)]``.
     mask: bool[B, L], false on reference rows past a row's token count
-      (all true when ``ref_tokens`` is the exact count, the reference case).
+      (all true when ``ref_tokens`` is the exact count, the reference case);
+      pass it to :meth:`KiwiEdit.denoise_step` as ``context_mask``.
   """
   context: jax.Array
   mask: jax.Array
@@ -164,7 +165,8 @@ class KiwiEdit(nnx.Module):
                    context: jax.Array, *,
                    source_latents: jax.Array | None = None,
                    sigma: jax.Array | None = None,
-                   ref_latents: jax.Array | None = None) -> jax.Array:
+                   ref_latents: jax.Array | None = None,
+                   context_mask: jax.Array | None = None) -> jax.Array:
     """Velocity float[B, t, h, w, c] at one timestep (``model_fn_wan_video``).
 
     Args:
@@ -175,10 +177,13 @@ class KiwiEdit(nnx.Module):
       sigma: float[B] schedule sigma of ``timestep`` (needed with
         ``source_latents``).
       ref_latents: float[B, 1, h, w, c] reference-image latent.
+      context_mask: bool[B, L] (``KiwiConditions.mask``): needed when a
+        batch pads reference rows (different reference sizes per sample).
     """
     return self.dit(latents, timestep, context,
                     source_latents=source_latents, sigma=sigma,
-                    ref_latents=ref_latents).velocity
+                    ref_latents=ref_latents,
+                    context_mask=context_mask).velocity
 
   def encode_video(self, video: jax.Array) -> jax.Array:
     """float[B, T, H, W, 3] in [-1, 1] -> normalised latents."""
