@@ -24,7 +24,7 @@ from kiwi_jax.models.kiwi import checkpoint as kiwi_ckpt  # noqa: E402
 from kiwi_jax.models.kiwi.config import KiwiEditConfig  # noqa: E402
 from kiwi_jax.models.mllm import lora as lora_lib  # noqa: E402
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 CFG = KiwiEditConfig.from_variant("tiny")
 

@@ -7,32 +7,44 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from kiwi_jax.models.connectors import Connector
+from kiwi_jax.models.dit import ConditionalEmbedder, WanDiT
 from kiwi_jax.models.kiwi.config import VARIANTS, KiwiEditConfig
 from kiwi_jax.models.kiwi.model import abstract_kiwi, pure
 
 
-def _count(state, prefix):
-  return sum(int(np.prod(v.get_value().shape))
-             for p, v in nnx.to_flat_state(state) if p[0] == prefix)
+def _size(ctor):
+  state = nnx.state(nnx.eval_shape(ctor))
+  return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(state))
 
 
 def test_5b_kiwi_parts_have_the_reference_sizes():
+  """Spec 1.1 / 1.7 parameter counts of the kiwi-5b variant's parts."""
   cfg = KiwiEditConfig.from_variant("kiwi-5b")
+  rngs = lambda: nnx.Rngs(0)  # noqa: E731
+  assert _size(lambda: Connector(cfg.mllm_hidden, cfg.dit.dim,
+                                 rngs=rngs())) == 15_734_784
+  assert _size(lambda: ConditionalEmbedder(
+      cfg.dit.in_channels, cfg.dit.dim, cfg.dit.patch_size,
+      rngs=rngs())) == 592_896
+  # The DiT with both embedders: 4,999,787,712 + 2 * 592,896.
+  assert _size(lambda: WanDiT(cfg.dit, rngs=rngs())) == (
+      4_999_787_712 + 2 * 592_896)
+  assert (cfg.num_image_queries, cfg.num_video_queries,
+          cfg.num_ref_queries, cfg.mllm_hidden) == (256, 512, 768, 2048)
+
+
+def test_tiny_assembly_has_every_part():
+  cfg = KiwiEditConfig.from_variant("tiny")
   _, state = abstract_kiwi(cfg)
-  # Spec 1.7: each connector 15,734,784, each conditional embedder 592,896.
-  assert _count(state, "connector") == 15_734_784
-  assert _count(state, "ref_connector") == 15_734_784
-  emb = sum(int(np.prod(v.get_value().shape))
-            for p, v in nnx.to_flat_state(state)
-            if p[:2] == ("dit", "vae_condition"))
-  assert emb == 592_896
-  assert state["image_queries"]["q"].get_value().shape == (256, 2048)
-  assert state["video_queries"]["q"].get_value().shape == (512, 2048)
-  assert state["ref_queries"]["q"].get_value().shape == (768, 2048)
-  # The DiT with its two embedders: 4,999,787,712 + 2 * 592,896 (spec 1.1).
-  assert _count(state, "dit") == 4_999_787_712 + 2 * 592_896
-  assert state["connector"]["fc2"]["kernel"].get_value().shape == (3072,
-                                                                    3072)
+  assert set(state.keys()) == {
+      "mllm", "image_queries", "video_queries", "ref_queries", "connector",
+      "ref_connector", "dit", "vae"}
+  assert state["ref_queries"]["q"].get_value().shape == (
+      cfg.num_ref_queries, cfg.mllm_hidden)
+  assert state["connector"]["fc1"]["kernel"].get_value().shape == (
+      cfg.mllm_hidden, cfg.dit.dim)
+  assert "ref_vae_condition" in state["dit"]
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
