@@ -2,11 +2,14 @@
 to one static length and masked, give each row's unpadded result."""
 
 import jax
+import pytest
 import numpy as np
 from flax import nnx
 
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
 from kiwi_jax.models.kiwi.model import abstract_kiwi
+
+pytestmark = pytest.mark.slow
 
 CFG = KiwiEditConfig.from_variant("tiny")
 
