@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from converters import kiwi_names as names
-from converters.checkpoint_io import Checkpoint, CheckpointError, open_checkpoint
+from converters.checkpoint_io import (Checkpoint, CheckpointError,
+                                      open_checkpoint)
 
 LORA_MODES = ("merge", "keep")
 COMPONENTS = ("dit", "vae", "qwen", "image_queries", "video_queries",

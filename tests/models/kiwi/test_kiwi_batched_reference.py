@@ -2,8 +2,8 @@
 to one static length and masked, give each row's unpadded result."""
 
 import jax
-import pytest
 import numpy as np
+import pytest
 from flax import nnx
 
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
