@@ -113,8 +113,9 @@ def config_for(sources: KiwiSources, base: KiwiEditConfig) -> KiwiEditConfig:
       ref_connector=sources.has("ref_connector"), max_ref_tokens=max_ref)
 
 
-# Checkpoint keys no Kiwi parameter uses: the Qwen vision tower's and the
-# DiT's stock text path are used; nothing else is tolerated.
+# Every canonical tensor must land in a parameter (the unused Qwen
+# ``lm_head`` is dropped while reading; the DiT's ``text_embedding`` is kept,
+# as the released checkpoints carry it).
 IGNORE_UNUSED: tuple[str, ...] = ()
 
 
@@ -156,8 +157,8 @@ def report(sources: KiwiSources, cfg: KiwiEditConfig) -> dict[str, Any]:
       "layout": sources.layout,
       "source": sources.checkpoint.source,
       "components": dict(sources.report),
-      "lora": sources.lora if sources.lora_rank or sources.layout ==
-              "diffsynth" else "merged in source",
+      "lora": (sources.lora if sources.layout == "diffsynth"
+               else "merged in source"),
       "mllm_lora_rank_kept": sources.lora_rank,
       "ref_pad_first": cfg.dit.ref_pad_first,
       "modes": list(cfg.modes()),
