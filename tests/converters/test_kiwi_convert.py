@@ -12,6 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import jax  # noqa: E402
 import kiwi_fakes  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -20,6 +21,7 @@ from converters import kiwi as kiwi_conv  # noqa: E402
 from converters import kiwi_sources  # noqa: E402
 from converters.assign import CheckpointMismatchError  # noqa: E402
 from converters.kiwi_export import export_diffusers  # noqa: E402
+from kiwi_jax import sharding  # noqa: E402
 from kiwi_jax.models.kiwi import checkpoint as kiwi_ckpt  # noqa: E402
 from kiwi_jax.models.kiwi.config import KiwiEditConfig  # noqa: E402
 from kiwi_jax.models.mllm import lora as lora_lib  # noqa: E402
@@ -80,6 +82,13 @@ def test_stage2_takes_the_fine_tuned_dit(truth, lora, tmp_path):
   np.testing.assert_allclose(
       np.asarray(model.dit.blocks.self_attn.q.kernel[...])[1],
       truth["dit.blocks.1.self_attn.q.weight"].T)
+  # Restored straight into shardings on an 8-device mesh.
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  sharded = kiwi_ckpt.load(out, mesh=mesh)
+  kernel = sharded.dit.blocks.ffn.fc1.kernel[...]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(
+      None, "fsdp", "tensor")
+  np.testing.assert_array_equal(kernel, model.dit.blocks.ffn.fc1.kernel[...])
 
 
 def test_reference_checkpoint_needs_ref_pad_first(truth, lora, tmp_path):
