@@ -99,16 +99,17 @@ class KiwiEdit(nnx.Module):
 
     Args:
       inputs: ``input_ids`` int[B, T], ``position_ids`` int[3, B, T], and
-        optionally ``attention_mask`` int[B, T] (1 on tokens),
-        ``pixel_values`` float[B, N, 1176], ``vision_meta`` (see
-        :class:`Qwen25VL`).
+        optionally ``segment_ids`` int[B, T] (1 on tokens, 0 on padding;
+        ``attention_mask`` is accepted too), ``pixel_values``
+        float[B, N, 1176], ``vision_meta`` (see :class:`Qwen25VL`); e.g.
+        ``mllm.bucketing.model_inputs(collate(...))``.
       mode: "image", "video" or "reference".
     """
     q = self.queries(mode)(self.cfg.mllm.dtype)
     out = self.mllm(inputs["input_ids"], inputs["position_ids"],
                     pixel_values=inputs.get("pixel_values"),
                     vision_meta=inputs.get("vision_meta"), queries=q,
-                    segment_ids=inputs.get("attention_mask"))
+                    segment_ids=_token_mask(inputs))
     return out.last_hidden_state
 
   def conditions_from_hidden(self, hidden: jax.Array, input_ids: jax.Array,
@@ -157,7 +158,7 @@ class KiwiEdit(nnx.Module):
     hidden = self.mllm_hidden_states(inputs, mode)
     return self.conditions_from_hidden(
         hidden, inputs["input_ids"], mode,
-        attention_mask=inputs.get("attention_mask"), ref_tokens=ref_tokens)
+        attention_mask=_token_mask(inputs), ref_tokens=ref_tokens)
 
   # -- DiT and VAE.
 
@@ -193,6 +194,12 @@ class KiwiEdit(nnx.Module):
                      clamp: bool = True) -> jax.Array:
     """Normalised latents -> float[B, T, H, W, 3] in [-1, 1]."""
     return self.vae.decode(latents, clamp=clamp)
+
+
+def _token_mask(inputs: Mapping[str, Any]) -> jax.Array | None:
+  """1 on real tokens: ``segment_ids`` (bucketing) or ``attention_mask``."""
+  mask = inputs.get("segment_ids")
+  return inputs.get("attention_mask") if mask is None else mask
 
 
 @functools.lru_cache(maxsize=8)
