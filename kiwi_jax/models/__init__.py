@@ -1,0 +1,1 @@
+"""Model families of kiwi_jax (DiT, VAE, MLLM)."""
