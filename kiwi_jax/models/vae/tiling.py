@@ -99,7 +99,13 @@ class VAERunner:
       writer.write(frames)                               # [B, 1 or 4, H, W, 3]
   """
 
-  def __init__(self, model: WanVAE):
+  def __init__(self, model: WanVAE, *, compiler_options: dict | None = None):
+    """
+    Args:
+      model: the VAE (its parameters are shared, not copied).
+      compiler_options: XLA options for the chunk functions, e.g.
+        ``{"xla_backend_optimization_level": 0}`` to compile faster on CPU.
+    """
     self.cfg = model.cfg
     graphdef, self.state = nnx.split(model)
     # Donating the cache lets XLA reuse its buffers between chunks; the CPU
@@ -112,15 +118,20 @@ class VAERunner:
     def dec(state, cache, z):
       return nnx.merge(graphdef, state).decode_chunk(z, cache)
 
-    self._enc_first = jax.jit(lambda s, x: enc(s, None, x))
-    self._enc_step = jax.jit(enc, donate_argnums=donate)
-    self._dec_first = jax.jit(lambda s, z: dec(s, None, z))
-    self._dec_step = jax.jit(dec, donate_argnums=donate)
+    jit = functools.partial(jax.jit, compiler_options=compiler_options)
+    self._enc_first = jit(lambda s, x: enc(s, None, x))
+    self._enc_step = jit(enc, donate_argnums=donate)
+    self._dec_first = jit(lambda s, z: dec(s, None, z))
+    self._dec_step = jit(dec, donate_argnums=donate)
 
   # -- One tile, whole duration.
 
-  def encode_moments_untiled(self, video: jax.Array) -> jax.Array:
-    """Raw moments float[B, t, h, w, 2z] of a video, chunk loop on the host."""
+  def encode_moments_untiled(self, video) -> jax.Array:
+    """Raw moments float[B, t, h, w, 2z] of a video, chunk loop on the host.
+
+    ``video`` may be a numpy array (sliced on the host, one chunk sent to the
+    device at a time) or a jax array.
+    """
     out, cache = self._enc_first(self.state, video[:, :1])
     outs = [out]
     for start in range(1, video.shape[1], ENCODER_CHUNK_FRAMES):
@@ -153,7 +164,6 @@ class VAERunner:
       float32[B, k+1, H/f, W/f, z_dim].
     """
     check_video_shape(self.cfg, video.shape)
-    video = jnp.asarray(video)
     if not tiled:
       return self._encode_tile(video).astype(jnp.float32)
     f = self.cfg.spatial_factor
@@ -186,7 +196,6 @@ class VAERunner:
     stream equals the tiled whole-video decode.
     """
     check_latent_shape(self.cfg, latents.shape)
-    latents = jnp.asarray(latents)
     b, t, h, w, _ = latents.shape
     f = self.cfg.spatial_factor
     if tiled:
