@@ -320,7 +320,7 @@ def save_wan_vae(model: WanVAE, path: str | os.PathLike,
   if path.suffix not in (".pth", ".pt"):
     raise ValueError(f"{path}: export as .safetensors or .pth/.pt.")
   import torch
-  tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in items}
+  tensors = {k: torch.from_numpy(np.array(v)) for k, v in items}
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
   os.close(fd)

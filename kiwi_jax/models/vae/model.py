@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from kiwi_jax.models.vae.blocks import patchify, unpatchify
@@ -211,3 +212,30 @@ class WanVAE(nnx.Module):
       _, rest = jax.lax.scan(step, cache, _moveaxis_chunks(latents[:, 1:], 1))
     video = _merge_chunks(first, rest)
     return jnp.clip(video, -1.0, 1.0) if clamp else video
+
+
+def init_wan_vae(cfg: WanVAEConfig, seed: int = 0) -> WanVAE:
+  """A randomly initialised :class:`WanVAE`, drawn on the host with numpy.
+
+  Same distributions as the modules' own initialisers (PyTorch's conv
+  default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for kernels and biases,
+  ones for norm gammas) but no XLA compile: eager or jitted ``nnx.Rngs``
+  init compiles one RNG program per parameter shape, minutes on a loaded
+  2-core CPU. For sharded models use ``kiwi_jax.sharding.create_sharded``.
+  """
+  graphdef, abstract = nnx.split(nnx.eval_shape(
+      lambda: WanVAE(cfg, rngs=nnx.Rngs(seed))))
+  rng = np.random.default_rng(seed)
+  flat = nnx.to_flat_state(abstract)
+  kernel_fan_in = {path[:-1]: int(np.prod(var.get_value().shape[:-1]))
+                   for path, var in flat if path[-1] == "kernel"}
+  leaves = []
+  for path, var in flat:
+    shape, dtype = var.get_value().shape, var.get_value().dtype
+    if path[-1] == "gamma":
+      value = np.ones(shape, np.float32)
+    else:
+      bound = 1.0 / np.sqrt(kernel_fan_in[path[:-1]])
+      value = rng.uniform(-bound, bound, shape).astype(np.float32)
+    leaves.append((path, var.replace(jnp.asarray(value, dtype))))
+  return nnx.merge(graphdef, nnx.from_flat_state(leaves))
