@@ -17,6 +17,8 @@ CORE = [
     "einops>=0.8",
     "ml_collections>=1.1.0",
     "numpy>=2.0",
+    "ml_dtypes>=0.5",
+    "pyarrow>=14",  # reading the released RefVIE parquet metadata
     "transformers>=5.0",  # tokenizer side only; no model classes are used
     "tokenizers>=0.22",
     "safetensors>=0.6",
@@ -47,6 +49,11 @@ setuptools.setup(
         "dev": CONVERT + ["pytest", "pytest-xdist"],
         "tb": ["tensorboardX"],
         "wandb": ["wandb"],
+        # The RefVIE construction pipeline on Beam runners. apache-beam 2.77
+        # needs protobuf<7, pyarrow<26 and pillow<13, below this project's
+        # pins, so install it into a separate environment
+        # (see kiwi_jax/refvie/pipeline_beam.py).
+        "beam": ["apache-beam>=2.77"],
     },
     entry_points={"console_scripts": []},
 )

@@ -1,1 +1,1 @@
-"""Model families of kiwi_jax (DiT, VAE, MLLM)."""
+"""Kiwi-Edit model families: mllm (Qwen2.5-VL), dit (Wan), vae (Wan)."""

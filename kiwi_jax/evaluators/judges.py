@@ -1,0 +1,273 @@
+"""Judging benchmark outputs with a pluggable multimodal judge.
+
+A judge is anything with `upload(paths) -> handles` and
+`generate(system_instruction, handles) -> reply text` (`Judge`). The
+Gemini HTTP client is in `gemini.py`; `ReplayJudge` answers from recorded
+replies without any network (offline mode).
+
+`judge_sample` retries as the reference scorers do (`run_two_videos_gemini`
+in `eval_openve_gemini.py`, `run_gemini_eval` in `eval_refvie_gemini.py`):
+one upload of the media, whose failure drops the sample; then up to three
+`generate` calls, each retried on an exception or an unparsable reply, with
+no wait in between; a sample that fails all three is dropped, not scored.
+
+The results are written as the reference's jsonl
+(`openve_<model>_score.jsonl` with `{scores, prompt, edited_type, result}`
+records, `refvie_<model>_score.jsonl` with `{scores, result, meta_info,
+subtask}`), in benchmark order (the reference writes them in completion
+order; the aggregates do not depend on it, except for which of two RefVIE
+replies of unequal length is rejected, see `aggregate`). Judging is
+resumable: each scored sample is appended to `<jsonl>.partial` as it
+finishes, and a rerun only asks the judge about the others. As in the reference, an existing final jsonl means
+the benchmark is done.
+"""
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import tqdm
+
+from kiwi_jax.evaluators import benchmarks
+from kiwi_jax.evaluators import jsonl
+from kiwi_jax.evaluators import rubrics
+
+ATTEMPTS = 3  # generate calls per sample in both reference scorers
+OPENVE_WORKERS = 20  # `batch_process_videos` defaults of the reference
+REFVIE_WORKERS = 40
+
+
+class Judge(Protocol):
+  """A multimodal judge."""
+
+  def upload(self, paths: Sequence[str]) -> Sequence[Any]:
+    """Makes media files available to `generate`; returns handles."""
+
+  def generate(self, system_instruction: str,
+               media: Sequence[Any]) -> str:
+    """One judge reply for the media under a system instruction."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeTask:
+  """One sample to judge.
+
+  Attributes:
+    key: the edited video's output name (unique within a benchmark).
+    media: paths given to the judge, in the reference's order.
+    system_instruction: the filled rubric.
+    parse: reply -> scores or None.
+    fields: the record fields other than `scores` and `result`, in the
+      reference's key order; `result` goes after `scores` when
+      `result_first`, else last.
+    result_first: key order of the reference's record.
+  """
+  key: str
+  media: tuple[str, ...]
+  system_instruction: str
+  parse: Callable[[str | None], list[int] | None]
+  fields: Mapping[str, Any]
+  result_first: bool
+
+  def record(self, scores: list[int], reply: str) -> dict[str, Any]:
+    if self.result_first:
+      return {'scores': scores, 'result': reply, **self.fields}
+    return {'scores': scores, **self.fields, 'result': reply}
+
+
+def openve_tasks(items: Sequence[benchmarks.BenchmarkItem],
+                 save_dir: str) -> list[JudgeTask]:
+  """Judge tasks for OpenVE outputs in `save_dir`: [source, edited]."""
+  tasks = []
+  for item in items:
+    rubric = rubrics.OPENVE_RUBRICS.get(item.edit_type)
+    if rubric is None:
+      raise ValueError(
+          f'OpenVE row {item.index} ({item.source_video}): no rubric for '
+          f'edited_type {item.edit_type!r}; known: '
+          f'{sorted(rubrics.OPENVE_RUBRICS)}')
+    tasks.append(JudgeTask(
+        key=item.output_name,
+        media=(item.source_video, os.path.join(save_dir, item.output_name)),
+        system_instruction=rubric.system_instruction(item.instruction),
+        parse=rubrics.parse_openve_reply,
+        fields={'prompt': item.instruction, 'edited_type': item.edit_type},
+        result_first=False))
+  return tasks
+
+
+def refvie_tasks(items: Sequence[benchmarks.BenchmarkItem],
+                 save_dir: str) -> list[JudgeTask]:
+  """Judge tasks for RefVIE outputs: [reference image, source, edited].
+
+  The judge always sees the reference image, also for outputs made in
+  prompt-only mode (as in the reference), so read the items with
+  `prompt_only=False`.
+  """
+  tasks = []
+  for item in items:
+    if item.reference_image is None:
+      raise ValueError(f'RefVIE item {item.index}: no reference image; read '
+                       'the benchmark with prompt_only=False for judging')
+    out_path = os.path.join(save_dir, item.output_name)
+    tasks.append(JudgeTask(
+        key=item.output_name,
+        media=(item.reference_image, item.source_video, out_path),
+        system_instruction=rubrics.refvie_rubric(
+            item.edit_type).system_instruction(item.instruction),
+        parse=rubrics.parse_refvie_reply,
+        fields={'meta_info': {'data': dict(item.raw), 'output': out_path,
+                              'subtask': item.edit_type},
+                'subtask': item.edit_type},
+        result_first=True))
+  return tasks
+
+
+def judge_sample(judge: Judge, task: JudgeTask,
+                 attempts: int = ATTEMPTS) -> tuple[list[int], str] | None:
+  """Scores and reply of one sample, or None when it is dropped."""
+  try:
+    handles = judge.upload(task.media)
+  except Exception as e:  # pylint: disable=broad-except
+    # The reference drops a sample whose upload fails, whatever the cause.
+    logging.warning('%s: upload failed, sample dropped: %s', task.key, e)
+    return None
+  for attempt in range(1, attempts + 1):
+    try:
+      reply = judge.generate(task.system_instruction, handles)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('%s: attempt %d failed: %s', task.key, attempt, e)
+      continue
+    scores = task.parse(reply)
+    if scores:
+      return scores, reply
+    logging.warning('%s: attempt %d: reply has no valid scores', task.key,
+                    attempt)
+  logging.warning('%s: dropped after %d attempts', task.key, attempts)
+  return None
+
+
+@dataclasses.dataclass
+class JudgeSummary:
+  """Counts of one judging run."""
+  scored: int = 0
+  reused: int = 0
+  dropped: list[str] = dataclasses.field(default_factory=list)
+
+
+def judge_benchmark(judge: Judge, tasks: Sequence[JudgeTask], out_path: str,
+                    *, workers: int, attempts: int = ATTEMPTS,
+                    show_progress: bool = True) -> JudgeSummary | None:
+  """Judges all tasks and writes the reference's jsonl to `out_path`.
+
+  Args:
+    judge: the judge.
+    tasks: the samples, in benchmark order.
+    out_path: the final jsonl; if it exists nothing is done (None returned).
+    workers: concurrent judge calls (threads; the calls wait on the network).
+    attempts: generate calls per sample.
+    show_progress: show a progress bar.
+
+  Returns:
+    The counts, or None when `out_path` already existed.
+  """
+  if os.path.exists(out_path):
+    logging.info('%s exists; not judging again', out_path)
+    return None
+  keys = [task.key for task in tasks]
+  if len(set(keys)) != len(keys):
+    raise ValueError('judge tasks have duplicate output names')
+  partial_path = out_path + '.partial'
+  done = {entry['output']: entry['record']
+          for entry in jsonl.read(partial_path, missing_ok=True)
+          if isinstance(entry, dict) and 'record' in entry}
+  summary = JudgeSummary(reused=sum(key in done for key in keys))
+  pending = [task for task in tasks if task.key not in done]
+  os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
+  _end_with_newline(partial_path)
+  with open(partial_path, 'a', encoding='utf-8') as partial, \
+      concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool, \
+      tqdm.tqdm(total=len(pending), desc='judge', unit='sample',
+                disable=not show_progress) as progress:
+    futures = {pool.submit(judge_sample, judge, task, attempts): task
+               for task in pending}
+    try:
+      for future in concurrent.futures.as_completed(futures):
+        task = futures[future]
+        result = future.result()
+        progress.update(1)
+        if result is None:
+          summary.dropped.append(task.key)
+          continue
+        record = task.record(*result)
+        done[task.key] = record
+        partial.write(json.dumps({'output': task.key, 'result': result[1],
+                                  'record': record}, default=str) + '\n')
+        partial.flush()
+        summary.scored += 1
+    except BaseException:
+      # Interrupted: stop asking the judge; finished samples are kept in
+      # the partial file for the next run.
+      for future in futures:
+        future.cancel()
+      raise
+  jsonl.write_atomic(out_path, [done[k] for k in keys if k in done])
+  os.remove(partial_path)
+  logging.info('%s: %d scored, %d reused, %d dropped', out_path,
+               summary.scored, summary.reused, len(summary.dropped))
+  return summary
+
+
+def _end_with_newline(path: str) -> None:
+  """Terminates a line cut short by a killed run, so appends stay valid."""
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return
+  with open(path, 'rb+') as f:
+    f.seek(-1, os.SEEK_END)
+    if f.read(1) != b'\n':
+      f.write(b'\n')
+
+
+class ReplayJudge:
+  """Offline judge: answers from recorded replies, never the network.
+
+  Replies are keyed by the edited video's output name (the last media path,
+  relative to `save_dir`). A key may map to one reply (given at every
+  attempt) or a list of replies (one per attempt, the last repeated).
+  """
+
+  def __init__(self, replies: Mapping[str, str | Sequence[str]],
+               save_dir: str):
+    self._replies = {k: [v] if isinstance(v, str) else list(v)
+                     for k, v in replies.items()}
+    self._save_dir = save_dir
+    self._lock = threading.Lock()
+
+  @classmethod
+  def from_jsonl(cls, path: str, save_dir: str) -> 'ReplayJudge':
+    """Reads `{"output": name, "result": reply}` lines (a `.partial` file
+    of `judge_benchmark` has this form)."""
+    replies = {}
+    for entry in jsonl.read(path):
+      if not isinstance(entry, dict) or not {'output', 'result'} <= set(entry):
+        raise ValueError(f'{path}: replay lines need "output" and "result" '
+                         f'keys, got {entry!r:.200}')
+      replies.setdefault(entry['output'], []).append(entry['result'])
+    return cls(replies, save_dir)
+
+  def upload(self, paths: Sequence[str]) -> Sequence[Any]:
+    key = os.path.relpath(paths[-1], self._save_dir)
+    if key not in self._replies:
+      raise KeyError(f'no recorded reply for {key}')
+    return tuple(paths)
+
+  def generate(self, system_instruction: str, media: Sequence[Any]) -> str:
+    del system_instruction  # The recorded reply already answers it.
+    queue = self._replies[os.path.relpath(media[-1], self._save_dir)]
+    with self._lock:
+      return queue.pop(0) if len(queue) > 1 else queue[0]
