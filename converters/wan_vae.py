@@ -7,8 +7,8 @@ Layouts (spec 1.4, 1.5, 7.1):
   ``encoder.downsamples.*``, ``encoder.middle.{0,1,2}``, ``encoder.head.{0,2}``,
   ``conv1``, ``conv2``, ``decoder.*``), optionally under ``model.``,
   ``module.`` or ``vae.`` prefixes or nested in ``model_state``.
-  Wan2.2 stages are ``downsamples.i.downsamples.j`` / ``upsamples.i.upsamples.j``;
-  Wan2.1 stages are flat ``downsamples.k`` / ``upsamples.k`` lists.
+  Wan2.2 stages are ``downsamples.i.downsamples.j`` and
+  ``upsamples.i.upsamples.j``; Wan2.1 stages are flat ``downsamples.k`` / ``upsamples.k`` lists.
 * ``diffusers``: ``AutoencoderKLWan`` (``encoder.conv_in``,
   ``down_blocks``, ``mid_block``, ``quant_conv``, ...), a directory with
   ``config.json`` and safetensors, or a single safetensors file.
