@@ -38,6 +38,9 @@ import time
 
 import numpy as np
 
+# Run as a script from anywhere: the repository root on the path.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
 
 def rss_bytes(field: str = "RssAnon") -> int:
   """Resident memory of this process from /proc (``RssAnon``: heap and
