@@ -1,0 +1,124 @@
+"""Full edit time, split into MLLM encode, VAE encode, denoising, VAE decode.
+
+  python bench/edit_pipeline.py                       # toy editor on CPU
+  python bench/edit_pipeline.py --checkpoint DIR      # any converted dir
+  python bench/edit_pipeline.py --checkpoint DIR --height 720 --width 1280 \\
+      --frames 81 --steps 50                          # the 5B run (GPU)
+
+Each configuration is edited once to compile, then ``--repeats`` times; the
+best time per stage is printed (``EditPipeline.edit`` blocks on every
+stage, so the split is exact). The source is a synthetic RefVIE-mini clip
+of the requested size, with a reference image.
+
+With the toy editor (no ``--checkpoint``) it also runs the PyTorch
+restatement of the reference sampling loop (``tests/pipeline/
+torch_reference.py``: the reference's Python loop over steps around the
+same toy velocity model) on the same inputs and prints the ratio of the
+denoising times, torch / JAX (> 1: the one-program JAX loop is faster). The
+5B figure needs the converted Kiwi-Edit checkpoint and a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kiwi_jax.data import refvie_mini  # noqa: E402
+from kiwi_jax.pipeline import STAGES, EditPipeline, stages  # noqa: E402
+from kiwi_jax.pipeline import inputs as inputs_lib  # noqa: E402
+
+
+def synthetic_source(height, width, frames):
+  cfg = refvie_mini.MiniConfig(height=height, width=width,
+                               num_frames=frames,
+                               ref_size=min(height, width) // 2)
+  sample = refvie_mini.make_sample(0, 5, cfg, edit_type="subject_reference")
+  return sample.source, sample.ref_image, sample.prompt
+
+
+def time_pipeline(pipe, source, ref, prompt, steps, repeats):
+  pipe.edit(source, prompt, ref, steps=steps)  # compile
+  best = {}
+  for _ in range(repeats):
+    seconds = pipe.edit(source, prompt, ref, steps=steps).seconds
+    for name, value in seconds.items():
+      best[name] = min(best.get(name, float("inf")), value)
+  return best
+
+
+def torch_denoise_seconds(pipe, source, ref, prompt, steps, repeats):
+  """The reference loop in torch around the toy velocity, same inputs."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from tests.pipeline import torch_reference  # pylint: disable=g-import-not-at-top
+  clip = inputs_lib.load_source(source)
+  batch = pipe.processor(prompt, frames=clip.frames, ref_image=ref)
+  context = stages.encode_conditions(pipe.graphdef, pipe.state, batch)
+  src = stages.encode_video(pipe.graphdef, pipe.state,
+                            inputs_lib.to_model_range(clip.frames)[None])
+  padded = inputs_lib.pad_reference(ref, *clip.size)
+  ref_lat = stages.encode_video(pipe.graphdef, pipe.state,
+                                inputs_lib.to_model_range(padded)[None, None])
+  weights = torch_reference.flat_weights(pipe)
+  shape = (1, (clip.num_frames - 1) // 4 + 1, clip.size[0] // 16,
+           clip.size[1] // 16, pipe.latent_channels)
+  noise = torch.randn(shape)
+  args = [torch.tensor(np.asarray(a)) for a in (context, src, ref_lat)]
+  best = float("inf")
+  with torch.no_grad():
+    for _ in range(repeats + 1):
+      start = time.perf_counter()
+      torch_reference.reference_loop(weights, noise, *args, steps, 0.0)
+      best = min(best, time.perf_counter() - start)
+  return best
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--checkpoint", default=None)
+  parser.add_argument("--height", type=int, default=None)
+  parser.add_argument("--width", type=int, default=None)
+  parser.add_argument("--frames", type=int, default=None)
+  parser.add_argument("--steps", type=int, default=None)
+  parser.add_argument("--repeats", type=int, default=2)
+  args = parser.parse_args(argv)
+  toy = args.checkpoint is None
+  on_gpu = jax.default_backend() == "gpu"
+  big = on_gpu and not toy
+  height = args.height or (720 if big else 128)
+  width = args.width or (1280 if big else 224)
+  frames = args.frames or (81 if big else 17)
+  steps = args.steps or (50 if big else 20)
+  if toy:
+    from kiwi_jax.testing import toy_editor  # pylint: disable=g-import-not-at-top
+    checkpoint = toy_editor.save_toy_editor(tempfile.mkdtemp())
+  else:
+    checkpoint = args.checkpoint
+  pipe = EditPipeline.from_pretrained(checkpoint)
+  source, ref, prompt = synthetic_source(height, width, frames)
+  clip = inputs_lib.load_source(source)
+  best = time_pipeline(pipe, source, ref, prompt, steps, args.repeats)
+  print(f"device {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+        f"model {'toy editor' if toy else checkpoint}, "
+        f"{clip.size[1]}x{clip.size[0]} x {clip.num_frames} frames, "
+        f"{steps} steps, best of {args.repeats}")
+  for name in STAGES:
+    print(f"  {name:12s} {best[name]:8.3f} s")
+  print(f"  {'total':12s} {best['total']:8.3f} s "
+        f"(incl. reading/resizing and output conversion)")
+  if toy:
+    torch_s = torch_denoise_seconds(pipe, source, ref, prompt, steps,
+                                    args.repeats)
+    print(f"  denoise, torch reference loop {torch_s:.3f} s; "
+          f"ratio torch / JAX = {torch_s / best['denoise']:.2f}")
+
+
+if __name__ == "__main__":
+  main()
