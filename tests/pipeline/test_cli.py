@@ -168,3 +168,32 @@ def test_bad_reference_and_args(toy_checkpoint, media, tmp_path, capsys):
   assert "prompt" in bad_run(capsys, *common, "--prompt", "  ")
   assert "--mesh" in bad_run(capsys, *common, "--prompt", "x", "--mesh",
                              "fsdp")
+
+
+def test_progress_bar_and_module_entry_point(toy_checkpoint, media, tmp_path,
+                                             capsys):
+  assert run("--checkpoint", toy_checkpoint, "--video", media / "image.png",
+             "--prompt", "x", "--out", tmp_path / "o.png", "--steps",
+             "3") == 0
+  err = capsys.readouterr().err
+  assert "denoise" in err and "3/3" in err
+  import subprocess
+  import sys
+  done = subprocess.run([sys.executable, "-m", "kiwi_jax.cli.edit", "--help"],
+                        capture_output=True, text=True, check=True,
+                        cwd=os.path.dirname(os.path.dirname(
+                            os.path.dirname(__file__))))
+  assert "--checkpoint" in done.stdout and "kiwi-edit" in done.stdout
+
+
+def test_eval_load_editor_runs_the_pipeline(toy_checkpoint, media):
+  import eval as eval_cli
+  from kiwi_jax.evaluators import benchmarks
+  edit = eval_cli.load_editor(str(toy_checkpoint), max_frames=5,
+                              max_pixels=96 * 64, seed=0)
+  item = benchmarks.BenchmarkItem(
+      index=0, output_name="0.mp4", source_video=str(media / "video.mp4"),
+      instruction="Use the cat.", edit_type="subject",
+      reference_image=str(media / "ref.png"))
+  frames = edit(item)  # 72x100 source over 6144 px -> 64x64
+  assert frames.dtype == np.uint8 and frames.shape == (5, 64, 64, 3)
