@@ -59,7 +59,7 @@ def torch_denoise_seconds(pipe, source, ref, prompt, steps, repeats):
   import torch  # pylint: disable=g-import-not-at-top
   from tests.pipeline import torch_reference  # pylint: disable=g-import-not-at-top
   clip = inputs_lib.load_source(source)
-  batch = pipe.processor(prompt, frames=clip.frames, ref_image=ref)
+  batch, _ = pipe.processor(prompt, frames=clip.frames, ref_image=ref)
   context = stages.encode_conditions(pipe.graphdef, pipe.state, batch)
   src = stages.encode_video(pipe.graphdef, pipe.state,
                             inputs_lib.to_model_range(clip.frames)[None])

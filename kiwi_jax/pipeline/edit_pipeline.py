@@ -92,8 +92,18 @@ class EditResult:
     return written[-1:] + written[:-1]
 
 
-def load_model(directory) -> tuple[Any, model_api.ConditionProcessor]:
+# The config file a converted Kiwi-Edit directory holds
+# (``kiwi_jax.models.kiwi.checkpoint.CONFIG_FILE``).
+KIWI_CONFIG_FILE = "kiwi_config.json"
+
+
+def load_model(directory, mesh=None
+               ) -> tuple[Any, model_api.ConditionProcessor]:
   """(model, processor) from a checkpoint directory, by its marker file.
+
+  A converted Kiwi-Edit directory (``python -m converters.convert``) is
+  restored straight into ``mesh``'s shardings; the toy editor of the tests
+  is recognised by its own config file.
 
   Raises:
     CheckpointDirError: the directory is missing or holds no known model.
@@ -104,13 +114,17 @@ def load_model(directory) -> tuple[Any, model_api.ConditionProcessor]:
   if not path.is_dir():
     raise CheckpointDirError(f"checkpoint {path} is not a directory.")
   # pylint: disable=g-import-not-at-top
+  if (path / KIWI_CONFIG_FILE).is_file():
+    from kiwi_jax.pipeline import kiwi_adapter
+    return kiwi_adapter.load(path, mesh=mesh)
   from kiwi_jax.testing import toy_editor
   if toy_editor.is_toy_editor_dir(path):
     return toy_editor.load_toy_editor(path)
   raise CheckpointDirError(
-      f"{path} is not a kiwi_jax checkpoint directory: expected the files a "
-      f"kiwi_jax converter writes ({toy_editor.CONFIG_FILE} for the toy "
-      "editor); found "
+      f"{path} is not a kiwi_jax checkpoint directory: expected "
+      f"{KIWI_CONFIG_FILE} and params/ (written by `python -m "
+      "converters.convert`) or the toy editor's "
+      f"{toy_editor.CONFIG_FILE}; found "
       f"{sorted(p.name for p in path.iterdir())[:10] or 'nothing'}.")
 
 
@@ -139,7 +153,7 @@ class EditPipeline:
   @classmethod
   def from_pretrained(cls, directory, *, mesh=None) -> "EditPipeline":
     """Loads a converted checkpoint directory (local, no network)."""
-    model, processor = load_model(directory)
+    model, processor = load_model(directory, mesh)
     return cls(model, processor, mesh=mesh)
 
   def __call__(self, video, prompt: str, ref_image=None,
@@ -207,9 +221,11 @@ class EditPipeline:
       return out
 
     def mllm(text):
-      batch = self.processor(text, frames=source.frames, ref_image=ref)
+      arrays, options = self.processor(text, frames=source.frames,
+                                       ref_image=ref)
       return timed("mllm_encode", stages.encode_conditions,
-                   jax.tree.map(jnp.asarray, batch))
+                   jax.tree.map(jnp.asarray, arrays),
+                   tuple(sorted(options.items())))
 
     with self._mesh_context():
       conditions = mllm(prompt)

@@ -29,9 +29,11 @@ class EditModel(Protocol):
   temporal_factor: int
   spatial_factor: int
 
-  def encode_conditions(self, mllm_inputs: dict[str, jax.Array]) -> Any:
-    """MLLM inputs (batched processor output) -> conditions pytree (the
-    cross-attention context and whatever else ``denoise_step`` needs)."""
+  def encode_conditions(self, mllm_inputs: dict[str, jax.Array],
+                        **options) -> Any:
+    """MLLM inputs (the processor's arrays, batch 1) and its static
+    options -> conditions pytree (the cross-attention context and whatever
+    else ``denoise_step`` needs)."""
 
   def encode_video(self, video: jax.Array) -> jax.Array:
     """float[B, T, H, W, 3] in [-1, 1] -> latents float[B, t, h, w, c]."""
@@ -63,8 +65,20 @@ class ConditionProcessor(Protocol):
   """Host-side MLLM input preparation (one example, numpy out)."""
 
   def __call__(self, instruction: str, *, frames: np.ndarray,
-               ref_image: np.ndarray | None) -> dict[str, np.ndarray]:
-    """frames uint8[T, H, W, 3] (T = 1: image mode), ref uint8[h, w, 3]."""
+               ref_image: np.ndarray | None
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Model inputs of one example.
+
+    Args:
+      instruction: the edit instruction.
+      frames: uint8[T, H, W, 3] source frames (T = 1: image mode).
+      ref_image: uint8[h, w, 3] un-padded reference image, or None.
+
+    Returns:
+      ``(arrays, options)``: a pytree of numpy arrays with a leading batch
+      axis of 1 (traced), and hashable static options (e.g. the mode) passed
+      as keyword arguments to ``encode_conditions``.
+    """
 
 
 def latent_shape(model: EditModel, num_frames: int, height: int,

@@ -29,11 +29,17 @@ from kiwi_jax.diffusion import sampler
 from kiwi_jax.pipeline import progress
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "options"))
 def encode_conditions(graphdef: nnx.GraphDef, state: Any,
-                      mllm_inputs: dict[str, jax.Array]) -> Any:
-  """MLLM inputs -> conditions (``model.encode_conditions``)."""
-  return nnx.merge(graphdef, state).encode_conditions(mllm_inputs)
+                      mllm_inputs: dict[str, jax.Array],
+                      options: tuple[tuple[str, Any], ...] = ()) -> Any:
+  """MLLM inputs -> conditions (``model.encode_conditions``).
+
+  ``options`` are static keyword arguments (e.g. the edit mode), as
+  sorted ``(name, value)`` pairs so that they hash.
+  """
+  return nnx.merge(graphdef, state).encode_conditions(mllm_inputs,
+                                                      **dict(options))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))

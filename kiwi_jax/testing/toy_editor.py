@@ -129,7 +129,7 @@ class ToyProcessor:
     if ref_image is not None:
       mean = (mean + ref_image.reshape(-1, 3).mean(0) / 127.5 - 1) / 2
     return {"input_ids": np.asarray([ids], np.int32),
-            "pixel_mean": np.asarray([mean], np.float32)}
+            "pixel_mean": np.asarray([mean], np.float32)}, {}
 
 
 def save_toy_editor(directory, cfg: ToyEditorConfig = ToyEditorConfig(),

@@ -37,7 +37,7 @@ def test_pipeline_latents_match_reference_loop(toy_checkpoint, sample,
                      scheduler=scheduler, noise=noise)
 
   # The same conditions and source/reference latents, from the JAX stages.
-  batch = pipe.processor(prompt, frames=clip.frames, ref_image=ref_image)
+  batch, _ = pipe.processor(prompt, frames=clip.frames, ref_image=ref_image)
   context = stages.encode_conditions(pipe.graphdef, pipe.state, batch)
   source = stages.encode_video(
       pipe.graphdef, pipe.state,
