@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import pathlib
 import time
@@ -149,6 +150,7 @@ class EditPipeline:
     if mesh is not None:
       model = sharding.reshard_module(model, mesh)
     self.graphdef, self.state = nnx.split(model)
+    self._vae_runner = None  # built on first use; False: the model has none
 
   @classmethod
   def from_pretrained(cls, directory, *, mesh=None) -> "EditPipeline":
@@ -161,6 +163,14 @@ class EditPipeline:
     """Edits and returns uint8[T, H, W, 3] frames; see :meth:`edit`."""
     return self.edit(video, prompt, ref_image, **kwargs).frames
 
+  def vae_runner(self):
+    """The model's host-driven (tiled) VAE runner, or None; built once."""
+    if self._vae_runner is None:
+      make = getattr(nnx.merge(self.graphdef, self.state), "vae_runner",
+                     None)
+      self._vae_runner = make() if make is not None else False
+    return self._vae_runner or None
+
   def _mesh_context(self):
     return (sharding.use_mesh(self.mesh) if self.mesh is not None
             else contextlib.nullcontext())
@@ -170,6 +180,7 @@ class EditPipeline:
            max_frames: int = 81, scheduler: str = "diffsynth",
            use_source: bool = True, guidance_scale: float | None = None,
            negative_prompt: str = "", noise: jax.Array | None = None,
+           vae_tiling: bool | None = None,
            on_step: Callable[[int, int], None] | None = None) -> EditResult:
     """Runs one edit.
 
@@ -189,6 +200,11 @@ class EditPipeline:
         the unconditional prompt; None (default) as the reference.
       negative_prompt: the unconditional prompt when guiding.
       noise: initial latents to use instead of seeded noise.
+      vae_tiling: encode/decode in overlapping spatial tiles with the
+        model's host-driven VAE runner, as the reference does at inference
+        (``tiled=True``, tiles 30 x 52 latent pixels, stride 15 x 26);
+        None uses it when the model has one; False runs each VAE pass as
+        one jitted program over the whole clip.
       on_step: ``on_step(done, total)`` after each denoising step.
 
     Returns:
@@ -211,43 +227,54 @@ class EditPipeline:
       raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape "
                        f"{shape} of a {num_frames}x{height}x{width} clip.")
     plan = sampler.SamplingPlan.build(steps, scheduler)
-    seconds = {}
+    seconds = {"vae_encode": 0.0}
+    runner = None if vae_tiling is False else self.vae_runner()
+    if vae_tiling and runner is None:
+      raise ValueError("vae_tiling=True: this model has no tiled VAE runner.")
 
     def timed(name, fn, *args, **kwargs):
       t0 = time.perf_counter()
-      out = jax.block_until_ready(fn(self.graphdef, self.state, *args,
-                                     **kwargs))
+      out = jax.block_until_ready(fn(*args, **kwargs))
       seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
       return out
+
+    def stage(fn):
+      return functools.partial(fn, self.graphdef, self.state)
 
     def mllm(text):
       arrays, options = self.processor(text, frames=source.frames,
                                        ref_image=ref)
-      return timed("mllm_encode", stages.encode_conditions,
+      return timed("mllm_encode", stage(stages.encode_conditions),
                    jax.tree.map(jnp.asarray, arrays),
                    tuple(sorted(options.items())))
+
+    def vae_encode(frames):
+      video = jnp.asarray(inputs_lib.to_model_range(frames))[None]
+      if runner is None:
+        latents = timed("vae_encode", stage(stages.encode_video), video)
+      else:
+        latents = timed("vae_encode", runner.encode, video, tiled=True)
+      return latents.astype(self.latent_dtype)
 
     with self._mesh_context():
       conditions = mllm(prompt)
       uncond = mllm(negative_prompt) if guidance_scale is not None else None
-      video_in = jnp.asarray(inputs_lib.to_model_range(source.frames))[None]
       source_latents = ref_latents = None
-      seconds["vae_encode"] = 0.0
       if use_source:
-        source_latents = timed("vae_encode", stages.encode_video,
-                               video_in).astype(self.latent_dtype)
+        source_latents = vae_encode(source.frames)
       if ref is not None:
-        padded = inputs_lib.pad_reference(ref, height, width)
-        ref_in = jnp.asarray(inputs_lib.to_model_range(padded))[None, None]
-        ref_latents = timed("vae_encode", stages.encode_video,
-                            ref_in).astype(self.latent_dtype)
+        ref_latents = vae_encode(
+            inputs_lib.pad_reference(ref, height, width)[None])
       counter = progress_lib.StepCounter(steps, on_step)
       with progress_lib.reporting_to(counter):
-        latents = timed("denoise", stages.denoise, noise, plan, conditions,
-                        source_latents, ref_latents,
+        latents = timed("denoise", stage(stages.denoise), noise, plan,
+                        conditions, source_latents, ref_latents,
                         report=True, guidance_scale=guidance_scale,
                         uncond_conditions=uncond)
-      decoded = timed("vae_decode", stages.decode_latents, latents)
+      if runner is None:
+        decoded = timed("vae_decode", stage(stages.decode_latents), latents)
+      else:
+        decoded = timed("vae_decode", runner.decode, latents, tiled=True)
     frames = outputs_lib.to_uint8(np.asarray(decoded[0], np.float32))
     seconds["total"] = time.perf_counter() - start
     return EditResult(frames=frames, source=source, ref_image=ref,

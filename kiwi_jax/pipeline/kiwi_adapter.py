@@ -46,6 +46,11 @@ class KiwiEditor(nnx.Module):
   def decode_latents(self, latents):
     return self.kiwi.decode_latents(latents)
 
+  def vae_runner(self):
+    """Host-driven chunked/tiled VAE (the reference's tiled inference)."""
+    from kiwi_jax.models.vae.tiling import VAERunner  # pylint: disable=g-import-not-at-top
+    return VAERunner(self.kiwi.vae)
+
   def denoise_step(self, latents, timestep, sigma, conditions, *,
                    source_latents=None, ref_latents=None):
     # One timestep per sample, the context straight to cross-attention
