@@ -20,8 +20,8 @@ from flax import nnx
 
 from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.model import KiwiConditions, KiwiEdit
+from kiwi_jax.models.mllm import bucketing
 from kiwi_jax.models.mllm import processing
-from kiwi_jax.models.mllm.vision import vision_metadata
 
 
 class KiwiEditor(nnx.Module):
@@ -76,6 +76,9 @@ class KiwiProcessor:
             num_ref_queries=cfg.num_ref_queries,
             max_pixels_per_frame=cfg.mllm_max_pixels_per_frame,
             max_object_token=cfg.max_ref_tokens))
+    tok = self.qwen.tokenizer
+    self.pad_token_id = (tok.pad_token_id if tok.pad_token_id is not None
+                         else tok.convert_tokens_to_ids("<|endoftext|>"))
 
   def __call__(self, instruction: str, *, frames: np.ndarray,
                ref_image: np.ndarray | None = None
@@ -88,14 +91,12 @@ class KiwiProcessor:
           "model).")
     example = self.qwen(instruction, frames=frames, ref_image=ref_image,
                         mode=mode)
-    grids = [tuple(int(v) for v in g) for g in example["grid_thw"]]
-    meta = vision_metadata(grids, self.cfg.mllm.vision)
-    arrays = {
-        "input_ids": example["input_ids"][None],
-        "position_ids": example["position_ids"][:, None],
-        "pixel_values": example["pixel_values"][None],
-        "vision_meta": {k: v[None] for k, v in meta.items()},
-    }
+    # Padded to shape buckets (tokens at the end, masked; patches in their
+    # own attention segment), so edits of similar size share one program.
+    batch = bucketing.collate([example], self.cfg.mllm.vision,
+                              pad_token_id=self.pad_token_id)
+    arrays = bucketing.model_inputs(batch)
+    arrays["attention_mask"] = arrays.pop("segment_ids")
     start, end = (int(v) for v in example["ref_span"])
     options = {"mode": mode}
     if mode == "reference":

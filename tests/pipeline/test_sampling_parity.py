@@ -53,6 +53,7 @@ def test_pipeline_latents_match_reference_loop(toy_checkpoint, sample,
       torch.tensor(np.asarray(context)), torch.tensor(np.asarray(source)),
       ref, steps, sigma_min)
   assert result.latents.shape == (1, 3, 4, 6, 4)
+  print("max abs error", np.abs(result.latents - expected.numpy()).max())
   np.testing.assert_allclose(result.latents, expected.numpy(), atol=1e-4,
                              rtol=0)
   # The loop moved the latents (not a trivially passing comparison).
