@@ -49,6 +49,11 @@ setuptools.setup(
         "dev": CONVERT + ["pytest", "pytest-xdist"],
         "tb": ["tensorboardX"],
         "wandb": ["wandb"],
+        # The RefVIE construction pipeline on Beam runners. apache-beam 2.77
+        # needs protobuf<7, pyarrow<26 and pillow<13, below this project's
+        # pins, so install it into a separate environment
+        # (see kiwi_jax/refvie/pipeline_beam.py).
+        "beam": ["apache-beam>=2.77"],
     },
     entry_points={"console_scripts": []},
 )

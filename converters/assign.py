@@ -250,7 +250,7 @@ def save_safetensors(items: Iterable[tuple[str, np.ndarray]],
   import ml_dtypes
 
   def to_torch(a):
-    a = np.ascontiguousarray(a)
+    a = np.array(a, copy=True, order="C")  # torch needs a writable buffer
     if a.dtype == ml_dtypes.bfloat16:
       return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)

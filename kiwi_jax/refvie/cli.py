@@ -1,0 +1,136 @@
+"""Command line: instruction-edit pairs -> RefVIE quadruplets.
+
+  # Single machine, 8 worker processes, resumable (re-run to resume):
+  python -m kiwi_jax.refvie --csv=pool.csv --base_dir=/data \\
+      --out_dir=/data/refvie_built --num_workers=8
+
+  # Apache Beam (DirectRunner here; any runner through --beam_arg):
+  python -m kiwi_jax.refvie --csv=pool.csv --base_dir=/data \\
+      --out_dir=gs://bucket/refvie --runner=beam \\
+      --beam_arg=--runner=DataflowRunner --beam_arg=--project=my-project
+
+  # Also ArrayRecord shards for training (or later, with
+  # python -m kiwi_jax.data.build_records on refvie.csv):
+  python -m kiwi_jax.refvie --csv=pool.csv --base_dir=/data \\
+      --out_dir=/data/refvie_built --records_dir=/data/records/refvie
+
+Inputs: reference-format CSVs (`src_video,tgt_video,prompt`, optional
+`iid`; spec 6.1) or RefVIE parquet chunks; a `ref_image` column, if any, is
+ignored. Prints the report (counts per stage and reason); exit status 0
+(1 when --records_dir is given and a quadruplet fails the record check).
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from etils import epath
+
+from kiwi_jax.data import metadata
+from kiwi_jax.refvie import grounding
+from kiwi_jax.refvie import pipeline_local
+from kiwi_jax.refvie import quality
+from kiwi_jax.refvie import synthesis
+from kiwi_jax.refvie.process import MEDIA_MODES, Pipeline
+
+
+def _pipeline(args) -> Pipeline:
+  return Pipeline(
+      quality=quality.QualityFilter(dataclasses.replace(
+          quality.LOSSY if args.lossy else quality.QualityConfig(),
+          min_side=args.min_side, min_frames=args.min_frames)),
+      grounder=grounding.DiffGrounder(
+          grounding.LOSSY if args.lossy else grounding.GroundingConfig()),
+      synthesizer=synthesis.ReferenceSynthesizer(synthesis.SynthesisConfig(
+          canvas_size=args.canvas_size)),
+      max_frames=args.max_frames, media=args.media,
+      analysis_max_side=args.analysis_max_side or None)
+
+
+def _rows(args) -> list[metadata.Row]:
+  rows = []
+  for path in args.csv or ():
+    rows.extend(metadata.read_csv_rows(path))
+  if args.parquet:
+    pattern = epath.Path(args.parquet)
+    paths = sorted(pattern.parent.glob(pattern.name))
+    if not paths:
+      raise FileNotFoundError(f"no file matches {args.parquet}")
+    rows.extend(metadata.read_parquet_rows(paths))
+  return [dataclasses.replace(r, ref_image=None, ref_image_bytes=None)
+          for r in rows]
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m kiwi_jax.refvie", description=__doc__.split("\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  parser.add_argument("--csv", action="append",
+                      help="reference-format CSV (repeatable)")
+  parser.add_argument("--parquet", help="parquet chunk path or glob")
+  parser.add_argument("--base_dir", required=True,
+                      help="directory the media paths are relative to")
+  parser.add_argument("--out_dir", required=True)
+  parser.add_argument("--runner", choices=("local", "beam"), default="local")
+  parser.add_argument("--beam_arg", action="append", default=[],
+                      help="Beam pipeline option (repeatable)")
+  parser.add_argument("--num_workers", type=int, default=0)
+  parser.add_argument("--chunk_size", type=int, default=64)
+  parser.add_argument("--overwrite", action="store_true")
+  parser.add_argument("--no_progress", action="store_true")
+  parser.add_argument("--media", choices=MEDIA_MODES, default="copy")
+  parser.add_argument("--records_dir", default=None,
+                      help="also write the quadruplets as ArrayRecord shards "
+                      "(kiwi_jax.data.record_builder) here")
+  parser.add_argument("--num_shards", type=int, default=1)
+  parser.add_argument("--max_frames", type=int, default=81)
+  parser.add_argument("--analysis_max_side", type=int, default=512,
+                      help="stages look at copies at most this large "
+                      "(0: full size); subject scaffolds are cut at full size")
+  parser.add_argument("--min_side", type=int, default=64)
+  parser.add_argument("--min_frames", type=int, default=1)
+  parser.add_argument("--lossy", action="store_true",
+                      help="thresholds for separately lossy-encoded sources "
+                      "and targets (quality.LOSSY, grounding.LOSSY)")
+  parser.add_argument("--canvas_size", type=int, default=None,
+                      help="square scaffold side for subject edits; default "
+                      "keeps the object's native resolution")
+  args = parser.parse_args(argv)
+  if not args.csv and not args.parquet:
+    parser.error("give --csv and/or --parquet")
+  pipeline = _pipeline(args)
+  rows = _rows(args)
+  if args.runner == "beam":
+    try:
+      # Optional dependency, imported on use.
+      # pylint: disable-next=g-import-not-at-top
+      from kiwi_jax.refvie import pipeline_beam
+    except ImportError as e:
+      print(f"--runner=beam needs apache-beam ({e}); pip install apache-beam",
+            file=sys.stderr)
+      return 2
+    report = pipeline_beam.run_beam(
+        rows, args.base_dir, args.out_dir, pipeline,
+        beam_args=args.beam_arg or ["--runner=DirectRunner"])
+  else:
+    report = pipeline_local.run_local(
+        rows, args.base_dir, args.out_dir, pipeline,
+        num_workers=args.num_workers, chunk_size=args.chunk_size,
+        overwrite=args.overwrite, progress=not args.no_progress)
+  print(json.dumps(report, indent=2))
+  if args.records_dir:
+    # pylint: disable-next=g-import-not-at-top
+    from kiwi_jax.data import record_builder
+    try:
+      built = record_builder.build_array_records(
+          metadata.read_csv_rows(epath.Path(args.out_dir) / "refvie.csv"),
+          args.out_dir, args.records_dir,
+          options=record_builder.CheckOptions(min_frames=1,
+                                              max_frames=args.max_frames),
+          policy="fail", num_shards=args.num_shards, prefix="refvie")
+    except record_builder.RecordBuildError as e:
+      print(str(e), file=sys.stderr)
+      return 1
+    print(f"ArrayRecord shards in {args.records_dir}: {built.summary()}")
+  return 0
