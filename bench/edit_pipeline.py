@@ -1,9 +1,15 @@
 """Full edit time, split into MLLM encode, VAE encode, denoising, VAE decode.
 
   python bench/edit_pipeline.py                       # toy editor on CPU
-  python bench/edit_pipeline.py --checkpoint DIR      # any converted dir
-  python bench/edit_pipeline.py --checkpoint DIR --height 720 --width 1280 \\
-      --frames 81 --steps 50                          # the 5B run (GPU)
+  python bench/edit_pipeline.py --variant tiny        # tiny Kiwi-Edit, CPU
+  python bench/edit_pipeline.py --variant kiwi-5b     # 5B, 720p x 81, 50
+                                                      # steps (GPU)
+  python bench/edit_pipeline.py --checkpoint DIR      # a converted dir
+
+``--variant`` builds a Kiwi-Edit of that config with random weights
+straight into its shardings (no checkpoint needed; the tiny local tokenizer
+stands in for Qwen's, with the config's special-token ids set to its ids,
+which changes no shape or cost).
 
 Each configuration is edited once to compile, then ``--repeats`` times; the
 best time per stage is printed (``EditPipeline.edit`` blocks on every
@@ -15,7 +21,7 @@ restatement of the reference sampling loop (``tests/pipeline/
 torch_reference.py``: the reference's Python loop over steps around the
 same toy velocity model) on the same inputs and prints the ratio of the
 denoising times, torch / JAX (> 1: the one-program JAX loop is faster). The
-5B figure needs the converted Kiwi-Edit checkpoint and a GPU.
+5B figure needs a GPU.
 """
 
 from __future__ import annotations
@@ -80,33 +86,66 @@ def torch_denoise_seconds(pipe, source, ref, prompt, steps, repeats):
   return best
 
 
+def random_kiwi(variant: str):
+  """(KiwiEditor, KiwiProcessor) of a random-weight Kiwi-Edit variant."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from kiwi_jax import sharding  # pylint: disable=g-import-not-at-top
+  from kiwi_jax.models.kiwi.config import KiwiEditConfig  # pylint: disable=g-import-not-at-top
+  from kiwi_jax.models.kiwi.model import KiwiEdit  # pylint: disable=g-import-not-at-top
+  from kiwi_jax.pipeline import kiwi_adapter  # pylint: disable=g-import-not-at-top
+  from kiwi_jax.testing import build_tiny_qwen_tokenizer  # pylint: disable=g-import-not-at-top
+  from kiwi_jax.testing import special_token_ids  # pylint: disable=g-import-not-at-top
+  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+  tok_dir = build_tiny_qwen_tokenizer(tempfile.mkdtemp())
+  ids = special_token_ids(AutoTokenizer.from_pretrained(str(tok_dir)))
+  cfg = KiwiEditConfig.from_variant(variant)
+  fields = {f.name for f in dataclasses.fields(cfg.mllm)}
+  cfg = cfg.replace(mllm=dataclasses.replace(
+      cfg.mllm, **{k: v for k, v in ids.items() if k in fields}))
+  mesh = sharding.make_mesh({"fsdp": -1})
+  model = sharding.create_sharded(lambda: KiwiEdit(cfg, rngs=nnx.Rngs(0)),
+                                  mesh)
+  return (kiwi_adapter.KiwiEditor(model),
+          kiwi_adapter.KiwiProcessor(str(tok_dir), cfg), mesh)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", default=None)
+  parser.add_argument("--variant", default=None,
+                      help="random-weight Kiwi-Edit config (tiny, kiwi-5b)")
   parser.add_argument("--height", type=int, default=None)
   parser.add_argument("--width", type=int, default=None)
   parser.add_argument("--frames", type=int, default=None)
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args(argv)
-  toy = args.checkpoint is None
-  on_gpu = jax.default_backend() == "gpu"
-  big = on_gpu and not toy
+  toy = args.checkpoint is None and args.variant is None
+  big = args.variant == "kiwi-5b" or (
+      jax.default_backend() == "gpu" and args.checkpoint is not None)
   height = args.height or (720 if big else 128)
   width = args.width or (1280 if big else 224)
   frames = args.frames or (81 if big else 17)
   steps = args.steps or (50 if big else 20)
-  if toy:
-    from kiwi_jax.testing import toy_editor  # pylint: disable=g-import-not-at-top
-    checkpoint = toy_editor.save_toy_editor(tempfile.mkdtemp())
+  if args.variant:
+    model, processor, mesh = random_kiwi(args.variant)
+    pipe = EditPipeline(model, processor, mesh=mesh)
+    name = f"random {args.variant}"
   else:
     checkpoint = args.checkpoint
-  pipe = EditPipeline.from_pretrained(checkpoint)
+    if toy:
+      from kiwi_jax.testing import toy_editor  # pylint: disable=g-import-not-at-top
+      checkpoint = toy_editor.save_toy_editor(tempfile.mkdtemp())
+    pipe = EditPipeline.from_pretrained(checkpoint)
+    name = "toy editor" if toy else checkpoint
+  if args.variant == "tiny" and not args.height:
+    height, width, frames = 64, 96, 5
   source, ref, prompt = synthetic_source(height, width, frames)
   clip = inputs_lib.load_source(source)
   best = time_pipeline(pipe, source, ref, prompt, steps, args.repeats)
   print(f"device {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-        f"model {'toy editor' if toy else checkpoint}, "
+        f"model {name}, "
         f"{clip.size[1]}x{clip.size[0]} x {clip.num_frames} frames, "
         f"{steps} steps, best of {args.repeats}")
   for name in STAGES:
