@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 from kiwi_jax.data import refvie_mini  # noqa: E402
 from kiwi_jax.pipeline import STAGES, EditPipeline, stages  # noqa: E402
 from kiwi_jax.pipeline import inputs as inputs_lib  # noqa: E402
+from kiwi_jax.testing import toy_editor  # noqa: E402
 
 
 def synthetic_source(height, width, frames):
@@ -62,8 +63,9 @@ def time_pipeline(pipe, source, ref, prompt, steps, repeats):
 
 def torch_denoise_seconds(pipe, source, ref, prompt, steps, repeats):
   """The reference loop in torch around the toy velocity, same inputs."""
-  import torch  # pylint: disable=g-import-not-at-top
-  from tests.pipeline import torch_reference  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import torch
+  from tests.pipeline import torch_reference
   clip = inputs_lib.load_source(source)
   batch, _ = pipe.processor(prompt, frames=clip.frames, ref_image=ref)
   context = stages.encode_conditions(pipe.graphdef, pipe.state, batch)
@@ -88,15 +90,16 @@ def torch_denoise_seconds(pipe, source, ref, prompt, steps, repeats):
 
 def random_kiwi(variant: str):
   """(KiwiEditor, KiwiProcessor) of a random-weight Kiwi-Edit variant."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from kiwi_jax import sharding  # pylint: disable=g-import-not-at-top
-  from kiwi_jax.models.kiwi.config import KiwiEditConfig  # pylint: disable=g-import-not-at-top
-  from kiwi_jax.models.kiwi.model import KiwiEdit  # pylint: disable=g-import-not-at-top
-  from kiwi_jax.pipeline import kiwi_adapter  # pylint: disable=g-import-not-at-top
-  from kiwi_jax.testing import build_tiny_qwen_tokenizer  # pylint: disable=g-import-not-at-top
-  from kiwi_jax.testing import special_token_ids  # pylint: disable=g-import-not-at-top
-  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import dataclasses
+  from flax import nnx
+  from kiwi_jax import sharding
+  from kiwi_jax.models.kiwi.config import KiwiEditConfig
+  from kiwi_jax.models.kiwi.model import KiwiEdit
+  from kiwi_jax.pipeline import kiwi_adapter
+  from kiwi_jax.testing import build_tiny_qwen_tokenizer
+  from kiwi_jax.testing import special_token_ids
+  from transformers import AutoTokenizer
   tok_dir = build_tiny_qwen_tokenizer(tempfile.mkdtemp())
   ids = special_token_ids(AutoTokenizer.from_pretrained(str(tok_dir)))
   cfg = KiwiEditConfig.from_variant(variant)
@@ -135,7 +138,6 @@ def main(argv=None):
   else:
     checkpoint = args.checkpoint
     if toy:
-      from kiwi_jax.testing import toy_editor  # pylint: disable=g-import-not-at-top
       checkpoint = toy_editor.save_toy_editor(tempfile.mkdtemp())
     pipe = EditPipeline.from_pretrained(checkpoint)
     name = "toy editor" if toy else checkpoint

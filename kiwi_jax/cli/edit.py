@@ -25,10 +25,12 @@ import sys
 import time
 from collections.abc import Sequence
 
+from kiwi_jax.pipeline import edit_pipeline
 from kiwi_jax.pipeline import inputs as inputs_lib
 from kiwi_jax.pipeline import outputs as outputs_lib
 
-USER_ERRORS = (inputs_lib.EditInputError, outputs_lib.EditOutputError)
+USER_ERRORS = (inputs_lib.EditInputError, outputs_lib.EditOutputError,
+               edit_pipeline.CheckpointDirError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +115,6 @@ def run(args: argparse.Namespace) -> str:
     raise outputs_lib.EditOutputError(
         f"output {out}: a {source.num_frames}-frame edit needs .mp4 or .gif.")
 
-  from kiwi_jax.pipeline import edit_pipeline  # pylint: disable=g-import-not-at-top
   pipe = edit_pipeline.EditPipeline.from_pretrained(args.checkpoint,
                                                     mesh=mesh)
   bar, on_step = _progress_bar(args.steps, not args.no_progress)
@@ -136,10 +137,9 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  from kiwi_jax.pipeline import edit_pipeline  # pylint: disable=g-import-not-at-top
   try:
     print(run(args))
-  except USER_ERRORS + (edit_pipeline.CheckpointDirError,) as e:
+  except USER_ERRORS as e:
     print(f"kiwi-edit: error: {e}", file=sys.stderr)
     return 2
   return 0

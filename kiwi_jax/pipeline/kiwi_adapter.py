@@ -22,6 +22,7 @@ from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.model import KiwiConditions, KiwiEdit
 from kiwi_jax.models.mllm import bucketing
 from kiwi_jax.models.mllm import processing
+from kiwi_jax.models.vae import tiling
 
 
 class KiwiEditor(nnx.Module):
@@ -48,8 +49,7 @@ class KiwiEditor(nnx.Module):
 
   def vae_runner(self):
     """Host-driven chunked/tiled VAE (the reference's tiled inference)."""
-    from kiwi_jax.models.vae.tiling import VAERunner  # pylint: disable=g-import-not-at-top
-    return VAERunner(self.kiwi.vae)
+    return tiling.VAERunner(self.kiwi.vae)
 
   def denoise_step(self, latents, timestep, sigma, conditions, *,
                    source_latents=None, ref_latents=None):
