@@ -1,0 +1,1 @@
+"""Kiwi-Edit model families: mllm (Qwen2.5-VL), dit (Wan), vae (Wan)."""
