@@ -85,18 +85,35 @@ class NullWriter:
 
 
 class JsonlWriter:
-  """One JSON object per call in ``<workdir>/metrics.jsonl``."""
+  """One JSON object per call in ``<workdir>/metrics.jsonl``.
+
+  The workdir may be local or any filesystem ``etils.epath`` reaches
+  (``gs://`` on TPU VMs). Object stores cannot append, so there each flush
+  rewrites the file from the lines kept in memory.
+  """
 
   def __init__(self, workdir: str | os.PathLike,
                filename: str = "metrics.jsonl"):
-    self.workdir = pathlib.Path(workdir)
+    from etils import epath
+    self.workdir = epath.Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.path = self.workdir / filename
-    self._file = open(self.path, "a", encoding="utf-8")
+    self._local = isinstance(self.workdir, pathlib.Path) or (
+        "://" not in str(self.workdir))
+    if self._local:
+      self._file = open(str(self.path), "a", encoding="utf-8")
+    else:
+      self._lines = (self.path.read_text().splitlines(keepends=True)
+                     if self.path.exists() else [])
+      self._file = None
 
   def _write(self, record: dict[str, Any]) -> None:
     record.setdefault("time", time.time())
-    self._file.write(json.dumps(record, sort_keys=True) + "\n")
+    line = json.dumps(record, sort_keys=True) + "\n"
+    if self._file is not None:
+      self._file.write(line)
+    else:
+      self._lines.append(line)
 
   def write_scalars(self, step, scalars):
     values = {}
@@ -113,20 +130,35 @@ class JsonlWriter:
     from kiwi_jax.utils.video_files import write_mp4
     paths = {}
     for name, video in videos.items():
-      path = self.workdir / "videos" / f"{name.replace('/', '_')}_{step}.mp4"
-      write_mp4(path, _to_uint8(video), fps=fps)
-      paths[name] = str(path.relative_to(self.workdir))
+      rel = f"videos/{name.replace('/', '_')}_{step}.mp4"
+      if self._local:
+        write_mp4(pathlib.Path(str(self.workdir)) / rel, _to_uint8(video),
+                  fps=fps)
+      else:  # encode locally, then copy to the remote workdir
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+          local = write_mp4(pathlib.Path(tmp) / "v.mp4", _to_uint8(video),
+                            fps=fps)
+          (self.workdir / rel).parent.mkdir(parents=True, exist_ok=True)
+          (self.workdir / rel).write_bytes(local.read_bytes())
+      paths[name] = rel
     self._write({"step": int(step), "videos": paths})
 
   def write_hparams(self, hparams):
     self._write({"hparams": _jsonable(hparams)})
 
   def flush(self):
-    self._file.flush()
+    if self._file is not None:
+      self._file.flush()
+    else:
+      self.path.write_text("".join(self._lines))
 
   def close(self):
-    if not self._file.closed:
-      self._file.close()
+    if self._file is not None:
+      if not self._file.closed:
+        self._file.close()
+    else:
+      self.flush()
 
 
 def _jsonable(obj):

@@ -1,0 +1,249 @@
+"""Orbax checkpoints of the train state together with the data iterator.
+
+A checkpoint at step N (N micro-steps done) is one Orbax step directory with
+two items, written together and atomically (Orbax writes to a temporary
+directory and renames it when complete, so a crash leaves no half checkpoint):
+
+* ``state``: the whole :class:`TrainState` (step, trainable and frozen
+  parameters, optimiser state, RNG), saved with ``StandardSave``;
+* ``data_iter``: the Grain iterator state (``grain.checkpoint``), so a
+  restart continues with exactly the batch that step N + 1 would have seen.
+
+Saving is asynchronous by default, on a fixed interval and on preemption
+(``PreemptionCheckpointingPolicy``), keeping the latest ``keep``.
+
+Where training starts (:func:`restore_or_initialize`), in this order:
+
+1. the latest checkpoint in ``workdir/checkpoints`` (a restart of this run:
+   state and data iterator);
+2. ``config.resume``: another run's checkpoint directory (or one step
+   directory of it): full state and, when saved, the data iterator;
+3. ``config.model_init``: weights only (an Orbax checkpoint of this trainer,
+   e.g. the previous curriculum stage, re-split under this run's trainable
+   set; or any format the task's ``load_weights`` reads, e.g. a converted
+   release); the optimiser and step start fresh;
+4. scratch: the model's own initialisation from ``config.seed``.
+
+Every restore goes straight into the target shardings of the abstract state
+(``kiwi_jax.sharding``), never through one device. ``workdir`` may be local
+or ``gs://`` (Orbax writes through ``etils.epath``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint import checkpoint_managers as managers
+
+from kiwi_jax.train_lib.train_state import ModelSplit, TrainState, path_name
+
+STATE = "state"
+DATA_ITER = "data_iter"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """Attributes:
+    every: save every this many steps (and on preemption, and at the end).
+    keep: keep the latest this many checkpoints.
+    async_save: write in a background thread while training goes on.
+  """
+  every: int = 1000
+  keep: int = 3
+  async_save: bool = True
+
+  @classmethod
+  def from_mapping(cls, values) -> "CheckpointConfig":
+    values = dict(values.to_dict() if hasattr(values, "to_dict") else
+                  (values or {}))
+    return cls(**values)
+
+
+def make_manager(directory: str | epath.PathLike,
+                 config: CheckpointConfig = CheckpointConfig(),
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """A manager saving on ``config.every`` steps and on preemption."""
+  options = ocp.CheckpointManagerOptions(
+      save_decision_policy=managers.AnySavePolicy([
+          managers.PreemptionCheckpointingPolicy(),
+          managers.FixedIntervalPolicy(config.every),
+      ]),
+      preservation_policy=managers.LatestN(config.keep),
+      enable_async_checkpointing=config.async_save,
+      create=not read_only,
+      read_only=read_only,
+      cleanup_tmp_directories=not read_only,
+  )
+  return ocp.CheckpointManager(epath.Path(directory), options=options)
+
+
+def _state_dict(state: TrainState) -> dict[str, Any]:
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: TrainState,
+         data_iter: Any = None, *, force: bool = False) -> bool:
+  """Saves (if the manager's policy says so, or ``force``); returns whether
+  a save started."""
+  items = {STATE: ocp.args.StandardSave(_state_dict(state))}
+  if data_iter is not None:
+    items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
+  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore(manager: ocp.CheckpointManager, step: int,
+            abstract_state: TrainState, data_iter: Any = None) -> TrainState:
+  """Restores step ``step`` into ``abstract_state``'s shardings; restores
+  ``data_iter`` in place when given and saved."""
+  items = {STATE: ocp.args.StandardRestore(_state_dict(abstract_state))}
+  # item_metadata() knows no handler for the Grain item in a fresh process,
+  # so look for the item's directory (default step naming, see make_manager).
+  has_iter = (epath.Path(manager.directory) / str(step) / DATA_ITER).exists()
+  if data_iter is not None and has_iter:
+    items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
+  elif data_iter is not None:
+    logging.warning("Checkpoint step %d has no data iterator state; the "
+                    "data starts from the beginning.", step)
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  return TrainState(**restored[STATE])
+
+
+def _step_directory(path: str | epath.PathLike) -> epath.Path:
+  """A step directory: ``path`` itself, or the latest step under it."""
+  path = epath.Path(path)
+  if (path / STATE).exists():
+    return path
+  manager = make_manager(path, read_only=True)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(
+        f"No checkpoint under {path}: expected a step directory holding "
+        f"'{STATE}/' or a checkpoint directory with numbered steps.")
+  return path / str(step)
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  return {path_name(p): x for p, x in
+          jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _unflatten_like(abstract: Any, flat: dict[str, Any]) -> Any:
+  paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+  return jax.tree_util.tree_unflatten(
+      treedef, [flat[path_name(p)] for p, _ in paths])
+
+
+def restore_weights(path: str | epath.PathLike,
+                    split: ModelSplit) -> tuple[Any, Any]:
+  """Restores only the weights of a checkpoint, re-split for ``split``.
+
+  The source's trainable and frozen trees are merged into one model tree,
+  checked against this run's model (missing, unexpected and mis-shaped
+  parameters are listed together), then split by this run's trainable set
+  and cast to its dtypes, straight into its shardings.
+
+  Returns:
+    ``(params, frozen)`` pure dicts.
+  """
+  item_dir = _step_directory(path) / STATE
+  checkpointer = ocp.PyTreeCheckpointer()
+  saved = checkpointer.metadata(item_dir).item_metadata.tree
+  saved_flat = {}
+  for part in ("params", "frozen"):
+    for name, meta in _flat(saved.get(part, {})).items():
+      saved_flat[f"{part}/{name}"] = (name, meta)
+  want = {**_flat(split.abstract_params), **_flat(split.abstract_frozen)}
+  by_name = {name: (key, meta) for key, (name, meta) in saved_flat.items()}
+  missing = sorted(set(want) - set(by_name))
+  unexpected = sorted(set(by_name) - set(want))
+  misshaped = sorted(
+      f"{n}: checkpoint {tuple(by_name[n][1].shape)} vs model "
+      f"{tuple(want[n].shape)}" for n in set(want) & set(by_name)
+      if tuple(by_name[n][1].shape) != tuple(want[n].shape))
+  if missing or unexpected or misshaped:
+    raise ValueError(
+        f"model_init {item_dir} does not fit the model: missing "
+        f"{missing}, unexpected {unexpected}, mis-shaped {misshaped}.")
+  # Restore target: the saved layout, with this run's dtypes and shardings.
+  default_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target: dict[str, dict[str, Any]] = {"params": {}, "frozen": {}}
+  restore_args: dict[str, dict[str, Any]] = {"params": {}, "frozen": {}}
+  for key, (name, _) in saved_flat.items():
+    part = key.split("/", 1)[0]
+    target[part][name] = want[name]
+    restore_args[part][name] = ocp.ArrayRestoreArgs(
+        sharding=want[name].sharding or default_sharding,
+        dtype=want[name].dtype)
+  target = {part: _nest(flat) for part, flat in target.items()}
+  restore_args = {part: _nest(flat) for part, flat in restore_args.items()}
+  restored = checkpointer.restore(
+      item_dir, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=restore_args, partial_restore=True))
+  flat = {**_flat(restored.get("params", {})),
+          **_flat(restored.get("frozen", {}))}
+  return (_unflatten_like(split.abstract_params, flat),
+          _unflatten_like(split.abstract_frozen, flat))
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for name, value in flat.items():
+    node = out
+    *parents, leaf = name.split("/")
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[leaf] = value
+  return out
+
+
+def restore_or_initialize(
+    manager: ocp.CheckpointManager,
+    abstract_state: TrainState,
+    *,
+    init_from_scratch: Callable[[], TrainState],
+    init_from_weights: Callable[[Any, Any], TrainState],
+    split: ModelSplit,
+    data_iter: Any = None,
+    resume: str | None = None,
+    model_init: str | None = None,
+    load_weights: Callable[[str, ModelSplit], tuple[Any, Any]] | None = None,
+) -> tuple[TrainState, str]:
+  """The restore order of the module docstring.
+
+  Args:
+    manager: this workdir's manager.
+    abstract_state: restore target with shardings.
+    init_from_scratch: builds a fresh state.
+    init_from_weights: ``(params, frozen) -> state`` (fresh optimiser).
+    split: this run's trainable/frozen split.
+    data_iter: restored in place from a full-state checkpoint.
+    resume: another run's checkpoint (full state).
+    model_init: weights to start from.
+    load_weights: ``(path, split) -> (params, frozen)`` for non-Orbax
+      ``model_init`` files (a converted release); default: Orbax.
+
+  Returns:
+    ``(state, source)`` where ``source`` says where it came from.
+  """
+  latest = manager.latest_step()
+  if latest is not None:
+    return (restore(manager, latest, abstract_state, data_iter),
+            f"this workdir's checkpoint at step {latest}")
+  if resume:
+    step_dir = _step_directory(resume)
+    other = make_manager(step_dir.parent, read_only=True)
+    step = int(step_dir.name)
+    return (restore(other, step, abstract_state, data_iter),
+            f"resume {step_dir}")
+  if model_init:
+    loader = load_weights or restore_weights
+    params, frozen = loader(model_init, split)
+    return init_from_weights(params, frozen), f"model_init {model_init}"
+  return init_from_scratch(), "scratch"

@@ -1,0 +1,276 @@
+"""``train_and_evaluate``: the training loop around a :class:`Task`.
+
+A task says *what* to train (model, loss, trainable set, data); this module
+does the rest the same way for every model: mesh, sharded state, restore
+order (see ``checkpointing``), the jitted step, metrics, non-finite checks,
+checkpoints with the data iterator, preemption, profiling and sample/eval
+hooks.
+
+Config fields read here (``config.get`` with the defaults shown)::
+
+  seed=0, total_steps (required), log_every=50, log_first_steps=10,
+  mesh={...}, sharding_rules=None, optimizer={...} (OptimizerConfig),
+  precision={...} (Precision), checkpoint={every, keep, async_save},
+  resume=None, model_init=None, profile={start_step, num_steps},
+  tensorboard=True, wandb={project, name}, sample_every=0, eval_every=0,
+  peak_flops_per_chip=None.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from kiwi_jax import sharding
+from kiwi_jax.train_lib import checkpointing, metric_writers, optimizers
+from kiwi_jax.train_lib import profiling, progress, train_step
+from kiwi_jax.train_lib.train_state import ModelSplit, Precision, TrainState
+
+logger = logging.getLogger("kiwi_jax")
+
+
+@runtime_checkable
+class Task(Protocol):
+  """What a model brings to the trainer.
+
+  Required:
+    trainable: regexes of the parameters that train (see ``train_state``).
+    frozen: regexes that override ``trainable`` (may be empty).
+    build_model(rngs): constructs the module (called under ``eval_shape``
+      and inside a jitted, sharded initialiser; never eagerly at full size).
+    loss_fn(model, batch, rng) -> (loss, aux): the training loss.
+    train_iterator(shard_index, shard_count): a Grain iterator of
+      process-local numpy batches (its state is checkpointed).
+
+  Optional (looked up with ``getattr``):
+    global_batch(host_batch, mesh): process-local batch -> global arrays
+      (default ``sharding.host_to_global``; e.g. tokenise text fields first,
+      or ``kiwi_jax.data.pipeline.to_global_batch``).
+    batch_counts(batch) -> {"examples": n, "frames": n} for throughput.
+    flops_per_step: model FLOPs of one step, for the MFU estimate.
+    sample(model, step, writer): writes sample edits (videos).
+    evaluate(model, step) -> {name: value}: evaluation metrics.
+    load_weights(path, split) -> (params, frozen): reads ``model_init``
+      files that are not this trainer's checkpoints.
+  """
+
+  trainable: Sequence[str]
+  frozen: Sequence[str]
+
+  def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
+    ...
+
+  def loss_fn(self, model: nnx.Module, batch: Any,
+              rng: jax.Array) -> tuple[jax.Array, Any]:
+    ...
+
+  def train_iterator(self, shard_index: int, shard_count: int) -> Iterator:
+    ...
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+class _FiniteGuard:
+  """Keeps the losses of steps not yet checked; checks them in one fetch."""
+
+  def __init__(self, first_step: int):
+    self._pending: list[tuple[int, jax.Array]] = []
+    self.last_checked = first_step
+
+  def add(self, step: int, loss: jax.Array) -> None:
+    self._pending.append((step, loss))
+
+  def check(self) -> None:
+    if not self._pending:
+      return
+    steps = [s for s, _ in self._pending]
+    losses = np.asarray(jax.device_get([loss for _, loss in self._pending]))
+    bad = np.flatnonzero(~np.isfinite(losses))
+    self._pending.clear()
+    if bad.size:
+      raise NonFiniteLossError(
+          f"Non-finite training loss {losses[bad[0]]} at step {steps[bad[0]]}"
+          f" (steps {steps[0]}..{steps[-1]} checked; the loss was finite up "
+          f"to step {self.last_checked}). Stopping; nothing after the last "
+          f"finite check was saved.")
+    self.last_checked = steps[-1]
+
+
+def _get(config: Any, name: str, default: Any = None) -> Any:
+  value = config.get(name, default) if hasattr(config, "get") else getattr(
+      config, name, default)
+  return default if value is None else value
+
+
+def _write_config(workdir: epath.Path, config: Any) -> None:
+  if jax.process_index() != 0:
+    return
+  data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  tmp = workdir / ".config.json.tmp"
+  tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+  tmp.replace(workdir / "config.json")  # atomic, overwrites on restart
+
+
+def _batch_counts(task: Task, batch: Any) -> dict[str, int]:
+  counter = getattr(task, "batch_counts", None)
+  if counter is not None:
+    return dict(counter(batch))
+  leading = jax.tree.leaves(batch)[0]
+  return {"examples": int(np.shape(leading)[0]) * jax.process_count()}
+
+
+def _run_hooks(task: Task, split: ModelSplit, state: TrainState, step: int,
+               writer: Any, last: bool, sample_every: int,
+               eval_every: int) -> None:
+  """Sample edits and evaluation every N steps (and at the end)."""
+  due = lambda every: every and (step % every == 0 or last)  # noqa: E731
+  model = None
+  if due(sample_every) and hasattr(task, "sample"):
+    model = split.merge(state.params, state.frozen)
+    task.sample(model, step, writer)
+  if due(eval_every) and hasattr(task, "evaluate"):
+    model = model or split.merge(state.params, state.frozen)
+    writer.write_scalars(step, task.evaluate(model, step))
+
+
+def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
+                       task: Task) -> TrainState:
+  """Trains ``task`` as ``config`` says, writing to ``workdir``.
+
+  Returns:
+    The final train state.
+
+  Raises:
+    NonFiniteLossError: the loss became NaN/inf (the step is named).
+  """
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  total_steps = int(config.total_steps)
+  seed = int(_get(config, "seed", 0))
+  log_every = int(_get(config, "log_every", 50))
+  log_first = int(_get(config, "log_first_steps", 10))
+  mesh = sharding.mesh_from_config(config)
+  rules = _get(config, "sharding_rules", None)
+  rules = None if rules is None else [tuple(r) for r in rules]
+  logger.info("Mesh: %s", dict(zip(mesh.axis_names, mesh.axis_sizes)))
+
+  wandb = _get(config, "wandb", {}) or {}
+  writer = metric_writers.create_default_writer(
+      workdir, tensorboard=bool(_get(config, "tensorboard", True)),
+      wandb_project=wandb.get("project"), wandb_name=wandb.get("name"))
+  _write_config(workdir, config)
+  writer.write_hparams(config.to_dict() if hasattr(config, "to_dict")
+                       else dict(config))
+
+  opt_config = optimizers.OptimizerConfig.from_mapping(
+      _get(config, "optimizer", {}))
+  optimizer = optimizers.make_optimizer(opt_config)
+  precision = Precision.from_mapping(_get(config, "precision", {}))
+
+  def model_ctor():
+    return task.build_model(nnx.Rngs(seed))
+
+  # Set-up may move host values to devices implicitly (optimiser init,
+  # restores); train.py may forbid that with jax_transfer_guard, which
+  # then still guards the training loop itself.
+  with jax.transfer_guard("allow"):
+    progress.note("Building the model abstractly and its shardings.")
+    split = ModelSplit.build(model_ctor, task.trainable, task.frozen,
+                             mesh=mesh, rules=rules, precision=precision)
+    abstract = train_step.abstract_train_state(split, optimizer, mesh)
+    logger.info("Trainable parameters: %d tensors, %d values",
+                len(split.trainable_names()),
+                sum(int(np.prod(x.shape)) for x in
+                    jax.tree.leaves(split.abstract_params)))
+
+    data_iter = task.train_iterator(jax.process_index(), jax.process_count())
+    manager = checkpointing.make_manager(
+        workdir / "checkpoints",
+        checkpointing.CheckpointConfig.from_mapping(
+            _get(config, "checkpoint", {})))
+    progress.note("Restoring or initialising the train state.")
+    state, source = checkpointing.restore_or_initialize(
+        manager, abstract,
+        init_from_scratch=lambda: train_step.init_train_state(
+            model_ctor, split, optimizer, precision, seed, mesh, rules),
+        init_from_weights=lambda p, f: train_step.state_from_weights(
+            p, f, split, optimizer, seed, mesh),
+        split=split, data_iter=data_iter,
+        resume=_get(config, "resume", None) or None,
+        model_init=_get(config, "model_init", None) or None,
+        load_weights=getattr(task, "load_weights", None))
+    step = int(jax.device_get(state.step))
+    progress.note(f"Starting at step {step} of {total_steps} from {source}.")
+
+    step_fn = train_step.make_train_step(split, task.loss_fn, optimizer,
+                                         opt_config, precision, mesh=mesh,
+                                         rules=rules)
+    reporter = progress.ReportProgress(
+        total_steps, num_chips=jax.device_count(),
+        flops_per_step=getattr(task, "flops_per_step", None),
+        peak_flops_per_chip=_get(config, "peak_flops_per_chip", None),
+        first_step=step)
+    profiler = profiling.Profiler.from_config(_get(config, "profile", {}),
+                                              workdir)
+    guard = _FiniteGuard(step)
+    sample_every = int(_get(config, "sample_every", 0))
+    eval_every = int(_get(config, "eval_every", 0))
+    first_step = step
+    to_global = getattr(task, "global_batch", sharding.host_to_global)
+
+  if step >= total_steps:
+    # A restart after the last checkpoint: redo the final sample/eval, which
+    # the killed run may not have finished.
+    with jax.transfer_guard("allow"):
+      _run_hooks(task, split, state, step, writer, True, sample_every,
+                 eval_every)
+  try:
+    while step < total_steps:
+      with reporter.timed("data"):
+        host_batch = next(data_iter)
+        counts = _batch_counts(task, host_batch)
+        batch = to_global(host_batch, mesh)
+      if step == first_step:
+        progress.note("Compiling the train step (the first step is slow).")
+      profiler.before_step(step, state)
+      with profiling.step_annotation(step), reporter.timed("train_step"):
+        state, metrics = step_fn(state, batch)
+      profiler.after_step(step, state)
+      step += 1
+      guard.add(step, metrics["training_loss"])
+      reporter.step_done(step, **counts)
+      last = step == total_steps
+      if step % log_every == 0 or last or step - first_step <= log_first:
+        guard.check()
+        writer.write_scalars(step, {**jax.device_get(metrics),
+                                    **reporter.report(step)})
+        writer.flush()  # a killed run keeps what it logged
+      preempted = manager.reached_preemption(step)
+      if last or preempted or manager.should_save(step):
+        guard.check()  # never save a state that went non-finite
+        with reporter.timed("checkpoint"):
+          checkpointing.save(manager, step, state, data_iter,
+                             force=last or preempted)
+        if preempted:
+          manager.wait_until_finished()
+          progress.note(f"Preempted: saved step {step}; exiting.")
+          break
+      with jax.transfer_guard("allow"):  # task code, outside the hot loop
+        _run_hooks(task, split, state, step, writer, last, sample_every,
+                   eval_every)
+  finally:
+    profiler.stop()
+    manager.wait_until_finished()
+    writer.flush()
+  manager.close()
+  writer.close()
+  return state

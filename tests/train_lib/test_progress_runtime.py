@@ -1,0 +1,60 @@
+"""Progress reports, profiler switching and the runtime guard."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from kiwi_jax.train_lib import profiling, progress, runtime
+
+
+def test_report_progress_throughput_eta_and_mfu(monkeypatch):
+  clock = iter([0.0, 0.0, 1.0, 1.5, 2.0, 2.0, 2.0])
+  monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+  reporter = progress.ReportProgress(10, num_chips=2, flops_per_step=4e12,
+                                     peak_flops_per_chip=1e13)
+  with reporter.timed("train_step"):  # 0.0 -> 1.0
+    pass
+  with reporter.timed("data"):  # 1.5 -> 2.0
+    pass
+  reporter.step_done(1, examples=4, frames=84)
+  reporter.step_done(2, examples=4, frames=84)
+  out = reporter.report(2)  # window 0.0 -> 2.0, two steps
+  assert out["steps_per_sec"] == pytest.approx(1.0)
+  assert out["eta_seconds"] == pytest.approx(8.0)
+  assert out["examples_per_sec_per_chip"] == pytest.approx(2.0)
+  assert out["frames_per_sec_per_chip"] == pytest.approx(42.0)
+  assert out["mfu"] == pytest.approx(4e12 / 2 / 1e13)
+  assert out["time_fraction/train_step"] == pytest.approx(0.5)
+  assert out["time_fraction/data"] == pytest.approx(0.25)
+  assert out["examples_seen"] == 8
+  assert progress.format_eta(3725.0) == "1h02m"
+
+
+def test_profiler_traces_the_configured_steps(tmp_path):
+  profiler = profiling.Profiler.from_config(
+      {"start_step": 1, "num_steps": 2}, tmp_path)
+  x = jnp.ones(3)
+  for step in range(4):
+    profiler.before_step(step, x)
+    assert profiler.active == (step in (1, 2))
+    with profiling.step_annotation(step):
+      x = x + 1
+    profiler.after_step(step, x)
+  assert not profiler.active
+  assert any((tmp_path / "profile").rglob("*.xplane.pb"))
+  off = profiling.Profiler.from_config({}, tmp_path)
+  off.before_step(0, x)
+  assert not off.active
+
+
+def test_multiprocess_detection():
+  assert not runtime.is_multiprocess_environment({})
+  assert not runtime.is_multiprocess_environment({"SLURM_NTASKS": "1"})
+  assert runtime.is_multiprocess_environment({"SLURM_NTASKS": "4"})
+  assert runtime.is_multiprocess_environment(
+      {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
+  assert runtime.is_multiprocess_environment(
+      {"TPU_WORKER_HOSTNAMES": "a,b"})
+  runtime.initialize()  # single process here: no distributed start-up
+  assert jax.process_count() == 1
+  runtime.sync()
