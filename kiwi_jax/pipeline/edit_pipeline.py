@@ -191,6 +191,7 @@ class EditPipeline:
            seed: int = 0, max_pixels: int = 720 * 1280,
            max_frames: int = 81, scheduler: str = "diffsynth",
            use_source: bool = True, guidance_scale: float | None = None,
+           ref_guidance_scale: float | None = None,
            negative_prompt: str = "", noise: jax.Array | None = None,
            vae_tiling: bool | None = None,
            on_step: Callable[[int, int], None] | None = None) -> EditResult:
@@ -208,8 +209,13 @@ class EditPipeline:
       scheduler: "diffsynth" (the released demo) or "diffusers".
       use_source: inject the source latents (False = ImgEdit's
         ``--source_free``).
-      guidance_scale: classifier-free guidance with ``negative_prompt`` as
-        the unconditional prompt; None (default) as the reference.
+      guidance_scale: classifier-free guidance on the instruction, with
+        ``negative_prompt`` as the unconditional prompt; None (default) as
+        the reference, which has no guidance (pitfall 11).
+      ref_guidance_scale: guidance on the reference image (needs one):
+        ``v_uncond + s_text (v_text - v_uncond) + s_ref (v_full - v_text)``
+        where the two lower branches see no reference (video-mode context,
+        no reference tokens) and s_text is ``guidance_scale`` or 1.
       negative_prompt: the unconditional prompt when guiding.
       noise: initial latents to use instead of seeded noise.
       vae_tiling: encode/decode in overlapping spatial tiles with the
@@ -226,6 +232,9 @@ class EditPipeline:
       raise inputs_lib.EditInputError("the prompt is empty.")
     if steps < 1:
       raise inputs_lib.EditInputError(f"steps must be >= 1, got {steps}.")
+    if ref_guidance_scale is not None and ref_image is None:
+      raise inputs_lib.EditInputError(
+          "ref_guidance_scale needs a reference image.")
     start = time.perf_counter()
     source = inputs_lib.load_source(video, max_frames=max_frames,
                                     max_pixels=max_pixels)
@@ -253,9 +262,9 @@ class EditPipeline:
     def stage(fn):
       return functools.partial(fn, self.graphdef, self.state)
 
-    def mllm(text):
+    def mllm(text, with_ref=True):
       arrays, options = self.processor(text, frames=source.frames,
-                                       ref_image=ref)
+                                       ref_image=ref if with_ref else None)
       return timed("mllm_encode", stage(stages.encode_conditions),
                    jax.tree.map(jnp.asarray, arrays),
                    tuple(sorted(options.items())))
@@ -271,19 +280,27 @@ class EditPipeline:
 
     with self._mesh_context():
       conditions = mllm(prompt)
-      uncond = mllm(negative_prompt) if guidance_scale is not None else None
       source_latents = ref_latents = None
       if use_source:
         source_latents = vae_encode(source.frames)
       if ref is not None:
         ref_latents = vae_encode(
             inputs_lib.pad_reference(ref, height, width)[None])
+      scales, branches = (), ()
+      if ref_guidance_scale is not None:
+        text_scale = 1.0 if guidance_scale is None else guidance_scale
+        scales = (float(text_scale), float(ref_guidance_scale))
+        branches = ((mllm(negative_prompt, with_ref=False), None),
+                    (mllm(prompt, with_ref=False), None))
+      elif guidance_scale is not None:
+        scales = (float(guidance_scale),)
+        branches = ((mllm(negative_prompt), ref_latents),)
       counter = progress_lib.StepCounter(steps, on_step)
       with progress_lib.reporting_to(counter):
         latents = timed("denoise", stage(stages.denoise), noise, plan,
                         conditions, source_latents, ref_latents,
-                        report=True, guidance_scale=guidance_scale,
-                        uncond_conditions=uncond)
+                        report=True, guidance_scales=scales,
+                        guidance_branches=branches)
       with self._vae_context():
         if runner is None:
           decoded = timed("vae_decode", stage(stages.decode_latents),

@@ -71,13 +71,14 @@ def _velocity(graphdef, report, latents, timestep, sigma, step, state,
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "report",
-                                             "guidance_scale"))
+                                             "guidance_scales"))
 def denoise(graphdef: nnx.GraphDef, state: Any, latents: jax.Array,
             plan: sampler.SamplingPlan, conditions: Any,
             source_latents: jax.Array | None,
             ref_latents: jax.Array | None, *, report: bool = True,
-            guidance_scale: float | None = None,
-            uncond_conditions: Any = None) -> jax.Array:
+            guidance_scales: tuple[float, ...] = (),
+            guidance_branches: tuple[tuple[Any, Any], ...] = ()
+            ) -> jax.Array:
   """All Euler steps of one edit as one compiled program.
 
   Args:
@@ -88,18 +89,20 @@ def denoise(graphdef: nnx.GraphDef, state: Any, latents: jax.Array,
     source_latents: [B, t, h, w, c] or None (source-free).
     ref_latents: [B, 1, h, w, c] or None.
     report: emit a progress callback after each step.
-    guidance_scale: classifier-free guidance; None (the reference) runs
-      the conditional branch only.
-    uncond_conditions: conditions of the unconditional branch (CFG only).
+    guidance_scales: classifier-free guidance scales s_1..s_n; empty (the
+      reference) runs the conditional branch only.
+    guidance_branches: ``(conditions, ref_latents)`` of the less
+      conditioned branches, unconditional first; the velocity is
+      ``v_0 + sum_i s_i (v_i - v_{i-1})`` with v_n the full condition
+      (``sampler.euler_loop``).
 
   Returns:
     Denoised latents, shape and dtype of ``latents``.
   """
   velocity_fn = functools.partial(_velocity, graphdef, report)
   operands = (state, conditions, source_latents, ref_latents)
-  uncond = None
-  if guidance_scale is not None:
-    uncond = (state, uncond_conditions, source_latents, ref_latents)
+  branches = tuple((state, c, source_latents, r)
+                   for c, r in guidance_branches)
   return sampler.euler_loop(velocity_fn, latents, plan, operands,
-                            guidance_scale=guidance_scale,
-                            uncond_operands=uncond)
+                            guidance_scales=guidance_scales,
+                            guidance_operands=branches)

@@ -54,6 +54,22 @@ def test_guidance_is_off_by_default_and_scale_one_is_conditional(pipe,
   assert not np.allclose(strong, base, atol=1e-3)
 
 
+def test_text_and_reference_guidance(pipe, sample):
+  source, ref, prompt = sample
+  base = pipe.edit(source, prompt, ref, steps=3, noise=NOISE).latents
+  # Scales of 1 telescope to the fully conditioned velocity.
+  ones = pipe.edit(source, prompt, ref, steps=3, noise=NOISE,
+                   guidance_scale=1.0, ref_guidance_scale=1.0).latents
+  np.testing.assert_allclose(ones, base, atol=1e-5)
+  # A zero reference scale is the text-guided edit without the reference.
+  no_ref = pipe.edit(source, prompt, steps=3, noise=NOISE).latents
+  zero = pipe.edit(source, prompt, ref, steps=3, noise=NOISE,
+                   guidance_scale=1.0, ref_guidance_scale=0.0).latents
+  np.testing.assert_allclose(zero, no_ref, atol=1e-5)
+  with pytest.raises(EditInputError, match="reference image"):
+    pipe.edit(source, prompt, steps=3, ref_guidance_scale=2.0)
+
+
 def test_image_mode_and_source_free(pipe, sample):
   image = sample[0][0]
   result = pipe.edit(image, "Make it red.", steps=3)
