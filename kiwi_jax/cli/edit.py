@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--max-frames", type=int, default=81)
   parser.add_argument("--scheduler", choices=("diffsynth", "diffusers"),
                       default="diffsynth")
+  parser.add_argument("--guidance-scale", type=float, default=None,
+                      help="instruction CFG (the reference uses none)")
+  parser.add_argument("--ref-guidance-scale", type=float, default=None,
+                      help="reference-image CFG (needs --ref)")
+  parser.add_argument("--negative-prompt", default="")
   parser.add_argument("--fps", type=float, default=None,
                       help="output frame rate (default: the source's)")
   parser.add_argument("--side-by-side", action="store_true",
@@ -121,7 +126,10 @@ def run(args: argparse.Namespace) -> str:
   try:
     result = pipe.edit(source, args.prompt, ref, steps=args.steps,
                        seed=args.seed, scheduler=args.scheduler,
-                       use_source=not args.source_free, on_step=on_step)
+                       use_source=not args.source_free,
+                       guidance_scale=args.guidance_scale,
+                       ref_guidance_scale=args.ref_guidance_scale,
+                       negative_prompt=args.negative_prompt, on_step=on_step)
   finally:
     bar.close()
   written = result.save(out, side_by_side=args.side_by_side, fps=args.fps)

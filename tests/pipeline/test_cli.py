@@ -168,6 +168,8 @@ def test_bad_reference_and_args(toy_checkpoint, media, tmp_path, capsys):
   assert "prompt" in bad_run(capsys, *common, "--prompt", "  ")
   assert "--mesh" in bad_run(capsys, *common, "--prompt", "x", "--mesh",
                              "fsdp")
+  assert "reference image" in bad_run(capsys, *common, "--prompt", "x",
+                                      "--ref-guidance-scale", "2")
 
 
 def test_progress_bar_and_module_entry_point(toy_checkpoint, media, tmp_path,
