@@ -55,5 +55,7 @@ setuptools.setup(
         # (see kiwi_jax/refvie/pipeline_beam.py).
         "beam": ["apache-beam>=2.77"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "kiwi-edit = kiwi_jax.cli.edit:main",
+    ]},
 )

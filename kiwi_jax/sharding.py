@@ -69,7 +69,12 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("act_heads", "tensor"),
     ("act_mlp", "tensor"),
     ("act_frames", None),
-    ("act_height", "sequence"),
+    # Spatial sharding of the VAE is off by default: sharding frame height
+    # over `sequence` gave wrong VAE encodes (max error 0.07 on 0.26) on 8
+    # fake CPU devices with jax 0.10.2, although each VAE op alone (convs,
+    # patchify, AvgDown/DupUp, attention, norms) partitions correctly. Map it
+    # to "sequence" only after checking the result against one device.
+    ("act_height", None),
     ("act_width", None),
     ("act_channels", None),
 )

@@ -71,8 +71,8 @@ def test_mlps_match_torch():
                             torch.nn.Linear(13, 11))
   with torch.no_grad():
     for i, d in ((0, mlp.fc1), (2, mlp.fc2)):
-      ref[i].weight.copy_(torch.from_numpy(np.asarray(d.kernel[...]).T))
-      ref[i].bias.copy_(torch.from_numpy(np.asarray(d.bias[...])))
+      ref[i].weight.copy_(torch.from_numpy(np.array(d.kernel[...]).T))
+      ref[i].bias.copy_(torch.from_numpy(np.array(d.bias[...])))
     want = ref(torch.from_numpy(x)).numpy()
   np.testing.assert_allclose(mlp(jnp.asarray(x)), want, atol=1e-5)
 

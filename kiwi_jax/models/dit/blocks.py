@@ -84,12 +84,15 @@ class WanAttention(nnx.Module):
     return x.reshape(x.shape[:-1] + (self.num_heads, -1))
 
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
-               rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+               rope: tuple[jax.Array, jax.Array] | None = None,
+               context_mask: jax.Array | None = None) -> jax.Array:
     """Self-attention (``context`` None, with ``rope``) or cross-attention.
 
     Args:
       x: float[B, S, dim] queries' source.
       context: float[B, L, dim] keys/values' source (cross-attention).
+      context_mask: optional bool[B, L], False on padded context rows
+        (batched Kiwi reference mode with different reference sizes).
       rope: (cos, sin) float32[S, head_dim / 2] for self-attention.
 
     Returns:
@@ -111,7 +114,9 @@ class WanAttention(nnx.Module):
       q = checkpoint_name(q, QUERY)
       k = checkpoint_name(k, KEY)
       v = checkpoint_name(v, VALUE)
-    out = dot_product_attention(q, k, v, implementation=self.attention,
+    mask = None if context_mask is None else context_mask[:, None, None, :]
+    out = dot_product_attention(q, k, v, mask=mask,
+                                implementation=self.attention,
                                 chunk_size=self.chunk_size)
     out = sharding.constrain(out, HEADS)
     out = out.reshape(out.shape[:-2] + (-1,))
@@ -137,12 +142,14 @@ class WanBlock(nnx.Module):
     self.modulation = modulation_param(rngs, 6, cfg.dim, cfg.param_dtype)
 
   def __call__(self, x: jax.Array, context: jax.Array, t_mod: jax.Array,
-               rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+               rope: tuple[jax.Array, jax.Array],
+               context_mask: jax.Array | None = None) -> jax.Array:
     """Applies the block.
 
     Args:
       x: float[B, S, dim] tokens (compute dtype).
       context: float[B, L, dim] cross-attention context.
+      context_mask: optional bool[B, L] (see :class:`WanAttention`).
       t_mod: float[B, 1 or S, 6, dim] timestep modulation (``t_mod``).
       rope: (cos, sin) float32[S, head_dim / 2].
 
@@ -160,7 +167,8 @@ class WanBlock(nnx.Module):
     x = (x.astype(jnp.float32) + attn * gate_msa).astype(self.dtype)
 
     y = self.norm3(x).astype(self.dtype)
-    cross = checkpoint_name(self.cross_attn(y, context=context),
+    cross = checkpoint_name(self.cross_attn(y, context=context,
+                                            context_mask=context_mask),
                             CROSS_ATTN_OUT)
     x = x + cross.astype(self.dtype)
 

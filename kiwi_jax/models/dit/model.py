@@ -183,7 +183,8 @@ class WanDiT(nnx.Module):
                source_latents: jax.Array | None = None,
                sigma: jax.Array | None = None,
                ref_latents: jax.Array | None = None,
-               context_is_text: bool = False) -> DiTOutput:
+               context_is_text: bool = False,
+               context_mask: jax.Array | None = None) -> DiTOutput:
     """Predicts the flow-matching velocity.
 
     Args:
@@ -200,6 +201,8 @@ class WanDiT(nnx.Module):
       ref_latents: float[B, r, h, w, in_channels] reference latents (r = 1
         for one image) embedded by ``ref_vae_condition`` into extra tokens.
       context_is_text: apply ``text_embedding`` to ``context`` first.
+      context_mask: optional bool[B, L], False on context rows to ignore
+        (padding; Kiwi's reference rows of a shorter reference image).
 
     Returns:
       ``DiTOutput(velocity=float[B, t, h, w, out_channels])``.
@@ -234,7 +237,10 @@ class WanDiT(nnx.Module):
     context = sharding.constrain(context.astype(cfg.dtype),
                                  ("act_batch", None, "act_embed"))
 
-    x = self._run_blocks(x, context, t_mod, rope)
+    if context_mask is not None and context_mask.shape != context.shape[:2]:
+      raise ValueError(f"context_mask must be bool{list(context.shape[:2])},"
+                       f" got {context_mask.shape}.")
+    x = self._run_blocks(x, context, t_mod, rope, context_mask)
 
     # Reference tokens only condition the video; drop them before the head.
     video = slice(seq - n_video, seq) if cfg.ref_pad_first else slice(
@@ -284,12 +290,13 @@ class WanDiT(nnx.Module):
     x = sharding.constrain(x.astype(cfg.dtype), blocks_lib.TOKENS)
     return x, (f, h, w), ref_frames
 
-  def _run_blocks(self, x, context, t_mod, rope):
+  def _run_blocks(self, x, context, t_mod, rope, context_mask=None):
     """``lax.scan`` over the stacked blocks, each under the remat policy."""
     graphdef, state = nnx.split(self.blocks)
 
-    def apply_block(layer_state, x, context, t_mod, rope):
-      return nnx.merge(graphdef, layer_state)(x, context, t_mod, rope)
+    def apply_block(layer_state, x, context, t_mod, rope, context_mask):
+      return nnx.merge(graphdef, layer_state)(x, context, t_mod, rope,
+                                              context_mask)
 
     if self.cfg.remat_policy != "none":
       apply_block = jax.checkpoint(
@@ -297,7 +304,8 @@ class WanDiT(nnx.Module):
           prevent_cse=False)
 
     def body(carry, layer_state):
-      return apply_block(layer_state, carry, context, t_mod, rope), None
+      return apply_block(layer_state, carry, context, t_mod, rope,
+                         context_mask), None
 
     x, _ = jax.lax.scan(body, x, state)
     return x

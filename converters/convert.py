@@ -1,0 +1,142 @@
+"""Command line: convert released Kiwi-Edit checkpoints, export, verify.
+
+  # DiffSynth training checkpoint + base models -> kiwi_jax directory
+  python -m converters.convert diffsynth \\
+      --checkpoint stage3.safetensors --base-dit Wan2.2-TI2V-5B/ \\
+      --vae Wan2.2-TI2V-5B/Wan2.2_VAE.pth --qwen Qwen2.5-VL-3B-Instruct/ \\
+      --ref-pad-first false --out kiwi-5b-stage3 [--lora merge|keep]
+
+  # diffusers KiwiEditPipeline directory -> kiwi_jax directory
+  python -m converters.convert diffusers --source kiwi-edit-5b-diffusers \\
+      --out kiwi-5b
+
+  # kiwi_jax directory -> diffusers layout
+  python -m converters.convert export --model kiwi-5b --out kiwi-5b-diffusers
+
+  # max abs error per component vs the PyTorch stack (same source flags)
+  python -m converters.convert verify --model kiwi-5b diffusers \\
+      --source kiwi-edit-5b-diffusers
+
+``--variant`` (``kiwi-5b``, ``kiwi-14b``, ``tiny``) replaces the config
+inferred from the source's config files. The output directory is written
+atomically; on any error nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import jax.numpy as jnp
+
+from converters import kiwi as kiwi_conv
+from converters import kiwi_configs, kiwi_sources
+from converters.assign import CheckpointMismatchError
+from converters.checkpoint_io import CheckpointError
+from kiwi_jax.models.kiwi.config import KiwiEditConfig
+
+
+def _bool(text: str) -> bool:
+  # argparse's type=bool turns "false" into True (a reference pitfall).
+  lowered = text.lower()
+  if lowered in ("true", "1", "yes"):
+    return True
+  if lowered in ("false", "0", "no"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_source_flags(p: argparse.ArgumentParser, layout: str) -> None:
+  p.set_defaults(layout=layout)
+  if layout == "diffusers":
+    p.add_argument("--source", required=True,
+                   help="diffusers KiwiEditPipeline directory")
+    return
+  p.add_argument("--checkpoint", required=True,
+                 help="DiffSynth Kiwi .safetensors (trainable tensors)")
+  p.add_argument("--base-dit", required=True,
+                 help="Wan DiT safetensors file or shard directory")
+  p.add_argument("--vae", required=True, help="Wan2.2_VAE.pth")
+  p.add_argument("--qwen", required=True, help="Qwen2.5-VL directory")
+  p.add_argument("--lora", choices=kiwi_sources.LORA_MODES, default="merge")
+  p.add_argument("--ref-pad-first", type=_bool, default=None,
+                 help="true|false; required for reference-mode checkpoints")
+
+
+def _sources(args) -> kiwi_sources.KiwiSources:
+  if args.layout == "diffsynth":
+    return kiwi_sources.from_diffsynth(
+        args.checkpoint, args.base_dit, args.vae, args.qwen, lora=args.lora,
+        ref_pad_first=args.ref_pad_first)
+  return kiwi_sources.from_diffusers(args.source)
+
+
+def _base(args, sources) -> KiwiEditConfig:
+  if args.variant:
+    return KiwiEditConfig.from_variant(args.variant)
+  return kiwi_configs.base_config(sources)
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m converters.convert",
+                              description="Kiwi-Edit checkpoint converter.")
+  cmds = p.add_subparsers(dest="command", required=True)
+  for layout in ("diffsynth", "diffusers"):
+    sp = cmds.add_parser(layout, help=f"convert a {layout} checkpoint")
+    _add_source_flags(sp, layout)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--variant", default=None,
+                    help="kiwi-5b | kiwi-14b | tiny (default: inferred)")
+    sp.add_argument("--dtype", default=None,
+                    help="parameter dtype, e.g. bfloat16 (default: model's)")
+    sp.add_argument("--overwrite", action="store_true")
+  ex = cmds.add_parser("export", help="kiwi_jax directory -> diffusers")
+  ex.add_argument("--model", required=True)
+  ex.add_argument("--out", required=True)
+  ex.add_argument("--overwrite", action="store_true")
+  ve = cmds.add_parser("verify", help="JAX vs PyTorch, per component")
+  ve.add_argument("--model", required=True)
+  ve.add_argument("--components", default="mllm,dit,vae")
+  vsub = ve.add_subparsers(dest="source_layout", required=True)
+  for layout in ("diffsynth", "diffusers"):
+    _add_source_flags(vsub.add_parser(layout), layout)
+  return p
+
+
+def main(argv=None) -> int:
+  args = parser().parse_args(argv)
+  try:
+    if args.command in ("diffsynth", "diffusers"):
+      sources = _sources(args)
+      dtype = jnp.dtype(args.dtype) if args.dtype else None
+      out, rep = kiwi_conv.convert(sources, args.out, _base(args, sources),
+                                   dtype=dtype, overwrite=args.overwrite)
+      print(json.dumps(rep, indent=2))
+      print(f"wrote {out}")
+    elif args.command == "export":
+      from converters.kiwi_export import export_diffusers
+      from kiwi_jax.models.kiwi import checkpoint
+      model = checkpoint.load(args.model)
+      out = export_diffusers(model, args.out,
+                             processor_dir=checkpoint.processor_dir(
+                                 args.model), overwrite=args.overwrite)
+      print(f"wrote {out}")
+    else:
+      from converters.kiwi_verify import verify
+      from kiwi_jax.models.kiwi import checkpoint
+      model = checkpoint.load(args.model)
+      errors = verify(model, _sources(args),
+                      components=tuple(args.components.split(",")))
+      width = max(map(len, errors), default=0)
+      for name, err in errors.items():
+        print(f"{name:<{width}}  max abs error {err:.3e}")
+  except (CheckpointMismatchError, CheckpointError, FileExistsError,
+          ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,154 @@
+"""The converted Kiwi-Edit directory: write it atomically, load it sharded.
+
+Layout (what ``python -m converters.convert`` writes)::
+
+  <dir>/kiwi_config.json        KiwiEditConfig.to_dict()
+  <dir>/conversion_report.json  where each component came from / absent
+  <dir>/params/                 Orbax checkpoint of nnx.state(KiwiEdit)
+  <dir>/processor/              tokenizer + processor files, qwen_config.json
+
+The directory is assembled under a temporary name next to its destination
+and renamed into place only when complete, so a failure leaves nothing
+behind. Loading builds the model abstractly and restores every parameter
+straight into its sharding (no full copy on one device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from kiwi_jax import sharding
+from kiwi_jax.models.kiwi.config import KiwiEditConfig
+from kiwi_jax.models.kiwi.model import KiwiEdit, abstract_kiwi
+
+CONFIG_FILE = "kiwi_config.json"
+REPORT_FILE = "conversion_report.json"
+PARAMS_DIR = "params"
+PROCESSOR_DIR = "processor"
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike,
+                     overwrite: bool = False) -> Iterator[pathlib.Path]:
+  """Yields a fresh temporary directory that becomes ``path`` on success.
+
+  Raises:
+    FileExistsError: ``path`` exists and ``overwrite`` is False (checked
+      before anything is written).
+  """
+  path = pathlib.Path(path).absolute()
+  if path.exists() and not overwrite:
+    raise FileExistsError(f"{path} already exists; pass overwrite=True "
+                          "(--overwrite) to replace it.")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent,
+                                      prefix=f".{path.name}.tmp-"))
+  try:
+    yield tmp
+    old = None
+    if path.exists():
+      old = pathlib.Path(tempfile.mkdtemp(dir=path.parent,
+                                          prefix=f".{path.name}.old-"))
+      os.replace(path, old / "x")
+    os.replace(tmp, path)
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_json(obj: Any, path: pathlib.Path) -> None:
+  path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def save(model_state: nnx.State, cfg: KiwiEditConfig,
+         directory: str | os.PathLike, *,
+         processor_files: Mapping[str, str | os.PathLike] = (),
+         processor_json: Mapping[str, Any] = (),
+         report: Mapping[str, Any] | None = None,
+         overwrite: bool = False) -> pathlib.Path:
+  """Writes a loadable Kiwi-Edit directory atomically.
+
+  Args:
+    model_state: ``nnx.state(model)`` (arrays, possibly sharded).
+    cfg: the model config.
+    directory: destination.
+    processor_files: file name -> source path, copied into ``processor/``.
+    processor_json: file name -> JSON-able object written into
+      ``processor/`` (e.g. ``qwen_config.json``).
+    report: JSON-able conversion report.
+    overwrite: replace an existing ``directory``.
+
+  Returns:
+    The final directory.
+  """
+  directory = pathlib.Path(directory)
+  with atomic_directory(directory, overwrite) as tmp:
+    _write_json(cfg.to_dict(), tmp / CONFIG_FILE)
+    _write_json(dict(report or {}), tmp / REPORT_FILE)
+    proc = tmp / PROCESSOR_DIR
+    proc.mkdir()
+    for name, src in dict(processor_files).items():
+      shutil.copyfile(src, proc / name)
+    for name, obj in dict(processor_json).items():
+      _write_json(obj, proc / name)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp / PARAMS_DIR, model_state)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+  return directory.absolute()
+
+
+def load_config(directory: str | os.PathLike) -> KiwiEditConfig:
+  path = pathlib.Path(directory) / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} is missing; {directory} is not a "
+                            "converted Kiwi-Edit directory.")
+  return KiwiEditConfig.from_dict(json.loads(path.read_text()))
+
+
+def load(directory: str | os.PathLike, *, mesh=None, rules=None,
+         config: KiwiEditConfig | None = None) -> KiwiEdit:
+  """Restores a converted directory into a :class:`KiwiEdit`.
+
+  Args:
+    directory: written by :func:`save` (or the converter).
+    mesh: shard every parameter by its logical axes on this mesh (default:
+      a one-device mesh).
+    rules: logical-axis rules (default: ``sharding.LOGICAL_AXIS_RULES``).
+    config: overrides the stored config (e.g. other compute dtypes); its
+      parameter shapes must match.
+  """
+  directory = pathlib.Path(directory).absolute()
+  cfg = config or load_config(directory)
+  mesh = mesh or sharding.make_mesh({"data": 1}, jax.devices()[:1])
+  graphdef, abstract = abstract_kiwi(cfg)
+  shardings = sharding.state_shardings(abstract, mesh, rules)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, shardings)
+  checkpointer = ocp.StandardCheckpointer()
+  state = checkpointer.restore(directory / PARAMS_DIR, abstract)
+  checkpointer.close()
+  return nnx.merge(graphdef, state)
+
+
+def processor_dir(directory: str | os.PathLike) -> pathlib.Path:
+  """Where the tokenizer / processor files of a converted model are."""
+  return pathlib.Path(directory) / PROCESSOR_DIR
+
+
+__all__ = ["atomic_directory", "load", "load_config", "processor_dir",
+           "save"]

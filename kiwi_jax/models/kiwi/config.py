@@ -1,0 +1,180 @@
+"""Kiwi-Edit hyperparameters: the three sub-model configs plus the Kiwi parts.
+
+Values from ``kiwi_edit_spec.md`` 1.7 and 2 (``QwenVLMLLMEncoder``
+defaults of ``WanVideoPipeline.from_pretrained``; the 14B demo uses 384
+reference queries and ``max_object_token`` 384).
+
+A query set with 0 queries, or ``ref_connector=False``, means the module is
+absent: stage-1 checkpoints have only image queries and the connector,
+stage 2 adds the video queries, stage 3 the reference queries and
+``ref_connector`` (spec 4.2, 7.2). The DiT's ``source_condition`` /
+``reference_condition`` flags say whether ``vae_condition`` /
+``ref_vae_condition`` exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+import jax.numpy as jnp
+
+from kiwi_jax.models.dit.config import WanDiTConfig
+from kiwi_jax.models.kiwi.readout import READOUT_MODES
+from kiwi_jax.models.mllm.config import Qwen25VLConfig
+from kiwi_jax.models.vae.config import WanVAEConfig
+
+MODES = ("image", "video", "reference")
+
+
+@dataclasses.dataclass(frozen=True)
+class KiwiEditConfig:
+  """Kiwi-Edit = Qwen2.5-VL encoder + queries/connectors + Wan DiT + VAE.
+
+  Attributes:
+    dit: the Wan DiT (with ``vae_condition`` / ``ref_vae_condition`` flags
+      and ``ref_pad_first``).
+    mllm: Qwen2.5-VL (``text.lora_rank`` > 0 keeps LoRA factors separate).
+    vae: the Wan VAE.
+    num_image_queries: queries of image-edit mode (0: absent).
+    num_video_queries: queries of video-edit mode (0: absent).
+    num_ref_queries: queries of reference mode (0: absent).
+    ref_connector: whether ``ref_connector`` exists.
+    max_ref_tokens: largest number of reference-image MLLM tokens
+      (``max_object_token``; the ref image is resized to at most
+      ``28 * 28 * max_ref_tokens`` pixels).
+    readout: ``"last"`` (the reference's last-N readout, default) or
+      ``"queries"`` (the placeholder positions).
+    mllm_max_frames: source frames the MLLM sees (16; spec 2.3).
+    mllm_max_pixels_per_frame: per-frame pixel cap (262,144 at inference).
+  """
+  dit: WanDiTConfig
+  mllm: Qwen25VLConfig
+  vae: WanVAEConfig
+  num_image_queries: int = 256
+  num_video_queries: int = 512
+  num_ref_queries: int = 768
+  ref_connector: bool = True
+  max_ref_tokens: int = 768
+  readout: str = "last"
+  mllm_max_frames: int = 16
+  mllm_max_pixels_per_frame: int | None = 262144
+
+  def __post_init__(self):
+    if self.readout not in READOUT_MODES:
+      raise ValueError(f"readout must be one of {READOUT_MODES}, got "
+                       f"{self.readout!r}.")
+    for name in ("num_image_queries", "num_video_queries", "num_ref_queries"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+    if self.dit.reference_condition and not self.num_ref_queries:
+      raise ValueError("A DiT with ref_vae_condition needs reference queries "
+                       "(num_ref_queries > 0).")
+
+  @property
+  def mllm_hidden(self) -> int:
+    return self.mllm.text.hidden_size
+
+  def num_queries(self, mode: str) -> int:
+    """Queries of ``mode`` ("image", "video" or "reference")."""
+    if mode not in MODES:
+      raise ValueError(f"Unknown mode {mode!r}; choose one of {MODES}.")
+    return {"image": self.num_image_queries, "video": self.num_video_queries,
+            "reference": self.num_ref_queries}[mode]
+
+  def modes(self) -> tuple[str, ...]:
+    """The edit modes this model can run."""
+    out = [m for m in ("image", "video") if self.num_queries(m)]
+    if (self.num_ref_queries and self.ref_connector
+        and self.dit.reference_condition):
+      out.append("reference")
+    return tuple(out)
+
+  def replace(self, **changes) -> "KiwiEditConfig":
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def from_variant(cls, name: str, **overrides) -> "KiwiEditConfig":
+    if name not in VARIANTS:
+      raise KeyError(f"Unknown Kiwi-Edit variant {name!r}; known: "
+                     f"{sorted(VARIANTS)}.")
+    return dataclasses.replace(VARIANTS[name], **overrides)
+
+  # -- JSON (the converted checkpoint's ``kiwi_config.json``).
+
+  def to_dict(self) -> dict[str, Any]:
+    return _to_jsonable(self)
+
+  @classmethod
+  def from_dict(cls, data: dict[str, Any]) -> "KiwiEditConfig":
+    return _from_jsonable(cls, data)
+
+
+def _to_jsonable(obj):
+  if dataclasses.is_dataclass(obj):
+    return {f.name: _to_jsonable(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)}
+  if isinstance(obj, (tuple, list)):
+    return [_to_jsonable(x) for x in obj]
+  if obj is None or isinstance(obj, (bool, int, float, str)):
+    return obj
+  try:
+    return jnp.dtype(obj).name  # dtypes: jnp.bfloat16 -> "bfloat16"
+  except TypeError as e:
+    raise TypeError(f"Cannot write {obj!r} to JSON.") from e
+
+
+def _from_jsonable(cls, data: dict[str, Any]):
+  hints = typing.get_type_hints(cls)
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = set(data) - known
+  if unknown:
+    raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)} in "
+                     "the config file.")
+  kwargs = {}
+  for f in dataclasses.fields(cls):
+    if f.name not in data:
+      continue
+    value, hint = data[f.name], hints[f.name]
+    if dataclasses.is_dataclass(hint):
+      value = _from_jsonable(hint, value)
+    elif "dtype" in f.name and isinstance(value, str):
+      value = jnp.dtype(value)
+    elif isinstance(value, list):
+      value = tuple(value)
+    kwargs[f.name] = value
+  return cls(**kwargs)
+
+
+def _variants() -> dict[str, KiwiEditConfig]:
+  dit5 = WanDiTConfig.from_variant("wan2.2-ti2v-5b", source_condition=True,
+                                   reference_condition=True)
+  dit14 = WanDiTConfig.from_variant("wan2.1-t2v-14b", source_condition=True,
+                                    reference_condition=True)
+  qwen = Qwen25VLConfig.from_variant("qwen2.5-vl-3b")
+  tiny_qwen = Qwen25VLConfig.from_variant("tiny")
+  tiny_dit = WanDiTConfig.from_variant(
+      "tiny", dim=48, in_channels=12, out_channels=12, source_condition=True,
+      reference_condition=True)
+  return {
+      # Stage-3 Wan2.2-TI2V-5B + Qwen2.5-VL-3B (all modes).
+      "kiwi-5b": KiwiEditConfig(dit=dit5, mllm=qwen,
+                                vae=WanVAEConfig.from_variant("wan2.2")),
+      # The 14B scripts (no released checkpoint): 384 reference queries.
+      "kiwi-14b": KiwiEditConfig(dit=dit14, mllm=qwen,
+                                 vae=WanVAEConfig.from_variant("wan2.1"),
+                                 num_ref_queries=384, max_ref_tokens=384,
+                                 mllm_max_frames=10),
+      # Test-sized: tiny Qwen (hidden 64), tiny DiT over the tiny Wan2.2 VAE
+      # latents (12 channels).
+      "tiny": KiwiEditConfig(dit=tiny_dit, mllm=tiny_qwen,
+                             vae=WanVAEConfig.from_variant("wan2.2-tiny"),
+                             num_image_queries=5, num_video_queries=7,
+                             num_ref_queries=11, max_ref_tokens=16),
+  }
+
+
+VARIANTS: dict[str, KiwiEditConfig] = _variants()
+
+__all__ = ["KiwiEditConfig", "MODES", "VARIANTS"]

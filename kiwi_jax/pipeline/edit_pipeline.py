@@ -1,0 +1,314 @@
+"""Instruction- and reference-guided video editing: the Python API.
+
+  pipe = EditPipeline.from_pretrained("converted/kiwi-5b")
+  frames = pipe("in.mp4", "Make it snowy.")              # uint8[T, H, W, 3]
+  result = pipe.edit("in.mp4", "Replace the dog with the cat.",
+                     ref_image="cat.png", steps=50, seed=0)
+  result.save("out.mp4", side_by_side=True)
+
+One edit follows ``WanVideoPipeline.__call__`` (spec 5.1): read and shape
+the source (``inputs``), encode the MLLM conditions, VAE-encode the source
+and the white-padded reference, draw the seeded noise
+[1, (T-1)/4+1, H/16, W/16, c], run the Euler loop as one compiled program
+(``stages.denoise``), decode and convert to uint8. No classifier-free
+guidance unless asked for (the reference has none, pitfall 11).
+
+The noise comes from JAX's generator; the reference draws it with torch's
+CPU generator, so equal seeds do not give equal noise (``edit(noise=...)``
+accepts any noise, which is how the parity tests feed both sides the same).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kiwi_jax import sharding
+from kiwi_jax.diffusion import sampler
+from kiwi_jax.pipeline import inputs as inputs_lib
+from kiwi_jax.pipeline import model_api
+from kiwi_jax.pipeline import outputs as outputs_lib
+from kiwi_jax.pipeline import progress as progress_lib
+from kiwi_jax.pipeline import stages
+
+STAGES = ("mllm_encode", "vae_encode", "denoise", "vae_decode")
+# Logical activation names the VAE passes leave unsharded. Sharding the
+# VAE's frame height over `sequence` gives wrong pixels on the CPU backend
+# (up to 0.07 off on 8 fake devices, see the sharded pipeline test), so the
+# VAE runs with its spatial axes whole; its weights stay sharded.
+VAE_UNSHARDED = ("act_height", "act_width")
+
+
+class CheckpointDirError(ValueError):
+  """A checkpoint directory is missing or is not one kiwi_jax can load."""
+
+
+@dataclasses.dataclass
+class EditResult:
+  """One finished edit.
+
+  Attributes:
+    frames: uint8[T, H, W, 3] edited frames (T = 1 in image mode).
+    source: the shaped source clip the model saw.
+    ref_image: uint8[h, w, 3] un-padded reference image, or None.
+    latents: float32[1, t, h, w, c] final latents.
+    steps: denoising steps.
+    seconds: wall time per stage (``STAGES``) plus ``total``.
+  """
+  frames: np.ndarray
+  source: inputs_lib.SourceClip
+  ref_image: np.ndarray | None
+  latents: np.ndarray
+  steps: int
+  seconds: dict[str, float]
+
+  def save(self, path, *, side_by_side: bool = False,
+           fps: float | None = None) -> list[pathlib.Path]:
+    """Writes the edit (mp4/gif, or an image in image mode) and optionally
+    ``<stem>_concat.mp4|png`` and ``<stem>_concat.gif`` (source |
+    reference | edited). Returns the written paths, the edit first."""
+    fps = fps or self.source.fps
+    image_mode = self.frames.shape[0] == 1
+    outputs_lib.check_output_path(path, image_mode=image_mode)
+    written = []
+    try:
+      # The edit is written last: if it exists, the whole set does.
+      if side_by_side:
+        panels = outputs_lib.side_by_side(self.source.frames, self.frames,
+                                          self.ref_image)
+        for extra in outputs_lib.side_by_side_paths(path,
+                                                    image_mode=image_mode):
+          written.append(outputs_lib.write_frames(extra, panels, fps))
+      written.append(outputs_lib.write_frames(path, self.frames, fps))
+    except BaseException:
+      for done in written:
+        done.unlink(missing_ok=True)
+      raise
+    return written[-1:] + written[:-1]
+
+
+# The config file a converted Kiwi-Edit directory holds
+# (``kiwi_jax.models.kiwi.checkpoint.CONFIG_FILE``).
+KIWI_CONFIG_FILE = "kiwi_config.json"
+
+
+def load_model(directory, mesh=None
+               ) -> tuple[Any, model_api.ConditionProcessor]:
+  """(model, processor) from a checkpoint directory, by its marker file.
+
+  A converted Kiwi-Edit directory (``python -m converters.convert``) is
+  restored straight into ``mesh``'s shardings; the toy editor of the tests
+  is recognised by its own config file.
+
+  Raises:
+    CheckpointDirError: the directory is missing or holds no known model.
+  """
+  path = pathlib.Path(os.fspath(directory))
+  if not path.exists():
+    raise CheckpointDirError(f"checkpoint directory not found: {path}")
+  if not path.is_dir():
+    raise CheckpointDirError(f"checkpoint {path} is not a directory.")
+  # pylint: disable=g-import-not-at-top
+  if (path / KIWI_CONFIG_FILE).is_file():
+    from kiwi_jax.pipeline import kiwi_adapter
+    return kiwi_adapter.load(path, mesh=mesh)
+  from kiwi_jax.testing import toy_editor
+  if toy_editor.is_toy_editor_dir(path):
+    return toy_editor.load_toy_editor(path)
+  raise CheckpointDirError(
+      f"{path} is not a kiwi_jax checkpoint directory: expected "
+      f"{KIWI_CONFIG_FILE} and params/ (written by `python -m "
+      "converters.convert`) or the toy editor's "
+      f"{toy_editor.CONFIG_FILE}; found "
+      f"{sorted(p.name for p in path.iterdir())[:10] or 'nothing'}.")
+
+
+class EditPipeline:
+  """Edits videos and images with an ``EditModel`` (KiwiEdit).
+
+  Args:
+    model: the NNX model (see ``model_api.EditModel``); split once here.
+    processor: host-side MLLM input preparation.
+    mesh: optional device mesh; the model state is placed by its logical
+      axes and every stage runs under the mesh (sharded inference).
+  """
+
+  def __init__(self, model, processor: model_api.ConditionProcessor, *,
+               mesh: jax.sharding.Mesh | None = None):
+    self.processor = processor
+    self.mesh = mesh
+    self.latent_channels = model.latent_channels
+    self.temporal_factor = model.temporal_factor
+    self.spatial_factor = model.spatial_factor
+    self.latent_dtype = getattr(model, "latent_dtype", jnp.bfloat16)
+    if mesh is not None:
+      model = sharding.reshard_module(model, mesh)
+    self.graphdef, self.state = nnx.split(model)
+    self._vae_runner = None  # built on first use; False: the model has none
+
+  @classmethod
+  def from_pretrained(cls, directory, *, mesh=None) -> "EditPipeline":
+    """Loads a converted checkpoint directory (local, no network)."""
+    model, processor = load_model(directory, mesh)
+    return cls(model, processor, mesh=mesh)
+
+  def __call__(self, video, prompt: str, ref_image=None,
+               **kwargs) -> np.ndarray:
+    """Edits and returns uint8[T, H, W, 3] frames; see :meth:`edit`."""
+    return self.edit(video, prompt, ref_image, **kwargs).frames
+
+  def vae_runner(self):
+    """The model's host-driven (tiled) VAE runner, or None; built once."""
+    if self._vae_runner is None:
+      make = getattr(nnx.merge(self.graphdef, self.state), "vae_runner",
+                     None)
+      self._vae_runner = make() if make is not None else False
+    return self._vae_runner or None
+
+  def _mesh_context(self):
+    return (sharding.use_mesh(self.mesh) if self.mesh is not None
+            else contextlib.nullcontext())
+
+  def _vae_context(self):
+    if self.mesh is None:
+      return contextlib.nullcontext()
+    return sharding.axis_rules(
+        tuple((name, None if name in VAE_UNSHARDED else axes)
+              for name, axes in sharding.current_rules()))
+
+  def edit(self, video, prompt: str, ref_image=None, *, steps: int = 50,
+           seed: int = 0, max_pixels: int = 720 * 1280,
+           max_frames: int = 81, scheduler: str = "diffsynth",
+           use_source: bool = True, guidance_scale: float | None = None,
+           ref_guidance_scale: float | None = None,
+           negative_prompt: str = "", noise: jax.Array | None = None,
+           vae_tiling: bool | None = None,
+           on_step: Callable[[int, int], None] | None = None) -> EditResult:
+    """Runs one edit.
+
+    Args:
+      video: source video/image path, uint8 frames [T, H, W, 3], an image
+        [H, W, 3], a PIL image or a list of frames (``inputs.load_source``).
+      prompt: the edit instruction.
+      ref_image: optional reference image (path, PIL or uint8 array).
+      steps: Euler steps (50 in the reference).
+      seed: noise seed.
+      max_pixels: per-frame pixel budget (sides then floored to 32).
+      max_frames: keep the first frames, at most this many, 4k+1.
+      scheduler: "diffsynth" (the released demo) or "diffusers".
+      use_source: inject the source latents (False = ImgEdit's
+        ``--source_free``).
+      guidance_scale: classifier-free guidance on the instruction, with
+        ``negative_prompt`` as the unconditional prompt; None (default) as
+        the reference, which has no guidance (pitfall 11).
+      ref_guidance_scale: guidance on the reference image (needs one):
+        ``v_uncond + s_text (v_text - v_uncond) + s_ref (v_full - v_text)``
+        where the two lower branches see no reference (video-mode context,
+        no reference tokens) and s_text is ``guidance_scale`` or 1.
+      negative_prompt: the unconditional prompt when guiding.
+      noise: initial latents to use instead of seeded noise.
+      vae_tiling: encode/decode in overlapping spatial tiles with the
+        model's host-driven VAE runner, as the reference does at inference
+        (``tiled=True``, tiles 30 x 52 latent pixels, stride 15 x 26);
+        None uses it when the model has one; False runs each VAE pass as
+        one jitted program over the whole clip.
+      on_step: ``on_step(done, total)`` after each denoising step.
+
+    Returns:
+      The :class:`EditResult`.
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+      raise inputs_lib.EditInputError("the prompt is empty.")
+    if steps < 1:
+      raise inputs_lib.EditInputError(f"steps must be >= 1, got {steps}.")
+    if ref_guidance_scale is not None and ref_image is None:
+      raise inputs_lib.EditInputError(
+          "ref_guidance_scale needs a reference image.")
+    start = time.perf_counter()
+    source = inputs_lib.load_source(video, max_frames=max_frames,
+                                    max_pixels=max_pixels)
+    ref = (None if ref_image is None else
+           inputs_lib.load_reference(ref_image))
+    num_frames, (height, width) = source.num_frames, source.size
+    shape = model_api.latent_shape(self, num_frames, height, width)
+    if noise is None:
+      noise = sampler.initial_noise(seed, shape, self.latent_dtype)
+    elif tuple(noise.shape) != shape:
+      raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape "
+                       f"{shape} of a {num_frames}x{height}x{width} clip.")
+    plan = sampler.SamplingPlan.build(steps, scheduler)
+    seconds = {"vae_encode": 0.0}
+    runner = None if vae_tiling is False else self.vae_runner()
+    if vae_tiling and runner is None:
+      raise ValueError("vae_tiling=True: this model has no tiled VAE runner.")
+
+    def timed(name, fn, *args, **kwargs):
+      t0 = time.perf_counter()
+      out = jax.block_until_ready(fn(*args, **kwargs))
+      seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+      return out
+
+    def stage(fn):
+      return functools.partial(fn, self.graphdef, self.state)
+
+    def mllm(text, with_ref=True):
+      arrays, options = self.processor(text, frames=source.frames,
+                                       ref_image=ref if with_ref else None)
+      return timed("mllm_encode", stage(stages.encode_conditions),
+                   jax.tree.map(jnp.asarray, arrays),
+                   tuple(sorted(options.items())))
+
+    def vae_encode(frames):
+      video = jnp.asarray(inputs_lib.to_model_range(frames))[None]
+      with self._vae_context():
+        if runner is None:
+          latents = timed("vae_encode", stage(stages.encode_video), video)
+        else:
+          latents = timed("vae_encode", runner.encode, video, tiled=True)
+      return latents.astype(self.latent_dtype)
+
+    with self._mesh_context():
+      conditions = mllm(prompt)
+      source_latents = ref_latents = None
+      if use_source:
+        source_latents = vae_encode(source.frames)
+      if ref is not None:
+        ref_latents = vae_encode(
+            inputs_lib.pad_reference(ref, height, width)[None])
+      scales, branches = (), ()
+      if ref_guidance_scale is not None:
+        text_scale = 1.0 if guidance_scale is None else guidance_scale
+        scales = (float(text_scale), float(ref_guidance_scale))
+        branches = ((mllm(negative_prompt, with_ref=False), None),
+                    (mllm(prompt, with_ref=False), None))
+      elif guidance_scale is not None:
+        scales = (float(guidance_scale),)
+        branches = ((mllm(negative_prompt), ref_latents),)
+      counter = progress_lib.StepCounter(steps, on_step)
+      with progress_lib.reporting_to(counter):
+        latents = timed("denoise", stage(stages.denoise), noise, plan,
+                        conditions, source_latents, ref_latents,
+                        report=True, guidance_scales=scales,
+                        guidance_branches=branches)
+      with self._vae_context():
+        if runner is None:
+          decoded = timed("vae_decode", stage(stages.decode_latents),
+                          latents)
+        else:
+          decoded = timed("vae_decode", runner.decode, latents, tiled=True)
+    frames = outputs_lib.to_uint8(np.asarray(decoded[0], np.float32))
+    seconds["total"] = time.perf_counter() - start
+    return EditResult(frames=frames, source=source, ref_image=ref,
+                      latents=np.asarray(latents, np.float32), steps=steps,
+                      seconds=seconds)
