@@ -123,8 +123,10 @@ def test_sharded_step_equals_single_device(kiwi_batches, stage_training,
     sharded, m2 = sharded_step(sharded, _global(task, host, mesh))
   np.testing.assert_allclose(m1["training_loss"], m2["training_loss"],
                              rtol=1e-4)
+  # Adam normalises tiny gradients, so fp32 reduction-order differences of
+  # the sharded step show up as ~3e-5 in weights that moved by ~2e-3.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(
-      a, b, rtol=1e-4, atol=1e-5), single.params,
+      a, b, rtol=1e-3, atol=1e-4), single.params,
                jax.device_get(sharded.params))
 
 
