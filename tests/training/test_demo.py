@@ -5,9 +5,7 @@ import json
 import pytest
 
 from configs import demo as demo_config
-
-# KiwiEdit (branch kiwi) and the Wan VAE (branch vae) must be in main.
-demo = pytest.importorskip("kiwi_jax.training.demo")
+from kiwi_jax.training import demo
 
 
 @pytest.mark.slow

@@ -4,16 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from flax import nnx
 
 from kiwi_jax import sharding
 from kiwi_jax.train_lib import optimizers, train_step
 from kiwi_jax.train_lib.train_state import ModelSplit, Precision
+from kiwi_jax.training import kiwi_task
 from tests.training.conftest import host_batch, kiwi_config
 
-# KiwiEdit (branch kiwi) and the Wan VAE (branch vae) must be in main.
-kiwi_task = pytest.importorskip("kiwi_jax.training.kiwi_task")
 pytestmark = pytest.mark.slow  # four step compilations of the tiny Kiwi
 
 FP32 = Precision(master_dtype="float32", compute_dtype=None)
