@@ -22,6 +22,7 @@ import copy
 import logging
 from typing import Any
 
+import jax
 import numpy as np
 from etils import epath
 from flax import nnx
@@ -77,6 +78,9 @@ def stage_config(config: Any, stage: int, records: dict, tok_dir: str,
   kiwi.stage = stage
   kiwi.tokenizer_dir = tok_dir
   kiwi.ref_tokens = ref_tokens
+  # At least one example per device (the batch is split over all of them).
+  devices = jax.device_count()
+  kiwi.data.batch_size = -(-int(kiwi.data.batch_size) // devices) * devices
   kiwi.data.sources = [
       {"path": str(records[name]), "weight": 1.0, "name": name,
        "max_frames": 1 if name == "image" else int(demo.num_frames)}
