@@ -126,7 +126,9 @@ def evaluate(config: Any, task: kiwi_task.KiwiTask, model: Any,
   edits_dir = workdir / "edits"
   edits_dir.mkdir(parents=True, exist_ok=True)
   for edit_type, key, host in heldout_examples(config, task.hook):
-    batch = task.global_batch(host, mesh)
+    # One clip at a time, replicated (the mesh may have more devices).
+    batch = jax.device_put(host, jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
     edited = kiwi_task.unit_to_uint8(task.edit(
         model, batch, num_steps=int(config.demo.sample_steps))[0])
     source, target = host["source_video"][0], host["target_video"][0]
