@@ -22,7 +22,8 @@ Inputs: reference-format CSVs (`src_video,tgt_video,prompt`, optional
 `iid`; spec 6.1), RefVIE parquet chunks, or ArrayRecord shards (their
 source and target bytes are decoded in memory; needs --media=copy); a
 reference image, if any, is ignored. Prints the report (counts per stage
-and reason); exit status 0 (1 when --records_dir is given and a quadruplet fails the record check).
+and reason); exit status 0 (1 when --records_dir is given and a
+quadruplet fails the record check).
 """
 
 import argparse
