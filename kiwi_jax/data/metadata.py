@@ -7,10 +7,16 @@ and video stages; image paths sit in the "video" columns) plus `ref_image`
 Parquet (spec 6.2, HF `linyq/kiwi_edit_training_data`): chunks with columns
 `iid, prompt, src_video, tgt_video, ref_image_bytes`; the reference image is
 stored inline, so it is carried as bytes instead of being exported to disk.
+
+ArrayRecord shards (`kiwi_jax.data.record_builder`) hold the encoded source
+and target themselves; `read_record_rows` carries them inline in the rows
+(`src_bytes`/`tgt_bytes` with their media kinds), so consumers decode them
+without writing temporary files.
 """
 
 import csv
 import dataclasses
+import glob
 import io
 from typing import Iterator, Sequence
 
@@ -18,6 +24,9 @@ from etils import epath
 
 REQUIRED_CSV_COLUMNS = ("src_video", "tgt_video", "prompt")
 PARQUET_COLUMNS = ("iid", "prompt", "src_video", "tgt_video", "ref_image_bytes")
+RECORD_FIELDS = ("key", "origin", "prompt", "src", "src_kind", "tgt",
+                 "tgt_kind")
+MEDIA_KINDS = ("image", "video")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +41,11 @@ class Row:
     tgt_video: target media path, relative to the base directory.
     ref_image: reference image path, or None.
     ref_image_bytes: inline reference image bytes (parquet), or None.
+    src_bytes: inline encoded source media (ArrayRecord input), or None; when
+      set, `src_video` only locates the record (`<shard>[<index>]:src`).
+    tgt_bytes: inline encoded target media, or None (as `src_bytes`).
+    src_kind: "image" | "video" of `src_bytes` (required with it).
+    tgt_kind: "image" | "video" of `tgt_bytes` (required with it).
   """
 
   key: str
@@ -41,6 +55,21 @@ class Row:
   tgt_video: str
   ref_image: str | None = None
   ref_image_bytes: bytes | None = None
+  src_bytes: bytes | None = None
+  tgt_bytes: bytes | None = None
+  src_kind: str | None = None
+  tgt_kind: str | None = None
+
+  def __post_init__(self):
+    for side in ("src", "tgt"):
+      data, kind = getattr(self, f"{side}_bytes"), getattr(self, f"{side}_kind")
+      if data is not None and kind not in MEDIA_KINDS:
+        raise ValueError(f"{self.origin}: {side}_kind must be one of "
+                         f"{MEDIA_KINDS} with {side}_bytes, got {kind!r}")
+
+  @property
+  def has_inline_media(self) -> bool:
+    return self.src_bytes is not None or self.tgt_bytes is not None
 
   @property
   def has_ref(self) -> bool:
@@ -113,6 +142,65 @@ def read_parquet_rows(
               ref_image_bytes=_inline_bytes(item["ref_image_bytes"]),
           )
         offset += batch.num_rows
+
+
+def record_shards(pattern: str | epath.Path) -> list[str]:
+  """Shards of a record directory, a single shard, or a glob (sorted).
+
+  Raises:
+    FileNotFoundError: nothing matches.
+  """
+  # pylint: disable-next=g-import-not-at-top
+  from kiwi_jax.data import records
+  if glob.has_magic(str(pattern)):
+    pattern = epath.Path(pattern)
+    paths = sorted(str(p) for p in pattern.parent.glob(pattern.name))
+    if not paths:
+      raise FileNotFoundError(f"no record shard matches {pattern}")
+    return paths
+  return records.shard_paths(pattern)
+
+
+def read_record_rows(paths: Sequence[str | epath.Path]) -> Iterator[Row]:
+  """Streams rows with inline media from ArrayRecord shards written by
+  `kiwi_jax.data.record_builder` (fields in `check_row`).
+
+  A stored reference image is not carried (`ref_image_bytes` stays None).
+
+  Raises:
+    ValueError: a record is not in the record format or lacks one of
+      `RECORD_FIELDS` (the shard and index are named).
+  """
+  # pylint: disable=g-import-not-at-top
+  from array_record.python import array_record_module
+  from kiwi_jax.data import records
+  # pylint: enable=g-import-not-at-top
+  for path in paths:
+    reader = array_record_module.ArrayRecordReader(str(path))
+    try:
+      for index in range(reader.num_records()):
+        where = f"{path}[{index}]"
+        try:
+          record = records.deserialize(reader.read())
+        except records.RecordFormatError as e:
+          raise ValueError(f"{where}: {e}") from e
+        missing = [f for f in RECORD_FIELDS if f not in record]
+        if missing:
+          raise ValueError(f"{where}: missing field(s) {missing}; fields are "
+                           f"{sorted(record)}")
+        yield Row(
+            key=str(record["key"]),
+            origin=f"{where} (from {record['origin']})",
+            prompt=record["prompt"].strip(),
+            src_video=f"{where}:src",
+            tgt_video=f"{where}:tgt",
+            src_bytes=record["src"],
+            tgt_bytes=record["tgt"],
+            src_kind=record["src_kind"],
+            tgt_kind=record["tgt_kind"],
+        )
+    finally:
+      reader.close()
 
 
 def _inline_bytes(value) -> bytes:

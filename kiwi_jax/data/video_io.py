@@ -191,3 +191,34 @@ def decode_media(
   if kind == "video":
     return decode_video(data, max_frames)
   raise ValueError(f"unknown media kind {kind!r}")
+
+
+def media_extension(data: bytes) -> str:
+  """The file extension of encoded media, from its leading bytes.
+
+  Used to name files for media that arrive without a path (ArrayRecord
+  records); the result is one of IMAGE_EXTENSIONS + VIDEO_EXTENSIONS.
+
+  Raises:
+    MediaError: the container is none of those.
+  """
+  head = bytes(data[:64])
+  if head.startswith(b"\x89PNG\r\n\x1a\n"):
+    return ".png"
+  if head.startswith(b"\xff\xd8\xff"):
+    return ".jpg"
+  if head.startswith(b"GIF8"):
+    return ".gif"
+  if head.startswith(b"RIFF") and head[8:12] in (b"WEBP", b"AVI "):
+    return ".webp" if head[8:12] == b"WEBP" else ".avi"
+  if head[4:8] == b"ftyp":
+    # QuickTime files carry the "qt  " major brand; the rest are ISO-BMFF.
+    return ".mov" if head[8:12] == b"qt  " else ".mp4"
+  if head.startswith(b"\x1a\x45\xdf\xa3"):
+    return ".webm" if b"webm" in head else ".mkv"
+  if head.startswith(b"FLV"):
+    return ".flv"
+  if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
+    return ".wmv"
+  raise MediaError(
+      f"unrecognised media container (leading bytes {head[:12]!r})")

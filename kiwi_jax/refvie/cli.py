@@ -9,15 +9,21 @@
       --out_dir=gs://bucket/refvie --runner=beam \\
       --beam_arg=--runner=DataflowRunner --beam_arg=--project=my-project
 
+  # From ArrayRecord shards of kiwi_jax.data.build_records (media inline):
+  python -m kiwi_jax.refvie --records=/data/records/pool \\
+      --out_dir=/data/refvie_built
+
   # Also ArrayRecord shards for training (or later, with
   # python -m kiwi_jax.data.build_records on refvie.csv):
   python -m kiwi_jax.refvie --csv=pool.csv --base_dir=/data \\
       --out_dir=/data/refvie_built --records_dir=/data/records/refvie
 
 Inputs: reference-format CSVs (`src_video,tgt_video,prompt`, optional
-`iid`; spec 6.1) or RefVIE parquet chunks; a `ref_image` column, if any, is
-ignored. Prints the report (counts per stage and reason); exit status 0
-(1 when --records_dir is given and a quadruplet fails the record check).
+`iid`; spec 6.1), RefVIE parquet chunks, or ArrayRecord shards (their
+source and target bytes are decoded in memory; needs --media=copy); a
+reference image, if any, is ignored. Prints the report (counts per stage
+and reason); exit status 0 (1 when --records_dir is given and a
+quadruplet fails the record check).
 """
 
 import argparse
@@ -58,6 +64,9 @@ def _rows(args) -> list[metadata.Row]:
     if not paths:
       raise FileNotFoundError(f"no file matches {args.parquet}")
     rows.extend(metadata.read_parquet_rows(paths))
+  if args.records:
+    rows.extend(metadata.read_record_rows(
+        metadata.record_shards(args.records)))
   return [dataclasses.replace(r, ref_image=None, ref_image_bytes=None)
           for r in rows]
 
@@ -69,8 +78,12 @@ def main(argv=None) -> int:
   parser.add_argument("--csv", action="append",
                       help="reference-format CSV (repeatable)")
   parser.add_argument("--parquet", help="parquet chunk path or glob")
-  parser.add_argument("--base_dir", required=True,
-                      help="directory the media paths are relative to")
+  parser.add_argument("--records",
+                      help="ArrayRecord shard directory, shard or glob "
+                      "(kiwi_jax.data.build_records output)")
+  parser.add_argument("--base_dir", default=None,
+                      help="directory the media paths are relative to "
+                      "(needed with --csv/--parquet)")
   parser.add_argument("--out_dir", required=True)
   parser.add_argument("--runner", choices=("local", "beam"), default="local")
   parser.add_argument("--beam_arg", action="append", default=[],
@@ -97,8 +110,15 @@ def main(argv=None) -> int:
                       help="square scaffold side for subject edits; default "
                       "keeps the object's native resolution")
   args = parser.parse_args(argv)
-  if not args.csv and not args.parquet:
-    parser.error("give --csv and/or --parquet")
+  if not (args.csv or args.parquet or args.records):
+    parser.error("give --csv, --parquet and/or --records")
+  if (args.csv or args.parquet) and not args.base_dir:
+    parser.error("--csv and --parquet need --base_dir")
+  if args.records and args.media != "copy":
+    parser.error("--records needs --media=copy (its media has no path)")
+  # Records alone: nothing is read from base_dir (ArrayRecord media is
+  # inline), but the run's manifest and writers still take one.
+  args.base_dir = args.base_dir or "."
   pipeline = _pipeline(args)
   rows = _rows(args)
   if args.runner == "beam":

@@ -45,6 +45,11 @@ def manifest(rows: Sequence[Row], base_dir, pipeline: Pipeline) -> dict:
   for row in rows:
     digest.update(json.dumps([row.key, row.src_video, row.tgt_video,
                               row.prompt]).encode())
+    # Inline media (ArrayRecord input) is identified by content, not by its
+    # record locator, so rewritten shards are not mistaken for the same run.
+    for data in (row.src_bytes, row.tgt_bytes):
+      if data is not None:
+        digest.update(hashlib.sha256(data).digest())
   return {"base_dir": str(base_dir), "num_rows": len(rows),
           "rows_sha256": digest.hexdigest(),
           "pipeline": pipeline.fingerprint()}
@@ -107,8 +112,9 @@ def run_local(
   """Runs the whole pipeline on one machine; returns the report.
 
   Args:
-    rows: instruction-edit pairs (`kiwi_jax.data.metadata` rows); any
-      reference image they carry is ignored, a scaffold is synthesised.
+    rows: instruction-edit pairs (`kiwi_jax.data.metadata` rows, with media
+      paths or inline media); any reference image they carry is ignored, a
+      scaffold is synthesised.
     base_dir: the directory media paths are relative to.
     out_dir: output directory (layout in `records`), resumable.
     pipeline: the stages and options.

@@ -71,7 +71,16 @@ class Pipeline:
 
   def process(self, row: Row, base_dir: str | epath.Path,
               out_dir: str | epath.Path) -> Outcome:
-    """Runs stages 1-4 on one row; never raises for bad data."""
+    """Runs stages 1-4 on one row; never raises for bad data.
+
+    Rows with inline media (`Row.src_bytes`/`tgt_bytes`, ArrayRecord input)
+    are decoded from memory; they need media="copy" (they have no path to
+    reference), else ValueError.
+    """
+    if row.has_inline_media and self.media != "copy":
+      raise ValueError(f"{row.origin}: media={self.media!r} lists original "
+                       "paths, but this row carries its media inline; use "
+                       "media='copy'")
     base_dir, out_dir = epath.Path(base_dir), epath.Path(out_dir)
     outcome = Outcome(key=row.key, origin=row.origin, prompt=row.prompt,
                       src_video=row.src_video, tgt_video=row.tgt_video)
@@ -109,11 +118,11 @@ class Pipeline:
     outcome.ref_image = f"media/ref/{name}.png"
     records.write_atomic(out_dir / outcome.ref_image,
                          video_io.encode_png(scaffold.image))
-    for column, relative, payload in (("src_video", row.src_video, data[0]),
-                                      ("tgt_video", row.tgt_video, data[1])):
+    for column, relative, (payload, ext) in (
+        ("src_video", row.src_video, data[0]),
+        ("tgt_video", row.tgt_video, data[1])):
       if self.media == "copy":
         sub = "src" if column == "src_video" else "tgt"
-        ext = os.path.splitext(relative)[1].lower()
         path = f"media/{sub}/{name}{ext}"
         records.write_atomic(out_dir / path, payload)
       else:
@@ -143,22 +152,32 @@ def downscale(pair: Pair, max_side: int | None) -> Pair:
 
 
 def _load(row: Row, base_dir: epath.Path, max_frames: int
-          ) -> tuple[Pair, tuple[bytes, bytes]]:
+          ) -> tuple[Pair, tuple[tuple[bytes, str], tuple[bytes, str]]]:
+  """Decodes the row's media; returns the pair and, per side, the encoded
+  payload with the file extension to store it under."""
   if not row.prompt:
     raise Rejected("empty_prompt", "the instruction is empty")
   frames, payloads = [], []
-  for what, relative in (("src_video", row.src_video),
-                         ("tgt_video", row.tgt_video)):
-    path = base_dir / relative if relative else None
-    if path is None or not path.exists():
-      raise Rejected("missing_file", f"{what} {path}")
-    payload = path.read_bytes()
+  for what, relative, inline, inline_kind in (
+      ("src_video", row.src_video, row.src_bytes, row.src_kind),
+      ("tgt_video", row.tgt_video, row.tgt_bytes, row.tgt_kind)):
+    if inline is not None:
+      where, payload = relative, inline
+    else:
+      where = base_dir / relative if relative else None
+      if where is None or not where.exists():
+        raise Rejected("missing_file", f"{what} {where}")
+      payload = where.read_bytes()
     try:
-      kind = video_io.media_kind(relative)
+      if inline is not None:
+        kind, ext = inline_kind, video_io.media_extension(payload)
+      else:
+        kind = video_io.media_kind(relative)
+        ext = os.path.splitext(relative)[1].lower()
       frames.append(video_io.decode_media(payload, kind, max_frames))
     except video_io.MediaError as e:
-      raise Rejected("unreadable_media", f"{what} {path}: {e}") from e
-    payloads.append(payload)
+      raise Rejected("unreadable_media", f"{what} {where}: {e}") from e
+    payloads.append((payload, ext))
   pair = Pair(row.key, row.prompt, frames[0], frames[1], row.origin)
   return pair, (payloads[0], payloads[1])
 
