@@ -77,7 +77,7 @@ def test_mlps_match_torch():
   np.testing.assert_allclose(mlp(jnp.asarray(x)), want, atol=1e-5)
 
   glu = layers.SwiGLU(7, 13, rngs=nnx.Rngs(2))
-  g, u, d = (np.asarray(m.kernel[...]) for m in
+  g, u, d = (np.array(m.kernel[...]) for m in
              (glu.gate_proj, glu.up_proj, glu.down_proj))
   xt = torch.from_numpy(x)
   with torch.no_grad():
