@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -81,7 +82,7 @@ def make_manager(directory: str | epath.PathLike,
       read_only=read_only,
       cleanup_tmp_directories=not read_only,
   )
-  return ocp.CheckpointManager(epath.Path(directory), options=options)
+  return ocp.CheckpointManager(absolute_path(directory), options=options)
 
 
 def _state_dict(state: TrainState) -> dict[str, Any]:
@@ -115,9 +116,17 @@ def restore(manager: ocp.CheckpointManager, step: int,
   return TrainState(**restored[STATE])
 
 
+def absolute_path(path: str | epath.PathLike) -> epath.Path:
+  """``path`` made absolute when local (Orbax refuses relative paths);
+  ``gs://`` and other URIs unchanged."""
+  if "://" in str(path):
+    return epath.Path(path)
+  return epath.Path(os.path.abspath(os.fspath(path)))
+
+
 def _step_directory(path: str | epath.PathLike) -> epath.Path:
   """A step directory: ``path`` itself, or the latest step under it."""
-  path = epath.Path(path)
+  path = absolute_path(path)
   if (path / STATE).exists():
     return path
   manager = make_manager(path, read_only=True)

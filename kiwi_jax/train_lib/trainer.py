@@ -152,7 +152,7 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
   Raises:
     NonFiniteLossError: the loss became NaN/inf (the step is named).
   """
-  workdir = epath.Path(workdir)
+  workdir = checkpointing.absolute_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   total_steps = int(config.total_steps)
   seed = int(_get(config, "seed", 0))

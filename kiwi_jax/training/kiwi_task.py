@@ -26,7 +26,8 @@ Config (``config.kiwi``)::
   tokenizer_dir: local Qwen tokenizer directory.
   seq_len, num_patches: fixed MLLM token / patch-slot counts per example
     (0: the smallest ``bucketing`` ladder entry that fits).
-  ref_tokens: the reference image's MLLM token count (static).
+  ref_tokens: reference rows in the context (static); references with
+    fewer MLLM tokens are padded and masked out of the cross-attention.
   data: sources [{path, weight, name, max_frames}], fixed_size, batch_size,
     seed, num_workers, max_pixels.
 """
@@ -71,9 +72,9 @@ def _replace_nested(obj: Any, changes: dict[str, Any]) -> Any:
 
 def kiwi_model_config(kiwi: Any) -> KiwiEditConfig:
   """The :class:`KiwiEditConfig` a ``config.kiwi`` block describes."""
-  overrides = dict(kiwi.get("model", {}) or {})
-  overrides = (overrides.to_dict() if hasattr(overrides, "to_dict")
-               else overrides)
+  overrides = kiwi.get("model", {}) or {}
+  overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict")
+                   else overrides)
   cfg = KiwiEditConfig.from_variant(kiwi.variant)
   cfg = _replace_nested(cfg, overrides)
   return _replace_nested(
@@ -201,7 +202,13 @@ class KiwiTask:
     return self.encode(model, batch[f"{name}_video"])
 
   def conditions(self, model: KiwiEdit, batch: dict[str, Any]):
-    """``(context, source_latents | None, ref_latents | None)``."""
+    """``(KiwiConditions, source_latents | None, ref_latents | None)``.
+
+    In reference mode the context holds ``kiwi.ref_tokens`` reference rows
+    per example; a reference with fewer tokens is padded and masked out of
+    the cross-attention (``KiwiConditions.mask``). With every reference at
+    exactly ``ref_tokens`` (the reference's own setting) nothing is masked.
+    """
     mode = batch_mode(batch)
     cond = model.encode_conditions(
         mllm_inputs(batch["mllm"]), mode,
@@ -209,17 +216,18 @@ class KiwiTask:
     # Stage 1 has no source_input (spec 4.2): noise + MLLM context only.
     source = self._latents(model, batch, "source") if self.stage > 1 else None
     ref = self._latents(model, batch, "ref") if mode == "reference" else None
-    return cond.context, source, ref
+    return cond, source, ref
 
   def loss_fn(self, model: KiwiEdit, batch: dict[str, Any],
               rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-    context, source, ref = self.conditions(model, batch)
+    cond, source, ref = self.conditions(model, batch)
     target = self._latents(model, batch, "target")
 
     def velocity(noisy, timestep, sigma):
       return model.denoise_step(
-          noisy, timestep, context, source_latents=source,
-          sigma=sigma if source is not None else None, ref_latents=ref)
+          noisy, timestep, cond.context, source_latents=source,
+          sigma=sigma if source is not None else None, ref_latents=ref,
+          context_mask=_mask_or_none(cond, ref))
 
     loss, aux = flow_matching.flow_matching_loss(velocity, target, rng,
                                                  _GRID)
@@ -284,12 +292,13 @@ class KiwiTask:
     if "ref_image" in numeric or "ref_latents" in numeric:
       span = np.asarray(host_batch["mllm"]["ref_span"])
       counts = span[:, 1] - span[:, 0]
-      if np.any(counts != self.ref_tokens):
+      if np.any(counts > self.ref_tokens) or np.any(counts <= 0):
         raise ValueError(
             f"Reference images of batch {list(host_batch.get('key', []))} "
-            f"give {counts.tolist()} MLLM tokens; kiwi.ref_tokens is "
-            f"{self.ref_tokens}. Fix the reference size (data.fixed_size / "
-            "max_pixels) or kiwi.ref_tokens.")
+            f"give {counts.tolist()} MLLM tokens; kiwi.ref_tokens (the "
+            f"padded count) is {self.ref_tokens}. Raise kiwi.ref_tokens "
+            f"(at most max_ref_tokens={self.model_cfg.max_ref_tokens}) or "
+            "shrink the references (data.max_pixels).")
     return data_pipeline.to_global_batch(numeric, mesh)
 
   def batch_counts(self, batch: dict[str, Any]) -> dict[str, int]:
@@ -301,7 +310,7 @@ class KiwiTask:
 @functools.partial(jax.jit, static_argnums=(0, 1, 4))
 def _edit(task: KiwiTask, graphdef, state, batch, num_steps: int, key):
   model = nnx.merge(graphdef, state)
-  context, source, ref = task.conditions(model, batch)
+  cond, source, ref = task.conditions(model, batch)
   shape = jax.eval_shape(lambda: task._latents(model, batch, "target"))
   noise = jax.random.normal(key, shape.shape, jnp.float32).astype(
       shape.dtype)
@@ -311,12 +320,17 @@ def _edit(task: KiwiTask, graphdef, state, batch, num_steps: int, key):
     del step
     size = latents.shape[0]
     return model.denoise_step(
-        latents, jnp.full((size,), timestep), context,
+        latents, jnp.full((size,), timestep), cond.context,
         source_latents=source,
         sigma=jnp.full((size,), sigma) if source is not None else None,
-        ref_latents=ref)
+        ref_latents=ref, context_mask=_mask_or_none(cond, ref))
 
   return task.decode(model, sampler.euler_loop(velocity, noise, plan))
+
+
+def _mask_or_none(cond: Any, ref: jax.Array | None) -> jax.Array | None:
+  """The context mask in reference mode (the only mode that pads rows)."""
+  return cond.mask if ref is not None else None
 
 
 def unit_to_uint8(video: np.ndarray) -> np.ndarray:

@@ -138,3 +138,30 @@ def test_pixel_unshuffle_codec_is_invertible():
   np.testing.assert_allclose(codec.decode(latents), video, atol=1e-6)
   with pytest.raises(ValueError, match="multiple"):
     codec.encode(jnp.zeros((1, 1, 5, 4, 3)))
+
+
+def test_padded_reference_rows_are_masked_out(kiwi_batches,
+                                              tiny_tokenizer_dir):
+  """Reference mode with ``kiwi.ref_tokens`` above the references' token
+  count (padded, masked rows) gives the loss of the exact count."""
+  batches, ref_tokens = kiwi_batches
+  losses = []
+  for rows in (ref_tokens, ref_tokens + 5):
+    task = kiwi_task.KiwiTask(kiwi_config(3, tiny_tokenizer_dir, rows))
+    graphdef, state = nnx.split(task.build_model(nnx.Rngs(0)))
+    # The connectors start at zero (a zero context); move every weight.
+    leaves, treedef = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    state = jax.tree.unflatten(treedef, [
+        x + 0.05 * jax.random.normal(k, x.shape, x.dtype)
+        if jnp.issubdtype(x.dtype, jnp.floating) else x
+        for x, k in zip(leaves, keys)])
+    batch = _global(task, batches["reference"])
+    loss = jax.jit(lambda s, b, t=task: t.loss_fn(
+        nnx.merge(graphdef, s), b, jax.random.key(3))[0])(state, batch)
+    losses.append(float(loss))
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+  too_few = kiwi_task.KiwiTask(kiwi_config(3, tiny_tokenizer_dir,
+                                           ref_tokens - 1))
+  with pytest.raises(ValueError, match="padded count"):
+    _global(too_few, batches["reference"])
