@@ -81,7 +81,9 @@ def kiwi_block(*, variant: str, family: str, stage: int, lora_rank: int,
                seq_len: int = 0, num_patches: int = 0,
                model: dict[str, Any] | None = None,
                batch_size: int = 1, num_workers: int = 0,
-               dit_lora_rank: int = 0) -> ml_collections.ConfigDict:
+               dit_lora_rank: int = 0,
+               loss_weighting: str = "gaussian"
+               ) -> ml_collections.ConfigDict:
   """``config.kiwi``: what ``kiwi_jax.training.kiwi_task.KiwiTask`` reads.
 
   ``sources``: ``[{path, weight, name, max_frames}]``, mixed batch by batch
@@ -96,6 +98,7 @@ def kiwi_block(*, variant: str, family: str, stage: int, lora_rank: int,
       "dit_lora_rank": dit_lora_rank,
       "model": model or {},
       "codec": codec,
+      "loss_weighting": loss_weighting,
       "unshuffle_factor": 2,
       "tokenizer_dir": tokenizer_dir,
       "seq_len": seq_len,

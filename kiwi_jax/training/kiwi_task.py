@@ -26,6 +26,8 @@ Config (``config.kiwi``)::
   tokenizer_dir: local Qwen tokenizer directory.
   seq_len, num_patches: fixed MLLM token / patch-slot counts per example
     (0: the smallest ``bucketing`` ladder entry that fits).
+  loss_weighting: "gaussian" (the reference, default) or "uniform"
+    (``flow_matching.TrainingGrid.from_schedule``).
   ref_tokens: reference rows in the context (static); references with
     fewer MLLM tokens are padded and masked out of the cross-attention.
   data: sources [{path, weight, name, max_frames}], fixed_size, batch_size,
@@ -37,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 from typing import Any
 
 import jax
@@ -54,7 +57,7 @@ from kiwi_jax.training import latent_codec, stages
 
 logger = logging.getLogger("kiwi_jax")
 
-_GRID = flow_matching.TrainingGrid.from_schedule("diffsynth")
+_PROCESSOR_LOCK = threading.Lock()
 
 
 def _replace_nested(obj: Any, changes: dict[str, Any]) -> Any:
@@ -100,6 +103,12 @@ class KiwiMllmHook:
     return {**self.__dict__, "_processor": None}
 
   def processor(self) -> processing.QwenProcessor:
+    # Grain's prefetch threads call the hook concurrently; transformers'
+    # lazy imports fail when two threads import the tokenizer at once.
+    with _PROCESSOR_LOCK:
+      return self._load_processor()
+
+  def _load_processor(self) -> processing.QwenProcessor:
     if self._processor is None:
       cfg = self.cfg
       self._processor = processing.QwenProcessor(
@@ -168,6 +177,8 @@ class KiwiTask:
     self.codec = (latent_codec.PixelUnshuffle(int(kiwi.unshuffle_factor))
                   if kiwi.codec == "pixel_unshuffle" else None)
     self.ref_tokens = int(kiwi.ref_tokens)
+    self.grid = flow_matching.TrainingGrid.from_schedule(
+        "diffsynth", str(kiwi.get("loss_weighting", "gaussian")))
     self.hook = KiwiMllmHook(str(kiwi.tokenizer_dir), self.model_cfg,
                              int(kiwi.seq_len), int(kiwi.num_patches))
 
@@ -230,7 +241,7 @@ class KiwiTask:
           context_mask=_mask_or_none(cond, ref))
 
     loss, aux = flow_matching.flow_matching_loss(velocity, target, rng,
-                                                 _GRID)
+                                                 self.grid)
     return loss, {"mse": aux["mse"], "sigma": aux["sigma"]}
 
   # -- Editing (sample videos, the demo's evaluation).
