@@ -9,6 +9,25 @@ prints PSNR to the true target per edit type, for the model and for the
 identity baseline. The latent codec is a fixed invertible pixel-unshuffle
 stand-in for the Wan VAE (``kiwi_jax.training.latent_codec``).
 ``runlocal`` is the seconds-long smoke version.
+
+Where the demo departs from the released recipe, and why (measured in
+``docs/demo_results.md``):
+
+* The DiT starts from scratch, not from a pretrained Wan, so it is wider
+  (dim 128) than the test-sized one and trains with uniform flow-matching
+  weights (``kiwi.loss_weighting``): the reference's Gaussian bump gives
+  the noisiest fifth of the draws 3% of the weight, and a from-scratch DiT
+  then never learns to cancel the noise where sampling starts.
+* Learning rates are 1e-3..2e-3 with a cosine decay per stage
+  (``demo.lr_decay``), instead of 1e-5 constant: a few hundred steps, not
+  tens of thousands.
+* Edits use one Euler step (``demo.sample_steps``) from the source
+  latents noised to sigma 0.92 (``demo.denoising_strength`` 0.7, the
+  reference pipeline's ``input_video`` + ``denoising_strength``; the
+  released demo edits from pure noise, strength 1): one step gives the
+  model's estimate of the conditional mean, which is what PSNR rewards,
+  and starting below sigma 1 skips the noisiest, least-trained levels.
+  More steps give sharper samples that score lower at this budget.
 """
 
 from configs import common
@@ -23,20 +42,23 @@ def get_config(arg: str | None = None):
   config.log_every = 25
   config.log_first_steps = 2
   config.demo = {
-      "num_videos": 6 if arg.runlocal else 60,
-      "num_images": 2 if arg.runlocal else 20,
+      "num_videos": 6 if arg.runlocal else 300,
+      "num_images": 2 if arg.runlocal else 100,
       "num_heldout": 6 if arg.runlocal else 24,
       "height": 32, "width": 32, "num_frames": 5,
       "data_seed": 0, "heldout_seed": 1,
-      "stage_steps": [2, 2, 2] if arg.runlocal else [60, 300, 240],
-      "learning_rates": [1e-3, 1e-3, 1e-3],
-      "sample_steps": 2 if arg.runlocal else 10,
+      "stage_steps": [2, 2, 2] if arg.runlocal else [20, 900, 300],
+      "learning_rates": [1e-3, 2e-3, 2e-3],
+      "lr_decay": "cosine", "decay_to": 0.05,
+      "sample_steps": 2 if arg.runlocal else 1,
+      "denoising_strength": 1.0 if arg.runlocal else 0.7,
   }
   config.kiwi = common.kiwi_block(
       variant="tiny", family="5b", stage=1, lora_rank=4, sources=[],
       tokenizer_dir="", max_pixels=32 * 32, fixed_size=(32, 32),
       codec="pixel_unshuffle", ref_tokens=0, seq_len=0, num_patches=0,
-      batch_size=2)
+      batch_size=2, loss_weighting="uniform",
+      model={"dit": {"dim": 128, "num_heads": 4, "ffn_dim": 256}})
   config.optimizer = common.optimizer(1e-3, 1)
   config.precision = {"master_dtype": "float32", "compute_dtype": None,
                       "frozen_dtype": None}

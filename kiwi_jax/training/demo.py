@@ -134,7 +134,9 @@ def evaluate(config: Any, task: kiwi_task.KiwiTask, model: Any,
     batch = jax.device_put(host, jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec()))
     edited = kiwi_task.unit_to_uint8(task.edit(
-        model, batch, num_steps=int(config.demo.sample_steps))[0])
+        model, batch, num_steps=int(config.demo.sample_steps),
+        denoising_strength=float(config.demo.get("denoising_strength",
+                                                 1.0)))[0])
     source, target = host["source_video"][0], host["target_video"][0]
     scores[edit_type][0].append(psnr(edited, target))
     scores[edit_type][1].append(psnr(source, target))

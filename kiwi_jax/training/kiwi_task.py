@@ -249,14 +249,18 @@ class KiwiTask:
   # -- Editing (sample videos, the demo's evaluation).
 
   def edit(self, model: KiwiEdit, batch: dict[str, Any], *,
-           num_steps: int = 10, seed: int = 0) -> np.ndarray:
-    """Edits a device batch from noise with ``num_steps`` Euler steps.
+           num_steps: int = 10, seed: int = 0,
+           denoising_strength: float = 1.0) -> np.ndarray:
+    """Edits a device batch with ``num_steps`` Euler steps: from noise, or
+    below strength 1 from the source latents noised to the first sigma
+    (the reference pipeline's ``input_video`` + ``denoising_strength``).
 
     Returns:
       float32[B, T, H, W, 3] in [-1, 1] (host numpy).
     """
     graphdef, state = nnx.split(model)
     return np.asarray(_edit(self, graphdef, state, batch, num_steps,
+                            float(denoising_strength),
                             jax.random.key(seed)))
 
   def sample(self, model: KiwiEdit, step: int, writer: Any) -> None:
@@ -352,14 +356,19 @@ class KiwiTask:
     return {"examples": examples, "frames": examples * int(video.shape[1])}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 4))
-def _edit(task: KiwiTask, graphdef, state, batch, num_steps: int, key):
+@functools.partial(jax.jit, static_argnums=(0, 1, 4, 5))
+def _edit(task: KiwiTask, graphdef, state, batch, num_steps: int,
+          strength: float, key):
   model = nnx.merge(graphdef, state)
   cond, source, ref = task.conditions(model, batch)
   shape = jax.eval_shape(lambda: task._latents(model, batch, "target"))
   noise = jax.random.normal(key, shape.shape, jnp.float32).astype(
       shape.dtype)
-  plan = sampler.SamplingPlan.build(num_steps)
+  plan = sampler.SamplingPlan.build(num_steps, denoising_strength=strength)
+  if strength < 1.0:
+    start = float(plan.sigmas[0])
+    clean = task._latents(model, batch, "source")
+    noise = ((1.0 - start) * clean + start * noise).astype(shape.dtype)
 
   def velocity(latents, timestep, sigma, step):
     del step
