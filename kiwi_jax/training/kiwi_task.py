@@ -19,7 +19,10 @@ Config (``config.kiwi``)::
   variant: KiwiEditConfig variant ("kiwi-5b", "kiwi-14b", "tiny").
   model: dict of KiwiEditConfig field overrides (dit/mllm/vae: dicts).
   mllm_lora_rank: Qwen2.5-VL LoRA rank (64 for 5B, 256 for 14B).
-  dit_lora_rank: 14B stage-2 DiT LoRA rank (must be 0: see stages.py).
+  mllm_lora_targets: optional list of Qwen projections with LoRA (default
+    q/k/v/o, the 5B scripts; the 14B scripts add gate/up/down_proj).
+  dit_lora_rank: DiT LoRA rank on the blocks' attention q/k/v/o and FFN
+    (128 in the 14B stage 2, whose base DiT stays frozen; 0: none).
   stage: 1, 2 or 3; variant_family: "5b" or "14b" (trainable sets).
   codec: "vae" (the model's frozen Wan VAE) or "pixel_unshuffle" (demo).
   unshuffle_factor: the stand-in's factor.
@@ -77,8 +80,13 @@ def kiwi_model_config(kiwi: Any) -> KiwiEditConfig:
                    else overrides)
   cfg = KiwiEditConfig.from_variant(kiwi.variant)
   cfg = _replace_nested(cfg, overrides)
-  return _replace_nested(
-      cfg, {"mllm": {"text": {"lora_rank": int(kiwi.mllm_lora_rank)}}})
+  text = {"lora_rank": int(kiwi.mllm_lora_rank)}
+  targets = kiwi.get("mllm_lora_targets", None)
+  if targets:
+    text["lora_targets"] = tuple(str(t) for t in targets)
+  return _replace_nested(cfg, {
+      "mllm": {"text": text},
+      "dit": {"lora_rank": int(kiwi.get("dit_lora_rank", 0) or 0)}})
 
 
 class KiwiMllmHook:
@@ -155,13 +163,9 @@ class KiwiTask:
     self.config = config
     self.stage = int(kiwi.stage)
     self.model_cfg = kiwi_model_config(kiwi)
-    if int(kiwi.get("dit_lora_rank", 0) or 0):
-      raise ValueError(
-          "kiwi.dit_lora_rank > 0 (the 14B stage-2 DiT LoRA) needs LoRA "
-          "layers in WanDiT, which kiwi_jax does not have yet; set it to 0 "
-          "to train the 14B stage 2 without the DiT LoRA.")
     self.trainable, self.frozen = stages.trainable_sets(
-        self.stage, kiwi.variant_family)
+        self.stage, kiwi.variant_family,
+        dit_lora=bool(self.model_cfg.dit.lora_rank))
     if kiwi.codec not in latent_codec.CODECS:
       raise ValueError(f"kiwi.codec={kiwi.codec!r}; choose one of "
                        f"{latent_codec.CODECS}.")
