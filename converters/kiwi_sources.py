@@ -31,6 +31,8 @@ import numpy as np
 from converters import kiwi_names as names
 from converters.checkpoint_io import (Checkpoint, CheckpointError,
                                       open_checkpoint)
+# peft target names, in the order of ``QwenTextConfig.lora_targets``.
+from kiwi_jax.models.mllm.config import LORA_TARGET_NAMES
 
 LORA_MODES = ("merge", "keep")
 COMPONENTS = ("dit", "vae", "qwen", "image_queries", "video_queries",
@@ -45,13 +47,11 @@ _WEIGHT_FILE = re.compile(r"(model|pytorch_model|diffusion_pytorch_model)"
 # the Qwen decoder's attention and MLP projections (``lora_targets``) and
 # the Wan DiT blocks' attention q/k/v/o and FFN linears (the 14B scripts).
 # LoRA on anything else is always merged.
-_KEEPABLE_QWEN = re.compile(r"qwen\.model\.layers\.\d+\.(self_attn|mlp)\."
-                            r"(?P<proj>[qkvo]_proj|gate_proj|up_proj|down_proj)")
+_KEEPABLE_QWEN = re.compile(
+    r"qwen\.model\.layers\.\d+\.(self_attn\.(?P<attn>[qkvo]_proj)|"
+    r"mlp\.(?P<mlp>gate_proj|up_proj|down_proj))")
 _KEEPABLE_DIT = re.compile(r"dit\.blocks\.\d+\.((self|cross)_attn\.[qkvo]|"
                            r"ffn\.[02])")
-# peft target order of ``QwenTextConfig.lora_targets``.
-_QWEN_TARGET_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                      "up_proj", "down_proj")
 
 
 @dataclasses.dataclass
@@ -183,7 +183,7 @@ class _Builder:
       if self.lora == "keep" and (qwen or dit):
         ranks["qwen" if qwen else "dit"].add(a_shape[0])
         if qwen:
-          qwen_targets.add(qwen.group("proj"))
+          qwen_targets.add(qwen.group("attn") or qwen.group("mlp"))
         self.add(f"{target}.lora_A.weight", ca, ra)
         self.add(f"{target}.lora_B.weight", cb, rb)
       else:
@@ -194,7 +194,7 @@ class _Builder:
                               f"{sorted(ranks[part])}")
     return {"qwen": max(ranks["qwen"], default=0),
             "dit": max(ranks["dit"], default=0),
-            "qwen_targets": tuple(t for t in _QWEN_TARGET_ORDER
+            "qwen_targets": tuple(t for t in LORA_TARGET_NAMES
                                   if t in qwen_targets)}
 
   def problems(self) -> dict[str, list[str]]:

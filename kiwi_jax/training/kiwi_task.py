@@ -53,6 +53,8 @@ from kiwi_jax.diffusion import flow_matching, sampler
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
 from kiwi_jax.models.kiwi.model import KiwiEdit
 from kiwi_jax.models.mllm import bucketing, processing
+from kiwi_jax.train_lib import checkpointing
+from kiwi_jax.train_lib.train_state import path_name
 from kiwi_jax.training import latent_codec, stages
 
 logger = logging.getLogger("kiwi_jax")
@@ -184,6 +186,42 @@ class KiwiTask:
       # are neither stored nor initialised (XLA drops the dead init ops).
       model.vae = None
     return model
+
+  def load_weights(self, path: str, split: Any) -> tuple[Any, Any]:
+    """``model_init``: the weights of a previous stage's checkpoint.
+
+    LoRA factors the checkpoint lacks start fresh (``lora_b`` zero), as
+    the reference loads the previous stage with ``strict=False`` after
+    injecting LoRA (spec 4.2): the 14B stage 2 adds the DiT LoRA to a
+    stage-1 model. Any other missing parameter is an error.
+    """
+    return checkpointing.restore_weights(
+        path, split, fresh=functools.partial(self.fresh_lora, split))
+
+  def fresh_lora(self, split: Any, names: list[str]) -> dict[str, jax.Array]:
+    """``{name: array}``: this run's initial values of the LoRA factors
+    among ``names``, in the split's dtypes and shardings (only those leave
+    the jitted init; XLA drops the rest of the model's)."""
+    names = [n for n in names if n.rsplit("/", 1)[-1] in ("lora_a",
+                                                         "lora_b")]
+    if not names:
+      return {}
+    want = {path_name(p): x for tree in (split.abstract_params,
+                                         split.abstract_frozen)
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    seed = int(self.config.get("seed", 0))
+
+    def init():
+      state = nnx.to_pure_dict(nnx.state(self.build_model(nnx.Rngs(seed)),
+                                         nnx.LoRAParam))
+      flat = {path_name(p): x
+              for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+      return {n: flat[n].astype(want[n].dtype) for n in names}
+
+    shardings = {n: want[n].sharding for n in names}
+    if any(s is None for s in shardings.values()):
+      shardings = None
+    return jax.jit(init, out_shardings=shardings)()
 
   def encode(self, model: KiwiEdit, frames: jax.Array) -> jax.Array:
     """uint8[B, T, H, W, 3] -> latents in the DiT's dtype, no gradient."""

@@ -46,6 +46,16 @@ def test_14b_stage2_step_trains_lora_and_keeps_the_base_dit(
   # Copies: the step donates the state, whose buffers np.asarray may share.
   frozen_before = jax.tree.map(np.array, state.frozen)
   params_before = jax.tree.map(np.array, state.params)
+  # model_init from a stage-1 checkpoint (no DiT LoRA): the missing factors
+  # start as this run's own initial values; other names are not invented.
+  lora = ["dit/blocks/ffn/fc1/lora_a", "dit/blocks/cross_attn/q/lora_b"]
+  fresh = task.fresh_lora(split, lora + ["dit/blocks/ffn/fc1/kernel"])
+  assert sorted(fresh) == sorted(lora)
+  flat = {"/".join(str(getattr(k, "key", k)) for k in p): v for p, v in
+          jax.tree_util.tree_flatten_with_path(params_before)[0]}
+  for name in lora:
+    np.testing.assert_array_equal(np.asarray(fresh[name]), flat[name])
+  assert not np.any(flat["dit/blocks/cross_attn/q/lora_b"])
   # Two steps: the connector's output layer starts at zero (as in the
   # reference), so the MLLM gets gradients from the second step on.
   for _ in range(2):
