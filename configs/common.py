@@ -88,6 +88,7 @@ def kiwi_block(*, variant: str, family: str, stage: int, lora_rank: int,
                model: dict[str, Any] | None = None,
                batch_size: int = 1, num_workers: int = 0,
                dit_lora_rank: int = 0,
+               loss_weighting: str = "gaussian",
                lora_targets: tuple[str, ...] = MLLM_ATTENTION_LORA
                ) -> ml_collections.ConfigDict:
   """``config.kiwi``: what ``kiwi_jax.training.kiwi_task.KiwiTask`` reads.
@@ -107,6 +108,7 @@ def kiwi_block(*, variant: str, family: str, stage: int, lora_rank: int,
       "dit_lora_rank": dit_lora_rank,
       "model": model or {},
       "codec": codec,
+      "loss_weighting": loss_weighting,
       "unshuffle_factor": 2,
       "tokenizer_dir": tokenizer_dir,
       "seq_len": seq_len,

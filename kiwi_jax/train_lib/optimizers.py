@@ -48,6 +48,13 @@ class OptimizerConfig:
       reference's accelerate steps it once per process).
     grad_clip_norm: global-norm clipping threshold, None for none.
     grad_accum_steps: micro-batches per optimiser update.
+    decay: "none" (the reference: constant after warm-up) or "cosine"
+      (an option for short runs such as the CPU demo): the learning rate
+      follows a half cosine from ``learning_rate`` down to
+      ``learning_rate * decay_to`` over updates ``0..decay_steps``, times
+      the warm-up factor, and stays there.
+    decay_steps: optimiser updates the cosine spans (> 0 with "cosine").
+    decay_to: the final fraction of ``learning_rate``.
   """
   learning_rate: float = 1e-5
   weight_decay: float = 0.01
@@ -59,6 +66,9 @@ class OptimizerConfig:
   scheduler_steps_per_update: int = 1
   grad_clip_norm: float | None = 1.0
   grad_accum_steps: int = 1
+  decay: str = "none"
+  decay_steps: int = 0
+  decay_to: float = 0.0
 
   @classmethod
   def from_mapping(cls, values: Mapping[str, Any] | None) -> "OptimizerConfig":
@@ -74,6 +84,12 @@ class OptimizerConfig:
     if config.grad_accum_steps < 1:
       raise ValueError(
           f"grad_accum_steps must be >= 1, got {config.grad_accum_steps}.")
+    if config.decay not in ("none", "cosine"):
+      raise ValueError(f"decay={config.decay!r}; choose 'none' or "
+                       "'cosine'.")
+    if config.decay == "cosine" and config.decay_steps <= 0:
+      raise ValueError("decay='cosine' needs decay_steps > 0, got "
+                       f"{config.decay_steps}.")
     return config
 
 
@@ -85,6 +101,10 @@ def constant_lr_warmup(config: OptimizerConfig) -> optax.Schedule:
     scheduler_steps = count * config.scheduler_steps_per_update
     factor = jnp.where(scheduler_steps < config.warmup_steps,
                        config.warmup_factor, 1.0)
+    if config.decay == "cosine":
+      progress = jnp.minimum(count / config.decay_steps, 1.0)
+      cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+      factor = factor * (config.decay_to + (1.0 - config.decay_to) * cosine)
     return jnp.asarray(config.learning_rate * factor, jnp.float32)
 
   return schedule

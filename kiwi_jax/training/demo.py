@@ -73,6 +73,10 @@ def stage_config(config: Any, stage: int, records: dict, tok_dir: str,
   demo = config.demo
   out.total_steps = int(demo.stage_steps[stage - 1])
   out.optimizer.learning_rate = float(demo.learning_rates[stage - 1])
+  if demo.get("lr_decay", "none") != "none":
+    out.optimizer.decay = str(demo.lr_decay)
+    out.optimizer.decay_steps = out.total_steps
+    out.optimizer.decay_to = float(demo.get("decay_to", 0.0))
   out.model_init = model_init
   kiwi = out.kiwi
   kiwi.stage = stage

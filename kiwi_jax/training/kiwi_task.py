@@ -29,6 +29,8 @@ Config (``config.kiwi``)::
   tokenizer_dir: local Qwen tokenizer directory.
   seq_len, num_patches: fixed MLLM token / patch-slot counts per example
     (0: the smallest ``bucketing`` ladder entry that fits).
+  loss_weighting: "gaussian" (the reference, default) or "uniform"
+    (``flow_matching.TrainingGrid.from_schedule``).
   ref_tokens: reference rows in the context (static); references with
     fewer MLLM tokens are padded and masked out of the cross-attention.
   data: sources [{path, weight, name, max_frames}], fixed_size, batch_size,
@@ -40,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 from typing import Any
 
 import jax
@@ -47,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from kiwi_jax import sharding
 from kiwi_jax.data import examples as examples_lib
 from kiwi_jax.data import pipeline as data_pipeline
 from kiwi_jax.diffusion import flow_matching, sampler
@@ -59,7 +63,7 @@ from kiwi_jax.training import latent_codec, stages
 
 logger = logging.getLogger("kiwi_jax")
 
-_GRID = flow_matching.TrainingGrid.from_schedule("diffsynth")
+_PROCESSOR_LOCK = threading.Lock()
 
 
 def _replace_nested(obj: Any, changes: dict[str, Any]) -> Any:
@@ -110,6 +114,12 @@ class KiwiMllmHook:
     return {**self.__dict__, "_processor": None}
 
   def processor(self) -> processing.QwenProcessor:
+    # Grain's prefetch threads call the hook concurrently; transformers'
+    # lazy imports fail when two threads import the tokenizer at once.
+    with _PROCESSOR_LOCK:
+      return self._load_processor()
+
+  def _load_processor(self) -> processing.QwenProcessor:
     if self._processor is None:
       cfg = self.cfg
       self._processor = processing.QwenProcessor(
@@ -174,6 +184,9 @@ class KiwiTask:
     self.codec = (latent_codec.PixelUnshuffle(int(kiwi.unshuffle_factor))
                   if kiwi.codec == "pixel_unshuffle" else None)
     self.ref_tokens = int(kiwi.ref_tokens)
+    self.grid = flow_matching.TrainingGrid.from_schedule(
+        "diffsynth", str(kiwi.get("loss_weighting", "gaussian")))
+    self.sample_batches: dict[str, Any] | None = None
     self.hook = KiwiMllmHook(str(kiwi.tokenizer_dir), self.model_cfg,
                              int(kiwi.seq_len), int(kiwi.num_patches))
 
@@ -272,7 +285,7 @@ class KiwiTask:
           context_mask=_mask_or_none(cond, ref))
 
     loss, aux = flow_matching.flow_matching_loss(velocity, target, rng,
-                                                 _GRID)
+                                                 self.grid)
     return loss, {"mse": aux["mse"], "sigma": aux["sigma"]}
 
   # -- Editing (sample videos, the demo's evaluation).
@@ -289,15 +302,45 @@ class KiwiTask:
                             jax.random.key(seed)))
 
   def sample(self, model: KiwiEdit, step: int, writer: Any) -> None:
-    """Writes ``source | edit | target`` videos every ``sample_every``
-    steps, of the device batches a caller put in ``self.sample_batches``
-    (``{name: batch of one}``; none by default)."""
-    for name, batch in getattr(self, "sample_batches", {}).items():
-      edited = self.edit(model, batch, num_steps=int(
-          self.config.kiwi.get("sample_steps", 10)))
-      writer.write_videos(step, {name: side_by_side(
-          np.asarray(batch["source_video"])[0], unit_to_uint8(edited[0]),
-          np.asarray(batch["target_video"])[0])})
+    """Writes ``source | edit | target`` videos (the trainer calls it every
+    ``sample_every`` steps): of ``self.sample_batches`` (``{name: device
+    batch of one}``) when a caller set it, else of the first
+    ``kiwi.sample_count`` (default 1) examples of every data source, in
+    file order, edited with ``kiwi.sample_steps`` (default 10) steps."""
+    if self.sample_batches is None:
+      self.sample_batches = self.default_sample_batches()
+    num_steps = int(self.config.kiwi.get("sample_steps", 10))
+    for name, batch in self.sample_batches.items():
+      edited = unit_to_uint8(self.edit(model, batch, num_steps=num_steps)[0])
+      source, target = (self._pixels(model, batch, n) for n in
+                        ("source", "target"))
+      writer.write_videos(step, {name: side_by_side(source, edited,
+                                                    target)})
+
+  def default_sample_batches(self) -> dict[str, dict[str, Any]]:
+    """``{"sample/<source>/<i>": replicated device batch of one}``."""
+    count = int(self.config.kiwi.get("sample_count", 1))
+    mesh = sharding.mesh_from_config(self.config)
+    replicated = jax.sharding.NamedSharding(mesh,
+                                            jax.sharding.PartitionSpec())
+    batches = {}
+    for spec in self.source_specs():
+      iterator = data_pipeline.make_iterator(
+          [spec], self.example_config(1), data_pipeline.PipelineConfig(
+              batch_size=1, shuffle=False, num_epochs=1),
+          mllm_transform=self.hook)
+      for index, host in zip(range(count), iterator):
+        self._check_reference_tokens(host)
+        batches[f"sample/{spec.name}/{index}"] = jax.device_put(
+            _numeric(host), replicated)
+    return batches
+
+  def _pixels(self, model, batch, name) -> np.ndarray:
+    """uint8[T, H, W, 3] of a batch of one (decoded from cached latents)."""
+    if f"{name}_video" in batch:
+      return np.asarray(batch[f"{name}_video"])[0]
+    return unit_to_uint8(np.asarray(self.decode(
+        model, batch[f"{name}_latents"]))[0])
 
   # -- Data.
 
@@ -328,9 +371,12 @@ class KiwiTask:
   def global_batch(self, host_batch: dict[str, Any], mesh) -> dict[str, Any]:
     """Drops the text fields, checks the reference token count, and makes
     global arrays."""
-    numeric = {k: v for k, v in host_batch.items()
-               if k in ("source_video", "target_video", "ref_image", "mllm",
-                        "source_latents", "target_latents", "ref_latents")}
+    numeric = _numeric(host_batch)
+    self._check_reference_tokens(host_batch)
+    return data_pipeline.to_global_batch(numeric, mesh)
+
+  def _check_reference_tokens(self, host_batch: dict[str, Any]) -> None:
+    numeric = _numeric(host_batch)
     if "ref_image" in numeric or "ref_latents" in numeric:
       span = np.asarray(host_batch["mllm"]["ref_span"])
       counts = span[:, 1] - span[:, 0]
@@ -341,7 +387,6 @@ class KiwiTask:
             f"padded count) is {self.ref_tokens}. Raise kiwi.ref_tokens "
             f"(at most max_ref_tokens={self.model_cfg.max_ref_tokens}) or "
             "shrink the references (data.max_pixels).")
-    return data_pipeline.to_global_batch(numeric, mesh)
 
   def batch_counts(self, batch: dict[str, Any]) -> dict[str, int]:
     video = batch.get("target_video", batch.get("target_latents"))
@@ -368,6 +413,13 @@ def _edit(task: KiwiTask, graphdef, state, batch, num_steps: int, key):
         ref_latents=ref, context_mask=_mask_or_none(cond, ref))
 
   return task.decode(model, sampler.euler_loop(velocity, noise, plan))
+
+
+def _numeric(host_batch: dict[str, Any]) -> dict[str, Any]:
+  """The fields the model reads (drops keys, prompts and other text)."""
+  return {k: v for k, v in host_batch.items()
+          if k in ("source_video", "target_video", "ref_image", "mllm",
+                   "source_latents", "target_latents", "ref_latents")}
 
 
 def _mask_or_none(cond: Any, ref: jax.Array | None) -> jax.Array | None:

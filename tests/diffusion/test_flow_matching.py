@@ -84,3 +84,17 @@ def test_flow_matching_loss_end_to_end():
   np.testing.assert_allclose(aux["sigma"], level.sigma)
   with pytest.raises(ValueError, match="velocity_fn returned shape"):
     fm.flow_matching_loss(lambda z, t, s: z[:, :1], clean, key, GRID)
+
+
+def test_uniform_weighting_option():
+  uniform = fm.TrainingGrid.from_schedule("diffsynth", "uniform")
+  np.testing.assert_array_equal(uniform.weights, np.ones(1000, np.float32))
+  np.testing.assert_array_equal(uniform.sigmas, GRID.sigmas)
+  # The reference's bump starves the noisiest draws (where sampling starts).
+  noisy = GRID.sigmas > 0.95
+  assert GRID.weights[noisy].sum() / GRID.weights.sum() < 0.05
+  assert noisy.mean() > 0.2
+  level = fm.noise_level_at(uniform, jnp.arange(10))
+  np.testing.assert_array_equal(level.weight, np.ones(10))
+  with pytest.raises(ValueError, match="weighting='logit'"):
+    fm.TrainingGrid.from_schedule("diffsynth", "logit")

@@ -27,6 +27,22 @@ def test_constant_lr_warmup_is_torch_default():
       pytest.approx(3e-5))
 
 
+def test_cosine_decay_option():
+  config = optimizers.OptimizerConfig.from_mapping(
+      {"learning_rate": 2e-3, "decay": "cosine", "decay_steps": 100,
+       "decay_to": 0.1})
+  schedule = optimizers.constant_lr_warmup(config)
+  lrs = np.array([float(schedule(i)) for i in (0, 4, 5, 50, 100, 150)])
+  cos = lambda f: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * f))  # noqa: E731
+  expected = 2e-3 * np.array([cos(0) / 3, cos(0.04) / 3, cos(0.05),
+                              cos(0.5), 0.1, 0.1])
+  np.testing.assert_allclose(lrs, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="decay_steps"):
+    optimizers.OptimizerConfig.from_mapping({"decay": "cosine"})
+  with pytest.raises(ValueError, match="'none' or 'cosine'"):
+    optimizers.OptimizerConfig.from_mapping({"decay": "linear"})
+
+
 def test_config_from_mapping_rejects_unknown_keys():
   config = optimizers.OptimizerConfig.from_mapping({"learning_rate": 2e-5})
   assert config.learning_rate == 2e-5 and config.weight_decay == 0.01

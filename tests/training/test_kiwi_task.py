@@ -165,3 +165,42 @@ def test_padded_reference_rows_are_masked_out(kiwi_batches,
                                            ref_tokens - 1))
   with pytest.raises(ValueError, match="padded count"):
     _global(too_few, batches["reference"])
+
+
+class _VideoWriter:
+
+  def __init__(self):
+    self.videos = {}
+
+  def write_videos(self, step, videos, fps=15.0):
+    del fps
+    self.videos.update({(step, k): v for k, v in videos.items()})
+
+
+def test_sample_writes_edits_of_the_first_examples(tmp_path,
+                                                   tiny_tokenizer_dir):
+  """``sample_every`` videos: ``source | edit | target`` of the first
+  example of each data source, in file order."""
+  from kiwi_jax.data import refvie_mini  # pylint: disable=g-import-not-at-top
+  from tests.training.conftest import MINI  # pylint: disable=g-import-not-at-top
+  csvs = refvie_mini.write_dataset(tmp_path / "media", num_videos=2,
+                                   num_images=0, seed=0, cfg=MINI)
+  records = refvie_mini.build_records(tmp_path / "media", tmp_path / "rec",
+                                      csvs, cfg=MINI)
+  del records
+  config = kiwi_config(2, tiny_tokenizer_dir, 0)
+  config.unlock()
+  config.kiwi.data.sources = [{"path": str(tmp_path / "rec" / "video"),
+                               "weight": 1.0, "name": "video",
+                               "max_frames": 5}]
+  config.kiwi.sample_steps = 2
+  config.lock()
+  task = kiwi_task.KiwiTask(config)
+  writer = _VideoWriter()
+  task.sample(task.build_model(nnx.Rngs(0)), 7, writer)
+  assert list(writer.videos) == [(7, "sample/video/0")]
+  video = writer.videos[7, "sample/video/0"]
+  assert video.shape == (5, 32, 96, 3) and video.dtype == np.uint8
+  first = refvie_mini.make_sample(0, 0, MINI)
+  np.testing.assert_array_equal(video[:, :, :32], first.source)
+  np.testing.assert_array_equal(video[:, :, 64:], first.target)
