@@ -73,6 +73,12 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+# Qwen LoRA targets of the Kiwi scripts (peft names, spec 4.2): q/k/v/o in
+# the 5B scripts, plus the MLP's gate/up/down in the 14B scripts.
+MLLM_ATTENTION_LORA = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLLM_ALL_LORA = MLLM_ATTENTION_LORA + ("gate_proj", "up_proj", "down_proj")
+
+
 def kiwi_block(*, variant: str, family: str, stage: int, lora_rank: int,
                sources: list[dict[str, Any]], tokenizer_dir: str,
                max_pixels: int, size_multiple: int = 32,
@@ -82,19 +88,23 @@ def kiwi_block(*, variant: str, family: str, stage: int, lora_rank: int,
                model: dict[str, Any] | None = None,
                batch_size: int = 1, num_workers: int = 0,
                dit_lora_rank: int = 0,
-               loss_weighting: str = "gaussian"
+               loss_weighting: str = "gaussian",
+               lora_targets: tuple[str, ...] = MLLM_ATTENTION_LORA
                ) -> ml_collections.ConfigDict:
   """``config.kiwi``: what ``kiwi_jax.training.kiwi_task.KiwiTask`` reads.
 
   ``sources``: ``[{path, weight, name, max_frames}]``, mixed batch by batch
   (spec 4.4). ``seq_len``/``num_patches`` 0 pad the MLLM inputs to the
-  bucket ladders of ``kiwi_jax.models.mllm.bucketing``.
+  bucket ladders of ``kiwi_jax.models.mllm.bucketing``. ``lora_rank`` /
+  ``lora_targets``: the Qwen LoRA; ``dit_lora_rank``: the DiT LoRA (14B
+  stage 2).
   """
   return ml_collections.ConfigDict({
       "variant": variant,
       "variant_family": family,
       "stage": stage,
       "mllm_lora_rank": lora_rank,
+      "mllm_lora_targets": tuple(lora_targets),
       "dit_lora_rank": dit_lora_rank,
       "model": model or {},
       "codec": codec,

@@ -12,12 +12,12 @@ stage  data             frames  max px   LR    accum  trains
                                 LR 5e-6)
 =====  ===============  ======  =======  ====  =====  ==================
 
-The reference puts LoRA on Qwen's q,k,v,o,gate,up,down (r256) and on the
-DiT's attention and FFN (r128). kiwi_jax's Qwen LoRA covers q,k,v,o and
-WanDiT has no LoRA layers yet, so stage 2 here trains the queries,
-connector, Qwen q/k/v/o LoRA and ``vae_condition`` (``dit_lora_rank`` 0);
-the README's released models are all 5B. The 14B DiT works on 16-pixel
-multiples (VAE 8 x patch 2, spec 4.5) and the MLLM sees at most 10 frames.
+As in the reference, LoRA (scale 1, ``lora_b`` zero at init) sits on
+Qwen's q,k,v,o,gate,up,down (r256, both stages) and, in stage 2, on the
+DiT blocks' self/cross-attention q,k,v,o and FFN ``ffn.0``/``ffn.2`` (r128),
+whose base weights stay frozen; the README's released models are all 5B.
+The 14B DiT works on 16-pixel multiples (VAE 8 x patch 2, spec 4.5) and the
+MLLM sees at most 10 frames.
 """
 
 from configs import common
@@ -47,7 +47,8 @@ def get_config(arg: str | None = None):
   config.kiwi = common.kiwi_block(
       variant="kiwi-14b", family="14b", stage=arg.stage, lora_rank=256,
       sources=sources, tokenizer_dir=arg.tokenizer, max_pixels=max_pixels,
-      size_multiple=16, ref_tokens=384, dit_lora_rank=0)
+      size_multiple=16, ref_tokens=384, lora_targets=common.MLLM_ALL_LORA,
+      dit_lora_rank=128 if arg.stage == 2 else 0)
   config.optimizer = common.optimizer(lr, accum)
   config.precision = {"master_dtype": "float32",
                       "compute_dtype": "bfloat16", "frozen_dtype": None}

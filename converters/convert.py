@@ -59,7 +59,10 @@ def _add_source_flags(p: argparse.ArgumentParser, layout: str) -> None:
                  help="Wan DiT safetensors file or shard directory")
   p.add_argument("--vae", required=True, help="Wan2.2_VAE.pth")
   p.add_argument("--qwen", required=True, help="Qwen2.5-VL directory")
-  p.add_argument("--lora", choices=kiwi_sources.LORA_MODES, default="merge")
+  p.add_argument("--lora", choices=kiwi_sources.LORA_MODES, default="merge",
+                 help="merge the LoRA factors into the weights, or keep "
+                 "them as LoRA parameters (Qwen q/k/v/o and MLP, DiT "
+                 "attention and FFN; the 14B stage 2 continues from them)")
   p.add_argument("--ref-pad-first", type=_bool, default=None,
                  help="true|false; required for reference-mode checkpoints")
 

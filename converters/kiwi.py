@@ -30,7 +30,7 @@ from converters.kiwi_sources import KiwiSources
 from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
 from kiwi_jax.models.kiwi.model import abstract_kiwi
-from kiwi_jax.models.mllm.lora import LORA_TARGETS
+from kiwi_jax.models.mllm.lora import ATTENTION_TARGETS
 
 _EMBEDDERS = ("vae_condition.", "ref_vae_condition.")
 
@@ -57,14 +57,20 @@ def _connector_maps(name: str, path: str) -> list[KeyMap]:
 
 def keymaps(cfg: KiwiEditConfig) -> list[KeyMap]:
   """The conversion plan: canonical key -> ``KiwiEdit`` state path."""
-  maps = _moved(wan_dit.keymaps(cfg.dit, "wan"), "dit.", ("dit",))
+  dit_maps = wan_dit.keymaps(cfg.dit, "wan")
+  if cfg.dit.lora_rank:  # kept factors carry no peft adapter name
+    dit_maps += wan_dit.lora_keymaps(cfg.dit, "wan", adapter=None)
+  maps = _moved(dit_maps, "dit.", ("dit",))
   maps += _moved(wan_vae.keymaps(cfg.vae, "original"), "vae.", ("vae",))
   maps += _moved(qwen2_5_vl.keymaps(cfg.mllm, "hub"), "qwen.", ("mllm",))
-  if cfg.mllm.text.lora_rank:
-    for i in range(cfg.mllm.text.num_layers):
-      for proj in LORA_TARGETS:
-        torch = f"qwen.model.layers.{i}.self_attn.{proj}"
-        path = ("mllm", "language_model", "layers", i, "self_attn", proj)
+  text = cfg.mllm.text
+  if text.lora_rank:
+    for i in range(text.num_layers):
+      for proj in text.lora_targets:
+        module = "self_attn" if proj in ATTENTION_TARGETS else "mlp"
+        torch = f"qwen.model.layers.{i}.{module}.{proj}"
+        path = ("mllm", "language_model", "layers", i, module, proj)
+        # torch A (r, in) / B (out, r) -> lora_a [in, r] / lora_b [r, out].
         maps.append(KeyMap(f"{torch}.lora_A.weight", path + ("lora_a",),
                            LINEAR))
         maps.append(KeyMap(f"{torch}.lora_B.weight", path + ("lora_b",),
@@ -84,8 +90,9 @@ def config_for(sources: KiwiSources, base: KiwiEditConfig) -> KiwiEditConfig:
   """``base`` with the parts ``sources`` lacks switched off.
 
   Query counts come from the tensors, ``ref_pad_first`` from the source
-  (an error if a reference-capable checkpoint does not say), the LoRA rank
-  from kept LoRA factors, ``max_ref_tokens`` from the diffusers MLLM config.
+  (an error if a reference-capable checkpoint does not say), the LoRA
+  ranks and Qwen targets from kept LoRA factors, ``max_ref_tokens`` from
+  the diffusers MLLM config.
   """
   ckpt = sources.checkpoint
 
@@ -101,9 +108,12 @@ def config_for(sources: KiwiSources, base: KiwiEditConfig) -> KiwiEditConfig:
   dit = base.dit.replace(
       source_condition=sources.has("vae_condition"),
       reference_condition=has_ref,
-      ref_pad_first=bool(sources.ref_pad_first) if has_ref else False)
-  mllm = base.mllm.replace(text=dataclasses.replace(
-      base.mllm.text, lora_rank=sources.lora_rank))
+      ref_pad_first=bool(sources.ref_pad_first) if has_ref else False,
+      lora_rank=sources.dit_lora_rank)
+  text = dataclasses.replace(base.mllm.text, lora_rank=sources.lora_rank)
+  if sources.lora_targets:
+    text = dataclasses.replace(text, lora_targets=sources.lora_targets)
+  mllm = base.mllm.replace(text=text)
   max_ref = sources.mllm_config.get("max_object_token", base.max_ref_tokens)
   return base.replace(
       dit=dit, mllm=mllm,
@@ -160,6 +170,8 @@ def report(sources: KiwiSources, cfg: KiwiEditConfig) -> dict[str, Any]:
       "lora": (sources.lora if sources.layout == "diffsynth"
                else "merged in source"),
       "mllm_lora_rank_kept": sources.lora_rank,
+      "mllm_lora_targets_kept": list(sources.lora_targets),
+      "dit_lora_rank_kept": sources.dit_lora_rank,
       "ref_pad_first": cfg.dit.ref_pad_first,
       "modes": list(cfg.modes()),
   }

@@ -31,6 +31,8 @@ import numpy as np
 from converters import kiwi_names as names
 from converters.checkpoint_io import (Checkpoint, CheckpointError,
                                       open_checkpoint)
+# peft target names, in the order of ``QwenTextConfig.lora_targets``.
+from kiwi_jax.models.mllm.config import LORA_TARGET_NAMES
 
 LORA_MODES = ("merge", "keep")
 COMPONENTS = ("dit", "vae", "qwen", "image_queries", "video_queries",
@@ -41,10 +43,15 @@ _WEIGHT_FILE = re.compile(r"(model|pytorch_model|diffusion_pytorch_model)"
                           r"([-.].*)?\.(safetensors|bin)(\.index\.json)?")
 
 
-# LoRA that kiwi_jax can keep as separate factors: the Qwen decoder's
-# attention projections (``kiwi_jax.models.mllm.lora``). Any other LoRA (the
-# 14B scripts' MLLM MLP and DiT LoRA) is always merged.
-_KEEPABLE = re.compile(r"qwen\.model\.layers\.\d+\.self_attn\.[qkvo]_proj")
+# LoRA that kiwi_jax can keep as separate factors (``kiwi_jax.layers.lora``):
+# the Qwen decoder's attention and MLP projections (``lora_targets``) and
+# the Wan DiT blocks' attention q/k/v/o and FFN linears (the 14B scripts).
+# LoRA on anything else is always merged.
+_KEEPABLE_QWEN = re.compile(
+    r"qwen\.model\.layers\.\d+\.(self_attn\.(?P<attn>[qkvo]_proj)|"
+    r"mlp\.(?P<mlp>gate_proj|up_proj|down_proj))")
+_KEEPABLE_DIT = re.compile(r"dit\.blocks\.\d+\.((self|cross)_attn\.[qkvo]|"
+                           r"ffn\.[02])")
 
 
 @dataclasses.dataclass
@@ -71,7 +78,10 @@ class KiwiSources:
     processor_files: tokenizer / processor files to ship with the model.
     lora: ``"merge"`` or ``"keep"``; kept LoRA factors appear as
       ``<target>.lora_A.weight`` / ``.lora_B.weight``.
-    lora_rank: rank of the MLLM LoRA (0 without LoRA).
+    lora_rank: rank of the kept MLLM LoRA (0 without kept LoRA).
+    lora_targets: the Qwen projections with kept LoRA factors (peft
+      names, e.g. ``("q_proj", ..., "down_proj")``; empty without).
+    dit_lora_rank: rank of the kept DiT LoRA (0 without kept LoRA).
     problems: layout problems found while reading (``missing``,
       ``unexpected``, ``misshaped`` lists); the converter reports them
       together with the model plan's own, before writing anything.
@@ -88,6 +98,8 @@ class KiwiSources:
   lora: str
   lora_rank: int
   problems: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+  lora_targets: tuple[str, ...] = ()
+  dit_lora_rank: int = 0
 
   def has(self, component: str) -> bool:
     return self.report.get(component, "absent") != "absent"
@@ -135,9 +147,15 @@ class _Builder:
                  raw: str) -> None:
     self.factors.setdefault(target, {})[ab] = (ckpt, raw)
 
-  def resolve_lora(self) -> int:
-    """Merges (or keeps) every LoRA pair; returns the MLLM rank."""
-    ranks = set()
+  def resolve_lora(self) -> dict[str, Any]:
+    """Merges (or keeps) every LoRA pair.
+
+    Returns:
+      ``{"qwen": rank, "dit": rank, "qwen_targets": (peft names)}`` of the
+      kept factors (rank 0 when none is kept).
+    """
+    ranks = {"qwen": set(), "dit": set()}
+    qwen_targets = set()
     for target, pair in sorted(self.factors.items()):
       if set(pair) != {"A", "B"}:
         have = next(iter(pair))
@@ -160,16 +178,24 @@ class _Builder:
         self.misshaped.append(f"{cb.source}:{rb} {b_shape} @ {ra} {a_shape} "
                               f"does not fit {weight} {base.shape}")
         continue
-      if self.lora == "keep" and _KEEPABLE.fullmatch(target):
-        ranks.add(a_shape[0])
+      qwen = _KEEPABLE_QWEN.fullmatch(target)
+      dit = _KEEPABLE_DIT.fullmatch(target)
+      if self.lora == "keep" and (qwen or dit):
+        ranks["qwen" if qwen else "dit"].add(a_shape[0])
+        if qwen:
+          qwen_targets.add(qwen.group("attn") or qwen.group("mlp"))
         self.add(f"{target}.lora_A.weight", ca, ra)
         self.add(f"{target}.lora_B.weight", cb, rb)
       else:
         self.tensors[weight] = _merged(base, ca, ra, cb, rb)
-    if len(ranks) > 1:
-      self.misshaped.append(f"MLLM LoRA factors have different ranks "
-                            f"{sorted(ranks)}")
-    return ranks.pop() if ranks else 0
+    for part, name in (("qwen", "MLLM"), ("dit", "DiT")):
+      if len(ranks[part]) > 1:
+        self.misshaped.append(f"{name} LoRA factors have different ranks "
+                              f"{sorted(ranks[part])}")
+    return {"qwen": max(ranks["qwen"], default=0),
+            "dit": max(ranks["dit"], default=0),
+            "qwen_targets": tuple(t for t in LORA_TARGET_NAMES
+                                  if t in qwen_targets)}
 
   def problems(self) -> dict[str, list[str]]:
     return {"missing": sorted(self.missing),
@@ -311,7 +337,7 @@ def from_diffsynth(kiwi_checkpoint, base_dit, vae, qwen_dir, *,
   for component in lora_on:
     origins[component] += (f" + LoRA from {kiwi.source} "
                           f"({dict(merge='merged', keep='kept')[lora]})")
-  rank = b.resolve_lora()
+  kept = b.resolve_lora()
   source = f"DiffSynth Kiwi checkpoint {kiwi.source}"
   dit_dir = pathlib.Path(base_dit)
   dit_dir = dit_dir if dit_dir.is_dir() else dit_dir.parent
@@ -320,8 +346,9 @@ def from_diffsynth(kiwi_checkpoint, base_dit, vae, qwen_dir, *,
       report=_component_report(b, origins), ref_pad_first=ref_pad_first,
       qwen_config=_read_json(qwen_dir / "config.json"), mllm_config={},
       dit_config=_read_json(dit_dir / "config.json"), vae_config={},
-      processor_files=_processor_files(qwen_dir), lora=lora, lora_rank=(
-          rank if lora == "keep" else 0), problems=b.problems())
+      processor_files=_processor_files(qwen_dir), lora=lora,
+      lora_rank=kept["qwen"], lora_targets=kept["qwen_targets"],
+      dit_lora_rank=kept["dit"], problems=b.problems())
 
 
 def _open_weights(folder: pathlib.Path, pattern: str) -> Checkpoint | None:

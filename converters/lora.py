@@ -12,10 +12,11 @@ same lazily, one tensor at a time, so the assigner can stream from them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from converters.assign import KeyMap, export
 from converters.checkpoint_io import Checkpoint, CheckpointError
 
 _LORA = re.compile(r"(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)"
@@ -93,3 +94,24 @@ def merge_lora(ckpt: Checkpoint, scale: float = 1.0,
     return merged if item is None else merged[item]
 
   return Checkpoint(f"{ckpt.source} (LoRA merged)", index, reader)
+
+
+def export_merged(state, maps: Sequence[KeyMap],
+                  lora_maps: Sequence[KeyMap] = (), scale: float = 1.0
+                  ) -> Iterator[tuple[str, np.ndarray]]:
+  """:func:`~converters.assign.export` of ``maps`` with LoRA folded in.
+
+  ``lora_maps`` name the factors ``<module>.lora_A.weight`` /
+  ``<module>.lora_B.weight`` (no adapter); each exported
+  ``<module>.weight`` with a pair becomes ``W + scale * B @ A`` in fp32,
+  cast back to W's dtype. The factors themselves are not written.
+  """
+  lora = dict(export(state, list(lora_maps))) if lora_maps else {}
+  for key, value in export(state, list(maps)):
+    module = key[:-len(".weight")]
+    if f"{module}.lora_B.weight" in lora:
+      b = np.asarray(lora[f"{module}.lora_B.weight"], np.float32)
+      a = np.asarray(lora[f"{module}.lora_A.weight"], np.float32)
+      value = (np.asarray(value, np.float32) + scale * (b @ a)).astype(
+          np.asarray(value).dtype)
+    yield key, value

@@ -24,17 +24,20 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 from flax import nnx
 
 from converters.assign import (CONV, IDENTITY, LINEAR, KeyMap, assign,
                                compose, export, reshape, save_safetensors)
 from converters.checkpoint_io import (Checkpoint, CheckpointError,
                                       open_checkpoint)
-from converters.lora import merge_lora, overlay
+from converters.lora import export_merged, merge_lora, overlay
+from kiwi_jax.layers.lora import lora_layers
 from kiwi_jax.models.dit import WanDiT, WanDiTConfig
 
 LAYOUTS = ("wan", "diffusers")
@@ -43,6 +46,7 @@ LAYOUTS = ("wan", "diffusers")
 STRIP_PREFIXES = ("dit.", "model.")
 # Kiwi training checkpoints carry the MLLM side too; its converter reads it.
 IGNORE_UNUSED = (r"mllm\..*",)
+_LORA_FACTOR = re.compile(r".+\.lora_[AB](\.[^.]+)?\.weight")
 
 # JAX sub-path -> (wan name, diffusers name) for a block's linear layers.
 _BLOCK_LINEARS = {
@@ -141,6 +145,35 @@ def keymaps(cfg: WanDiTConfig, layout: str = "wan") -> list[KeyMap]:
   return maps
 
 
+def lora_keymaps(cfg: WanDiTConfig, layout: str = "wan",
+                 adapter: str | None = "default") -> list[KeyMap]:
+  """The plan for the blocks' LoRA factors (``cfg.lora_rank`` > 0).
+
+  Torch keys are peft's ``blocks.{i}.<linear>.lora_A.<adapter>.weight``
+  (A (r, in)) and ``...lora_B...`` (B (out, r)) on every block linear
+  (``self_attn`` / ``cross_attn`` ``q, k, v, o``, ``ffn.0``, ``ffn.2``; spec
+  7.2), without ``.<adapter>`` when ``adapter`` is None. They fill
+  ``lora_a`` [in, r] and ``lora_b`` [r, out] (transposed) at layer ``i``.
+  """
+  if layout not in LAYOUTS:
+    raise ValueError(f"Unknown layout {layout!r}; use one of {LAYOUTS}.")
+  col = LAYOUTS.index(layout)
+  mid = "." if adapter is None else f".{adapter}."
+  maps = []
+  for i in range(cfg.num_layers):
+    for path, names in _BLOCK_LINEARS.items():
+      for ab in ("A", "B"):
+        maps.append(KeyMap(f"blocks.{i}.{names[col]}.lora_{ab}{mid}weight",
+                           ("blocks",) + path + (f"lora_{ab.lower()}",),
+                           LINEAR, layer=i))
+  return maps
+
+
+def has_lora(ckpt: Checkpoint) -> bool:
+  """Whether ``ckpt`` holds peft LoRA factors (``*.lora_A.*.weight``)."""
+  return any(_LORA_FACTOR.fullmatch(k) for k in ckpt)
+
+
 def detect_layout(ckpt: Checkpoint) -> str:
   """``"diffusers"`` or ``"wan"`` from the checkpoint's key names."""
   if "condition_embedder.time_proj.weight" in ckpt:
@@ -187,13 +220,16 @@ def open_diffusers(transformer: str | os.PathLike,
 def load_wan_dit(ckpt: Checkpoint | str | os.PathLike, cfg: WanDiTConfig, *,
                  base: Checkpoint | str | os.PathLike | None = None,
                  layout: str | None = None, mesh=None, dtype: Any = None,
-                 ignore_unused=IGNORE_UNUSED) -> WanDiT:
+                 ignore_unused=IGNORE_UNUSED, seed: int = 0) -> WanDiT:
   """Builds a :class:`WanDiT` from a PyTorch checkpoint, streaming.
 
   Args:
     ckpt: a :class:`Checkpoint` or a path (safetensors file or folder,
       ``.pth``); paths get the ``dit.`` / ``model.`` prefixes stripped. PEFT
-      LoRA pairs in it (Kiwi's 14B DiT LoRA) are merged into their weights.
+      LoRA pairs in it (Kiwi's 14B DiT LoRA) are merged into their weights
+      when ``cfg.lora_rank`` is 0 and kept as the model's LoRA factors
+      otherwise; a ``cfg.lora_rank`` model loaded from a checkpoint without
+      LoRA gets fresh factors (``lora_b`` zero, seeded by ``seed``).
     base: the base Wan DiT under a partial (e.g. LoRA-only) Kiwi training
       checkpoint; ``ckpt``'s tensors replace or LoRA-update its tensors.
     cfg: model config; its ``param_dtype`` is the stored dtype unless
@@ -213,13 +249,29 @@ def load_wan_dit(ckpt: Checkpoint | str | os.PathLike, cfg: WanDiTConfig, *,
     if not isinstance(base, Checkpoint):
       base = open_checkpoint(base, strip_prefixes=STRIP_PREFIXES)
     ckpt = overlay(base, ckpt, skip=ignore_unused)
-  ckpt = merge_lora(ckpt)
+  keep = bool(cfg.lora_rank) and has_lora(ckpt)
+  if not keep:
+    ckpt = merge_lora(ckpt)
   layout = layout or detect_layout(ckpt)
-  graphdef, abstract = nnx.split(
-      nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
-  state = assign(abstract, keymaps(cfg, layout), ckpt, dtype=dtype,
-                 mesh=mesh, ignore_unused=ignore_unused)
-  return nnx.merge(graphdef, state)
+
+  def ctor():
+    return WanDiT(cfg, rngs=nnx.Rngs(seed))
+
+  maps = keymaps(cfg, layout)
+  if keep:
+    graphdef, abstract = nnx.split(nnx.eval_shape(ctor))
+    state = assign(abstract, maps + lora_keymaps(cfg, layout), ckpt,
+                   dtype=dtype, mesh=mesh, ignore_unused=ignore_unused)
+    return nnx.merge(graphdef, state)
+  graphdef, lora_abstract, base_abstract = nnx.split(
+      nnx.eval_shape(ctor), nnx.LoRAParam, ...)
+  base_state = assign(base_abstract, maps, ckpt, dtype=dtype, mesh=mesh,
+                      ignore_unused=ignore_unused)
+  lora = lora_abstract
+  if jax.tree.leaves(lora_abstract):
+    # Only the LoRA factors leave the jitted init; XLA drops the rest.
+    lora = jax.jit(lambda: nnx.state(ctor(), nnx.LoRAParam))()
+  return nnx.merge(graphdef, lora, base_state)
 
 
 def load_kiwi_diffusers(root: str | os.PathLike, *, mesh=None,
@@ -307,10 +359,15 @@ def save_diffusers(model: WanDiT, transformer_dir: str | os.PathLike, *,
 
   The conditional embedders go to Kiwi's ``source_embedder`` /
   ``ref_embedder`` folders when the model has them and a folder is given.
+  LoRA factors (``cfg.lora_rank`` > 0) are merged into the weights written
+  (``W + B @ A`` in fp32), unless the model is already merged.
   """
   cfg = model.cfg
   state = nnx.state(model, nnx.Param)
   maps = keymaps(cfg, "diffusers")
+  merged = any(layer.merged for layer in lora_layers(model))
+  lora_maps = (lora_keymaps(cfg, "diffusers", adapter=None)
+               if cfg.lora_rank and not merged else [])
   targets = [("", pathlib.Path(transformer_dir), diffusers_config(cfg))]
   for flag, prefix, folder, pad_first in (
       (cfg.source_condition, "vae_condition.", source_embedder_dir, False),
@@ -328,7 +385,7 @@ def save_diffusers(model: WanDiT, transformer_dir: str | os.PathLike, *,
       items = ((k[len(prefix):], v) for k, v in export(state, part))
     else:
       part = [m for m in maps if not m.torch_key.startswith(embedder_prefixes)]
-      items = export(state, part)
+      items = export_merged(state, part, lora_maps)
     folder.mkdir(parents=True, exist_ok=True)
     save_safetensors(items, folder / "diffusion_pytorch_model.safetensors")
     _write_json(config, folder / "config.json")

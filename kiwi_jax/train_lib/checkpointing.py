@@ -149,14 +149,23 @@ def _unflatten_like(abstract: Any, flat: dict[str, Any]) -> Any:
       treedef, [flat[path_name(p)] for p, _ in paths])
 
 
-def restore_weights(path: str | epath.PathLike,
-                    split: ModelSplit) -> tuple[Any, Any]:
+def restore_weights(path: str | epath.PathLike, split: ModelSplit, *,
+                    fresh: Callable[[list[str]], dict[str, Any]] | None = None
+                    ) -> tuple[Any, Any]:
   """Restores only the weights of a checkpoint, re-split for ``split``.
 
   The source's trainable and frozen trees are merged into one model tree,
   checked against this run's model (missing, unexpected and mis-shaped
   parameters are listed together), then split by this run's trainable set
   and cast to its dtypes, straight into its shardings.
+
+  Args:
+    path: a checkpoint directory of this trainer (or one step of it).
+    split: this run's trainable/frozen split.
+    fresh: ``missing names -> {name: array}`` for parameters this run may
+      start fresh although the checkpoint lacks them (e.g. LoRA factors
+      that a previous curriculum stage did not have); names it does not
+      return stay missing. None: every missing parameter is an error.
 
   Returns:
     ``(params, frozen)`` pure dicts.
@@ -171,6 +180,8 @@ def restore_weights(path: str | epath.PathLike,
   want = {**_flat(split.abstract_params), **_flat(split.abstract_frozen)}
   by_name = {name: (key, meta) for key, (name, meta) in saved_flat.items()}
   missing = sorted(set(want) - set(by_name))
+  fresh_values = fresh(missing) if (fresh is not None and missing) else {}
+  missing = [n for n in missing if n not in fresh_values]
   unexpected = sorted(set(by_name) - set(want))
   misshaped = sorted(
       f"{n}: checkpoint {tuple(by_name[n][1].shape)} vs model "
@@ -196,7 +207,7 @@ def restore_weights(path: str | epath.PathLike,
       item_dir, args=ocp.args.PyTreeRestore(
           item=target, restore_args=restore_args, partial_restore=True))
   flat = {**_flat(restored.get("params", {})),
-          **_flat(restored.get("frozen", {}))}
+          **_flat(restored.get("frozen", {})), **fresh_values}
   return (_unflatten_like(split.abstract_params, flat),
           _unflatten_like(split.abstract_frozen, flat))
 

@@ -19,7 +19,10 @@ Config (``config.kiwi``)::
   variant: KiwiEditConfig variant ("kiwi-5b", "kiwi-14b", "tiny").
   model: dict of KiwiEditConfig field overrides (dit/mllm/vae: dicts).
   mllm_lora_rank: Qwen2.5-VL LoRA rank (64 for 5B, 256 for 14B).
-  dit_lora_rank: 14B stage-2 DiT LoRA rank (must be 0: see stages.py).
+  mllm_lora_targets: optional list of Qwen projections with LoRA (default
+    q/k/v/o, the 5B scripts; the 14B scripts add gate/up/down_proj).
+  dit_lora_rank: DiT LoRA rank on the blocks' attention q/k/v/o and FFN
+    (128 in the 14B stage 2, whose base DiT stays frozen; 0: none).
   stage: 1, 2 or 3; variant_family: "5b" or "14b" (trainable sets).
   codec: "vae" (the model's frozen Wan VAE) or "pixel_unshuffle" (demo).
   unshuffle_factor: the stand-in's factor.
@@ -54,6 +57,8 @@ from kiwi_jax.diffusion import flow_matching, sampler
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
 from kiwi_jax.models.kiwi.model import KiwiEdit
 from kiwi_jax.models.mllm import bucketing, processing
+from kiwi_jax.train_lib import checkpointing
+from kiwi_jax.train_lib.train_state import path_name
 from kiwi_jax.training import latent_codec, stages
 
 logger = logging.getLogger("kiwi_jax")
@@ -81,8 +86,13 @@ def kiwi_model_config(kiwi: Any) -> KiwiEditConfig:
                    else overrides)
   cfg = KiwiEditConfig.from_variant(kiwi.variant)
   cfg = _replace_nested(cfg, overrides)
-  return _replace_nested(
-      cfg, {"mllm": {"text": {"lora_rank": int(kiwi.mllm_lora_rank)}}})
+  text = {"lora_rank": int(kiwi.mllm_lora_rank)}
+  targets = kiwi.get("mllm_lora_targets", None)
+  if targets:
+    text["lora_targets"] = tuple(str(t) for t in targets)
+  return _replace_nested(cfg, {
+      "mllm": {"text": text},
+      "dit": {"lora_rank": int(kiwi.get("dit_lora_rank", 0) or 0)}})
 
 
 class KiwiMllmHook:
@@ -165,13 +175,9 @@ class KiwiTask:
     self.config = config
     self.stage = int(kiwi.stage)
     self.model_cfg = kiwi_model_config(kiwi)
-    if int(kiwi.get("dit_lora_rank", 0) or 0):
-      raise ValueError(
-          "kiwi.dit_lora_rank > 0 (the 14B stage-2 DiT LoRA) needs LoRA "
-          "layers in WanDiT, which kiwi_jax does not have yet; set it to 0 "
-          "to train the 14B stage 2 without the DiT LoRA.")
     self.trainable, self.frozen = stages.trainable_sets(
-        self.stage, kiwi.variant_family)
+        self.stage, kiwi.variant_family,
+        dit_lora=bool(self.model_cfg.dit.lora_rank))
     if kiwi.codec not in latent_codec.CODECS:
       raise ValueError(f"kiwi.codec={kiwi.codec!r}; choose one of "
                        f"{latent_codec.CODECS}.")
@@ -193,6 +199,42 @@ class KiwiTask:
       # are neither stored nor initialised (XLA drops the dead init ops).
       model.vae = None
     return model
+
+  def load_weights(self, path: str, split: Any) -> tuple[Any, Any]:
+    """``model_init``: the weights of a previous stage's checkpoint.
+
+    LoRA factors the checkpoint lacks start fresh (``lora_b`` zero), as
+    the reference loads the previous stage with ``strict=False`` after
+    injecting LoRA (spec 4.2): the 14B stage 2 adds the DiT LoRA to a
+    stage-1 model. Any other missing parameter is an error.
+    """
+    return checkpointing.restore_weights(
+        path, split, fresh=functools.partial(self.fresh_lora, split))
+
+  def fresh_lora(self, split: Any, names: list[str]) -> dict[str, jax.Array]:
+    """``{name: array}``: this run's initial values of the LoRA factors
+    among ``names``, in the split's dtypes and shardings (only those leave
+    the jitted init; XLA drops the rest of the model's)."""
+    names = [n for n in names if n.rsplit("/", 1)[-1] in ("lora_a",
+                                                         "lora_b")]
+    if not names:
+      return {}
+    want = {path_name(p): x for tree in (split.abstract_params,
+                                         split.abstract_frozen)
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    seed = int(self.config.get("seed", 0))
+
+    def init():
+      state = nnx.to_pure_dict(nnx.state(self.build_model(nnx.Rngs(seed)),
+                                         nnx.LoRAParam))
+      flat = {path_name(p): x
+              for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+      return {n: flat[n].astype(want[n].dtype) for n in names}
+
+    shardings = {n: want[n].sharding for n in names}
+    if any(s is None for s in shardings.values()):
+      shardings = None
+    return jax.jit(init, out_shardings=shardings)()
 
   def encode(self, model: KiwiEdit, frames: jax.Array) -> jax.Array:
     """uint8[B, T, H, W, 3] -> latents in the DiT's dtype, no gradient."""

@@ -12,8 +12,8 @@ stage  5B (``run_wan2.2_ti2v_5b_*``)                           14B
 1      image queries, connector, MLLM LoRA                     same
 2      + video queries, the whole DiT (incl. vae_condition)    + video
                                                                queries,
-                                                               vae_condition
-                                                               (DiT LoRA)
+                                                               vae_condition,
+                                                               DiT LoRA
 3      + ref queries, ref_connector, ref_vae_condition         -
 =====  ======================================================  ============
 
@@ -26,8 +26,11 @@ still shrink it, which changes nothing downstream.
 from __future__ import annotations
 
 # Qwen2.5-VL LoRA factors (``nnx.LoRAParam`` ``lora_a``/``lora_b`` inside
-# the language model; the vision tower and embeddings stay frozen).
+# the language model, attention and MLP; the vision tower and embeddings
+# stay frozen).
 MLLM_LORA = r"^mllm/language_model/.*/lora_[ab]$"
+# The DiT blocks' LoRA factors (14B stage 2; the base DiT stays frozen).
+DIT_LORA = r"^dit/blocks/.*/lora_[ab]$"
 IMAGE_QUERIES = r"^image_queries/"
 VIDEO_QUERIES = r"^video_queries/"
 REF_QUERIES = r"^ref_queries/"
@@ -43,9 +46,15 @@ DIT_TEXT_EMBEDDING = r"^dit/text_embedding/"
 VARIANTS = ("5b", "14b")
 
 
-def trainable_sets(stage: int, variant: str = "5b") -> tuple[tuple[str, ...],
-                                                             tuple[str, ...]]:
+def trainable_sets(stage: int, variant: str = "5b", *, dit_lora: bool = True
+                   ) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """``(trainable, frozen)`` regexes of ``stage`` (1, 2 or 3).
+
+  Args:
+    stage: the curriculum stage.
+    variant: ``"5b"`` or ``"14b"`` (trainable sets differ, spec 4.2).
+    dit_lora: whether the model has DiT LoRA factors (``dit.lora_rank`` >
+      0); the 14B stage 2 trains them when it does.
 
   Raises:
     ValueError: an unknown stage/variant, or stage 3 of the 14B variant (the
@@ -66,6 +75,8 @@ def trainable_sets(stage: int, variant: str = "5b") -> tuple[tuple[str, ...],
       # The DiT itself trains through LoRA r128 (``dit_lora_rank``); its
       # base weights stay frozen.
       trainable += [VIDEO_QUERIES, VAE_CONDITION]
+      if dit_lora:
+        trainable.append(DIT_LORA)
     return tuple(trainable), tuple(frozen)
   if stage >= 2:
     trainable += [VIDEO_QUERIES, DIT]

@@ -100,19 +100,48 @@ def truth(cfg, seed=0):
   return out
 
 
-def lora_factors(cfg, seed=1):
-  """``{target: (A (r, in), B (out, r))}`` for the Qwen q/k/v/o projections."""
+MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
+DIT_LORA_RANK = 2
+DIT_LORA_LINEARS = ([f"{a}.{p}" for a in ("self_attn", "cross_attn")
+                     for p in "qkvo"] + ["ffn.0", "ffn.2"])
+
+
+def lora_factors(cfg, seed=1, targets=LORA_TARGETS):
+  """``{target: (A (r, in), B (out, r))}`` for the Qwen projections
+  ``targets`` (q/k/v/o by default; the 14B scripts add gate/up/down)."""
   rng = np.random.default_rng(seed)
   t = cfg.mllm.text
+  shapes = {"k_proj": (t.hidden_size, t.num_kv_heads * t.head_dim),
+            "v_proj": (t.hidden_size, t.num_kv_heads * t.head_dim),
+            "gate_proj": (t.hidden_size, t.intermediate_size),
+            "up_proj": (t.hidden_size, t.intermediate_size),
+            "down_proj": (t.intermediate_size, t.hidden_size)}
   out = {}
   for i in range(t.num_layers):
-    for proj in LORA_TARGETS:
-      n_out = (t.num_kv_heads * t.head_dim if proj in ("k_proj", "v_proj")
-               else t.hidden_size)
-      a = 0.2 * rng.standard_normal((LORA_RANK, t.hidden_size))
+    for proj in targets:
+      n_in, n_out = shapes.get(proj, (t.hidden_size, t.hidden_size))
+      a = 0.2 * rng.standard_normal((LORA_RANK, n_in))
       b = 0.2 * rng.standard_normal((n_out, LORA_RANK))
-      out[f"model.layers.{i}.self_attn.{proj}"] = (a.astype(np.float32),
-                                                    b.astype(np.float32))
+      module = "mlp" if proj in MLP_TARGETS else "self_attn"
+      out[f"model.layers.{i}.{module}.{proj}"] = (a.astype(np.float32),
+                                                   b.astype(np.float32))
+  return out
+
+
+def dit_lora_factors(cfg, seed=3):
+  """``{canonical target: (A (r, in), B (out, r))}`` for the 14B DiT LoRA:
+  every block's attention q/k/v/o and ``ffn.0`` / ``ffn.2``."""
+  rng = np.random.default_rng(seed)
+  d = cfg.dit
+  out = {}
+  for i in range(d.num_layers):
+    for name in DIT_LORA_LINEARS:
+      n_in, n_out = {"ffn.0": (d.dim, d.ffn_dim),
+                     "ffn.2": (d.ffn_dim, d.dim)}.get(name, (d.dim, d.dim))
+      a = 0.2 * rng.standard_normal((DIT_LORA_RANK, n_in))
+      b = 0.2 * rng.standard_normal((n_out, DIT_LORA_RANK))
+      out[f"dit.blocks.{i}.{name}"] = (a.astype(np.float32),
+                                       b.astype(np.float32))
   return out
 
 
@@ -122,13 +151,18 @@ STAGE_KIWI_PARTS = {
         "vae_condition"),
     3: ("image_queries", "video_queries", "ref_queries", "connector",
         "ref_connector", "dit", "vae_condition", "ref_vae_condition"),
+    # The 14B stage 2: the DiT trains through LoRA only.
+    "14b-2": ("image_queries", "video_queries", "connector", "vae_condition"),
 }
 
 
-def write_diffsynth(tensors, lora, cfg, root, stage=3, extra=None):
+def write_diffsynth(tensors, lora, cfg, root, stage=3, extra=None,
+                    dit_lora=None):
   """Writes the four DiffSynth inputs; returns their paths as a dict.
 
   ``extra``: raw keys added to the Kiwi checkpoint (for error tests).
+  ``dit_lora``: :func:`dit_lora_factors`; the base DiT is the truth minus
+  ``B @ A`` and the factors go to the Kiwi checkpoint under peft names.
   """
   root = pathlib.Path(root)
   parts = STAGE_KIWI_PARTS[stage]
@@ -136,6 +170,9 @@ def write_diffsynth(tensors, lora, cfg, root, stage=3, extra=None):
   base_dit = {k[4:]: v + (0.05 * rng.standard_normal(v.shape)
                           if "dit" in parts else 0.0)
               for k, v in tensors.items() if k.startswith("dit.")}
+  for target, (a, b) in (dit_lora or {}).items():
+    base_dit[target[4:] + ".weight"] = (base_dit[target[4:] + ".weight"]
+                                        - b @ a)
   _save({f"model.{k}": v for k, v in base_dit.items()},
         root / "wan" / "diffusion_pytorch_model.safetensors")
   d = cfg.dit
@@ -165,6 +202,9 @@ def write_diffsynth(tensors, lora, cfg, root, stage=3, extra=None):
     peft = "mllm.model." + names.qwen_runtime_name(target)
     kiwi[f"{peft}.lora_A.default.weight"] = a
     kiwi[f"{peft}.lora_B.default.weight"] = b
+  for target, (a, b) in (dit_lora or {}).items():
+    kiwi[f"{target}.lora_A.default.weight"] = a
+    kiwi[f"{target}.lora_B.default.weight"] = b
   for k, v in tensors.items():
     if k.startswith("dit.") and "dit" in parts:
       kiwi[k] = v

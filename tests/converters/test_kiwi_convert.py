@@ -200,3 +200,57 @@ def test_export_writes_the_released_key_names(truth, tmp_path):
     assert set(got) == set(want), folder
     for k in want:
       np.testing.assert_allclose(got[k], want[k], atol=1e-6, err_msg=k)
+
+
+def test_14b_mlp_and_dit_lora_kept_merged_and_exported(truth, tmp_path):
+  """The 14B stage-2 checkpoint: Qwen LoRA on all 7 projections and DiT
+  LoRA on attention and FFN, with the released peft key names."""
+  targets = kiwi_fakes.LORA_TARGETS + kiwi_fakes.MLP_TARGETS
+  qwen_lora = kiwi_fakes.lora_factors(CFG, targets=targets)
+  dit_lora = kiwi_fakes.dit_lora_factors(CFG)
+  paths = kiwi_fakes.write_diffsynth(truth, qwen_lora, CFG, tmp_path / "s",
+                                     stage="14b-2", dit_lora=dit_lora)
+  import safetensors.numpy as stnp
+  raw = stnp.load_file(str(paths["kiwi_checkpoint"]))
+  assert ("mllm.model.model.language_model.layers.1.mlp.down_proj.lora_B."
+          "default.weight") in raw
+  assert "dit.blocks.1.ffn.2.lora_A.default.weight" in raw
+  kept_dir, rep = kiwi_conv.convert(
+      kiwi_sources.from_diffsynth(**paths, lora="keep"), tmp_path / "k", CFG)
+  assert rep["mllm_lora_targets_kept"] == list(targets)
+  assert rep["dit_lora_rank_kept"] == kiwi_fakes.DIT_LORA_RANK
+  model = kiwi_ckpt.load(kept_dir)
+  assert model.cfg.mllm.text.lora_targets == targets
+  assert model.cfg.dit.lora_rank == kiwi_fakes.DIT_LORA_RANK
+  mlp = model.mllm.language_model.layers[1].mlp
+  a, b = qwen_lora["model.layers.1.mlp.down_proj"]
+  np.testing.assert_array_equal(mlp.down_proj.lora_a[...], a.T)
+  np.testing.assert_array_equal(mlp.down_proj.lora_b[...], b.T)
+  a, b = dit_lora["dit.blocks.1.ffn.2"]
+  np.testing.assert_array_equal(model.dit.blocks.ffn.fc2.lora_a[...][1], a.T)
+  np.testing.assert_array_equal(model.dit.blocks.ffn.fc2.lora_b[...][1], b.T)
+  # Exported to diffusers, the factors are merged into the weights.
+  export_diffusers(model, tmp_path / "d", processor_dir=kept_dir / "processor")
+  lora_lib.merge_lora(model)
+  np.testing.assert_allclose(
+      np.asarray(mlp.gate_proj.kernel[...]),
+      truth["qwen.model.layers.1.mlp.gate_proj.weight"].T, atol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(model.dit.blocks.cross_attn.o.kernel[...])[0],
+      truth["dit.blocks.0.cross_attn.o.weight"].T, atol=1e-5)
+  weights = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+  want = dict(nnx.to_flat_state(nnx.state(model, weights)))
+  merged_dir, rep = kiwi_conv.convert(
+      kiwi_sources.from_diffsynth(**paths), tmp_path / "m", CFG)
+  assert rep["dit_lora_rank_kept"] == 0
+  exported_dir, _ = kiwi_conv.convert(
+      kiwi_sources.from_diffusers(tmp_path / "d"), tmp_path / "e", CFG)
+  for other in (merged_dir, exported_dir):
+    got = kiwi_ckpt.load(other)
+    assert got.cfg.dit.lora_rank == 0 and got.cfg.mllm.text.lora_rank == 0
+    flat = dict(nnx.to_flat_state(nnx.state(got, nnx.Param)))
+    assert set(flat) == set(want)
+    for path in want:
+      np.testing.assert_allclose(flat[path].get_value(),
+                                 want[path].get_value(), atol=1e-5,
+                                 err_msg=f"{other.name} {path}")

@@ -129,6 +129,34 @@ def test_model_init_mismatch_lists_every_problem(stage_one):
   assert "in_proj/kernel" in str(error.value)
 
 
+class _ToyWithAdapter(ToyVelocityNet):
+  """The toy net plus a parameter a stage-1 checkpoint does not have."""
+
+  def __init__(self, *, rngs):
+    super().__init__(dim=16, rngs=rngs)
+    self.adapter = nnx.Param(jnp.ones((3,)))
+
+
+def test_model_init_starts_named_missing_parameters_fresh(stage_one):
+  workdir, final = stage_one
+  split = ModelSplit.build(lambda: _ToyWithAdapter(rngs=nnx.Rngs(1)),
+                           (".*",), precision=Precision(compute_dtype=None))
+  with pytest.raises(ValueError, match="adapter"):
+    checkpointing.restore_weights(workdir / "checkpoints", split)
+  asked = []
+
+  def fresh(names):
+    asked.extend(names)
+    return {"adapter": jnp.full((3,), 7.0)}
+
+  params, _ = checkpointing.restore_weights(workdir / "checkpoints", split,
+                                            fresh=fresh)
+  assert asked == ["adapter"]
+  np.testing.assert_array_equal(params["adapter"], 7.0)
+  np.testing.assert_array_equal(params["mlp"]["fc1"]["kernel"],
+                                final.params["mlp"]["fc1"]["kernel"])
+
+
 def test_resume_restores_the_full_state_from_another_run(stage_one,
                                                          tmp_path):
   workdir, final = stage_one

@@ -20,8 +20,9 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from kiwi_jax import sharding
-from kiwi_jax.layers import (Dense, GeluTanhMLP, LayerNorm, RMSNorm,
+from kiwi_jax.layers import (GeluTanhMLP, LayerNorm, RMSNorm,
                              dot_product_attention)
+from kiwi_jax.layers.lora import dense_or_lora
 from kiwi_jax.layers.rope import apply_interleaved_rope
 from kiwi_jax.models.dit.config import WanDiTConfig
 
@@ -62,19 +63,22 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array,
 class WanAttention(nnx.Module):
   """Multi-head attention with q/k RMSNorm across all heads.
 
-  Parameters (DiffSynth names): ``q``, ``k``, ``v``, ``o`` (Dense with bias)
-  and ``norm_q``, ``norm_k`` (RMSNorm over ``dim`` with weight).
+  Parameters (DiffSynth names): ``q``, ``k``, ``v``, ``o`` (Dense with bias,
+  with ``lora_a`` / ``lora_b`` when ``cfg.lora_rank`` > 0) and ``norm_q``,
+  ``norm_k`` (RMSNorm over ``dim`` with weight).
   """
 
   def __init__(self, cfg: WanDiTConfig, *, rngs: nnx.Rngs):
     self.num_heads = cfg.num_heads
     self.attention = cfg.attention
     self.chunk_size = cfg.attention_chunk_size
-    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
-    self.q = Dense(cfg.dim, cfg.dim, kernel_axes=("embed", "heads"), **kw)
-    self.k = Dense(cfg.dim, cfg.dim, kernel_axes=("embed", "heads"), **kw)
-    self.v = Dense(cfg.dim, cfg.dim, kernel_axes=("embed", "heads"), **kw)
-    self.o = Dense(cfg.dim, cfg.dim, kernel_axes=("heads", "embed"), **kw)
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+              rank=cfg.lora_rank, rngs=rngs)
+    d = cfg.dim
+    self.q = dense_or_lora(d, d, kernel_axes=("embed", "heads"), **kw)
+    self.k = dense_or_lora(d, d, kernel_axes=("embed", "heads"), **kw)
+    self.v = dense_or_lora(d, d, kernel_axes=("embed", "heads"), **kw)
+    self.o = dense_or_lora(d, d, kernel_axes=("heads", "embed"), **kw)
     norm_kw = dict(eps=cfg.eps, axis_name="heads",
                    param_dtype=cfg.param_dtype)
     self.norm_q = RMSNorm(cfg.dim, **norm_kw)
@@ -129,6 +133,8 @@ class WanBlock(nnx.Module):
   Parameters: ``self_attn``, ``cross_attn`` (WanAttention), ``norm3``
   (affine LayerNorm before cross-attention; diffusers calls it ``norm2``),
   ``ffn`` (GELU-tanh MLP, ``fc1``/``fc2``), ``modulation`` float[1, 6, dim].
+  With ``cfg.lora_rank`` > 0 the attention and FFN linears carry LoRA
+  factors (stacked over layers like every block parameter).
   """
 
   def __init__(self, cfg: WanDiTConfig, *, rngs: nnx.Rngs):
@@ -138,7 +144,8 @@ class WanBlock(nnx.Module):
     self.cross_attn = WanAttention(cfg, rngs=rngs)
     self.norm3 = LayerNorm(cfg.dim, eps=cfg.eps, param_dtype=cfg.param_dtype)
     self.ffn = GeluTanhMLP(cfg.dim, cfg.ffn_dim, cfg.dim, dtype=cfg.dtype,
-                           param_dtype=cfg.param_dtype, rngs=rngs)
+                           param_dtype=cfg.param_dtype,
+                           lora_rank=cfg.lora_rank, rngs=rngs)
     self.modulation = modulation_param(rngs, 6, cfg.dim, cfg.param_dtype)
 
   def __call__(self, x: jax.Array, context: jax.Array, t_mod: jax.Array,

@@ -50,6 +50,9 @@ class WanDiTConfig:
     attention: ``implementation`` for ``layers.dot_product_attention``
       (``"xla"``, ``"cudnn"``, ``"chunked"`` or None for automatic).
     attention_chunk_size: query chunk for ``attention="chunked"``.
+    lora_rank: LoRA rank on every block's ``self_attn`` / ``cross_attn``
+      ``q, k, v, o`` and ``ffn.0`` / ``ffn.2`` (the 14B stage-2 scripts use
+      128, scale 1; spec 4.2); 0 builds no LoRA parameters.
   """
   dim: int = 3072
   num_layers: int = 30
@@ -71,6 +74,7 @@ class WanDiTConfig:
   remat_policy: str = "none"
   attention: str | None = "xla"
   attention_chunk_size: int = 1024
+  lora_rank: int = 0
 
   def __post_init__(self):
     if self.dim % self.num_heads:
@@ -81,6 +85,8 @@ class WanDiTConfig:
       # pairs, so that split must be even (128 -> 44/42/42).
       raise ValueError(f"head_dim {self.head_dim} must be even with an even "
                        "head_dim // 3 (Wan's 3-D RoPE split).")
+    if self.lora_rank < 0:
+      raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}.")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"Unknown remat_policy {self.remat_policy!r}; choose "
                        f"one of {REMAT_POLICIES}.")

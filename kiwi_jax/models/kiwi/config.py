@@ -33,8 +33,8 @@ class KiwiEditConfig:
   """Kiwi-Edit = Qwen2.5-VL encoder + queries/connectors + Wan DiT + VAE.
 
   Attributes:
-    dit: the Wan DiT (with ``vae_condition`` / ``ref_vae_condition`` flags
-      and ``ref_pad_first``).
+    dit: the Wan DiT (with ``vae_condition`` / ``ref_vae_condition`` flags,
+      ``ref_pad_first`` and ``lora_rank``, the 14B stage-2 DiT LoRA).
     mllm: Qwen2.5-VL (``text.lora_rank`` > 0 keeps LoRA factors separate).
     vae: the Wan VAE.
     num_image_queries: queries of image-edit mode (0: absent).

@@ -5,7 +5,8 @@ Public surface:
   * :class:`Qwen25VL` and its output :class:`Qwen25VLOutput`,
   * ``processing.QwenProcessor`` (torch-free chat, tokens, positions) over
     ``vision_preprocess`` (image and video pixels),
-  * ``bucketing`` (static shapes), ``lora`` (q/k/v/o LoRA),
+  * ``bucketing`` (static shapes), ``lora`` (LoRA targets; the layer is
+    ``kiwi_jax.layers.lora``),
   * ``rope_index.mrope_position_ids`` and ``vision.vision_metadata``.
 """
 

@@ -52,6 +52,11 @@ class QwenVisionConfig:
     return self.window_size // self.spatial_merge_size // self.patch_size
 
 
+# Projections of a decoder layer that may carry LoRA (peft target names).
+LORA_TARGET_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                     "up_proj", "down_proj")
+
+
 @dataclasses.dataclass(frozen=True)
 class QwenTextConfig:
   """The Qwen2 decoder (``model.*`` / ``model.language_model.*``)."""
@@ -64,12 +69,27 @@ class QwenTextConfig:
   rms_norm_eps: float = 1e-6
   rope_theta: float = 1e6
   mrope_section: tuple[int, int, int] = (16, 24, 24)
-  # LoRA on q/k/v/o of every decoder layer; 0 means no LoRA parameters.
+  # LoRA of this rank on the ``lora_targets`` projections of every decoder
+  # layer; 0 means no LoRA parameters. The 5B scripts target q/k/v/o, the
+  # 14B scripts also the MLP's gate/up/down (spec 4.2).
   lora_rank: int = 0
+  lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+  def __post_init__(self):
+    targets = tuple(self.lora_targets)
+    unknown = sorted(set(targets) - set(LORA_TARGET_NAMES))
+    if unknown:
+      raise ValueError(f"QwenTextConfig.lora_targets {unknown} unknown; "
+                       f"choose from {LORA_TARGET_NAMES}.")
+    object.__setattr__(self, "lora_targets", targets)
 
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
+
+  def lora_rank_of(self, projection: str) -> int:
+    """The LoRA rank of one projection (0 when it is not a target)."""
+    return self.lora_rank if projection in self.lora_targets else 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,28 +18,32 @@ from kiwi_jax import sharding
 from kiwi_jax.layers import RMSNorm, SwiGLU, dot_product_attention
 from kiwi_jax.layers.rope import apply_rotary_half, mrope_cos_sin
 from kiwi_jax.models.mllm.config import Qwen25VLConfig, QwenTextConfig
-from kiwi_jax.models.mllm.lora import LoRADense
+from kiwi_jax.layers.lora import dense_or_lora
 from kiwi_jax.models.mllm.remat import remat_call
 
 
 class TextAttention(nnx.Module):
-  """GQA self-attention with M-RoPE and optional LoRA on q/k/v/o."""
+  """GQA self-attention with M-RoPE and optional LoRA on q/k/v/o
+  (``cfg.lora_targets``)."""
 
   def __init__(self, cfg: QwenTextConfig, *, dtype, param_dtype,
                attention: str | None, rngs: nnx.Rngs):
     d, hd = cfg.hidden_size, cfg.head_dim
     self.num_heads, self.num_kv_heads = cfg.num_heads, cfg.num_kv_heads
     self.attention = attention
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rank=cfg.lora_rank,
-              rngs=rngs)
-    self.q_proj = LoRADense(d, cfg.num_heads * hd,
-                            kernel_axes=("embed", "heads"), **kw)
-    self.k_proj = LoRADense(d, cfg.num_kv_heads * hd,
-                            kernel_axes=("embed", "kv"), **kw)
-    self.v_proj = LoRADense(d, cfg.num_kv_heads * hd,
-                            kernel_axes=("embed", "kv"), **kw)
-    self.o_proj = LoRADense(cfg.num_heads * hd, d, use_bias=False,
-                            kernel_axes=("heads", "embed"), **kw)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    rank = cfg.lora_rank_of
+    self.q_proj = dense_or_lora(d, cfg.num_heads * hd, rank=rank("q_proj"),
+                                kernel_axes=("embed", "heads"), **kw)
+    self.k_proj = dense_or_lora(d, cfg.num_kv_heads * hd,
+                                rank=rank("k_proj"),
+                                kernel_axes=("embed", "kv"), **kw)
+    self.v_proj = dense_or_lora(d, cfg.num_kv_heads * hd,
+                                rank=rank("v_proj"),
+                                kernel_axes=("embed", "kv"), **kw)
+    self.o_proj = dense_or_lora(cfg.num_heads * hd, d, use_bias=False,
+                                rank=rank("o_proj"),
+                                kernel_axes=("heads", "embed"), **kw)
 
   def __call__(self, x, cos, sin, segment_ids):
     """x: float[B, T, D]; cos/sin: float[B, T, H]; segment_ids: int[B, T]."""
@@ -68,7 +72,10 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(d, eps=cfg.rms_norm_eps,
                                             param_dtype=param_dtype)
     self.mlp = SwiGLU(d, cfg.intermediate_size, use_bias=False, dtype=dtype,
-                      param_dtype=param_dtype, rngs=rngs)
+                      param_dtype=param_dtype, lora_rank=cfg.lora_rank,
+                      lora_targets=tuple(t for t in cfg.lora_targets
+                                         if t in SwiGLU.PROJECTIONS),
+                      rngs=rngs)
 
   def __call__(self, x, cos, sin, segment_ids):
     x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from kiwi_jax.layers import Dense
 from kiwi_jax.models.mllm import Qwen25VL, Qwen25VLConfig
 from kiwi_jax.models.mllm import lora
 from kiwi_jax.models.mllm.rope_index import text_position_ids
@@ -127,3 +128,49 @@ def test_remat_gives_the_same_gradients_through_both_towers():
           for g in grads]
   for a, b in zip(*flat):
     np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, np.abs(a).max()))
+
+
+def test_mlp_lora_targets_change_only_the_mlp_after_b_moves():
+  """The 14B scripts' targets: q/k/v/o plus the MLP's gate/up/down."""
+  from kiwi_jax.models.mllm.lora import ALL_LORA_TARGETS
+  base = Qwen25VL(TINY, rngs=nnx.Rngs(0))
+  cfg = TINY.replace(text=dataclasses.replace(
+      TINY.text, lora_rank=3, lora_targets=ALL_LORA_TARGETS))
+  model = Qwen25VL(cfg, rngs=nnx.Rngs(1))
+  nnx.update(model, nnx.state(base))
+  mlp = model.language_model.layers[1].mlp
+  assert len(jax.tree.leaves(nnx.state(model, nnx.LoRAParam))) == 2 * 7 * 2
+  t = TINY.text
+  assert mlp.down_proj.lora_a.shape == (t.intermediate_size, 3)
+  assert mlp.gate_proj.lora_b.shape == (3, t.intermediate_size)
+  assert mlp.up_proj.lora_a.get_metadata()["logical_axes"] == (
+      "embed", "lora_rank")
+  assert mlp.down_proj.lora_b.get_metadata()["logical_axes"] == (
+      "lora_rank", "embed")
+  want = _text_forward(base)
+  np.testing.assert_array_equal(_text_forward(model), want)  # B is zero
+  for proj in ("gate_proj", "up_proj", "down_proj"):
+    layer = getattr(mlp, proj)
+    layer.lora_b[...] = 0.3 * jax.random.normal(jax.random.key(5),
+                                                layer.lora_b.shape)
+  adapted = _text_forward(model)
+  assert np.max(np.abs(adapted - want)) > 1e-3
+  kernel = np.asarray(mlp.down_proj.kernel[...])
+  lora.merge_lora(model)
+  np.testing.assert_allclose(
+      np.asarray(mlp.down_proj.kernel[...]),
+      kernel + np.asarray(mlp.down_proj.lora_a[...])
+      @ np.asarray(mlp.down_proj.lora_b[...]), atol=1e-6)
+  np.testing.assert_allclose(_text_forward(model), adapted, atol=1e-5)
+  lora.unmerge_lora(model)
+  np.testing.assert_allclose(np.asarray(mlp.down_proj.kernel[...]), kernel,
+                             atol=1e-6)
+
+
+def test_default_targets_keep_the_mlp_plain_and_bad_targets_fail():
+  model = _lora_model()
+  mlp = model.language_model.layers[0].mlp
+  assert type(mlp.gate_proj) is Dense and not hasattr(mlp.gate_proj,
+                                                       "lora_a")
+  with pytest.raises(ValueError, match="lora_targets"):
+    dataclasses.replace(TINY.text, lora_targets=("q_proj", "mlp"))
