@@ -204,3 +204,27 @@ def test_sample_writes_edits_of_the_first_examples(tmp_path,
   first = refvie_mini.make_sample(0, 0, MINI)
   np.testing.assert_array_equal(video[:, :, :32], first.source)
   np.testing.assert_array_equal(video[:, :, 64:], first.target)
+
+
+def test_edit_below_strength_one_starts_from_the_source(
+    kiwi_batches, tiny_tokenizer_dir, monkeypatch):
+  """With a zero velocity an edit returns its starting point: the source
+  noised to the first sigma below strength 1, pure noise at strength 1."""
+  from kiwi_jax.diffusion import sampler  # pylint: disable=g-import-not-at-top
+  from kiwi_jax.models.kiwi.model import KiwiEdit  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(KiwiEdit, "denoise_step",
+                      lambda self, latents, *a, **k: jnp.zeros_like(latents))
+  batches, _ = kiwi_batches
+  task = kiwi_task.KiwiTask(kiwi_config(2, tiny_tokenizer_dir, 0))
+  model = task.build_model(nnx.Rngs(0))
+  batch = _global(task, batches["video"])
+  source = np.asarray(batch["source_video"], np.float32) / 127.5 - 1.0
+  for strength in (0.3, 1.0):
+    edited = task.edit(model, batch, num_steps=2, denoising_strength=strength)
+    sigma = float(sampler.SamplingPlan.build(2, denoising_strength=strength
+                                             ).sigmas[0])
+    # decode((1 - s) encode(src) + s noise) = (1 - s) src + s noise / scale
+    residual = (edited - (1.0 - sigma) * source) / sigma
+    assert abs(float(np.std(residual)) - 0.5) < 0.05, strength  # noise / 2
+    if strength == 1.0:
+      assert sigma == 1.0
