@@ -228,3 +228,23 @@ def test_edit_below_strength_one_starts_from_the_source(
     assert abs(float(np.std(residual)) - 0.5) < 0.05, strength  # noise / 2
     if strength == 1.0:
       assert sigma == 1.0
+
+
+def test_cached_latents_give_the_pixel_loss(kiwi_batches, tiny_tokenizer_dir):
+  """A batch from the latent cache (``*_latents``) trains like the pixels
+  it was encoded from."""
+  from kiwi_jax.training import latent_codec  # pylint: disable=g-import-not-at-top
+  batches, _ = kiwi_batches
+  task = kiwi_task.KiwiTask(kiwi_config(2, tiny_tokenizer_dir, 0))
+  graphdef, state = nnx.split(task.build_model(nnx.Rngs(0)))
+  pixels = batches["video"]
+  latents = {"mllm": pixels["mllm"]}
+  for name in ("source", "target"):
+    latents[f"{name}_latents"] = np.asarray(task.codec.encode(
+        latent_codec.pixels_to_unit(jnp.asarray(pixels[f"{name}_video"]))))
+  assert kiwi_task.batch_mode(latents) == "video"
+  loss = jax.jit(lambda s, b: task.loss_fn(nnx.merge(graphdef, s), b,
+                                           jax.random.key(5))[0])
+  np.testing.assert_allclose(float(loss(state, _global(task, latents))),
+                             float(loss(state, _global(task, pixels))),
+                             rtol=1e-6)
