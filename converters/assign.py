@@ -22,7 +22,6 @@ import dataclasses
 import os
 import pathlib
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -32,6 +31,7 @@ from flax import nnx
 
 from converters.checkpoint_io import Checkpoint
 from kiwi_jax import sharding
+from kiwi_jax.utils import atomic
 
 Path = tuple[Any, ...]
 
@@ -257,13 +257,6 @@ def save_safetensors(items: Iterable[tuple[str, np.ndarray]],
 
   tensors = {k: to_torch(v) for k, v in items}
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-  os.close(fd)
-  try:
+  with atomic.atomic_path(path, suffix=".tmp") as tmp:
     save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return path

@@ -25,7 +25,6 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +38,7 @@ from converters.checkpoint_io import (Checkpoint, CheckpointError,
 from converters.lora import export_merged, merge_lora, overlay
 from kiwi_jax.layers.lora import lora_layers
 from kiwi_jax.models.dit import WanDiT, WanDiTConfig
+from kiwi_jax.utils import atomic
 
 LAYOUTS = ("wan", "diffusers")
 # Original Wan releases prefix keys with ``model.``, Kiwi's DiffSynth
@@ -345,10 +345,7 @@ def config_from_diffusers(config: Mapping[str, Any] | str | os.PathLike,
 
 
 def _write_json(obj, path: pathlib.Path) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  atomic.write_text(path, json.dumps(obj, indent=2))
 
 
 def save_diffusers(model: WanDiT, transformer_dir: str | os.PathLike, *,

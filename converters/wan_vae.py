@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -34,6 +33,7 @@ from converters import assign as assign_lib
 from converters.assign import CONV, IDENTITY, KeyMap
 from converters.checkpoint_io import Checkpoint, open_checkpoint
 from kiwi_jax.models.vae import WanVAE, WanVAEConfig
+from kiwi_jax.utils import atomic
 
 Layout = Literal["original", "diffusers"]
 PREFIXES = ("model.", "module.", "vae.")
@@ -321,15 +321,8 @@ def save_wan_vae(model: WanVAE, path: str | os.PathLike,
     raise ValueError(f"{path}: export as .safetensors or .pth/.pt.")
   import torch
   tensors = {k: torch.from_numpy(np.array(v)) for k, v in items}
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-  os.close(fd)
-  try:
+  with atomic.atomic_path(path, suffix=".tmp") as tmp:
     torch.save(tensors, tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return path
 
 

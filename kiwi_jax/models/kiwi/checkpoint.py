@@ -15,13 +15,11 @@ straight into its sharding (no full copy on one device).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -31,42 +29,12 @@ from flax import nnx
 from kiwi_jax import sharding
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
 from kiwi_jax.models.kiwi.model import KiwiEdit, abstract_kiwi
+from kiwi_jax.utils.atomic import atomic_directory
 
 CONFIG_FILE = "kiwi_config.json"
 REPORT_FILE = "conversion_report.json"
 PARAMS_DIR = "params"
 PROCESSOR_DIR = "processor"
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike,
-                     overwrite: bool = False) -> Iterator[pathlib.Path]:
-  """Yields a fresh temporary directory that becomes ``path`` on success.
-
-  Raises:
-    FileExistsError: ``path`` exists and ``overwrite`` is False (checked
-      before anything is written).
-  """
-  path = pathlib.Path(path).absolute()
-  if path.exists() and not overwrite:
-    raise FileExistsError(f"{path} already exists; pass overwrite=True "
-                          "(--overwrite) to replace it.")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent,
-                                      prefix=f".{path.name}.tmp-"))
-  try:
-    yield tmp
-    old = None
-    if path.exists():
-      old = pathlib.Path(tempfile.mkdtemp(dir=path.parent,
-                                          prefix=f".{path.name}.old-"))
-      os.replace(path, old / "x")
-    os.replace(tmp, path)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_json(obj: Any, path: pathlib.Path) -> None:
