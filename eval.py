@@ -264,8 +264,9 @@ def _model_name(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
   parser = _OneLineParser(
-      description=__doc__.split('\n')[0], epilog='Exit codes: 0 done; 1 the '
-      'evaluation is incomplete or could not run; 2 a bad flag or input file.')
+      prog='eval.py', description=__doc__.split('\n')[0],
+      epilog='Exit codes: 0 done; 1 the evaluation is incomplete or could '
+      'not run; 2 a bad flag or input file.')
   sub = parser.add_subparsers(dest='command', required=True)
 
   def add(name, fn, help_text, dataset=True):
