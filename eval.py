@@ -12,7 +12,13 @@
       --save_dir out/refvie
 
 `--save_dir` is the benchmark's own output directory (the reference appends
-`openve/` or `refvie/` to its `--save_dir`). The API key is read from the
+`openve/` or `refvie/` to its `--save_dir`). `judge` and `aggregate` say how
+many items were scored out of how many, name every item not scored and
+every recorded reply skipped, and refuse (exit 1, nothing written but the
+resumable `.partial`) results in which a category has no scored sample,
+unless `--allow_partial`. A bad flag or input file ends in one
+`eval.py <command>: error: ...` line and exit 2; no output may resolve to
+an input. The API key is read from the
 environment only (never from a flag, never logged). See
 `kiwi_jax/evaluators/` for what each step does and how it follows the
 reference.

@@ -20,6 +20,10 @@ replies of unequal length is rejected, see `aggregate`). Judging is
 resumable: each scored sample is appended to `<jsonl>.partial` as it
 finishes, and a rerun only asks the judge about the others. As in the
 reference, an existing final jsonl means the benchmark is done.
+`judge_pending` fills the partial file and `write_final` writes the jsonl,
+so a caller can keep incomplete results out of the final file; every
+dropped sample carries its reason (`missing reply` for a replay judge
+without a recorded reply, `upload failed: ...`, `no valid scores ...`).
 """
 
 import concurrent.futures
@@ -177,6 +181,7 @@ class JudgeSummary:
     dropped: samples not scored, in completion order.
     reasons: why each dropped sample was not scored.
     records: the score records of every scored sample, in task order.
+    reused_keys: the samples taken from the `.partial` file.
   """
   scored: int = 0
   reused: int = 0
