@@ -167,44 +167,78 @@ def _title(name: str) -> str:
   return name.replace('_', ' ').title()
 
 
-def openve_table(result: OpenVEResult, title: str) -> str:
-  """Markdown table in the website's column order (extra types appended)."""
-  types = [t for t in OPENVE_TABLE_ORDER if t in result.category_means]
-  types += [t for t in result.category_means if t not in types]
+NO_VALUE = 'n/a'
+
+
+def _empty_note(empty: Sequence[str]) -> list[str]:
+  if not empty:
+    return []
+  return [f'Incomplete: no scored sample in {", ".join(empty)}, so the '
+          'means there and the overall are n/a.', '']
+
+
+def openve_table(result: OpenVEResult, title: str,
+                 expected: Sequence[str] = ()) -> str:
+  """Markdown table in the website's column order (extra types appended).
+
+  Args:
+    result: the aggregate.
+    title: the table's heading.
+    expected: categories the benchmark has; one without a scored sample
+      is shown with n=0 and no mean, and the overall is then n/a.
+  """
+  present = [*result.category_means, *expected]
+  types = [t for t in OPENVE_TABLE_ORDER if t in present]
+  types += [t for t in dict.fromkeys(present) if t not in types]
+  empty = [t for t in types if t not in result.category_means]
+  means = {t: f'{m:.2f}' for t, m in result.category_means.items()}
   lines = [f'### {title}', '',
            _row(['', 'Overall'] + [_title(t) for t in types]),
            _row(['---'] * (len(types) + 2)),
-           _row(['score', f'{result.overall:.2f}'] +
-                [f'{result.category_means[t]:.2f}' for t in types]),
+           _row(['score', NO_VALUE if empty else f'{result.overall:.2f}'] +
+                [means.get(t, NO_VALUE) for t in types]),
            _row(['samples', sum(result.sample_counts.values())] +
-                [result.sample_counts[t] for t in types]),
-           '',
+                [result.sample_counts.get(t, 0) for t in types]),
+           '', *_empty_note(empty),
            'Overall = unweighted mean of the category means (reference). '
            f'Samples breaking the "later scores may not exceed the first" '
            f'rule (scored as written): {result.rule_violations}.', '']
   return '\n'.join(lines)
 
 
-def refvie_table(result: RefVIEResult, title: str) -> str:
-  """Markdown table: per-criterion means, subtask means and both overalls."""
+def refvie_table(result: RefVIEResult, title: str,
+                 expected: Sequence[str] = REFVIE_SUBTASKS) -> str:
+  """Markdown table: per-criterion means, subtask means and both overalls.
+
+  Args:
+    result: the aggregate.
+    title: the table's heading.
+    expected: subtasks the benchmark has; one without a scored sample makes
+      both overalls n/a. A subtask without samples always shows n=0 and no
+      means.
+  """
   header = ['']
   cells = ['score']
   for subtask, criteria in (('subject', rubrics.SUBJECT_CRITERIA),
                             ('background', rubrics.BACKGROUND_CRITERIA)):
     sub = result.subtasks[subtask]
-    for i, mean in enumerate(sub.criterion_means):
+    means = [f'{m:.2f}' for m in sub.criterion_means] or [NO_VALUE] * len(
+        criteria)
+    for i, mean in enumerate(means):
       name = criteria[i] if i < len(criteria) else f'score {i + 1}'
       header.append(f'{_title(subtask)}: {name}')
-      cells.append(f'{mean:.2f}')
+      cells.append(mean)
     header.append(f'{_title(subtask)} mean (n={sub.samples})')
-    cells.append(f'{sub.mean:.2f}')
+    cells.append(f'{sub.mean:.2f}' if sub.samples else NO_VALUE)
+  empty = [s for s in expected
+           if s in result.subtasks and not result.subtasks[s].samples]
   header += ['Overall (mean of criterion means)',
              'Overall (sample-weighted, script)']
   website = result.overall_website
-  cells += ['n/a' if website is None else f'{website:.2f}',
-            f'{result.overall_weighted:.2f}']
+  cells += [NO_VALUE if website is None or empty else f'{website:.2f}',
+            NO_VALUE if empty else f'{result.overall_weighted:.2f}']
   lines = [f'### {title}', '', _row(header), _row(['---'] * len(header)),
-           _row(cells), '',
+           _row(cells), '', *_empty_note(empty),
            'The website reports the mean of the six criterion means; the '
            "reference script's overall weights each subtask by its sample "
            'count; they agree only with equal sample counts. Samples '

@@ -6,13 +6,15 @@ to the jsonl with the `.md` extension. Metrics go to
 `<save_dir>/metrics.jsonl` and `<save_dir>/metrics.md`.
 """
 
+import collections
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from kiwi_jax.evaluators import aggregate
 from kiwi_jax.evaluators import benchmarks
+from kiwi_jax.evaluators import errors
 from kiwi_jax.evaluators import judges
 from kiwi_jax.evaluators import jsonl
 from kiwi_jax.evaluators import metrics
@@ -35,55 +37,186 @@ def table_path(jsonl_path: str) -> str:
   return os.path.splitext(jsonl_path)[0] + '.md'
 
 
-def aggregate_scores(bench: str, jsonl_path: str) -> str:
-  """Aggregates a score jsonl, writes `<jsonl stem>.md`, returns the table."""
-  records = [r for r in jsonl.read(jsonl_path) if isinstance(r, dict)]
-  title = f'{bench} · {os.path.basename(jsonl_path)}'
+# The field naming a record's category, and every category of a benchmark.
+CATEGORY_FIELD = {'openve': 'edited_type', 'refvie': 'subtask'}
+ALL_CATEGORIES = {'openve': aggregate.OPENVE_TABLE_ORDER,
+                  'refvie': aggregate.REFVIE_SUBTASKS}
+
+
+def _check_bench(bench: str) -> None:
+  if bench not in CATEGORY_FIELD:
+    raise ValueError(f'unknown benchmark {bench!r}')
+
+
+def scored_counts(bench: str, records: Sequence[dict],
+                  categories: Sequence[str]) -> dict[str, int]:
+  """Scored samples per category (records with scores), `categories` first."""
+  _check_bench(bench)
+  counts = dict.fromkeys(categories, 0)
+  for record in records:
+    category = record.get(CATEGORY_FIELD[bench])
+    if category and record.get('scores'):
+      counts[category] = counts.get(category, 0) + 1
+  return counts
+
+
+def score_table(bench: str, records: Sequence[dict], title: str,
+                expected: Sequence[str] | None = None) -> str:
+  """The markdown table of score records.
+
+  Args:
+    bench: 'openve' or 'refvie'.
+    records: parsed score jsonl lines.
+    title: the table's heading.
+    expected: the categories the benchmark has (None: only the ones scored,
+      and both RefVIE subtasks); one without a scored sample shows n=0 and
+      makes the overall n/a.
+
+  Raises:
+    errors.InputError: nothing is scored, or the records are malformed.
+  """
+  _check_bench(bench)
   try:
     if bench == 'openve':
-      table = aggregate.openve_table(aggregate.aggregate_openve(records),
-                                     title)
-    elif bench == 'refvie':
-      table = aggregate.refvie_table(aggregate.aggregate_refvie(records),
-                                     title)
-    else:
-      raise ValueError(f'unknown benchmark {bench!r}')
+      return aggregate.openve_table(aggregate.aggregate_openve(records),
+                                    title, expected or ())
+    result = aggregate.aggregate_refvie(records)
+    if expected is None:
+      return aggregate.refvie_table(result, title)
+    return aggregate.refvie_table(result, title, expected)
+  except errors.InputError:
+    raise
   except ValueError as e:
-    raise ValueError(f'{jsonl_path}: {e}') from e
-  jsonl.write_text_atomic(table_path(jsonl_path), table)
+    raise errors.InputError(str(e)) from e
+
+
+def read_scores(jsonl_path: str) -> list[dict]:
+  """The records of a score jsonl (non-object lines skipped)."""
+  return [r for r in jsonl.read(jsonl_path) if isinstance(r, dict)]
+
+
+def aggregate_scores(bench: str, jsonl_path: str,
+                     expected: Sequence[str] | None = None,
+                     write: bool = True) -> str:
+  """Aggregates a score jsonl, writes `<jsonl stem>.md`, returns the table.
+
+  Args:
+    bench: 'openve' or 'refvie'.
+    jsonl_path: the score jsonl.
+    expected: see `score_table`.
+    write: write the table next to the jsonl.
+  """
+  title = f'{bench} · {os.path.basename(jsonl_path)}'
+  try:
+    table = score_table(bench, read_scores(jsonl_path), title, expected)
+  except errors.InputError as e:
+    if str(e).startswith(jsonl_path):
+      raise
+    raise errors.InputError(f'{jsonl_path}: {e}') from e
+  if write:
+    jsonl.write_text_atomic(table_path(jsonl_path), table)
   return table
+
+
+@dataclasses.dataclass
+class JudgeReport:
+  """What `judge_outputs` found.
+
+  Attributes:
+    table: the markdown table ('' when nothing is scored).
+    summary: lines saying how many items were scored out of how many, which
+      were not and why, and every recorded reply that was skipped.
+    error: why the results are not accepted (None when they are).
+  """
+  table: str
+  summary: list[str]
+  error: str | None
+
+
+def coverage_line(counts: Mapping[str, int],
+                  totals: Mapping[str, int] | None = None) -> str:
+  """`Scored 3 of 4 items: subject 2 of 2, ...` (no totals: counts only)."""
+  if totals is None:
+    return 'Scored samples: ' + ', '.join(
+        f'{c} {n}' for c, n in counts.items()) + '.'
+  return (f'Scored {sum(counts.values())} of {sum(totals.values())} items: '
+          + ', '.join(f'{c} {counts.get(c, 0)} of {n}'
+                      for c, n in totals.items()) + '.')
 
 
 def judge_outputs(bench: str, items: Sequence[benchmarks.BenchmarkItem],
                   save_dir: str, judge: judges.Judge, model: str, *,
                   workers: int | None = None,
-                  show_progress: bool = True) -> str:
+                  show_progress: bool = True,
+                  allow_partial: bool = False) -> JudgeReport:
   """Judges the outputs in `save_dir`, writes the jsonl and the table.
 
-  Outputs that do not exist are dropped from the scores, as in the
-  reference (whose upload fails on them); a warning lists how many.
+  Outputs that do not exist are not judged (the reference's upload fails
+  on them and drops them). The score jsonl and its table are written only
+  when every category of the benchmark has a scored sample, or with
+  `allow_partial`; otherwise the scored samples stay in `<jsonl>.partial`
+  and a rerun judges only the others.
 
   Returns:
-    The markdown table.
+    The table, the summary and, when the results are refused, why.
   """
+  _check_bench(bench)
   if bench == 'openve':
     tasks = judges.openve_tasks(items, save_dir)
     default_workers = judges.OPENVE_WORKERS
-  elif bench == 'refvie':
+  else:
     tasks = judges.refvie_tasks(items, save_dir)
     default_workers = judges.REFVIE_WORKERS
-  else:
-    raise ValueError(f"unknown benchmark {bench!r}")
-  missing = [t.key for t in tasks if not os.path.exists(t.media[-1])]
-  if missing:
-    logging.warning('%d of %d outputs are missing in %s and will be dropped '
-                    '(first: %s)', len(missing), len(tasks), save_dir,
-                    missing[0])
+  present = [t for t in tasks if os.path.exists(t.media[-1])]
   out_path = score_path(save_dir, bench, model)
-  judges.judge_benchmark(judge, tasks, out_path,
-                         workers=workers or default_workers,
-                         show_progress=show_progress)
-  return aggregate_scores(bench, out_path)
+  totals = collections.Counter(item.edit_type for item in items)
+  lines = []
+  summary = None
+  if os.path.exists(out_path):
+    records = read_scores(out_path)
+    lines.append(f'{out_path} exists: not judged again (delete it to judge '
+                 'again).')
+  else:
+    summary = judges.judge_pending(judge, present, out_path,
+                                   workers=workers or default_workers,
+                                   show_progress=show_progress)
+    judged = {t.key for t in present}
+    for task in tasks:
+      if task.key not in judged:
+        summary.reasons[task.key] = 'output video missing'
+    records = summary.records
+  counts = scored_counts(bench, records, list(totals))
+  lines.insert(0, coverage_line(counts, totals))
+  if summary is not None:
+    not_scored = [(t.key, summary.reasons[t.key]) for t in tasks
+                  if t.key in summary.reasons]
+    if not_scored:
+      lines.append(f'Not scored ({len(not_scored)}):')
+      lines += [f'  {key}: {why}' for key, why in not_scored]
+    if isinstance(judge, judges.ReplayJudge):
+      skipped = judge.skipped_replies([t.key for t in tasks], summary)
+      if skipped:
+        lines.append(f'Skipped replies ({len(skipped)}):')
+        lines += [f'  {line}' for line in skipped]
+  empty = [c for c, n in counts.items() if c in totals and not n]
+  error = None
+  if not records:
+    error = (f'nothing was scored ({len(tasks)} items); see the reasons '
+             'above')
+  elif empty and not allow_partial:
+    kept = (f'the scored samples are kept in {judges.partial_path(out_path)}'
+            ' and a rerun judges only the others' if summary is not None
+            else f'{out_path} was written by an earlier run; delete it to '
+            'judge again')
+    error = (f'no scored sample in {", ".join(empty)}, so the results are '
+             f'incomplete; {kept}; pass --allow_partial to accept them')
+  title = f'{bench} · {os.path.basename(out_path)}'
+  table = score_table(bench, records, title, list(totals)) if records else ''
+  if error is None:
+    if summary is not None:
+      judges.write_final(out_path, summary)
+    jsonl.write_text_atomic(table_path(out_path), table)
+  return JudgeReport(table=table, summary=lines, error=error)
 
 
 def compute_metrics(items: Sequence[benchmarks.BenchmarkItem],

@@ -6,7 +6,52 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from kiwi_jax.evaluators import errors
 from kiwi_jax.utils import atomic
+
+
+NumberedLines = list[tuple[int, Any]]
+
+
+def read_lines(path: str) -> tuple[NumberedLines, list[tuple[int, str]]]:
+  """Parses a jsonl file, keeping line numbers.
+
+  Args:
+    path: the file.
+
+  Returns:
+    `(values, invalid)`: `(line_number, value)` for every valid line and
+    `(line_number, message)` for every line that is not valid JSON (a line
+    cut short by a killed writer included); blank lines are in neither.
+
+  Raises:
+    errors.InputError: the file is missing or is not UTF-8 text.
+  """
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except FileNotFoundError as e:
+    raise errors.InputError(f'{path}: no such file') from e
+  except IsADirectoryError as e:
+    raise errors.InputError(f'{path}: is a folder, expected a .jsonl '
+                            'file') from e
+  try:
+    text = data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b'\n') + 1
+    raise errors.InputError(
+        f'{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); '
+        'save the file as UTF-8 JSON lines') from e
+  values, invalid = [], []
+  for line_number, line in enumerate(text.splitlines(), start=1):
+    line = line.strip()
+    if not line:
+      continue
+    try:
+      values.append((line_number, json.loads(line)))
+    except json.JSONDecodeError as e:
+      invalid.append((line_number, f'not valid JSON: {e}'))
+  return values, invalid
 
 
 def read(path: str, missing_ok: bool = False) -> list[Any]:
@@ -22,21 +67,17 @@ def read(path: str, missing_ok: bool = False) -> list[Any]:
 
   Returns:
     The parsed values, in file order.
+
+  Raises:
+    errors.InputError: the file is missing (unless `missing_ok`) or is not
+      UTF-8 text.
   """
   if missing_ok and not os.path.exists(path):
     return []
-  values = []
-  with open(path, encoding='utf-8') as f:
-    for line_number, line in enumerate(f, start=1):
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        values.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        logging.warning('%s:%d: skipping invalid JSON: %s', path, line_number,
-                        e)
-  return values
+  values, invalid = read_lines(path)
+  for line_number, message in invalid:
+    logging.warning('%s:%d: skipping line: %s', path, line_number, message)
+  return [value for _, value in values]
 
 
 def write_atomic(path: str, values: Iterable[Any]) -> None:
@@ -46,6 +87,5 @@ def write_atomic(path: str, values: Iterable[Any]) -> None:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-  """Writes a text file under a temporary name, then renames."""
-  with atomic.atomic_path(path) as tmp:
-    tmp.write_text(text, encoding='utf-8')
+  """Writes a text file (`kiwi_jax.utils.atomic`: umask modes, renamed)."""
+  atomic.write_text(path, text)

@@ -18,8 +18,12 @@ subtask}`), in benchmark order (the reference writes them in completion
 order; the aggregates do not depend on it, except for which of two RefVIE
 replies of unequal length is rejected, see `aggregate`). Judging is
 resumable: each scored sample is appended to `<jsonl>.partial` as it
-finishes, and a rerun only asks the judge about the others. As in the reference, an existing final jsonl means
-the benchmark is done.
+finishes, and a rerun only asks the judge about the others. As in the
+reference, an existing final jsonl means the benchmark is done.
+`judge_pending` fills the partial file and `write_final` writes the jsonl,
+so a caller can keep incomplete results out of the final file; every
+dropped sample carries its reason (`missing reply` for a replay judge
+without a recorded reply, `upload failed: ...`, `no valid scores ...`).
 """
 
 import concurrent.futures
@@ -28,12 +32,13 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import tqdm
 
 from kiwi_jax.evaluators import benchmarks
+from kiwi_jax.evaluators import errors
 from kiwi_jax.evaluators import jsonl
 from kiwi_jax.evaluators import rubrics
 
@@ -128,36 +133,67 @@ def refvie_tasks(items: Sequence[benchmarks.BenchmarkItem],
   return tasks
 
 
+class NoReplyError(LookupError):
+  """A judge has no reply for a sample (the replay judge's missing reply)."""
+
+
 def judge_sample(judge: Judge, task: JudgeTask,
                  attempts: int = ATTEMPTS) -> tuple[list[int], str] | None:
   """Scores and reply of one sample, or None when it is dropped."""
+  return _judge_sample(judge, task, attempts)[0]
+
+
+def _judge_sample(judge: Judge, task: JudgeTask, attempts: int
+                  ) -> tuple[tuple[list[int], str] | None, str]:
+  """`judge_sample`'s result and, for a dropped sample, why."""
   try:
     handles = judge.upload(task.media)
+  except NoReplyError:
+    return None, 'missing reply'
   except Exception as e:  # pylint: disable=broad-except
     # The reference drops a sample whose upload fails, whatever the cause.
     logging.warning('%s: upload failed, sample dropped: %s', task.key, e)
-    return None
+    return None, f'upload failed: {e}'
   for attempt in range(1, attempts + 1):
     try:
       reply = judge.generate(task.system_instruction, handles)
+    except NoReplyError:
+      return None, 'missing reply'
     except Exception as e:  # pylint: disable=broad-except
       logging.warning('%s: attempt %d failed: %s', task.key, attempt, e)
       continue
     scores = task.parse(reply)
     if scores:
-      return scores, reply
+      return (scores, reply), ''
     logging.warning('%s: attempt %d: reply has no valid scores', task.key,
                     attempt)
   logging.warning('%s: dropped after %d attempts', task.key, attempts)
-  return None
+  return None, f'no valid scores in {attempts} attempts'
 
 
 @dataclasses.dataclass
 class JudgeSummary:
-  """Counts of one judging run."""
+  """What one judging run did.
+
+  Attributes:
+    scored: samples scored by this run.
+    reused: samples scored by an earlier, interrupted run (`.partial`).
+    dropped: samples not scored, in completion order.
+    reasons: why each dropped sample was not scored.
+    records: the score records of every scored sample, in task order.
+    reused_keys: the samples taken from the `.partial` file.
+  """
   scored: int = 0
   reused: int = 0
   dropped: list[str] = dataclasses.field(default_factory=list)
+  reasons: dict[str, str] = dataclasses.field(default_factory=dict)
+  records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  reused_keys: set[str] = dataclasses.field(default_factory=set)
+
+
+def partial_path(out_path: str) -> str:
+  """Where scored samples are kept until the final jsonl is written."""
+  return out_path + '.partial'
 
 
 def judge_benchmark(judge: Judge, tasks: Sequence[JudgeTask], out_path: str,
@@ -179,30 +215,46 @@ def judge_benchmark(judge: Judge, tasks: Sequence[JudgeTask], out_path: str,
   if os.path.exists(out_path):
     logging.info('%s exists; not judging again', out_path)
     return None
+  summary = judge_pending(judge, tasks, out_path, workers=workers,
+                          attempts=attempts, show_progress=show_progress)
+  write_final(out_path, summary)
+  return summary
+
+
+def judge_pending(judge: Judge, tasks: Sequence[JudgeTask], out_path: str,
+                  *, workers: int, attempts: int = ATTEMPTS,
+                  show_progress: bool = True) -> JudgeSummary:
+  """Judges the tasks not yet in `<out_path>.partial`, appending to it.
+
+  The final jsonl is not written (`write_final` does that), so a caller
+  can decide whether the results are complete enough to keep.
+  """
   keys = [task.key for task in tasks]
   if len(set(keys)) != len(keys):
     raise ValueError('judge tasks have duplicate output names')
-  partial_path = out_path + '.partial'
+  partial_file = partial_path(out_path)
   done = {entry['output']: entry['record']
-          for entry in jsonl.read(partial_path, missing_ok=True)
+          for entry in jsonl.read(partial_file, missing_ok=True)
           if isinstance(entry, dict) and 'record' in entry}
-  summary = JudgeSummary(reused=sum(key in done for key in keys))
+  summary = JudgeSummary(reused_keys={key for key in keys if key in done})
+  summary.reused = len(summary.reused_keys)
   pending = [task for task in tasks if task.key not in done]
   os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
-  _end_with_newline(partial_path)
-  with open(partial_path, 'a', encoding='utf-8') as partial, \
+  _end_with_newline(partial_file)
+  with open(partial_file, 'a', encoding='utf-8') as partial, \
       concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool, \
       tqdm.tqdm(total=len(pending), desc='judge', unit='sample',
                 disable=not show_progress) as progress:
-    futures = {pool.submit(judge_sample, judge, task, attempts): task
+    futures = {pool.submit(_judge_sample, judge, task, attempts): task
                for task in pending}
     try:
       for future in concurrent.futures.as_completed(futures):
         task = futures[future]
-        result = future.result()
+        result, reason = future.result()
         progress.update(1)
         if result is None:
           summary.dropped.append(task.key)
+          summary.reasons[task.key] = reason
           continue
         record = task.record(*result)
         done[task.key] = record
@@ -216,11 +268,17 @@ def judge_benchmark(judge: Judge, tasks: Sequence[JudgeTask], out_path: str,
       for future in futures:
         future.cancel()
       raise
-  jsonl.write_atomic(out_path, [done[k] for k in keys if k in done])
-  os.remove(partial_path)
+  summary.records = [done[k] for k in keys if k in done]
+  return summary
+
+
+def write_final(out_path: str, summary: JudgeSummary) -> None:
+  """Writes the final jsonl of a judging run and removes the partial file."""
+  jsonl.write_atomic(out_path, summary.records)
+  if os.path.exists(partial_path(out_path)):
+    os.remove(partial_path(out_path))
   logging.info('%s: %d scored, %d reused, %d dropped', out_path,
                summary.scored, summary.reused, len(summary.dropped))
-  return summary
 
 
 def _end_with_newline(path: str) -> None:
@@ -238,36 +296,102 @@ class ReplayJudge:
 
   Replies are keyed by the edited video's output name (the last media path,
   relative to `save_dir`). A key may map to one reply (given at every
-  attempt) or a list of replies (one per attempt, the last repeated).
+  attempt) or a list of replies (one per attempt, the last repeated); in a
+  reply file, the lines of one output are its attempts, in file order.
+  An output without a reply is dropped as `missing reply`
+  (`NoReplyError`). After judging, `skipped_replies` names every recorded
+  reply that did not give a score, and why.
   """
 
   def __init__(self, replies: Mapping[str, str | Sequence[str]],
                save_dir: str):
-    self._replies = {k: [v] if isinstance(v, str) else list(v)
-                     for k, v in replies.items()}
+    self._replies = {
+        k: [(f'reply {i + 1} for {k}', text) for i, text in
+            enumerate([v] if isinstance(v, str) else v)]
+        for k, v in replies.items()}
+    self._order = {}  # (key, attempt index) -> position in the file
+    self._invalid: list[tuple[int, str]] = []
     self._save_dir = save_dir
+    self._tried: dict[str, list[int]] = {}
     self._lock = threading.Lock()
 
   @classmethod
   def from_jsonl(cls, path: str, save_dir: str) -> 'ReplayJudge':
     """Reads `{"output": name, "result": reply}` lines (a `.partial` file
-    of `judge_benchmark` has this form)."""
-    replies = {}
-    for entry in jsonl.read(path):
+    of `judge_benchmark` has this form).
+
+    Raises:
+      errors.InputError: the file is missing, not UTF-8, or a JSON line
+        lacks the two keys or holds a non-string value.
+    """
+    values, invalid = jsonl.read_lines(path)
+    judge = cls({}, save_dir)
+    for line_number, entry in values:
+      where = f'{path}:{line_number}'
       if not isinstance(entry, dict) or not {'output', 'result'} <= set(entry):
-        raise ValueError(f'{path}: replay lines need "output" and "result" '
-                         f'keys, got {entry!r:.200}')
-      replies.setdefault(entry['output'], []).append(entry['result'])
-    return cls(replies, save_dir)
+        raise errors.InputError(
+            f'{where}: replay lines need "output" and "result" keys, got '
+            f'{entry!r:.200}')
+      if not isinstance(entry['output'], str) or not isinstance(
+          entry['result'], str):
+        raise errors.InputError(f'{where}: "output" and "result" must be '
+                                f'strings, got {entry!r:.200}')
+      replies = judge._replies.setdefault(entry['output'], [])
+      judge._order[entry['output'], len(replies)] = line_number
+      replies.append((where, entry['result']))
+    judge._invalid = [(n, f'{path}:{n}: {message}') for n, message in invalid]
+    return judge
+
+  def _key(self, path: str) -> str:
+    return os.path.relpath(path, self._save_dir)
 
   def upload(self, paths: Sequence[str]) -> Sequence[Any]:
-    key = os.path.relpath(paths[-1], self._save_dir)
-    if key not in self._replies:
-      raise KeyError(f'no recorded reply for {key}')
+    if self._key(paths[-1]) not in self._replies:
+      raise NoReplyError(f'no recorded reply for {self._key(paths[-1])}')
     return tuple(paths)
 
   def generate(self, system_instruction: str, media: Sequence[Any]) -> str:
     del system_instruction  # The recorded reply already answers it.
-    queue = self._replies[os.path.relpath(media[-1], self._save_dir)]
+    key = self._key(media[-1])
+    replies = self._replies.get(key)
+    if not replies:
+      raise NoReplyError(f'no recorded reply for {key}')
     with self._lock:
-      return queue.pop(0) if len(queue) > 1 else queue[0]
+      tried = self._tried.setdefault(key, [])
+      index = min(len(tried), len(replies) - 1)
+      tried.append(index)
+    return replies[index][1]
+
+  def skipped_replies(self, benchmark_keys: Iterable[str],
+                      summary: JudgeSummary) -> list[str]:
+    """One line per recorded reply that gave no score, in file order.
+
+    Args:
+      benchmark_keys: the output names of the benchmark.
+      summary: the judging run (`judge_pending`).
+    """
+    benchmark_keys = set(benchmark_keys)
+    scored = {key for key in benchmark_keys
+              if key not in summary.reasons and key in self._tried}
+    lines = list(self._invalid)
+    for key, replies in self._replies.items():
+      tried = self._tried.get(key, [])
+      used = tried[-1] if key in scored else None
+      for index, (where, _) in enumerate(replies):
+        if index == used:
+          continue
+        if key not in benchmark_keys:
+          why = 'no such output in the benchmark'
+        elif key in summary.reused_keys:
+          why = 'not used: already scored by an earlier run (.partial)'
+        elif index in tried:
+          why = 'unparsable: the reply has no valid scores'
+        elif used is not None:
+          why = f'duplicate: the output was scored from {replies[used][0]}'
+        elif tried:
+          why = f'not tried: the output was dropped after {len(tried)} tries'
+        else:
+          why = f'not used: {summary.reasons.get(key, "not judged")}'
+        lines.append((self._order.get((key, index), 0),
+                      f'{where} ({key}): {why}'))
+    return [line for _, line in sorted(lines, key=lambda x: x[0])]

@@ -139,3 +139,15 @@ def test_refvie_table(tmp_path):
   assert 'Subject mean (n=3)' in table and 'Background mean (n=2)' in table
   assert '| score | 3.33 | 3.00 | 3.00 | 3.11 | 3.00 | 2.50 | 1.00 | 2.60 |' \
       ' 2.64 | 2.93 |' in table
+
+
+def test_openve_table_shows_expected_empty_categories_without_means():
+  result = aggregate.aggregate_openve(OPENVE_LINES)
+  table = aggregate.openve_table(result, 't', expected=(
+      'global_style', 'local_remove', 'local_add', 'background_change'))
+  assert '| Overall | Global Style | Background Change | Local Remove | ' \
+      'Local Add |' in table
+  # local_remove has no scored sample: n=0, no mean, so no overall.
+  assert '| score | n/a | 3.33 | 3.00 | n/a | 3.00 |' in table
+  assert '| samples | 4 | 2 | 1 | 0 | 1 |' in table
+  assert 'no scored sample in local_remove' in table
