@@ -39,7 +39,6 @@ from kiwi_jax.evaluators import benchmarks
 from kiwi_jax.evaluators import commands
 from kiwi_jax.evaluators import errors
 from kiwi_jax.evaluators import gemini
-from kiwi_jax.evaluators import guards
 from kiwi_jax.evaluators import judges
 from kiwi_jax.evaluators import runner
 from kiwi_jax.utils import paths
@@ -149,7 +148,7 @@ def _run(args) -> None:
     if not args.no_side_by_side:
       outputs.append(('side-by-side video', os.path.join(
           args.save_dir, runner.side_by_side_name(item.output_name))))
-  guards.refuse_outputs_over_inputs(outputs, [
+  paths.refuse_inputs_as_outputs(outputs, [
       ('--dataset_file', args.dataset_file),
       *_item_inputs(mine)])
   _require_files(_item_inputs(mine), 'source videos or reference images')
@@ -172,7 +171,7 @@ def _judge(args) -> int:
   model = args.model or (gemini.OPENVE_MODEL if args.bench == 'openve'
                          else gemini.REFVIE_MODEL)
   out_path = commands.score_path(args.save_dir, args.bench, model)
-  guards.refuse_outputs_over_inputs(
+  paths.refuse_inputs_as_outputs(
       [('score file', out_path),
        ('partial score file', judges.partial_path(out_path)),
        ('score table', commands.table_path(out_path))],
@@ -202,7 +201,7 @@ def _judge(args) -> int:
 
 def _aggregate(args) -> int:
   table_file = commands.table_path(args.scores)
-  guards.refuse_outputs_over_inputs([('score table', table_file)],
+  paths.refuse_inputs_as_outputs([('score table', table_file)],
                                     [('--scores', args.scores)])
   records = commands.read_scores(args.scores)
   categories = commands.ALL_CATEGORIES[args.bench]
@@ -222,7 +221,7 @@ def _aggregate(args) -> int:
 
 def _metrics(args) -> None:
   items = _read_items(args)
-  guards.refuse_outputs_over_inputs(
+  paths.refuse_inputs_as_outputs(
       [(name, os.path.join(args.save_dir, name))
        for name in ('metrics.jsonl', 'metrics.md')],
       [('--dataset_file', args.dataset_file),

@@ -8,9 +8,9 @@
 * `aggregate`: the reference's score aggregation and markdown tables.
 * `metrics`: PSNR, SSIM and a temporal measure against ground truth.
 * `commands`: the steps behind `eval.py judge | aggregate | metrics`.
-* `errors`, `guards`: the one-line failures of `eval.py` (bad input: exit
-  2; incomplete results: exit 1) and the refusal of outputs that resolve
-  to inputs.
+* `errors`: the one-line failures of `eval.py` (bad input: exit 2;
+  incomplete results: exit 1). Outputs that resolve to inputs are refused
+  by `kiwi_jax.utils.paths`, as in every command that writes.
 
 `eval.py` at the repository root is the command line.
 """
