@@ -88,12 +88,20 @@ def has_shards(out_dir: epath.Path) -> bool:
 
 def remove_leftovers(out_dir: epath.Path) -> None:
   """Deletes staging folders that an earlier, killed build left beside
-  `out_dir` (two builds into one folder at once are not supported)."""
+  `out_dir` (two builds into one folder at once are not supported).
+
+  A build killed between moving the previous build aside and renaming the
+  new one in leaves the previous build only in `.<name>.old-*/x`: it is
+  moved back first.
+  """
   if _is_remote(out_dir) or not out_dir.parent.is_dir():
     return
-  parent = pathlib.Path(out_dir.parent)
+  target = pathlib.Path(out_dir)
+  for old in sorted(target.parent.glob(f".{target.name}.old-*")):
+    if not target.exists() and (old / "x").exists():
+      (old / "x").replace(target)
   for kind in ("tmp", "old"):
-    for left in parent.glob(f".{out_dir.name}.{kind}-*"):
+    for left in target.parent.glob(f".{target.name}.{kind}-*"):
       shutil.rmtree(left, ignore_errors=True)
 
 
@@ -117,12 +125,12 @@ def _publish_remote(scratch: epath.Path, out_dir: epath.Path) -> None:
     target = out_dir / (path.name + ".staged")
     path.copy(target, overwrite=True)
     staged.append((target, out_dir / path.name))
-  new_names = {final.name for _, final in staged}
+  keep = {p.name for pair in staged for p in pair}
   for old in out_dir.iterdir():
-    if is_build_file(old) and old.name not in new_names:
+    if is_build_file(old) and old.name not in keep:
       old.unlink()
   for target, final in staged:
-    target.rename(final)
+    target.replace(final)
 
 
 def write_unfinished_report(out_dir: epath.Path, prefix: str,

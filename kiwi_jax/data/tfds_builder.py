@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from kiwi_jax.data import build_folder
 from kiwi_jax.data import record_builder
 from kiwi_jax.data.metadata import Row
 from kiwi_jax.utils import atomic
@@ -134,8 +135,13 @@ def build_tfds(
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         download_mode=tfds.download.GenerateMode.FORCE_REDOWNLOAD))
     return epath.Path(builder.data_dir), builder.reports
-  pathlib.Path(data_dir).mkdir(parents=True, exist_ok=True)
-  scratch = tempfile.mkdtemp(dir=data_dir, prefix=".ref_vie_builder.tmp-")
+  root = pathlib.Path(data_dir)
+  root.mkdir(parents=True, exist_ok=True)
+  # What a killed build left: its scratch data_dir and staging folder.
+  for left in root.glob(f".{RefVIEBuilder.name}.tmp-*"):
+    shutil.rmtree(left, ignore_errors=True)
+  build_folder.remove_leftovers(final)
+  scratch = tempfile.mkdtemp(dir=root, prefix=f".{RefVIEBuilder.name}.tmp-")
   try:
     builder = make(scratch)
     builder.download_and_prepare()

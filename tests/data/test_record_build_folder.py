@@ -231,3 +231,39 @@ def test_output_folder_holding_the_inputs_is_refused(png_csv, where):
   result = run_cli(*build_args(png_csv, f"{out}/."))
   assert_one_line_error(result, "Choose an")
   assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_remote_folder_publishing_replaces_the_previous_build(
+    png_csv, tmp_path, monkeypatch):
+  """gs:// has no rename: the remote path stages, deletes, renames. Run on
+  a local folder treated as remote."""
+  monkeypatch.setattr(build_folder, "_is_remote", lambda path: True)
+  out = tmp_path / "bucket"
+  rows = metadata.read_csv_rows(png_csv)
+  options = record_builder.CheckOptions(min_frames=1)
+  record_builder.build_array_records(rows, png_csv.parent, out,
+                                     options=options, num_shards=2)
+  with pytest.raises(KeyboardInterrupt):
+    record_builder.build_array_records(
+        _rows_then_interrupt(rows, after=1), png_csv.parent, out,
+        options=options)
+  record_builder.build_array_records(rows, png_csv.parent, out,
+                                     options=options, num_shards=1)
+  assert sorted(p.name for p in out.iterdir()) == [
+      "refvie-00000-of-00001.array_record", "refvie.report.json"]
+  assert stored_prompts(out) == [f"edit {i}" for i in range(4)]
+
+
+def test_previous_build_moved_aside_by_a_killed_build_is_restored(
+    png_csv, tmp_path):
+  out = tmp_path / "records"
+  rows = metadata.read_csv_rows(png_csv)
+  options = record_builder.CheckOptions(min_frames=1)
+  record_builder.build_array_records(rows, png_csv.parent, out,
+                                     options=options)
+  aside = tmp_path / ".records.old-killed"
+  aside.mkdir()
+  out.rename(aside / "x")
+  build_folder.remove_leftovers(out)
+  assert stored_prompts(out) == [f"edit {i}" for i in range(4)]
+  assert not aside.exists()
