@@ -5,6 +5,7 @@ Modules (import the one you need; nothing heavy is imported here):
   metadata        the reference's CSV formats and the RefVIE parquet chunks
   record_builder  per-row checks, problem report, ArrayRecord shards
   build_records   command line over record_builder / tfds_builder
+  build_folder    a build's output folder: replaced whole, never mixed
   tfds_builder    the same data as a tfds dataset (ArrayRecord, no TF)
   records         the record serialisation and shard writing
   video_io        PyAV / Pillow encode and decode, in memory

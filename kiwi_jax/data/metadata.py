@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 from etils import epath
 
 REQUIRED_CSV_COLUMNS = ("src_video", "tgt_video", "prompt")
+OPTIONAL_CSV_COLUMNS = ("ref_image", "iid")
 PARQUET_COLUMNS = ("iid", "prompt", "src_video", "tgt_video", "ref_image_bytes")
 RECORD_FIELDS = ("key", "origin", "prompt", "src", "src_kind", "tgt",
                  "tgt_kind")
@@ -80,15 +81,28 @@ def read_csv_rows(csv_path: str | epath.Path) -> list[Row]:
   """Reads a reference-format CSV (header required, columns in any order).
 
   Raises:
-    ValueError: a required column is missing from the header.
+    FileNotFoundError: there is no such file.
+    ValueError: the file is not UTF-8 text, or a required column is missing
+      from the header.
   """
   csv_path = epath.Path(csv_path)
-  reader = csv.DictReader(io.StringIO(csv_path.read_text()))
+  if not csv_path.exists():
+    raise FileNotFoundError(f"{csv_path}: no such CSV file")
+  if csv_path.is_dir():
+    raise ValueError(f"{csv_path} is a folder; give the CSV file itself")
+  try:
+    text = csv_path.read_text(encoding="utf-8")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{csv_path}: not UTF-8 text (byte {e.start}); save "
+                     "the CSV as UTF-8") from e
+  reader = csv.DictReader(io.StringIO(text))
   columns = reader.fieldnames or []
   missing = [c for c in REQUIRED_CSV_COLUMNS if c not in columns]
   if missing:
     raise ValueError(
-        f"{csv_path}: missing column(s) {missing}; header is {columns}"
+        f"{csv_path}: missing column(s) {missing}; header is {columns}. "
+        f"The header needs {', '.join(REQUIRED_CSV_COLUMNS)} (optional: "
+        f"{', '.join(OPTIONAL_CSV_COLUMNS)}), in any order."
     )
   has_ref = "ref_image" in columns
   rows = []
@@ -108,26 +122,56 @@ def read_csv_rows(csv_path: str | epath.Path) -> list[Row]:
   return rows
 
 
+def check_parquet_chunks(paths: Sequence[str | epath.Path]) -> None:
+  """Checks that every chunk exists, is parquet and has `PARQUET_COLUMNS`
+  (reads only the footers).
+
+  Raises:
+    FileNotFoundError: a chunk does not exist.
+    ValueError: a chunk is not parquet or lacks a column (all named).
+  """
+  # pylint: disable-next=g-import-not-at-top
+  import pyarrow.parquet as pq
+  for path in paths:
+    path = epath.Path(path)
+    if not path.exists():
+      raise FileNotFoundError(f"{path}: no such parquet file")
+    try:
+      with path.open("rb") as f:
+        names = pq.ParquetFile(f).schema_arrow.names
+    except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is both
+      raise ValueError(f"{path}: not a readable parquet file ({e})") from e
+    missing = [c for c in PARQUET_COLUMNS if c not in names]
+    if missing:
+      raise ValueError(
+          f"{path}: missing column(s) {missing}; columns are {names}. "
+          f"RefVIE chunks have {', '.join(PARQUET_COLUMNS)}."
+      )
+
+
 def read_parquet_rows(
     paths: Sequence[str | epath.Path], batch_size: int = 256
 ) -> Iterator[Row]:
   """Streams rows from RefVIE parquet chunks (`chunk_*.parquet`).
 
+  Every chunk is checked (`check_parquet_chunks`) when this is called,
+  before the first row is read.
+
   Raises:
-    ValueError: a chunk lacks one of `PARQUET_COLUMNS`.
+    FileNotFoundError, ValueError: as `check_parquet_chunks`.
   """
+  paths = [epath.Path(p) for p in paths]
+  check_parquet_chunks(paths)
+  return _parquet_rows(paths, batch_size)
+
+
+def _parquet_rows(paths: Sequence[epath.Path],
+                  batch_size: int) -> Iterator[Row]:
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
 
   for path in paths:
-    path = epath.Path(path)
     with path.open("rb") as f:
       parquet = pq.ParquetFile(f)
-      names = parquet.schema_arrow.names
-      missing = [c for c in PARQUET_COLUMNS if c not in names]
-      if missing:
-        raise ValueError(
-            f"{path}: missing column(s) {missing}; columns are {names}"
-        )
       offset = 0
       for batch in parquet.iter_batches(
           batch_size=batch_size, columns=list(PARQUET_COLUMNS)

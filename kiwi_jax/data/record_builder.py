@@ -5,7 +5,12 @@ hold enough frames, images decode, the prompt is not empty, and source and
 target agree in size (the reference retries such samples at random, spec 6.3;
 here they are reported instead). A `ProblemReport` counts each kind of
 problem; the policy either skips bad rows or fails the build, in which case
-no shard is left behind.
+no shard is left behind. A key seen twice (the parquet `iid`, the CSV `iid`
+column) is a problem too: the later rows are reported and not written.
+
+`build_array_records` owns its output folder (`build_folder`): a complete
+build replaces the previous one whole, an unfinished one leaves it untouched,
+and the report's `status` says which ("complete", "failed", "interrupted").
 
 Records hold the encoded media bytes plus metadata (see `check_row`), never
 decoded frames: a 720p x 81 clip is ~1-10 MB encoded but 224 MB decoded.
@@ -16,10 +21,12 @@ import concurrent.futures
 import dataclasses
 import itertools
 import json
+import re
 from typing import Any, Iterable, Iterator, Literal
 
 from etils import epath
 
+from kiwi_jax.data import build_folder
 from kiwi_jax.data import records
 from kiwi_jax.data import transforms
 from kiwi_jax.data import video_io
@@ -35,6 +42,7 @@ PROBLEM_KINDS = (
     "empty_prompt",
     "size_mismatch",
 )
+DUPLICATE_KEY = "duplicate_key"
 _MAX_EXAMPLES_PER_KIND = 20
 
 
@@ -65,10 +73,23 @@ class Problem:
 
 @dataclasses.dataclass
 class ProblemReport:
-  """Counts of each problem kind, with the first few occurrences."""
+  """Counts of each problem kind, with the first few occurrences.
+
+  Attributes:
+    rows_seen: rows read so far.
+    rows_written: rows that passed every check (written once the build is
+      complete; an unfinished build writes none).
+    duplicate_keys: rows whose key an earlier row already had (not written;
+      examples under "duplicate_key").
+    status: "running", then "complete", "failed" (the "fail" policy fired)
+      or "interrupted" (stopped before the end; `error` says why).
+  """
 
   rows_seen: int = 0
   rows_written: int = 0
+  duplicate_keys: int = 0
+  status: str = "running"
+  error: str = ""
   counts: dict[str, int] = dataclasses.field(
       default_factory=lambda: {k: 0 for k in PROBLEM_KINDS}
   )
@@ -81,29 +102,53 @@ class ProblemReport:
     return self.rows_seen - self.rows_written
 
   def add(self, problem: Problem) -> None:
-    self.counts[problem.kind] += 1
+    if problem.kind == DUPLICATE_KEY:
+      self.duplicate_keys += 1
+    else:
+      self.counts[problem.kind] += 1
     if len(self.examples[problem.kind]) < _MAX_EXAMPLES_PER_KIND:
       self.examples[problem.kind].append(f"{problem.origin}: {problem.detail}")
 
   def to_dict(self) -> dict[str, Any]:
+    complete = self.status == "complete"
     return {
+        "status": self.status,
+        **({"error": self.error} if self.error else {}),
         "rows_seen": self.rows_seen,
-        "rows_written": self.rows_written,
+        "rows_passed": self.rows_written,
+        "rows_written": self.rows_written if complete else 0,
         "rows_with_problems": self.rows_with_problems,
+        "duplicate_keys": self.duplicate_keys,
         "counts": dict(self.counts),
         "examples": dict(self.examples),
     }
 
   def summary(self) -> str:
-    lines = [
-        f"{self.rows_seen} rows checked, {self.rows_written} written, "
-        f"{self.rows_with_problems} with problems"
-    ]
-    for kind in PROBLEM_KINDS:
-      if self.counts[kind]:
-        lines.append(f"  {kind}: {self.counts[kind]}")
+    counts = (f"{self.rows_seen} rows checked, {self.rows_written} written, "
+              f"{self.rows_with_problems} with problems")
+    if self.status == "failed":
+      counts = (f"{self.rows_seen} rows checked, {self.rows_written} "
+                f"passed, {self.rows_with_problems} with problems; "
+                "no shard written")
+    elif self.status == "interrupted":
+      counts = (f"interrupted after {self.rows_seen} rows checked "
+                f"({self.rows_written} passed, {self.rows_with_problems} "
+                "with problems); no shard written"
+                + (f" ({self.error})" if self.error else ""))
+    lines = [counts]
+    kinds = [(k, self.counts[k]) for k in PROBLEM_KINDS]
+    for kind, count in kinds + [(DUPLICATE_KEY, self.duplicate_keys)]:
+      if count:
+        lines.append(f"  {kind}: {count}")
         lines.extend(f"    {e}" for e in self.examples[kind][:3])
     return "\n".join(lines)
+
+
+def _reason(error: Exception) -> str:
+  """The error's message without the in-memory buffer Pillow or PyAV name
+  (``<_io.BytesIO object at 0x...>``), which tells the user nothing."""
+  return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "",
+                str(error))
 
 
 class RecordBuildError(RuntimeError):
@@ -134,7 +179,8 @@ def _check_media(data, path, what, row, options, problems):
     count = video_io.count_video_frames(data, options.max_frames)
   except video_io.MediaError as e:
     problem = "unreadable_image" if kind == "image" else "unreadable_video"
-    problems.append(Problem(problem, row.origin, f"{what} {path}: {e}"))
+    problems.append(
+        Problem(problem, row.origin, f"{what} {path}: {_reason(e)}"))
     return None
   if count < options.min_frames:
     problems.append(Problem(
@@ -165,7 +211,8 @@ def check_row(
     try:
       video_io.media_kind(relative)
     except video_io.MediaError as e:
-      problems.append(Problem("unreadable_video", row.origin, f"{what}: {e}"))
+      problems.append(
+          Problem("unreadable_video", row.origin, f"{what}: {_reason(e)}"))
       continue
     data = _read(base_dir, relative, what, row, problems)
     if data is not None:
@@ -181,8 +228,11 @@ def check_row(
     try:
       video_io.decode_image(ref)
     except video_io.MediaError as e:
-      problems.append(
-          Problem("unreadable_image", row.origin, f"ref_image: {e}"))
+      where = (f"ref_image_bytes of row {row.key} ({len(ref)} bytes)"
+               if row.ref_image_bytes is not None
+               else f"ref_image {row.ref_image}")
+      problems.append(Problem("unreadable_image", row.origin,
+                              f"{where}: {_reason(e)}"))
   elif row.ref_image_bytes is not None:
     problems.append(
         Problem("unreadable_image", row.origin, "ref_image_bytes is empty"))
@@ -231,18 +281,31 @@ def checked_records(
   """Yields the record fields of good rows in input order, filling `report`.
 
   Under the "fail" policy every row is still checked (so the report is
-  complete) and `RecordBuildError` is raised at the end if any failed.
+  complete) and `RecordBuildError` is raised at the end if any failed. A
+  row whose key an earlier row had is reported ("duplicate_key") and not
+  checked.
   """
   if policy not in ("skip", "fail"):
     raise ValueError(f"policy must be 'skip' or 'fail', got {policy!r}")
   check = lambda row: check_row(row, base_dir, options)
   num_workers = max(1, num_workers)
   rows = iter(rows)
+  first_seen: dict[str, str] = {}
   with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
     # PyAV and Pillow release the GIL while decoding, so threads overlap.
     # Rows go in bounded chunks: results hold encoded media in memory.
     while chunk := list(itertools.islice(rows, 4 * num_workers)):
-      for fields, problems in pool.map(check, chunk):
+      fresh = []
+      for row in chunk:
+        if row.key in first_seen:
+          report.rows_seen += 1
+          report.add(Problem(DUPLICATE_KEY, row.origin,
+                             f"key {row.key} already used by "
+                             f"{first_seen[row.key]}"))
+        else:
+          first_seen[row.key] = row.origin
+          fresh.append(row)
+      for fields, problems in pool.map(check, fresh):
         report.rows_seen += 1
         for problem in problems:
           report.add(problem)
@@ -250,6 +313,7 @@ def checked_records(
           report.rows_written += 1
           yield fields
   if policy == "fail" and report.rows_with_problems:
+    report.status = "failed"
     raise RecordBuildError(report)
 
 
@@ -266,12 +330,23 @@ def build_array_records(
 ) -> ProblemReport:
   """Checks rows and writes the good ones as ArrayRecord shards.
 
-  The report is also written to `<out_dir>/<prefix>.report.json`, under both
-  policies. Under "fail" with any problem, no shard is written and
-  `RecordBuildError` is raised.
+  `out_dir` holds one build (`build_folder`): a complete build replaces
+  the previous one whole, with its report as `<out_dir>/<prefix>.report.json`.
+  A build that does not finish (the "fail" policy fired, an interrupt, an
+  error) writes no shard, leaves a previous build untouched, writes its
+  report (status "failed" or "interrupted") and re-raises.
+
+  Raises:
+    build_folder.OutputFolderError: `out_dir` holds files that are not a
+      record build (checked before any row is read).
+    RecordBuildError: under "fail" with any problem.
   """
+  if num_shards < 1:
+    raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+  out_dir = build_folder.resolve(out_dir)
+  build_folder.check_output_folder(out_dir)
+  build_folder.remove_leftovers(out_dir)
   report = ProblemReport()
-  out_dir = epath.Path(out_dir)
   serialized = (
       records.serialize(fields)
       for fields in checked_records(
@@ -280,12 +355,20 @@ def build_array_records(
       )
   )
   try:
-    records.write_shards(
-        serialized, out_dir, prefix=prefix, num_shards=num_shards
-    )
-  finally:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{prefix}.report.json").write_text(
-        json.dumps(report.to_dict(), indent=2)
-    )
+    with build_folder.staging(out_dir) as stage:
+      records.write_shards(
+          serialized, stage, prefix=prefix, num_shards=num_shards
+      )
+      report.status = "complete"
+      (stage / f"{prefix}{build_folder.REPORT_SUFFIX}").write_text(
+          json.dumps(report.to_dict(), indent=2)
+      )
+  except BaseException as e:
+    if report.status != "failed":
+      report.status = "interrupted"
+      report.error = (type(e).__name__ if isinstance(e, KeyboardInterrupt)
+                      else f"{type(e).__name__}: {e}")
+    build_folder.write_unfinished_report(
+        out_dir, prefix, json.dumps(report.to_dict(), indent=2))
+    raise
   return report

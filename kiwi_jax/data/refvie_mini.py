@@ -335,7 +335,8 @@ def build_records(
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m kiwi_jax.data.refvie_mini",
+                                   description=__doc__.split("\n")[0])
   parser.add_argument("--out_dir", required=True)
   parser.add_argument("--num_videos", type=int, default=24)
   parser.add_argument("--num_images", type=int, default=8)
@@ -348,6 +349,26 @@ def main(argv=None) -> int:
                       help="also build ArrayRecord shards here, one "
                       "subdirectory per CSV")
   args = parser.parse_args(argv)
+  if args.records_dir:
+    # Before any work: a records folder (replaced whole by its build) must
+    # not hold or be the dataset it is built from.
+    # pylint: disable=g-import-not-at-top
+    from kiwi_jax.data import build_folder
+    from kiwi_jax.utils import paths
+    # pylint: enable=g-import-not-at-top
+    folders = {f"--records_dir (its {name}/ folder)":
+               epath.Path(args.records_dir) / name
+               for name in ["video", "ref"] + (
+                   ["image"] if args.num_images else [])}
+    try:
+      paths.refuse_inputs_as_outputs(
+          outputs=folders.items(), inputs=[("--out_dir", args.out_dir)],
+          folders=folders)
+      for flag, folder in folders.items():
+        build_folder.check_output_folder(folder, flag)
+    except ValueError as e:  # OutputIsInputError, OutputFolderError
+      print(f"{parser.prog}: error: {e}", file=sys.stderr)
+      return 2
   cfg = MiniConfig(height=args.height, width=args.width,
                    num_frames=args.num_frames, ref_size=args.ref_size)
   csvs = write_dataset(args.out_dir, num_videos=args.num_videos,

@@ -9,16 +9,28 @@ be ~100x larger. The prepared directory is readable without this code:
   source = builder.as_data_source("train")   # random access, numpy dicts
 
 and `pipeline.make_source` accepts such a directory directly.
+
+A build replaces the dataset it prepared before (`<data_dir>/ref_vie_builder/
+<version>`) instead of silently reusing it: a local one is prepared in a
+staging folder and renamed into place, so a failed or interrupted build
+leaves the previous one whole; a remote one (gs://) is deleted first and
+prepared again (tfds's own overwrite).
 """
 
+import os
+import pathlib
+import shutil
+import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from kiwi_jax.data import build_folder
 from kiwi_jax.data import record_builder
 from kiwi_jax.data.metadata import Row
+from kiwi_jax.utils import atomic
 
 _BYTES = lambda: tfds.features.Tensor(shape=(), dtype=np.object_)
 
@@ -94,6 +106,12 @@ class RefVIEBuilder(tfds.core.GeneratorBasedBuilder):
       yield fields["key"], fields
 
 
+def dataset_dir(data_dir: str | epath.Path) -> epath.Path:
+  """The folder `build_tfds` prepares (and replaces) under `data_dir`."""
+  return (epath.Path(data_dir) / RefVIEBuilder.name
+          / str(RefVIEBuilder.VERSION))
+
+
 def build_tfds(
     rows_by_split: Mapping[str, Sequence[Row]],
     base_dir: str | epath.Path,
@@ -102,15 +120,34 @@ def build_tfds(
     options: record_builder.CheckOptions = record_builder.CheckOptions(),
     policy: record_builder.Policy = "skip",
 ) -> tuple[epath.Path, dict[str, record_builder.ProblemReport]]:
-  """Prepares the dataset under `data_dir`.
+  """Prepares the dataset under `data_dir`, replacing an earlier one.
 
   Returns:
     The prepared directory (for `tfds.builder_from_directory`) and the
     problem report of each split.
   """
-  builder = RefVIEBuilder(
+  make = lambda root, **kw: RefVIEBuilder(
       rows_by_split=rows_by_split, base_dir=base_dir, options=options,
-      policy=policy, data_dir=str(data_dir),
-  )
-  builder.download_and_prepare()
-  return epath.Path(builder.data_dir), builder.reports
+      policy=policy, data_dir=str(root), **kw)
+  final = dataset_dir(data_dir)
+  if "://" in str(data_dir):
+    builder = make(data_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        download_mode=tfds.download.GenerateMode.FORCE_REDOWNLOAD))
+    return epath.Path(builder.data_dir), builder.reports
+  root = pathlib.Path(data_dir)
+  root.mkdir(parents=True, exist_ok=True)
+  # What a killed build left: its scratch data_dir and staging folder.
+  for left in root.glob(f".{RefVIEBuilder.name}.tmp-*"):
+    shutil.rmtree(left, ignore_errors=True)
+  build_folder.remove_leftovers(final)
+  scratch = tempfile.mkdtemp(dir=root, prefix=f".{RefVIEBuilder.name}.tmp-")
+  try:
+    builder = make(scratch)
+    builder.download_and_prepare()
+    with atomic.atomic_directory(final, overwrite=True) as tmp:
+      for entry in os.listdir(builder.data_dir):
+        os.replace(os.path.join(builder.data_dir, entry), tmp / entry)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+  return final, builder.reports

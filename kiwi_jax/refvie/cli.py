@@ -23,7 +23,9 @@ Inputs: reference-format CSVs (`src_video,tgt_video,prompt`, optional
 source and target bytes are decoded in memory; needs --media=copy); a
 reference image, if any, is ignored. Prints the report (counts per stage
 and reason); exit status 0 (1 when --records_dir is given and a
-quadruplet fails the record check).
+quadruplet fails the record check; 2, with one line on stderr and nothing
+written, when an input cannot be read or an output folder would hold or
+replace an input).
 """
 
 import argparse
@@ -39,6 +41,9 @@ from kiwi_jax.refvie import pipeline_local
 from kiwi_jax.refvie import quality
 from kiwi_jax.refvie import synthesis
 from kiwi_jax.refvie.process import MEDIA_MODES, Pipeline
+from kiwi_jax.utils import paths
+
+PROG = "python -m kiwi_jax.refvie"
 
 
 def _pipeline(args) -> Pipeline:
@@ -52,6 +57,38 @@ def _pipeline(args) -> Pipeline:
           canvas_size=args.canvas_size)),
       max_frames=args.max_frames, media=args.media,
       analysis_max_side=args.analysis_max_side or None)
+
+
+def _inputs(args) -> list[tuple[str, str | epath.Path]]:
+  """Every file the run reads, by flag (globs expanded)."""
+  inputs = [("--csv", path) for path in args.csv or ()]
+  if args.parquet:
+    pattern = epath.Path(args.parquet)
+    if not any(pattern.parent.glob(pattern.name)):
+      raise FileNotFoundError(f"--parquet {args.parquet}: no file matches")
+    inputs += [("--parquet", p) for p in pattern.parent.glob(pattern.name)]
+  if args.records:
+    inputs += [("--records", p) for p in metadata.record_shards(args.records)]
+  if args.base_dir:
+    inputs.append(("--base_dir", args.base_dir))
+  return inputs
+
+
+def _refuse_outputs_over_inputs(args) -> None:
+  """Raises (ValueError) when --out_dir or --records_dir would write over
+  an input, or --records_dir over the run's own output."""
+  inputs = _inputs(args)
+  paths.refuse_inputs_as_outputs(
+      outputs=[("--out_dir", args.out_dir)], inputs=inputs,
+      folders=["--out_dir"])
+  if args.records_dir:
+    paths.refuse_inputs_as_outputs(
+        outputs=[("--records_dir", args.records_dir)],
+        inputs=inputs + [("--out_dir", args.out_dir)],
+        folders=["--records_dir"])
+    # pylint: disable-next=g-import-not-at-top
+    from kiwi_jax.data import build_folder
+    build_folder.check_output_folder(args.records_dir, "--records_dir")
 
 
 def _rows(args) -> list[metadata.Row]:
@@ -73,7 +110,7 @@ def _rows(args) -> list[metadata.Row]:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m kiwi_jax.refvie", description=__doc__.split("\n")[0],
+      prog=PROG, description=__doc__.split("\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
   parser.add_argument("--csv", action="append",
                       help="reference-format CSV (repeatable)")
@@ -116,11 +153,19 @@ def main(argv=None) -> int:
     parser.error("--csv and --parquet need --base_dir")
   if args.records and args.media != "copy":
     parser.error("--records needs --media=copy (its media has no path)")
+  try:
+    # Before any work: a refused output leaves everything as it was.
+    _refuse_outputs_over_inputs(args)
+    rows = _rows(args)
+  except (FileNotFoundError, ValueError) as e:
+    # ValueError covers OutputIsInputError, OutputFolderError and
+    # metadata's column checks.
+    print(f"{PROG}: error: {e}", file=sys.stderr)
+    return 2
   # Records alone: nothing is read from base_dir (ArrayRecord media is
   # inline), but the run's manifest and writers still take one.
   args.base_dir = args.base_dir or "."
   pipeline = _pipeline(args)
-  rows = _rows(args)
   if args.runner == "beam":
     try:
       # Optional dependency, imported on use.

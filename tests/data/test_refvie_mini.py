@@ -2,6 +2,10 @@
 
 import csv
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -94,3 +98,20 @@ def test_command_line_writes_dataset_and_records(tmp_path, capsys):
   assert "records in" in capsys.readouterr().out
   for name in ("image", "video", "ref"):
     assert list((tmp_path / "rec" / name).glob("*.array_record"))
+
+
+def test_command_line_refuses_records_over_the_dataset(tmp_path):
+  """--records_dir/video would be the dataset itself: one line, exit 2,
+  before anything is generated."""
+  root = pathlib.Path(__file__).resolve().parents[2]
+  env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(root))
+  result = subprocess.run(
+      [sys.executable, "-m", "kiwi_jax.data.refvie_mini",
+       f"--out_dir={tmp_path / 'video'}", "--num_videos=1",
+       "--num_images=0", f"--records_dir={tmp_path}"],
+      cwd=root, env=env, capture_output=True, text=True, check=False)
+  assert result.returncode == 2, result.stderr
+  (line,) = result.stderr.strip().splitlines()
+  assert line.startswith("python -m kiwi_jax.data.refvie_mini: error: ")
+  assert "--records_dir (its video/ folder)" in line
+  assert not list(tmp_path.iterdir())
