@@ -17,8 +17,8 @@ written under a temporary name and renamed (with the umask's mode), so a
 failed run leaves no partial output.
 
 Progress: each phase (decode inputs, load model, mllm encode, vae encode,
-denoise, vae decode, write) is announced on stderr as it begins, with a bar
-over the denoising steps alone; the summary line on stdout gives the time
+compile denoise, denoise, vae decode, write) is announced on stderr as it
+begins, with a bar over the denoising steps alone (compiled beforehand); the summary line on stdout gives the time
 of every phase, which add up to the total. The denoising loop is one
 compiled program; a host callback inside it advances the bar after each
 step (``kiwi_jax.pipeline.progress``), so the loop is never split into
@@ -46,7 +46,8 @@ USER_ERRORS = (inputs_lib.EditInputError, outputs_lib.EditOutputError,
                edit_pipeline.CheckpointDirError, paths.OutputIsInputError)
 # How the summary and the phase lines name the pipeline's stages.
 PHASE_NAMES = {"mllm_encode": "mllm encode", "vae_encode": "vae encode",
-               "denoise": "denoise", "vae_decode": "vae decode"}
+               "compile": "compile denoise", "denoise": "denoise",
+               "vae_decode": "vae decode"}
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -66,7 +67,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
   parser = _OneLineParser(
-      prog=PROG, description=__doc__.split("\n")[0],
+      prog=PROG, description=__doc__.split("\n")[0].replace("``", ""),
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--checkpoint", required=True,
                       help="converted kiwi_jax checkpoint directory")
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
       "--ref-guidance-scale (unused without guidance)")
   parser.add_argument("--fps", type=float, default=None,
                       help="output frame rate, above 0 and at most "
-                      f"{edit_pipeline.MAX_FPS:g} (default: the source's)")
+                      f"{edit_pipeline.MAX_FPS:g}; without it, the source's")
   parser.add_argument("--side-by-side", action="store_true",
                       help="also write <out>_concat.mp4|png and .gif "
                       "(source | reference | edited)")

@@ -45,7 +45,13 @@ from kiwi_jax.pipeline import progress as progress_lib
 from kiwi_jax.pipeline import stages
 from kiwi_jax.utils import paths
 
-STAGES = ("mllm_encode", "vae_encode", "denoise", "vae_decode")
+# The stages of one edit, in order. "compile" is the denoising loop's
+# compilation, apart so that the first step's time is the step's own; it
+# happens once per clip shape and guidance setting (``EditPipeline``
+# keeps the compiled loops).
+STAGES = ("mllm_encode", "vae_encode", "compile", "denoise", "vae_decode")
+# Compiled denoising loops one pipeline keeps (the oldest goes first).
+MAX_COMPILED_LOOPS = 8
 # Most denoising steps of one edit (the reference uses 50). The step tables
 # grow with the square of the count, so absurd counts are refused early.
 MAX_STEPS = 1000
@@ -232,6 +238,7 @@ class EditPipeline:
       model = sharding.reshard_module(model, mesh)
     self.graphdef, self.state = nnx.split(model)
     self._vae_runner = None  # built on first use; False: the model has none
+    self._loops = {}  # compiled denoising loops by argument signature
 
   @classmethod
   def from_pretrained(cls, directory, *, mesh=None) -> "EditPipeline":
@@ -251,6 +258,32 @@ class EditPipeline:
                      None)
       self._vae_runner = make() if make is not None else False
     return self._vae_runner or None
+
+  def _denoise_loop(self, args, scales, branches, on_compile):
+    """The compiled Euler loop for these arguments (compiled on first use).
+
+    Args:
+      args: ``(noise, plan, conditions, source_latents, ref_latents)``.
+      scales, branches: the guidance scales and branch operands.
+      on_compile: called before compiling (not when the loop is kept).
+
+    Returns:
+      ``run(*args) -> latents``.
+    """
+    leaves, treedef = jax.tree.flatten((args, branches))
+    key = (treedef, scales, tuple(
+        (np.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
+        for x in leaves))
+    loop = self._loops.get(key)
+    if loop is None:
+      on_compile()
+      loop = stages.denoise.lower(
+          self.graphdef, self.state, *args, report=True,
+          guidance_scales=scales, guidance_branches=branches).compile()
+      if len(self._loops) >= MAX_COMPILED_LOOPS:
+        self._loops.pop(next(iter(self._loops)))
+      self._loops[key] = loop
+    return lambda *a: loop(self.state, *a, guidance_branches=branches)
 
   def _mesh_context(self):
     return (sharding.use_mesh(self.mesh) if self.mesh is not None
@@ -303,7 +336,8 @@ class EditPipeline:
       on_step: ``on_step(done, total)`` after each denoising step.
       on_phase: ``on_phase(stage)`` as each stage of ``STAGES`` begins,
         in that order, each at most once (``vae_encode`` is skipped when
-        there is nothing to encode); the guidance branches' MLLM encodes
+        there is nothing to encode, ``compile`` when the loop for this
+        shape is already compiled); the guidance branches' MLLM encodes
         belong to ``mllm_encode``.
 
     Returns:
@@ -330,7 +364,7 @@ class EditPipeline:
       raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape "
                        f"{shape} of a {num_frames}x{height}x{width} clip.")
     plan = sampler.SamplingPlan.build(steps, scheduler)
-    seconds = {"vae_encode": 0.0}
+    seconds = {"vae_encode": 0.0, "compile": 0.0}
     runner = None if vae_tiling is False else self.vae_runner()
     if vae_tiling and runner is None:
       raise ValueError("vae_tiling=True: this model has no tiled VAE runner.")
@@ -385,15 +419,17 @@ class EditPipeline:
       # reference latents; reference guidance's lower branches see none.
       branch_refs = ref_latents if len(scales) == 1 else None
       branches = tuple((c, branch_refs) for c in branch_conditions)
-      phase("denoise")
       if noise is None:
         noise = sampler.initial_noise(seed, shape, self.latent_dtype)
+      args = (noise, plan, conditions, source_latents, ref_latents)
+      t0 = time.perf_counter()
+      loop = self._denoise_loop(args, scales, branches,
+                                on_compile=lambda: phase("compile"))
+      seconds["compile"] = time.perf_counter() - t0
+      phase("denoise")
       counter = progress_lib.StepCounter(steps, on_step)
       with progress_lib.reporting_to(counter):
-        latents = timed("denoise", stage(stages.denoise), noise, plan,
-                        conditions, source_latents, ref_latents,
-                        report=True, guidance_scales=scales,
-                        guidance_branches=branches)
+        latents = timed("denoise", loop, *args)
       phase("vae_decode")
       with self._vae_context():
         if runner is None:

@@ -110,13 +110,19 @@ def test_sharded_inference_matches_single_device(toy_checkpoint, pipe,
 def test_phases_are_announced_once_in_order(pipe, sample):
   source, ref, prompt = sample
   seen = []
-  pipe.edit(source, prompt, ref, steps=2, noise=NOISE, guidance_scale=2.0,
-            ref_guidance_scale=2.0, on_phase=seen.append)
+  kwargs = dict(steps=2, noise=NOISE, guidance_scale=2.0,
+                ref_guidance_scale=2.0, on_phase=seen.append)
+  first = pipe.edit(source, prompt, ref, **kwargs)
+  assert seen == ["mllm_encode", "vae_encode", "compile", "denoise",
+                  "vae_decode"]
+  seen.clear()  # the same shapes again: the loop is already compiled
+  again = pipe.edit(source, prompt, ref, **kwargs)
   assert seen == ["mllm_encode", "vae_encode", "denoise", "vae_decode"]
+  np.testing.assert_array_equal(first.latents, again.latents)
   seen.clear()
   pipe.edit(source[0], prompt, steps=2, use_source=False,
             on_phase=seen.append)
-  assert seen == ["mllm_encode", "denoise", "vae_decode"]
+  assert seen == ["mllm_encode", "compile", "denoise", "vae_decode"]
 
 
 def test_out_of_range_arguments_and_outputs(pipe, sample, media, tmp_path):
