@@ -18,10 +18,11 @@ failed run leaves no partial output.
 
 Progress: each phase (decode inputs, load model, mllm encode, vae encode,
 compile denoise, denoise, vae decode, write) is announced on stderr as it
-begins, with a bar over the denoising steps alone (compiled beforehand); the summary line on stdout gives the time
-of every phase, which add up to the total. The denoising loop is one
-compiled program; a host callback inside it advances the bar after each
-step (``kiwi_jax.pipeline.progress``), so the loop is never split into
+begins, with a bar over the denoising steps alone (the loop is compiled
+beforehand); the summary line on stdout gives the time of every phase,
+which add up to the total. The denoising loop is one compiled program; a
+host callback inside it advances the bar after each step
+(``kiwi_jax.pipeline.progress``), so the loop is never split into
 per-step dispatches.
 """
 
