@@ -8,19 +8,30 @@
 Also ``python -m kiwi_jax.cli.edit``. An image source (``.png``, ``.jpg``,
 ...) is an image edit: one frame, written as an image (or mp4/gif).
 
-Inputs and the output path are checked before the model is loaded; a bad
-input ends with one ``kiwi-edit: error: ...`` line naming the file and exit
-status 2. Every file is written under a temporary name and renamed, so a
+Every flag, the inputs and the output paths are checked before the model
+is loaded; a mistake ends with one ``kiwi-edit: error: ...`` line naming
+the flag or file and exit status 2. No output may be one of the inputs
+(the source, the reference, a file of the checkpoint), whether by the same
+name, a symlink or a hard link, nor lie inside the checkpoint. Every file is
+written under a temporary name and renamed (with the umask's mode), so a
 failed run leaves no partial output.
 
-Progress: the denoising loop is one compiled program; a host callback
-inside it advances the bar after each step (``kiwi_jax.pipeline.progress``),
-so the loop is never split into per-step dispatches.
+Progress: each phase (decode inputs, load model, mllm encode, vae encode,
+compile denoise, denoise, vae decode, write) is announced on stderr as it
+begins, with a bar over the denoising steps alone (the loop is compiled
+beforehand); the summary line on stdout gives the time of every phase,
+which add up to the total. The denoising loop is one compiled program; a
+host callback inside it advances the bar after each step
+(``kiwi_jax.pipeline.progress``), so the loop is never split into
+per-step dispatches.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
+import pathlib
 import sys
 import time
 from collections.abc import Sequence
@@ -28,36 +39,81 @@ from collections.abc import Sequence
 from kiwi_jax.pipeline import edit_pipeline
 from kiwi_jax.pipeline import inputs as inputs_lib
 from kiwi_jax.pipeline import outputs as outputs_lib
+from kiwi_jax.pipeline import progress as progress_lib
+from kiwi_jax.utils import paths
 
+PROG = "kiwi-edit"
 USER_ERRORS = (inputs_lib.EditInputError, outputs_lib.EditOutputError,
-               edit_pipeline.CheckpointDirError)
+               edit_pipeline.CheckpointDirError, paths.OutputIsInputError)
+# How the summary and the phase lines name the pipeline's stages.
+PHASE_NAMES = {"mllm_encode": "mllm encode", "vae_encode": "vae encode",
+               "compile": "compile denoise", "denoise": "denoise",
+               "vae_decode": "vae decode"}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+  """Reports a bad command line in one line (no usage block), with the
+  closest flag for a misspelt one."""
+
+  def error(self, message: str):
+    unknown = message.partition("unrecognized arguments: ")[2]
+    flags = [s for a in self._actions for s in a.option_strings]
+    for word in unknown.split():
+      close = difflib.get_close_matches(word.split("=")[0], flags, n=1)
+      if close:
+        message += f" (did you mean {close[0]}?)"
+        break
+    self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="kiwi-edit", description=__doc__.split("\n")[0],
+  parser = _OneLineParser(
+      prog=PROG, description=__doc__.split("\n")[0].replace("``", ""),
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--checkpoint", required=True,
                       help="converted kiwi_jax checkpoint directory")
   parser.add_argument("--video", required=True,
                       help="source video, or an image for an image edit")
-  parser.add_argument("--prompt", required=True, help="edit instruction")
+  parser.add_argument("--prompt", required=True,
+                      help="edit instruction (UTF-8 text)")
   parser.add_argument("--ref", default=None, help="reference image")
   parser.add_argument("--out", required=True,
-                      help="output .mp4/.gif (or an image in image mode)")
-  parser.add_argument("--steps", type=int, default=50)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--max-pixels", type=int, default=720 * 1280)
-  parser.add_argument("--max-frames", type=int, default=81)
-  parser.add_argument("--scheduler", choices=("diffsynth", "diffusers"),
-                      default="diffsynth")
+                      help="output .mp4/.gif (or an image in image mode); "
+                      "must not be an input")
+  parser.add_argument(
+      "--steps", type=int, default=50,
+      help="denoising (Euler) steps, 1 to "
+      f"{edit_pipeline.MAX_STEPS}; the reference uses 50, fewer is faster "
+      "and coarser")
+  parser.add_argument(
+      "--seed", type=int, default=0,
+      help="seed of the initial noise, 0 to 2**32-1; the same seed, inputs "
+      "and settings give the same edit (JAX's generator: not the same "
+      "noise as the PyTorch reference's seed)")
+  parser.add_argument(
+      "--max-pixels", type=int, default=720 * 1280,
+      help="pixel budget per frame: a larger source is scaled down keeping "
+      "its aspect, then each side is floored to a multiple of 32 (at least "
+      f"{inputs_lib.SIZE_MULTIPLE ** 2})")
+  parser.add_argument(
+      "--max-frames", type=int, default=81,
+      help="use the first frames of the source, at most this many (1 to "
+      f"{inputs_lib.MAX_FRAMES}), cut to a 4k+1 count")
+  parser.add_argument(
+      "--scheduler", choices=("diffsynth", "diffusers"), default="diffsynth",
+      help="sigma schedule: diffsynth (training and the released demo, "
+      "sigma_min 0) or diffusers (the diffusers pipeline's sigma_min)")
   parser.add_argument("--guidance-scale", type=float, default=None,
                       help="instruction CFG (the reference uses none)")
   parser.add_argument("--ref-guidance-scale", type=float, default=None,
                       help="reference-image CFG (needs --ref)")
-  parser.add_argument("--negative-prompt", default="")
+  parser.add_argument(
+      "--negative-prompt", default="",
+      help="the unconditional prompt of --guidance-scale/"
+      "--ref-guidance-scale (unused without guidance)")
   parser.add_argument("--fps", type=float, default=None,
-                      help="output frame rate (default: the source's)")
+                      help="output frame rate, above 0 and at most "
+                      f"{edit_pipeline.MAX_FPS:g}; without it, the source's")
   parser.add_argument("--side-by-side", action="store_true",
                       help="also write <out>_concat.mp4|png and .gif "
                       "(source | reference | edited)")
@@ -66,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--mesh", default=None,
                       help="device mesh, e.g. fsdp=2,tensor=2 (axes data, "
                       "fsdp, tensor, sequence; -1 fills)")
-  parser.add_argument("--no-progress", action="store_true")
+  parser.add_argument(
+      "--no-progress", action="store_true",
+      help="print no phase lines and no denoising bar on stderr (the "
+      "summary line is still printed)")
   return parser
 
 
@@ -88,28 +147,126 @@ def parse_mesh(text: str | None):
     raise inputs_lib.EditInputError(f"--mesh {text!r}: {e}") from e
 
 
-def _progress_bar(total: int, enabled: bool):
-  import tqdm  # pylint: disable=g-import-not-at-top
-  bar = tqdm.tqdm(total=total, desc="denoise", unit="step",
-                  disable=not enabled, file=sys.stderr)
+def check_args(args: argparse.Namespace) -> None:
+  """Checks every flag's value; raises a user error naming the flag."""
+  inputs_lib.check_text(args.prompt, "--prompt")
+  inputs_lib.check_text(args.negative_prompt, "--negative-prompt",
+                        allow_empty=True)
+  edit_pipeline.check_sampling_args(
+      steps=args.steps, seed=args.seed, guidance_scale=args.guidance_scale,
+      ref_guidance_scale=args.ref_guidance_scale,
+      names={"steps": "--steps", "seed": "--seed",
+             "guidance_scale": "--guidance-scale",
+             "ref_guidance_scale": "--ref-guidance-scale"})
+  if args.ref_guidance_scale is not None and not args.ref:
+    raise inputs_lib.EditInputError(
+        "--ref-guidance-scale needs a reference image: add --ref.")
+  if not 1 <= args.max_frames <= inputs_lib.MAX_FRAMES:
+    raise inputs_lib.EditInputError(
+        f"--max-frames must be in 1..{inputs_lib.MAX_FRAMES}, got "
+        f"{args.max_frames}.")
+  if args.max_pixels < inputs_lib.SIZE_MULTIPLE ** 2:
+    raise inputs_lib.EditInputError(
+        f"--max-pixels must be at least {inputs_lib.SIZE_MULTIPLE ** 2} "
+        f"(one {inputs_lib.SIZE_MULTIPLE}x{inputs_lib.SIZE_MULTIPLE} "
+        f"block), got {args.max_pixels}.")
+  if args.fps is not None:
+    edit_pipeline.check_fps(args.fps, "--fps")
 
-  def on_step(done: int, total: int) -> None:
+
+def output_paths(args: argparse.Namespace) -> list[tuple[str, str]]:
+  """``(flag, path)`` of every file the edit writes."""
+  image_mode = (pathlib.Path(args.video).suffix.lower()
+                in inputs_lib.IMAGE_EXTENSIONS)
+  targets = [("--out", args.out)]
+  if args.side_by_side:
+    targets += [("--side-by-side output", str(p)) for p in
+                outputs_lib.side_by_side_paths(args.out,
+                                               image_mode=image_mode)]
+  return targets
+
+
+def refuse_outputs_over_inputs(args: argparse.Namespace) -> None:
+  """No output may be the source, the reference or a checkpoint file (by
+  name, symlink or hard link), nor lie inside the checkpoint."""
+  targets = output_paths(args)
+  checkpoint = edit_pipeline.check_checkpoint_dir(args.checkpoint)
+  for flag, out in targets:
+    if paths.inside(out, checkpoint):
+      raise paths.OutputIsInputError(
+          f"{flag} {out} lies inside --checkpoint {checkpoint}; an edit "
+          "never writes into the model's folder. Choose another output "
+          "path.")
+  sources = [("--video", args.video), ("--ref", args.ref)]
+  sources += [("--checkpoint file", os.path.join(root, name))
+              for root, _, names in os.walk(checkpoint) for name in names]
+  paths.refuse_inputs_as_outputs(targets, sources)
+
+
+class _Console:
+  """Phase lines and the denoising bar on stderr (silent if disabled).
+
+  Checking and decoding the inputs is not announced as it begins, so that
+  a bad input still gets a single error line; its result is announced once
+  it is done.
+  """
+
+  def __init__(self, steps: int, enabled: bool):
+    self.steps, self.enabled = steps, enabled
+    self.bar = None
+
+  def on_phase(self, name: str) -> None:
+    self.close_bar()
+    if not self.enabled:
+      return
+    if name == "decode inputs":
+      return
+    if name == "denoise":
+      import tqdm  # pylint: disable=g-import-not-at-top
+      self.bar = tqdm.tqdm(total=self.steps, desc=f"{PROG}: denoise",
+                           unit="step", file=sys.stderr)
+    else:
+      print(f"{PROG}: {name}...", file=sys.stderr, flush=True)
+
+  def decoded(self, source: inputs_lib.SourceClip, ref) -> None:
+    if self.enabled:
+      height, width = source.size
+      print(f"{PROG}: inputs decoded: {width}x{height}, "
+            f"{source.num_frames} frame{'s' if source.num_frames > 1 else ''}"
+            f"{', with a reference image' if ref is not None else ''}",
+            file=sys.stderr, flush=True)
+
+  def on_step(self, done: int, total: int) -> None:
     del total
-    bar.update(done - bar.n)
+    if self.bar is not None:
+      self.bar.update(done - self.bar.n)
 
-  return bar, on_step
+  def close_bar(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
 
 
 def run(args: argparse.Namespace) -> str:
   """Runs one edit; returns the summary line."""
   start = time.perf_counter()
-  if args.steps < 1:
-    raise inputs_lib.EditInputError(f"--steps must be >= 1, got "
-                                    f"{args.steps}.")
-  if not args.prompt.strip():
-    raise inputs_lib.EditInputError("--prompt is empty.")
+  console = _Console(args.steps, not args.no_progress)
+  clock = progress_lib.PhaseClock(on_start=console.on_phase)
+  try:
+    return _run(args, clock, console, start)
+  finally:
+    clock.stop()
+    console.close_bar()
+
+
+def _run(args, clock: progress_lib.PhaseClock, console: _Console,
+         start: float) -> str:
+  # Cheap checks first: the flags, outputs against inputs, the source, the
+  # reference, the output path; then the model.
+  clock.start("decode inputs")
+  check_args(args)
+  refuse_outputs_over_inputs(args)
   mesh = parse_mesh(args.mesh)
-  # Cheap checks first: the source, the reference, the output path.
   source = inputs_lib.load_source(args.video, max_frames=args.max_frames,
                                   max_pixels=args.max_pixels)
   ref = (inputs_lib.load_reference(args.ref, name=f"--ref {args.ref}")
@@ -120,27 +277,29 @@ def run(args: argparse.Namespace) -> str:
     raise outputs_lib.EditOutputError(
         f"output {out}: a {source.num_frames}-frame edit needs .mp4 or .gif.")
 
+  console.decoded(source, ref)
+  clock.start("load model")
   pipe = edit_pipeline.EditPipeline.from_pretrained(args.checkpoint,
                                                     mesh=mesh)
-  bar, on_step = _progress_bar(args.steps, not args.no_progress)
-  try:
-    result = pipe.edit(source, args.prompt, ref, steps=args.steps,
-                       seed=args.seed, scheduler=args.scheduler,
-                       use_source=not args.source_free,
-                       guidance_scale=args.guidance_scale,
-                       ref_guidance_scale=args.ref_guidance_scale,
-                       negative_prompt=args.negative_prompt, on_step=on_step)
-  finally:
-    bar.close()
+  result = pipe.edit(source, args.prompt, ref, steps=args.steps,
+                     seed=args.seed, scheduler=args.scheduler,
+                     use_source=not args.source_free,
+                     guidance_scale=args.guidance_scale,
+                     ref_guidance_scale=args.ref_guidance_scale,
+                     negative_prompt=args.negative_prompt,
+                     on_step=console.on_step,
+                     on_phase=lambda name: clock.start(PHASE_NAMES[name]))
+  clock.start("write")
   written = result.save(out, side_by_side=args.side_by_side, fps=args.fps)
+  clock.stop()
+  total = time.perf_counter() - start
+  phases = ", ".join(f"{name} {seconds:.1f} s"
+                     for name, seconds in clock.seconds.items())
   height, width = source.size
-  s = result.seconds
-  return (f"kiwi-edit: {width}x{height}, {source.num_frames} frame"
+  return (f"{PROG}: {width}x{height}, {source.num_frames} frame"
           f"{'s' if source.num_frames > 1 else ''}, {result.steps} steps, "
-          f"{time.perf_counter() - start:.1f} s (mllm "
-          f"{s['mllm_encode']:.1f} s, vae encode {s['vae_encode']:.1f} s, "
-          f"denoise {s['denoise']:.1f} s, vae decode {s['vae_decode']:.1f} s)"
-          f" -> {', '.join(str(p) for p in written)}")
+          f"{total:.1f} s ({phases}) -> "
+          f"{', '.join(str(p) for p in written)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     print(run(args))
   except USER_ERRORS as e:
-    print(f"kiwi-edit: error: {e}", file=sys.stderr)
+    print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
   return 0
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
+import numbers
 import os
 import pathlib
 import time
@@ -41,8 +43,20 @@ from kiwi_jax.pipeline import model_api
 from kiwi_jax.pipeline import outputs as outputs_lib
 from kiwi_jax.pipeline import progress as progress_lib
 from kiwi_jax.pipeline import stages
+from kiwi_jax.utils import paths
 
-STAGES = ("mllm_encode", "vae_encode", "denoise", "vae_decode")
+# The stages of one edit, in order. "compile" is the denoising loop's
+# compilation, apart so that the first step's time is the step's own; it
+# happens once per clip shape and guidance setting (``EditPipeline``
+# keeps the compiled loops).
+STAGES = ("mllm_encode", "vae_encode", "compile", "denoise", "vae_decode")
+# Compiled denoising loops one pipeline keeps (the oldest goes first).
+MAX_COMPILED_LOOPS = 8
+# Most denoising steps of one edit (the reference uses 50). The step tables
+# grow with the square of the count, so absurd counts are refused early.
+MAX_STEPS = 1000
+# Output frame rates accepted by ``EditResult.save``: (0, MAX_FPS].
+MAX_FPS = 1000.0
 # Logical activation names the VAE passes leave unsharded. Sharding the
 # VAE's frame height over `sequence` gives wrong pixels on the CPU backend
 # (up to 0.07 off on 8 fake devices, see the sharded pipeline test), so the
@@ -77,10 +91,22 @@ class EditResult:
            fps: float | None = None) -> list[pathlib.Path]:
     """Writes the edit (mp4/gif, or an image in image mode) and optionally
     ``<stem>_concat.mp4|png`` and ``<stem>_concat.gif`` (source |
-    reference | edited). Returns the written paths, the edit first."""
-    fps = fps or self.source.fps
+    reference | edited). Returns the written paths, the edit first.
+
+    Raises:
+      EditOutputError: a bad path or ``fps`` (not in (0, ``MAX_FPS``]).
+      paths.OutputIsInputError: an output is the source file.
+    """
+    fps = self.source.fps if fps is None else check_fps(fps)
     image_mode = self.frames.shape[0] == 1
     outputs_lib.check_output_path(path, image_mode=image_mode)
+    targets = [("output", path)]
+    if side_by_side:
+      targets += [("side-by-side output", extra) for extra in
+                  outputs_lib.side_by_side_paths(path, image_mode=image_mode)]
+    if os.path.isfile(self.source.name):
+      paths.refuse_inputs_as_outputs(targets,
+                                     [("source", self.source.name)])
     written = []
     try:
       # The edit is written last: if it exists, the whole set does.
@@ -96,6 +122,73 @@ class EditResult:
         done.unlink(missing_ok=True)
       raise
     return written[-1:] + written[:-1]
+
+
+def check_fps(fps, name: str = "fps") -> float:
+  """A finite output frame rate in (0, ``MAX_FPS``], else EditOutputError."""
+  fps = float(fps)
+  if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+    raise outputs_lib.EditOutputError(
+        f"{name} must be a frame rate in (0, {MAX_FPS:g}], got {fps:g}.")
+  return fps
+
+
+def check_sampling_args(*, steps: int, seed: int | None = None,
+                        guidance_scale: float | None = None,
+                        ref_guidance_scale: float | None = None,
+                        names: dict[str, str] | None = None) -> None:
+  """Checks the numbers of one edit before any work.
+
+  Args:
+    steps: denoising steps, 1..``MAX_STEPS``.
+    seed: an integer noise seed, 0..2**32 - 1 (JAX keys keep 32 bits, so
+      larger or negative seeds would repeat another seed's noise); other
+      values (None, a key array) are not checked.
+    guidance_scale, ref_guidance_scale: finite, or None.
+    names: what to call each argument in messages (e.g. ``--steps``).
+
+  Raises:
+    EditInputError: naming the argument and its accepted range.
+  """
+  names = names or {}
+  name = lambda key: names.get(key, key)  # noqa: E731
+  if (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)
+      or not 1 <= steps <= MAX_STEPS):
+    raise inputs_lib.EditInputError(
+        f"{name('steps')} must be an integer in 1..{MAX_STEPS} (the "
+        f"reference uses 50), got {steps}.")
+  if isinstance(seed, numbers.Integral) and not 0 <= seed < 2 ** 32:
+    raise inputs_lib.EditInputError(
+        f"{name('seed')} must be in 0..{2 ** 32 - 1}, got {seed}.")
+  for key, value in (("guidance_scale", guidance_scale),
+                     ("ref_guidance_scale", ref_guidance_scale)):
+    if value is not None and not math.isfinite(value):
+      raise inputs_lib.EditInputError(
+          f"{name(key)} must be a finite number, got {value}.")
+
+
+def check_checkpoint_dir(directory) -> pathlib.Path:
+  """The checkpoint directory, checked without loading anything.
+
+  Raises:
+    CheckpointDirError: it is missing, not a directory, or holds no known
+      model (neither a converted Kiwi-Edit nor the tests' toy editor).
+  """
+  path = pathlib.Path(os.fspath(directory))
+  if not path.exists():
+    raise CheckpointDirError(f"checkpoint directory not found: {path}")
+  if not path.is_dir():
+    raise CheckpointDirError(f"checkpoint {path} is not a directory.")
+  from kiwi_jax.testing import toy_editor  # pylint: disable=g-import-not-at-top
+  if (path / KIWI_CONFIG_FILE).is_file() or toy_editor.is_toy_editor_dir(
+      path):
+    return path
+  raise CheckpointDirError(
+      f"{path} is not a kiwi_jax checkpoint directory: expected "
+      f"{KIWI_CONFIG_FILE} and params/ (written by `python -m "
+      "converters.convert`) or the toy editor's "
+      f"{toy_editor.CONFIG_FILE}; found "
+      f"{sorted(p.name for p in path.iterdir())[:10] or 'nothing'}.")
 
 
 # The config file a converted Kiwi-Edit directory holds
@@ -114,24 +207,13 @@ def load_model(directory, mesh=None
   Raises:
     CheckpointDirError: the directory is missing or holds no known model.
   """
-  path = pathlib.Path(os.fspath(directory))
-  if not path.exists():
-    raise CheckpointDirError(f"checkpoint directory not found: {path}")
-  if not path.is_dir():
-    raise CheckpointDirError(f"checkpoint {path} is not a directory.")
+  path = check_checkpoint_dir(directory)
   # pylint: disable=g-import-not-at-top
   if (path / KIWI_CONFIG_FILE).is_file():
     from kiwi_jax.pipeline import kiwi_adapter
     return kiwi_adapter.load(path, mesh=mesh)
   from kiwi_jax.testing import toy_editor
-  if toy_editor.is_toy_editor_dir(path):
-    return toy_editor.load_toy_editor(path)
-  raise CheckpointDirError(
-      f"{path} is not a kiwi_jax checkpoint directory: expected "
-      f"{KIWI_CONFIG_FILE} and params/ (written by `python -m "
-      "converters.convert`) or the toy editor's "
-      f"{toy_editor.CONFIG_FILE}; found "
-      f"{sorted(p.name for p in path.iterdir())[:10] or 'nothing'}.")
+  return toy_editor.load_toy_editor(path)
 
 
 class EditPipeline:
@@ -156,6 +238,7 @@ class EditPipeline:
       model = sharding.reshard_module(model, mesh)
     self.graphdef, self.state = nnx.split(model)
     self._vae_runner = None  # built on first use; False: the model has none
+    self._loops = {}  # compiled denoising loops by argument signature
 
   @classmethod
   def from_pretrained(cls, directory, *, mesh=None) -> "EditPipeline":
@@ -176,6 +259,32 @@ class EditPipeline:
       self._vae_runner = make() if make is not None else False
     return self._vae_runner or None
 
+  def _denoise_loop(self, args, scales, branches, on_compile):
+    """The compiled Euler loop for these arguments (compiled on first use).
+
+    Args:
+      args: ``(noise, plan, conditions, source_latents, ref_latents)``.
+      scales, branches: the guidance scales and branch operands.
+      on_compile: called before compiling (not when the loop is kept).
+
+    Returns:
+      ``run(*args) -> latents``.
+    """
+    leaves, treedef = jax.tree.flatten((args, branches))
+    key = (treedef, scales, tuple(
+        (np.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
+        for x in leaves))
+    loop = self._loops.get(key)
+    if loop is None:
+      on_compile()
+      loop = stages.denoise.lower(
+          self.graphdef, self.state, *args, report=True,
+          guidance_scales=scales, guidance_branches=branches).compile()
+      if len(self._loops) >= MAX_COMPILED_LOOPS:
+        self._loops.pop(next(iter(self._loops)))
+      self._loops[key] = loop
+    return lambda *a: loop(self.state, *a, guidance_branches=branches)
+
   def _mesh_context(self):
     return (sharding.use_mesh(self.mesh) if self.mesh is not None
             else contextlib.nullcontext())
@@ -194,7 +303,8 @@ class EditPipeline:
            ref_guidance_scale: float | None = None,
            negative_prompt: str = "", noise: jax.Array | None = None,
            vae_tiling: bool | None = None,
-           on_step: Callable[[int, int], None] | None = None) -> EditResult:
+           on_step: Callable[[int, int], None] | None = None,
+           on_phase: Callable[[str], None] | None = None) -> EditResult:
     """Runs one edit.
 
     Args:
@@ -224,14 +334,22 @@ class EditPipeline:
         None uses it when the model has one; False runs each VAE pass as
         one jitted program over the whole clip.
       on_step: ``on_step(done, total)`` after each denoising step.
+      on_phase: ``on_phase(stage)`` as each stage of ``STAGES`` begins,
+        in that order, each at most once (``vae_encode`` is skipped when
+        there is nothing to encode, ``compile`` when the loop for this
+        shape is already compiled); the guidance branches' MLLM encodes
+        belong to ``mllm_encode``.
 
     Returns:
       The :class:`EditResult`.
     """
-    if not isinstance(prompt, str) or not prompt.strip():
-      raise inputs_lib.EditInputError("the prompt is empty.")
-    if steps < 1:
-      raise inputs_lib.EditInputError(f"steps must be >= 1, got {steps}.")
+    inputs_lib.check_text(prompt, "the prompt")
+    inputs_lib.check_text(negative_prompt, "the negative prompt",
+                          allow_empty=True)
+    check_sampling_args(steps=steps,
+                        seed=None if noise is not None else seed,
+                        guidance_scale=guidance_scale,
+                        ref_guidance_scale=ref_guidance_scale)
     if ref_guidance_scale is not None and ref_image is None:
       raise inputs_lib.EditInputError(
           "ref_guidance_scale needs a reference image.")
@@ -242,13 +360,11 @@ class EditPipeline:
            inputs_lib.load_reference(ref_image))
     num_frames, (height, width) = source.num_frames, source.size
     shape = model_api.latent_shape(self, num_frames, height, width)
-    if noise is None:
-      noise = sampler.initial_noise(seed, shape, self.latent_dtype)
-    elif tuple(noise.shape) != shape:
+    if noise is not None and tuple(noise.shape) != shape:
       raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape "
                        f"{shape} of a {num_frames}x{height}x{width} clip.")
     plan = sampler.SamplingPlan.build(steps, scheduler)
-    seconds = {"vae_encode": 0.0}
+    seconds = {"vae_encode": 0.0, "compile": 0.0}
     runner = None if vae_tiling is False else self.vae_runner()
     if vae_tiling and runner is None:
       raise ValueError("vae_tiling=True: this model has no tiled VAE runner.")
@@ -278,29 +394,43 @@ class EditPipeline:
           latents = timed("vae_encode", runner.encode, video, tiled=True)
       return latents.astype(self.latent_dtype)
 
+    phase = on_phase or (lambda name: None)
     with self._mesh_context():
+      phase("mllm_encode")
       conditions = mllm(prompt)
+      scales, branch_conditions = (), ()
+      if ref_guidance_scale is not None:
+        text_scale = 1.0 if guidance_scale is None else guidance_scale
+        scales = (float(text_scale), float(ref_guidance_scale))
+        branch_conditions = (mllm(negative_prompt, with_ref=False),
+                             mllm(prompt, with_ref=False))
+      elif guidance_scale is not None:
+        scales = (float(guidance_scale),)
+        branch_conditions = (mllm(negative_prompt),)
       source_latents = ref_latents = None
+      if use_source or ref is not None:
+        phase("vae_encode")
       if use_source:
         source_latents = vae_encode(source.frames)
       if ref is not None:
         ref_latents = vae_encode(
             inputs_lib.pad_reference(ref, height, width)[None])
-      scales, branches = (), ()
-      if ref_guidance_scale is not None:
-        text_scale = 1.0 if guidance_scale is None else guidance_scale
-        scales = (float(text_scale), float(ref_guidance_scale))
-        branches = ((mllm(negative_prompt, with_ref=False), None),
-                    (mllm(prompt, with_ref=False), None))
-      elif guidance_scale is not None:
-        scales = (float(guidance_scale),)
-        branches = ((mllm(negative_prompt), ref_latents),)
+      # Only plain instruction guidance shows its unconditional branch the
+      # reference latents; reference guidance's lower branches see none.
+      branch_refs = ref_latents if len(scales) == 1 else None
+      branches = tuple((c, branch_refs) for c in branch_conditions)
+      if noise is None:
+        noise = sampler.initial_noise(seed, shape, self.latent_dtype)
+      args = (noise, plan, conditions, source_latents, ref_latents)
+      t0 = time.perf_counter()
+      loop = self._denoise_loop(args, scales, branches,
+                                on_compile=lambda: phase("compile"))
+      seconds["compile"] = time.perf_counter() - t0
+      phase("denoise")
       counter = progress_lib.StepCounter(steps, on_step)
       with progress_lib.reporting_to(counter):
-        latents = timed("denoise", stage(stages.denoise), noise, plan,
-                        conditions, source_latents, ref_latents,
-                        report=True, guidance_scales=scales,
-                        guidance_branches=branches)
+        latents = timed("denoise", loop, *args)
+      phase("vae_decode")
       with self._vae_context():
         if runner is None:
           decoded = timed("vae_decode", stage(stages.decode_latents),

@@ -42,6 +42,9 @@ IMAGE_EXTENSIONS = video_io.IMAGE_EXTENSIONS
 # every output at 15 fps).
 DEFAULT_FPS = 15.0
 SIZE_MULTIPLE = 32  # VAE stride 16 x DiT patch 2 (5B model).
+# Most source frames one edit takes (4k+1): 251 latent frames, far past
+# what the models were trained on (81); the decoder reserves this many.
+MAX_FRAMES = 1001
 
 
 class EditInputError(ValueError):
@@ -74,6 +77,50 @@ class SourceClip:
   @property
   def size(self) -> tuple[int, int]:
     return self.frames.shape[1], self.frames.shape[2]
+
+
+def check_text(text, name: str, *, allow_empty: bool = False) -> str:
+  """Checks an instruction (or negative prompt) before any model work.
+
+  Text from the command line that was not valid UTF-8 arrives with its
+  undecodable bytes as lone surrogates (``\\udce9`` for byte 0xe9), which
+  the tokenizer cannot take.
+
+  Args:
+    text: the text.
+    name: what to call it in errors (``--prompt``).
+    allow_empty: an empty (or blank) text is fine.
+
+  Returns:
+    ``text``.
+
+  Raises:
+    EditInputError: not a string, empty, or not encodable as UTF-8.
+  """
+  if not isinstance(text, str):
+    raise EditInputError(f"{name} must be text, got {type(text).__name__}.")
+  if not allow_empty and not text.strip():
+    raise EditInputError(f"{name} is empty; give the edit instruction.")
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    bad = ord(text[e.start])
+    if _escapes_only(text):  # undecodable bytes of argv or a file name
+      what = (f"byte 0x{bad - 0xDC00:02x} at position {e.start} of "
+              f"{text.encode('utf-8', 'surrogateescape')!r}")
+    else:
+      what = f"lone surrogate U+{bad:04X} at position {e.start} of {text!a}"
+    raise EditInputError(
+        f"{name} is not valid UTF-8 text ({what}); pass it as UTF-8, e.g. "
+        "under a UTF-8 locale (LANG=C.UTF-8) or converted with "
+        "iconv -t UTF-8.") from None
+  return text
+
+
+def _escapes_only(text: str) -> bool:
+  """Every lone surrogate is a ``surrogateescape`` byte (U+DC80..U+DCFF)."""
+  return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF
+             for c in text)
 
 
 def crop_and_resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -230,7 +277,8 @@ def load_source(source, *, max_frames: int = 81,
     source: a video or image path, uint8 frames [T, H, W, 3], an image
       [H, W, 3], a PIL image, a list of frames, or a ``SourceClip``
       (returned as is).
-    max_frames: keep the first frames, at most this many, cut to 4k+1.
+    max_frames: keep the first frames, at most this many (at most
+      ``MAX_FRAMES``), cut to 4k+1.
     max_pixels: per-frame pixel budget (720 * 1280 in ``demo.py``).
     name: what to call the input in errors (default: the path).
 
@@ -243,8 +291,9 @@ def load_source(source, *, max_frames: int = 81,
   """
   if isinstance(source, SourceClip):
     return source  # already shaped (e.g. validated by the command line)
-  if max_frames < 1:
-    raise EditInputError(f"max_frames must be >= 1, got {max_frames}.")
+  if not 1 <= max_frames <= MAX_FRAMES:
+    raise EditInputError(f"max_frames must be in 1..{MAX_FRAMES}, got "
+                         f"{max_frames}.")
   if max_pixels < SIZE_MULTIPLE * SIZE_MULTIPLE:
     raise EditInputError(f"max_pixels must be >= {SIZE_MULTIPLE ** 2}, got "
                          f"{max_pixels}.")

@@ -23,6 +23,7 @@ from kiwi_jax.models.kiwi.model import KiwiConditions, KiwiEdit
 from kiwi_jax.models.mllm import bucketing
 from kiwi_jax.models.mllm import processing
 from kiwi_jax.models.vae import tiling
+from kiwi_jax.pipeline import inputs as inputs_lib
 
 
 class KiwiEditor(nnx.Module):
@@ -85,7 +86,7 @@ class KiwiProcessor:
                ) -> tuple[dict[str, Any], dict[str, Any]]:
     mode = processing.select_mode(len(frames), ref_image is not None)
     if mode not in self.cfg.modes():
-      raise ValueError(
+      raise inputs_lib.EditInputError(
           f"This Kiwi-Edit checkpoint cannot run {mode} edits (it has the "
           f"modes {self.cfg.modes()}; reference edits need a stage-3 "
           "model).")

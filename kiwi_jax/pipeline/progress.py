@@ -11,12 +11,17 @@ cost is one tiny host transfer per step, nothing next to a DiT forward.
 The compiled program always calls :func:`report_step`, which forwards to
 the sink installed by :func:`reporting_to` (if any); the same executable
 therefore serves runs with and without a progress bar.
+
+:class:`PhaseClock` times the phases of a whole command (decode, load,
+encode, denoise, decode, write) back to back, so that they add up to the
+total.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import jax
@@ -72,3 +77,45 @@ class StepCounter:
       self.done = done
       if self._on_advance is not None:
         self._on_advance(done, self.total)
+
+
+class PhaseClock:
+  """Wall time of contiguous phases: starting one ends the one before.
+
+  Every moment between the first :meth:`start` and :meth:`stop` belongs to
+  exactly one phase, so the phases add up to the elapsed time. A phase
+  started again (e.g. a second MLLM encode) adds to its earlier time.
+
+  Args:
+    on_start: called with the phase's name as it begins (e.g. to print it).
+  """
+
+  def __init__(self, on_start: Callable[[str], None] | None = None):
+    self.seconds: dict[str, float] = {}
+    self._on_start = on_start
+    self._current: str | None = None
+    self._since = 0.0
+
+  @property
+  def current(self) -> str | None:
+    """The running phase, or None."""
+    return self._current
+
+  def start(self, name: str) -> None:
+    """Ends the running phase (if any) and begins ``name``."""
+    self.stop()
+    self._current, self._since = name, time.perf_counter()
+    self.seconds.setdefault(name, 0.0)
+    if self._on_start is not None:
+      self._on_start(name)
+
+  def stop(self) -> None:
+    """Ends the running phase."""
+    if self._current is not None:
+      self.seconds[self._current] += time.perf_counter() - self._since
+      self._current = None
+
+  @property
+  def total(self) -> float:
+    """Seconds of all finished phases."""
+    return sum(self.seconds.values())

@@ -105,3 +105,43 @@ def test_sharded_inference_matches_single_device(toy_checkpoint, pipe,
   assert seen == [1, 2, 3]
   np.testing.assert_allclose(got.latents, want.latents, atol=1e-5)
   np.testing.assert_array_equal(got.frames.shape, want.frames.shape)
+
+
+def test_phases_are_announced_once_in_order(pipe, sample):
+  source, ref, prompt = sample
+  seen = []
+  kwargs = dict(steps=2, noise=NOISE, guidance_scale=2.0,
+                ref_guidance_scale=2.0, on_phase=seen.append)
+  first = pipe.edit(source, prompt, ref, **kwargs)
+  assert seen == ["mllm_encode", "vae_encode", "compile", "denoise",
+                  "vae_decode"]
+  seen.clear()  # the same shapes again: the loop is already compiled
+  again = pipe.edit(source, prompt, ref, **kwargs)
+  assert seen == ["mllm_encode", "vae_encode", "denoise", "vae_decode"]
+  np.testing.assert_array_equal(first.latents, again.latents)
+  seen.clear()
+  pipe.edit(source[0], prompt, steps=2, use_source=False,
+            on_phase=seen.append)
+  assert seen == ["mllm_encode", "compile", "denoise", "vae_decode"]
+
+
+def test_out_of_range_arguments_and_outputs(pipe, sample, media, tmp_path):
+  from kiwi_jax.pipeline import EditOutputError
+  from kiwi_jax.utils.paths import OutputIsInputError
+  for kwargs, needle in [({"steps": 100_000_000_000}, "1..1000"),
+                         ({"seed": -1}, "seed"),
+                         ({"guidance_scale": float("nan")}, "finite"),
+                         ({"negative_prompt": "\udcff"}, "UTF-8")]:
+    with pytest.raises(EditInputError, match=needle):
+      pipe.edit(sample[0], "x", **{"steps": 2, **kwargs})
+  with pytest.raises(EditInputError, match="UTF-8"):
+    pipe.edit(sample[0], "caf\udce9", steps=2)
+  video = tmp_path / "v.mp4"
+  video.write_bytes((media / "video.mp4").read_bytes())
+  result = pipe.edit(str(video), "x", steps=2)
+  with pytest.raises(EditOutputError, match="frame rate"):
+    result.save(tmp_path / "o.mp4", fps=0)
+  with pytest.raises(OutputIsInputError, match="same file"):
+    result.save(tmp_path / "." / "v.mp4")
+  assert video.read_bytes() == (media / "video.mp4").read_bytes()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
