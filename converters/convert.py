@@ -38,6 +38,7 @@ from converters import kiwi as kiwi_conv
 from converters import kiwi_configs, kiwi_sources
 from converters.assign import CheckpointMismatchError
 from converters.checkpoint_io import CheckpointError
+from kiwi_jax.models.kiwi.config import VARIANTS as KIWI_VARIANTS
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
 from kiwi_jax.utils.paths import OutputIsInputError, refuse_inputs_as_outputs
 
@@ -110,8 +111,9 @@ def parser() -> argparse.ArgumentParser:
     sp = cmds.add_parser(layout, help=f"convert a {layout} checkpoint")
     _add_source_flags(sp, layout)
     sp.add_argument("--out", required=True)
-    sp.add_argument("--variant", default=None,
-                    help="kiwi-5b | kiwi-14b | tiny (default: inferred)")
+    sp.add_argument("--variant", default=None, choices=sorted(KIWI_VARIANTS),
+                    help="a named model config instead of the one inferred "
+                    "from the source's files and shapes")
     sp.add_argument("--dtype", default=None,
                     help="parameter dtype, e.g. bfloat16 (default: model's)")
     sp.add_argument("--overwrite", action="store_true")

@@ -208,3 +208,12 @@ def test_output_is_input_through_every_subcommand(tmp_path, capsys,
   assert wan_dit.main(["--src", str(dit), "--dst", str(dit.parent)]) == 2
   assert "--dst" in capsys.readouterr().err
   assert dit.read_bytes() == b"x"
+
+
+def test_unknown_variant_is_one_usage_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as info:
+    cli.main(["diffusers", "--source", str(tmp_path), "--out",
+              str(tmp_path / "o"), "--variant", "kiwi-5"])
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert "invalid choice: 'kiwi-5'" in err and "Traceback" not in err
