@@ -18,8 +18,12 @@
       --source kiwi-edit-5b-diffusers
 
 ``--variant`` (``kiwi-5b``, ``kiwi-14b``, ``tiny``) replaces the config
-inferred from the source's config files. The output directory is written
-atomically; on any error nothing is left behind.
+inferred from the source's config files and tensor shapes. The output
+directory is written atomically with the umask's modes; on any error
+nothing is left behind. An ``--out`` that is one of the inputs, or a folder
+holding one, is refused before anything is read. Bad input exits 2 with
+one ``error:`` line (a key report lists every bad key); an existing
+``--out`` without ``--overwrite`` exits 1.
 """
 
 from __future__ import annotations
@@ -34,7 +38,11 @@ from converters import kiwi as kiwi_conv
 from converters import kiwi_configs, kiwi_sources
 from converters.assign import CheckpointMismatchError
 from converters.checkpoint_io import CheckpointError
+from kiwi_jax.models.kiwi.config import VARIANTS as KIWI_VARIANTS
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
+from kiwi_jax.utils.paths import OutputIsInputError, refuse_inputs_as_outputs
+
+PROG = "python -m converters.convert"
 
 
 def _bool(text: str) -> bool:
@@ -78,19 +86,34 @@ def _sources(args) -> kiwi_sources.KiwiSources:
 def _base(args, sources) -> KiwiEditConfig:
   if args.variant:
     return KiwiEditConfig.from_variant(args.variant)
-  return kiwi_configs.base_config(sources)
+  notes: list[str] = []
+  cfg = kiwi_configs.base_config(sources, notes)
+  for note in notes:
+    print(f"note: {note}", file=sys.stderr)
+  return cfg
+
+
+def _inputs(args) -> list[tuple[str, str]]:
+  """``(flag, path)`` of every input the command reads."""
+  if args.command == "export":
+    return [("--model", args.model)]
+  if args.layout == "diffusers":
+    return [("--source", args.source)]
+  return [("--checkpoint", args.checkpoint), ("--base-dit", args.base_dit),
+          ("--vae", args.vae), ("--qwen", args.qwen)]
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m converters.convert",
+  p = argparse.ArgumentParser(prog=PROG,
                               description="Kiwi-Edit checkpoint converter.")
   cmds = p.add_subparsers(dest="command", required=True)
   for layout in ("diffsynth", "diffusers"):
     sp = cmds.add_parser(layout, help=f"convert a {layout} checkpoint")
     _add_source_flags(sp, layout)
     sp.add_argument("--out", required=True)
-    sp.add_argument("--variant", default=None,
-                    help="kiwi-5b | kiwi-14b | tiny (default: inferred)")
+    sp.add_argument("--variant", default=None, choices=sorted(KIWI_VARIANTS),
+                    help="a named model config instead of the one inferred "
+                    "from the source's files and shapes")
     sp.add_argument("--dtype", default=None,
                     help="parameter dtype, e.g. bfloat16 (default: model's)")
     sp.add_argument("--overwrite", action="store_true")
@@ -107,8 +130,19 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
+def _error(message: str, code: int) -> int:
+  print(f"{PROG}: error: {message}", file=sys.stderr)
+  return code
+
+
 def main(argv=None) -> int:
   args = parser().parse_args(argv)
+  try:
+    if args.command != "verify":
+      refuse_inputs_as_outputs([("--out", args.out)], _inputs(args),
+                               folders=["--out"])
+  except OutputIsInputError as e:
+    return _error(str(e), 2)
   try:
     if args.command in ("diffsynth", "diffusers"):
       sources = _sources(args)
@@ -134,10 +168,10 @@ def main(argv=None) -> int:
       width = max(map(len, errors), default=0)
       for name, err in errors.items():
         print(f"{name:<{width}}  max abs error {err:.3e}")
-  except (CheckpointMismatchError, CheckpointError, FileExistsError,
-          ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except FileExistsError as e:
+    return _error(str(e), 1)
+  except (CheckpointMismatchError, CheckpointError, ValueError) as e:
+    return _error(str(e), 2)
   return 0
 
 

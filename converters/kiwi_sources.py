@@ -75,6 +75,7 @@ class KiwiSources:
     qwen_config: the Hugging Face Qwen2.5-VL ``config.json`` (dict).
     mllm_config: the diffusers ``mllm_encoder/config.json`` (or {}).
     dit_config / vae_config: configs found next to the weights (or {}).
+    dit_config_path: where ``dit_config`` is (or would be) read from.
     processor_files: tokenizer / processor files to ship with the model.
     lora: ``"merge"`` or ``"keep"``; kept LoRA factors appear as
       ``<target>.lora_A.weight`` / ``.lora_B.weight``.
@@ -100,6 +101,7 @@ class KiwiSources:
   problems: dict[str, list[str]] = dataclasses.field(default_factory=dict)
   lora_targets: tuple[str, ...] = ()
   dit_lora_rank: int = 0
+  dit_config_path: pathlib.Path | None = None
 
   def has(self, component: str) -> bool:
     return self.report.get(component, "absent") != "absent"
@@ -348,7 +350,8 @@ def from_diffsynth(kiwi_checkpoint, base_dit, vae, qwen_dir, *,
       dit_config=_read_json(dit_dir / "config.json"), vae_config={},
       processor_files=_processor_files(qwen_dir), lora=lora,
       lora_rank=kept["qwen"], lora_targets=kept["qwen_targets"],
-      dit_lora_rank=kept["dit"], problems=b.problems())
+      dit_lora_rank=kept["dit"], problems=b.problems(),
+      dit_config_path=dit_dir / "config.json")
 
 
 def _open_weights(folder: pathlib.Path, pattern: str) -> Checkpoint | None:
@@ -423,4 +426,5 @@ def from_diffusers(directory) -> KiwiSources:
       dit_config=_read_json(root / "transformer" / "config.json"),
       vae_config=_read_json(root / "vae" / "config.json"),
       processor_files=_processor_files(processor), lora="merge", lora_rank=0,
-      problems=b.problems())
+      problems=b.problems(),
+      dit_config_path=root / "transformer" / "config.json")

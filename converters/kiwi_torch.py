@@ -137,6 +137,10 @@ class TorchKiwi(nn.Module):
     """context float[1, L, dim] for one unpadded prompt."""
     key = "ref" if mode == "reference" else mode
     q = self.queries[key]
+    # ``inputs.to(device, dtype=torch.bfloat16)``: the pixels always reach
+    # the vision tower bf16-rounded (it casts them back to its dtype).
+    qwen_kwargs = {k: (v.to(torch.bfloat16) if k.startswith("pixel_values")
+                       else v) for k, v in qwen_kwargs.items()}
     hidden = self.hidden_states(input_ids, q, **qwen_kwargs)
     ctx = self.connector(hidden[:, -q.shape[0]:, :])
     if mode != "reference":

@@ -409,10 +409,14 @@ def convert_to_diffusers(src: str | os.PathLike, dst: str | os.PathLike,
   return dst
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
   """``python -m converters.wan_dit --src CKPT --dst DIR --variant NAME``."""
   import argparse
-  parser = argparse.ArgumentParser(description=main.__doc__)
+  import sys
+  from kiwi_jax.utils.paths import (OutputIsInputError,
+                                    refuse_inputs_as_outputs)
+  parser = argparse.ArgumentParser(prog="python -m converters.wan_dit",
+                                   description=main.__doc__)
   parser.add_argument("--src", required=True,
                       help="safetensors file/folder or .pth (Wan, DiffSynth "
                       "or diffusers names)")
@@ -422,11 +426,18 @@ def main(argv=None) -> None:
   parser.add_argument("--reference_condition", action="store_true")
   parser.add_argument("--ref_pad_first", action="store_true")
   args = parser.parse_args(argv)
+  try:
+    refuse_inputs_as_outputs([("--dst", args.dst)], [("--src", args.src)],
+                             folders=["--dst"])
+  except OutputIsInputError as e:
+    print(f"{parser.prog}: error: {e}", file=sys.stderr)
+    return 2
   cfg = WanDiTConfig.from_variant(
       args.variant, source_condition=args.source_condition,
       reference_condition=args.reference_condition,
       ref_pad_first=args.ref_pad_first)
   print(f"Wrote {convert_to_diffusers(args.src, args.dst, cfg)}")
+  return 0
 
 
 __all__ = [
@@ -438,4 +449,4 @@ __all__ = [
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

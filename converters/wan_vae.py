@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -32,7 +33,12 @@ from flax import nnx
 from converters import assign as assign_lib
 from converters.assign import CONV, IDENTITY, KeyMap
 from converters.checkpoint_io import Checkpoint, open_checkpoint
+from kiwi_jax.models.vae import VARIANTS as VAE_VARIANTS
 from kiwi_jax.models.vae import WanVAE, WanVAEConfig
+from kiwi_jax.models.vae.config import (WAN21_LATENTS_MEAN,
+                                        WAN21_LATENTS_STD,
+                                        WAN22_LATENTS_MEAN,
+                                        WAN22_LATENTS_STD)
 from kiwi_jax.utils import atomic
 
 Layout = Literal["original", "diffusers"]
@@ -244,19 +250,109 @@ def config_from_diffusers(config: dict[str, Any], **overrides) -> WanVAEConfig:
   return WanVAEConfig(**fields)
 
 
+# Fields of a ``WanVAEConfig`` that the weights' shapes determine; two
+# configs with equal fields load the same tensors.
+ARCHITECTURE_FIELDS = ("z_dim", "encoder_dim", "decoder_dim", "dim_mult",
+                       "num_res_blocks", "temporal_downsample", "residual",
+                       "patch_size", "video_channels")
+# The released Wan VAEs (the others in ``VARIANTS`` are test-sized).
+RELEASED_VARIANTS = ("wan2.2", "wan2.1")
+
+
+def _encoder_entries(ckpt: Checkpoint, residual: bool) -> list[str]:
+  """Key prefixes of the encoder's down path, in order."""
+  pattern = (r"encoder\.downsamples\.(\d+)\.downsamples\.(\d+)\." if residual
+             else r"encoder\.downsamples\.(\d+)\.")
+  found = set()
+  for key in ckpt:
+    m = re.match(pattern, key)
+    if m:
+      found.add(tuple(int(g) for g in m.groups()))
+  name = ("encoder.downsamples.{}.downsamples.{}" if residual
+          else "encoder.downsamples.{}")
+  return [name.format(*idx) for idx in sorted(found)]
+
+
+def config_from_shapes(ckpt: Checkpoint, **overrides) -> WanVAEConfig:
+  """The architecture that an original-layout checkpoint's shapes give.
+
+  Widths, stage multipliers, residual blocks per stage, which down stages
+  halve time, the pixel patch size and ``z_dim`` are all read off the
+  tensors (3 video channels assumed). The latent statistics are not in the
+  weights: the released VAE's of the same ``z_dim`` (48: Wan2.2, 16:
+  Wan2.1), else zero mean and unit std.
+
+  Raises:
+    ValueError: the shapes are not those of a Wan VAE (naming the key).
+  """
+  def shape(key):
+    if key not in ckpt:
+      raise ValueError(f"{ckpt.source}: no tensor {key!r}; not a Wan VAE in "
+                       "the original layout.")
+    return ckpt.shape(key)
+
+  encoder_dim, pixel_channels = shape("encoder.conv1.weight")[:2]
+  z_dim = shape("conv2.weight")[0]
+  patch = round((pixel_channels / 3) ** 0.5)
+  if 3 * patch * patch != pixel_channels:
+    raise ValueError(f"{ckpt.source}: encoder.conv1.weight takes "
+                     f"{pixel_channels} channels, not 3 * patch**2.")
+  residual = any(re.match(r"encoder\.downsamples\.\d+\.downsamples\.", k)
+                 for k in ckpt)
+  stages, temporal = [[]], []
+  for prefix in _encoder_entries(ckpt, residual):
+    if f"{prefix}.resample.1.weight" in ckpt:
+      temporal.append(f"{prefix}.time_conv.weight" in ckpt)
+      stages.append([])
+    else:
+      stages[-1].append(shape(f"{prefix}.residual.2.weight")[0])
+  blocks = {len(s) for s in stages}
+  if len(blocks) != 1 or 0 in blocks:
+    raise ValueError(f"{ckpt.source}: encoder stages have "
+                     f"{[len(s) for s in stages]} residual blocks; a Wan VAE "
+                     "has the same number in every stage.")
+  widths = [s[-1] for s in stages]
+  if any(w % encoder_dim for w in widths):
+    raise ValueError(f"{ckpt.source}: encoder stage widths {widths} are not "
+                     f"multiples of encoder.conv1's {encoder_dim}.")
+  dim_mult = tuple(w // encoder_dim for w in widths)
+  decoder_in = shape("decoder.conv1.weight")[0]
+  if decoder_in % dim_mult[-1]:
+    raise ValueError(f"{ckpt.source}: decoder.conv1.weight has {decoder_in} "
+                     f"channels, not a multiple of {dim_mult[-1]}.")
+  stats = {48: (WAN22_LATENTS_MEAN, WAN22_LATENTS_STD),
+           16: (WAN21_LATENTS_MEAN, WAN21_LATENTS_STD)}.get(
+               z_dim, ((0.0,) * z_dim, (1.0,) * z_dim))
+  fields = dict(
+      name=f"derived-z{z_dim}", z_dim=z_dim, encoder_dim=encoder_dim,
+      decoder_dim=decoder_in // dim_mult[-1], dim_mult=dim_mult,
+      num_res_blocks=blocks.pop(), temporal_downsample=tuple(temporal),
+      residual=residual, patch_size=patch, latents_mean=stats[0],
+      latents_std=stats[1])
+  fields.update(overrides)
+  return WanVAEConfig(**fields)
+
+
+def matching_variant(cfg: WanVAEConfig) -> str | None:
+  """The named variant with ``cfg``'s architecture (released ones first)."""
+  names = sorted(VAE_VARIANTS, key=lambda n: n not in RELEASED_VARIANTS)
+  for name in names:
+    variant = VAE_VARIANTS[name]
+    if all(getattr(variant, f) == getattr(cfg, f)
+           for f in ARCHITECTURE_FIELDS):
+      return name
+  return None
+
+
 def infer_original_config(ckpt: Checkpoint, **overrides) -> WanVAEConfig:
-  """The named variant whose ``z_dim`` matches ``conv2.weight`` (48: Wan2.2,
-  16: Wan2.1), as the diffusers export picks ``VideoVAE38_`` iff z = 48."""
-  if "conv2.weight" not in ckpt:
-    raise ValueError(f"{ckpt.source}: no 'conv2.weight' to infer the VAE "
-                     "variant from; pass a WanVAEConfig.")
-  z = ckpt.shape("conv2.weight")[0]
-  by_z = {48: "wan2.2", 16: "wan2.1"}
-  if z not in by_z:
-    raise ValueError(f"{ckpt.source}: conv2.weight has z_dim {z}; only 48 "
-                     "(Wan2.2) and 16 (Wan2.1) are named variants, pass a "
-                     "WanVAEConfig for others.")
-  return WanVAEConfig.from_variant(by_z[z], **overrides)
+  """The config an original-layout checkpoint's shapes give: the named
+  variant when they match one (Wan2.2 z48, Wan2.1 z16, ...), else the
+  derived config (:func:`config_from_shapes`)."""
+  derived = config_from_shapes(ckpt)
+  name = matching_variant(derived)
+  if name is not None:
+    return WanVAEConfig.from_variant(name, **overrides)
+  return derived.replace(**overrides)
 
 
 def load_wan_vae(path: str | os.PathLike, cfg: WanVAEConfig | None = None, *,

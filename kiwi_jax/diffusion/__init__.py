@@ -9,12 +9,13 @@ from kiwi_jax.diffusion.sampler import (SamplingPlan, euler_loop, euler_step,
                                         initial_noise, sample)
 from kiwi_jax.diffusion.schedules import (DIFFSYNTH, DIFFUSERS,
                                           FlowMatchSchedule, get_schedule,
-                                          lookup_sigma, nearest_index, to_bf16)
+                                          lookup_sigma, model_timestep,
+                                          nearest_index, to_bf16)
 
 __all__ = [
     "DIFFSYNTH", "DIFFUSERS", "FlowMatchSchedule", "NoiseLevel",
     "SamplingPlan", "TrainingGrid", "add_noise", "euler_loop", "euler_step",
     "flow_matching_loss", "get_schedule", "initial_noise", "lookup_sigma",
-    "nearest_index", "noise_level_at", "sample", "sample_noise_level",
-    "to_bf16", "velocity_target", "weighted_mse",
+    "model_timestep", "nearest_index", "noise_level_at", "sample",
+    "sample_noise_level", "to_bf16", "velocity_target", "weighted_mse",
 ]

@@ -4,11 +4,13 @@ Follows ``WanVideoPipeline.training_loss`` (``diffsynth/pipelines/
 wan_video_mllm.py``) and ``FlowMatchScheduler`` (spec 4.1):
 
 1. ``id ~ UniformInt[min_id, max_id)`` over the 1000-entry training grid,
-   ``t = bf16(timesteps[id])``;
+   ``t = dtype(timesteps[id])`` with ``dtype`` the pipeline's compute dtype
+   (``TrainingGrid.timestep_dtype``; bf16 in the released runs, where it
+   rounds; a float32 run keeps t exact);
 2. **[quirk]** ``add_noise``, ``training_weight`` and the source-injection
-   ``get_sigma`` all use the grid entry *nearest to the bf16 t*, not ``id``:
-   bf16 collapses the 1000 draws to 294 distinct sigmas, and ids 0..9 land
-   on t = 1000 whose weight is 0; the DiT sees the bf16 t;
+   ``get_sigma`` all use the grid entry *nearest to that t*, not ``id``:
+   in bf16 the 1000 draws collapse to 294 distinct sigmas, and ids 0..9
+   land on t = 1000 whose weight is 0; the DiT sees the same t;
 3. ``z_t = (1 - sigma) z_0 + sigma eps``, target ``v = eps - z_0``;
 4. loss ``w(t) * mean((v_pred - v)^2)`` in float32.
 
@@ -36,15 +38,18 @@ WEIGHTINGS = ("gaussian", "uniform")
 
 @dataclasses.dataclass(frozen=True)
 class TrainingGrid:
-  """The schedule's training tables, float32[num_train_timesteps] each."""
+  """The schedule's training tables, float32[num_train_timesteps] each,
+  and the dtype the DiT sees timesteps in (its compute dtype)."""
   sigmas: np.ndarray
   timesteps: np.ndarray
   weights: np.ndarray
+  timestep_dtype: Any = jnp.bfloat16
 
   @classmethod
   def from_schedule(
       cls, schedule: str | schedules.FlowMatchSchedule = "diffsynth",
-      weighting: str = "gaussian") -> "TrainingGrid":
+      weighting: str = "gaussian",
+      timestep_dtype: Any = jnp.bfloat16) -> "TrainingGrid":
     """The grid of ``schedule``.
 
     Args:
@@ -55,6 +60,8 @@ class TrainingGrid:
         draws (sigma > 0.95, where sampling starts) 3% of the weight and
         t = 1000 none; a DiT trained from scratch, like the CPU demo's,
         learns that region too slowly under it.
+      timestep_dtype: the DiT's compute dtype; drawn timesteps are cast to
+        it (the reference's ``.to(dtype=self.torch_dtype)``).
     """
     schedule = schedules.get_schedule(schedule)
     n = schedule.num_train_timesteps
@@ -64,7 +71,7 @@ class TrainingGrid:
     weights = (schedule.training_weights() if weighting == "gaussian"
                else np.ones((n,), np.float32))
     return cls(sigmas=schedule.sigmas(n), timesteps=schedule.timesteps(n),
-               weights=weights)
+               weights=weights, timestep_dtype=timestep_dtype)
 
   def __len__(self) -> int:
     return len(self.timesteps)
@@ -75,7 +82,7 @@ class NoiseLevel:
   """One sampled noise level per sample.
 
   Attributes:
-    timestep: bfloat16[B], what the DiT sees.
+    timestep: [B] in the grid's timestep dtype, what the DiT sees.
     sigma: float32[B], the noise fraction (from the nearest grid entry).
     weight: float32[B], the loss weight (from the nearest grid entry).
     index: int32[B], that nearest grid entry.
@@ -92,17 +99,18 @@ jax.tree_util.register_dataclass(
 
 
 def noise_level_at(grid: TrainingGrid, grid_id: jax.Array) -> NoiseLevel:
-  """The effective noise level of grid entries ``grid_id`` (the bf16 quirk).
+  """The effective noise level of grid entries ``grid_id`` (the quirk).
 
   Args:
     grid: training tables.
     grid_id: int[B] drawn grid indices.
 
   Returns:
-    The bf16 timestep of each draw and the sigma/weight of the grid entry
-    nearest to it.
+    The timestep of each draw as the DiT sees it and the sigma/weight of
+    the grid entry nearest to it.
   """
-  timestep = schedules.to_bf16(jnp.asarray(grid.timesteps)[grid_id])
+  timestep = schedules.model_timestep(jnp.asarray(grid.timesteps)[grid_id],
+                                      grid.timestep_dtype)
   index = schedules.nearest_index(grid.timesteps, timestep)
   return NoiseLevel(timestep=timestep,
                     sigma=jnp.asarray(grid.sigmas)[index],
@@ -187,7 +195,7 @@ def flow_matching_loss(
   """The reference's training loss for one batch of clean latents.
 
   Args:
-    velocity_fn: ``(noisy [B, ...], timestep bf16[B], sigma f32[B]) ->
+    velocity_fn: ``(noisy [B, ...], timestep [B], sigma f32[B]) ->
       velocity [B, ...]``; ``sigma`` is the looked-up sigma that the source
       injection scales by (pitfall 3).
     clean: [B, t, h, w, c] clean latents z_0 (any float dtype, bf16 in the

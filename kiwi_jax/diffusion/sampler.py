@@ -3,13 +3,15 @@
 The reference loop (``WanVideoPipeline.__call__`` and
 ``FlowMatchScheduler.step``, spec 5.1) is, for step ``i`` of ``n``:
 
-  t_i      = bf16(timesteps[i])                       # what the DiT sees
+  t_i      = dtype(timesteps[i])                      # what the DiT sees
   sigma_i' = sigmas[argmin |timesteps - t_i|]         # source-injection sigma
   v        = DiT(z, t_i, sigma_i')
   z        = z + v * (sigmas[i + 1] - sigmas[i])      # sigmas[n] := 0
 
-The Euler step uses the exact float32 sigmas; only the DiT input and the
-source-injection sigma go through bf16. Here the loop is a
+``dtype`` is the pipeline's ``torch_dtype``: the released bf16 runs round
+the DiT input and hence the source-injection sigma through bf16, a float32
+run keeps both exact (``SamplingPlan.build(timestep_dtype=...)``); the
+Euler step always uses the exact float32 sigmas. Here the loop is a
 ``lax.fori_loop`` over a host-built :class:`SamplingPlan`, so a jitted
 caller compiles the DiT once for all steps.
 
@@ -27,12 +29,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 
 from kiwi_jax.diffusion import schedules
 
-# (latents [B, ...], timestep bf16[], sigma f32[], step i32[], *operands) -> v
+# (latents [B, ...], timestep [], sigma f32[], step i32[], *operands) -> v;
+# timestep in the plan's timestep dtype.
 SamplerVelocityFn = Callable[..., jax.Array]
 
 
@@ -42,10 +44,11 @@ class SamplingPlan:
 
   Attributes:
     timesteps: float32[n], the exact schedule timesteps.
-    model_timesteps: bfloat16[n], what the velocity function sees.
+    model_timesteps: [n] in the timestep dtype (bf16 by default), what the
+      velocity function sees.
     sigmas: float32[n], the Euler step's sigma_i.
     next_sigmas: float32[n], sigma_{i+1}, 0 after the last step.
-    model_sigmas: float32[n], sigma of the entry nearest to the bf16 t
+    model_sigmas: float32[n], sigma of the entry nearest to the model's t
       (what the reference's source injection scales by).
   """
   timesteps: np.ndarray
@@ -57,12 +60,23 @@ class SamplingPlan:
   @classmethod
   def build(cls, num_steps: int,
             schedule: str | schedules.FlowMatchSchedule = "diffsynth",
-            denoising_strength: float = 1.0) -> "SamplingPlan":
+            denoising_strength: float = 1.0,
+            timestep_dtype: Any = jnp.bfloat16) -> "SamplingPlan":
+    """The tables of an ``num_steps`` run.
+
+    Args:
+      num_steps: Euler steps.
+      schedule: a schedule or its name.
+      denoising_strength: below 1, start part-way (video-to-video).
+      timestep_dtype: the DiT's compute dtype; the timesteps are cast to
+        it as the reference casts them to its ``torch_dtype`` (bf16
+        rounds, float32 is exact).
+    """
     schedule = schedules.get_schedule(schedule)
     sigmas = schedule.sigmas(num_steps, denoising_strength)
     timesteps = schedule.timesteps(num_steps, denoising_strength)
     # Host numpy (ml_dtypes bf16), the same rounding and argmin as on device.
-    model_timesteps = timesteps.astype(ml_dtypes.bfloat16)
+    model_timesteps = timesteps.astype(jnp.dtype(timestep_dtype))
     distance = np.abs(timesteps[None, :] -
                       model_timesteps.astype(np.float32)[:, None])
     index = np.argmin(distance, axis=-1)
@@ -140,7 +154,8 @@ def euler_loop(
 
   Args:
     velocity_fn: ``(latents, timestep, sigma, step, *operands) -> velocity``
-      with ``timestep`` a bf16 scalar, ``sigma`` the float32 looked-up sigma
+      with ``timestep`` a scalar in the plan's timestep dtype (bf16 by
+      default), ``sigma`` the float32 looked-up sigma
       and ``step`` the int32 step index; velocity has the latents' shape.
       The DiT takes ``timestep``/``sigma`` per sample ([B]) or per token:
       broadcast them inside ``velocity_fn``.
@@ -212,6 +227,7 @@ def sample(
     uncond_operands: Sequence[Any] | None = None,
     guidance_scales: Sequence[float] = (),
     guidance_operands: Sequence[Sequence[Any]] = (),
+    timestep_dtype: Any = jnp.bfloat16,
 ) -> jax.Array:
   """Jitted flow-matching Euler sampling.
 
@@ -230,6 +246,8 @@ def sample(
     guidance_scales: nested multi-condition guidance (see
       :func:`euler_loop`).
     guidance_operands: its less-conditioned branches' operands.
+    timestep_dtype: the DiT's compute dtype (see
+      :meth:`SamplingPlan.build`).
 
   Returns:
     Denoised latents, same shape and dtype as ``noise``.
@@ -238,7 +256,8 @@ def sample(
     raise ValueError("denoising_strength < 1 needs clean_latents.")
   # Explicit transfer: works under jax_transfer_guard("disallow").
   plan = jax.device_put(
-      SamplingPlan.build(num_steps, schedule, denoising_strength))
+      SamplingPlan.build(num_steps, schedule, denoising_strength,
+                         timestep_dtype))
   scales, branches = _guidance_chain(guidance_scale, uncond_operands,
                                      guidance_scales, guidance_operands)
   return _jitted_sample(velocity_fn, noise, clean_latents, plan,

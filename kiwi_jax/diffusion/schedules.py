@@ -24,6 +24,7 @@ vector width).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -118,6 +119,21 @@ def get_schedule(name: str | FlowMatchSchedule) -> FlowMatchSchedule:
 def to_bf16(t: jax.Array) -> jax.Array:
   """Rounds timesteps to bf16, as the reference does before the DiT."""
   return jnp.asarray(t).astype(jnp.bfloat16)
+
+
+def model_timestep(t: jax.Array, dtype: Any = jnp.bfloat16) -> jax.Array:
+  """Timesteps as the DiT sees them: cast to the pipeline's compute dtype.
+
+  The reference casts the scheduler's float32 timesteps to its
+  ``torch_dtype`` (``WanVideoPipeline.__call__`` and ``training_loss``):
+  bf16 rounds them (1000 draws collapse to 294 values), float32 keeps them
+  exact.
+
+  Args:
+    t: float32 timesteps, any shape.
+    dtype: the DiT's compute dtype (bf16 in the released runs).
+  """
+  return jnp.asarray(t).astype(dtype)
 
 
 def nearest_index(timesteps: jax.Array, t: jax.Array) -> jax.Array:

@@ -234,6 +234,9 @@ class EditPipeline:
     self.temporal_factor = model.temporal_factor
     self.spatial_factor = model.spatial_factor
     self.latent_dtype = getattr(model, "latent_dtype", jnp.bfloat16)
+    # The DiT sees timesteps in its compute dtype (the reference's
+    # torch_dtype): bf16 rounds them, float32 keeps them exact.
+    self.timestep_dtype = getattr(model, "timestep_dtype", jnp.bfloat16)
     if mesh is not None:
       model = sharding.reshard_module(model, mesh)
     self.graphdef, self.state = nnx.split(model)
@@ -363,7 +366,8 @@ class EditPipeline:
     if noise is not None and tuple(noise.shape) != shape:
       raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape "
                        f"{shape} of a {num_frames}x{height}x{width} clip.")
-    plan = sampler.SamplingPlan.build(steps, scheduler)
+    plan = sampler.SamplingPlan.build(steps, scheduler,
+                                      timestep_dtype=self.timestep_dtype)
     seconds = {"vae_encode": 0.0, "compile": 0.0}
     runner = None if vae_tiling is False else self.vae_runner()
     if vae_tiling and runner is None:

@@ -36,6 +36,7 @@ class KiwiEditor(nnx.Module):
     self.temporal_factor = cfg.vae.temporal_factor
     self.spatial_factor = cfg.vae.spatial_factor
     self.latent_dtype = cfg.dit.dtype
+    self.timestep_dtype = cfg.dit.dtype
 
   def encode_conditions(self, mllm_inputs, *, mode: str,
                         ref_tokens: int = 0) -> KiwiConditions:

@@ -185,7 +185,8 @@ class KiwiTask:
                   if kiwi.codec == "pixel_unshuffle" else None)
     self.ref_tokens = int(kiwi.ref_tokens)
     self.grid = flow_matching.TrainingGrid.from_schedule(
-        "diffsynth", str(kiwi.get("loss_weighting", "gaussian")))
+        "diffsynth", str(kiwi.get("loss_weighting", "gaussian")),
+        timestep_dtype=self.model_cfg.dit.dtype)
     self.sample_batches: dict[str, Any] | None = None
     self.hook = KiwiMllmHook(str(kiwi.tokenizer_dir), self.model_cfg,
                              int(kiwi.seq_len), int(kiwi.num_patches))
@@ -406,7 +407,8 @@ def _edit(task: KiwiTask, graphdef, state, batch, num_steps: int,
   shape = jax.eval_shape(lambda: task._latents(model, batch, "target"))
   noise = jax.random.normal(key, shape.shape, jnp.float32).astype(
       shape.dtype)
-  plan = sampler.SamplingPlan.build(num_steps, denoising_strength=strength)
+  plan = sampler.SamplingPlan.build(num_steps, denoising_strength=strength,
+                                    timestep_dtype=task.model_cfg.dit.dtype)
   if strength < 1.0:
     start = float(plan.sigmas[0])
     clean = task._latents(model, batch, "source")

@@ -98,3 +98,17 @@ def test_uniform_weighting_option():
   np.testing.assert_array_equal(level.weight, np.ones(10))
   with pytest.raises(ValueError, match="weighting='logit'"):
     fm.TrainingGrid.from_schedule("diffsynth", "logit")
+
+
+def test_float32_grid_keeps_the_timesteps_exact():
+  """A float32 pipeline (reference ``torch_dtype=float32``) sees the grid's
+  own timesteps and their own sigmas; bf16 stays the default."""
+  grid = fm.TrainingGrid.from_schedule("diffsynth",
+                                       timestep_dtype=jnp.float32)
+  ids = jnp.arange(1000)
+  level = fm.noise_level_at(grid, ids)
+  assert level.timestep.dtype == jnp.float32
+  np.testing.assert_array_equal(level.timestep, grid.timesteps)
+  np.testing.assert_array_equal(level.index, np.arange(1000))
+  np.testing.assert_array_equal(level.sigma, grid.sigmas)
+  assert fm.noise_level_at(GRID, ids).timestep.dtype == jnp.bfloat16

@@ -1,5 +1,6 @@
 """The jitted Euler loop against a numpy Euler loop on a linear field."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -121,3 +122,33 @@ def test_sampling_needs_no_implicit_transfers():
   with jax.transfer_guard("disallow"):
     out = sampler.sample(linear_velocity, noise, a, b, num_steps=3)
   assert out.shape == noise.shape
+
+
+def test_plan_timesteps_follow_the_dit_dtype():
+  """The reference casts the timesteps to the pipeline's dtype: bf16 runs
+  round them (and take the sigma nearest to the rounded t), float32 runs
+  see the exact schedule."""
+  exact = sampler.SamplingPlan.build(50, timestep_dtype=jnp.float32)
+  assert exact.model_timesteps.dtype == np.float32
+  np.testing.assert_array_equal(exact.model_timesteps, exact.timesteps)
+  np.testing.assert_array_equal(exact.model_sigmas, exact.sigmas)
+  rounded = sampler.SamplingPlan.build(50, timestep_dtype=jnp.bfloat16)
+  assert rounded.model_timesteps.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(
+      rounded.model_timesteps, exact.timesteps.astype(jnp.bfloat16))
+  assert (np.asarray(rounded.model_timesteps, np.float32)
+          != exact.timesteps).any()
+  seen = []
+
+  def record(z, t, sigma, step):
+    del sigma, step
+    jax.debug.callback(lambda v: seen.append(np.asarray(v)), t)
+    return jnp.zeros_like(z)
+
+  noise = sampler.initial_noise(0, (1, 2), jnp.float32)
+  jax.block_until_ready(sampler.sample(record, noise, num_steps=3,
+                                       timestep_dtype=jnp.float32))
+  assert [v.dtype for v in seen] == [np.float32] * 3
+  np.testing.assert_array_equal(
+      seen, sampler.SamplingPlan.build(3, timestep_dtype=jnp.float32
+                                       ).timesteps)

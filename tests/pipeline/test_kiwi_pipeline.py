@@ -134,7 +134,9 @@ def test_latents_match_torch_reference_loop(converted, clip):
   z = to_torch(noise)
   with torch.no_grad():
     for t in scheduler.timesteps:
-      t_model = t.unsqueeze(0).to(torch.bfloat16)
+      # The reference casts t to its torch_dtype: the DiT's, float32 here.
+      t_model = t.unsqueeze(0).to(getattr(torch, str(np.dtype(
+          CFG.dit.dtype))))
       sigma = scheduler.get_sigma(t_model).reshape(1)
       v = tk.velocity(z, t_model.float(), context, source=to_torch(src),
                       sigma=sigma, ref=ref_lat)

@@ -29,6 +29,7 @@ from kiwi_jax.models.dit import WanDiT
 from kiwi_jax.models.kiwi import readout
 from kiwi_jax.models.kiwi.config import MODES, KiwiEditConfig
 from kiwi_jax.models.mllm import Qwen25VL
+from kiwi_jax.models.mllm.vision import kiwi_encoder_pixels
 from kiwi_jax.models.vae import WanVAE
 
 
@@ -106,8 +107,11 @@ class KiwiEdit(nnx.Module):
       mode: "image", "video" or "reference".
     """
     q = self.queries(mode)(self.cfg.mllm.dtype)
+    pixels = inputs.get("pixel_values")
+    if pixels is not None:  # bf16 into the tower, as the reference's encoder
+      pixels = kiwi_encoder_pixels(pixels)
     out = self.mllm(inputs["input_ids"], inputs["position_ids"],
-                    pixel_values=inputs.get("pixel_values"),
+                    pixel_values=pixels,
                     vision_meta=inputs.get("vision_meta"), queries=q,
                     segment_ids=_token_mask(inputs))
     return out.last_hidden_state

@@ -196,6 +196,23 @@ def vision_rope_cos_sin(positions: jax.Array, head_dim: int,
   return jnp.cos(emb), jnp.sin(emb)
 
 
+def kiwi_encoder_pixels(pixel_values: jax.Array) -> jax.Array:
+  """Pixel values as Kiwi-Edit's MLLM encoder hands them to the tower.
+
+  ``QwenVLMLLMEncoder.forward`` casts the processor's output to bf16
+  (``inputs.to(device, dtype=torch.bfloat16)``) whatever the model's
+  dtype, and the tower then casts them to its own; so a float32 run sees
+  bf16-rounded pixels too. (The plain Qwen2.5-VL forward does not round.)
+
+  Args:
+    pixel_values: float[..., patch_dim].
+
+  Returns:
+    The values rounded to bf16, in their own dtype.
+  """
+  pixel_values = jnp.asarray(pixel_values)
+  return pixel_values.astype(jnp.bfloat16).astype(pixel_values.dtype)
+
 class VisionAttention(nnx.Module):
   """Fused ``qkv`` projection, 2-D RoPE, segment-masked attention, ``proj``."""
 
