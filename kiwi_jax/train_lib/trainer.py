@@ -273,6 +273,7 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
     profiler = profiling.Profiler.from_config(_get(config, "profile", {}),
                                               workdir)
     guard = _FiniteGuard(step, manager)
+    writer.discard_after(step)  # a restart redoes the steps after `step`
     sample_every = int(_get(config, "sample_every", 0))
     eval_every = int(_get(config, "eval_every", 0))
     first_step = step
