@@ -36,6 +36,7 @@ or ``gs://`` (Orbax writes through ``etils.epath``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -47,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.sharding import NamedSharding, PartitionSpec
 from orbax.checkpoint import checkpoint_managers as managers
 
 from kiwi_jax.train_lib.train_state import ModelSplit, TrainState, path_name
@@ -77,9 +79,23 @@ class NonFiniteStateError(FloatingPointError):
   """The train state holds NaN or infinite values (it is never saved)."""
 
 
-@jax.jit
 def _finite_per_leaf(leaves: list[jax.Array]) -> jax.Array:
   return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+@functools.cache
+def _jitted_finite_per_leaf(out_sharding: NamedSharding | None):
+  return jax.jit(_finite_per_leaf, out_shardings=out_sharding)
+
+
+def _finite_flags(leaves: list[jax.Array]) -> np.ndarray:
+  """One bool per leaf, computed where the leaves live; the result is
+  replicated on their mesh so every process can read it."""
+  mesh_sharding = next((x.sharding for x in leaves if isinstance(
+      getattr(x, "sharding", None), NamedSharding)), None)
+  out = (None if mesh_sharding is None else
+         NamedSharding(mesh_sharding.mesh, PartitionSpec()))
+  return np.asarray(jax.device_get(_jitted_finite_per_leaf(out)(leaves)))
 
 
 def nonfinite_leaves(tree: Any) -> tuple[list[str], int]:
@@ -101,7 +117,7 @@ def nonfinite_leaves(tree: Any) -> tuple[list[str], int]:
            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
   if not named:
     return [], 0
-  finite = np.asarray(jax.device_get(_finite_per_leaf([x for _, x in named])))
+  finite = _finite_flags([x for _, x in named])
   return [name for (name, _), ok in zip(named, finite) if not ok], len(named)
 
 

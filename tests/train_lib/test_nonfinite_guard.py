@@ -31,6 +31,7 @@ def _steps_on_disk(workdir):
   return manager.all_steps()
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
 def test_an_update_that_makes_the_weights_nan_is_never_saved(tmp_path):
   # The step-1 loss is finite (computed before the update); the update
   # makes the parameters infinite. Saving step 1 must be refused.
@@ -72,6 +73,32 @@ def _poison_first_moment(state):
           f"opt_state/{name}")
 
 
+def test_nonfinite_leaves_names_floating_leaves_only():
+  tree = {"a": jnp.ones(2), "b": {"c": jnp.array([1.0, jnp.nan])},
+          "steps": jnp.arange(2)}
+  assert checkpointing.nonfinite_leaves(tree) == (["b/c"], 2)
+
+
+class _NoCheckpoints:
+  """A checkpoint manager with nothing saved yet."""
+
+  def latest_step(self):
+    return None
+
+
+def test_guard_trusts_the_values_not_an_overflowing_norm(caplog):
+  guard = trainer._FiniteGuard(0, _NoCheckpoints())  # pylint: disable=W0212
+  metrics = {"training_loss": jnp.float32(1.0),
+             "l2_params": jnp.float32(jnp.inf)}  # 2 * (3e38)^2 overflows
+  guard.add(1, metrics, {"params": {"w": jnp.full((2,), 3e38)}})
+  guard.check()  # every value is finite: a warning, not a stop
+  assert "overflowed" in caplog.text
+  guard.add(2, metrics, {"params": {"w": jnp.array([1.0, jnp.nan])}})
+  with pytest.raises(trainer.NonFiniteStateError,
+                     match=r"at step 2 .*\(first: params/w\).* no checkpoint"):
+    guard.check()
+
+
 def test_save_refuses_a_non_finite_optimizer_state(tmp_path):
   mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
   state, bad_leaf = _poison_first_moment(_toy_state(mesh))
@@ -94,9 +121,9 @@ def test_a_restart_never_resumes_from_a_non_finite_checkpoint(tmp_path):
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   state, bad_leaf = _poison_first_moment(_toy_state(mesh))
   manager = checkpointing.make_manager(tmp_path / "checkpoints")
-  manager.save(1, force=True, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(
-          checkpointing._state_dict(state))))  # pylint: disable=protected-access
+  unchecked = ocp.args.StandardSave(
+      checkpointing._state_dict(state))  # pylint: disable=protected-access
+  manager.save(1, force=True, args=ocp.args.Composite(state=unchecked))
   manager.wait_until_finished()
   manager.close()
   with pytest.raises(FloatingPointError) as error:
