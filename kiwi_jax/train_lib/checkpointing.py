@@ -10,7 +10,11 @@ directory and renames it when complete, so a crash leaves no half checkpoint):
   restart continues with exactly the batch that step N + 1 would have seen.
 
 Saving is asynchronous by default, on a fixed interval and on preemption
-(``PreemptionCheckpointingPolicy``), keeping the latest ``keep``.
+(``PreemptionCheckpointingPolicy``), keeping the latest ``keep``. Nothing
+non-finite is ever saved or resumed: :func:`save` checks every floating
+leaf of the state on the devices first and raises
+:class:`NonFiniteStateError` instead of saving, and
+:func:`restore_or_initialize` checks what it restored the same way.
 
 Where training starts (:func:`restore_or_initialize`), in this order:
 
@@ -32,6 +36,7 @@ or ``gs://`` (Orbax writes through ``etils.epath``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -39,8 +44,11 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.sharding import NamedSharding, PartitionSpec
 from orbax.checkpoint import checkpoint_managers as managers
 
 from kiwi_jax.train_lib.train_state import ModelSplit, TrainState, path_name
@@ -65,6 +73,67 @@ class CheckpointConfig:
     values = dict(values.to_dict() if hasattr(values, "to_dict") else
                   (values or {}))
     return cls(**values)
+
+
+class NonFiniteStateError(FloatingPointError):
+  """The train state holds NaN or infinite values (it is never saved)."""
+
+
+def _finite_per_leaf(leaves: list[jax.Array]) -> jax.Array:
+  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+@functools.cache
+def _jitted_finite_per_leaf(out_sharding: NamedSharding | None):
+  return jax.jit(_finite_per_leaf, out_shardings=out_sharding)
+
+
+def _finite_flags(leaves: list[jax.Array]) -> np.ndarray:
+  """One bool per leaf, computed where the leaves live; the result is
+  replicated on their mesh so every process can read it."""
+  mesh_sharding = next((x.sharding for x in leaves if isinstance(
+      getattr(x, "sharding", None), NamedSharding)), None)
+  out = (None if mesh_sharding is None else
+         NamedSharding(mesh_sharding.mesh, PartitionSpec()))
+  return np.asarray(jax.device_get(_jitted_finite_per_leaf(out)(leaves)))
+
+
+def nonfinite_leaves(tree: Any) -> tuple[list[str], int]:
+  """The floating leaves of ``tree`` that hold a NaN or an infinity.
+
+  One jitted reduction per leaf where the leaf lives (sharded arrays stay
+  sharded) and one fetch of a bool per leaf: call it at save time, not
+  every step. A :class:`TrainState` is named as it is saved
+  (``params/...``, ``opt_state/...``, ``frozen/...``).
+
+  Returns:
+    ``(names, count)``: the non-finite leaves' paths in tree order, and
+    how many floating leaves were checked.
+  """
+  if isinstance(tree, TrainState):
+    tree = _state_dict(tree)
+  named = [(path_name(p), x) for p, x in
+           jax.tree_util.tree_flatten_with_path(tree)[0]
+           if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  if not named:
+    return [], 0
+  finite = _finite_flags([x for _, x in named])
+  return [name for (name, _), ok in zip(named, finite) if not ok], len(named)
+
+
+def describe_nonfinite(names: list[str], count: int) -> str:
+  """``"3 of 257 floating leaves hold NaN or inf (first: params/a/w)"``."""
+  return (f"{len(names)} of {count} floating leaves hold NaN or inf "
+          f"(first: {names[0]})")
+
+
+def newest_checkpoint_note(manager: ocp.CheckpointManager) -> str:
+  """What a stopped run leaves on disk, for its error message."""
+  latest = manager.latest_step()
+  if latest is None:
+    return "no checkpoint was saved."
+  return (f"the newest checkpoint is step {latest} in {manager.directory} "
+          "(checked finite before it was saved); a restart resumes from it.")
 
 
 def make_manager(directory: str | epath.PathLike,
@@ -92,7 +161,20 @@ def _state_dict(state: TrainState) -> dict[str, Any]:
 def save(manager: ocp.CheckpointManager, step: int, state: TrainState,
          data_iter: Any = None, *, force: bool = False) -> bool:
   """Saves (if the manager's policy says so, or ``force``); returns whether
-  a save started."""
+  a save started.
+
+  Raises:
+    NonFiniteStateError: the state holds NaN or inf (checked on the
+      devices before anything is written; nothing is saved).
+  """
+  if not force and not manager.should_save(step):
+    return False
+  bad, count = nonfinite_leaves(state)
+  if bad:
+    raise NonFiniteStateError(
+        f"Refusing to save the train state at step {step}: "
+        f"{describe_nonfinite(bad, count)}. Stopping; "
+        f"{newest_checkpoint_note(manager)}")
   items = {STATE: ocp.args.StandardSave(_state_dict(state))}
   if data_iter is not None:
     items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
@@ -251,19 +333,37 @@ def restore_or_initialize(
 
   Returns:
     ``(state, source)`` where ``source`` says where it came from.
+
+  Raises:
+    NonFiniteStateError: the state it would start from holds NaN or inf
+      (e.g. a checkpoint written before saves were checked); the message
+      says how to start from something else.
   """
   latest = manager.latest_step()
   if latest is not None:
-    return (restore(manager, latest, abstract_state, data_iter),
-            f"this workdir's checkpoint at step {latest}")
-  if resume:
+    state = restore(manager, latest, abstract_state, data_iter)
+    source = f"this workdir's checkpoint at step {latest}"
+    fix = (f"delete {epath.Path(manager.directory) / str(latest)} to "
+           "resume from the checkpoint before it, or train in a new workdir")
+  elif resume:
     step_dir = _step_directory(resume)
     other = make_manager(step_dir.parent, read_only=True)
     step = int(step_dir.name)
-    return (restore(other, step, abstract_state, data_iter),
-            f"resume {step_dir}")
-  if model_init:
+    state = restore(other, step, abstract_state, data_iter)
+    source = f"resume {step_dir}"
+    fix = "set --config.resume to an earlier step directory of that run"
+  elif model_init:
     loader = load_weights or restore_weights
     params, frozen = loader(model_init, split)
-    return init_from_weights(params, frozen), f"model_init {model_init}"
-  return init_from_scratch(), "scratch"
+    state = init_from_weights(params, frozen)
+    source = f"model_init {model_init}"
+    fix = "set --config.model_init to weights that are finite"
+  else:
+    state, source = init_from_scratch(), "scratch"
+    fix = "the model's initialisation is broken; check its config"
+  bad, count = nonfinite_leaves(state)
+  if bad:
+    raise NonFiniteStateError(
+        f"Cannot start from {source}: {describe_nonfinite(bad, count)}; "
+        f"{fix}.")
+  return state, source

@@ -9,6 +9,14 @@ that drops everything, so call sites need no ``if process_index() == 0``.
 Images and videos go to TensorBoard/wandb; the JSONL backend records their
 shapes and, for videos, writes mp4 files next to it (``workdir/videos``) so
 edits can be watched without TensorBoard.
+
+A restart from the checkpoint at step N redoes steps N+1.. that the killed
+run may already have logged; ``discard_after(N)`` keeps readers at one
+value per step: JSONL drops its rows past N (the file is rewritten
+atomically), TensorBoard gets a purge marker (a ``SessionLog.START`` event
+at step N+1, which makes TensorBoard hide the older events from step N+1
+on), wandb keeps what it has (it ignores steps lower than a run's current
+one).
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+
+from kiwi_jax.utils import atomic
 
 Scalar = int | float | np.number | np.ndarray
 
@@ -41,6 +51,10 @@ class MetricWriter(Protocol):
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     ...
+
+  def discard_after(self, step: int) -> None:
+    """Supersedes what was written for steps after ``step`` (a restart
+    from the checkpoint at ``step`` writes them again)."""
 
   def flush(self) -> None:
     ...
@@ -77,6 +91,9 @@ class NullWriter:
   def write_hparams(self, hparams):
     del hparams
 
+  def discard_after(self, step):
+    del step
+
   def flush(self):
     pass
 
@@ -101,11 +118,51 @@ class JsonlWriter:
     self._local = isinstance(self.workdir, pathlib.Path) or (
         "://" not in str(self.workdir))
     if self._local:
-      self._file = open(str(self.path), "a", encoding="utf-8")
+      self._drop_torn_last_line()
+      self._file = self._open_for_append()
     else:
       self._lines = (self.path.read_text().splitlines(keepends=True)
                      if self.path.exists() else [])
+      if self._lines and not self._lines[-1].endswith("\n"):
+        self._lines.pop()  # torn by a killed run
       self._file = None
+
+  def _open_for_append(self):
+    return open(str(self.path), "a", encoding="utf-8")
+
+  def _drop_torn_last_line(self) -> None:
+    """A run killed in the middle of a line leaves it without its newline;
+    appending to it would spoil the next row too."""
+    path = str(self.path)
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+      return
+    with open(path, "rb") as f:
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) == b"\n":
+        return
+      f.seek(0)
+      data = f.read()
+    atomic.write_bytes(path, data[:data.rfind(b"\n") + 1])
+
+  def discard_after(self, step: int) -> None:
+    """Drops the rows of steps after ``step``; rows without a step
+    (hparams) stay. The file is rewritten atomically, and only when
+    something is dropped."""
+    if self._file is not None:
+      self._file.close()
+      lines = (self.path.read_text(encoding="utf-8").splitlines(
+          keepends=True) if self.path.exists() else [])
+    else:
+      lines = self._lines
+    kept = _lines_up_to(lines, step)
+    if len(kept) != len(lines):
+      if self._file is not None:
+        atomic.write_text(str(self.path), "".join(kept))
+      else:
+        self._lines = kept
+        self.path.write_text("".join(kept))
+    if self._file is not None:
+      self._file = self._open_for_append()
 
   def _write(self, record: dict[str, Any]) -> None:
     record.setdefault("time", time.time())
@@ -161,6 +218,22 @@ class JsonlWriter:
       self.flush()
 
 
+def _lines_up_to(lines: list[str], step: int) -> list[str]:
+  """The JSONL lines of steps <= ``step`` or of no step, in order (lines
+  that do not parse are kept as they are)."""
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      kept.append(line)
+      continue
+    row_step = record.get("step") if isinstance(record, dict) else None
+    if not isinstance(row_step, int) or row_step <= step:
+      kept.append(line)
+  return kept
+
+
 def _jsonable(obj):
   return json.loads(json.dumps(obj, default=str))
 
@@ -170,7 +243,16 @@ class TensorBoardWriter:
 
   def __init__(self, logdir: str | os.PathLike):
     from tensorboardX import SummaryWriter
-    self._w = SummaryWriter(str(logdir))
+    self._logdir = str(logdir)
+    self._w = SummaryWriter(self._logdir)
+
+  def discard_after(self, step):
+    """Starts a new event file whose first events mark a restart at step
+    ``step + 1``: TensorBoard then hides the earlier files' events from
+    that step on (tensorboardX's ``purge_step``)."""
+    from tensorboardX import SummaryWriter
+    self._w.close()
+    self._w = SummaryWriter(self._logdir, purge_step=int(step) + 1)
 
   def write_scalars(self, step, scalars):
     for k, v in scalars.items():
@@ -226,6 +308,11 @@ class WandbWriter:
   def write_hparams(self, hparams):
     self._run.config.update(_flatten(hparams), allow_val_change=True)
 
+  def discard_after(self, step):
+    """Nothing to do: wandb ignores (with a warning) rows for steps below
+    a resumed run's current step, so it keeps the first value of each."""
+    del step
+
   def flush(self):
     pass
 
@@ -254,6 +341,10 @@ class MultiWriter:
   def write_hparams(self, hparams):
     for w in self.writers:
       w.write_hparams(hparams)
+
+  def discard_after(self, step):
+    for w in self.writers:
+      w.discard_after(step)
 
   def flush(self):
     for w in self.writers:

@@ -79,29 +79,77 @@ class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or infinite."""
 
 
+NonFiniteStateError = checkpointing.NonFiniteStateError
+
+
 class _FiniteGuard:
-  """Keeps the losses of steps not yet checked; checks them in one fetch."""
+  """Checks the steps not yet checked in one fetch, and the state itself.
 
-  def __init__(self, first_step: int):
-    self._pending: list[tuple[int, jax.Array]] = []
+  Per step it keeps two device scalars the step already returns: the loss
+  and the norm of the updated parameters (NaN or inf as soon as one
+  parameter is). :meth:`check` fetches them together, at log and save
+  steps only, so there is no host sync per step. When one is non-finite
+  the latest state (the one of the last step added, not yet donated to the
+  next step) is checked leaf by leaf on the devices to name the first bad
+  leaf. ``checkpointing.save`` checks the whole state (optimiser moments
+  and frozen weights too) before every save.
+  """
+
+  def __init__(self, first_step: int, manager: Any):
+    self._pending: list[tuple[int, jax.Array, jax.Array]] = []
     self.last_checked = first_step
+    self._manager = manager
+    self._state: TrainState | None = None
 
-  def add(self, step: int, loss: jax.Array) -> None:
-    self._pending.append((step, loss))
+  def add(self, step: int, metrics: dict[str, jax.Array],
+          state: TrainState) -> None:
+    """Records step ``step``'s measurements and the state it produced."""
+    loss = metrics["training_loss"]
+    self._pending.append((step, loss, metrics.get("l2_params", loss)))
+    self._state = state
 
   def check(self) -> None:
+    """Raises if a pending step's loss or parameters went non-finite.
+
+    Raises:
+      NonFiniteLossError: a loss was NaN/inf (the step is named).
+      NonFiniteStateError: the parameters went NaN/inf at a step whose
+        loss, computed before the update, was still finite.
+    """
     if not self._pending:
       return
-    steps = [s for s, _ in self._pending]
-    losses = np.asarray(jax.device_get([loss for _, loss in self._pending]))
-    bad = np.flatnonzero(~np.isfinite(losses))
+    steps = [s for s, _, _ in self._pending]
+    losses, norms = (np.asarray(x) for x in jax.device_get(
+        ([loss for _, loss, _ in self._pending],
+         [norm for _, _, norm in self._pending])))
     self._pending.clear()
-    if bad.size:
-      raise NonFiniteLossError(
-          f"Non-finite training loss {losses[bad[0]]} at step {steps[bad[0]]}"
-          f" (steps {steps[0]}..{steps[-1]} checked; the loss was finite up "
-          f"to step {self.last_checked}). Stopping; nothing after the last "
-          f"finite check was saved.")
+    bad_loss = np.flatnonzero(~np.isfinite(losses))
+    bad_norm = np.flatnonzero(~np.isfinite(norms))
+    checked = f"steps {steps[0]}..{steps[-1]} checked"
+    if bad_loss.size or bad_norm.size:
+      leaves, count = checkpointing.nonfinite_leaves(self._state)
+      in_state = "" if not leaves else (
+          f" In the state at step {steps[-1]}, "
+          f"{checkpointing.describe_nonfinite(leaves, count)}.")
+      params_note = "" if not bad_norm.size else (
+          f" The parameters went non-finite at step {steps[bad_norm[0]]} "
+          f"(l2_params={norms[bad_norm[0]]}).")
+      stop = (f" Stopping; "
+              f"{checkpointing.newest_checkpoint_note(self._manager)}")
+      if bad_loss.size:
+        raise NonFiniteLossError(
+            f"Non-finite training loss {losses[bad_loss[0]]} at step "
+            f"{steps[bad_loss[0]]} ({checked}; the loss was finite up to "
+            f"step {self.last_checked}).{params_note}{in_state}{stop}")
+      if leaves:
+        raise checkpointing.NonFiniteStateError(
+            f"The parameters went non-finite at step {steps[bad_norm[0]]} "
+            f"(l2_params={norms[bad_norm[0]]}) although the loss, computed "
+            f"before the update, was finite ({checked}).{in_state}{stop}")
+      logger.warning(
+          "l2_params overflowed at step %d although every parameter is "
+          "finite; the parameters are growing without bound.",
+          steps[bad_norm[0]])
     self.last_checked = steps[-1]
 
 
@@ -151,6 +199,9 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
 
   Raises:
     NonFiniteLossError: the loss became NaN/inf (the step is named).
+    NonFiniteStateError: the state became NaN/inf (the step and the first
+      non-finite leaf are named); it is never saved, so the newest
+      checkpoint on disk is finite.
   """
   workdir = checkpointing.absolute_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +272,8 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
         first_step=step)
     profiler = profiling.Profiler.from_config(_get(config, "profile", {}),
                                               workdir)
-    guard = _FiniteGuard(step)
+    guard = _FiniteGuard(step, manager)
+    writer.discard_after(step)  # a restart redoes the steps after `step`
     sample_every = int(_get(config, "sample_every", 0))
     eval_every = int(_get(config, "eval_every", 0))
     first_step = step
@@ -246,7 +298,7 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
         state, metrics = step_fn(state, batch)
       profiler.after_step(step, state)
       step += 1
-      guard.add(step, metrics["training_loss"])
+      guard.add(step, metrics, state)
       reporter.step_done(step, **counts)
       last = step == total_steps
       if step % log_every == 0 or last or step - first_step <= log_first:

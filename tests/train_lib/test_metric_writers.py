@@ -52,3 +52,23 @@ def test_write_mp4_rejects_bad_input_and_leaves_nothing(tmp_path):
   with pytest.raises(ValueError, match="no frames"):
     write_mp4(tmp_path / "a.mp4", np.zeros((0, 4, 4, 3), np.uint8))
   assert not list(tmp_path.iterdir())
+
+
+def test_jsonl_discard_after_keeps_one_row_per_step(tmp_path):
+  w = mw.JsonlWriter(tmp_path)
+  w.write_hparams({"lr": 1})
+  for step in range(1, 6):
+    w.write_scalars(step, {"loss": float(step)})
+  w.close()
+  path = tmp_path / "metrics.jsonl"
+  with open(path, "a", encoding="utf-8") as f:
+    f.write('{"step": 6, "lo')  # a run killed in the middle of a line
+  # The restart restores step 3 and writes steps 4.. again.
+  w = mw.JsonlWriter(tmp_path)
+  w.write_hparams({"lr": 1})
+  w.discard_after(3)
+  w.write_scalars(4, {"loss": 40.0})
+  w.close()
+  rows = [json.loads(l) for l in path.read_text().splitlines()]
+  assert [r.get("step", "h") for r in rows] == ["h", 1, 2, 3, "h", 4]
+  assert rows[-1]["loss"] == 40.0
