@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -174,6 +175,13 @@ def progress_line(step: int, total_steps: int, loss: float,
   return " | ".join(parts)
 
 
+def _terminal_size(stream: TextIO) -> tuple[int, int]:
+  try:
+    return tuple(os.get_terminal_size(stream.fileno()))
+  except (AttributeError, OSError, ValueError):
+    return (0, 0)
+
+
 class ConsoleProgress:
   """What the terminal shows of a training loop (process 0 only).
 
@@ -200,9 +208,12 @@ class ConsoleProgress:
     self._bar = None
     if self.enabled and bar and first_step < total_steps:
       import tqdm  # pylint: disable=g-import-not-at-top
+      # A pseudo-terminal may report a size of 0 x 0, which hides the bar.
+      sized = min(_terminal_size(stream)) > 0
       self._bar = tqdm.tqdm(total=total_steps, initial=first_step,
                             desc=_label or "train", unit="step", file=stream,
-                            dynamic_ncols=True, mininterval=0.5)
+                            dynamic_ncols=sized, ncols=None if sized else 80,
+                            nrows=None if sized else 24, mininterval=0.5)
       _bars.append(self._bar)
 
   def step_done(self) -> None:
