@@ -1,4 +1,5 @@
-"""Progress reports: time per phase, steps/s, ETA, throughput, MFU.
+"""Progress reports: time per phase, steps/s, ETA, throughput, MFU; the
+console of a run.
 
 ``ReportProgress`` is fed once per step and returns a dict of measurements
 to write with the metric writer every ``log_every`` steps::
@@ -16,6 +17,12 @@ Timings of asynchronous dispatch measure host time only; the trainer blocks
 on the step's loss at every log step, so the windows are honest on average.
 MFU needs a model FLOPs count per step from the task (e.g. 6 x params x
 tokens for a transformer) and the chips' peak FLOP/s.
+
+What a person watching the run sees (process 0 only): ``note()`` lines
+before long phases, and ``ConsoleProgress``: one compact line per log step
+on stdout (``step 25/900 | loss 0.0123 | 3.21 steps/s | ETA 4m36s``), or a
+tqdm bar when stderr is a terminal. ``label("stage 2/3")`` names the
+lines and bars of the runs started inside it (the demo's stages).
 """
 
 from __future__ import annotations
@@ -23,19 +30,50 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
+import sys
 import time
 from collections.abc import Iterator
+from typing import Any, TextIO
 
 import jax
+import numpy as np
 
 logger = logging.getLogger("kiwi_jax")
 
+_label = ""  # set by label(); names the progress lines and bars
+_bars: list[Any] = []  # open tqdm bars: console lines are written above them
+
+
+def _console(line: str) -> None:
+  """Prints a line to stdout, above any progress bar being drawn."""
+  if _bars:
+    _bars[-1].write(line, file=sys.stdout)
+    sys.stdout.flush()
+  else:
+    print(line, flush=True)
+
 
 def note(message: str) -> None:
-  """A one-line ``NOTE:`` before a long phase (process 0 only)."""
+  """A one-line ``NOTE:`` before a long phase (process 0 only).
+
+  Printed once on stdout, and logged at INFO (which ``train.py`` sends to
+  the run's log file, not to the console).
+  """
   if jax.process_index() == 0:
     logger.info("NOTE: %s", message)
-    print(f"NOTE: {message}", flush=True)
+    _console(f"NOTE: {message}")
+
+
+@contextlib.contextmanager
+def label(text: str) -> Iterator[None]:
+  """Prefixes the progress lines of the runs inside with ``text``."""
+  global _label
+  previous, _label = _label, text
+  try:
+    yield
+  finally:
+    _label = previous
 
 
 class ReportProgress:
@@ -66,6 +104,7 @@ class ReportProgress:
     self._run_first_step = first_step
     self.examples_seen = 0
     self.chip_seconds = 0.0
+    self.last_report: dict[str, float] = {}
 
   @contextlib.contextmanager
   def timed(self, phase: str) -> Iterator[None]:
@@ -107,10 +146,92 @@ class ReportProgress:
     self._window_start = now
     self._window_first_step = step
     self._window_examples = self._window_frames = 0
+    self.last_report = out
     return out
 
 
 def format_eta(seconds: float) -> str:
-  """``3725.0`` -> ``"1h02m"``."""
-  minutes = int(seconds // 60)
+  """``3725.0`` -> ``"1h02m"``; ``245.0`` -> ``"4m05s"``; ``7.2`` -> ``"7s"``.
+  """
+  if not np.isfinite(seconds):
+    return "?"
+  seconds = max(0, int(round(seconds)))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  minutes = seconds // 60
   return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def progress_line(step: int, total_steps: int, loss: float,
+                  report: dict[str, float], prefix: str = "") -> str:
+  """``[stage 1/3] step 25/900 | loss 0.0123 | 3.21 steps/s | ETA 4m36s``."""
+  parts = [f"{prefix + ' ' if prefix else ''}step {step}/{total_steps}",
+           f"loss {loss:.4g}"]
+  if "steps_per_sec" in report:
+    parts.append(f"{report['steps_per_sec']:.3g} steps/s")
+    parts.append(f"ETA {format_eta(report['eta_seconds'])}")
+  return " | ".join(parts)
+
+
+def _terminal_size(stream: TextIO) -> tuple[int, int]:
+  try:
+    return tuple(os.get_terminal_size(stream.fileno()))
+  except (AttributeError, OSError, ValueError):
+    return (0, 0)
+
+
+class ConsoleProgress:
+  """What the terminal shows of a training loop (process 0 only).
+
+  ``step_done()`` after every step (host-side only: no device sync);
+  ``log_step(step, loss, report)`` at each log step, with the loss already
+  fetched and ``ReportProgress``'s report. Without a bar that prints one
+  ``progress_line``; with one it updates the bar's loss.
+
+  Args:
+    total_steps: the run's last step.
+    first_step: the step the run (re)starts from.
+    bar: draw a tqdm bar (default: when ``stream`` is a terminal).
+    stream: where the bar goes (default stderr); lines go to stdout.
+  """
+
+  def __init__(self, total_steps: int, first_step: int = 0, *,
+               bar: bool | None = None, stream: TextIO | None = None):
+    self.total_steps = total_steps
+    self.prefix = f"[{_label}]" if _label else ""
+    self.enabled = jax.process_index() == 0
+    stream = stream or sys.stderr
+    if bar is None:
+      bar = bool(getattr(stream, "isatty", lambda: False)())
+    self._bar = None
+    if self.enabled and bar and first_step < total_steps:
+      import tqdm  # pylint: disable=g-import-not-at-top
+      # A pseudo-terminal may report a size of 0 x 0, which hides the bar.
+      sized = min(_terminal_size(stream)) > 0
+      self._bar = tqdm.tqdm(total=total_steps, initial=first_step,
+                            desc=_label or "train", unit="step", file=stream,
+                            dynamic_ncols=sized, ncols=None if sized else 80,
+                            nrows=None if sized else 24, mininterval=0.5)
+      _bars.append(self._bar)
+
+  def step_done(self) -> None:
+    if self._bar is not None:
+      self._bar.update(1)
+
+  def log_step(self, step: int, loss: Any, report: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    loss = float(np.asarray(loss))
+    if self._bar is not None:
+      self._bar.set_postfix_str(f"loss {loss:.4g}")
+    else:
+      _console(progress_line(step, self.total_steps, loss, report,
+                             self.prefix))
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      _bars.remove(self._bar)
+      self._bar = None

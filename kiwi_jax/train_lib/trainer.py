@@ -270,6 +270,7 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
         flops_per_step=getattr(task, "flops_per_step", None),
         peak_flops_per_chip=_get(config, "peak_flops_per_chip", None),
         first_step=step)
+    console = progress.ConsoleProgress(total_steps, first_step=step)
     profiler = profiling.Profiler.from_config(_get(config, "profile", {}),
                                               workdir)
     guard = _FiniteGuard(step, manager)
@@ -300,12 +301,14 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
       step += 1
       guard.add(step, metrics, state)
       reporter.step_done(step, **counts)
+      console.step_done()
       last = step == total_steps
       if step % log_every == 0 or last or step - first_step <= log_first:
         guard.check()
         writer.write_scalars(step, {**jax.device_get(metrics),
                                     **reporter.report(step)})
         writer.flush()  # a killed run keeps what it logged
+        console.log_step(step, metrics["training_loss"], reporter.last_report)
       preempted = manager.reached_preemption(step)
       if last or preempted or manager.should_save(step):
         guard.check()  # never save a state that went non-finite
@@ -320,6 +323,7 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
         _run_hooks(task, split, state, step, writer, last, sample_every,
                    eval_every)
   finally:
+    console.close()
     profiler.stop()
     manager.wait_until_finished()
     writer.flush()

@@ -30,7 +30,7 @@ from flax import nnx
 from kiwi_jax import sharding
 from kiwi_jax.data import refvie_mini, transforms, video_io
 from kiwi_jax.testing import tokenizer as tiny_tokenizer
-from kiwi_jax.train_lib import trainer
+from kiwi_jax.train_lib import progress, trainer
 from kiwi_jax.train_lib.train_state import ModelSplit, Precision
 from kiwi_jax.training import kiwi_task, stages
 
@@ -38,6 +38,8 @@ logger = logging.getLogger("kiwi_jax")
 
 _SOURCES = {1: ("image",), 2: ("image", "video"), 3: ("image", "video",
                                                       "ref")}
+_STAGE_NAMES = {1: "image edits", 2: "image and video edits",
+                3: "plus reference images"}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -162,6 +164,8 @@ def evaluate(config: Any, task: kiwi_task.KiwiTask, model: Any,
 def run(config: Any, workdir: str | epath.PathLike) -> str:
   """The whole demo; returns (and prints) the results table."""
   workdir = epath.Path(workdir)
+  progress.note("Preparing RefVIE-mini and the tokenizer in "
+                f"{workdir}.")
   records, tok_dir = prepare_data(config, workdir)
   base_task = kiwi_task.KiwiTask(stage_config(config, 1, records, tok_dir, 0,
                                               ""))
@@ -172,9 +176,12 @@ def run(config: Any, workdir: str | epath.PathLike) -> str:
                              model_init)
     task = kiwi_task.KiwiTask(stage_cfg)
     stage_dir = workdir / f"stage{stage}"
-    logger.info("Demo stage %d: %d steps, trains %s", stage,
-                stage_cfg.total_steps, stages.trainable_sets(stage)[0])
-    state = trainer.train_and_evaluate(stage_cfg, stage_dir, task)
+    logger.info("Demo stage %d trains %s", stage,
+                stages.trainable_sets(stage)[0])
+    progress.note(f"Demo stage {stage} of 3 ({_STAGE_NAMES[stage]}): "
+                  f"{stage_cfg.total_steps} steps in {stage_dir}.")
+    with progress.label(f"stage {stage}/3"):
+      state = trainer.train_and_evaluate(stage_cfg, stage_dir, task)
     model_init = str(stage_dir / "checkpoints")
   mesh = sharding.mesh_from_config(stage_cfg)
   split = ModelSplit.build(lambda: task.build_model(nnx.Rngs(0)),
@@ -182,6 +189,7 @@ def run(config: Any, workdir: str | epath.PathLike) -> str:
                            precision=Precision.from_mapping(
                                stage_cfg.precision))
   model = split.merge(state.params, state.frozen)
+  progress.note(f"Editing {config.demo.num_heldout} held-out clips.")
   table = evaluate(stage_cfg, task, model, workdir)
   (workdir / "results.md").write_text(table + "\n")
   print(table, flush=True)

@@ -58,3 +58,43 @@ def test_multiprocess_detection():
   runtime.initialize()  # single process here: no distributed start-up
   assert jax.process_count() == 1
   runtime.sync()
+
+
+class _Terminal:
+  """A stream that says it is a terminal (for the progress bar)."""
+
+  def __init__(self):
+    self.text = ""
+
+  def write(self, text):
+    self.text += text
+
+  def flush(self):
+    pass
+
+  def isatty(self):
+    return True
+
+
+def test_console_lines_or_a_bar_on_a_terminal(capsys):
+  report = {"steps_per_sec": 2.0, "eta_seconds": 245.0}
+  assert progress.format_eta(245.0) == "4m05s"
+  assert progress.format_eta(7.2) == "7s"
+  plain = progress.ConsoleProgress(10, first_step=2, stream=_Terminal(),
+                                   bar=False)
+  with progress.label("stage 2/3"):
+    labelled = progress.ConsoleProgress(10, bar=False)
+  plain.step_done()
+  plain.log_step(3, jnp.float32(0.5), report)
+  labelled.log_step(1, 0.25, {})
+  assert capsys.readouterr().out.splitlines() == [
+      "step 3/10 | loss 0.5 | 2 steps/s | ETA 4m05s",
+      "[stage 2/3] step 1/10 | loss 0.25"]
+  terminal = _Terminal()
+  bar = progress.ConsoleProgress(10, first_step=2, stream=terminal)
+  bar.step_done()
+  progress.note("Compiling.")
+  bar.log_step(3, 0.5, report)
+  bar.close()
+  assert capsys.readouterr().out == "NOTE: Compiling.\n"  # no step lines
+  assert "3/10" in terminal.text and "loss 0.5" in terminal.text

@@ -14,7 +14,12 @@ def test_demo_runlocal_end_to_end(tmp_path, capsys):
   assert "| **mean** | 6 |" in table
   for edit_type in ("local_recolor", "subject_reference"):
     assert f"| {edit_type} | 1 |" in table
-  assert table in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert table in out
+  # Each stage shows that it is alive: a note, then a line per log step.
+  for stage in (1, 2, 3):
+    assert out.count(f"NOTE: Demo stage {stage} of 3") == 1
+    assert f"[stage {stage}/3] step 2/2 | loss " in out
   assert (tmp_path / "results.md").read_text().strip() == table
   assert len(list((tmp_path / "edits").glob("*.mp4"))) == 6
   # Stage handoff through model_init: each stage starts from the previous.
