@@ -20,6 +20,7 @@ is a cluster); only process 0 writes logs.
 
 import importlib
 import importlib.util
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -71,6 +72,16 @@ def main(argv):
   log_file = runtime.log_file_in(_WORKDIR.value)
   runtime.initialize(log_file=log_file)  # logs hosts, devices and versions
   progress.note(f"{runtime.describe()}; the full log is in {log_file}.")
+  try:
+    _run(task, config)
+  except FloatingPointError as e:  # NonFiniteLossError, NonFiniteStateError
+    # Not a usage mistake: the run diverged. The message names the step and
+    # the first non-finite leaf; no non-finite state was saved.
+    print(f"{_PROG}: stopped: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _run(task: str, config) -> None:
   # Imported after initialize(): jax.distributed must start first.
   # pylint: disable=g-import-not-at-top
   if task == "kiwi_demo":
@@ -84,7 +95,6 @@ def main(argv):
   else:
     factory = _task_factory(task)
   trainer.train_and_evaluate(config, _WORKDIR.value, factory(config))
-
 
 if __name__ == "__main__":
   app.run(main, flags_parser=config_overrides.make_flags_parser(_PROG))

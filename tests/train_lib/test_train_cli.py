@@ -94,3 +94,24 @@ def test_a_bad_override_is_one_line_before_anything_runs(tmp_path, override,
   assert done.stderr.startswith(f"train.py: error: {hint}"), done.stderr
   assert len(done.stderr.splitlines()) == 1, done.stderr
   assert not done.stdout and not workdir.exists()
+
+
+def test_a_diverging_run_stops_in_one_line_and_saves_nothing(tmp_path):
+  """lr=1e39: the step-1 loss is finite, the update makes the weights NaN.
+  train.py stops at step 1 naming the first non-finite leaf; no checkpoint
+  is committed, so a restart cannot resume from one."""
+  (tmp_path / "toy_task.py").write_text(TOY_TASK)
+  (tmp_path / "toy_config.py").write_text(TOY_CONFIG)
+  workdir = tmp_path / "run"
+  done = _train([f"--config={tmp_path / 'toy_config.py'}",
+                 f"--workdir={workdir}",
+                 "--config.optimizer.learning_rate=1e39",
+                 "--config.checkpoint.every=1"], tmp_path)
+  assert done.returncode == 1, done.stderr[-3000:]
+  errors = [l for l in done.stderr.splitlines() if "train.py: stopped:" in l]
+  assert len(errors) == 1, done.stderr[-3000:]
+  assert "at step 1" in errors[0] and "first: params/" in errors[0], errors
+  assert "Traceback" not in done.stderr
+  ckpts = workdir / "checkpoints"
+  assert not ckpts.exists() or not [p for p in ckpts.iterdir()
+                                    if p.name.isdigit()]
