@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kiwi_jax import sharding
+
 LANES = 128
 BLOCK_CHOICES = (512, 256, 128)
 # Segment ids of padded keys and padded queries: never equal to each other
@@ -170,9 +172,9 @@ def _axes(part) -> tuple[str, ...]:
 
 def _mesh_specs(mesh, q_shape, kv_heads, causal):
   """shard_map specs (q, kv, q ids, kv ids, axes) or None to run unsharded."""
-  from kiwi_jax import sharding  # local: sharding imports nnx, layers do not
-
-  free = set(mesh.auto_axes) | set(mesh.explicit_axes)
+  # Axes a caller's shard_map made manual are already split: leave them.
+  free = set(getattr(mesh, "auto_axes", mesh.axis_names)) | set(
+      getattr(mesh, "explicit_axes", ()))
   if not free:
     return None  # already inside a shard_map over every axis
   rules = [(name, tuple(a for a in _axes(axes) if a in free))
