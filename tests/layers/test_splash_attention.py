@@ -162,3 +162,27 @@ def test_cudnn_bias_from_masks_matches_the_masks():
   want = dot_product_attention(q, k, v, mask=mask)
   got = dot_product_attention(q, k, v, bias=bias)
   np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.tpu_only
+def test_none_compiles_the_splash_kernel_on_tpu():
+  q, k, v, _ = _inputs(0, 1, 256, 256, 2, 2, 128, "bfloat16")
+  seg = jnp.asarray(np.repeat([[0, 1]], 128, axis=1), jnp.int32)
+  fn = jax.jit(lambda q, k, v: dot_product_attention(
+      q, k, v, segment_ids=seg, is_causal=True, implementation=None))
+  assert "tpu_custom_call" in fn.lower(q, k, v).as_text()
+  want = dot_product_attention(q, k, v, segment_ids=seg, is_causal=True)
+  _assert_close((fn(q, k, v),), (want,), "bfloat16")
+
+
+@pytest.mark.gpu_only
+def test_none_picks_cudnn_with_segments_and_padding_on_gpu():
+  q, k, v, _ = _inputs(1, 2, 128, 128, 4, 2, 64, "bfloat16")
+  seg = jnp.asarray(np.repeat([[0, 1], [0, 0]], 64, axis=1), jnp.int32)
+  valid = jnp.asarray(np.arange(128) < 100)[None, None, None, :]
+  kw = {"segment_ids": seg, "mask": valid, "is_causal": True}
+  fn = jax.jit(lambda q, k, v: dot_product_attention(
+      q, k, v, implementation=None, **kw))
+  assert "cudnn" in fn.lower(q, k, v).compile().as_text()
+  want = dot_product_attention(q, k, v, **kw)
+  _assert_close((fn(q, k, v),), (want,), "bfloat16")
