@@ -13,7 +13,9 @@ through :func:`dot_product_attention`, a thin layer over
   - ``"chunked"``: XLA math over query chunks, so the ``[T, S]`` logits never
     exist whole (long video sequences on CPU);
   - ``None``: chosen per backend by :func:`choose_implementation`: ``splash``
-    on TPU, ``cudnn`` on GPU, when the inputs allow it, else ``xla``.
+    on TPU, ``cudnn`` on GPU, when the inputs allow it, else ``xla``; if
+    jax still refuses cuDNN while tracing (GPU generation, cuDNN version,
+    a shape its kernels lack), ``None`` falls back to ``xla``.
 
 * ``segment_ids`` for packed or padded sequences and windowed attention
   (Qwen's vision tower);
@@ -150,7 +152,8 @@ def dot_product_attention(
   q_seg, kv_seg = _segment_pair(segment_ids)
   if scale is None:
     scale = 1.0 / math.sqrt(q.shape[-1])
-  if implementation is None:
+  chosen = implementation is None
+  if chosen:
     implementation = choose_implementation(q, k, mask, bias, segment_ids)
   if implementation == "splash":
     reason = splash_unusable_reason(mask, bias)
@@ -166,11 +169,21 @@ def dot_product_attention(
   if implementation == "chunked":
     return _chunked_attention(q, k, v, mask, bias, is_causal, scale,
                               chunk_size)
-  if implementation == "cudnn" and (mask is not None or bias is not None):
-    bias, mask = _as_cudnn_bias(q, k, mask, bias), None
+  if implementation == "cudnn":
+    cudnn_bias = (None if mask is None and bias is None
+                  else _as_cudnn_bias(q, k, mask, bias))
+    try:
+      return jax.nn.dot_product_attention(
+          q, k, v, bias=cudnn_bias, scale=scale, is_causal=is_causal,
+          implementation="cudnn")
+    except (NotImplementedError, ValueError, RuntimeError):
+      # jax checks the GPU, cuDNN version and shapes while tracing; when
+      # ``None`` chose cuDNN and jax refuses it, fall back to XLA.
+      if not chosen:
+        raise
   return jax.nn.dot_product_attention(
       q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
-      implementation=implementation)
+      implementation="xla")
 
 
 def _segment_pair(segment_ids):

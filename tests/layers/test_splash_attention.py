@@ -186,3 +186,20 @@ def test_none_picks_cudnn_with_segments_and_padding_on_gpu():
   assert "cudnn" in fn.lower(q, k, v).compile().as_text()
   want = dot_product_attention(q, k, v, **kw)
   _assert_close((fn(q, k, v),), (want,), "bfloat16")
+
+
+def test_none_falls_back_to_xla_when_jax_refuses_cudnn(monkeypatch):
+  """None chose cuDNN (faked GPU) but jax cannot run it here: XLA answers."""
+  q, k, v, _ = _inputs(2, 1, 8, 8, 2, 1, 64, "bfloat16")
+  seg = jnp.asarray([[0, 0, 0, 1, 1, 1, 1, 1]])
+  want = dot_product_attention(q, k, v, segment_ids=seg, is_causal=True)
+  with pytest.raises((RuntimeError, NotImplementedError, ValueError)):
+    # Explicit "cudnn" never falls back (here: cuDNN is not detected).
+    dot_product_attention(q, k, v, segment_ids=seg, implementation="cudnn")
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(attention, "cudnn_unusable_reason", lambda *a: None)
+  assert attention.choose_implementation(q, k, segment_ids=seg) == "cudnn"
+  got = dot_product_attention(q, k, v, segment_ids=seg, is_causal=True,
+                              implementation=None)
+  np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                np.asarray(want, np.float32))
