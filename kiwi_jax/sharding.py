@@ -43,15 +43,19 @@ MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 LOGICAL_AXES_KEY = "logical_axes"
 
 # Logical name -> mesh axes. Parameters first, then activations (``act_*``).
-# ``embed`` is the model width: FSDP shards it. ``heads``/``mlp``/``kv`` are
-# the fan-out dimensions of attention and MLP kernels: tensor parallelism
-# shards them. Activations shard their batch over data+fsdp and their token
-# axis over ``sequence`` (context parallelism).
+# ``embed`` is the model width: FSDP shards it, over ``sequence`` too, so
+# that context parallelism (which splits a sample's tokens, not the batch)
+# does not replicate the weights on every sequence shard. ``heads``/``mlp``/
+# ``kv`` are the fan-out dimensions of attention and MLP kernels: tensor
+# parallelism shards them. Activations shard their batch over data+fsdp and
+# their token axis over ``sequence`` (context parallelism; the DiT's
+# self-attention then runs as ``layers.context_parallel``).
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     # Parameters.
     ("layers", None),
-    ("embed", "fsdp"),
-    ("embed_in", "fsdp"),  # input width of a projection into `embed`
+    ("embed", ("fsdp", "sequence")),
+    # Input width of a projection into `embed`.
+    ("embed_in", ("fsdp", "sequence")),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv", "tensor"),

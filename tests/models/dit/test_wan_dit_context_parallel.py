@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from kiwi_jax import sharding
 from kiwi_jax.models.dit import WanDiT, WanDiTConfig
@@ -112,3 +113,13 @@ def test_none_keeps_gathering_keys_and_values():
 def test_config_rejects_an_unknown_mode():
   with pytest.raises(ValueError, match="context_parallel mode 'rings'"):
     CFG.replace(context_parallel="rings")
+
+
+def test_weights_are_sharded_over_sequence_too():
+  # Context parallelism splits tokens, not samples: without this every
+  # sequence shard would hold the fsdp shard's full weights.
+  mesh = sharding.make_mesh({"fsdp": 2, "sequence": 4})
+  _, state = sharding.abstract_state(lambda: WanDiT(CFG, rngs=nnx.Rngs(0)),
+                                     mesh)
+  q_kernel = state["blocks"]["self_attn"]["q"]["kernel"].get_value()
+  assert q_kernel.sharding.spec == P(None, ("fsdp", "sequence"), None)
