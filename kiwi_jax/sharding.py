@@ -43,19 +43,15 @@ MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 LOGICAL_AXES_KEY = "logical_axes"
 
 # Logical name -> mesh axes. Parameters first, then activations (``act_*``).
-# ``embed`` is the model width: FSDP shards it, over ``sequence`` too, so
-# that context parallelism (which splits a sample's tokens, not the batch)
-# does not replicate the weights on every sequence shard. ``heads``/``mlp``/
-# ``kv`` are the fan-out dimensions of attention and MLP kernels: tensor
-# parallelism shards them. Activations shard their batch over data+fsdp and
-# their token axis over ``sequence`` (context parallelism; the DiT's
-# self-attention then runs as ``layers.context_parallel``).
+# ``embed`` is the model width: FSDP shards it. ``heads``/``mlp``/``kv`` are
+# the fan-out dimensions of attention and MLP kernels: tensor parallelism
+# shards them. Activations shard their batch over data+fsdp and their token
+# axis over ``sequence`` (context parallelism).
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     # Parameters.
     ("layers", None),
-    ("embed", ("fsdp", "sequence")),
-    # Input width of a projection into `embed`.
-    ("embed_in", ("fsdp", "sequence")),
+    ("embed", "fsdp"),
+    ("embed_in", "fsdp"),  # input width of a projection into `embed`
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv", "tensor"),
@@ -82,6 +78,15 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("act_width", None),
     ("act_channels", None),
 )
+
+# The same table with the weights' ``embed`` axes sharded over ``sequence``
+# as well as ``fsdp``: context parallelism splits a sample's tokens, not the
+# batch, so with the default table every sequence shard holds its fsdp
+# shard's whole weights. Pass it as ``rules`` (or as a config's
+# ``sharding_rules``) on meshes with ``sequence`` above 1.
+FSDP_OVER_SEQUENCE_RULES: tuple[tuple[str, Any], ...] = tuple(
+    (name, ("fsdp", "sequence") if name in ("embed", "embed_in") else axes)
+    for name, axes in LOGICAL_AXIS_RULES)
 
 _RULES: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = (
     contextvars.ContextVar("kiwi_jax_axis_rules", default=LOGICAL_AXIS_RULES))

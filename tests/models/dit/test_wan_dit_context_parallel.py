@@ -89,8 +89,9 @@ def test_gradients_match_one_device(axes, mode):
   model = _model(CFG.replace(context_parallel=mode, remat_policy="full"))
   (want_loss, want_grads), _ = _loss_grads(model, _inputs())
   mesh = sharding.make_mesh(axes)
-  sharded = sharding.reshard_module(model, mesh)
-  with sharding.use_mesh(mesh):
+  rules = sharding.FSDP_OVER_SEQUENCE_RULES  # weights over fsdp x sequence
+  sharded = sharding.reshard_module(model, mesh, rules)
+  with sharding.use_mesh(mesh, rules):
     (got_loss, got_grads), hlo = _loss_grads(sharded, _inputs())
   assert "collective_permute" in hlo
   np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
@@ -115,11 +116,11 @@ def test_config_rejects_an_unknown_mode():
     CFG.replace(context_parallel="rings")
 
 
-def test_weights_are_sharded_over_sequence_too():
-  # Context parallelism splits tokens, not samples: without this every
-  # sequence shard would hold the fsdp shard's full weights.
+def test_weights_can_shard_over_sequence_too():
+  # Context parallelism splits tokens, not samples: with these rules no
+  # sequence shard holds its fsdp shard's full weights.
   mesh = sharding.make_mesh({"fsdp": 2, "sequence": 4})
   _, state = sharding.abstract_state(lambda: WanDiT(CFG, rngs=nnx.Rngs(0)),
-                                     mesh)
+                                     mesh, sharding.FSDP_OVER_SEQUENCE_RULES)
   q_kernel = state["blocks"]["self_attn"]["q"]["kernel"].get_value()
   assert q_kernel.sharding.spec == P(None, ("fsdp", "sequence"), None)
