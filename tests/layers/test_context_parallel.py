@@ -36,6 +36,7 @@ def _value_and_grads(attend, q, k, v):
     ({"data": -1, "sequence": 2}, "ulysses", "ulysses", 4),
     ({"data": -1, "sequence": 4}, "auto", "ulysses", 4),
     ({"fsdp": 2, "sequence": 4}, "ulysses", "ulysses", 4),
+    ({"fsdp": 2, "tensor": 2, "sequence": 2}, "auto", "ulysses", 4),
     ({"data": -1, "sequence": 2}, "ring", "ring", 4),
     ({"data": -1, "sequence": 4}, "ring", "ring", 2),  # grouped queries
     ({"fsdp": 2, "sequence": 4}, "ring", "ring", 4),
@@ -88,6 +89,9 @@ def test_without_a_sharded_token_axis_it_is_plain_attention():
     assert cp.resolve_mode("none", q.shape, k.shape) == "none"
     # Cross-attention shapes (a short context) are not context-parallel.
     assert cp.resolve_mode("auto", q.shape, (2, 6, 4, 8)) == "none"
+  with sharding.use_mesh(sharding.make_mesh({"data": -1, "sequence": 4})):
+    # 18 tokens do not divide by 4: the token axis is not sharded.
+    assert cp.resolve_mode("auto", (2, 18, 4, 8), (2, 18, 4, 8)) == "none"
   np.testing.assert_allclose(cp.context_parallel_attention(q, k, v),
                              dot_product_attention(q, k, v), rtol=1e-6)
 
