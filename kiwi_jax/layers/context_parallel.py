@@ -213,55 +213,136 @@ def _ring_local(q, k, v, *, axis_name, shards, scale, chunk_size):
 
   Shapes are per device: q [b, t, n, H], k and v [b, t, kh, H]. Statistics
   and the running output are fp32; ``p @ v`` runs in v's dtype with an fp32
-  accumulator, as flash attention does.
+  accumulator, as flash attention does. The gradient is a second ring (a
+  custom VJP): it keeps only q, k, v, the output and the log-sum-exp, and
+  sends each k/v block round again with its gradient, so the residuals are
+  O(t) per device rather than one k/v copy per ring step.
   """
-  b, t, n, h = q.shape
-  kv_heads = k.shape[2]
-  groups = n // kv_heads
-  qg = q.reshape(b, t, kv_heads, groups, h)
-  chunk = key_chunk(k.shape[1], chunk_size)
-  pieces = k.shape[1] // chunk
-  f32 = jnp.float32
+  ring = _Ring(q.shape, k.shape, axis_name, shards, scale, chunk_size)
 
-  @jax.checkpoint
-  def update(stats, kv):
+  @jax.custom_vjp
+  def attend(q, k, v):
+    return ring.forward(q, k, v)[0]
+
+  def attend_fwd(q, k, v):
+    out, lse = ring.forward(q, k, v)
+    return out, (q, k, v, out, lse)
+
+  def attend_bwd(residuals, d_out):
+    return ring.backward(*residuals, d_out)
+
+  attend.defvjp(attend_fwd, attend_bwd)
+  return attend(q, k, v)
+
+
+class _Ring:
+  """Forward and backward rings of :func:`_ring_local` for fixed shapes."""
+
+  def __init__(self, q_shape, k_shape, axis_name, shards, scale, chunk_size):
+    self.b, self.t, self.n, self.h = q_shape
+    self.kv_heads = k_shape[2]
+    self.groups = self.n // self.kv_heads
+    self.chunk = key_chunk(k_shape[1], chunk_size)
+    self.pieces = k_shape[1] // self.chunk
+    self.axis_name, self.shards, self.scale = axis_name, shards, scale
+    self.perm = [(i, (i + 1) % shards) for i in range(shards)]
+
+  def _grouped(self, x):  # [b, t, n, H] -> [b, t, kh, g, H]
+    return x.reshape(self.b, self.t, self.kv_heads, self.groups, self.h)
+
+  def _chunks(self, x):  # [b, t, kh, H] -> [pieces, b, chunk, kh, H]
+    x = x.reshape(self.b, self.pieces, self.chunk, self.kv_heads, self.h)
+    return jnp.moveaxis(x, 1, 0)
+
+  def _unchunk(self, x):  # the inverse of _chunks
+    return jnp.moveaxis(x, 0, 1).reshape(self.b, self.t, self.kv_heads,
+                                         self.h)
+
+  def _pass(self, *blocks):
+    return tuple(jax.lax.ppermute(x, self.axis_name, self.perm)
+                 for x in blocks)
+
+  def _logits(self, qg, kc):
+    return jnp.einsum("btkgh,bskh->btkgs", qg, kc,
+                      preferred_element_type=jnp.float32) * self.scale
+
+  def forward(self, q, k, v):
+    """Output [b, t, n, H] in q's dtype and fp32 log-sum-exp [b, t, kh, g]."""
+    f32 = jnp.float32
+    qg = self._grouped(q)
+
+    def update(stats, kv):
+      out, row_max, row_sum = stats
+      kc, vc = kv
+      logits = self._logits(qg, kc)
+      new_max = jnp.maximum(row_max, logits.max(-1))
+      probs = jnp.exp(logits - new_max[..., None])
+      keep = jnp.exp(row_max - new_max)
+      row_sum = row_sum * keep + probs.sum(-1)
+      out = out * keep[..., None] + jnp.einsum(
+          "btkgs,bskh->btkgh", probs.astype(vc.dtype), vc,
+          preferred_element_type=f32)
+      return (out, new_max, row_sum), None
+
+    def attend_block(stats, kb, vb):
+      return jax.lax.scan(update, stats, (self._chunks(kb),
+                                          self._chunks(vb)))[0]
+
+    def ring_step(carry, _):  # receive the previous device's block, attend
+      stats, kb, vb = carry
+      kb, vb = self._pass(kb, vb)
+      return (attend_block(stats, kb, vb), kb, vb), None
+
+    stats_shape = (self.b, self.t, self.kv_heads, self.groups)
+    stats = (jnp.zeros(stats_shape + (self.h,), f32),
+             jnp.full(stats_shape, _NEG_INF, f32), jnp.zeros(stats_shape, f32))
+    stats = attend_block(stats, k, v)
+    (stats, _, _), _ = jax.lax.scan(ring_step, (stats, k, v), None,
+                                    length=self.shards - 1)
     out, row_max, row_sum = stats
-    kc, vc = kv
-    logits = jnp.einsum("btkgh,bskh->btkgs", qg, kc,
-                        preferred_element_type=f32) * scale
-    new_max = jnp.maximum(row_max, logits.max(-1))
-    probs = jnp.exp(logits - new_max[..., None])
-    keep = jnp.exp(row_max - new_max)
-    row_sum = row_sum * keep + probs.sum(-1)
-    out = out * keep[..., None] + jnp.einsum(
-        "btkgs,bskh->btkgh", probs.astype(vc.dtype), vc,
-        preferred_element_type=f32)
-    return (out, new_max, row_sum), None
+    out = (out / row_sum[..., None]).reshape(q.shape).astype(q.dtype)
+    return out, row_max + jnp.log(row_sum)
 
-  def split(x):  # [b, t, kh, H] -> [pieces, b, chunk, kh, H]
-    return jnp.moveaxis(x.reshape(b, pieces, chunk, kv_heads, h), 1, 0)
+  def backward(self, q, k, v, out, lse, d_out):
+    """Gradients (dq, dk, dv) of the forward for the output cotangent."""
+    f32 = jnp.float32
+    qg, dog = self._grouped(q), self._grouped(d_out.astype(q.dtype))
+    # sum_j p_ij dp_ij = sum_h dO_ih O_ih (the softmax backward's row term).
+    delta = jnp.sum(self._grouped(d_out).astype(f32)
+                    * self._grouped(out).astype(f32), -1)
 
-  perm = [(i, (i + 1) % shards) for i in range(shards)]
+    def chunk_grads(dq, kv):
+      kc, vc = kv
+      probs = jnp.exp(self._logits(qg, kc) - lse[..., None])
+      dv = jnp.einsum("btkgs,btkgh->bskh", probs.astype(dog.dtype), dog,
+                      preferred_element_type=f32)
+      dp = jnp.einsum("btkgh,bskh->btkgs", dog, vc,
+                      preferred_element_type=f32)
+      ds = (probs * (dp - delta[..., None]) * self.scale).astype(q.dtype)
+      dq = dq + jnp.einsum("btkgs,bskh->btkgh", ds, kc,
+                           preferred_element_type=f32)
+      dk = jnp.einsum("btkgs,btkgh->bskh", ds, qg,
+                      preferred_element_type=f32)
+      return dq, (dk, dv)
 
-  def attend_block(stats, kb, vb):
-    return jax.lax.scan(update, stats, (split(kb), split(vb)))[0]
+    def block_grads(dq, kb, vb):
+      dq, (dk, dv) = jax.lax.scan(chunk_grads, dq, (self._chunks(kb),
+                                                    self._chunks(vb)))
+      return dq, self._unchunk(dk), self._unchunk(dv)
 
-  @jax.checkpoint
-  def ring_step(carry, _):  # receive the previous device's block, attend
-    stats, kb, vb = carry
-    kb = jax.lax.ppermute(kb, axis_name, perm)
-    vb = jax.lax.ppermute(vb, axis_name, perm)
-    return (attend_block(stats, kb, vb), kb, vb), None
+    def ring_step(carry, _):  # the block and its gradient move on together
+      dq, kb, vb, dkb, dvb = carry
+      kb, vb, dkb, dvb = self._pass(kb, vb, dkb, dvb)
+      dq, dk, dv = block_grads(dq, kb, vb)
+      return (dq, kb, vb, dkb + dk, dvb + dv), None
 
-  stats = (jnp.zeros((b, t, kv_heads, groups, h), f32),
-           jnp.full((b, t, kv_heads, groups), _NEG_INF, f32),
-           jnp.zeros((b, t, kv_heads, groups), f32))
-  stats = attend_block(stats, k, v)
-  (stats, _, _), _ = jax.lax.scan(ring_step, (stats, k, v), None,
-                                  length=shards - 1)
-  out, _, row_sum = stats
-  out = out / row_sum[..., None]
-  return out.reshape(b, t, n, h).astype(q.dtype)
+    dq = jnp.zeros(qg.shape, f32)
+    dq, dk, dv = block_grads(dq, k, v)
+    (dq, _, _, dk, dv), _ = jax.lax.scan(ring_step, (dq, k, v, dk, dv), None,
+                                         length=self.shards - 1)
+    dk, dv = self._pass(dk, dv)  # each block's gradient back to its owner
+    return (dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype),
+            dv.astype(v.dtype))
 
 
 __all__ = ["MODES", "check_mode", "context_parallel_attention", "key_chunk",
