@@ -79,6 +79,15 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("act_channels", None),
 )
 
+# The same table with the weights' ``embed`` axes sharded over ``sequence``
+# as well as ``fsdp``: context parallelism splits a sample's tokens, not the
+# batch, so with the default table every sequence shard holds its fsdp
+# shard's whole weights. Pass it as ``rules`` (or as a config's
+# ``sharding_rules``) on meshes with ``sequence`` above 1.
+FSDP_OVER_SEQUENCE_RULES: tuple[tuple[str, Any], ...] = tuple(
+    (name, ("fsdp", "sequence") if name in ("embed", "embed_in") else axes)
+    for name, axes in LOGICAL_AXIS_RULES)
+
 _RULES: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = (
     contextvars.ContextVar("kiwi_jax_axis_rules", default=LOGICAL_AXIS_RULES))
 

@@ -22,6 +22,7 @@ from jax.ad_checkpoint import checkpoint_name
 from kiwi_jax import sharding
 from kiwi_jax.layers import (GeluTanhMLP, LayerNorm, RMSNorm,
                              dot_product_attention)
+from kiwi_jax.layers import context_parallel as context_parallel_lib
 from kiwi_jax.layers.lora import dense_or_lora
 from kiwi_jax.layers.rope import apply_interleaved_rope
 from kiwi_jax.models.dit.config import WanDiTConfig
@@ -72,6 +73,7 @@ class WanAttention(nnx.Module):
     self.num_heads = cfg.num_heads
     self.attention = cfg.attention
     self.chunk_size = cfg.attention_chunk_size
+    self.context_parallel = cfg.context_parallel
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype,
               rank=cfg.lora_rank, rngs=rngs)
     d = cfg.dim
@@ -110,18 +112,29 @@ class WanAttention(nnx.Module):
       q = apply_interleaved_rope(q, *rope)
       k = apply_interleaved_rope(k, *rope)
     q = sharding.constrain(q, HEADS)
-    # Keys/values are gathered along the sequence (context parallelism by
-    # all-gathering K/V when queries are sequence-sharded).
-    k = sharding.constrain(k, KV_HEADS)
-    v = sharding.constrain(v, KV_HEADS)
     if context is None:
       q = checkpoint_name(q, QUERY)
-      k = checkpoint_name(k, KEY)
-      v = checkpoint_name(v, VALUE)
+      k = checkpoint_name(sharding.constrain(k, HEADS), KEY)
+      v = checkpoint_name(sharding.constrain(v, HEADS), VALUE)
+      scheme = context_parallel_lib.resolve_mode(self.context_parallel,
+                                                 q.shape, k.shape)
+      if scheme != "none":
+        # Token-sharded self-attention: Ulysses or ring, no k/v gather.
+        out = context_parallel_lib.context_parallel_attention(
+            q, k, v, mode=scheme, implementation=self.attention,
+            chunk_size=self.chunk_size)
+        return self._project(out)
+    # Keys/values are gathered along the sequence (queries stay sharded).
+    k = sharding.constrain(k, KV_HEADS)
+    v = sharding.constrain(v, KV_HEADS)
     mask = None if context_mask is None else context_mask[:, None, None, :]
     out = dot_product_attention(q, k, v, mask=mask,
                                 implementation=self.attention,
                                 chunk_size=self.chunk_size)
+    return self._project(out)
+
+  def _project(self, out: jax.Array) -> jax.Array:
+    """float[B, S, heads, head_dim] -> ``o`` projection, float[B, S, dim]."""
     out = sharding.constrain(out, HEADS)
     out = out.reshape(out.shape[:-2] + (-1,))
     return self.o(out)

@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from kiwi_jax.layers import context_parallel as context_parallel_lib
+
 # Remat policy names accepted by ``WanDiTConfig.remat_policy``. Named
 # checkpoint points inside a block (``checkpoint_name``) are listed in
 # ``blocks.CHECKPOINT_NAMES``.
@@ -49,7 +51,14 @@ class WanDiTConfig:
       activation, ``"full"`` recomputes each block in the backward pass.
     attention: ``implementation`` for ``layers.dot_product_attention``
       (``"xla"``, ``"cudnn"``, ``"chunked"`` or None for automatic).
-    attention_chunk_size: query chunk for ``attention="chunked"``.
+    attention_chunk_size: query chunk for ``attention="chunked"`` (and key
+      chunk of the ring in context-parallel self-attention).
+    context_parallel: self-attention when the token axis is sharded over
+      the mesh (``sequence`` axis above 1): ``"ulysses"`` (all-to-all over
+      heads), ``"ring"`` (k/v blocks around a ring), ``"auto"`` (Ulysses
+      where the per-device heads divide by the sequence shards, else the
+      ring) or ``"none"`` (gather k/v on every device). See
+      ``kiwi_jax.layers.context_parallel``.
     lora_rank: LoRA rank on every block's ``self_attn`` / ``cross_attn``
       ``q, k, v, o`` and ``ffn.0`` / ``ffn.2`` (the 14B stage-2 scripts use
       128, scale 1; spec 4.2); 0 builds no LoRA parameters.
@@ -74,6 +83,7 @@ class WanDiTConfig:
   remat_policy: str = "none"
   attention: str | None = "xla"
   attention_chunk_size: int = 1024
+  context_parallel: str = "auto"
   lora_rank: int = 0
 
   def __post_init__(self):
@@ -90,6 +100,7 @@ class WanDiTConfig:
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"Unknown remat_policy {self.remat_policy!r}; choose "
                        f"one of {REMAT_POLICIES}.")
+    context_parallel_lib.check_mode(self.context_parallel)
     object.__setattr__(self, "patch_size", tuple(self.patch_size))
 
   @property
