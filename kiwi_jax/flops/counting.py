@@ -10,8 +10,9 @@ make compiled counts comparable with :mod:`kiwi_jax.flops` formulas:
   the devices they run on. It counts what the program computes, so a
   rematerialised backward includes its recompute (hardware FLOPs).
 * :func:`scan_corrected_xla_flops` is XLA's own count with the missing
-  ``length - 1`` iterations of every scanned body's matmuls added back
-  (elementwise work inside scan bodies stays counted once).
+  ``length - 1`` iterations of every scanned body added back: each body is
+  compiled alone and XLA's count of it (matmuls and elementwise work)
+  multiplied by the iterations XLA did not see.
 """
 
 from __future__ import annotations
@@ -21,13 +22,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-from jax import core as jax_core
 
-try:  # jax >= 0.4.36 keeps the jaxpr types in jax.extend.core
-  from jax.extend import core as jex_core
-  _JAXPR_TYPES = (jex_core.Jaxpr, jex_core.ClosedJaxpr)
-except ImportError:  # pragma: no cover
-  _JAXPR_TYPES = (jax_core.Jaxpr, jax_core.ClosedJaxpr)
+from jax.extend import core as jex_core
+
+_JAXPR_TYPES = (jex_core.Jaxpr, jex_core.ClosedJaxpr)
 
 
 def _dot_general_flops(eqn) -> float:
@@ -115,23 +113,52 @@ def xla_flops(compiled) -> float:
   return float(cost["flops"])
 
 
-def scan_corrected_xla_flops(fn: Callable[..., Any], *args,
-                             compiled=None) -> float:
-  """XLA's FLOP count of ``jax.jit(fn)(*args)`` with scan bodies counted
-  ``length`` times: XLA's count plus the matmul FLOPs the jaxpr has in the
-  iterations XLA does not see.
+def scan_corrected_xla_flops(fn: Callable[..., Any], *args, compiled=None,
+                             partitions: int = 1) -> float:
+  """XLA's FLOP count of ``jax.jit(fn)(*args)`` with every ``scan`` body
+  counted ``length`` times.
+
+  XLA counts each loop body once; this adds ``length - 1`` times XLA's
+  count of the body compiled on its own (recursively for nested scans).
 
   Args:
     fn: the function (jitted or not).
     *args: its arguments (arrays or ``jax.ShapeDtypeStruct``).
     compiled: the compiled program, if already built (else compiled here).
+    partitions: devices the compiled program is partitioned over. XLA
+      reports a partitioned program's count per device; the bodies are
+      compiled unpartitioned, so their count is divided by ``partitions``
+      (an even split).
   """
   if compiled is None:
     compiled = jax.jit(fn).lower(*args).compile()
   closed = jax.make_jaxpr(fn)(*args)
-  missing = (count_jaxpr(closed, scan_lengths=True)
-             - count_jaxpr(closed, scan_lengths=False))
-  return xla_flops(compiled) + missing
+  return xla_flops(compiled) + _missing_iterations(closed, 1) / partitions
+
+
+def _body_xla_flops(body) -> float:
+  """XLA's count of a closed scan body compiled alone."""
+  avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype)
+           for v in body.jaxpr.invars]
+  return xla_flops(jax.jit(jex_core.jaxpr_as_fun(body)).lower(
+      *avals).compile())
+
+
+def _missing_iterations(jaxpr, times: int) -> float:
+  """FLOPs of the scan iterations XLA does not count, ``times`` being the
+  iterations of the enclosing scans."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "scan":
+      body, length = eqn.params["jaxpr"], int(eqn.params["length"])
+      total += times * (length - 1) * _body_xla_flops(body)
+      total += _missing_iterations(body, times * length)
+      continue
+    for value in eqn.params.values():
+      for inner in _inner_jaxprs(value):
+        total += _missing_iterations(inner, times)
+  return total
 
 
 __all__ = ["count_jaxpr", "jaxpr_matmul_flops", "scan_corrected_xla_flops",
