@@ -21,8 +21,9 @@ features and ``Tt`` timestep rows (1, or ``S`` per token), one forward is
 
 The modulation (shift / scale / gate), norms, RoPE and the timestep
 sinusoid are elementwise and not counted. At 5B size and 704 x 1280 x 81
-frames (21 x 44 x 80 latents, S = 18,480) the self-attention products are
-about 44 % of the forward.
+frames (21 x 44 x 80 latents, S = 18,480, L = 512) the forward is 290.5
+TFLOP per sample, 43 % of it in the self-attention products
+(``docs/flops.md``). Backward and remat: :mod:`kiwi_jax.flops.terms`.
 """
 
 from __future__ import annotations
