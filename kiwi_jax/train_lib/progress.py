@@ -15,8 +15,12 @@ to write with the metric writer every ``log_every`` steps::
 
 Timings of asynchronous dispatch measure host time only; the trainer blocks
 on the step's loss at every log step, so the windows are honest on average.
-MFU needs a model FLOPs count per step from the task (e.g. 6 x params x
-tokens for a transformer) and the chips' peak FLOP/s.
+MFU is model FLOPs per second per chip over the chip's peak FLOP/s. The
+model FLOPs come from ``kiwi_jax.flops`` (matmuls, no remat recompute):
+per batch, as ``step_done(..., flops=n)`` (``KiwiTask.batch_counts``
+gives them, so batches of different sizes count what they cost), or a
+fixed ``flops_per_step``. The peak defaults to the device's entry in
+``kiwi_jax.flops.PEAK_BF16_FLOPS`` (no MFU on CPUs or unknown chips).
 
 What a person watching the run sees (process 0 only): ``note()`` lines
 before long phases, and ``ConsoleProgress``: one compact line per log step
@@ -82,8 +86,10 @@ class ReportProgress:
   Args:
     total_steps: the run's last step (for the ETA).
     num_chips: devices sharing the work (for per-chip figures).
-    flops_per_step: model FLOPs of one step (None: no MFU).
-    peak_flops_per_chip: the chips' peak FLOP/s (None: no MFU).
+    flops_per_step: model FLOPs of one step, for steps whose
+      ``step_done`` gives no ``flops``.
+    peak_flops_per_chip: the chips' peak FLOP/s (None: the device's
+      ``kiwi_jax.flops.peak_flops_per_chip``; no MFU when that is None).
     first_step: the step training (re)starts from.
   """
 
@@ -94,12 +100,16 @@ class ReportProgress:
     self.total_steps = total_steps
     self.num_chips = max(1, num_chips)
     self.flops_per_step = flops_per_step
+    if peak_flops_per_chip is None:
+      from kiwi_jax.flops.peak import peak_flops_per_chip as device_peak
+      peak_flops_per_chip = device_peak()
     self.peak_flops_per_chip = peak_flops_per_chip
     self._phase_seconds: dict[str, float] = collections.defaultdict(float)
     self._window_start = time.perf_counter()
     self._window_first_step = first_step
     self._window_examples = 0
     self._window_frames = 0
+    self._window_flops = 0.0
     self._run_start = self._window_start
     self._run_first_step = first_step
     self.examples_seen = 0
@@ -114,11 +124,15 @@ class ReportProgress:
     finally:
       self._phase_seconds[phase] += time.perf_counter() - start
 
-  def step_done(self, step: int, *, examples: int = 0,
-                frames: int = 0) -> None:
+  def step_done(self, step: int, *, examples: int = 0, frames: int = 0,
+                flops: float | None = None) -> None:
+    """Counts one finished step; ``flops``: its model FLOPs (default
+    ``flops_per_step``)."""
     del step
     self._window_examples += examples
     self._window_frames += frames
+    self._window_flops += float(flops if flops is not None
+                                else self.flops_per_step or 0.0)
     self.examples_seen += examples
 
   def report(self, step: int) -> dict[str, float]:
@@ -134,8 +148,10 @@ class ReportProgress:
       chip_s = seconds * self.num_chips
       out["examples_per_sec_per_chip"] = self._window_examples / chip_s
       out["frames_per_sec_per_chip"] = self._window_frames / chip_s
-      if self.flops_per_step and self.peak_flops_per_chip:
-        achieved = self.flops_per_step * steps_per_sec / self.num_chips
+      flops = self._window_flops or (self.flops_per_step or 0.0) * steps
+      if flops and self.peak_flops_per_chip:
+        achieved = flops / seconds / self.num_chips
+        out["model_flops_per_sec_per_chip"] = achieved
         out["mfu"] = achieved / self.peak_flops_per_chip
     for phase, phase_seconds in self._phase_seconds.items():
       out[f"time_fraction/{phase}"] = phase_seconds / seconds
@@ -146,6 +162,7 @@ class ReportProgress:
     self._window_start = now
     self._window_first_step = step
     self._window_examples = self._window_frames = 0
+    self._window_flops = 0.0
     self.last_report = out
     return out
 

@@ -53,8 +53,11 @@ class Task(Protocol):
     global_batch(host_batch, mesh): process-local batch -> global arrays
       (default ``sharding.host_to_global``; e.g. tokenise text fields first,
       or ``kiwi_jax.data.pipeline.to_global_batch``).
-    batch_counts(batch) -> {"examples": n, "frames": n} for throughput.
-    flops_per_step: model FLOPs of one step, for the MFU estimate.
+    batch_counts(batch) -> {"examples": n, "frames": n, "flops": n} for
+      throughput and MFU (``flops``: the batch's model FLOPs, from
+      ``kiwi_jax.flops``).
+    flops_per_step: model FLOPs of every step, for tasks whose
+      ``batch_counts`` gives none.
     sample(model, step, writer): writes sample edits (videos).
     evaluate(model, step) -> {name: value}: evaluation metrics.
     load_weights(path, split) -> (params, frozen): reads ``model_init``

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from kiwi_jax import flops as flops_lib
 from kiwi_jax import sharding
 from kiwi_jax.data import examples as examples_lib
 from kiwi_jax.data import pipeline as data_pipeline
@@ -188,6 +189,7 @@ class KiwiTask:
         "diffsynth", str(kiwi.get("loss_weighting", "gaussian")),
         timestep_dtype=self.model_cfg.dit.dtype)
     self.sample_batches: dict[str, Any] | None = None
+    self._flops_cache: dict[tuple, Any] = {}
     self.hook = KiwiMllmHook(str(kiwi.tokenizer_dir), self.model_cfg,
                              int(kiwi.seq_len), int(kiwi.num_patches))
 
@@ -393,10 +395,61 @@ class KiwiTask:
             f"(at most max_ref_tokens={self.model_cfg.max_ref_tokens}) or "
             "shrink the references (data.max_pixels).")
 
-  def batch_counts(self, batch: dict[str, Any]) -> dict[str, int]:
+  def batch_counts(self, batch: dict[str, Any]) -> dict[str, float]:
+    """Examples, frames and model FLOPs of a (process-local) batch, all
+    global (times the process count): the trainer's throughput and MFU."""
     video = batch.get("target_video", batch.get("target_latents"))
     examples = int(np.shape(video)[0]) * jax.process_count()
-    return {"examples": examples, "frames": examples * int(video.shape[1])}
+    return {"examples": examples, "frames": examples * int(video.shape[1]),
+            "flops": self.step_flops(batch).train * jax.process_count()}
+
+  def step_flops(self, batch: dict[str, Any], *,
+                 dense_attention: bool = False) -> flops_lib.FlopCount:
+    """Matmul FLOPs of :meth:`loss_fn` on ``batch`` (host or device
+    arrays; only shapes and the MLLM's vision segment ids are read), from
+    ``kiwi_jax.flops.kiwi_flops``: MLLM + connectors + DiT, trained parts
+    by this stage's sets; the VAE encode is not counted.
+    ``dense_attention`` counts the masked pairs the XLA path computes."""
+    mllm = batch["mllm"]
+    target = batch.get("target_latents")
+    if target is not None:
+      grid = tuple(int(n) for n in np.shape(target)[1:4])
+    else:
+      grid = self.latent_grid(np.shape(batch["target_video"])[1:4])
+    pixels = mllm.get("pixel_values")
+    patches = 0 if pixels is None else int(np.shape(pixels)[1])
+    full_pairs = None
+    if patches and "full_segment_ids" in mllm:
+      full_pairs = _mean_segment_pairs(np.asarray(mllm["full_segment_ids"]))
+    shape = (batch_mode(batch), int(np.shape(mllm["input_ids"])[0]), grid,
+             int(np.shape(mllm["input_ids"])[1]), patches, full_pairs,
+             dense_attention)
+    if shape not in self._flops_cache:  # the formula walks every layer
+      if len(self._flops_cache) > 256:
+        self._flops_cache.clear()
+      self._flops_cache[shape] = self._formula_flops(*shape)
+    return self._flops_cache[shape]
+
+  def _formula_flops(self, mode, batch, grid, text_len, patches, full_pairs,
+                     dense_attention) -> flops_lib.FlopCount:
+    return flops_lib.kiwi_flops(
+        self.model_cfg, mode=mode, batch=batch, latent_grid=grid,
+        text_len=text_len, vision_patches=patches,
+        vision_full_pairs=full_pairs,
+        ref_tokens=self.ref_tokens if mode == "reference" else 0,
+        source=self.stage > 1, dense_attention=dense_attention,
+        trained=flops_lib.trained_by_regex(self.trainable, self.frozen))
+
+  def latent_grid(self, frames_hw: tuple[int, int, int]
+                  ) -> tuple[int, int, int]:
+    """``(t, h, w)`` latents of ``(T, H, W)`` pixels under this codec."""
+    t, h, w = (int(n) for n in frames_hw)
+    if self.codec is not None:
+      f = self.codec.factor
+      return t, h // f, w // f
+    vae = self.model_cfg.vae
+    return (1 + (t - 1) // vae.temporal_factor, h // vae.spatial_factor,
+            w // vae.spatial_factor)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 4, 5))
@@ -424,6 +477,16 @@ def _edit(task: KiwiTask, graphdef, state, batch, num_steps: int,
         ref_latents=ref, context_mask=_mask_or_none(cond, ref))
 
   return task.decode(model, sampler.euler_loop(velocity, noise, plan))
+
+
+def _mean_segment_pairs(segment_ids: np.ndarray) -> float:
+  """Mean over the batch of the (query, key) pairs within segments
+  (padding, ``PAD_SEGMENT`` < 0, left out)."""
+  total = 0
+  for row in segment_ids.reshape(segment_ids.shape[0], -1):
+    _, counts = np.unique(row[row >= 0], return_counts=True)
+    total += int(np.sum(counts.astype(np.int64) ** 2))
+  return total / max(1, segment_ids.shape[0])
 
 
 def _numeric(host_batch: dict[str, Any]) -> dict[str, Any]:
