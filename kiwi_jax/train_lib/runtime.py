@@ -97,7 +97,10 @@ def initialize(force: bool | None = None, *,
   if wanted and not already:
     jax.distributed.initialize()
   if log_file:
-    route_logs(log_file if jax.process_index() == 0 else None)
+    # On one process, route before anything starts a backend: its INFO
+    # lines ("Unable to initialize backend 'tpu'") would reach the console.
+    single = not (wanted or already)
+    route_logs(log_file if single or jax.process_index() == 0 else None)
   log_runtime()
 
 
