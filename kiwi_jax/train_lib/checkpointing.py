@@ -136,22 +136,43 @@ def newest_checkpoint_note(manager: ocp.CheckpointManager) -> str:
           "(checked finite before it was saved); a restart resumes from it.")
 
 
+class _ReadOnlyNotices(logging.Filter):
+  """Drops Orbax's WARNINGs that a read-only manager is read-only.
+
+  Reading a previous stage's checkpoint (``model_init``, ``resume``) opens
+  a read-only manager on purpose; Orbax warns about it at every opening.
+  """
+
+  NOTICES = ("CheckpointManagerOptions.read_only=True",
+             "Given directory is read only")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(self.NOTICES)
+
+
 def make_manager(directory: str | epath.PathLike,
                  config: CheckpointConfig = CheckpointConfig(),
                  read_only: bool = False) -> ocp.CheckpointManager:
   """A manager saving on ``config.every`` steps and on preemption."""
-  options = ocp.CheckpointManagerOptions(
-      save_decision_policy=managers.AnySavePolicy([
-          managers.PreemptionCheckpointingPolicy(),
-          managers.FixedIntervalPolicy(config.every),
-      ]),
-      preservation_policy=managers.LatestN(config.keep),
-      enable_async_checkpointing=config.async_save,
-      create=not read_only,
-      read_only=read_only,
-      cleanup_tmp_directories=not read_only,
-  )
-  return ocp.CheckpointManager(absolute_path(directory), options=options)
+  notices = _ReadOnlyNotices()
+  absl_logger = logging.getLogger("absl")
+  if read_only:
+    absl_logger.addFilter(notices)
+  try:
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=managers.AnySavePolicy([
+            managers.PreemptionCheckpointingPolicy(),
+            managers.FixedIntervalPolicy(config.every),
+        ]),
+        preservation_policy=managers.LatestN(config.keep),
+        enable_async_checkpointing=config.async_save,
+        create=not read_only,
+        read_only=read_only,
+        cleanup_tmp_directories=not read_only,
+    )
+    return ocp.CheckpointManager(absolute_path(directory), options=options)
+  finally:
+    absl_logger.removeFilter(notices)
 
 
 def _state_dict(state: TrainState) -> dict[str, Any]:

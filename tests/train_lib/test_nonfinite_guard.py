@@ -1,6 +1,7 @@
 """Nothing non-finite is saved or resumed (issue 15, item 1)."""
 
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -135,3 +136,13 @@ def test_a_restart_never_resumes_from_a_non_finite_checkpoint(tmp_path):
   assert "this workdir's checkpoint at step 1" in message, message
   assert bad_leaf in message and "delete " in message, message
   assert _steps_on_disk(tmp_path) == [1]
+
+
+def test_read_only_manager_opens_without_orbax_notices(tmp_path, caplog):
+  """Reading a previous stage (model_init) opens a read-only manager on
+  purpose; Orbax's warnings about it would reach every stage's console."""
+  checkpointing.make_manager(tmp_path / "ckpt")  # creates the folder
+  with caplog.at_level(logging.WARNING):
+    checkpointing.make_manager(tmp_path / "ckpt", read_only=True)
+  assert not [r for r in caplog.records if "read only" in r.getMessage()
+              or "read_only" in r.getMessage()], caplog.text
