@@ -58,6 +58,30 @@ def _console(line: str) -> None:
     print(line, flush=True)
 
 
+_compile_seconds = 0.0
+_compile_listener_installed = False
+
+
+def _on_event_duration(event: str, duration: float, **kwargs) -> None:
+  del kwargs
+  global _compile_seconds
+  if event.startswith("/jax/core/compile/"):
+    _compile_seconds += duration
+
+
+def compile_seconds() -> float:
+  """Seconds this process has spent tracing, lowering and compiling since
+  the first :class:`ReportProgress` (from ``jax.monitoring`` events)."""
+  return _compile_seconds
+
+
+def _install_compile_listener() -> None:
+  global _compile_listener_installed
+  if not _compile_listener_installed:
+    jax.monitoring.register_event_duration_secs_listener(_on_event_duration)
+    _compile_listener_installed = True
+
+
 def note(message: str) -> None:
   """A one-line ``NOTE:`` before a long phase (process 0 only).
 
@@ -83,6 +107,10 @@ def label(text: str) -> Iterator[None]:
 class ReportProgress:
   """Accumulates timings and throughput between reports.
 
+  Time the host spends compiling (``jax.monitoring`` compile events) is
+  reported as ``compile_seconds`` and left out of the rates, the ETA and
+  the MFU; ``core_hours`` counts it.
+
   Args:
     total_steps: the run's last step (for the ETA).
     num_chips: devices sharing the work (for per-chip figures).
@@ -105,7 +133,9 @@ class ReportProgress:
       peak_flops_per_chip = device_peak()
     self.peak_flops_per_chip = peak_flops_per_chip
     self._phase_seconds: dict[str, float] = collections.defaultdict(float)
+    _install_compile_listener()
     self._window_start = time.perf_counter()
+    self._window_compile = compile_seconds()
     self._window_first_step = first_step
     self._window_examples = 0
     self._window_frames = 0
@@ -139,18 +169,22 @@ class ReportProgress:
     """Measurements since the last report; resets the window."""
     now = time.perf_counter()
     seconds = max(now - self._window_start, 1e-9)
+    # A compile blocks the host while it runs: rates count the rest, so the
+    # first step's compile does not read as a 3-hour ETA.
+    compiling = min(compile_seconds() - self._window_compile, seconds)
+    computing = max(seconds - compiling, 1e-9)
     steps = step - self._window_first_step
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"compile_seconds": compiling}
     if steps > 0:
-      steps_per_sec = steps / seconds
+      steps_per_sec = steps / computing
       out["steps_per_sec"] = steps_per_sec
       out["eta_seconds"] = (self.total_steps - step) / steps_per_sec
-      chip_s = seconds * self.num_chips
+      chip_s = computing * self.num_chips
       out["examples_per_sec_per_chip"] = self._window_examples / chip_s
       out["frames_per_sec_per_chip"] = self._window_frames / chip_s
       flops = self._window_flops or (self.flops_per_step or 0.0) * steps
       if flops and self.peak_flops_per_chip:
-        achieved = flops / seconds / self.num_chips
+        achieved = flops / computing / self.num_chips
         out["model_flops_per_sec_per_chip"] = achieved
         out["mfu"] = achieved / self.peak_flops_per_chip
     for phase, phase_seconds in self._phase_seconds.items():
@@ -160,6 +194,7 @@ class ReportProgress:
     out["examples_seen"] = float(self.examples_seen)
     self._phase_seconds.clear()
     self._window_start = now
+    self._window_compile = compile_seconds()
     self._window_first_step = step
     self._window_examples = self._window_frames = 0
     self._window_flops = 0.0

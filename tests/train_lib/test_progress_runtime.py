@@ -30,6 +30,28 @@ def test_report_progress_throughput_eta_and_mfu(monkeypatch):
   assert progress.format_eta(3725.0) == "1h02m"
 
 
+def test_compile_time_is_left_out_of_rates_and_eta(monkeypatch):
+  clock = iter([0.0, 10.0])
+  monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+  reporter = progress.ReportProgress(10, peak_flops_per_chip=None)
+  # 8 of the window's 10 s go to compiling (as jax.monitoring reports it).
+  monkeypatch.setattr(progress, "_compile_seconds",
+                      progress.compile_seconds() + 8.0)
+  reporter.step_done(1)
+  reporter.step_done(2)
+  out = reporter.report(2)
+  assert out["compile_seconds"] == pytest.approx(8.0)
+  assert out["steps_per_sec"] == pytest.approx(1.0)  # 2 steps in 2 s
+  assert out["eta_seconds"] == pytest.approx(8.0)
+
+
+def test_compile_events_are_counted():
+  before = progress.compile_seconds()
+  progress.ReportProgress(1, peak_flops_per_chip=None)  # installs listener
+  jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.arange(7.0)).block_until_ready()
+  assert progress.compile_seconds() > before
+
+
 def test_profiler_traces_the_configured_steps(tmp_path):
   profiler = profiling.Profiler.from_config(
       {"start_step": 1, "num_steps": 2}, tmp_path)
