@@ -5,12 +5,12 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from tests.tasks.conftest import kiwi_config
 
 from kiwi_jax import flops
+from kiwi_jax.tasks import kiwi_task
 from kiwi_jax.train_lib import progress
 from kiwi_jax.train_lib.train_state import ModelSplit, Precision
-from kiwi_jax.training import kiwi_task
-from tests.training.conftest import kiwi_config
 
 FP32 = Precision(master_dtype="float32", compute_dtype=None)
 STAGE_MODES = [(1, "image"), (2, "video"), (3, "reference")]

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from converters.assign import KeyMap, export
-from converters.checkpoint_io import Checkpoint, CheckpointError
+from kiwi_jax.converters.assign import KeyMap, export
+from kiwi_jax.converters.checkpoint_io import Checkpoint, CheckpointError
 
 _LORA = re.compile(r"(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)"
                    r"\.weight")
@@ -99,7 +99,7 @@ def merge_lora(ckpt: Checkpoint, scale: float = 1.0,
 def export_merged(state, maps: Sequence[KeyMap],
                   lora_maps: Sequence[KeyMap] = (), scale: float = 1.0
                   ) -> Iterator[tuple[str, np.ndarray]]:
-  """:func:`~converters.assign.export` of ``maps`` with LoRA folded in.
+  """:func:`~kiwi_jax.converters.assign.export` of ``maps`` with LoRA folded in.
 
   ``lora_maps`` name the factors ``<module>.lora_A.weight`` /
   ``<module>.lora_B.weight`` (no adapter); each exported

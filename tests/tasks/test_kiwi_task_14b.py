@@ -7,10 +7,10 @@ import re
 import jax
 import numpy as np
 import pytest
+from tests.tasks.conftest import kiwi_config
+from tests.tasks.test_kiwi_task import _global, _training
 
 from kiwi_jax.models.mllm.lora import ALL_LORA_TARGETS
-from tests.training.conftest import kiwi_config
-from tests.training.test_kiwi_task import _global, _training
 
 pytestmark = pytest.mark.slow  # one step compilation of the tiny Kiwi
 

@@ -53,14 +53,15 @@ from flax import nnx
 from kiwi_jax import flops as flops_lib
 from kiwi_jax import sharding
 from kiwi_jax.data import examples as examples_lib
-from kiwi_jax.data import pipeline as data_pipeline
+from kiwi_jax.data import loader as data_pipeline
 from kiwi_jax.diffusion import flow_matching, sampler
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
 from kiwi_jax.models.kiwi.model import KiwiEdit
 from kiwi_jax.models.mllm import bucketing, processing
+from kiwi_jax.tasks import curriculum as stages
+from kiwi_jax.tasks import latent_codec
 from kiwi_jax.train_lib import checkpointing
 from kiwi_jax.train_lib.train_state import path_name
-from kiwi_jax.training import latent_codec, stages
 
 logger = logging.getLogger("kiwi_jax")
 

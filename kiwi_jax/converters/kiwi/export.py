@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from converters import kiwi as kiwi_conv
-from converters import kiwi_names as names
-from converters import wan_dit
-from converters.assign import export, save_safetensors
+from kiwi_jax.converters import wan_dit
+from kiwi_jax.converters.assign import export, save_safetensors
+from kiwi_jax.converters.kiwi import convert as kiwi_conv
+from kiwi_jax.converters.kiwi import names
 from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.model import KiwiEdit
 

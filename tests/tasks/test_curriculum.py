@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from kiwi_jax.training import stages
+from kiwi_jax.tasks import curriculum as stages
 
 NAMES = ["image_queries/q", "video_queries/q", "ref_queries/q",
          "connector/fc1/kernel", "ref_connector/fc2/bias",

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from converters import kiwi_names as names
-from converters.qwen2_5_vl import to_hf_config as hf_qwen_config
+from kiwi_jax.converters.kiwi import names
+from kiwi_jax.converters.qwen2_5_vl import to_hf_config as hf_qwen_config
 
 
 def _t(x) -> torch.Tensor:
@@ -79,7 +79,8 @@ class TorchKiwi(nn.Module):
     super().__init__()
     from diffusers import WanTransformer3DModel
     from transformers import Qwen2_5_VLModel
-    from converters import wan_dit
+
+    from kiwi_jax.converters import wan_dit
     self.cfg = cfg
     dit = canonical_tensors(ckpt, "dit.")
     self.transformer = WanTransformer3DModel(

@@ -31,11 +31,23 @@ from typing import Any
 import jax
 from flax import nnx
 
-from converters.assign import (CONV, IDENTITY, LINEAR, KeyMap, assign,
-                               compose, export, reshape, save_safetensors)
-from converters.checkpoint_io import (Checkpoint, CheckpointError,
-                                      open_checkpoint)
-from converters.lora import export_merged, merge_lora, overlay
+from kiwi_jax.converters.assign import (
+  CONV,
+  IDENTITY,
+  LINEAR,
+  KeyMap,
+  assign,
+  compose,
+  export,
+  reshape,
+  save_safetensors,
+)
+from kiwi_jax.converters.checkpoint_io import (
+  Checkpoint,
+  CheckpointError,
+  open_checkpoint,
+)
+from kiwi_jax.converters.lora import export_merged, merge_lora, overlay
 from kiwi_jax.layers.lora import lora_layers
 from kiwi_jax.models.dit import WanDiT, WanDiTConfig
 from kiwi_jax.utils import atomic
@@ -409,37 +421,6 @@ def convert_to_diffusers(src: str | os.PathLike, dst: str | os.PathLike,
   return dst
 
 
-def main(argv=None) -> int:
-  """``python -m converters.wan_dit --src CKPT --dst DIR --variant NAME``."""
-  import argparse
-  import sys
-  from kiwi_jax.utils.paths import (OutputIsInputError,
-                                    refuse_inputs_as_outputs)
-  parser = argparse.ArgumentParser(prog="python -m converters.wan_dit",
-                                   description=main.__doc__)
-  parser.add_argument("--src", required=True,
-                      help="safetensors file/folder or .pth (Wan, DiffSynth "
-                      "or diffusers names)")
-  parser.add_argument("--dst", required=True, help="output folder")
-  parser.add_argument("--variant", default="wan2.2-ti2v-5b")
-  parser.add_argument("--source_condition", action="store_true")
-  parser.add_argument("--reference_condition", action="store_true")
-  parser.add_argument("--ref_pad_first", action="store_true")
-  args = parser.parse_args(argv)
-  try:
-    refuse_inputs_as_outputs([("--dst", args.dst)], [("--src", args.src)],
-                             folders=["--dst"])
-  except OutputIsInputError as e:
-    print(f"{parser.prog}: error: {e}", file=sys.stderr)
-    return 2
-  cfg = WanDiTConfig.from_variant(
-      args.variant, source_condition=args.source_condition,
-      reference_condition=args.reference_condition,
-      ref_pad_first=args.ref_pad_first)
-  print(f"Wrote {convert_to_diffusers(args.src, args.dst, cfg)}")
-  return 0
-
-
 __all__ = [
     "IGNORE_UNUSED", "LAYOUTS", "STRIP_PREFIXES", "config_from_diffusers",
     "convert_to_diffusers", "load_kiwi_diffusers",
@@ -447,6 +428,3 @@ __all__ = [
     "merge_checkpoints", "open_diffusers", "save_diffusers",
 ]
 
-
-if __name__ == "__main__":
-  raise SystemExit(main())

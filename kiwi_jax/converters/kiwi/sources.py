@@ -3,8 +3,8 @@
 :func:`from_diffsynth` (a DiffSynth training checkpoint plus the base Wan
 DiT, the Wan VAE ``.pth`` and a Qwen2.5-VL directory) and
 :func:`from_diffusers` (a ``KiwiEditPipeline`` directory) both return a
-:class:`KiwiSources`: one lazy :class:`~converters.checkpoint_io.Checkpoint`
-in the canonical namespace of :mod:`converters.kiwi_names`, the metadata the
+:class:`KiwiSources`: one lazy :class:`~kiwi_jax.converters.checkpoint_io.Checkpoint`
+in the canonical namespace of :mod:`kiwi_jax.converters.kiwi.names`, the metadata the
 model config needs (``ref_pad_first``, query counts, the Qwen config, the
 processor files) and a report of what each component came from, or that it
 is absent.
@@ -28,9 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from converters import kiwi_names as names
-from converters.checkpoint_io import (Checkpoint, CheckpointError,
-                                      open_checkpoint)
+from kiwi_jax.converters.checkpoint_io import (
+  Checkpoint,
+  CheckpointError,
+  open_checkpoint,
+)
+from kiwi_jax.converters.kiwi import names
+
 # peft target names, in the order of ``QwenTextConfig.lora_targets``.
 from kiwi_jax.models.mllm.config import LORA_TARGET_NAMES
 
@@ -67,7 +71,7 @@ class KiwiSources:
   """A Kiwi checkpoint in the canonical namespace, lazily readable.
 
   Attributes:
-    checkpoint: canonical key -> tensor (see :mod:`converters.kiwi_names`).
+    checkpoint: canonical key -> tensor (see :mod:`kiwi_jax.converters.kiwi.names`).
     layout: ``"diffsynth"`` or ``"diffusers"``.
     report: component -> where it comes from, or ``"absent"``.
     ref_pad_first: reference tokens before the video (diffusers:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from kiwi_jax.tasks import kiwi_task
 from kiwi_jax.train_lib.train_state import path_name
-from kiwi_jax.training import kiwi_task
 
 CASES = [("kiwi_wan22_5b", "stage=1", 1), ("kiwi_wan22_5b", "stage=2", 2),
          ("kiwi_wan22_5b", "stage=3", 3), ("kiwi_wan21_14b", "stage=1", 1),

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from configs import demo as demo_config
-from kiwi_jax.training import demo
+from kiwi_jax.tasks import demo
 
 
 @pytest.mark.slow

@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tests.tasks.conftest import host_batch, kiwi_config
 
 from kiwi_jax import sharding
+from kiwi_jax.tasks import kiwi_task
 from kiwi_jax.train_lib import optimizers, train_step
 from kiwi_jax.train_lib.train_state import ModelSplit, Precision
-from kiwi_jax.training import kiwi_task
-from tests.training.conftest import host_batch, kiwi_config
 
 pytestmark = pytest.mark.slow  # four step compilations of the tiny Kiwi
 
@@ -129,7 +129,7 @@ def test_sharded_step_equals_single_device(kiwi_batches, stage_training,
 
 
 def test_pixel_unshuffle_codec_is_invertible():
-  from kiwi_jax.training.latent_codec import PixelUnshuffle
+  from kiwi_jax.tasks.latent_codec import PixelUnshuffle
   codec = PixelUnshuffle(2)
   video = jax.random.uniform(jax.random.key(0), (1, 3, 6, 10, 3), minval=-1,
                              maxval=1)
@@ -181,8 +181,9 @@ def test_sample_writes_edits_of_the_first_examples(tmp_path,
                                                    tiny_tokenizer_dir):
   """``sample_every`` videos: ``source | edit | target`` of the first
   example of each data source, in file order."""
+  from tests.tasks.conftest import MINI  # pylint: disable=g-import-not-at-top
+
   from kiwi_jax.data import refvie_mini  # pylint: disable=g-import-not-at-top
-  from tests.training.conftest import MINI  # pylint: disable=g-import-not-at-top
   csvs = refvie_mini.write_dataset(tmp_path / "media", num_videos=2,
                                    num_images=0, seed=0, cfg=MINI)
   records = refvie_mini.build_records(tmp_path / "media", tmp_path / "rec",
@@ -233,7 +234,7 @@ def test_edit_below_strength_one_starts_from_the_source(
 def test_cached_latents_give_the_pixel_loss(kiwi_batches, tiny_tokenizer_dir):
   """A batch from the latent cache (``*_latents``) trains like the pixels
   it was encoded from."""
-  from kiwi_jax.training import latent_codec  # pylint: disable=g-import-not-at-top
+  from kiwi_jax.tasks import latent_codec  # pylint: disable=g-import-not-at-top
   batches, _ = kiwi_batches
   task = kiwi_task.KiwiTask(kiwi_config(2, tiny_tokenizer_dir, 0))
   graphdef, state = nnx.split(task.build_model(nnx.Rngs(0)))

@@ -22,12 +22,15 @@ from __future__ import annotations
 import json
 import re
 
-from converters import wan_dit, wan_vae
-from converters.kiwi_sources import KiwiSources
+from kiwi_jax.converters import wan_dit, wan_vae
+from kiwi_jax.converters.kiwi.sources import KiwiSources
 from kiwi_jax.models.dit import WanDiTConfig
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
-from kiwi_jax.models.mllm.config import (Qwen25VLConfig, QwenTextConfig,
-                                         QwenVisionConfig)
+from kiwi_jax.models.mllm.config import (
+  Qwen25VLConfig,
+  QwenTextConfig,
+  QwenVisionConfig,
+)
 from kiwi_jax.models.vae import VARIANTS as VAE_VARIANTS
 from kiwi_jax.models.vae import WanVAEConfig
 
@@ -203,6 +206,7 @@ _VAE_SHAPES: dict = {}
 
 def _abstract_vae_shapes(cfg):
   from flax import nnx
+
   from kiwi_jax.models.vae import WanVAE
   abstract = nnx.state(nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))))
   return {tuple(p): tuple(v.get_value().shape)

@@ -13,7 +13,7 @@ Layouts (spec 1.4, 1.5, 7.1):
   ``down_blocks``, ``mid_block``, ``quant_conv``, ...), a directory with
   ``config.json`` and safetensors, or a single safetensors file.
 
-Every torch tensor maps to one JAX parameter; :func:`converters.assign.assign`
+Every torch tensor maps to one JAX parameter; :func:`kiwi_jax.converters.assign.assign`
 checks the whole plan first and lists missing, unexpected and mis-shaped keys
 together. Export writes atomically (temp file, then rename).
 """
@@ -30,15 +30,17 @@ from typing import Any, Literal
 import numpy as np
 from flax import nnx
 
-from converters import assign as assign_lib
-from converters.assign import CONV, IDENTITY, KeyMap
-from converters.checkpoint_io import Checkpoint, open_checkpoint
+from kiwi_jax.converters import assign as assign_lib
+from kiwi_jax.converters.assign import CONV, IDENTITY, KeyMap
+from kiwi_jax.converters.checkpoint_io import Checkpoint, open_checkpoint
 from kiwi_jax.models.vae import VARIANTS as VAE_VARIANTS
 from kiwi_jax.models.vae import WanVAE, WanVAEConfig
-from kiwi_jax.models.vae.config import (WAN21_LATENTS_MEAN,
-                                        WAN21_LATENTS_STD,
-                                        WAN22_LATENTS_MEAN,
-                                        WAN22_LATENTS_STD)
+from kiwi_jax.models.vae.config import (
+  WAN21_LATENTS_MEAN,
+  WAN21_LATENTS_STD,
+  WAN22_LATENTS_MEAN,
+  WAN22_LATENTS_STD,
+)
 from kiwi_jax.utils import atomic
 
 Layout = Literal["original", "diffusers"]

@@ -21,8 +21,7 @@ import tqdm
 from etils import epath
 
 from kiwi_jax.data.metadata import Row
-from kiwi_jax.refvie import dedup
-from kiwi_jax.refvie import records
+from kiwi_jax.refvie import dedup, records
 from kiwi_jax.refvie.process import Pipeline
 from kiwi_jax.refvie.records import Outcome
 

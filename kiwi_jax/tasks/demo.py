@@ -29,10 +29,11 @@ from flax import nnx
 
 from kiwi_jax import sharding
 from kiwi_jax.data import refvie_mini, transforms, video_io
+from kiwi_jax.tasks import curriculum as stages
+from kiwi_jax.tasks import kiwi_task
 from kiwi_jax.testing import tokenizer as tiny_tokenizer
 from kiwi_jax.train_lib import progress, trainer
 from kiwi_jax.train_lib.train_state import ModelSplit, Precision
-from kiwi_jax.training import kiwi_task, stages
 
 logger = logging.getLogger("kiwi_jax")
 

@@ -3,7 +3,7 @@
 The torch side is built from the *source* checkpoint (canonical tensors,
 LoRA merged): diffusers ``WanTransformer3DModel`` and ``AutoencoderKLWan``,
 transformers ``Qwen2_5_VLModel`` and the Kiwi pieces restated in
-:mod:`converters.kiwi_torch`. One fixed, seeded input per component:
+:mod:`kiwi_jax.converters.kiwi.torch_model`. One fixed, seeded input per component:
 
 * ``<mode>/context``: a prompt with a source video (image in image mode), the
   instruction, in reference mode a ref image, the queries and
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from flax import nnx
 
-from converters import wan_vae
-from converters.kiwi_torch import TorchKiwi, canonical_tensors
+from kiwi_jax.converters import wan_vae
+from kiwi_jax.converters.kiwi.torch_model import TorchKiwi, canonical_tensors
 from kiwi_jax.models.mllm.rope_index import mrope_position_ids
 from kiwi_jax.models.mllm.vision import vision_metadata
 

@@ -2,7 +2,7 @@
 
 Pipeline::
 
-  from_diffsynth(...) | from_diffusers(...)        (converters.kiwi_sources)
+  from_diffsynth(...) | from_diffusers(...)        (kiwi_jax.converters.kiwi.sources)
     -> KiwiSources: canonical lazy checkpoint + report + metadata
     -> config_for(sources)       KiwiEditConfig, absent parts switched off
     -> keymaps(cfg)              canonical key -> KiwiEdit state path
@@ -12,7 +12,7 @@ Pipeline::
     -> checkpoint.save(...)      Orbax + configs + processor, atomically
 
 The per-model plans are the DiT, VAE and Qwen converters' own
-(``converters.wan_dit``, ``converters.wan_vae``, ``converters.qwen2_5_vl``)
+(``kiwi_jax.converters.wan_dit``, ``kiwi_jax.converters.wan_vae``, ``kiwi_jax.converters.qwen2_5_vl``)
 moved under the canonical prefixes; only the Kiwi pieces (queries,
 connectors, LoRA factors) are mapped here.
 """
@@ -23,10 +23,15 @@ import dataclasses
 import pathlib
 from typing import Any
 
-from converters import qwen2_5_vl, wan_dit, wan_vae
-from converters.assign import (LINEAR, CheckpointMismatchError, KeyMap,
-                               assign, check_plan)
-from converters.kiwi_sources import KiwiSources
+from kiwi_jax.converters import qwen2_5_vl, wan_dit, wan_vae
+from kiwi_jax.converters.assign import (
+  LINEAR,
+  CheckpointMismatchError,
+  KeyMap,
+  assign,
+  check_plan,
+)
+from kiwi_jax.converters.kiwi.sources import KiwiSources
 from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
 from kiwi_jax.models.kiwi.model import abstract_kiwi

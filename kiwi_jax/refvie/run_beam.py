@@ -28,9 +28,8 @@ from etils import epath
 
 from kiwi_jax.data import metadata
 from kiwi_jax.data.metadata import Row
-from kiwi_jax.refvie import dedup
-from kiwi_jax.refvie import pipeline_local
-from kiwi_jax.refvie import records
+from kiwi_jax.refvie import dedup, records
+from kiwi_jax.refvie import run_local as pipeline_local
 from kiwi_jax.refvie.process import Pipeline
 from kiwi_jax.refvie.records import Outcome
 

@@ -13,7 +13,7 @@ MINI = refvie_mini.MiniConfig(height=32, width=32, num_frames=5)
 
 
 def kiwi_config(stage, tokenizer_dir, ref_tokens, **optimizer):
-  from kiwi_jax.training import demo  # pylint: disable=g-import-not-at-top
+  from kiwi_jax.tasks import demo  # pylint: disable=g-import-not-at-top
   records = {name: "unused" for name in ("image", "video", "ref")}
   config = demo.stage_config(demo_config.get_config("runlocal"), stage, records,
                              str(tokenizer_dir), ref_tokens, "")
@@ -45,7 +45,7 @@ def host_batch(hook, edit_type, indices, frames=5):
 @pytest.fixture(scope="session")
 def kiwi_batches(tiny_tokenizer_dir):
   """{mode: host batch of 2} and the reference token count."""
-  from kiwi_jax.training import kiwi_task  # pylint: disable=g-import-not-at-top
+  from kiwi_jax.tasks import kiwi_task  # pylint: disable=g-import-not-at-top
   task = kiwi_task.KiwiTask(kiwi_config(1, tiny_tokenizer_dir, 0))
   batches = {
       "image": host_batch(task.hook, "local_recolor", [0, 1], frames=1),

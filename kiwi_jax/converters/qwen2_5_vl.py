@@ -28,9 +28,16 @@ from typing import Any
 import jax
 from flax import nnx
 
-from converters.assign import (LINEAR, KeyMap, assign, compose, export,
-                               reshape, save_safetensors)
-from converters.checkpoint_io import Checkpoint, open_checkpoint
+from kiwi_jax.converters.assign import (
+  LINEAR,
+  KeyMap,
+  assign,
+  compose,
+  export,
+  reshape,
+  save_safetensors,
+)
+from kiwi_jax.converters.checkpoint_io import Checkpoint, open_checkpoint
 from kiwi_jax.models.mllm.config import Qwen25VLConfig
 from kiwi_jax.models.mllm.model import Qwen25VL
 

@@ -29,8 +29,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from converters.checkpoint_io import Checkpoint
 from kiwi_jax import sharding
+from kiwi_jax.converters.checkpoint_io import Checkpoint
 from kiwi_jax.utils import atomic
 
 Path = tuple[Any, ...]
@@ -245,9 +245,9 @@ def save_safetensors(items: Iterable[tuple[str, np.ndarray]],
                      path: str | os.PathLike,
                      metadata: dict[str, str] | None = None) -> pathlib.Path:
   """Writes tensors to ``path`` atomically (temp file, then rename)."""
+  import ml_dtypes
   import torch
   from safetensors.torch import save_file
-  import ml_dtypes
 
   def to_torch(a):
     a = np.array(a, copy=True, order="C")  # torch needs a writable buffer
