@@ -415,6 +415,8 @@ def _check_args(args) -> None:
   if getattr(args, 'protocol', None) is not None and args.bench != 'openve':
     sub.error('--protocol applies to --bench openve only (RefVIE-Bench has '
               "one scorer, Kiwi-Edit's)")
+  if args.command in ('run', 'judge') and args.bench == 'openve':
+    args.protocol = protocols.get(args.protocol).name  # None: the default
   if args.command == 'run':
     if not args.editor and not args.checkpoint_dir:
       sub.error('--checkpoint_dir is required without --editor')
