@@ -8,6 +8,8 @@
       --judge replay --replies replies.jsonl       # offline, no network
   python eval.py aggregate --bench openve \
       --scores out/openve/openve_gemini-2.5-pro_score.jsonl
+  python eval.py run --bench openve --protocol official ...  # all 8 types
+  python eval.py judge --bench openve --protocol official --save_dir ...
   python eval.py metrics --bench refvie --dataset_file mini.yaml \
       --save_dir out/refvie
 
@@ -22,6 +24,13 @@ an input. The API key is read from the
 environment only (never from a flag, never logged). See
 `kiwi_jax/evaluators/` for what each step does and how it follows the
 reference.
+
+OpenVE-Bench has two scoring protocols (`--protocol`, docs/
+openve_protocols.md): `kiwi`, the default, is Kiwi-Edit's scorer (5 of the
+8 categories, Overall = unweighted mean of category means; Kiwi's published
+figures); `official` is the benchmark's own (all 8 categories, each with
+its prompt, sample-weighted Overall; the OpenVE paper's scale). The
+protocol is named in every OpenVE score record, table and results JSON.
 """
 
 import argparse
@@ -40,6 +49,7 @@ from kiwi_jax.evaluators import commands
 from kiwi_jax.evaluators import errors
 from kiwi_jax.evaluators import gemini
 from kiwi_jax.evaluators import judges
+from kiwi_jax.evaluators import protocols
 from kiwi_jax.evaluators import runner
 from kiwi_jax.utils import paths
 
@@ -102,8 +112,10 @@ def _read_items(args, prompt_only: bool = False):
     raise errors.InputError(f'--dataset_file {args.dataset_file}: no such '
                             f'file{hint}')
   try:
-    return benchmarks.read_benchmark(args.bench, args.dataset_file,
-                                     args.data_root or '', prompt_only)
+    return benchmarks.read_benchmark(
+        args.bench, args.dataset_file, args.data_root or '', prompt_only,
+        openve_skipped=protocols.get(
+            getattr(args, 'protocol', None)).skipped_types)
   except UnicodeDecodeError as e:
     raise errors.InputError(f'{args.dataset_file}: not UTF-8 text ({e.reason}'
                             f' at byte {e.start})') from e
@@ -170,15 +182,19 @@ def _judge(args) -> int:
   items = _read_items(args)
   model = args.model or (gemini.OPENVE_MODEL if args.bench == 'openve'
                          else gemini.REFVIE_MODEL)
-  out_path = commands.score_path(args.save_dir, args.bench, model)
+  out_path = commands.score_path(args.save_dir, args.bench, model,
+                                 args.protocol)
   paths.refuse_inputs_as_outputs(
       [('score file', out_path),
        ('partial score file', judges.partial_path(out_path)),
-       ('score table', commands.table_path(out_path))],
+       ('score table', commands.table_path(out_path)),
+       ('results JSON', commands.stats_path(out_path))],
       [('--dataset_file', args.dataset_file), ('--replies', args.replies),
        *_item_inputs(items, outputs_dir=args.save_dir)])
+  openve = args.bench == 'openve'
   if args.judge == 'replay':
-    judge = judges.ReplayJudge.from_jsonl(args.replies, args.save_dir)
+    judge = judges.ReplayJudge.from_jsonl(
+        args.replies, args.save_dir, args.protocol if openve else None)
   else:
     api_key = os.environ.get(args.api_key_env, '')
     if not api_key:
@@ -186,10 +202,13 @@ def _judge(args) -> int:
                          f'${args.api_key_env} (or use --judge replay); no '
                          'judge call was made')
     _require_files(_item_inputs(items), 'source videos or reference images')
-    judge = gemini.GeminiJudge(api_key, model)
+    config = (protocols.get(args.protocol).generation_config if openve
+              else None)
+    judge = gemini.GeminiJudge(api_key, model, generation_config=config)
   report = commands.judge_outputs(
       args.bench, items, args.save_dir, judge, model, workers=args.workers,
-      show_progress=not args.no_progress, allow_partial=args.allow_partial)
+      show_progress=not args.no_progress, allow_partial=args.allow_partial,
+      protocol=args.protocol if openve else None)
   if report.table:
     print(report.table)
   print('\n'.join(report.summary))
@@ -201,15 +220,25 @@ def _judge(args) -> int:
 
 def _aggregate(args) -> int:
   table_file = commands.table_path(args.scores)
-  paths.refuse_inputs_as_outputs([('score table', table_file)],
-                                    [('--scores', args.scores)])
+  paths.refuse_inputs_as_outputs(
+      [('score table', table_file),
+       ('results JSON', commands.stats_path(args.scores))],
+      [('--scores', args.scores)])
   records = commands.read_scores(args.scores)
-  categories = commands.ALL_CATEGORIES[args.bench]
+  protocol = None
+  if args.bench == 'openve':
+    protocol = protocols.records_protocol(records)
+    if args.protocol not in (None, protocol):
+      raise errors.InputError(
+          f'--protocol {args.protocol}: {args.scores} was scored under the '
+          f'{protocol} protocol; pass --protocol {protocol} or leave it out')
+  categories = commands.all_categories(args.bench, protocol)
   counts = commands.scored_counts(args.bench, records, categories)
   empty = [c for c in categories if not counts[c]]
   partial = bool(empty) and not args.allow_partial
   print(commands.aggregate_scores(args.bench, args.scores,
-                                  expected=categories, write=not partial))
+                                  expected=categories, write=not partial,
+                                  protocol=protocol))
   print(commands.coverage_line(counts))
   if partial:
     print(f'eval.py aggregate: error: {args.scores} has no scored sample in '
@@ -359,6 +388,23 @@ def _parser() -> argparse.ArgumentParser:
                    help='accept a score file in which a category has no '
                    'scored sample: write the table and exit 0')
 
+  protocol_help = (
+      'OpenVE-Bench scoring protocol: kiwi (Kiwi-Edit\'s scorer: 5 of the 8 '
+      'categories, one set of criteria, Overall = unweighted mean of the '
+      'category means; the figures Kiwi publishes) or official (the '
+      'benchmark\'s own: all 8 categories, each with its own prompt, a '
+      'sample scores the mean of the numbers in its reply, Overall = mean '
+      'over samples; the OpenVE paper\'s scale). openve only; default: ')
+  run.add_argument('--protocol', choices=protocols.NAMES, default=None,
+                   help=protocol_help + f'{protocols.DEFAULT}. official '
+                   'also edits the subtitle, camera and creative rows')
+  judge.add_argument('--protocol', choices=protocols.NAMES, default=None,
+                     help=protocol_help + f'{protocols.DEFAULT}. It picks '
+                     'the prompts, retries, scoring and file names '
+                     '(official: openve-official_<model>_score.jsonl)')
+  agg.add_argument('--protocol', choices=protocols.NAMES, default=None,
+                   help=protocol_help + 'the one the score file names; a '
+                   'different one is an error')
   add('metrics', _metrics, 'PSNR/SSIM/temporal against tgt_video')
   return parser
 
@@ -366,6 +412,11 @@ def _parser() -> argparse.ArgumentParser:
 def _check_args(args) -> None:
   """Flag combinations argparse cannot check; exits 2 on a bad one."""
   sub = args.subparser
+  if getattr(args, 'protocol', None) is not None and args.bench != 'openve':
+    sub.error('--protocol applies to --bench openve only (RefVIE-Bench has '
+              "one scorer, Kiwi-Edit's)")
+  if args.command in ('run', 'judge') and args.bench == 'openve':
+    args.protocol = protocols.get(args.protocol).name  # None: the default
   if args.command == 'run':
     if not args.editor and not args.checkpoint_dir:
       sub.error('--checkpoint_dir is required without --editor')
