@@ -59,5 +59,6 @@ setuptools.setup(
     entry_points={"console_scripts": [
         "kiwi-edit = kiwi_jax.cli.edit:main",
         "kiwi-convert = kiwi_jax.converters.cli:main",
+        "kiwi-eval = kiwi_jax.evaluators.cli:main",
     ]},
 )
