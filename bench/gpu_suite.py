@@ -23,15 +23,15 @@ VAE decode <= 4 s and <= 40 GB.
 Each section runs in its own process under a time budget (unused time
 passes on to the next); one that fails (out of memory, say) or outlives its
 budget is recorded with its error and partial numbers, and the suite goes
-on. The whole run stays inside ``--budget_s`` (450 s).
+on. The whole run stays inside ``--budget_s`` (430 s).
 
   python bench/gpu_suite.py --out docs/              # on a GPU
   python bench/gpu_suite.py --scale_run_on_cpu       # toy sizes on CPU
   python bench/gpu_suite.py --sections train,infer --out /tmp/r
 
-On the device machine (one call of the device tool; timeout_s=480). Its
-image has Python 3.12, jax 0.11 (CUDA), torch, transformers, flax, optax,
-orbax, einops, etils, pillow, safetensors (KINDS.md's list), but not
+On the device machine: its image has Python 3.12, jax 0.11 (CUDA),
+torch, transformers, flax, optax, orbax, einops, etils, pillow and
+safetensors (KINDS.md's list), but not
 diffusers (the infer baseline) nor PyAV (``av``, which
 ``kiwi_jax.pipeline`` imports). Fetch their wheels here once, into
 ``.whl/`` at the repo root (ignored by ``.gitignore``; about 42 MB of the
@@ -39,17 +39,21 @@ carried tree's 64 MiB):
 
   bash bench/gpu_suite_wheels.sh        # diffusers 0.42.1, av 18.1.0
 
-then run with ``carry=[".whl"]``:
+then, in one call of the device tool with ``carry=[".whl"]`` and
+``timeout_s=480`` (the install takes about 20 s, the suite at most
+``--budget_s``):
 
-  python3 -m pip install -q --no-index --no-deps --no-compile \\
-    --no-cache-dir --target /tmp/site .whl/*.whl && \\
-  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && \\
-  python3 bench/gpu_suite.py --out "$OUT" --commit <sha> \\
-    2>&1 | tee "$OUT/gpu_suite.log"
+  set -o pipefail; python3 -m pip install -q --no-index --no-deps \\
+    --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \\
+    || exit; export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; \\
+  python3 bench/gpu_suite.py --out "$OUT" --commit <sha> 2>&1 \\
+    | tee "$OUT/gpu_suite.log"
 
-and copy ``gpu_results.json`` / ``gpu_results.md`` from the returned files
-into ``docs/``. With ``--scale_run_on_cpu`` the default ``--out`` is
-``runs/gpu_suite_toy`` so a toy run never replaces ``docs/``' results.
+The results are rewritten into ``$OUT`` after every section, so a call cut
+short still returns the sections it finished; copy ``gpu_results.json`` and
+``gpu_results.md`` from the returned files into ``docs/``. With
+``--scale_run_on_cpu`` the default ``--out`` is ``runs/gpu_suite_toy``,
+so a toy run never replaces the results in ``docs/``.
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ def parse_args(argv=None):
                       "runs/gpu_suite_toy with --scale_run_on_cpu)")
   parser.add_argument("--scale_run_on_cpu", action="store_true",
                       help="every section at toy sizes on the CPU")
-  parser.add_argument("--budget_s", type=float, default=450.0,
+  parser.add_argument("--budget_s", type=float, default=430.0,
                       help="time for the whole suite")
   parser.add_argument("--train_remat", default=DEFAULT_REMAT,
                       help="remat policies of the train step, in order")
@@ -167,6 +171,8 @@ def child_env(args, section):
         filter(None, (env.get("XLA_FLAGS"),) + TOY_XLA_FLAGS))
   else:
     env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = MEM_FRACTION.get(section, "0.9")
+    if section == "probe":  # asks for the device only, takes no memory
+      env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     if args.cache_dir:
       env["JAX_COMPILATION_CACHE_DIR"] = args.cache_dir
   return env

@@ -33,7 +33,8 @@ def build(cfg, device):
   with torch.device(device):
     model = WanTransformer3DModel(**config)
   model = model.to(torch.bfloat16)
-  keep = tuple(model._keep_in_fp32_modules or ())  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  keep = tuple(model._keep_in_fp32_modules or ())
   for name, module in model.named_modules():
     if name and any(k in name for k in keep):
       module.float()
