@@ -75,53 +75,77 @@ sys.path.insert(0, str(REPO))
 SECTIONS = ("train", "infer", "vae", "edit")
 # Nominal seconds per section (full size), summing to about the default
 # budget; time a section leaves unused passes on to the next.
-NOMINAL_S = {"probe": 40, "train": 120, "infer": 90, "vae": 70,
-             "edit": 130}
+NOMINAL_S = {"probe": 40, "train": 120, "infer": 90, "vae": 70, "edit": 130}
 # Share of the GPU's memory JAX takes per section; the infer section
 # leaves room for torch in the same process.
 MEM_FRACTION = {"infer": "0.45"}
 DEFAULT_REMAT = "full,save_qkv_attention"
 # Toy sizes compile faster than they run slowly: no backend optimisation.
-TOY_XLA_FLAGS = ("--xla_backend_optimization_level=0",
-                 "--xla_llvm_disable_expensive_passes=true")
+TOY_XLA_FLAGS = (
+  "--xla_backend_optimization_level=0",
+  "--xla_llvm_disable_expensive_passes=true",
+)
 
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sections", default=",".join(SECTIONS),
-                      help=f"comma-separated, of {','.join(SECTIONS)}")
-  parser.add_argument("--out", default=None,
-                      help="output folder (default docs/, or "
-                      "runs/gpu_suite_toy with --scale_run_on_cpu)")
-  parser.add_argument("--scale_run_on_cpu", action="store_true",
-                      help="every section at toy sizes on the CPU")
-  parser.add_argument("--budget_s", type=float, default=430.0,
-                      help="time for the whole suite")
-  parser.add_argument("--train_remat", default=DEFAULT_REMAT,
-                      help="remat policies of the train step, in order")
-  parser.add_argument("--commit", default=None,
-                      help="commit to report (default: git, if any)")
-  parser.add_argument("--cache_dir", default="/tmp/kiwi_gpu_suite_cache",
-                      help="JAX's persistent compilation cache ('' = off)")
+  parser.add_argument(
+    "--sections",
+    default=",".join(SECTIONS),
+    help=f"comma-separated, of {','.join(SECTIONS)}",
+  )
+  parser.add_argument(
+    "--out",
+    default=None,
+    help="output folder (default docs/, or "
+    "runs/gpu_suite_toy with --scale_run_on_cpu)",
+  )
+  parser.add_argument(
+    "--scale_run_on_cpu",
+    action="store_true",
+    help="every section at toy sizes on the CPU",
+  )
+  parser.add_argument(
+    "--budget_s", type=float, default=430.0, help="time for the whole suite"
+  )
+  parser.add_argument(
+    "--train_remat",
+    default=DEFAULT_REMAT,
+    help="remat policies of the train step, in order",
+  )
+  parser.add_argument(
+    "--commit", default=None, help="commit to report (default: git, if any)"
+  )
+  parser.add_argument(
+    "--cache_dir",
+    default="/tmp/kiwi_gpu_suite_cache",
+    help="JAX's persistent compilation cache ('' = off)",
+  )
   # Internal: one section in this process.
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--child_out", default=None, help=argparse.SUPPRESS)
-  parser.add_argument("--deadline", type=float, default=None,
-                      help=argparse.SUPPRESS)
+  parser.add_argument(
+    "--deadline", type=float, default=None, help=argparse.SUPPRESS
+  )
   args = parser.parse_args(argv)
-  args.section_list = [s.strip() for s in args.sections.split(",")
-                       if s.strip()]
+  args.section_list = [s.strip() for s in args.sections.split(",") if s.strip()]
   bad = [s for s in args.section_list if s not in SECTIONS]
   if bad or not args.section_list:
-    parser.error(f"--sections: unknown {bad or 'empty list'}; choose from "
-                 f"{','.join(SECTIONS)}")
+    parser.error(
+      f"--sections: unknown {bad or 'empty list'}; choose from "
+      f"{','.join(SECTIONS)}"
+    )
   from kiwi_jax.models.dit.config import REMAT_POLICIES
-  args.remat_list = [p.strip() for p in args.train_remat.split(",")
-                     if p.strip()]
+
+  args.remat_list = [
+    p.strip() for p in args.train_remat.split(",") if p.strip()
+  ]
   bad = [p for p in args.remat_list if p not in REMAT_POLICIES]
   if bad or not args.remat_list:
-    parser.error(f"--train_remat: unknown {bad or 'empty list'}; choose "
-                 f"from {','.join(REMAT_POLICIES)}")
+    parser.error(
+      f"--train_remat: unknown {bad or 'empty list'}; choose "
+      f"from {','.join(REMAT_POLICIES)}"
+    )
   if args.budget_s <= 0:
     parser.error(f"--budget_s must be positive, got {args.budget_s}")
   if args.out is None:
@@ -136,6 +160,7 @@ def parse_args(argv=None):
 
 def run_child(args) -> int:
   from bench.suite import common
+
   scale = common.TOY if args.scale_run_on_cpu else common.FULL
   rec = common.Recorder(args.child_out)
   rec.set(device=common.device_info())
@@ -144,15 +169,18 @@ def run_child(args) -> int:
     return 0
   if args.child in ("train", "infer"):
     from bench.suite import dit
+
     if args.child == "train":
       dit.train(scale, rec, deadline, args.remat_list)
     else:
       dit.infer(scale, rec, deadline)
   elif args.child == "vae":
     from bench.suite import vae
+
     vae.decode(scale, rec, deadline)
   else:
     from bench.suite import edit
+
     edit.run(scale, rec, deadline)
   return 0
 
@@ -163,12 +191,14 @@ def run_child(args) -> int:
 def child_env(args, section):
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   env["PYTHONPATH"] = os.pathsep.join(
-      p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    p for p in (str(REPO), env.get("PYTHONPATH")) if p
+  )
   env.setdefault("HF_HUB_OFFLINE", "1")
   if args.scale_run_on_cpu:
     env["JAX_PLATFORMS"] = "cpu"
     env["XLA_FLAGS"] = " ".join(
-        filter(None, (env.get("XLA_FLAGS"),) + TOY_XLA_FLAGS))
+      filter(None, (env.get("XLA_FLAGS"),) + TOY_XLA_FLAGS)
+    )
   else:
     env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = MEM_FRACTION.get(section, "0.9")
     if section == "probe":  # asks for the device only, takes no memory
@@ -183,14 +213,24 @@ def run_section(args, section, budget, workdir) -> dict:
   out = pathlib.Path(workdir) / f"{section}.json"
   start = time.time()
   soft = start + budget - max(5.0, 0.1 * budget)
-  command = [sys.executable, str(pathlib.Path(__file__).resolve()),
-             "--child", section, "--child_out", str(out),
-             "--deadline", str(soft), "--train_remat", args.train_remat]
+  command = [
+    sys.executable,
+    str(pathlib.Path(__file__).resolve()),
+    "--child",
+    section,
+    "--child_out",
+    str(out),
+    "--deadline",
+    str(soft),
+    "--train_remat",
+    args.train_remat,
+  ]
   if args.scale_run_on_cpu:
     command.append("--scale_run_on_cpu")
   print(f"== {section}: budget {budget:.0f} s", flush=True)
-  proc = subprocess.Popen(command, env=child_env(args, section),
-                          cwd=str(REPO), start_new_session=True)
+  proc = subprocess.Popen(
+    command, env=child_env(args, section), cwd=str(REPO), start_new_session=True
+  )
   status, error = "ok", None
   try:
     code = proc.wait(timeout=budget)
@@ -210,44 +250,56 @@ def run_section(args, section, budget, workdir) -> dict:
 
 def git_commit() -> str:
   try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                          cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+      ["git", "rev-parse", "--short", "HEAD"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      check=True,
+    ).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
 
 
 def run_parent(args) -> int:
   from bench.suite import report
+
   start = time.time()
   budget_end = start + args.budget_s
   scale = "toy" if args.scale_run_on_cpu else "full"
   results = {
-      "command": "python bench/gpu_suite.py " + " ".join(sys.argv[1:]),
-      "date": datetime.datetime.now(datetime.timezone.utc).strftime(
-          "%Y-%m-%d %H:%M UTC"),
-      "commit": args.commit or git_commit(), "scale": scale,
-      "budget_s": args.budget_s, "sections": {}}
+    "command": "python bench/gpu_suite.py " + " ".join(sys.argv[1:]),
+    "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    "commit": args.commit or git_commit(),
+    "scale": scale,
+    "budget_s": args.budget_s,
+    "sections": {},
+  }
   factor = 1.0
   with tempfile.TemporaryDirectory(prefix="gpu_suite_") as workdir:
     probe = run_section(args, "probe", NOMINAL_S["probe"], workdir)
     results["device"] = probe.get("device", {})
     backend = results["device"].get("backend")
-    if probe["status"] != "ok" or (backend != "gpu"
-                                   and not args.scale_run_on_cpu):
-      print(f"No GPU for the suite (JAX backend {backend!r}, probe "
-            f"{probe['status']}); run on a GPU, or with --scale_run_on_cpu "
-            "for the toy-size check.", file=sys.stderr)
+    if probe["status"] != "ok" or (
+      backend != "gpu" and not args.scale_run_on_cpu
+    ):
+      print(
+        f"No GPU for the suite (JAX backend {backend!r}, probe "
+        f"{probe['status']}); run on a GPU, or with --scale_run_on_cpu "
+        "for the toy-size check.",
+        file=sys.stderr,
+      )
       return 2
     carry = 0.0
     for index, section in enumerate(args.section_list):
-      later = sum(NOMINAL_S[s] * factor
-                  for s in args.section_list[index + 1:])
+      later = sum(NOMINAL_S[s] * factor for s in args.section_list[index + 1 :])
       left = budget_end - time.time()
       budget = min(NOMINAL_S[section] * factor + carry, left - 0.5 * later)
       if budget < 10:
         results["sections"][section] = {
-            "status": "skipped", "error": "no time left in --budget_s"}
+          "status": "skipped",
+          "error": "no time left in --budget_s",
+        }
         continue
       result = run_section(args, section, budget, workdir)
       carry = max(0.0, budget - result["seconds"])

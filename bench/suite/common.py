@@ -41,6 +41,7 @@ class Scale:
     steps: denoising steps of the edit.
     repeats: timed calls after the warm-up.
   """
+
   name: str
   dit: str
   vae: str
@@ -53,10 +54,20 @@ class Scale:
 
 
 # 704 x 1280 x 81 frames -> 21 x 44 x 80 latents -> 18,480 DiT tokens.
-FULL = Scale("full", "wan2.2-ti2v-5b", "wan2.2", "kiwi-5b", (21, 44, 80),
-             (81, 704, 1280), 512, 50, 3)
-TOY = Scale("toy", "tiny", "wan2.2-tiny", "tiny", (3, 4, 6), (5, 32, 48),
-            8, 2, 1)
+FULL = Scale(
+  "full",
+  "wan2.2-ti2v-5b",
+  "wan2.2",
+  "kiwi-5b",
+  (21, 44, 80),
+  (81, 704, 1280),
+  512,
+  50,
+  3,
+)
+TOY = Scale(
+  "toy", "tiny", "wan2.2-tiny", "tiny", (3, 4, 6), (5, 32, 48), 8, 2, 1
+)
 
 
 class Recorder:
@@ -69,8 +80,7 @@ class Recorder:
 
   def set(self, **values) -> None:
     self.data.update(values)
-    atomic.write_text(self.path, json.dumps(self.data, indent=1,
-                                            default=str))
+    atomic.write_text(self.path, json.dumps(self.data, indent=1, default=str))
 
   def update(self, key: str, **values) -> None:
     self.set(**{key: {**self.data.get(key, {}), **values}})
@@ -89,8 +99,9 @@ class Deadline:
     return self.left() > seconds
 
 
-def time_calls(fn: Callable[[], Any], repeats: int,
-               deadline: Deadline) -> dict[str, Any]:
+def time_calls(
+  fn: Callable[[], Any], repeats: int, deadline: Deadline
+) -> dict[str, Any]:
   """Runs ``fn`` once to warm up, then up to ``repeats`` timed calls (at
   least one; later ones only while the deadline allows another).
 
@@ -107,8 +118,11 @@ def time_calls(fn: Callable[[], Any], repeats: int,
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return {"first_call_s": first, "times_s": times,
-          "median_s": statistics.median(times)}
+  return {
+    "first_call_s": first,
+    "times_s": times,
+    "median_s": statistics.median(times),
+  }
 
 
 def memory(device=None) -> dict[str, float | None]:
@@ -116,14 +130,20 @@ def memory(device=None) -> dict[str, float | None]:
   no statistics, e.g. the CPU). The peak is since the process started."""
   stats = (device or jax.devices()[0]).memory_stats() or {}
   get = lambda k: stats[k] / GB if k in stats else None  # noqa: E731
-  return {"peak_gb": get("peak_bytes_in_use"), "in_use_gb": get(
-      "bytes_in_use"), "limit_gb": get("bytes_limit")}
+  return {
+    "peak_gb": get("peak_bytes_in_use"),
+    "in_use_gb": get("bytes_in_use"),
+    "limit_gb": get("bytes_limit"),
+  }
 
 
 def device_info() -> dict[str, Any]:
   device = jax.devices()[0]
-  return {"backend": jax.default_backend(), "device_kind":
-          device.device_kind, "jax": jax.__version__}
+  return {
+    "backend": jax.default_backend(),
+    "device_kind": device.device_kind,
+    "jax": jax.__version__,
+  }
 
 
 def one_device_mesh(axis: str = "data"):
@@ -140,23 +160,28 @@ def _init_stats(name: str, shape, axes) -> tuple[float, float]:
   """(mean, std) for a parameter: 1/sqrt(fan_in) for kernels (stacked layer
   axes, which carry no logical name, left out of the fan-in), N(1, 0.02)
   for norm gains and N(0, 0.02) for other vectors (biases)."""
-  own = shape[len(shape) - len(axes):] if axes else shape
+  own = shape[len(shape) - len(axes) :] if axes else shape
   if len(own) <= 1:
     return (1.0 if name in GAIN_NAMES else 0.0), 0.02
   return 0.0, 1.0 / math.sqrt(max(math.prod(own[:-1]), 1))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _device_drawer(shape, dtype, out_sharding):
   def draw(seed, mean, std):
     key = jax.random.key(seed, impl="rbg")
     x = jax.random.normal(key, shape, dtype)
     return x * std.astype(dtype) + mean.astype(dtype)
+
   return jax.jit(draw, out_shardings=out_sharding)
 
 
-def random_module(ctor: Callable[[], nnx.Module], mesh, seed: int = 0,
-                  on_host: bool | None = None) -> nnx.Module:
+def random_module(
+  ctor: Callable[[], nnx.Module],
+  mesh,
+  seed: int = 0,
+  on_host: bool | None = None,
+) -> nnx.Module:
   """``ctor()``'s module with random weights, placed by its logical axes.
 
   Each parameter is drawn straight in its own dtype (bf16 for the suite's
@@ -168,8 +193,7 @@ def random_module(ctor: Callable[[], nnx.Module], mesh, seed: int = 0,
   instead, which compiles nothing (toy sizes).
   """
   graphdef, abstract = nnx.split(sharding.abstract_model(ctor))
-  shardings = dict(nnx.to_flat_state(
-      sharding.state_shardings(abstract, mesh)))
+  shardings = dict(nnx.to_flat_state(sharding.state_shardings(abstract, mesh)))
   on_host = jax.default_backend() == "cpu" if on_host is None else on_host
   rng = np.random.default_rng(seed)
   leaves = []
@@ -178,14 +202,16 @@ def random_module(ctor: Callable[[], nnx.Module], mesh, seed: int = 0,
     shape, dtype = tuple(value.shape), np.dtype(value.dtype)
     out_sharding = shardings[path]
     out_sharding = getattr(out_sharding, "get_value", lambda: out_sharding)()
-    mean, std = _init_stats(str(path[-1]), shape,
-                            sharding.variable_logical_axes(var))
+    mean, std = _init_stats(
+      str(path[-1]), shape, sharding.variable_logical_axes(var)
+    )
     if on_host:
       x = rng.standard_normal(shape, np.float32) * std + mean
       array = jax.device_put(x.astype(dtype), out_sharding)
     else:
       array = _device_drawer(shape, dtype, out_sharding)(
-          np.uint32(seed * 7919 + index), np.float32(mean), np.float32(std))
+        np.uint32(seed * 7919 + index), np.float32(mean), np.float32(std)
+      )
     leaves.append((path, var.replace(array)))
   return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 

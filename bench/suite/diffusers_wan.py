@@ -18,17 +18,29 @@ from bench.suite import common
 # SDPA with its own choice, then pinned to cuDNN, flash and the
 # memory-efficient kernel. ``flash``/``sage`` need packages the GPU machine
 # lacks; a backend that fails is recorded and skipped.
-CANDIDATES = {"cuda": ("native", "_native_cudnn", "_native_flash",
-                       "_native_efficient", "flash"),
-              "cpu": ("native",)}
+CANDIDATES = {
+  "cuda": (
+    "native",
+    "_native_cudnn",
+    "_native_flash",
+    "_native_efficient",
+    "flash",
+  ),
+  "cpu": ("native",),
+}
 
 
 def build(cfg, device):
   import torch
   from diffusers import WanTransformer3DModel
-  from converters import wan_dit
-  config = {k: v for k, v in wan_dit.diffusers_config(cfg).items()
-            if not k.startswith("_")}
+
+  from kiwi_jax.converters import wan_dit
+
+  config = {
+    k: v
+    for k, v in wan_dit.diffusers_config(cfg).items()
+    if not k.startswith("_")
+  }
   torch.manual_seed(0)
   with torch.device(device):
     model = WanTransformer3DModel(**config)
@@ -41,14 +53,20 @@ def build(cfg, device):
   return model.eval().requires_grad_(False)
 
 
-def time_forward(cfg, inputs, repeats: int, deadline: common.Deadline,
-                 rec: common.Recorder) -> dict:
+def time_forward(
+  cfg, inputs, repeats: int, deadline: common.Deadline, rec: common.Recorder
+) -> dict:
   """Times the forward per backend; records under ``diffusers``."""
   import diffusers
   import torch
+
   device = "cuda" if torch.cuda.is_available() else "cpu"
-  entry = {"torch": torch.__version__, "diffusers": diffusers.__version__,
-           "device": device, "backends": {}}
+  entry = {
+    "torch": torch.__version__,
+    "diffusers": diffusers.__version__,
+    "device": device,
+    "backends": {},
+  }
   rec.set(diffusers=entry)
   try:
     begin = time.perf_counter()
@@ -59,10 +77,12 @@ def time_forward(cfg, inputs, repeats: int, deadline: common.Deadline,
     rec.set(diffusers=entry)
     return entry
   latents = torch.from_numpy(inputs["latents"].astype("float32"))
-  hidden = latents.permute(0, 4, 1, 2, 3).contiguous().to(
-      device, torch.bfloat16)
+  hidden = (
+    latents.permute(0, 4, 1, 2, 3).contiguous().to(device, torch.bfloat16)
+  )
   text = torch.from_numpy(inputs["text"].astype("float32")).to(
-      device, torch.bfloat16)
+    device, torch.bfloat16
+  )
   timestep = torch.from_numpy(inputs["timestep"]).to(device)
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
@@ -77,8 +97,7 @@ def time_forward(cfg, inputs, repeats: int, deadline: common.Deadline,
       break
     try:
       model.set_attention_backend(backend)
-      entry["backends"][backend] = common.time_calls(forward, repeats,
-                                                     deadline)
+      entry["backends"][backend] = common.time_calls(forward, repeats, deadline)
     except Exception as error:  # noqa: BLE001
       entry["backends"][backend] = {"error": common.error_text(error)}
     rec.set(diffusers=entry)

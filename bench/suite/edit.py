@@ -31,25 +31,35 @@ def kiwi_config(scale: common.Scale) -> KiwiEditConfig:
   cfg = KiwiEditConfig.from_variant(scale.kiwi)
   bf16 = dict(dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
   return cfg.replace(
-      dit=cfg.dit.replace(attention=None, **bf16),
-      mllm=dataclasses.replace(cfg.mllm, attention=None, **bf16),
-      vae=cfg.vae.replace(attention_implementation=None, **bf16))
+    dit=cfg.dit.replace(attention=None, **bf16),
+    mllm=dataclasses.replace(cfg.mllm, attention=None, **bf16),
+    vae=cfg.vae.replace(attention_implementation=None, **bf16),
+  )
 
 
-def run(scale: common.Scale, rec: common.Recorder,
-        deadline: common.Deadline) -> None:
+def run(
+  scale: common.Scale, rec: common.Recorder, deadline: common.Deadline
+) -> None:
   frames, height, width = scale.video
-  rec.set(config=scale.kiwi, video=[frames, height, width],
-          steps=scale.steps, mode="video (instruction only)", edits=[])
+  rec.set(
+    config=scale.kiwi,
+    video=[frames, height, width],
+    steps=scale.steps,
+    mode="video (instruction only)",
+    edits=[],
+  )
   begin = time.perf_counter()
   model, processor, mesh = edit_bench.random_kiwi(
-      scale.kiwi, config=kiwi_config(scale),
-      make_model=lambda ctor, mesh: common.random_module(ctor, mesh))
+    scale.kiwi,
+    config=kiwi_config(scale),
+    make_model=lambda ctor, mesh: common.random_module(ctor, mesh),
+  )
   pipe = EditPipeline(model, processor, mesh=mesh)
   rec.set(init_s=time.perf_counter() - begin, **common.memory())
   source = np.random.default_rng(0).integers(
-      0, 256, (frames, height, width, 3), dtype=np.uint8)
-  for index in range(2):
+    0, 256, (frames, height, width, 3), dtype=np.uint8
+  )
+  for _ in range(2):
     progress = {"phases": {}, "steps_done": 0}
     start = time.perf_counter()
 
@@ -63,15 +73,24 @@ def run(scale: common.Scale, rec: common.Recorder,
       progress["last_step_at_s"] = time.perf_counter() - start
       rec.set(progress=progress)
 
-    result = pipe.edit(source, "Make it snowy.", steps=scale.steps,
-                       max_pixels=height * width, max_frames=frames,
-                       on_phase=on_phase, on_step=on_step)
-    rec.set(edits=rec.data["edits"] + [dict(result.seconds)],
-            **common.memory())
-    if not deadline.allows(1.3 * result.seconds["total"]
-                           - result.seconds["compile"]):
+    result = pipe.edit(
+      source,
+      "Make it snowy.",
+      steps=scale.steps,
+      max_pixels=height * width,
+      max_frames=frames,
+      on_phase=on_phase,
+      on_step=on_step,
+    )
+    rec.set(edits=rec.data["edits"] + [dict(result.seconds)], **common.memory())
+    if not deadline.allows(
+      1.3 * result.seconds["total"] - result.seconds["compile"]
+    ):
       break
   last = rec.data["edits"][-1]
-  rec.set(denoise_s=last["denoise"], step_s=last["denoise"] / scale.steps,
-          total_s=last["total"],
-          finite=bool(np.isfinite(result.latents).all()))
+  rec.set(
+    denoise_s=last["denoise"],
+    step_s=last["denoise"] / scale.steps,
+    total_s=last["total"],
+    finite=bool(np.isfinite(result.latents).all()),
+  )

@@ -33,32 +33,42 @@ VARIANTS = ("tiled", "one_program", "untiled")
 
 
 def vae_config(scale: common.Scale) -> WanVAEConfig:
-  return WanVAEConfig.from_variant(scale.vae, dtype=jnp.bfloat16,
-                                   param_dtype=jnp.bfloat16,
-                                   attention_implementation=None)
+  return WanVAEConfig.from_variant(
+    scale.vae,
+    dtype=jnp.bfloat16,
+    param_dtype=jnp.bfloat16,
+    attention_implementation=None,
+  )
 
 
-def decode(scale: common.Scale, rec: common.Recorder,
-           deadline: common.Deadline) -> None:
+def decode(
+  scale: common.Scale, rec: common.Recorder, deadline: common.Deadline
+) -> None:
   cfg = vae_config(scale)
   mesh = common.one_device_mesh()
   t, h, w = scale.latent_grid
   f = cfg.spatial_factor
-  rec.set(config=scale.vae, latents=[1, t, h, w, cfg.z_dim],
-          video=[1, (t - 1) * cfg.temporal_factor + 1, h * f, w * f, 3],
-          variants={})
+  rec.set(
+    config=scale.vae,
+    latents=[1, t, h, w, cfg.z_dim],
+    video=[1, (t - 1) * cfg.temporal_factor + 1, h * f, w * f, 3],
+    variants={},
+  )
   begin = time.perf_counter()
   model = common.random_module(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)), mesh)
   jax.block_until_ready(nnx.state(model))
-  rec.set(init_s=time.perf_counter() - begin,
-          weights_gb=common.memory()["in_use_gb"])
+  rec.set(
+    init_s=time.perf_counter() - begin, weights_gb=common.memory()["in_use_gb"]
+  )
   latents = common.random_array((1, t, h, w, cfg.z_dim), seed=4)
   runner = VAERunner(model)
   graphdef, state = nnx.split(model)
   whole = jax.jit(lambda s, z: nnx.merge(graphdef, s).decode(z))
-  calls = {"tiled": lambda: runner.decode(latents, tiled=True),
-           "one_program": lambda: whole(state, latents),
-           "untiled": lambda: runner.decode(latents, tiled=False)}
+  calls = {
+    "tiled": lambda: runner.decode(latents, tiled=True),
+    "one_program": lambda: whole(state, latents),
+    "untiled": lambda: runner.decode(latents, tiled=False),
+  }
   spent = 0.0
   for name in VARIANTS:
     if name != VARIANTS[0] and not deadline.allows(1.5 * spent + 5):
@@ -67,7 +77,8 @@ def decode(scale: common.Scale, rec: common.Recorder,
     entry = {}
     try:
       timing = common.time_calls(
-          lambda: jax.block_until_ready(calls[name]()), 1, deadline)
+        lambda: jax.block_until_ready(calls[name]()), 1, deadline
+      )
       entry.update(timing, seconds=timing["median_s"], **common.memory())
       spent = timing["first_call_s"] + sum(timing["times_s"])
     except Exception as error:  # noqa: BLE001  (OOM untiled, say)

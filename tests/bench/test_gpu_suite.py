@@ -16,17 +16,29 @@ SUITE = REPO / "bench" / "gpu_suite.py"
 
 def _run(*args, timeout=900):
   env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
-  return subprocess.run([sys.executable, str(SUITE), *args], cwd=REPO,
-                        env=env, capture_output=True, text=True,
-                        timeout=timeout)
+  return subprocess.run(
+    [sys.executable, str(SUITE), *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 @pytest.mark.torch
 @pytest.mark.slow
 def test_toy_suite_writes_every_section_and_target(tmp_path):
   out = tmp_path / "results"
-  proc = _run("--scale_run_on_cpu", "--out", str(out), "--train_remat",
-              "full", "--commit", "abc1234")
+  proc = _run(
+    "--scale_run_on_cpu",
+    "--out",
+    str(out),
+    "--train_remat",
+    "full",
+    "--commit",
+    "abc1234",
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   results = json.loads((out / "gpu_results.json").read_text())
   assert results["scale"] == "toy" and results["commit"] == "abc1234"
@@ -47,7 +59,8 @@ def test_toy_suite_writes_every_section_and_target(tmp_path):
   assert infer["kiwi_jax"]["median_s"] > 0
   assert infer["diffusers"]["best_backend"] == "native"
   assert infer["speedup"] == pytest.approx(
-      infer["diffusers_step_s"] / infer["step_s"])
+    infer["diffusers_step_s"] / infer["step_s"]
+  )
 
   vae = sections["vae"]
   assert set(vae["variants"]) == {"tiled", "one_program", "untiled"}
@@ -65,19 +78,32 @@ def test_toy_suite_writes_every_section_and_target(tmp_path):
   assert edit["denoise_s"] == edit["edits"][-1]["denoise"]
 
   verdicts = {t["key"]: t for t in results["targets"]}
-  assert list(verdicts) == ["train_mfu", "infer_speedup", "edit_denoise",
-                            "vae_decode_time", "vae_decode_memory"]
+  assert list(verdicts) == [
+    "train_mfu",
+    "infer_speedup",
+    "edit_denoise",
+    "vae_decode_time",
+    "vae_decode_memory",
+  ]
   assert verdicts["train_mfu"]["verdict"] == "N/A"
   assert verdicts["vae_decode_memory"]["verdict"] == "N/A"  # CPU: no stats
   for key in ("infer_speedup", "edit_denoise", "vae_decode_time"):
     target = verdicts[key]
-    assert target["value"] is not None and target["verdict"] in (
-        "PASS", "FAIL")
+    assert target["value"] is not None and target["verdict"] in ("PASS", "FAIL")
 
   markdown = (out / "gpu_results.md").read_text()
-  for text in ("# GPU suite results", "## Targets", "## DiT train step",
-               "## DiT inference step", "## VAE decode", "## Full edit",
-               "Toy sizes on the CPU", "| full |", "`native`", "| tiled |"):
+  for text in (
+    "# GPU suite results",
+    "## Targets",
+    "## DiT train step",
+    "## DiT inference step",
+    "## VAE decode",
+    "## Full edit",
+    "Toy sizes on the CPU",
+    "| full |",
+    "`native`",
+    "| tiled |",
+  ):
     assert text in markdown, text
   for target in results["targets"]:
     assert target["target"] in markdown

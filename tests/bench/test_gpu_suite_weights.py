@@ -13,7 +13,6 @@ from kiwi_jax.layers import Dense
 
 
 class _Tiny(nnx.Module):
-
   def __init__(self, rngs):
     kw = dict(dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=rngs)
     self.a = Dense(64, 32, kernel_axes=("embed", "mlp"), **kw)
@@ -23,11 +22,13 @@ class _Tiny(nnx.Module):
 @pytest.mark.parametrize("on_host", [False, True])
 def test_random_module_dtypes_shardings_and_scale(on_host):
   mesh = sharding.make_mesh({"fsdp": -1})
-  model = common.random_module(lambda: _Tiny(nnx.Rngs(0)), mesh,
-                               on_host=on_host)
+  model = common.random_module(
+    lambda: _Tiny(nnx.Rngs(0)), mesh, on_host=on_host
+  )
   expected = sharding.state_shardings(nnx.state(model), mesh)
-  for (path, var), (_, want) in zip(nnx.to_flat_state(nnx.state(model)),
-                                    nnx.to_flat_state(expected)):
+  for (path, var), (_, want) in zip(
+    nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(expected)
+  ):
     value = var.get_value()
     assert value.dtype == jnp.bfloat16, path
     assert value.sharding.is_equivalent_to(want.get_value(), value.ndim)
@@ -37,14 +38,15 @@ def test_random_module_dtypes_shardings_and_scale(on_host):
   bias = np.asarray(model.a.bias[...], np.float32)
   assert bias.std() == pytest.approx(0.02, rel=0.3)
   # Each parameter gets its own draw, even with the same shape.
-  assert not np.array_equal(kernel, np.asarray(model.b.kernel[...],
-                                               np.float32))
+  assert not np.array_equal(kernel, np.asarray(model.b.kernel[...], np.float32))
 
 
 def test_init_stats_leave_stacked_axes_out_of_the_fan_in():
   # A stacked kernel [layers, in, out] names only (in, out).
   assert common._init_stats("kernel", (30, 16, 8), ("embed", "mlp")) == (
-      0.0, 0.25)
+    0.0,
+    0.25,
+  )
   conv = common._init_stats("kernel", (3, 3, 3, 4, 8), (None,) * 5)
   assert conv == (0.0, pytest.approx(1 / np.sqrt(108)))
   assert common._init_stats("weight", (30, 16), ("norm",)) == (1.0, 0.02)
