@@ -1,7 +1,7 @@
 """diffusers' ``WanTransformer3DModel`` forward, timed per attention
 backend (the infer section's baseline).
 
-Built from ``converters.wan_dit.diffusers_config`` on the GPU with random
+Built from ``kiwi_jax.converters.wan_dit.diffusers_config`` on the GPU with random
 weights and cast as ``from_pretrained(torch_dtype=torch.bfloat16)`` would
 (bf16, except the model's ``_keep_in_fp32_modules``). Each backend of
 ``CANDIDATES`` that diffusers and this torch accept is warmed up and timed
