@@ -15,7 +15,7 @@ key or a bad value fails with one line naming the closest keys
 progress line per log step (a bar on a terminal); the full log, library
 INFO included, goes to ``<workdir>/train.log``. Multi-host runs start
 through ``runtime.initialize()`` (``jax.distributed`` when the environment
-is a cluster); only process 0 writes logs.
+is a cluster; ``docs/multihost.md``); only process 0 writes logs.
 """
 
 import importlib
@@ -70,7 +70,10 @@ def main(argv):
   task = config.get("task", "")
   _check_task(task)
   log_file = runtime.log_file_in(_WORKDIR.value)
-  runtime.initialize(log_file=log_file)  # logs hosts, devices and versions
+  try:
+    runtime.initialize(log_file=log_file)  # logs hosts, devices, versions
+  except ValueError as e:  # e.g. JAX_PROCESS_ID=x (docs/multihost.md)
+    config_overrides.fail(_PROG, f"multi-process set-up: {e}")
   progress.note(f"{runtime.describe()}; the full log is in {log_file}.")
   try:
     _run(task, config)

@@ -3,9 +3,9 @@
 Per source (a directory of ArrayRecord shards from `record_builder` /
 `latent_cache`, or a prepared `tfds` directory):
 
-  random-access source -> this process's shard -> seeded shuffle (a new
-  order each epoch) -> repeat -> decode + crop + reference augmentation +
-  MLLM hook (`examples.DecodeExample`) -> batch
+  random-access source -> seeded shuffle (a new order each epoch) ->
+  repeat -> decode + crop + reference augmentation + MLLM hook
+  (`examples.DecodeExample`) -> batch -> this process's batches
 
 Sources are then mixed batch by batch with the configured weights: every
 batch holds one kind of sample, as in the reference's `MixDataloader`
@@ -16,6 +16,14 @@ so 1:1:1 reproduces the reference's round robin exactly.
 Everything before batching is a pure function of (seed, index), so the
 iterator state (`get_state`/`set_state`, or `grain.checkpoint` with Orbax)
 restores the exact next batch, with or without worker processes.
+
+The order of the examples does not depend on the number of processes: with
+P processes, each batching `batch_size` examples (the global batch is P
+times that), process p takes local batches p, P + p, 2P + p, ... of the one
+shuffled stream. So global batch k is the same examples, in the same rows,
+on 1 process or on many (`to_global_batch` stacks process 0's rows
+first). Each process checkpoints its own iterator state: resume on the
+same number of processes.
 """
 
 import dataclasses
@@ -84,24 +92,26 @@ def make_source(path: str | epath.Path, split: str = "train"):
   return grain.sources.ArrayRecordDataSource(records.shard_paths(path))
 
 
-def process_shard(
-    num_records: int, shard_index: int | None, shard_count: int | None
-) -> slice:
-  """Contiguous, equal-size slice of records for one process.
+def process_batches(ds: grain.MapDataset, shard_index: int | None,
+                    shard_count: int | None, *,
+                    finite: bool) -> grain.MapDataset:
+  """This process's batches of a batched dataset: batches p, P + p, ...
 
-  The remainder is dropped so that every process sees the same number of
-  records and steps stay in lockstep. Defaults to this JAX process.
+  A ``finite`` dataset is first cut to a multiple of P batches, so that
+  every process sees the same number of batches and steps stay in
+  lockstep. Defaults to this JAX process.
   """
   if shard_index is None or shard_count is None:
     import jax  # pylint: disable=g-import-not-at-top
     shard_index, shard_count = jax.process_index(), jax.process_count()
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard {shard_index} out of range for {shard_count}")
-  per_shard = num_records // shard_count
-  if per_shard == 0:
-    raise ValueError(
-        f"{num_records} records cannot feed {shard_count} processes")
-  return slice(shard_index * per_shard, (shard_index + 1) * per_shard)
+  if finite:
+    if len(ds) < shard_count:
+      raise ValueError(f"{len(ds)} batches cannot feed {shard_count} "
+                       "processes")
+    ds = ds[:len(ds) // shard_count * shard_count]
+  return ds if shard_count == 1 else ds[shard_index::shard_count]
 
 
 class _TagSource(grain.transforms.Map):
@@ -129,17 +139,19 @@ def source_dataset(
   """The batched dataset of one source (see the module docstring)."""
   source = make_source(spec.path, spec.split)
   ds = grain.MapDataset.source(source)
-  ds = ds[process_shard(len(ds), shard_index, shard_count)]
   # Distinct seeds per source: equal-length sources must not share orders.
   seed = cfg.seed + 1009 * source_id
   if cfg.shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(cfg.num_epochs)
+  # Seeded by the index in the one stream, whatever the process count.
   ds = ds.random_map(
       examples_lib.DecodeExample(spec.example or example_cfg, mllm_transform),
       seed=seed + 1)
   ds = ds.batch(cfg.batch_size, drop_remainder=True,
                 batch_fn=examples_lib.stack_examples)
+  ds = process_batches(ds, shard_index, shard_count,
+                       finite=cfg.num_epochs is not None)
   return ds.map(_TagSource(source_id))
 
 

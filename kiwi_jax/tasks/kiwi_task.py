@@ -305,9 +305,10 @@ class KiwiTask:
       float32[B, T, H, W, 3] in [-1, 1] (host numpy).
     """
     graphdef, state = nnx.split(model)
-    return np.asarray(_edit(self, graphdef, state, batch, num_steps,
-                            float(denoising_strength),
-                            jax.random.key(seed)))
+    # On a multi-host mesh every process calls this and gets the whole edit.
+    return sharding.global_to_host(_edit(
+        self, graphdef, state, batch, num_steps, float(denoising_strength),
+        jax.random.key(seed)))
 
   def sample(self, model: KiwiEdit, step: int, writer: Any) -> None:
     """Writes ``source | edit | target`` videos (the trainer calls it every
@@ -336,7 +337,8 @@ class KiwiTask:
       iterator = data_pipeline.make_iterator(
           [spec], self.example_config(1), data_pipeline.PipelineConfig(
               batch_size=1, shuffle=False, num_epochs=1),
-          mllm_transform=self.hook)
+          # Every process reads the same examples: the batch is replicated.
+          mllm_transform=self.hook, shard_index=0, shard_count=1)
       for index, host in zip(range(count), iterator):
         self._check_reference_tokens(host)
         batches[f"sample/{spec.name}/{index}"] = jax.device_put(

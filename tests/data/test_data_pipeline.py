@@ -154,6 +154,25 @@ def test_processes_see_disjoint_shards(mini_records):
   assert not keys[0] & keys[1]
 
 
+def test_the_global_batches_do_not_depend_on_the_process_count(
+    mini_records):
+  """Process p's batches are rows p*b..(p+1)*b of each global batch of
+  one process, mixture and random transforms included."""
+  specs = _specs(mini_records, ["image", "video"])
+
+  def batches(index, count, n=5):
+    return _take(pipeline.make_iterator(
+        specs, TRAIN, pipeline.PipelineConfig(batch_size=4 // count, seed=3),
+        shard_index=index, shard_count=count), n)
+
+  parts = [batches(0, 2), batches(1, 2)]
+  for one, first, second in zip(batches(0, 1), *parts):
+    assert one["key"].tolist() == (first["key"].tolist() +
+                                   second["key"].tolist())
+    np.testing.assert_array_equal(one["source_video"], np.concatenate(
+        [first["source_video"], second["source_video"]]))
+
+
 def test_mixture_ratios_hold(mini_records):
   cfg = pipeline.PipelineConfig(batch_size=1, seed=3)
   it = pipeline.make_iterator(
