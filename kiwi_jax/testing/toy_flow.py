@@ -115,7 +115,7 @@ class ToyFlowTask:
                        f"{shard_count} processes.")
     # Process p takes local batches p, P + p, ... of one stream: global
     # batch k holds the same examples in the same rows for any process
-    # count (``kiwi_jax.data.pipeline.process_batches``).
+    # count (``kiwi_jax.data.loader.process_batches``).
     return (grain.MapDataset.source(toy_examples(self.num_examples))
             .shuffle(seed=self.seed).repeat(None)
             .batch(self.batch_size // shard_count, drop_remainder=True)
