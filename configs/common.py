@@ -62,9 +62,15 @@ def mesh_config(**sizes: int) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(base)
 
 
-def sharding_rules() -> list[tuple[str, Any]]:
-  """The default logical-axis rules as a config-editable list."""
-  return [(name, axes) for name, axes in sharding.LOGICAL_AXIS_RULES]
+def sharding_rules(fsdp_over_sequence: bool = False
+                   ) -> list[tuple[str, Any]]:
+  """The default logical-axis rules as a config-editable list;
+  ``fsdp_over_sequence``: ``sharding.FSDP_OVER_SEQUENCE_RULES`` (the same
+  on a mesh whose ``sequence`` axis is 1; above 1 the weights shard over
+  ``fsdp`` x ``sequence``, not only ``fsdp``)."""
+  rules = (sharding.FSDP_OVER_SEQUENCE_RULES if fsdp_over_sequence
+           else sharding.LOGICAL_AXIS_RULES)
+  return [(name, axes) for name, axes in rules]
 
 
 # The DiT's default remat policy at real size, chosen by compiled memory

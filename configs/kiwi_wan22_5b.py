@@ -65,7 +65,7 @@ def get_config(arg: str | None = None):
   config.precision = common.real_size_precision()
   config.checkpoint = {"every": 1000, "keep": 3, "async_save": True}
   config.mesh = common.mesh_config(fsdp=-1, data=1)
-  config.sharding_rules = common.sharding_rules()
+  config.sharding_rules = common.sharding_rules(fsdp_over_sequence=True)
   config.resume = ""
   config.model_init = ""
   config.sample_every = 0

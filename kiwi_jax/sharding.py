@@ -389,7 +389,8 @@ def suggest_batch_mesh(global_batch_size: int, mesh: Mesh,
   flags = " ".join(f"--config.mesh.{k}={v}" for k, v in new.items())
   return (f"use a global batch that is a multiple of "
           f"{math.prod(sizes[a] for a in batch_axes)}, or the mesh {flags} "
-          f"with config.sharding_rules = sharding.FSDP_OVER_SEQUENCE_RULES")
+          f"with sharding rules FSDP_OVER_SEQUENCE_RULES (the real-size "
+          f"configs' default) so the weights stay sharded over every device")
 
 
 def check_global_batch(global_batch_size: int, mesh: Mesh,

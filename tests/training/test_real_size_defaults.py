@@ -35,6 +35,9 @@ def test_real_size_configs_compute_in_bf16_with_remat_and_flash(name, arg):
   assert cfg.mllm.remat
   assert cfg.dit.attention is None and cfg.mllm.attention is None
   assert cfg.vae.attention_implementation is None
+  rules = dict((name, tuple(axes) if isinstance(axes, (list, tuple))
+                else axes) for name, axes in config.sharding_rules)
+  assert rules["embed"] == ("fsdp", "sequence")
 
 
 def test_demo_config_keeps_fp32_compute():
