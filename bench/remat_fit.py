@@ -39,6 +39,7 @@ from kiwi_jax import sharding  # noqa: E402
 from kiwi_jax.flops import dit as dit_flops_lib  # noqa: E402
 from kiwi_jax.models.dit.config import WanDiTConfig  # noqa: E402
 from kiwi_jax.models.dit.model import WanDiT  # noqa: E402
+from kiwi_jax.testing.tpu_collectives import collective_counts  # noqa: E402
 
 GiB = 2 ** 30
 LATENT_GRID = (21, 44, 80)  # 81 frames at 704 x 1280
@@ -124,9 +125,7 @@ def measure(policy: str, layers: int, mesh, batch: int, rules) -> dict:
       formula_train_flops=float(formula.train),
       formula_hardware_flops=float(formula.hardware_train),
       splash=hlo.count("splash") > 0,
-      reduce_scatter=hlo.count(" reduce-scatter("),
-      all_reduce=hlo.count(" all-reduce("),
-      all_gather=hlo.count(" all-gather("))
+      collectives=collective_counts(hlo))
   return row
 
 
