@@ -62,9 +62,39 @@ def mesh_config(**sizes: int) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(base)
 
 
-def sharding_rules() -> list[tuple[str, Any]]:
-  """The default logical-axis rules as a config-editable list."""
-  return [(name, axes) for name, axes in sharding.LOGICAL_AXIS_RULES]
+def sharding_rules(fsdp_over_sequence: bool = False
+                   ) -> list[tuple[str, Any]]:
+  """The default logical-axis rules as a config-editable list;
+  ``fsdp_over_sequence``: ``sharding.FSDP_OVER_SEQUENCE_RULES`` (the same
+  on a mesh whose ``sequence`` axis is 1; above 1 the weights shard over
+  ``fsdp`` x ``sequence``, not only ``fsdp``)."""
+  rules = (sharding.FSDP_OVER_SEQUENCE_RULES if fsdp_over_sequence
+           else sharding.LOGICAL_AXIS_RULES)
+  return [(name, axes) for name, axes in rules]
+
+
+# The DiT's default remat policy at real size, chosen by compiled memory
+# and FLOPs on a v5p-8 (docs/real_size_configs.md).
+DIT_REMAT_POLICY = "full"
+
+
+def real_size_model() -> dict[str, Any]:
+  """``config.kiwi.model`` of the real-size configs: flash attention chosen
+  per backend (``None``: splash on TPU, cuDNN on GPU, XLA on CPU), so the
+  [S, S] logits never exist whole on an accelerator; the DiT rematerialised
+  with ``DIT_REMAT_POLICY`` and Qwen's layers rematerialised. The compute
+  dtype comes from ``config.precision.compute_dtype``."""
+  return {"dit": {"remat_policy": DIT_REMAT_POLICY, "attention": None},
+          "mllm": {"attention": None, "remat": True},
+          "vae": {"attention_implementation": None}}
+
+
+def real_size_precision() -> dict[str, Any]:
+  """fp32 master weights, bf16 compute and bf16 frozen weights (the
+  reference keeps every weight in bf16 and only DeepSpeed's fp32 masters of
+  the trained ones)."""
+  return {"master_dtype": "float32", "compute_dtype": "bfloat16",
+          "frozen_dtype": "bfloat16"}
 
 
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -47,14 +47,14 @@ def get_config(arg: str | None = None):
   config.kiwi = common.kiwi_block(
       variant="kiwi-14b", family="14b", stage=arg.stage, lora_rank=256,
       sources=sources, tokenizer_dir=arg.tokenizer, max_pixels=max_pixels,
+      model=common.real_size_model(),
       size_multiple=16, ref_tokens=384, lora_targets=common.MLLM_ALL_LORA,
       dit_lora_rank=128 if arg.stage == 2 else 0)
   config.optimizer = common.optimizer(lr, accum)
-  config.precision = {"master_dtype": "float32",
-                      "compute_dtype": "bfloat16", "frozen_dtype": None}
+  config.precision = common.real_size_precision()
   config.checkpoint = {"every": 1000, "keep": 3, "async_save": True}
   config.mesh = common.mesh_config(fsdp=-1, data=1)
-  config.sharding_rules = common.sharding_rules()
+  config.sharding_rules = common.sharding_rules(fsdp_over_sequence=True)
   config.resume = ""
   config.model_init = ""
   config.sample_every = 0

@@ -59,13 +59,13 @@ def get_config(arg: str | None = None):
   config.log_every = 1 if arg.runlocal else 50
   config.kiwi = common.kiwi_block(
       variant="kiwi-5b", family="5b", stage=arg.stage, lora_rank=64,
-      sources=sources, tokenizer_dir=arg.tokenizer, max_pixels=max_pixels)
+      sources=sources, tokenizer_dir=arg.tokenizer, max_pixels=max_pixels,
+      model=common.real_size_model())
   config.optimizer = common.optimizer(lr, accum)
-  config.precision = {"master_dtype": "float32",
-                      "compute_dtype": "bfloat16", "frozen_dtype": None}
+  config.precision = common.real_size_precision()
   config.checkpoint = {"every": 1000, "keep": 3, "async_save": True}
   config.mesh = common.mesh_config(fsdp=-1, data=1)
-  config.sharding_rules = common.sharding_rules()
+  config.sharding_rules = common.sharding_rules(fsdp_over_sequence=True)
   config.resume = ""
   config.model_init = ""
   config.sample_every = 0

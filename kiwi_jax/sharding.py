@@ -242,6 +242,17 @@ def logical_to_spec(
   return P(*spec)
 
 
+def target_platform() -> str:
+  """The platform the current program compiles for: that of the current
+  mesh's devices (a TPU slice compiled ahead of time from a CPU host says
+  "tpu"), else ``jax.default_backend()``. Callable inside ``jax.jit``."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh is None or mesh.empty else getattr(
+      mesh, "abstract_device", None)
+  platform = getattr(device, "platform", None)
+  return str(platform) if platform else jax.default_backend()
+
+
 def constrain(x: jax.Array, logical_axes: LogicalAxes) -> jax.Array:
   """``with_sharding_constraint`` by logical names; a no-op without a mesh."""
   mesh = jax.sharding.get_abstract_mesh()
@@ -356,6 +367,32 @@ def batch_spec(x: Any, mesh: Mesh,
                          None, mesh)
 
 
+class IndivisibleBatchError(ValueError):
+  """A global batch that the mesh's batch axes do not divide."""
+
+
+def suggest_batch_mesh(global_batch_size: int, mesh: Mesh,
+                       batch_axes: Sequence[str] = ("data", "fsdp")) -> str:
+  """Which mesh fits a batch: the batch axes' share that the batch divides
+  stays, the rest of those devices move to ``sequence`` (context
+  parallelism), with the weights still sharded over all of them by
+  ``FSDP_OVER_SEQUENCE_RULES``."""
+  sizes = _mesh_axis_sizes(mesh)
+  new = dict(sizes)
+  left, spare = max(global_batch_size, 1), 1
+  for axis in batch_axes:
+    keep = math.gcd(sizes[axis], left)
+    left //= keep
+    spare *= sizes[axis] // keep
+    new[axis] = keep
+  new["sequence"] = sizes.get("sequence", 1) * spare
+  flags = " ".join(f"--config.mesh.{k}={v}" for k, v in new.items())
+  return (f"use a global batch that is a multiple of "
+          f"{math.prod(sizes[a] for a in batch_axes)}, or the mesh {flags} "
+          f"with sharding rules FSDP_OVER_SEQUENCE_RULES (the real-size "
+          f"configs' default) so the weights stay sharded over every device")
+
+
 def check_global_batch(global_batch_size: int, mesh: Mesh,
                        logical_batch_axis: str = "act_batch") -> int:
   """Checks that the batch divides over its mesh axes and the processes.
@@ -368,10 +405,10 @@ def check_global_batch(global_batch_size: int, mesh: Mesh,
   sizes = _mesh_axis_sizes(mesh)
   shards = math.prod(sizes[a] for a in axes)
   if global_batch_size % shards:
-    raise ValueError(
-        f"Global batch size {global_batch_size} must be divisible by the "
-        f"{shards} batch shards of mesh axes {axes} "
-        f"(mesh {sizes}).")
+    raise IndivisibleBatchError(
+        f"Global batch size {global_batch_size} is not divisible by the "
+        f"{shards} batch shards of mesh axes {axes} (mesh {sizes}); "
+        f"{suggest_batch_mesh(global_batch_size, mesh, axes)}.")
   if global_batch_size % jax.process_count():
     raise ValueError(
         f"Global batch size {global_batch_size} must be divisible by the "
@@ -387,6 +424,11 @@ def host_to_global(batch: Any, mesh: Mesh,
   result is sharded over the batch axes of ``mesh``. Safe on one or many
   hosts (``jax.make_array_from_process_local_data``).
   """
+
+  leaves = jax.tree.leaves(batch)
+  if leaves and np.ndim(leaves[0]):
+    check_global_batch(np.shape(leaves[0])[0] * jax.process_count(), mesh,
+                       logical_batch_axis)
 
   def to_global(x):
     x = np.asarray(x)

@@ -31,6 +31,7 @@ average the values instead of producing NaN, as the XLA path does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -119,9 +120,24 @@ def _kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
   mask = lib.MultiHeadMask([one] * num_heads)
   # The kernel holds its block maps as arrays: build them concretely even
   # when called while tracing, so the cached kernel holds no tracer.
-  with jax.ensure_compile_time_eval():
+  with jax.ensure_compile_time_eval(), _outside_concrete_mesh():
     return lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
                                    q_seq_shards=1, interpret=interpret)
+
+
+def _outside_concrete_mesh():
+  """A context without the concrete mesh of ``jax.set_mesh``, so the
+  kernel's block maps are made on the host: under a mesh of compile-only
+  TPU devices (a slice compiled from a CPU host) eager ops would target
+  devices that cannot run. Private jax API, guarded: a no-op where absent.
+  """
+  try:
+    from jax._src import mesh as mesh_lib
+    from jax._src import sharding_impls
+    return sharding_impls._internal_use_concrete_mesh(  # noqa: SLF001
+        mesh_lib.empty_concrete_mesh)
+  except (ImportError, AttributeError):
+    return contextlib.nullcontext()
 
 
 def _pad_axis(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
@@ -185,12 +201,12 @@ def _mesh_specs(mesh, q_shape, kv_heads, causal):
   if heads is not None:
     if kv_heads % math.prod(mesh.shape[a] for a in _axes(heads)):
       heads = None  # kv heads must split like the query heads
-  used = [a for part in (batch, heads, seq) for a in _axes(part)]
-  if not used:
-    return None
+  # Every free axis goes manual (those the specs leave out replicate): a
+  # Mosaic kernel left under any auto axis, even of size 1, does not
+  # compile for TPU ("cannot be automatically partitioned").
   p = jax.sharding.PartitionSpec
   return (p(batch, heads, seq, None), p(batch, heads, None, None),
-          p(batch, seq), p(batch, None), frozenset(used))
+          p(batch, seq), p(batch, None), frozenset(free))
 
 
 def splash_attention(
@@ -231,7 +247,7 @@ def splash_attention(
   if (q_segment_ids is None) != (kv_segment_ids is None):
     raise ValueError("Pass both q_segment_ids and kv_segment_ids, or neither.")
   if interpret is None:
-    interpret = jax.default_backend() != "tpu"
+    interpret = sharding.target_platform() != "tpu"
   b, t, n, h = q.shape
   s, kv_heads = k.shape[1], k.shape[2]
   if scale is None:

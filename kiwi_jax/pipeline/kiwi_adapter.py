@@ -77,7 +77,8 @@ class KiwiProcessor:
             num_video_queries=cfg.num_video_queries,
             num_ref_queries=cfg.num_ref_queries,
             max_pixels_per_frame=cfg.mllm_max_pixels_per_frame,
-            max_object_token=cfg.max_ref_tokens))
+            max_object_token=cfg.max_ref_tokens,
+            max_frames=cfg.mllm_max_frames))
     tok = self.qwen.tokenizer
     self.pad_token_id = (tok.pad_token_id if tok.pad_token_id is not None
                          else tok.convert_tokens_to_ids("<|endoftext|>"))

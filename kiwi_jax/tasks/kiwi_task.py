@@ -61,7 +61,7 @@ from kiwi_jax.models.mllm import bucketing, processing
 from kiwi_jax.tasks import curriculum as stages
 from kiwi_jax.tasks import latent_codec
 from kiwi_jax.train_lib import checkpointing
-from kiwi_jax.train_lib.train_state import path_name
+from kiwi_jax.train_lib.train_state import Precision, path_name
 
 logger = logging.getLogger("kiwi_jax")
 
@@ -81,12 +81,27 @@ def _replace_nested(obj: Any, changes: dict[str, Any]) -> Any:
   return dataclasses.replace(obj, **direct)
 
 
-def kiwi_model_config(kiwi: Any) -> KiwiEditConfig:
-  """The :class:`KiwiEditConfig` a ``config.kiwi`` block describes."""
+def kiwi_model_config(kiwi: Any,
+                      compute_dtype: str | None = None) -> KiwiEditConfig:
+  """The :class:`KiwiEditConfig` a ``config.kiwi`` block describes.
+
+  ``compute_dtype`` (``config.precision.compute_dtype``; None keeps the
+  variant's) becomes the compute ``dtype`` of the DiT (and the connectors,
+  which follow it), Qwen and the VAE, so the matmuls run in the dtype the
+  trainer casts the weights to. The fp32 islands stay fp32 inside the
+  modules (norm statistics, softmax, RoPE, the timestep sinusoid and
+  modulation, the flow-matching noise and loss). ``kiwi.model`` overrides
+  win over it.
+  """
   overrides = kiwi.get("model", {}) or {}
   overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict")
                    else overrides)
   cfg = KiwiEditConfig.from_variant(kiwi.variant)
+  if compute_dtype is not None:
+    dtype = jnp.dtype(compute_dtype)
+    cfg = _replace_nested(cfg, {"dit": {"dtype": dtype},
+                                "mllm": {"dtype": dtype},
+                                "vae": {"dtype": dtype}})
   cfg = _replace_nested(cfg, overrides)
   text = {"lora_rank": int(kiwi.mllm_lora_rank)}
   targets = kiwi.get("mllm_lora_targets", None)
@@ -130,7 +145,8 @@ class KiwiMllmHook:
               num_video_queries=cfg.num_video_queries,
               num_ref_queries=cfg.num_ref_queries,
               max_pixels_per_frame=cfg.mllm_max_pixels_per_frame,
-              max_object_token=cfg.max_ref_tokens))
+              max_object_token=cfg.max_ref_tokens,
+            max_frames=cfg.mllm_max_frames))
     return self._processor
 
   def __call__(self, frames: np.ndarray, prompt: str,
@@ -176,7 +192,9 @@ class KiwiTask:
     kiwi = config.kiwi
     self.config = config
     self.stage = int(kiwi.stage)
-    self.model_cfg = kiwi_model_config(kiwi)
+    precision = config.get("precision", None) or {}
+    self.model_cfg = kiwi_model_config(
+        kiwi, Precision.from_mapping(precision).compute_dtype)
     self.trainable, self.frozen = stages.trainable_sets(
         self.stage, kiwi.variant_family,
         dit_lora=bool(self.model_cfg.dit.lora_rank))

@@ -148,6 +148,9 @@ def make_train_step(
     donate: donate the input state's buffers.
   """
 
+  grad_shardings = (None if mesh is None
+                    else shardings_of(split.abstract_params))
+
   def step_fn(state: TrainState, batch: Any):
     rng = state.key()
     frozen = cast_floating(state.frozen, precision.compute_dtype)
@@ -160,6 +163,10 @@ def make_train_step(
 
     (loss, aux), grads = jax.value_and_grad(compute_loss, has_aux=True)(
         state.params)
+    if grad_shardings is not None:
+      # Each gradient lands on its parameter's FSDP shard: the batch sum
+      # becomes a reduce-scatter, not an all-reduce of the whole tensor.
+      grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
     updates, opt_state = optimizer.update(grads, state.opt_state,
                                           state.params)
     params = optax.apply_updates(state.params, updates)
@@ -188,4 +195,10 @@ def make_train_step(
     with sharding.use_mesh(mesh, rules):
       return jitted(state, batch)
 
+  def lower(state, batch):
+    """``jax.jit(...).lower`` under the mesh (ahead-of-time compiles)."""
+    with sharding.use_mesh(mesh, rules):
+      return jitted.lower(state, batch)
+
+  sharded_step.lower = lower
   return sharded_step

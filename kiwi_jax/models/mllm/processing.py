@@ -48,12 +48,18 @@ class ProcessorConfig:
     max_pixels_per_frame: per-frame cap of the source video; None in the 5B
       training scripts, 512 * 512 at inference (spec 2.3).
     max_object_token: the reference image is capped at 28 * 28 * this.
+    max_frames: source frames the MLLM sees (``linspace``-sampled): 16 in
+      the released 5B model; the 14B scripts ask for 10. The reference's
+      frame-list branch ignores the item's ``max_frames`` (spec 2.3, a
+      quirk), so it sees 16 whatever the scripts say; here the config's
+      value is honoured.
   """
   num_image_queries: int = 256
   num_video_queries: int = 512
   num_ref_queries: int = 768
   max_pixels_per_frame: int | None = None
   max_object_token: int = 768
+  max_frames: int = vp.VIDEO_MAX_FRAMES
 
 
 def select_mode(num_source_frames: int, has_reference: bool) -> str:
@@ -168,7 +174,8 @@ class QwenProcessor:
                                         else frames[0]))
     else:
       videos.append(vp.preprocess_video(
-          frames, max_pixels=self.cfg.max_pixels_per_frame))
+          frames, max_pixels=self.cfg.max_pixels_per_frame,
+          max_frames=self.cfg.max_frames))
     if mode == "reference":
       images.append(vp.preprocess_image(
           ref_image, max_pixels=28 * 28 * self.cfg.max_object_token))

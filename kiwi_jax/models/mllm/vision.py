@@ -29,13 +29,15 @@ from flax import nnx
 
 from kiwi_jax import sharding
 from kiwi_jax.layers import Dense, RMSNorm, SwiGLU, dot_product_attention
+from kiwi_jax.layers.attention import choose_implementation
 from kiwi_jax.layers.rope import apply_rotary_half, rotary_inv_freq
 from kiwi_jax.models.mllm.config import Qwen25VLConfig, QwenVisionConfig
 from kiwi_jax.models.mllm.remat import remat_call
 
 PAD_SEGMENT = -1  # segment id of padding patches (they only see each other)
 # Above this many patches the full-attention blocks switch from one masked
-# [N, N] problem to query chunks (``implementation="chunked"``).
+# [N, N] problem to query chunks (``implementation="chunked"``), unless
+# ``None`` chose a flash kernel (splash on TPU), which never holds [N, N].
 _DENSE_LIMIT = 4096
 
 
@@ -246,7 +248,9 @@ class VisionAttention(nnx.Module):
     if block:
       split = lambda a: a.reshape((b * n // block, block) + a.shape[2:])
       q, k, v, segment_ids = split(q), split(k), split(v), split(segment_ids)
-    elif n > _DENSE_LIMIT and impl in (None, "xla"):
+    elif n > _DENSE_LIMIT and (impl == "xla" or (
+        impl is None and choose_implementation(
+            q, k, segment_ids=segment_ids) == "xla")):
       impl = "chunked"  # the masked [N, N] logits would not fit
     out = dot_product_attention(q, k, v, segment_ids=segment_ids,
                                 implementation=impl)

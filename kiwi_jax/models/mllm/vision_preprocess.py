@@ -21,7 +21,8 @@ IMAGE_FACTOR = PATCH_SIZE * MERGE_SIZE  # 28
 IMAGE_MIN_PIXELS = 4 * IMAGE_FACTOR ** 2
 IMAGE_MAX_PIXELS = 16384 * IMAGE_FACTOR ** 2
 MAX_RATIO = 200
-VIDEO_MAX_FRAMES = 16  # FPS_MAX_FRAMES; the item's max_frames is ignored
+# FPS_MAX_FRAMES; the reference ignores the item's max_frames (spec 2.3).
+VIDEO_MAX_FRAMES = 16
 VIDEO_FRAME_MIN_PIXELS = 128 * IMAGE_FACTOR ** 2  # 100,352
 VIDEO_FRAME_MAX_PIXELS = 768 * IMAGE_FACTOR ** 2  # 602,112
 VIDEO_TOTAL_PIXELS = 128000 * IMAGE_FACTOR ** 2 * 0.9  # MODEL_SEQ_LEN rule
@@ -182,10 +183,12 @@ def _video_second_size(h1, w1, num_frames, max_pixels):
 
 
 def preprocess_video(frames: np.ndarray | Sequence, *,
-                     max_pixels: int | None = None):
+                     max_pixels: int | None = None,
+                     max_frames: int = VIDEO_MAX_FRAMES):
   """A video item given as frames (``fetch_video``'s list branch).
 
-  1. More than 16 frames: keep ``linspace(0, n-1, 16).round()``.
+  1. More than ``max_frames`` (16) frames: keep
+     ``linspace(0, n-1, max_frames).round()``.
   2. Each frame: ``fetch_image`` with factor **56** (the reference passes
      ``image_patch_size=28``), min 4 * 56^2, max ``max_pixels`` or
      16384 * 56^2.
@@ -199,6 +202,7 @@ def preprocess_video(frames: np.ndarray | Sequence, *,
     frames: uint8[T, H, W, 3] or a list of PIL images / uint8 frames.
     max_pixels: per-frame cap (``max_pixels_per_frame``; None in 5B
       training, 262,144 at inference).
+    max_frames: frames kept (16, the reference's fixed count).
 
   Returns:
     ``(patches float32[N, 1176], grid (t, h, w))`` with t = ceil(T' / 2).
@@ -206,7 +210,8 @@ def preprocess_video(frames: np.ndarray | Sequence, *,
   frames = list(frames)
   if not frames:
     raise ValueError("A video needs at least one frame.")
-  frames = [frames[i] for i in sample_frame_indices(len(frames))]
+  frames = [frames[i] for i in sample_frame_indices(len(frames),
+                                                   max_frames)]
   factor56 = 2 * IMAGE_FACTOR
   resized = [fetch_image(f, factor=factor56, min_pixels=4 * factor56 ** 2,
                          max_pixels=max_pixels) for f in frames]
