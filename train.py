@@ -72,8 +72,13 @@ def main(argv):
   log_file = runtime.log_file_in(_WORKDIR.value)
   runtime.initialize(log_file=log_file)  # logs hosts, devices and versions
   progress.note(f"{runtime.describe()}; the full log is in {log_file}.")
+  # Imported after initialize() (see _run); a value the run config's
+  # dataclasses reject (``run_config``) is a usage mistake: one line.
+  from kiwi_jax.train_lib import run_config  # pylint: disable=g-import-not-at-top
   try:
     _run(task, config)
+  except run_config.ConfigError as e:
+    config_overrides.fail(_PROG, str(e))
   except FloatingPointError as e:  # NonFiniteLossError, NonFiniteStateError
     # Not a usage mistake: the run diverged. The message names the step and
     # the first non-finite leaf; no non-finite state was saved.
