@@ -74,7 +74,8 @@ def main(argv):
   progress.note(f"{runtime.describe()}; the full log is in {log_file}.")
   # Imported after initialize() (see _run); a value the run config's
   # dataclasses reject (``run_config``) is a usage mistake: one line.
-  from kiwi_jax.train_lib import run_config  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from kiwi_jax.train_lib import run_config
   try:
     _run(task, config)
   except run_config.ConfigError as e:

@@ -163,8 +163,8 @@ def _coerce(value: Any, hint: Any, key: str,
   if value is None:
     return None
   hint = _optional_arg(hint)
-  bad = ConfigError(f"config key {key} expects {getattr(hint, '__name__', hint)}"
-                    f"; got {value!r}.")
+  kind = getattr(hint, "__name__", hint)
+  bad = ConfigError(f"config key {key} expects {kind}; got {value!r}.")
   if dataclasses.is_dataclass(hint):
     return from_mapping(hint, value, where=f"{key}.",
                         none_is_default=none_is_default)

@@ -1,4 +1,4 @@
-"""The Kiwi tasks' config blocks, declared once: ``config.kiwi``, ``config.demo``.
+"""The Kiwi tasks' config blocks, declared once: ``kiwi`` and ``demo``.
 
 Config files build these dataclasses and put them in the run config
 (``run_config.base_config(kiwi=KiwiConfig(...))``), so every key the task

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from kiwi_jax.testing.toy_flow import ToyFlowTask
-from kiwi_jax.train_lib import config_overrides, run_config, trainer
+from kiwi_jax.train_lib import config_overrides, run_config, train_step
+from kiwi_jax.train_lib import trainer
 from kiwi_jax.training.kiwi_config import DemoConfig, KiwiConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -30,9 +31,10 @@ def _cases():
 def _declared(cls, prefix=""):
   """Dotted keys of a dataclass (groups expanded), as a config holds them."""
   keys = set()
-  hints = run_config._hints(cls)  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  hints = run_config._hints(cls)
   for field in dataclasses.fields(cls):
-    hint = run_config._optional_arg(hints[field.name])  # pylint: disable=protected-access
+    hint = run_config._optional_arg(hints[field.name])
     if dataclasses.is_dataclass(hint):
       keys |= _declared(hint, f"{prefix}{field.name}.")
     else:
@@ -162,7 +164,12 @@ class _FlopsTask(ToyFlowTask):
     return {"eval/step": float(step)}
 
 
-def test_the_trainer_uses_overrides_of_the_keys_the_configs_lacked(tmp_path):
+def test_the_trainer_uses_overrides_of_the_keys_the_configs_lacked(
+    tmp_path, monkeypatch):
+  builds = []
+  build = train_step.abstract_train_state
+  monkeypatch.setattr(train_step, "abstract_train_state",
+                      lambda *a, **k: builds.append(1) or build(*a, **k))
   config = run_config.base_config(total_steps=2, task="toy")
   config.tensorboard = False
   config.precision.compute_dtype = None
@@ -176,6 +183,7 @@ def test_the_trainer_uses_overrides_of_the_keys_the_configs_lacked(tmp_path):
   trainer.train_and_evaluate(config, tmp_path, _FlopsTask(batch_size=4))
   records = [json.loads(line) for line in
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert len(builds) == 1  # for the init, the restore target and the step
   assert any("mfu" in r for r in records)  # peak_flops_per_chip was read
   assert [r["step"] for r in records if "eval/step" in r] == [2]
   written = json.loads((tmp_path / "config.json").read_text())
