@@ -75,8 +75,14 @@ def main(argv):
   except ValueError as e:  # e.g. JAX_PROCESS_ID=x (docs/multihost.md)
     config_overrides.fail(_PROG, f"multi-process set-up: {e}")
   progress.note(f"{runtime.describe()}; the full log is in {log_file}.")
+  # Imported after initialize() (see _run); a value the run config's
+  # dataclasses reject (``run_config``) is a usage mistake: one line.
+  # pylint: disable-next=g-import-not-at-top
+  from kiwi_jax.train_lib import run_config
   try:
     _run(task, config)
+  except run_config.ConfigError as e:
+    config_overrides.fail(_PROG, str(e))
   except FloatingPointError as e:  # NonFiniteLossError, NonFiniteStateError
     # Not a usage mistake: the run diverged. The message names the step and
     # the first non-finite leaf; no non-finite state was saved.

@@ -10,15 +10,25 @@ a ConfigDict, big_vision style::
 Bare words are booleans set to True; values are converted to the type of the
 default (so ``stage=2`` is an int); unknown keys fail with the valid ones
 listed.
+
+``base`` is the run config every file starts from: every key the trainer
+(``kiwi_jax.train_lib.run_config.TrainerConfig``) and the Kiwi tasks
+(``kiwi_jax.tasks.kiwi_config``) read, with its default, so
+``--config.<key>=`` can set any of them; a file sets only its values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import ml_collections
 
 from kiwi_jax import sharding
+from kiwi_jax.models.mllm import lora
+from kiwi_jax.tasks import curriculum as stages
+from kiwi_jax.tasks import kiwi_config
+from kiwi_jax.train_lib import run_config
 
 
 def _convert(value: str, default: Any, key: str) -> Any:
@@ -54,27 +64,15 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
-def mesh_config(**sizes: int) -> ml_collections.ConfigDict:
-  """``config.mesh``: sizes per mesh axis; ``-1`` fills the rest."""
-  base = {name: 1 for name in sharding.MESH_AXES}
-  base["data"] = -1
-  base.update(sizes)
-  return ml_collections.ConfigDict(base)
+def base(*, task: str, total_steps: int, **blocks: Any
+         ) -> ml_collections.ConfigDict:
+  """Every trainer key with its declared default, ``config.task`` and the
+  task's ``blocks`` (``kiwi=kiwi_block(...)``); unlocked until ``lock``."""
+  return run_config.base_config(total_steps=total_steps, task=task, **blocks)
 
 
-def sharding_rules(fsdp_over_sequence: bool = False
-                   ) -> list[tuple[str, Any]]:
-  """The default logical-axis rules as a config-editable list;
-  ``fsdp_over_sequence``: ``sharding.FSDP_OVER_SEQUENCE_RULES`` (the same
-  on a mesh whose ``sequence`` axis is 1; above 1 the weights shard over
-  ``fsdp`` x ``sequence``, not only ``fsdp``)."""
-  rules = (sharding.FSDP_OVER_SEQUENCE_RULES if fsdp_over_sequence
-           else sharding.LOGICAL_AXIS_RULES)
-  return [(name, axes) for name, axes in rules]
-
-
-# The DiT's default remat policy at real size, chosen by compiled memory
-# and FLOPs on a v5p-8 (docs/real_size_configs.md).
+# The DiT's default remat policy at real size, chosen by the residuals it
+# keeps and the FLOPs it recomputes (docs/real_size_configs.md).
 DIT_REMAT_POLICY = "full"
 
 
@@ -89,12 +87,17 @@ def real_size_model() -> dict[str, Any]:
           "vae": {"attention_implementation": None}}
 
 
-def real_size_precision() -> dict[str, Any]:
+def set_real_size_run(config: ml_collections.ConfigDict) -> None:
   """fp32 master weights, bf16 compute and bf16 frozen weights (the
   reference keeps every weight in bf16 and only DeepSpeed's fp32 masters of
-  the trained ones)."""
-  return {"master_dtype": "float32", "compute_dtype": "bfloat16",
-          "frozen_dtype": "bfloat16"}
+  the trained ones); ``sharding.FSDP_OVER_SEQUENCE_RULES`` (the default
+  rules while ``sequence`` is 1; above 1 the weights shard over
+  ``fsdp`` x ``sequence``)."""
+  config.precision.master_dtype = "float32"
+  config.precision.compute_dtype = "bfloat16"
+  config.precision.frozen_dtype = "bfloat16"
+  config.sharding_rules = [(name, axes) for name, axes
+                           in sharding.FSDP_OVER_SEQUENCE_RULES]
 
 
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -104,62 +107,42 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 # Qwen LoRA targets of the Kiwi scripts (peft names, spec 4.2): q/k/v/o in
-# the 5B scripts, plus the MLP's gate/up/down in the 14B scripts.
-MLLM_ATTENTION_LORA = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLLM_ALL_LORA = MLLM_ATTENTION_LORA + ("gate_proj", "up_proj", "down_proj")
+# the 5B scripts, plus the MLP's gate/up/down in the 14B scripts (the one
+# table is ``kiwi_jax.models.mllm.config``'s).
+MLLM_ATTENTION_LORA = lora.ATTENTION_TARGETS
+MLLM_ALL_LORA = lora.ALL_LORA_TARGETS
 
 
-def kiwi_block(*, variant: str, family: str, stage: int, lora_rank: int,
-               sources: list[dict[str, Any]], tokenizer_dir: str,
-               max_pixels: int, size_multiple: int = 32,
-               fixed_size: tuple[int, int] | None = None,
-               codec: str = "vae", ref_tokens: int = 768,
-               seq_len: int = 0, num_patches: int = 0,
-               model: dict[str, Any] | None = None,
-               batch_size: int = 1, num_workers: int = 0,
-               dit_lora_rank: int = 0,
-               loss_weighting: str = "gaussian",
-               lora_targets: tuple[str, ...] = MLLM_ATTENTION_LORA
-               ) -> ml_collections.ConfigDict:
-  """``config.kiwi``: what ``kiwi_jax.tasks.kiwi_task.KiwiTask`` reads.
+def stage_sources(data_dir: str, stage: int, frames: int,
+                  names: tuple[str, ...] | None = None
+                  ) -> tuple[kiwi_config.DataSource, ...]:
+  """The sources of ``stage`` (``training.stages.stage_sources``, or
+  ``names``) under ``data_dir``, weighted 1:1; images have one frame."""
+  names = names or stages.stage_sources(stage)
+  return tuple(kiwi_config.DataSource(
+      path=f"{data_dir}/{name}", name=name,
+      max_frames=1 if name == "image" else frames) for name in names)
 
-  ``sources``: ``[{path, weight, name, max_frames}]``, mixed batch by batch
-  (spec 4.4). ``seq_len``/``num_patches`` 0 pad the MLLM inputs to the
-  bucket ladders of ``kiwi_jax.models.mllm.bucketing``. ``lora_rank`` /
-  ``lora_targets``: the Qwen LoRA; ``dit_lora_rank``: the DiT LoRA (14B
-  stage 2).
+
+_DATA_KEYS = frozenset(f.name for f in dataclasses.fields(
+    kiwi_config.KiwiDataConfig))
+
+
+def kiwi_block(*, family: str, lora_rank: int,
+               lora_targets: tuple[str, ...] | None = None,
+               **fields: Any) -> kiwi_config.KiwiConfig:
+  """``config.kiwi`` (``kiwi_config.KiwiConfig``): what ``KiwiTask`` reads.
+
+  ``family``/``lora_rank``/``lora_targets`` set ``variant_family`` and the
+  Qwen LoRA (``mllm_lora_*``); the ``KiwiDataConfig`` fields (``sources``,
+  ``max_pixels``, ``batch_size``, ...) go to ``data``; the rest are
+  ``KiwiConfig`` fields. Unset fields keep their declared defaults.
   """
-  return ml_collections.ConfigDict({
-      "variant": variant,
-      "variant_family": family,
-      "stage": stage,
-      "mllm_lora_rank": lora_rank,
-      "mllm_lora_targets": tuple(lora_targets),
-      "dit_lora_rank": dit_lora_rank,
-      "model": model or {},
-      "codec": codec,
-      "loss_weighting": loss_weighting,
-      "unshuffle_factor": 2,
-      "tokenizer_dir": tokenizer_dir,
-      "seq_len": seq_len,
-      "num_patches": num_patches,
-      "ref_tokens": ref_tokens,
-      "data": {
-          "sources": sources,
-          "fixed_size": fixed_size,
-          "max_pixels": max_pixels,
-          "size_multiple": size_multiple,
-          "batch_size": batch_size,
-          "seed": 0,
-          "num_workers": num_workers,
-      },
-  })
-
-
-def optimizer(learning_rate: float, grad_accum_steps: int
-              ) -> ml_collections.ConfigDict:
-  """The reference optimiser (spec 4.3): AdamW wd 0.01, ConstantLR 1/3 for
-  5 steps, clipping 1.0."""
-  return ml_collections.ConfigDict({
-      "learning_rate": learning_rate, "weight_decay": 0.01,
-      "grad_clip_norm": 1.0, "grad_accum_steps": grad_accum_steps})
+  data = {k: fields.pop(k) for k in list(fields) if k in _DATA_KEYS}
+  if "sources" in data:
+    data["sources"] = tuple(data["sources"])
+  if lora_targets is not None:
+    fields["mllm_lora_targets"] = tuple(lora_targets)
+  return kiwi_config.KiwiConfig(
+      variant_family=family, mllm_lora_rank=lora_rank,
+      data=kiwi_config.KiwiDataConfig(**data), **fields)

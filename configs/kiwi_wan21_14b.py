@@ -22,8 +22,10 @@ MLLM sees at most 10 frames.
 
 from configs import common
 
-_STAGES = {1: (("image",), 1, 1_048_576, 1e-5, 1, 30_000),
-           2: (("image", "video"), 49, 360_000, 1e-5, 2, 20_000)}
+# (frames, max_pixels, learning rate, grad accum, steps); the sources are
+# the stage's modes (``kiwi_jax.tasks.curriculum.STAGE_MODES``).
+_STAGES = {1: (1, 1_048_576, 1e-5, 1, 30_000),
+           2: (49, 360_000, 1e-5, 2, 20_000)}
 
 
 def get_config(arg: str | None = None):
@@ -33,33 +35,24 @@ def get_config(arg: str | None = None):
   if arg.stage not in _STAGES:
     raise ValueError(f"stage={arg.stage}; the 14B scripts have stages 1 "
                      "and 2.")
-  names, frames, max_pixels, lr, accum, steps = _STAGES[arg.stage]
+  frames, max_pixels, lr, accum, steps = _STAGES[arg.stage]
   if arg.stage == 2 and arg.res == 720:
     max_pixels, lr = 921_600, 5e-6
-  sources = [{"path": f"{arg.data}/{name}", "weight": 1.0, "name": name,
-              "max_frames": 1 if name == "image" else frames}
-             for name in names]
-  config = common.parse_arg(None)
-  config.task = "kiwi"
-  config.seed = 0
-  config.total_steps = 10 if arg.runlocal else steps
+  config = common.base(
+      task="kiwi", total_steps=10 if arg.runlocal else steps,
+      kiwi=common.kiwi_block(
+          variant="kiwi-14b", family="14b", stage=arg.stage, lora_rank=256,
+          sources=common.stage_sources(arg.data, arg.stage, frames),
+          tokenizer_dir=arg.tokenizer, max_pixels=max_pixels,
+          model=common.real_size_model(),
+          size_multiple=16, ref_tokens=384,
+          lora_targets=common.MLLM_ALL_LORA,
+          dit_lora_rank=128 if arg.stage == 2 else 0))
   config.log_every = 1 if arg.runlocal else 50
-  config.kiwi = common.kiwi_block(
-      variant="kiwi-14b", family="14b", stage=arg.stage, lora_rank=256,
-      sources=sources, tokenizer_dir=arg.tokenizer, max_pixels=max_pixels,
-      model=common.real_size_model(),
-      size_multiple=16, ref_tokens=384, lora_targets=common.MLLM_ALL_LORA,
-      dit_lora_rank=128 if arg.stage == 2 else 0)
-  config.optimizer = common.optimizer(lr, accum)
-  config.precision = common.real_size_precision()
-  config.checkpoint = {"every": 1000, "keep": 3, "async_save": True}
-  config.mesh = common.mesh_config(fsdp=-1, data=1)
-  config.sharding_rules = common.sharding_rules(fsdp_over_sequence=True)
-  config.resume = ""
-  config.model_init = ""
-  config.sample_every = 0
-  config.profile = {"start_step": -1, "num_steps": 0}
-  config.tensorboard = True
+  config.optimizer.learning_rate = lr
+  config.optimizer.grad_accum_steps = accum
+  config.mesh.fsdp, config.mesh.data = -1, 1
+  common.set_real_size_run(config)
   return common.lock(config)
 
 

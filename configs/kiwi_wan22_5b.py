@@ -28,11 +28,12 @@ and logging for a quick look, not the model.
 
 from configs import common
 
-# (sources, frames, max_pixels, learning rate, grad accum, steps)
+# (frames, max_pixels, learning rate, grad accum, steps); the sources are
+# the stage's modes (``kiwi_jax.tasks.curriculum.STAGE_MODES``).
 _STAGES = {
-    1: (("image",), 1, 1_048_576, 1e-5, 1, 30_000),
-    2: (("image", "video"), 81, 921_600, 1e-5, 2, 20_000),
-    3: (("image", "video", "ref"), 81, 921_600, 5e-6, 3, 15_000),
+    1: (1, 1_048_576, 1e-5, 1, 30_000),
+    2: (81, 921_600, 1e-5, 2, 20_000),
+    3: (81, 921_600, 5e-6, 3, 15_000),
 }
 
 
@@ -42,35 +43,26 @@ def get_config(arg: str | None = None):
                          tokenizer="checkpoints/qwen2.5-vl-3b", runlocal=False)
   if arg.stage not in _STAGES:
     raise ValueError(f"stage={arg.stage}; choose 1, 2 or 3.")
-  names, frames, max_pixels, lr, accum, steps = _STAGES[arg.stage]
+  frames, max_pixels, lr, accum, steps = _STAGES[arg.stage]
+  names = None
   if arg.stage == 2 and arg.res == 600:
     max_pixels = 360_000  # the 600x600 stage-2 script
   if arg.refonly:
     if arg.stage != 3:
       raise ValueError("refonly is a stage-3 option.")
     names, accum, steps = ("ref",), 1, 30_000
-  sources = [{"path": f"{arg.data}/{name}", "weight": 1.0, "name": name,
-              "max_frames": 1 if name == "image" else frames}
-             for name in names]
-  config = common.parse_arg(None)
-  config.task = "kiwi"
-  config.seed = 0
-  config.total_steps = 10 if arg.runlocal else steps
+  config = common.base(
+      task="kiwi", total_steps=10 if arg.runlocal else steps,
+      kiwi=common.kiwi_block(
+          variant="kiwi-5b", family="5b", stage=arg.stage, lora_rank=64,
+          sources=common.stage_sources(arg.data, arg.stage, frames, names),
+          tokenizer_dir=arg.tokenizer, max_pixels=max_pixels,
+          model=common.real_size_model()))
   config.log_every = 1 if arg.runlocal else 50
-  config.kiwi = common.kiwi_block(
-      variant="kiwi-5b", family="5b", stage=arg.stage, lora_rank=64,
-      sources=sources, tokenizer_dir=arg.tokenizer, max_pixels=max_pixels,
-      model=common.real_size_model())
-  config.optimizer = common.optimizer(lr, accum)
-  config.precision = common.real_size_precision()
-  config.checkpoint = {"every": 1000, "keep": 3, "async_save": True}
-  config.mesh = common.mesh_config(fsdp=-1, data=1)
-  config.sharding_rules = common.sharding_rules(fsdp_over_sequence=True)
-  config.resume = ""
-  config.model_init = ""
-  config.sample_every = 0
-  config.profile = {"start_step": -1, "num_steps": 0}
-  config.tensorboard = True
+  config.optimizer.learning_rate = lr
+  config.optimizer.grad_accum_steps = accum
+  config.mesh.fsdp, config.mesh.data = -1, 1
+  common.set_real_size_run(config)
   return common.lock(config)
 
 

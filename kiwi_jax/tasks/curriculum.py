@@ -87,7 +87,21 @@ def trainable_sets(stage: int, variant: str = "5b", *, dit_lora: bool = True
   return tuple(trainable), tuple(frozen)
 
 
+# The one stage -> edit modes table (spec 4.4): what each stage trains on.
+STAGE_MODES = {1: ("image",), 2: ("image", "video"),
+               3: ("image", "video", "reference")}
+# The record directory (data source name) of each mode's examples
+# (``kiwi_jax.data.build_records``: ``image/``, ``video/``, ``ref/``).
+MODE_SOURCES = {"image": "image", "video": "video", "reference": "ref"}
+
+
 def stage_modes(stage: int) -> tuple[str, ...]:
   """The edit modes (data types) a stage trains on (spec 4.4)."""
-  return {1: ("image",), 2: ("image", "video"),
-          3: ("image", "video", "reference")}[stage]
+  if stage not in STAGE_MODES:
+    raise ValueError(f"stage must be 1, 2 or 3, got {stage}.")
+  return STAGE_MODES[stage]
+
+
+def stage_sources(stage: int) -> tuple[str, ...]:
+  """The data sources (record directory names) a stage mixes."""
+  return tuple(MODE_SOURCES[mode] for mode in stage_modes(stage))

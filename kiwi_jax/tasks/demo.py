@@ -31,14 +31,13 @@ from kiwi_jax import sharding
 from kiwi_jax.data import refvie_mini, transforms, video_io
 from kiwi_jax.tasks import curriculum as stages
 from kiwi_jax.tasks import kiwi_task
+from kiwi_jax.tasks.kiwi_config import DemoConfig
 from kiwi_jax.testing import tokenizer as tiny_tokenizer
 from kiwi_jax.train_lib import progress, trainer
-from kiwi_jax.train_lib.train_state import ModelSplit, Precision
+from kiwi_jax.train_lib.train_state import ModelSplit
 
 logger = logging.getLogger("kiwi_jax")
 
-_SOURCES = {1: ("image",), 2: ("image", "video"), 3: ("image", "video",
-                                                      "ref")}
 _STAGE_NAMES = {1: "image edits", 2: "image and video edits",
                 3: "plus reference images"}
 
@@ -51,7 +50,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def prepare_data(config: Any, workdir: epath.Path) -> tuple[dict, str]:
   """RefVIE-mini records and the tokenizer; returns (record dirs, tok dir)."""
-  demo = config.demo
+  demo = DemoConfig.from_config(config.demo)
   mini = refvie_mini.MiniConfig(height=demo.height, width=demo.width,
                                 num_frames=demo.num_frames)
   data_dir, records_dir = workdir / "data" / "media", workdir / "data" / (
@@ -73,13 +72,13 @@ def stage_config(config: Any, stage: int, records: dict, tok_dir: str,
   """The trainer config of one demo stage."""
   out = copy.deepcopy(config)
   out.unlock()
-  demo = config.demo
-  out.total_steps = int(demo.stage_steps[stage - 1])
-  out.optimizer.learning_rate = float(demo.learning_rates[stage - 1])
-  if demo.get("lr_decay", "none") != "none":
-    out.optimizer.decay = str(demo.lr_decay)
+  demo = DemoConfig.from_config(config.demo)
+  out.total_steps = demo.stage_steps[stage - 1]
+  out.optimizer.learning_rate = demo.learning_rates[stage - 1]
+  if demo.lr_decay != "none":
+    out.optimizer.decay = demo.lr_decay
     out.optimizer.decay_steps = out.total_steps
-    out.optimizer.decay_to = float(demo.get("decay_to", 0.0))
+    out.optimizer.decay_to = demo.decay_to
   out.model_init = model_init
   kiwi = out.kiwi
   kiwi.stage = stage
@@ -90,19 +89,19 @@ def stage_config(config: Any, stage: int, records: dict, tok_dir: str,
   kiwi.data.batch_size = -(-int(kiwi.data.batch_size) // devices) * devices
   kiwi.data.sources = [
       {"path": str(records[name]), "weight": 1.0, "name": name,
-       "max_frames": 1 if name == "image" else int(demo.num_frames)}
-      for name in _SOURCES[stage]]
+       "max_frames": 1 if name == "image" else demo.num_frames}
+      for name in stages.stage_sources(stage)]
   out.lock()
   return out
 
 
 def heldout_examples(config: Any, hook: kiwi_task.KiwiMllmHook):
   """(edit type, key, host batch of one) for the held-out clips."""
-  demo = config.demo
+  demo = DemoConfig.from_config(config.demo)
   mini = refvie_mini.MiniConfig(height=demo.height, width=demo.width,
                                 num_frames=demo.num_frames)
-  for index in range(int(demo.num_heldout)):
-    sample = refvie_mini.make_sample(int(demo.heldout_seed), index, mini,
+  for index in range(demo.num_heldout):
+    sample = refvie_mini.make_sample(demo.heldout_seed, index, mini,
                                      key_prefix="h")
     batch = {"source_video": sample.source[None],
              "target_video": sample.target[None]}
@@ -128,7 +127,8 @@ def reference_token_count(config: Any, hook: kiwi_task.KiwiMllmHook) -> int:
 def evaluate(config: Any, task: kiwi_task.KiwiTask, model: Any,
              workdir: epath.Path) -> str:
   """Edits the held-out clips; returns the markdown table."""
-  mesh = sharding.mesh_from_config(config)
+  demo = DemoConfig.from_config(config.demo)
+  mesh = sharding.make_mesh(task.run.mesh)
   scores = collections.defaultdict(lambda: ([], []))
   edits_dir = workdir / "edits"
   edits_dir.mkdir(parents=True, exist_ok=True)
@@ -137,9 +137,8 @@ def evaluate(config: Any, task: kiwi_task.KiwiTask, model: Any,
     batch = jax.device_put(host, jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec()))
     edited = kiwi_task.unit_to_uint8(task.edit(
-        model, batch, num_steps=int(config.demo.sample_steps),
-        denoising_strength=float(config.demo.get("denoising_strength",
-                                                 1.0)))[0])
+        model, batch, num_steps=demo.sample_steps,
+        denoising_strength=demo.denoising_strength)[0])
     source, target = host["source_video"][0], host["target_video"][0]
     scores[edit_type][0].append(psnr(edited, target))
     scores[edit_type][1].append(psnr(source, target))
@@ -184,13 +183,13 @@ def run(config: Any, workdir: str | epath.PathLike) -> str:
     with progress.label(f"stage {stage}/3"):
       state = trainer.train_and_evaluate(stage_cfg, stage_dir, task)
     model_init = str(stage_dir / "checkpoints")
-  mesh = sharding.mesh_from_config(stage_cfg)
+  mesh = sharding.make_mesh(task.run.mesh)
   split = ModelSplit.build(lambda: task.build_model(nnx.Rngs(0)),
                            task.trainable, task.frozen, mesh=mesh,
-                           precision=Precision.from_mapping(
-                               stage_cfg.precision))
+                           precision=task.run.precision)
   model = split.merge(state.params, state.frozen)
-  progress.note(f"Editing {config.demo.num_heldout} held-out clips.")
+  progress.note(f"Editing {DemoConfig.from_config(config.demo).num_heldout} "
+                "held-out clips.")
   table = evaluate(stage_cfg, task, model, workdir)
   (workdir / "results.md").write_text(table + "\n")
   print(table, flush=True)

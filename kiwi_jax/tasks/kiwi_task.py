@@ -14,27 +14,10 @@ keeps one kind per batch (spec 4.4): a ``ref_image`` field means
 own compiled program. Stage 1 never injects the source (the scripts pass no
 ``source_input``); later stages inject it for every mode.
 
-Config (``config.kiwi``)::
-
-  variant: KiwiEditConfig variant ("kiwi-5b", "kiwi-14b", "tiny").
-  model: dict of KiwiEditConfig field overrides (dit/mllm/vae: dicts).
-  mllm_lora_rank: Qwen2.5-VL LoRA rank (64 for 5B, 256 for 14B).
-  mllm_lora_targets: optional list of Qwen projections with LoRA (default
-    q/k/v/o, the 5B scripts; the 14B scripts add gate/up/down_proj).
-  dit_lora_rank: DiT LoRA rank on the blocks' attention q/k/v/o and FFN
-    (128 in the 14B stage 2, whose base DiT stays frozen; 0: none).
-  stage: 1, 2 or 3; variant_family: "5b" or "14b" (trainable sets).
-  codec: "vae" (the model's frozen Wan VAE) or "pixel_unshuffle" (demo).
-  unshuffle_factor: the stand-in's factor.
-  tokenizer_dir: local Qwen tokenizer directory.
-  seq_len, num_patches: fixed MLLM token / patch-slot counts per example
-    (0: the smallest ``bucketing`` ladder entry that fits).
-  loss_weighting: "gaussian" (the reference, default) or "uniform"
-    (``flow_matching.TrainingGrid.from_schedule``).
-  ref_tokens: reference rows in the context (static); references with
-    fewer MLLM tokens are padded and masked out of the cross-attention.
-  data: sources [{path, weight, name, max_frames}], fixed_size, batch_size,
-    seed, num_workers, max_pixels.
+Config: ``config.kiwi``, declared (every key, its default and meaning) in
+``kiwi_config.KiwiConfig`` and parsed once in ``KiwiTask.__init__``; the
+task also reads the trainer's ``seed`` and ``mesh``
+(``run_config.TrainerConfig``).
 """
 
 from __future__ import annotations
@@ -60,8 +43,9 @@ from kiwi_jax.models.kiwi.model import KiwiEdit
 from kiwi_jax.models.mllm import bucketing, processing
 from kiwi_jax.tasks import curriculum as stages
 from kiwi_jax.tasks import latent_codec
-from kiwi_jax.train_lib import checkpointing
-from kiwi_jax.train_lib.train_state import Precision, path_name
+from kiwi_jax.tasks.kiwi_config import KiwiConfig
+from kiwi_jax.train_lib import checkpointing, run_config
+from kiwi_jax.train_lib.train_state import path_name
 
 logger = logging.getLogger("kiwi_jax")
 
@@ -82,7 +66,7 @@ def _replace_nested(obj: Any, changes: dict[str, Any]) -> Any:
 
 
 def kiwi_model_config(kiwi: Any,
-                      compute_dtype: str | None = None) -> KiwiEditConfig:
+                      compute_dtype: Any = None) -> KiwiEditConfig:
   """The :class:`KiwiEditConfig` a ``config.kiwi`` block describes.
 
   ``compute_dtype`` (``config.precision.compute_dtype``; None keeps the
@@ -93,23 +77,19 @@ def kiwi_model_config(kiwi: Any,
   modulation, the flow-matching noise and loss). ``kiwi.model`` overrides
   win over it.
   """
-  overrides = kiwi.get("model", {}) or {}
-  overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict")
-                   else overrides)
+  kiwi = KiwiConfig.from_config(kiwi)
   cfg = KiwiEditConfig.from_variant(kiwi.variant)
   if compute_dtype is not None:
     dtype = jnp.dtype(compute_dtype)
     cfg = _replace_nested(cfg, {"dit": {"dtype": dtype},
                                 "mllm": {"dtype": dtype},
                                 "vae": {"dtype": dtype}})
-  cfg = _replace_nested(cfg, overrides)
-  text = {"lora_rank": int(kiwi.mllm_lora_rank)}
-  targets = kiwi.get("mllm_lora_targets", None)
-  if targets:
-    text["lora_targets"] = tuple(str(t) for t in targets)
+  cfg = _replace_nested(cfg, dict(kiwi.model))
+  text = {"lora_rank": kiwi.mllm_lora_rank}
+  if kiwi.mllm_lora_targets:
+    text["lora_targets"] = kiwi.mllm_lora_targets
   return _replace_nested(cfg, {
-      "mllm": {"text": text},
-      "dit": {"lora_rank": int(kiwi.get("dit_lora_rank", 0) or 0)}})
+      "mllm": {"text": text}, "dit": {"lora_rank": kiwi.dit_lora_rank}})
 
 
 class KiwiMllmHook:
@@ -189,28 +169,27 @@ class KiwiTask:
   """
 
   def __init__(self, config: Any):
-    kiwi = config.kiwi
     self.config = config
-    self.stage = int(kiwi.stage)
-    precision = config.get("precision", None) or {}
-    self.model_cfg = kiwi_model_config(
-        kiwi, Precision.from_mapping(precision).compute_dtype)
+    self.run = run_config.TrainerConfig.from_config(config)
+    self.kiwi = kiwi = KiwiConfig.from_config(config.kiwi)
+    self.stage = kiwi.stage
+    self.model_cfg = kiwi_model_config(kiwi, self.run.precision.compute_dtype)
     self.trainable, self.frozen = stages.trainable_sets(
         self.stage, kiwi.variant_family,
         dit_lora=bool(self.model_cfg.dit.lora_rank))
     if kiwi.codec not in latent_codec.CODECS:
       raise ValueError(f"kiwi.codec={kiwi.codec!r}; choose one of "
                        f"{latent_codec.CODECS}.")
-    self.codec = (latent_codec.PixelUnshuffle(int(kiwi.unshuffle_factor))
+    self.codec = (latent_codec.PixelUnshuffle(kiwi.unshuffle_factor)
                   if kiwi.codec == "pixel_unshuffle" else None)
-    self.ref_tokens = int(kiwi.ref_tokens)
+    self.ref_tokens = kiwi.ref_tokens
     self.grid = flow_matching.TrainingGrid.from_schedule(
-        "diffsynth", str(kiwi.get("loss_weighting", "gaussian")),
+        "diffsynth", kiwi.loss_weighting,
         timestep_dtype=self.model_cfg.dit.dtype)
     self.sample_batches: dict[str, Any] | None = None
     self._flops_cache: dict[tuple, Any] = {}
-    self.hook = KiwiMllmHook(str(kiwi.tokenizer_dir), self.model_cfg,
-                             int(kiwi.seq_len), int(kiwi.num_patches))
+    self.hook = KiwiMllmHook(kiwi.tokenizer_dir, self.model_cfg,
+                             kiwi.seq_len, kiwi.num_patches)
 
   # -- Model.
 
@@ -244,7 +223,7 @@ class KiwiTask:
     want = {path_name(p): x for tree in (split.abstract_params,
                                          split.abstract_frozen)
             for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    seed = int(self.config.get("seed", 0))
+    seed = self.run.seed
 
     def init():
       state = nnx.to_pure_dict(nnx.state(self.build_model(nnx.Rngs(seed)),
@@ -336,7 +315,7 @@ class KiwiTask:
     file order, edited with ``kiwi.sample_steps`` (default 10) steps."""
     if self.sample_batches is None:
       self.sample_batches = self.default_sample_batches()
-    num_steps = int(self.config.kiwi.get("sample_steps", 10))
+    num_steps = self.kiwi.sample_steps
     for name, batch in self.sample_batches.items():
       edited = unit_to_uint8(self.edit(model, batch, num_steps=num_steps)[0])
       source, target = (self._pixels(model, batch, n) for n in
@@ -346,8 +325,8 @@ class KiwiTask:
 
   def default_sample_batches(self) -> dict[str, dict[str, Any]]:
     """``{"sample/<source>/<i>": replicated device batch of one}``."""
-    count = int(self.config.kiwi.get("sample_count", 1))
-    mesh = sharding.mesh_from_config(self.config)
+    count = self.kiwi.sample_count
+    mesh = sharding.make_mesh(self.run.mesh)
     replicated = jax.sharding.NamedSharding(mesh,
                                             jax.sharding.PartitionSpec())
     batches = {}
@@ -373,24 +352,23 @@ class KiwiTask:
   # -- Data.
 
   def example_config(self, max_frames: int) -> examples_lib.ExampleConfig:
-    data = self.config.kiwi.data
-    fixed = data.get("fixed_size")
+    data = self.kiwi.data
     return examples_lib.ExampleConfig(
-        max_frames=max_frames, max_pixels=int(data.max_pixels),
-        size_multiple=int(data.size_multiple),
-        fixed_size=tuple(fixed) if fixed else None)
+        max_frames=max_frames, max_pixels=data.max_pixels,
+        size_multiple=data.size_multiple,
+        fixed_size=data.fixed_size or None)
 
   def source_specs(self) -> list[data_pipeline.SourceSpec]:
     return [data_pipeline.SourceSpec(
-        path=str(s["path"]), weight=float(s["weight"]), name=str(s["name"]),
-        example=self.example_config(int(s["max_frames"])))
-            for s in self.config.kiwi.data.sources]
+        path=s.path, weight=s.weight, name=s.name,
+        example=self.example_config(s.max_frames))
+            for s in self.kiwi.data.sources]
 
   def train_iterator(self, shard_index: int, shard_count: int):
-    data = self.config.kiwi.data
+    data = self.kiwi.data
     cfg = data_pipeline.PipelineConfig(
-        batch_size=int(data.batch_size) // shard_count,
-        seed=int(data.seed), num_workers=int(data.num_workers))
+        batch_size=data.batch_size // shard_count, seed=data.seed,
+        num_workers=data.num_workers)
     return data_pipeline.make_iterator(
         self.source_specs(), self.example_config(1), cfg,
         mllm_transform=self.hook, shard_index=shard_index,

@@ -9,6 +9,7 @@ shows step boundaries.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -18,6 +19,18 @@ import jax
 
 def step_annotation(step: int) -> jax.profiler.StepTraceAnnotation:
   return jax.profiler.StepTraceAnnotation("train", step_num=step)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileConfig:
+  """``config.profile``.
+
+  Attributes:
+    start_step: first traced step (< 0: never trace).
+    num_steps: steps to trace.
+  """
+  start_step: int = -1
+  num_steps: int = 5
 
 
 class Profiler:
@@ -37,9 +50,10 @@ class Profiler:
 
   @classmethod
   def from_config(cls, profile: Any, workdir: str) -> "Profiler":
-    profile = profile or {}
-    get = profile.get
-    return cls(get("start_step", None), int(get("num_steps", 5)),
+    """From a :class:`ProfileConfig` (or a mapping of its fields)."""
+    if not hasattr(profile, "start_step"):
+      profile = ProfileConfig(**dict(profile or {}))
+    return cls(profile.start_step, int(profile.num_steps),
                os.path.join(os.fspath(workdir), "profile"))
 
   def _enabled(self) -> bool:

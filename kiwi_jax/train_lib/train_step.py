@@ -13,9 +13,11 @@ so they come out bit-identical.
 Typical use::
 
   split = ModelSplit.build(ctor, trainable=[...], mesh=mesh)
-  state = init_train_state(ctor, split, optimizer, precision, seed, mesh)
+  abstract = abstract_train_state(split, optimizer, mesh)  # built once
+  state = init_train_state(ctor, split, optimizer, precision, seed, mesh,
+                           abstract=abstract)
   step = make_train_step(split, loss_fn, optimizer, opt_config, precision,
-                         mesh=mesh)
+                         mesh=mesh, abstract=abstract)
   state, metrics = step(state, batch)   # `state` is donated
 """
 
@@ -28,12 +30,18 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from kiwi_jax import sharding
 from kiwi_jax.train_lib import optimizers
-from kiwi_jax.train_lib.train_state import (ModelSplit, Precision, TrainState,
-                                            cast_floating, rng_data)
+from kiwi_jax.train_lib.train_state import (
+  ModelSplit,
+  Precision,
+  TrainState,
+  cast_floating,
+  rng_data,
+)
 
 LossFn = Callable[[nnx.Module, Any, jax.Array], tuple[jax.Array, Any]]
 
@@ -70,11 +78,24 @@ def shardings_of(abstract: Any) -> Any:
   return jax.tree.map(lambda x: x.sharding, abstract)
 
 
+def _state_shardings(split: ModelSplit,
+                     optimizer: optax.GradientTransformation, mesh: Mesh,
+                     abstract: TrainState | None) -> Any:
+  if abstract is None:
+    abstract = abstract_train_state(split, optimizer, mesh)
+  return shardings_of(abstract)
+
+
 def init_train_state(model_ctor: Callable[[], nnx.Module], split: ModelSplit,
                      optimizer: optax.GradientTransformation,
                      precision: Precision, seed: int,
-                     mesh: Mesh | None = None, rules=None) -> TrainState:
-  """Initialises the model and optimiser straight into their shardings."""
+                     mesh: Mesh | None = None, rules=None, *,
+                     abstract: TrainState | None = None) -> TrainState:
+  """Initialises the model and optimiser straight into their shardings.
+
+  ``abstract``: :func:`abstract_train_state` of ``split`` on ``mesh``, when
+  the caller has it already (built here otherwise).
+  """
 
   def init():
     params, frozen = split.split(model_ctor(), precision)
@@ -84,16 +105,18 @@ def init_train_state(model_ctor: Callable[[], nnx.Module], split: ModelSplit,
 
   if mesh is None:
     return jax.jit(init)()
-  out = shardings_of(abstract_train_state(split, optimizer, mesh))
+  out = _state_shardings(split, optimizer, mesh, abstract)
   with sharding.use_mesh(mesh, rules):
     return jax.jit(init, out_shardings=out)()
 
 
 def state_from_weights(params: Any, frozen: Any, split: ModelSplit,
                        optimizer: optax.GradientTransformation, seed: int,
-                       mesh: Mesh | None = None) -> TrainState:
+                       mesh: Mesh | None = None, *,
+                       abstract: TrainState | None = None) -> TrainState:
   """A fresh train state (step 0, new optimiser state) around given weights
-  (``model_init``: a converted release or the previous stage)."""
+  (``model_init``: a converted release or the previous stage); ``abstract``
+  as in :func:`init_train_state`."""
 
   def init(params, frozen):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -102,7 +125,7 @@ def state_from_weights(params: Any, frozen: Any, split: ModelSplit,
 
   if mesh is None:
     return jax.jit(init)(params, frozen)
-  out = shardings_of(abstract_train_state(split, optimizer, mesh))
+  out = _state_shardings(split, optimizer, mesh, abstract)
   return jax.jit(init, out_shardings=out)(params, frozen)
 
 
@@ -129,6 +152,7 @@ def make_train_step(
     mesh: Mesh | None = None,
     rules=None,
     donate: bool = True,
+    abstract: TrainState | None = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
   """Builds ``train_step(state, batch) -> (state, metrics)``.
 
@@ -146,6 +170,8 @@ def make_train_step(
     mesh: shard the state on this mesh (None: one device, no constraints).
     rules: logical-axis rules (default: ``sharding.LOGICAL_AXIS_RULES``).
     donate: donate the input state's buffers.
+    abstract: :func:`abstract_train_state` of ``split`` on ``mesh``, when
+      the caller has it already (built here otherwise).
   """
 
   grad_shardings = (None if mesh is None
@@ -185,7 +211,7 @@ def make_train_step(
   donate_argnums = (0,) if donate else ()
   if mesh is None:
     return jax.jit(step_fn, donate_argnums=donate_argnums)
-  state_shardings = shardings_of(abstract_train_state(split, optimizer, mesh))
+  state_shardings = _state_shardings(split, optimizer, mesh, abstract)
   jitted = jax.jit(step_fn, donate_argnums=donate_argnums,
                    out_shardings=(state_shardings, NamedSharding(mesh, P())))
 

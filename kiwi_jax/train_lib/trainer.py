@@ -6,14 +6,9 @@ order (see ``checkpointing``), the jitted step, metrics, non-finite checks,
 checkpoints with the data iterator, preemption, profiling and sample/eval
 hooks.
 
-Config fields read here (``config.get`` with the defaults shown)::
-
-  seed=0, total_steps (required), log_every=50, log_first_steps=10,
-  mesh={...}, sharding_rules=None, optimizer={...} (OptimizerConfig),
-  precision={...} (Precision), checkpoint={every, keep, async_save},
-  resume=None, model_init=None, profile={start_step, num_steps},
-  tensorboard=True, wandb={project, name}, sample_every=0, eval_every=0,
-  peak_flops_per_chip=None.
+The config's trainer keys, their defaults and meanings are declared once in
+``run_config.TrainerConfig``; the trainer parses them once at the start and
+reads nothing else from the config.
 """
 
 from __future__ import annotations
@@ -35,9 +30,10 @@ from kiwi_jax.train_lib import (
   optimizers,
   profiling,
   progress,
+  run_config,
   train_step,
 )
-from kiwi_jax.train_lib.train_state import ModelSplit, Precision, TrainState
+from kiwi_jax.train_lib.train_state import ModelSplit, TrainState
 
 logger = logging.getLogger("kiwi_jax")
 
@@ -162,16 +158,9 @@ class _FiniteGuard:
     self.last_checked = steps[-1]
 
 
-def _get(config: Any, name: str, default: Any = None) -> Any:
-  value = config.get(name, default) if hasattr(config, "get") else getattr(
-      config, name, default)
-  return default if value is None else value
-
-
-def _write_config(workdir: epath.Path, config: Any) -> None:
+def _write_config(workdir: epath.Path, data: dict[str, Any]) -> None:
   if jax.process_index() != 0:
     return
-  data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   tmp = workdir / ".config.json.tmp"
   tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
   tmp.replace(workdir / "config.json")  # atomic, overwrites on restart
@@ -212,32 +201,27 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
       non-finite leaf are named); it is never saved, so the newest
       checkpoint on disk is finite.
   """
+  run = run_config.TrainerConfig.from_config(config)
   workdir = checkpointing.absolute_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  total_steps = int(config.total_steps)
-  seed = int(_get(config, "seed", 0))
-  log_every = int(_get(config, "log_every", 50))
-  log_first = int(_get(config, "log_first_steps", 10))
-  mesh = sharding.mesh_from_config(config)
-  rules = _get(config, "sharding_rules", None)
-  rules = None if rules is None else [tuple(r) for r in rules]
+  total_steps = run.total_steps
+  mesh = sharding.make_mesh(run.mesh)
+  rules = list(run.sharding_rules)
   logger.info("Mesh: %s", dict(zip(mesh.axis_names, mesh.axis_sizes)))
 
-  wandb = _get(config, "wandb", {}) or {}
   writer = metric_writers.create_default_writer(
-      workdir, tensorboard=bool(_get(config, "tensorboard", True)),
-      wandb_project=wandb.get("project"), wandb_name=wandb.get("name"))
-  _write_config(workdir, config)
-  writer.write_hparams(config.to_dict() if hasattr(config, "to_dict")
-                       else dict(config))
+      workdir, tensorboard=run.tensorboard,
+      wandb_project=run.wandb.project or None,
+      wandb_name=run.wandb.name or None)
+  config_dict = run_config.as_dict(config)
+  _write_config(workdir, config_dict)
+  writer.write_hparams(config_dict)
 
-  opt_config = optimizers.OptimizerConfig.from_mapping(
-      _get(config, "optimizer", {}))
-  optimizer = optimizers.make_optimizer(opt_config)
-  precision = Precision.from_mapping(_get(config, "precision", {}))
+  optimizer = optimizers.make_optimizer(run.optimizer)
+  precision = run.precision
 
   def model_ctor():
-    return task.build_model(nnx.Rngs(seed))
+    return task.build_model(nnx.Rngs(run.seed))
 
   # Set-up may move host values to devices implicitly (optimiser init,
   # restores); train.py may forbid that with jax_transfer_guard, which
@@ -246,6 +230,8 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
     progress.note("Building the model abstractly and its shardings.")
     split = ModelSplit.build(model_ctor, task.trainable, task.frozen,
                              mesh=mesh, rules=rules, precision=precision)
+    # Built once: the restore target, and the shardings of the initialised
+    # state and of the step's output.
     abstract = train_step.abstract_train_state(split, optimizer, mesh)
     logger.info("Trainable parameters: %d tensors, %d values",
                 len(split.trainable_names()),
@@ -253,39 +239,34 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
                     jax.tree.leaves(split.abstract_params)))
 
     data_iter = task.train_iterator(jax.process_index(), jax.process_count())
-    manager = checkpointing.make_manager(
-        workdir / "checkpoints",
-        checkpointing.CheckpointConfig.from_mapping(
-            _get(config, "checkpoint", {})))
+    manager = checkpointing.make_manager(workdir / "checkpoints",
+                                         run.checkpoint)
     progress.note("Restoring or initialising the train state.")
     state, source = checkpointing.restore_or_initialize(
         manager, abstract,
         init_from_scratch=lambda: train_step.init_train_state(
-            model_ctor, split, optimizer, precision, seed, mesh, rules),
+            model_ctor, split, optimizer, precision, run.seed, mesh, rules,
+            abstract=abstract),
         init_from_weights=lambda p, f: train_step.state_from_weights(
-            p, f, split, optimizer, seed, mesh),
+            p, f, split, optimizer, run.seed, mesh, abstract=abstract),
         split=split, data_iter=data_iter,
-        resume=_get(config, "resume", None) or None,
-        model_init=_get(config, "model_init", None) or None,
+        resume=run.resume or None, model_init=run.model_init or None,
         load_weights=getattr(task, "load_weights", None))
     step = int(jax.device_get(state.step))
     progress.note(f"Starting at step {step} of {total_steps} from {source}.")
 
     step_fn = train_step.make_train_step(split, task.loss_fn, optimizer,
-                                         opt_config, precision, mesh=mesh,
-                                         rules=rules)
+                                         run.optimizer, precision, mesh=mesh,
+                                         rules=rules, abstract=abstract)
     reporter = progress.ReportProgress(
         total_steps, num_chips=jax.device_count(),
         flops_per_step=getattr(task, "flops_per_step", None),
-        peak_flops_per_chip=_get(config, "peak_flops_per_chip", None),
-        first_step=step)
+        peak_flops_per_chip=run.peak_flops_per_chip, first_step=step)
     console = progress.ConsoleProgress(total_steps, first_step=step)
-    profiler = profiling.Profiler.from_config(_get(config, "profile", {}),
-                                              workdir)
+    profiler = profiling.Profiler.from_config(run.profile, workdir)
     guard = _FiniteGuard(step, manager)
     writer.discard_after(step)  # a restart redoes the steps after `step`
-    sample_every = int(_get(config, "sample_every", 0))
-    eval_every = int(_get(config, "eval_every", 0))
+    sample_every, eval_every = run.sample_every, run.eval_every
     first_step = step
     to_global = getattr(task, "global_batch", sharding.host_to_global)
 
@@ -312,7 +293,8 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
       reporter.step_done(step, **counts)
       console.step_done()
       last = step == total_steps
-      if step % log_every == 0 or last or step - first_step <= log_first:
+      if (step % run.log_every == 0 or last or
+          step - first_step <= run.log_first_steps):
         guard.check()
         writer.write_scalars(step, {**jax.device_get(metrics),
                                     **reporter.report(step)})

@@ -52,9 +52,12 @@ class QwenVisionConfig:
     return self.window_size // self.spatial_merge_size // self.patch_size
 
 
-# Projections of a decoder layer that may carry LoRA (peft target names).
-LORA_TARGET_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                     "up_proj", "down_proj")
+# The one table of the projections of a decoder layer that may carry LoRA
+# (peft target names, spec 4.2): the 5B scripts target the attention's, the
+# 14B scripts also the MLP's. ``mllm.lora`` and the configs use these names.
+ATTENTION_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_LORA_TARGETS = ("gate_proj", "up_proj", "down_proj")
+LORA_TARGET_NAMES = ATTENTION_LORA_TARGETS + MLP_LORA_TARGETS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +76,7 @@ class QwenTextConfig:
   # layer; 0 means no LoRA parameters. The 5B scripts target q/k/v/o, the
   # 14B scripts also the MLP's gate/up/down (spec 4.2).
   lora_rank: int = 0
-  lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+  lora_targets: tuple[str, ...] = ATTENTION_LORA_TARGETS
 
   def __post_init__(self):
     targets = tuple(self.lora_targets)

@@ -9,12 +9,15 @@ projections (``LORA_TARGETS``), the 14B scripts also on the MLP
 
 from kiwi_jax.layers.lora import (LoRADense, dense_or_lora, lora_layers,
                                   merge_lora, unmerge_lora)
+from kiwi_jax.models.mllm import config as _config
 
-ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
+# The table itself is ``mllm.config``'s (``QwenTextConfig`` checks against
+# it); these are its names here.
+ATTENTION_TARGETS = _config.ATTENTION_LORA_TARGETS
+MLP_TARGETS = _config.MLP_LORA_TARGETS
 # Default targets (the 5B scripts): q/k/v/o.
 LORA_TARGETS = ATTENTION_TARGETS
-ALL_LORA_TARGETS = ATTENTION_TARGETS + MLP_TARGETS
+ALL_LORA_TARGETS = _config.LORA_TARGET_NAMES
 
 __all__ = ["ALL_LORA_TARGETS", "ATTENTION_TARGETS", "LORA_TARGETS",
            "LoRADense", "MLP_TARGETS", "dense_or_lora", "lora_layers",
