@@ -13,7 +13,9 @@ Config fields read here (``config.get`` with the defaults shown)::
   precision={...} (Precision), checkpoint={every, keep, async_save},
   resume=None, model_init=None, profile={start_step, num_steps},
   tensorboard=True, wandb={project, name}, sample_every=0, eval_every=0,
-  peak_flops_per_chip=None.
+  peak_flops_per_chip=None, compile_cache_dir=None (None: the environment's
+  JAX_COMPILATION_CACHE_DIR, else <workdir>/jax_cache; "off": none; see
+  ``kiwi_jax.utils.compile_cache``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from kiwi_jax.train_lib import (
   train_step,
 )
 from kiwi_jax.train_lib.train_state import ModelSplit, Precision, TrainState
+from kiwi_jax.utils import compile_cache
 
 logger = logging.getLogger("kiwi_jax")
 
@@ -214,6 +217,8 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
   """
   workdir = checkpointing.absolute_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  compile_cache.configure(_get(config, "compile_cache_dir", None),
+                          default=str(workdir / "jax_cache"))
   total_steps = int(config.total_steps)
   seed = int(_get(config, "seed", 0))
   log_every = int(_get(config, "log_every", 50))
