@@ -97,8 +97,18 @@ def real_size_precision() -> dict[str, Any]:
           "frozen_dtype": "bfloat16"}
 
 
+# Trainer keys that every config accepts as overrides, with their defaults
+# (``kiwi_jax.train_lib.trainer``): "" = JAX_COMPILATION_CACHE_DIR, else
+# <workdir>/jax_cache; "off" = no persistent compilation cache.
+TRAINER_DEFAULTS = {"compile_cache_dir": ""}
+
+
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Locks the config so that a mistyped override fails with a hint."""
+  """Adds the missing ``TRAINER_DEFAULTS`` and locks the config so that a
+  mistyped override fails with a hint."""
+  for key, value in TRAINER_DEFAULTS.items():
+    if key not in config:
+      config[key] = value
   config.lock()
   return config
 

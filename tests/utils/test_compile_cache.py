@@ -106,3 +106,13 @@ def test_second_start_of_a_run_loads_compiled_programs(tmp_path):
   second = start(4)  # resumes at step 2: the same programs again
   assert second["hits"] > 0
   assert second["misses"] < first["misses"]
+
+
+@pytest.mark.parametrize("name", ["demo", "kiwi_wan22_5b", "kiwi_wan21_14b"])
+def test_every_shipped_config_takes_a_cache_override(name):
+  import importlib
+  config = importlib.import_module(f"configs.{name}").get_config("")
+  assert config.compile_cache_dir == ""  # the default: env, else workdir
+  config.compile_cache_dir = "off"  # locked configs take the override
+  with pytest.raises(AttributeError):
+    config.compile_cache_dri = "off"  # and still refuse typos
