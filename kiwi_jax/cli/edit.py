@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="device mesh, e.g. fsdp=2,tensor=2 (axes data, "
                       "fsdp, tensor, sequence; -1 fills)")
   parser.add_argument(
+      "--compile-cache-dir", default=None,
+      help="JAX's persistent compilation cache: the next edit at the same "
+      "sizes loads its compiled programs from here; 'off' for none "
+      "(default: $JAX_COMPILATION_CACHE_DIR, else "
+      "~/.cache/kiwi_jax/jax_cache)")
+  parser.add_argument(
       "--no-progress", action="store_true",
       help="print no phase lines and no denoising bar on stderr (the "
       "summary line is still printed)")
@@ -279,8 +285,8 @@ def _run(args, clock: progress_lib.PhaseClock, console: _Console,
 
   console.decoded(source, ref)
   clock.start("load model")
-  pipe = edit_pipeline.EditPipeline.from_pretrained(args.checkpoint,
-                                                    mesh=mesh)
+  pipe = edit_pipeline.EditPipeline.from_pretrained(
+      args.checkpoint, mesh=mesh, compile_cache_dir=args.compile_cache_dir)
   result = pipe.edit(source, args.prompt, ref, steps=args.steps,
                      seed=args.seed, scheduler=args.scheduler,
                      use_source=not args.source_free,

@@ -43,7 +43,7 @@ from kiwi_jax.pipeline import model_api
 from kiwi_jax.pipeline import outputs as outputs_lib
 from kiwi_jax.pipeline import programs as stages
 from kiwi_jax.pipeline import progress as progress_lib
-from kiwi_jax.utils import paths
+from kiwi_jax.utils import compile_cache, paths
 
 # The stages of one edit, in order. "compile" is the denoising loop's
 # compilation, apart so that the first step's time is the step's own; it
@@ -244,9 +244,18 @@ class EditPipeline:
     self._loops = {}  # compiled denoising loops by argument signature
 
   @classmethod
-  def from_pretrained(cls, directory, *, mesh=None) -> "EditPipeline":
-    """Loads a converted checkpoint directory (local, no network)."""
+  def from_pretrained(cls, directory, *, mesh=None,
+                      compile_cache_dir=None) -> "EditPipeline":
+    """Loads a converted checkpoint directory (local, no network).
+
+    ``compile_cache_dir``: JAX's persistent compilation cache, so the next
+    process editing at the same sizes loads the compiled programs; None
+    uses ``JAX_COMPILATION_CACHE_DIR`` or ``~/.cache/kiwi_jax/jax_cache``,
+    ``"off"`` none (``kiwi_jax.utils.compile_cache``).
+    """
     model, processor = load_model(directory, mesh)
+    compile_cache.configure(compile_cache_dir,
+                            default=compile_cache.user_cache_dir())
     return cls(model, processor, mesh=mesh)
 
   def __call__(self, video, prompt: str, ref_image=None,

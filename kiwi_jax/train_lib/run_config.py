@@ -84,6 +84,9 @@ class TrainerConfig:
     sample_every: call ``task.sample`` every this many steps (0 never).
     eval_every: call ``task.evaluate`` every this many steps (0 never).
     peak_flops_per_chip: for MFU (None: the device's table entry).
+    compile_cache_dir: JAX's persistent compilation cache ("" : the
+      environment's JAX_COMPILATION_CACHE_DIR, else <workdir>/jax_cache;
+      "off": none; see ``kiwi_jax.utils.compile_cache``).
   """
   total_steps: int
   seed: int = 0
@@ -103,6 +106,7 @@ class TrainerConfig:
   sample_every: int = 0
   eval_every: int = 0
   peak_flops_per_chip: float | None = None
+  compile_cache_dir: str = ""
 
   def __post_init__(self):
     object.__setattr__(self, "sharding_rules", tuple(

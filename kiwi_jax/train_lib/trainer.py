@@ -34,6 +34,7 @@ from kiwi_jax.train_lib import (
   train_step,
 )
 from kiwi_jax.train_lib.train_state import ModelSplit, TrainState
+from kiwi_jax.utils import compile_cache
 
 logger = logging.getLogger("kiwi_jax")
 
@@ -204,6 +205,8 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
   run = run_config.TrainerConfig.from_config(config)
   workdir = checkpointing.absolute_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  compile_cache.configure(run.compile_cache_dir,
+                          default=str(workdir / "jax_cache"))
   total_steps = run.total_steps
   mesh = sharding.make_mesh(run.mesh)
   rules = list(run.sharding_rules)

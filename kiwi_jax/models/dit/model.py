@@ -27,6 +27,7 @@ from kiwi_jax.models.dit import blocks as blocks_lib
 from kiwi_jax.models.dit.conditioning import (ConditionalEmbedder,
                                               PatchEmbedding, unpatchify)
 from kiwi_jax.models.dit.config import WanDiTConfig, remat_policy
+from kiwi_jax.utils.rngs import cheap_draws
 
 
 @flax.struct.dataclass
@@ -140,6 +141,7 @@ class WanDiT(nnx.Module):
   and, when configured, ``vae_condition`` / ``ref_vae_condition``.
   """
 
+  @cheap_draws
   def __init__(self, cfg: WanDiTConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)

@@ -31,6 +31,7 @@ from kiwi_jax.models.kiwi.connectors import Connector, LearnableQueries
 from kiwi_jax.models.mllm import Qwen25VL
 from kiwi_jax.models.mllm.vision import kiwi_encoder_pixels
 from kiwi_jax.models.vae import WanVAE
+from kiwi_jax.utils.rngs import cheap_draws
 
 
 @flax.struct.dataclass
@@ -58,6 +59,7 @@ class KiwiEdit(nnx.Module):
   ``vae`` (:class:`WanVAE`).
   """
 
+  @cheap_draws
   def __init__(self, cfg: KiwiEditConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     hidden, dim = cfg.mllm_hidden, cfg.dit.dim

@@ -24,6 +24,7 @@ from flax import nnx, struct
 from kiwi_jax.models.mllm.config import Qwen25VLConfig
 from kiwi_jax.models.mllm.text import TextModel
 from kiwi_jax.models.mllm.vision import VisionTower
+from kiwi_jax.utils.rngs import cheap_draws
 
 
 @struct.dataclass
@@ -54,6 +55,7 @@ class Qwen25VL(nnx.Module):
   ``model.language_model``.
   """
 
+  @cheap_draws
   def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.visual = VisionTower(cfg, rngs=rngs)

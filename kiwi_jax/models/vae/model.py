@@ -25,6 +25,7 @@ from kiwi_jax.models.vae.blocks import patchify, unpatchify
 from kiwi_jax.models.vae.causal_conv import CausalConv3d
 from kiwi_jax.models.vae.config import ENCODER_CHUNK_FRAMES, WanVAEConfig
 from kiwi_jax.models.vae.encoder_decoder import Decoder, Encoder
+from kiwi_jax.utils.rngs import cheap_draws
 
 
 def nearest_valid_frames(t: int, factor: int = 4) -> list[int]:
@@ -94,6 +95,7 @@ class WanVAE(nnx.Module):
     post_quant_conv: 1x1x1 conv before the decoder (reference ``conv2``).
   """
 
+  @cheap_draws
   def __init__(self, cfg: WanVAEConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
