@@ -29,6 +29,7 @@ import os
 import pathlib
 import time
 from collections.abc import Callable
+from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -189,6 +190,11 @@ def check_checkpoint_dir(directory) -> pathlib.Path:
       f"found {sorted(p.name for p in path.iterdir())[:10] or 'nothing'}.")
 
 
+def _signature(tree) -> list[tuple[Any, ...]]:
+  return [(np.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
+          for x in jax.tree.leaves(tree)]
+
+
 class EditPipeline:
   """Edits videos and images with a :class:`KiwiEdit`.
 
@@ -234,6 +240,19 @@ class EditPipeline:
     """A pipeline over an in-memory :class:`KiwiEdit` (e.g. a trainer's)
     with its tokenizer (or the tokenizer's local directory)."""
     return cls(model, KiwiProcessor(tokenizer, model.cfg), mesh=mesh)
+
+  def load_weights(self, model) -> None:
+    """Swaps in ``model``'s weights (same graph, shapes and shardings:
+    e.g. the trainer's model a few steps later); the compiled programs
+    stay."""
+    graphdef, state = nnx.split(model)
+    if graphdef != self.graphdef:
+      raise ValueError("load_weights: the model's graph differs from the "
+                       "pipeline's; build a new EditPipeline.")
+    if _signature(state) != _signature(self.state):
+      self._loops = {}  # compiled for other dtypes or shardings
+    self.state = state
+    self._vae_runner = None
 
   def __call__(self, video, prompt: str, ref_image=None,
                **kwargs) -> np.ndarray:

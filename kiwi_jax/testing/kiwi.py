@@ -58,8 +58,13 @@ def save_tiny_kiwi(directory: str | os.PathLike,
   """
   directory = pathlib.Path(directory)
   cfg = cfg or tiny_kiwi_config()
-  model = KiwiEdit(cfg, rngs=nnx.Rngs(seed))
-  state = perturbed_state(model, perturb) if perturb else nnx.state(model)
+
+  @jax.jit
+  def init():  # jitted: eager initialisation is slow on CPU
+    model = KiwiEdit(cfg, rngs=nnx.Rngs(seed))
+    return perturbed_state(model, perturb) if perturb else nnx.state(model)
+
+  state = init()
   if tokenizer_dir is None:
     tokenizer_dir = build_tiny_qwen_tokenizer(
         directory.parent / f".{directory.name}.tokenizer")

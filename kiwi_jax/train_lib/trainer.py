@@ -222,6 +222,11 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
       workdir, tensorboard=bool(_get(config, "tensorboard", True)),
       wandb_project=wandb.get("project"), wandb_name=wandb.get("name"))
   _write_config(workdir, config)
+  # What makes the workdir loadable as a model (e.g. Kiwi-Edit's config and
+  # tokenizer beside checkpoints/), when the task has such files.
+  write_model_files = getattr(task, "write_model_files", None)
+  if write_model_files is not None and jax.process_index() == 0:
+    write_model_files(workdir)
   writer.write_hparams(config.to_dict() if hasattr(config, "to_dict")
                        else dict(config))
 
