@@ -14,14 +14,31 @@ from __future__ import annotations
 import os
 import pathlib
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from kiwi_jax.data import refvie_mini, transforms
+from kiwi_jax.models.dit.config import WanDiTConfig
 from kiwi_jax.models.kiwi import checkpoint
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
 from kiwi_jax.models.kiwi.model import KiwiEdit
+from kiwi_jax.models.kiwi.processor import KiwiProcessor
+from kiwi_jax.models.mllm.config import Qwen25VLConfig
+from kiwi_jax.models.vae.config import WanVAEConfig
 from kiwi_jax.testing.tokenizer import build_tiny_qwen_tokenizer
+
+
+def tiny_configs() -> dict[str, Any]:
+  """Test-sized configs of every model: ``dit``, ``vae``, ``mllm`` (the
+  ``"tiny"`` variants) and ``kiwi`` (:func:`tiny_kiwi_config`)."""
+  return {"dit": WanDiTConfig.from_variant("tiny"),
+          "vae": WanVAEConfig.from_variant("wan2.2-tiny"),
+          "mllm": Qwen25VLConfig.from_variant("tiny"),
+          "kiwi": tiny_kiwi_config()}
 
 
 def tiny_kiwi_config(codec: str = "pixel_unshuffle",
@@ -73,4 +90,36 @@ def save_tiny_kiwi(directory: str | os.PathLike,
   return checkpoint.save(state, cfg, directory, processor_files=files)
 
 
-__all__ = ["perturbed_state", "save_tiny_kiwi", "tiny_kiwi_config"]
+# The RefVIE-mini edit type each mode's fake batch shows.
+_EDIT_TYPES = {"image": "local_recolor", "video": "local_remove",
+               "reference": "subject_reference"}
+
+
+def fake_kiwi_batch(processor: KiwiProcessor, mode: str = "video", *,
+                    batch_size: int = 2, height: int = 32, width: int = 32,
+                    num_frames: int = 5, seed: int = 3) -> dict[str, Any]:
+  """A host training batch of one mode, in the data pipeline's format
+  (``source_video`` / ``target_video`` uint8[B, T, H, W, 3], ``ref_image``
+  in reference mode, ``mllm`` from ``processor.example``), from generated
+  RefVIE-mini edits."""
+  if mode not in _EDIT_TYPES:
+    raise ValueError(f"mode must be one of {tuple(_EDIT_TYPES)}, got "
+                     f"{mode!r}.")
+  cfg = refvie_mini.MiniConfig(height=height, width=width,
+                               num_frames=1 if mode == "image" else
+                               num_frames)
+  samples = [refvie_mini.make_sample(seed, i, cfg, _EDIT_TYPES[mode])
+             for i in range(batch_size)]
+  batch = {"source_video": np.stack([s.source for s in samples]),
+           "target_video": np.stack([s.target for s in samples])}
+  if mode == "reference":
+    batch["ref_image"] = np.stack([transforms.shrink_and_pad_centered(
+        s.ref_image, height, width, 0.85) for s in samples])
+  mllm = [processor.example(s.source, s.prompt, s.ref_image)
+          for s in samples]
+  batch["mllm"] = {k: np.stack([m[k] for m in mllm]) for k in mllm[0]}
+  return batch
+
+
+__all__ = ["fake_kiwi_batch", "perturbed_state", "save_tiny_kiwi",
+           "tiny_configs", "tiny_kiwi_config"]

@@ -156,6 +156,10 @@ class KiwiTask:
     """What makes a workdir an ordinary Kiwi-Edit checkpoint beside its
     ``checkpoints/`` (``models.kiwi.checkpoint.load``, ``EditPipeline``,
     ``kiwi-edit``): the model config and the tokenizer files."""
+    if "://" in str(workdir):  # remote workdirs: the config.json only
+      logger.info("Not writing %s to the remote workdir %s.",
+                  kiwi_checkpoint.CONFIG_FILE, workdir)
+      return
     workdir = pathlib.Path(str(workdir))
     atomic.write_text(workdir / kiwi_checkpoint.CONFIG_FILE,
                       json.dumps(self.model_cfg.to_dict(), indent=2,
