@@ -5,7 +5,7 @@ r"""Trains Kiwi-Edit (or runs the CPU demo) as a config file says.
   python train.py --config=configs/demo.py --workdir=runs/demo \
       [--config.demo.stage_steps=[20,300,100]]
 
-``config.task``: "kiwi" (one curriculum stage, ``kiwi_jax.training``),
+``config.task``: "kiwi" (one curriculum stage, ``kiwi_jax.tasks``),
 "kiwi_demo" (the three-stage CPU demo), or "package.module:factory" for
 any other task (``factory(config)`` returns a ``trainer.Task``).
 
@@ -85,12 +85,12 @@ def _run(task: str, config) -> None:
   # Imported after initialize(): jax.distributed must start first.
   # pylint: disable=g-import-not-at-top
   if task == "kiwi_demo":
-    from kiwi_jax.training import demo
+    from kiwi_jax.tasks import demo
     demo.run(config, _WORKDIR.value)
     return
   from kiwi_jax.train_lib import trainer
   if task == "kiwi":
-    from kiwi_jax.training import kiwi_task
+    from kiwi_jax.tasks import kiwi_task
     factory = kiwi_task.KiwiTask
   else:
     factory = _task_factory(task)

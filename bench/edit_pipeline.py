@@ -38,8 +38,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kiwi_jax.data import refvie_mini  # noqa: E402
-from kiwi_jax.pipeline import STAGES, EditPipeline, stages  # noqa: E402
+from kiwi_jax.pipeline import PHASES, EditPipeline  # noqa: E402
 from kiwi_jax.pipeline import inputs as inputs_lib  # noqa: E402
+from kiwi_jax.pipeline import programs as stages  # noqa: E402
 from tests.pipeline import toy_editor  # noqa: E402
 
 
@@ -65,6 +66,7 @@ def torch_denoise_seconds(pipe, source, ref, prompt, steps, repeats):
   """The reference loop in torch around the toy velocity, same inputs."""
   # pylint: disable=g-import-not-at-top
   import torch
+
   from tests.pipeline import torch_reference
   clip = inputs_lib.load_source(source)
   batch, _ = pipe.processor(prompt, frames=clip.frames, ref_image=ref)
@@ -93,14 +95,15 @@ def random_kiwi(variant: str):
   """(KiwiEdit, KiwiProcessor, mesh) of a random-weight variant."""
   # pylint: disable=g-import-not-at-top
   import dataclasses
+
   from flax import nnx
+  from transformers import AutoTokenizer
+
   from kiwi_jax import sharding
   from kiwi_jax.models.kiwi.config import KiwiEditConfig
   from kiwi_jax.models.kiwi.model import KiwiEdit
   from kiwi_jax.models.kiwi.processor import KiwiProcessor
-  from kiwi_jax.testing import build_tiny_qwen_tokenizer
-  from kiwi_jax.testing import special_token_ids
-  from transformers import AutoTokenizer
+  from kiwi_jax.testing import build_tiny_qwen_tokenizer, special_token_ids
   tok_dir = build_tiny_qwen_tokenizer(tempfile.mkdtemp())
   ids = special_token_ids(AutoTokenizer.from_pretrained(str(tok_dir)))
   cfg = KiwiEditConfig.from_variant(variant)
@@ -150,7 +153,7 @@ def main(argv=None):
         f"model {name}, "
         f"{clip.size[1]}x{clip.size[0]} x {clip.num_frames} frames, "
         f"{steps} steps, best of {args.repeats}")
-  for name in STAGES:
+  for name in PHASES:
     print(f"  {name:12s} {best[name]:8.3f} s")
   print(f"  {'total':12s} {best['total']:8.3f} s "
         f"(incl. reading/resizing and output conversion)")

@@ -5,12 +5,8 @@ import numpy as np
 import pytest
 
 from kiwi_jax import sharding
-from kiwi_jax.data import examples
-from kiwi_jax.data import latent_cache
-from kiwi_jax.data import pipeline
-from kiwi_jax.data import refvie_mini
-from kiwi_jax.data import transforms
-
+from kiwi_jax.data import examples, latent_cache, refvie_mini, transforms
+from kiwi_jax.data import loader as pipeline
 from tests.data.conftest import CFG
 
 EVAL = examples.ExampleConfig(max_frames=5, max_pixels=64 * 64, train=False)
@@ -239,8 +235,7 @@ def test_latent_cache_is_read_like_media_records(mini_records, tmp_path):
 
 
 def test_reads_a_tfds_directory_like_array_records(mini_dir, tmp_path):
-  from kiwi_jax.data import metadata
-  from kiwi_jax.data import tfds_builder
+  from kiwi_jax.data import metadata, tfds_builder
   rows = metadata.read_csv_rows(mini_dir / "refvie_mini_video.csv")
   path, _ = tfds_builder.build_tfds({"train": rows}, mini_dir, tmp_path)
   small = examples.ExampleConfig(max_frames=5, max_pixels=32 * 32)
