@@ -91,8 +91,15 @@ def torch_denoise_seconds(pipe, source, ref, prompt, steps, repeats):
   return best
 
 
-def random_kiwi(variant: str):
-  """(KiwiEdit, KiwiProcessor, mesh) of a random-weight variant."""
+def random_kiwi(variant: str, config=None, make_model=None):
+  """(KiwiEdit, KiwiProcessor, mesh) of a random-weight Kiwi-Edit.
+
+  Args:
+    variant: the ``KiwiEditConfig`` variant.
+    config: a config to use instead of the variant's own (e.g. bf16).
+    make_model: ``make_model(ctor, mesh) -> module``; default
+      ``sharding.create_sharded`` (the modules' own initialisers).
+  """
   # pylint: disable=g-import-not-at-top
   import dataclasses
 
@@ -106,13 +113,13 @@ def random_kiwi(variant: str):
   from kiwi_jax.testing import build_tiny_qwen_tokenizer, special_token_ids
   tok_dir = build_tiny_qwen_tokenizer(tempfile.mkdtemp())
   ids = special_token_ids(AutoTokenizer.from_pretrained(str(tok_dir)))
-  cfg = KiwiEditConfig.from_variant(variant)
+  cfg = config or KiwiEditConfig.from_variant(variant)
   fields = {f.name for f in dataclasses.fields(cfg.mllm)}
   cfg = cfg.replace(mllm=dataclasses.replace(
       cfg.mllm, **{k: v for k, v in ids.items() if k in fields}))
   mesh = sharding.make_mesh({"fsdp": -1})
-  model = sharding.create_sharded(lambda: KiwiEdit(cfg, rngs=nnx.Rngs(0)),
-                                  mesh)
+  make_model = make_model or sharding.create_sharded
+  model = make_model(lambda: KiwiEdit(cfg, rngs=nnx.Rngs(0)), mesh)
   return model, KiwiProcessor(str(tok_dir), cfg), mesh
 
 
