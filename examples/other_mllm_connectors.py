@@ -46,6 +46,14 @@ def velocity(graphdef, latents, timestep, sigma, step, state, hidden,
                    sigma=jnp.full((batch,), sigma)).velocity
 
 
+def build(mllm_hidden: int) -> HiddenStateEditor:
+  """Random weights, moved off the connector's zero init (as training
+  would), so that the context matters."""
+  model = HiddenStateEditor(mllm_hidden, rngs=nnx.Rngs(0))
+  nnx.update(model, perturbed_state(model, 0.1))
+  return model
+
+
 def edit(model: HiddenStateEditor, hidden: jax.Array, source: jax.Array, *,
          steps: int, seed: int = 0) -> jax.Array:
   """hidden float[B, N, mllm_hidden], source latents [B, t, h, w, 12]."""
@@ -67,8 +75,7 @@ def main(argv=None) -> np.ndarray:
   parser.add_argument("--hidden-seed", type=int, default=0,
                       help="the stand-in hidden states")
   args = parser.parse_args(argv)
-  model = HiddenStateEditor(args.hidden, rngs=nnx.Rngs(0))
-  nnx.update(model, perturbed_state(model, 0.1))  # stands in for training
+  model = build(args.hidden)
   hidden = jnp.asarray(np.random.default_rng(args.hidden_seed).normal(
       size=(1, args.queries, args.hidden)), jnp.float32)
   source = jnp.asarray(np.random.default_rng(args.seed).normal(

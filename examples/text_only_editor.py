@@ -63,21 +63,22 @@ def edit(model: TextOnlyEditor, video: np.ndarray, token_ids: np.ndarray, *,
          steps: int, seed: int = 0) -> np.ndarray:
   """float[1, T, H, W, 3] in [-1, 1] + int[1, L] -> the edited video."""
   graphdef, state = nnx.split(model)
-  source = model.vae.encode(jnp.asarray(video))
-  context = model.context(jnp.asarray(token_ids))
+  source = nnx.jit(lambda m, v: m.vae.encode(v))(model, jnp.asarray(video))
+  context = nnx.jit(lambda m, t: m.context(t))(model,
+                                               jnp.asarray(token_ids))
   noise = kiwi_jax.diffusion.initial_noise(seed, source.shape, jnp.float32)
   latents = kiwi_jax.sample(functools.partial(velocity, graphdef), noise,
                             state, context, source, num_steps=steps,
                             timestep_dtype=jnp.float32)
-  return np.asarray(model.vae.decode(latents))
+  return np.asarray(nnx.jit(lambda m, z: m.vae.decode(z))(model, latents))
 
 
-def main(argv=None) -> np.ndarray:
+def main(argv=None, model: TextOnlyEditor | None = None) -> np.ndarray:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--steps", type=int, default=4)
   parser.add_argument("--tokens", type=int, nargs="+", default=[3, 14, 15])
   args = parser.parse_args(argv)
-  model = build()
+  model = model or build()
   video = np.random.default_rng(0).uniform(-1, 1, (1, 5, 32, 32, 3))
   out = edit(model, video.astype(np.float32), np.asarray([args.tokens]),
              steps=args.steps)
