@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 from kiwi_jax.data import refvie_mini  # noqa: E402
 from kiwi_jax.pipeline import PHASES, EditPipeline  # noqa: E402
 from kiwi_jax.pipeline import inputs as inputs_lib  # noqa: E402
-from kiwi_jax.pipeline import programs as stages
-from kiwi_jax.testing import toy_editor  # noqa: E402
+from kiwi_jax.pipeline import programs as stages  # noqa: E402
+from tests.pipeline import toy_editor  # noqa: E402
 
 
 def synthetic_source(height, width, frames):
@@ -70,7 +70,8 @@ def torch_denoise_seconds(pipe, source, ref, prompt, steps, repeats):
   from tests.pipeline import torch_reference
   clip = inputs_lib.load_source(source)
   batch, _ = pipe.processor(prompt, frames=clip.frames, ref_image=ref)
-  context = stages.encode_conditions(pipe.graphdef, pipe.state, batch)
+  context = stages.encode_conditions(pipe.graphdef, pipe.state,
+                                     batch).context
   src = stages.encode_video(pipe.graphdef, pipe.state,
                             inputs_lib.to_model_range(clip.frames)[None])
   padded = inputs_lib.pad_reference(ref, *clip.size)
@@ -91,7 +92,7 @@ def torch_denoise_seconds(pipe, source, ref, prompt, steps, repeats):
 
 
 def random_kiwi(variant: str, config=None, make_model=None):
-  """(KiwiEditor, KiwiProcessor, mesh) of a random-weight Kiwi-Edit.
+  """(KiwiEdit, KiwiProcessor, mesh) of a random-weight Kiwi-Edit.
 
   Args:
     variant: the ``KiwiEditConfig`` variant.
@@ -108,7 +109,7 @@ def random_kiwi(variant: str, config=None, make_model=None):
   from kiwi_jax import sharding
   from kiwi_jax.models.kiwi.config import KiwiEditConfig
   from kiwi_jax.models.kiwi.model import KiwiEdit
-  from kiwi_jax.pipeline import kiwi_adapter
+  from kiwi_jax.models.kiwi.processor import KiwiProcessor
   from kiwi_jax.testing import build_tiny_qwen_tokenizer, special_token_ids
   tok_dir = build_tiny_qwen_tokenizer(tempfile.mkdtemp())
   ids = special_token_ids(AutoTokenizer.from_pretrained(str(tok_dir)))
@@ -119,8 +120,7 @@ def random_kiwi(variant: str, config=None, make_model=None):
   mesh = sharding.make_mesh({"fsdp": -1})
   make_model = make_model or sharding.create_sharded
   model = make_model(lambda: KiwiEdit(cfg, rngs=nnx.Rngs(0)), mesh)
-  return (kiwi_adapter.KiwiEditor(model),
-          kiwi_adapter.KiwiProcessor(str(tok_dir), cfg), mesh)
+  return model, KiwiProcessor(str(tok_dir), cfg), mesh
 
 
 def main(argv=None):
@@ -146,11 +146,11 @@ def main(argv=None):
     pipe = EditPipeline(model, processor, mesh=mesh)
     name = f"random {args.variant}"
   else:
-    checkpoint = args.checkpoint
     if toy:
-      checkpoint = toy_editor.save_toy_editor(tempfile.mkdtemp())
-    pipe = EditPipeline.from_pretrained(checkpoint)
-    name = "toy editor" if toy else checkpoint
+      pipe = EditPipeline(*toy_editor.make_toy_editor())
+    else:
+      pipe = EditPipeline.from_pretrained(args.checkpoint)
+    name = "toy editor" if toy else args.checkpoint
   if args.variant == "tiny" and not args.height:
     height, width, frames = 64, 96, 5
   source, ref, prompt = synthetic_source(height, width, frames)

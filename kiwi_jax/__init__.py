@@ -9,7 +9,10 @@ The public surface, imported lazily so ``import kiwi_jax`` stays cheap::
   kiwi_jax.WanVAE, kiwi_jax.WanVAEConfig, kiwi_jax.VAERunner
   kiwi_jax.Qwen25VL, kiwi_jax.Qwen25VLConfig
   kiwi_jax.Connector, kiwi_jax.LearnableQueries
-  # Editing.
+  kiwi_jax.KiwiProcessor          # the MLLM inputs encode_conditions reads
+  kiwi_jax.load_checkpoint        # a converted dir or a train.py workdir
+  # Sampling and editing.
+  kiwi_jax.sample, kiwi_jax.SamplingPlan   # the flow-matching Euler sampler
   kiwi_jax.EditPipeline
   # Meshes and logical sharding.
   kiwi_jax.sharding
@@ -36,6 +39,10 @@ _EXPORTS = {
     "Qwen25VLConfig": "kiwi_jax.models.mllm",
     "Connector": "kiwi_jax.models.kiwi.connectors",
     "LearnableQueries": "kiwi_jax.models.kiwi.connectors",
+    "KiwiProcessor": "kiwi_jax.models.kiwi",
+    "load_checkpoint": "kiwi_jax.models.kiwi",
+    "sample": "kiwi_jax.diffusion",
+    "SamplingPlan": "kiwi_jax.diffusion",
     "EditPipeline": "kiwi_jax.pipeline",
 }
 _SUBMODULES = ("sharding", "layers", "models", "diffusion", "data",

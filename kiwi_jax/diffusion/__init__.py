@@ -5,8 +5,9 @@ from kiwi_jax.diffusion.flow_matching import (NoiseLevel, TrainingGrid,
                                               noise_level_at,
                                               sample_noise_level,
                                               velocity_target, weighted_mse)
-from kiwi_jax.diffusion.sampler import (SamplingPlan, euler_loop, euler_step,
-                                        initial_noise, sample)
+from kiwi_jax.diffusion.sampler import (SamplingPlan, denoise, euler_loop,
+                                        euler_step, initial_noise, sample,
+                                        start_latents)
 from kiwi_jax.diffusion.schedules import (DIFFSYNTH, DIFFUSERS,
                                           FlowMatchSchedule, get_schedule,
                                           lookup_sigma, model_timestep,
@@ -14,8 +15,8 @@ from kiwi_jax.diffusion.schedules import (DIFFSYNTH, DIFFUSERS,
 
 __all__ = [
     "DIFFSYNTH", "DIFFUSERS", "FlowMatchSchedule", "NoiseLevel",
-    "SamplingPlan", "TrainingGrid", "add_noise", "euler_loop", "euler_step",
+    "SamplingPlan", "TrainingGrid", "add_noise", "denoise", "euler_loop", "euler_step",
     "flow_matching_loss", "get_schedule", "initial_noise", "lookup_sigma",
     "model_timestep", "nearest_index", "noise_level_at", "sample",
-    "sample_noise_level", "to_bf16", "velocity_target", "weighted_mse",
+    "sample_noise_level", "start_latents", "to_bf16", "velocity_target", "weighted_mse",
 ]

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kiwi_jax.diffusion import schedules
+from kiwi_jax.diffusion import flow_matching, schedules
 
 # (latents [B, ...], timestep [], sigma f32[], step i32[], *operands) -> v;
 # timestep in the plan's timestep dtype.
@@ -200,19 +200,39 @@ def euler_loop(
   return jax.lax.fori_loop(0, num_steps, body, latents)
 
 
+def start_latents(noise: jax.Array, plan: SamplingPlan,
+                  clean_latents: jax.Array | None = None) -> jax.Array:
+  """Where the Euler loop starts: ``noise``, or below strength 1
+  ``clean_latents`` noised to the plan's first sigma (the reference's
+  ``add_noise`` at ``timesteps[0]``; ``flow_matching.add_noise``, in fp32),
+  in the noise's dtype."""
+  if clean_latents is None:
+    return noise
+  return flow_matching.add_noise(clean_latents, noise,
+                                 plan.sigmas[0]).astype(noise.dtype)
+
+
+def denoise(velocity_fn: SamplerVelocityFn, noise: jax.Array,
+            plan: SamplingPlan, operands: Sequence[Any] = (), *,
+            clean_latents: jax.Array | None = None,
+            guidance_scales: Sequence[float] = (),
+            guidance_operands: Sequence[Sequence[Any]] = ()) -> jax.Array:
+  """The sampler: :func:`start_latents` then :func:`euler_loop`
+  (traceable; :func:`sample` jits it, ``EditPipeline`` runs it inside its
+  one compiled program)."""
+  return euler_loop(velocity_fn, start_latents(noise, plan, clean_latents),
+                    plan, operands, guidance_scales=guidance_scales,
+                    guidance_operands=guidance_operands)
+
+
 @functools.partial(jax.jit, static_argnames=("velocity_fn",
                                              "guidance_scales"))
 def _jitted_sample(velocity_fn, noise, clean_latents, plan, operands,
                    guidance_scales, guidance_operands):
-  latents = noise
-  if clean_latents is not None:
-    # The reference's add_noise at timesteps[0], i.e. sigmas[0].
-    sigma = plan.sigmas[0]
-    latents = ((1 - sigma) * clean_latents.astype(jnp.float32) +
-               sigma * noise.astype(jnp.float32)).astype(noise.dtype)
-  return euler_loop(velocity_fn, latents, plan, operands,
-                    guidance_scales=guidance_scales,
-                    guidance_operands=guidance_operands)
+  return denoise(velocity_fn, noise, plan, operands,
+                 clean_latents=clean_latents,
+                 guidance_scales=guidance_scales,
+                 guidance_operands=guidance_operands)
 
 
 def sample(

@@ -5,7 +5,6 @@ from kiwi_jax.pipeline.edit_pipeline import (
                                              CheckpointDirError,
                                              EditPipeline,
                                              EditResult,
-                                             load_model,
 )
 from kiwi_jax.pipeline.inputs import (
                                              EditInputError,
@@ -17,6 +16,6 @@ from kiwi_jax.pipeline.outputs import EditOutputError
 
 __all__ = [
     "PHASES", "CheckpointDirError", "EditInputError", "EditOutputError",
-    "EditPipeline", "EditResult", "SourceClip", "load_model",
+    "EditPipeline", "EditResult", "SourceClip",
     "load_reference", "load_source",
 ]

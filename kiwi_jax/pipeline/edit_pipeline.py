@@ -38,8 +38,10 @@ from flax import nnx
 
 from kiwi_jax import sharding
 from kiwi_jax.diffusion import sampler
+from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
+from kiwi_jax.models.kiwi.processor import KiwiProcessor
+from kiwi_jax.models.vae import tiling
 from kiwi_jax.pipeline import inputs as inputs_lib
-from kiwi_jax.pipeline import model_api
 from kiwi_jax.pipeline import outputs as outputs_lib
 from kiwi_jax.pipeline import programs as stages
 from kiwi_jax.pipeline import progress as progress_lib
@@ -171,72 +173,54 @@ def check_checkpoint_dir(directory) -> pathlib.Path:
   """The checkpoint directory, checked without loading anything.
 
   Raises:
-    CheckpointDirError: it is missing, not a directory, or holds no known
-      model (neither a converted Kiwi-Edit nor the tests' toy editor).
+    CheckpointDirError: it is missing, not a directory, or holds no
+      Kiwi-Edit model (``kiwi_jax.models.kiwi.checkpoint.is_checkpoint``:
+      a converted directory or a trainer's workdir).
   """
   path = pathlib.Path(os.fspath(directory))
   if not path.exists():
     raise CheckpointDirError(f"checkpoint directory not found: {path}")
   if not path.is_dir():
     raise CheckpointDirError(f"checkpoint {path} is not a directory.")
-  from kiwi_jax.testing import toy_editor  # pylint: disable=g-import-not-at-top
-  if (path / KIWI_CONFIG_FILE).is_file() or toy_editor.is_toy_editor_dir(
-      path):
+  if kiwi_checkpoint.is_checkpoint(path):
     return path
   raise CheckpointDirError(
       f"{path} is not a kiwi_jax checkpoint directory: expected "
-      f"{KIWI_CONFIG_FILE} and params/ (written by `python -m "
-      "kiwi_jax.converters.cli`) or the toy editor's "
-      f"{toy_editor.CONFIG_FILE}; found "
-      f"{sorted(p.name for p in path.iterdir())[:10] or 'nothing'}.")
+      f"{kiwi_checkpoint.CONFIG_FILE} with params/ (written by `python -m "
+      "kiwi_jax.converters.cli`) or with checkpoints/ (a train.py workdir); "
+      f"found {sorted(p.name for p in path.iterdir())[:10] or 'nothing'}.")
 
 
-# The config file a converted Kiwi-Edit directory holds
-# (``kiwi_jax.models.kiwi.checkpoint.CONFIG_FILE``).
-KIWI_CONFIG_FILE = "kiwi_config.json"
-
-
-def load_model(directory, mesh=None
-               ) -> tuple[Any, model_api.ConditionProcessor]:
-  """(model, processor) from a checkpoint directory, by its marker file.
-
-  A converted Kiwi-Edit directory (``python -m converters.convert``) is
-  restored straight into ``mesh``'s shardings; the toy editor of the tests
-  is recognised by its own config file.
-
-  Raises:
-    CheckpointDirError: the directory is missing or holds no known model.
-  """
-  path = check_checkpoint_dir(directory)
-  # pylint: disable=g-import-not-at-top
-  if (path / KIWI_CONFIG_FILE).is_file():
-    from kiwi_jax.pipeline import kiwi_adapter
-    return kiwi_adapter.load(path, mesh=mesh)
-  from kiwi_jax.testing import toy_editor
-  return toy_editor.load_toy_editor(path)
+def _signature(tree) -> list[tuple[Any, ...]]:
+  return [(np.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
+          for x in jax.tree.leaves(tree)]
 
 
 class EditPipeline:
-  """Edits videos and images with an ``EditModel`` (KiwiEdit).
+  """Edits videos and images with a :class:`KiwiEdit`.
 
   Args:
-    model: the NNX model (see ``model_api.EditModel``); split once here.
-    processor: host-side MLLM input preparation.
+    model: the NNX model (``KiwiEdit``: its ``encode_conditions``,
+      ``encode_video``, ``decode_latents`` and ``denoise_step``, and the
+      latent geometry of its ``cfg``); split once here.
+    processor: its MLLM inputs (``KiwiProcessor``: ``processor(instruction,
+      frames=, ref_image=) -> (arrays, options)``).
     mesh: optional device mesh; the model state is placed by its logical
       axes and every stage runs under the mesh (sharded inference).
   """
 
-  def __init__(self, model, processor: model_api.ConditionProcessor, *,
+  def __init__(self, model, processor, *,
                mesh: jax.sharding.Mesh | None = None):
     self.processor = processor
     self.mesh = mesh
-    self.latent_channels = model.latent_channels
-    self.temporal_factor = model.temporal_factor
-    self.spatial_factor = model.spatial_factor
-    self.latent_dtype = getattr(model, "latent_dtype", jnp.bfloat16)
+    cfg = self.cfg = model.cfg
+    self.latent_channels = cfg.latent_channels
+    self.temporal_factor = cfg.temporal_factor
+    self.spatial_factor = cfg.spatial_factor
+    self.latent_dtype = cfg.latent_dtype
     # The DiT sees timesteps in its compute dtype (the reference's
     # torch_dtype): bf16 rounds them, float32 keeps them exact.
-    self.timestep_dtype = getattr(model, "timestep_dtype", jnp.bfloat16)
+    self.timestep_dtype = cfg.timestep_dtype
     if mesh is not None:
       model = sharding.reshard_module(model, mesh)
     self.graphdef, self.state = nnx.split(model)
@@ -246,17 +230,39 @@ class EditPipeline:
   @classmethod
   def from_pretrained(cls, directory, *, mesh=None,
                       compile_cache_dir=None) -> "EditPipeline":
-    """Loads a converted checkpoint directory (local, no network).
+    """Opens a Kiwi-Edit checkpoint directory (local, no network): a
+    converted release or a train.py workdir (its newest step).
 
     ``compile_cache_dir``: JAX's persistent compilation cache, so the next
     process editing at the same sizes loads the compiled programs; None
     uses ``JAX_COMPILATION_CACHE_DIR`` or ``~/.cache/kiwi_jax/jax_cache``,
     ``"off"`` none (``kiwi_jax.utils.compile_cache``).
     """
-    model, processor = load_model(directory, mesh)
+    path = check_checkpoint_dir(directory)
+    model = kiwi_checkpoint.load(path, mesh=mesh)
+    processor = KiwiProcessor(kiwi_checkpoint.processor_dir(path), model.cfg)
     compile_cache.configure(compile_cache_dir,
                             default=compile_cache.user_cache_dir())
     return cls(model, processor, mesh=mesh)
+
+  @classmethod
+  def from_model(cls, model, tokenizer, *, mesh=None) -> "EditPipeline":
+    """A pipeline over an in-memory :class:`KiwiEdit` (e.g. a trainer's)
+    with its tokenizer (or the tokenizer's local directory)."""
+    return cls(model, KiwiProcessor(tokenizer, model.cfg), mesh=mesh)
+
+  def load_weights(self, model) -> None:
+    """Swaps in ``model``'s weights (same graph, shapes and shardings:
+    e.g. the trainer's model a few steps later); the compiled programs
+    stay."""
+    graphdef, state = nnx.split(model)
+    if graphdef != self.graphdef:
+      raise ValueError("load_weights: the model's graph differs from the "
+                       "pipeline's; build a new EditPipeline.")
+    if _signature(state) != _signature(self.state):
+      self._loops = {}  # compiled for other dtypes or shardings
+    self.state = state
+    self._vae_runner = None
 
   def __call__(self, video, prompt: str, ref_image=None,
                **kwargs) -> np.ndarray:
@@ -264,18 +270,21 @@ class EditPipeline:
     return self.edit(video, prompt, ref_image, **kwargs).frames
 
   def vae_runner(self):
-    """The model's host-driven (tiled) VAE runner, or None; built once."""
+    """The host-driven chunked/tiled Wan VAE runner (the reference's tiled
+    inference), or None for another codec; built once."""
     if self._vae_runner is None:
-      make = getattr(nnx.merge(self.graphdef, self.state), "vae_runner",
-                     None)
-      self._vae_runner = make() if make is not None else False
+      self._vae_runner = False
+      if self.cfg.codec == "wan_vae":
+        model = nnx.merge(self.graphdef, self.state)
+        self._vae_runner = tiling.VAERunner(model.vae)
     return self._vae_runner or None
 
   def _denoise_loop(self, args, scales, branches, on_compile):
     """The compiled Euler loop for these arguments (compiled on first use).
 
     Args:
-      args: ``(noise, plan, conditions, source_latents, ref_latents)``.
+      args: ``(noise, plan, conditions, source_latents, ref_latents,
+        clean_latents)``.
       scales, branches: the guidance scales and branch operands.
       on_compile: called before compiling (not when the loop is kept).
 
@@ -289,13 +298,21 @@ class EditPipeline:
     loop = self._loops.get(key)
     if loop is None:
       on_compile()
+      *loop_args, clean = args
       loop = stages.denoise.lower(
-          self.graphdef, self.state, *args, report=True,
-          guidance_scales=scales, guidance_branches=branches).compile()
+          self.graphdef, self.state, *loop_args, report=True,
+          clean_latents=clean, guidance_scales=scales,
+          guidance_branches=branches).compile()
       if len(self._loops) >= MAX_COMPILED_LOOPS:
         self._loops.pop(next(iter(self._loops)))
       self._loops[key] = loop
-    return lambda *a: loop(self.state, *a, guidance_branches=branches)
+
+    def run(*a):
+      *loop_args, clean = a
+      return loop(self.state, *loop_args, clean_latents=clean,
+                  guidance_branches=branches)
+
+    return run
 
   def _mesh_context(self):
     return (sharding.use_mesh(self.mesh) if self.mesh is not None
@@ -314,6 +331,7 @@ class EditPipeline:
            use_source: bool = True, guidance_scale: float | None = None,
            ref_guidance_scale: float | None = None,
            negative_prompt: str = "", noise: jax.Array | None = None,
+           denoising_strength: float = 1.0,
            vae_tiling: bool | None = None,
            on_step: Callable[[int, int], None] | None = None,
            on_phase: Callable[[str], None] | None = None) -> EditResult:
@@ -340,6 +358,10 @@ class EditPipeline:
         no reference tokens) and s_text is ``guidance_scale`` or 1.
       negative_prompt: the unconditional prompt when guiding.
       noise: initial latents to use instead of seeded noise.
+      denoising_strength: in (0, 1]; below 1 the loop starts from the
+        source latents noised to the first sigma of a shortened schedule
+        (the reference pipeline's ``input_video`` + ``denoising_strength``;
+        1, the released demo, starts from noise).
       vae_tiling: encode/decode in overlapping spatial tiles with the
         model's host-driven VAE runner, as the reference does at inference
         (``tiled=True``, tiles 30 x 52 latent pixels, stride 15 x 26);
@@ -362,6 +384,10 @@ class EditPipeline:
                         seed=None if noise is not None else seed,
                         guidance_scale=guidance_scale,
                         ref_guidance_scale=ref_guidance_scale)
+    strength = float(denoising_strength)
+    if not 0.0 < strength <= 1.0:
+      raise inputs_lib.EditInputError(
+          f"denoising_strength must be in (0, 1], got {strength:g}.")
     if ref_guidance_scale is not None and ref_image is None:
       raise inputs_lib.EditInputError(
           "ref_guidance_scale needs a reference image.")
@@ -371,11 +397,13 @@ class EditPipeline:
     ref = (None if ref_image is None else
            inputs_lib.load_reference(ref_image))
     num_frames, (height, width) = source.num_frames, source.size
-    shape = model_api.latent_shape(self, num_frames, height, width)
+    shape = (1, (num_frames - 1) // self.temporal_factor + 1,
+             height // self.spatial_factor, width // self.spatial_factor,
+             self.latent_channels)
     if noise is not None and tuple(noise.shape) != shape:
       raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape "
                        f"{shape} of a {num_frames}x{height}x{width} clip.")
-    plan = sampler.SamplingPlan.build(steps, scheduler,
+    plan = sampler.SamplingPlan.build(steps, scheduler, strength,
                                       timestep_dtype=self.timestep_dtype)
     seconds = {"vae_encode": 0.0, "compile": 0.0}
     runner = None if vae_tiling is False else self.vae_runner()
@@ -394,6 +422,12 @@ class EditPipeline:
     def mllm(text, with_ref=True):
       arrays, options = self.processor(text, frames=source.frames,
                                        ref_image=ref if with_ref else None)
+      mode = options.get("mode")
+      if mode is not None and mode not in self.cfg.modes():
+        raise inputs_lib.EditInputError(
+            f"This Kiwi-Edit checkpoint cannot run {mode} edits (it has the "
+            f"modes {self.cfg.modes()}; reference edits need a stage-3 "
+            "model).")
       return timed("mllm_encode", stage(stages.encode_conditions),
                    jax.tree.map(jnp.asarray, arrays),
                    tuple(sorted(options.items())))
@@ -420,11 +454,13 @@ class EditPipeline:
       elif guidance_scale is not None:
         scales = (float(guidance_scale),)
         branch_conditions = (mllm(negative_prompt),)
-      source_latents = ref_latents = None
-      if use_source or ref is not None:
+      source_latents = ref_latents = clean_latents = None
+      if use_source or ref is not None or strength < 1.0:
         phase("vae_encode")
-      if use_source:
-        source_latents = vae_encode(source.frames)
+      if use_source or strength < 1.0:
+        encoded = vae_encode(source.frames)
+        source_latents = encoded if use_source else None
+        clean_latents = encoded if strength < 1.0 else None
       if ref is not None:
         ref_latents = vae_encode(
             inputs_lib.pad_reference(ref, height, width)[None])
@@ -434,7 +470,8 @@ class EditPipeline:
       branches = tuple((c, branch_refs) for c in branch_conditions)
       if noise is None:
         noise = sampler.initial_noise(seed, shape, self.latent_dtype)
-      args = (noise, plan, conditions, source_latents, ref_latents)
+      args = (noise, plan, conditions, source_latents, ref_latents,
+              clean_latents)
       t0 = time.perf_counter()
       loop = self._denoise_loop(args, scales, branches,
                                 on_compile=lambda: phase("compile"))

@@ -33,8 +33,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from kiwi_jax.data import transforms
-from kiwi_jax.data import video_io
+from kiwi_jax.data import transforms, video_io
 
 VIDEO_EXTENSIONS = video_io.VIDEO_EXTENSIONS
 IMAGE_EXTENSIONS = video_io.IMAGE_EXTENSIONS

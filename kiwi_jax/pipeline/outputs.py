@@ -20,8 +20,7 @@ import numpy as np
 from PIL import Image
 
 from kiwi_jax.pipeline import inputs
-from kiwi_jax.utils import atomic
-from kiwi_jax.utils import video_files
+from kiwi_jax.utils import atomic, video_files
 
 VIDEO_OUTPUT_EXTENSIONS = (".mp4",)
 GIF_EXTENSIONS = (".gif",)

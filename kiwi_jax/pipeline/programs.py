@@ -1,5 +1,9 @@
 """The pipeline's jitted stages: pure functions of (graphdef, state, inputs).
 
+The model is a :class:`KiwiEdit` (``kiwi_jax.models.kiwi``): its
+``encode_conditions``, ``encode_video``, ``decode_latents`` and
+``denoise_step`` are called here with the signatures it declares.
+
 Each stage merges the model inside jit (``nnx.merge``), so parameters are
 arguments of the compiled program, not constants, and one compiled program
 serves every call with the same shapes. Under a mesh
@@ -9,7 +13,7 @@ over ``sequence``, heads/MLP over ``tensor``, weights over ``fsdp``).
 
 ``denoise`` is the whole Euler loop as one program: the reference loop of
 ``WanVideoPipeline.__call__`` (spec 5.1) via
-``kiwi_jax.diffusion.sampler.euler_loop`` (bf16 timestep to the model, the
+``kiwi_jax.diffusion.sampler.denoise`` (bf16 timestep to the model, the
 nearest-entry sigma for the source injection, exact sigmas in the Euler
 update, the last step to sigma 0). Kiwi's DiT takes one timestep per sample
 (spec 3: no TI2V per-token timesteps), so the step's scalar timestep and
@@ -61,9 +65,14 @@ def _velocity(graphdef, report, latents, timestep, sigma, step, state,
               conditions, source_latents, ref_latents):
   model = nnx.merge(graphdef, state)
   batch = latents.shape[0]
+  # One timestep per sample, the context straight to cross-attention
+  # (spec 2.5, 3); one unpadded example needs no context mask.
   velocity = model.denoise_step(
-      latents, jnp.full((batch,), timestep), jnp.full((batch,), sigma),
-      conditions, source_latents=source_latents, ref_latents=ref_latents)
+      latents, jnp.full((batch,), timestep), conditions.context,
+      source_latents=source_latents,
+      sigma=(jnp.full((batch,), sigma) if source_latents is not None
+             else None),
+      ref_latents=ref_latents)
   if report:
     # Depend on the velocity, so the step is reported once it is computed.
     progress.emit(step, after=velocity.reshape(-1)[0])
@@ -76,6 +85,7 @@ def denoise(graphdef: nnx.GraphDef, state: Any, latents: jax.Array,
             plan: sampler.SamplingPlan, conditions: Any,
             source_latents: jax.Array | None,
             ref_latents: jax.Array | None, *, report: bool = True,
+            clean_latents: jax.Array | None = None,
             guidance_scales: tuple[float, ...] = (),
             guidance_branches: tuple[tuple[Any, Any], ...] = ()
             ) -> jax.Array:
@@ -89,6 +99,9 @@ def denoise(graphdef: nnx.GraphDef, state: Any, latents: jax.Array,
     source_latents: [B, t, h, w, c] or None (source-free).
     ref_latents: [B, 1, h, w, c] or None.
     report: emit a progress callback after each step.
+    clean_latents: below strength 1 (a plan built with
+      ``denoising_strength`` < 1), the latents the loop starts from, noised
+      to the plan's first sigma (``sampler.start_latents``).
     guidance_scales: classifier-free guidance scales s_1..s_n; empty (the
       reference) runs the conditional branch only.
     guidance_branches: ``(conditions, ref_latents)`` of the less
@@ -103,6 +116,7 @@ def denoise(graphdef: nnx.GraphDef, state: Any, latents: jax.Array,
   operands = (state, conditions, source_latents, ref_latents)
   branches = tuple((state, c, source_latents, r)
                    for c, r in guidance_branches)
-  return sampler.euler_loop(velocity_fn, latents, plan, operands,
-                            guidance_scales=guidance_scales,
-                            guidance_operands=branches)
+  return sampler.denoise(velocity_fn, latents, plan, operands,
+                         clean_latents=clean_latents,
+                         guidance_scales=guidance_scales,
+                         guidance_operands=branches)

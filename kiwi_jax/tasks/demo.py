@@ -9,10 +9,13 @@
    the generic trainer, each stage in ``workdir/stage<k>`` starting from the
    previous stage's checkpoints through ``model_init`` (a restart resumes
    the stage it was in);
-3. edits held-out clips (a different generator seed) and prints the PSNR to
-   the true target per edit type, for the model and for the identity
-   baseline (the unchanged source), writes ``workdir/results.md`` and
-   ``source | edit | target`` videos to ``workdir/edits/``.
+3. opens the stage-3 workdir as an ordinary Kiwi-Edit checkpoint
+   (``EditPipeline.from_pretrained(workdir / "stage3")``, the same model
+   ``kiwi-edit --checkpoint`` opens), edits held-out clips (a different
+   generator seed) and prints the PSNR to the true target per edit type,
+   for the model and for the identity baseline (the unchanged source),
+   writes ``workdir/results.md`` and ``source | edit | target`` videos to
+   ``workdir/edits/``.
 """
 
 from __future__ import annotations
@@ -25,16 +28,14 @@ from typing import Any
 import jax
 import numpy as np
 from etils import epath
-from flax import nnx
 
-from kiwi_jax import sharding
-from kiwi_jax.data import refvie_mini, transforms, video_io
+from kiwi_jax.data import refvie_mini, video_io
+from kiwi_jax.pipeline.edit_pipeline import EditPipeline
 from kiwi_jax.tasks import curriculum as stages
 from kiwi_jax.tasks import kiwi_task
 from kiwi_jax.tasks.kiwi_config import DemoConfig
 from kiwi_jax.testing import tokenizer as tiny_tokenizer
 from kiwi_jax.train_lib import progress, trainer
-from kiwi_jax.train_lib.train_state import ModelSplit
 
 logger = logging.getLogger("kiwi_jax")
 
@@ -95,54 +96,46 @@ def stage_config(config: Any, stage: int, records: dict, tok_dir: str,
   return out
 
 
-def heldout_examples(config: Any, hook: kiwi_task.KiwiMllmHook):
-  """(edit type, key, host batch of one) for the held-out clips."""
+def heldout_samples(config: Any):
+  """The held-out RefVIE-mini samples (a different generator seed)."""
   demo = DemoConfig.from_config(config.demo)
   mini = refvie_mini.MiniConfig(height=demo.height, width=demo.width,
                                 num_frames=demo.num_frames)
   for index in range(demo.num_heldout):
-    sample = refvie_mini.make_sample(demo.heldout_seed, index, mini,
-                                     key_prefix="h")
-    batch = {"source_video": sample.source[None],
-             "target_video": sample.target[None]}
-    if sample.ref_image is not None:
-      # Evaluation pads the reference without the training shrink (5.1).
-      batch["ref_image"] = transforms.pad_to_canvas(
-          sample.ref_image, demo.height, demo.width)[None]
-    mllm = hook(sample.source, sample.prompt, sample.ref_image)
-    batch["mllm"] = {k: np.asarray(v)[None] for k, v in mllm.items()}
-    yield sample.edit_type, sample.key, batch
+    yield refvie_mini.make_sample(demo.heldout_seed, index, mini,
+                                  key_prefix="h")
 
 
-def reference_token_count(config: Any, hook: kiwi_task.KiwiMllmHook) -> int:
+def reference_token_count(config: Any,
+                          processor: kiwi_task.KiwiProcessor) -> int:
   """The MLLM token count of the demo's reference images (all one size)."""
-  for _, _, batch in heldout_examples(config, hook):
-    if "ref_image" in batch:
-      start, end = batch["mllm"]["ref_span"][0]
+  for sample in heldout_samples(config):
+    if sample.ref_image is not None:
+      start, end = processor.example(sample.source, sample.prompt,
+                                     sample.ref_image)["ref_span"]
       return int(end - start)
   raise ValueError("The held-out set has no reference edit; raise "
                    "demo.num_heldout to at least 6.")
 
 
-def evaluate(config: Any, task: kiwi_task.KiwiTask, model: Any,
-             workdir: epath.Path) -> str:
-  """Edits the held-out clips; returns the markdown table."""
+def evaluate(config: Any, pipe: EditPipeline, workdir: epath.Path) -> str:
+  """Edits the held-out clips with ``pipe``; returns the markdown table."""
   demo = DemoConfig.from_config(config.demo)
-  mesh = sharding.make_mesh(task.run.mesh)
   scores = collections.defaultdict(lambda: ([], []))
   edits_dir = workdir / "edits"
   edits_dir.mkdir(parents=True, exist_ok=True)
-  for edit_type, key, host in heldout_examples(config, task.hook):
-    # One clip at a time, replicated (the mesh may have more devices).
-    batch = jax.device_put(host, jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec()))
-    edited = kiwi_task.unit_to_uint8(task.edit(
-        model, batch, num_steps=demo.sample_steps,
-        denoising_strength=demo.denoising_strength)[0])
-    source, target = host["source_video"][0], host["target_video"][0]
-    scores[edit_type][0].append(psnr(edited, target))
-    scores[edit_type][1].append(psnr(source, target))
-    (edits_dir / f"{key}_{edit_type}.mp4").write_bytes(
+  for sample in heldout_samples(config):
+    # The source is already 4k+1 frames at a multiple of 32: kept as is.
+    edited = pipe.edit(
+        sample.source, sample.prompt, sample.ref_image,
+        steps=demo.sample_steps, seed=0, max_frames=demo.num_frames,
+        max_pixels=demo.height * demo.width,
+        denoising_strength=demo.denoising_strength
+    ).frames
+    source, target = sample.source, sample.target
+    scores[sample.edit_type][0].append(psnr(edited, target))
+    scores[sample.edit_type][1].append(psnr(source, target))
+    (edits_dir / f"{sample.key}_{sample.edit_type}.mp4").write_bytes(
         video_io.encode_video(kiwi_task.side_by_side(source, edited, target),
                               fps=4, lossless=True))
   lines = ["| edit type | clips | model PSNR (dB) | identity PSNR (dB) |",
@@ -169,7 +162,7 @@ def run(config: Any, workdir: str | epath.PathLike) -> str:
   records, tok_dir = prepare_data(config, workdir)
   base_task = kiwi_task.KiwiTask(stage_config(config, 1, records, tok_dir, 0,
                                               ""))
-  ref_tokens = reference_token_count(config, base_task.hook)
+  ref_tokens = reference_token_count(config, base_task.processor)
   model_init = ""
   for stage in (1, 2, 3):
     stage_cfg = stage_config(config, stage, records, tok_dir, ref_tokens,
@@ -181,16 +174,13 @@ def run(config: Any, workdir: str | epath.PathLike) -> str:
     progress.note(f"Demo stage {stage} of 3 ({_STAGE_NAMES[stage]}): "
                   f"{stage_cfg.total_steps} steps in {stage_dir}.")
     with progress.label(f"stage {stage}/3"):
-      state = trainer.train_and_evaluate(stage_cfg, stage_dir, task)
+      trainer.train_and_evaluate(stage_cfg, stage_dir, task)
     model_init = str(stage_dir / "checkpoints")
-  mesh = sharding.make_mesh(task.run.mesh)
-  split = ModelSplit.build(lambda: task.build_model(nnx.Rngs(0)),
-                           task.trainable, task.frozen, mesh=mesh,
-                           precision=task.run.precision)
-  model = split.merge(state.params, state.frozen)
-  progress.note(f"Editing {DemoConfig.from_config(config.demo).num_heldout} "
-                "held-out clips.")
-  table = evaluate(stage_cfg, task, model, workdir)
+  # The trained model as any user opens it: the stage-3 workdir.
+  pipe = EditPipeline.from_pretrained(str(stage_dir))
+  progress.note(f"Editing {DemoConfig.from_config(config.demo).num_heldout} held-out clips with "
+                f"EditPipeline.from_pretrained({str(stage_dir)!r}).")
+  table = evaluate(stage_cfg, pipe, workdir)
   (workdir / "results.md").write_text(table + "\n")
   print(table, flush=True)
   return table

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
-import threading
+import pathlib
 from typing import Any
 
 import jax
@@ -34,22 +35,26 @@ import numpy as np
 from flax import nnx
 
 from kiwi_jax import flops as flops_lib
-from kiwi_jax import sharding
 from kiwi_jax.data import examples as examples_lib
 from kiwi_jax.data import loader as data_pipeline
-from kiwi_jax.diffusion import flow_matching, sampler
+from kiwi_jax.diffusion import flow_matching
+from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
+from kiwi_jax.models.kiwi.codec import pixels_to_unit
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
 from kiwi_jax.models.kiwi.model import KiwiEdit
-from kiwi_jax.models.mllm import bucketing, processing
+from kiwi_jax.models.kiwi.processor import KiwiProcessor
+from kiwi_jax.pipeline import programs as pipeline_stages
+from kiwi_jax.pipeline.edit_pipeline import EditPipeline
 from kiwi_jax.tasks import curriculum as stages
-from kiwi_jax.tasks import latent_codec
 from kiwi_jax.tasks.kiwi_config import KiwiConfig
 from kiwi_jax.train_lib import checkpointing, run_config
 from kiwi_jax.train_lib.train_state import path_name
+from kiwi_jax.utils import atomic
 
 logger = logging.getLogger("kiwi_jax")
 
-_PROCESSOR_LOCK = threading.Lock()
+# kiwi.codec -> KiwiEditConfig.codec
+_CODECS = {"vae": "wan_vae", "pixel_unshuffle": "pixel_unshuffle"}
 
 
 def _replace_nested(obj: Any, changes: dict[str, Any]) -> Any:
@@ -88,60 +93,14 @@ def kiwi_model_config(kiwi: Any,
   text = {"lora_rank": kiwi.mllm_lora_rank}
   if kiwi.mllm_lora_targets:
     text["lora_targets"] = kiwi.mllm_lora_targets
+  if kiwi.codec not in _CODECS:
+    raise ValueError(f"kiwi.codec={kiwi.codec!r}; choose one of "
+                     f"{tuple(_CODECS)}.")
   return _replace_nested(cfg, {
-      "mllm": {"text": text}, "dit": {"lora_rank": kiwi.dit_lora_rank}})
-
-
-class KiwiMllmHook:
-  """The data pipeline's MLLM hook: Qwen2.5-VL inputs at fixed sizes.
-
-  Picklable (Grain workers pickle it): holds only the tokenizer directory
-  and configs and loads the processor on first use.
-  """
-
-  def __init__(self, tokenizer_dir: str, cfg: KiwiEditConfig, seq_len: int,
-               num_patches: int):
-    self.tokenizer_dir = tokenizer_dir
-    self.cfg = cfg
-    self.seq_len = seq_len
-    self.num_patches = num_patches
-    self._processor = None
-
-  def __getstate__(self):
-    return {**self.__dict__, "_processor": None}
-
-  def processor(self) -> processing.QwenProcessor:
-    # Grain's prefetch threads call the hook concurrently; transformers'
-    # lazy imports fail when two threads import the tokenizer at once.
-    with _PROCESSOR_LOCK:
-      return self._load_processor()
-
-  def _load_processor(self) -> processing.QwenProcessor:
-    if self._processor is None:
-      cfg = self.cfg
-      self._processor = processing.QwenProcessor(
-          self.tokenizer_dir, cfg.mllm, processing.ProcessorConfig(
-              num_image_queries=cfg.num_image_queries,
-              num_video_queries=cfg.num_video_queries,
-              num_ref_queries=cfg.num_ref_queries,
-              max_pixels_per_frame=cfg.mllm_max_pixels_per_frame,
-              max_object_token=cfg.max_ref_tokens,
-            max_frames=cfg.mllm_max_frames))
-    return self._processor
-
-  def __call__(self, frames: np.ndarray, prompt: str,
-               ref_image: np.ndarray | None) -> dict[str, np.ndarray]:
-    proc = self.processor()
-    example = proc(prompt, frames=frames, ref_image=ref_image)
-    tok = proc.tokenizer
-    pad = (tok.pad_token_id if tok.pad_token_id is not None
-           else tok.convert_tokens_to_ids("<|endoftext|>"))
-    out = bucketing.pad_example(example, self.cfg.mllm.vision,
-                                pad_token_id=pad,
-                                seq_len=self.seq_len or None,
-                                num_patches=self.num_patches or None)
-    del out["grid_thw"]  # per-example length; the metadata encodes it
-    return out
+      "mllm": {"text": text},
+      "dit": {"lora_rank": kiwi.dit_lora_rank},
+      "codec": _CODECS[kiwi.codec],
+      "unshuffle_factor": kiwi.unshuffle_factor})
 
 
 def batch_mode(batch: dict[str, Any]) -> str:
@@ -150,15 +109,6 @@ def batch_mode(batch: dict[str, Any]) -> str:
     return "reference"
   video = batch.get("source_video", batch.get("source_latents"))
   return "image" if video.shape[1] == 1 else "video"
-
-
-def mllm_inputs(mllm: dict[str, Any]) -> dict[str, Any]:
-  """Stacked hook outputs -> ``KiwiEdit.encode_conditions`` inputs."""
-  inputs = bucketing.model_inputs(
-      {**mllm, "position_ids": jnp.transpose(mllm["position_ids"],
-                                             (1, 0, 2))})
-  inputs["attention_mask"] = inputs.pop("segment_ids")
-  return inputs
 
 
 class KiwiTask:
@@ -177,29 +127,44 @@ class KiwiTask:
     self.trainable, self.frozen = stages.trainable_sets(
         self.stage, kiwi.variant_family,
         dit_lora=bool(self.model_cfg.dit.lora_rank))
-    if kiwi.codec not in latent_codec.CODECS:
-      raise ValueError(f"kiwi.codec={kiwi.codec!r}; choose one of "
-                       f"{latent_codec.CODECS}.")
-    self.codec = (latent_codec.PixelUnshuffle(kiwi.unshuffle_factor)
-                  if kiwi.codec == "pixel_unshuffle" else None)
     self.ref_tokens = kiwi.ref_tokens
     self.grid = flow_matching.TrainingGrid.from_schedule(
         "diffsynth", kiwi.loss_weighting,
         timestep_dtype=self.model_cfg.dit.dtype)
     self.sample_batches: dict[str, Any] | None = None
     self._flops_cache: dict[tuple, Any] = {}
-    self.hook = KiwiMllmHook(kiwi.tokenizer_dir, self.model_cfg,
-                             kiwi.seq_len, kiwi.num_patches)
+    self.tokenizer_dir = kiwi.tokenizer_dir
+    # The model's MLLM inputs, for the Grain hook and the sample edits.
+    self.processor = KiwiProcessor(self.tokenizer_dir, self.model_cfg,
+                                   seq_len=kiwi.seq_len,
+                                   num_patches=kiwi.num_patches)
+    self.hook = self.processor.example  # the data pipeline's MLLM hook
+    self._pipeline: EditPipeline | None = None
 
   # -- Model.
 
   def build_model(self, rngs: nnx.Rngs) -> KiwiEdit:
-    model = KiwiEdit(self.model_cfg, rngs=rngs)
-    if self.codec is not None:
-      # The stand-in codec replaces the Wan VAE: drop it, so its weights
-      # are neither stored nor initialised (XLA drops the dead init ops).
-      model.vae = None
-    return model
+    return KiwiEdit(self.model_cfg, rngs=rngs)
+
+  def write_model_files(self, workdir) -> None:
+    """What makes a workdir an ordinary Kiwi-Edit checkpoint beside its
+    ``checkpoints/`` (``models.kiwi.checkpoint.load``, ``EditPipeline``,
+    ``kiwi-edit``): the model config and the tokenizer files."""
+    if "://" in str(workdir):  # remote workdirs: the config.json only
+      logger.info("Not writing %s to the remote workdir %s.",
+                  kiwi_checkpoint.CONFIG_FILE, workdir)
+      return
+    workdir = pathlib.Path(str(workdir))
+    atomic.write_text(workdir / kiwi_checkpoint.CONFIG_FILE,
+                      json.dumps(self.model_cfg.to_dict(), indent=2,
+                                 sort_keys=True) + "\n")
+    files = [p for p in pathlib.Path(self.tokenizer_dir).iterdir()
+             if p.is_file()] if self.tokenizer_dir else []
+    if files:
+      target = workdir / kiwi_checkpoint.PROCESSOR_DIR
+      with atomic.atomic_directory(target, True) as tmp:
+        for path in files:
+          (tmp / path.name).write_bytes(path.read_bytes())
 
   def load_weights(self, path: str, split: Any) -> tuple[Any, Any]:
     """``model_init``: the weights of a previous stage's checkpoint.
@@ -239,16 +204,8 @@ class KiwiTask:
 
   def encode(self, model: KiwiEdit, frames: jax.Array) -> jax.Array:
     """uint8[B, T, H, W, 3] -> latents in the DiT's dtype, no gradient."""
-    video = latent_codec.pixels_to_unit(frames)
-    latents = (self.codec.encode(video) if self.codec is not None
-               else model.encode_video(video))
+    latents = model.encode_video(pixels_to_unit(frames))
     return jax.lax.stop_gradient(latents.astype(self.model_cfg.dit.dtype))
-
-  def decode(self, model: KiwiEdit, latents: jax.Array) -> jax.Array:
-    """Latents -> float32[B, T, H, W, 3] in [-1, 1]."""
-    if self.codec is not None:
-      return self.codec.decode(latents.astype(jnp.float32))
-    return model.decode_latents(latents).astype(jnp.float32)
 
   def _latents(self, model, batch, name):
     if f"{name}_latents" in batch:  # the pipeline's latent cache
@@ -267,7 +224,7 @@ class KiwiTask:
     """
     mode = batch_mode(batch)
     cond = model.encode_conditions(
-        mllm_inputs(batch["mllm"]), mode,
+        KiwiProcessor.model_inputs(batch["mllm"]), mode,
         ref_tokens=self.ref_tokens if mode == "reference" else 0)
     # Stage 1 has no source_input (spec 4.2): noise + MLLM context only.
     source = self._latents(model, batch, "source") if self.stage > 1 else None
@@ -289,46 +246,44 @@ class KiwiTask:
                                                  self.grid)
     return loss, {"mse": aux["mse"], "sigma": aux["sigma"]}
 
-  # -- Editing (sample videos, the demo's evaluation).
+  # -- Sample edits, through the editing pipeline's own programs.
 
-  def edit(self, model: KiwiEdit, batch: dict[str, Any], *,
-           num_steps: int = 10, seed: int = 0,
-           denoising_strength: float = 1.0) -> np.ndarray:
-    """Edits a device batch with ``num_steps`` Euler steps: from noise, or
-    below strength 1 from the source latents noised to the first sigma
-    (the reference pipeline's ``input_video`` + ``denoising_strength``).
-
-    Returns:
-      float32[B, T, H, W, 3] in [-1, 1] (host numpy).
-    """
-    graphdef, state = nnx.split(model)
-    # On a multi-host mesh every process calls this and gets the whole edit.
-    return sharding.global_to_host(_edit(
-        self, graphdef, state, batch, num_steps, float(denoising_strength),
-        jax.random.key(seed)))
+  def pipeline(self, model: KiwiEdit) -> EditPipeline:
+    """An ``EditPipeline`` over ``model`` (built once; later calls swap
+    in the given model's weights, keeping the compiled programs)."""
+    if self._pipeline is None:
+      self._pipeline = EditPipeline(model, self.processor)
+    else:
+      self._pipeline.load_weights(model)
+    return self._pipeline
 
   def sample(self, model: KiwiEdit, step: int, writer: Any) -> None:
     """Writes ``source | edit | target`` videos (the trainer calls it every
-    ``sample_every`` steps): of ``self.sample_batches`` (``{name: device
+    ``sample_every`` steps): of ``self.sample_batches`` (``{name: host
     batch of one}``) when a caller set it, else of the first
     ``kiwi.sample_count`` (default 1) examples of every data source, in
-    file order, edited with ``kiwi.sample_steps`` (default 10) steps."""
+    file order, edited by ``EditPipeline`` with ``kiwi.sample_steps``
+    (default 10) steps, seed 0."""
     if self.sample_batches is None:
       self.sample_batches = self.default_sample_batches()
     num_steps = self.kiwi.sample_steps
+    pipe = self.pipeline(model)
     for name, batch in self.sample_batches.items():
-      edited = unit_to_uint8(self.edit(model, batch, num_steps=num_steps)[0])
       source, target = (self._pixels(model, batch, n) for n in
                         ("source", "target"))
+      ref = batch.get("ref_image")
+      height, width = source.shape[1:3]
+      edited = pipe.edit(source, str(np.asarray(batch["prompt"])[0]),
+                         None if ref is None else np.asarray(ref)[0],
+                         steps=num_steps, seed=0, max_frames=len(source),
+                         max_pixels=height * width,
+                         use_source=self.stage > 1).frames
       writer.write_videos(step, {name: side_by_side(source, edited,
                                                     target)})
 
   def default_sample_batches(self) -> dict[str, dict[str, Any]]:
-    """``{"sample/<source>/<i>": replicated device batch of one}``."""
+    """``{"sample/<source>/<i>": host batch of one}``."""
     count = self.kiwi.sample_count
-    mesh = sharding.make_mesh(self.run.mesh)
-    replicated = jax.sharding.NamedSharding(mesh,
-                                            jax.sharding.PartitionSpec())
     batches = {}
     for spec in self.source_specs():
       iterator = data_pipeline.make_iterator(
@@ -337,17 +292,17 @@ class KiwiTask:
           # Every process reads the same examples: the batch is replicated.
           mllm_transform=self.hook, shard_index=0, shard_count=1)
       for index, host in zip(range(count), iterator):
-        self._check_reference_tokens(host)
-        batches[f"sample/{spec.name}/{index}"] = jax.device_put(
-            _numeric(host), replicated)
+        batches[f"sample/{spec.name}/{index}"] = host
     return batches
 
   def _pixels(self, model, batch, name) -> np.ndarray:
     """uint8[T, H, W, 3] of a batch of one (decoded from cached latents)."""
     if f"{name}_video" in batch:
       return np.asarray(batch[f"{name}_video"])[0]
-    return unit_to_uint8(np.asarray(self.decode(
-        model, batch[f"{name}_latents"]))[0])
+    pipe = self.pipeline(model)
+    decoded = pipeline_stages.decode_latents(
+        pipe.graphdef, pipe.state, jnp.asarray(batch[f"{name}_latents"]))
+    return unit_to_uint8(np.asarray(decoded, np.float32)[0])
 
   # -- Data.
 
@@ -441,41 +396,8 @@ class KiwiTask:
 
   def latent_grid(self, frames_hw: tuple[int, int, int]
                   ) -> tuple[int, int, int]:
-    """``(t, h, w)`` latents of ``(T, H, W)`` pixels under this codec."""
-    t, h, w = (int(n) for n in frames_hw)
-    if self.codec is not None:
-      f = self.codec.factor
-      return t, h // f, w // f
-    vae = self.model_cfg.vae
-    return (1 + (t - 1) // vae.temporal_factor, h // vae.spatial_factor,
-            w // vae.spatial_factor)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 4, 5))
-def _edit(task: KiwiTask, graphdef, state, batch, num_steps: int,
-          strength: float, key):
-  model = nnx.merge(graphdef, state)
-  cond, source, ref = task.conditions(model, batch)
-  shape = jax.eval_shape(lambda: task._latents(model, batch, "target"))
-  noise = jax.random.normal(key, shape.shape, jnp.float32).astype(
-      shape.dtype)
-  plan = sampler.SamplingPlan.build(num_steps, denoising_strength=strength,
-                                    timestep_dtype=task.model_cfg.dit.dtype)
-  if strength < 1.0:
-    start = float(plan.sigmas[0])
-    clean = task._latents(model, batch, "source")
-    noise = ((1.0 - start) * clean + start * noise).astype(shape.dtype)
-
-  def velocity(latents, timestep, sigma, step):
-    del step
-    size = latents.shape[0]
-    return model.denoise_step(
-        latents, jnp.full((size,), timestep), cond.context,
-        source_latents=source,
-        sigma=jnp.full((size,), sigma) if source is not None else None,
-        ref_latents=ref, context_mask=_mask_or_none(cond, ref))
-
-  return task.decode(model, sampler.euler_loop(velocity, noise, plan))
+    """``(t, h, w)`` latents of ``(T, H, W)`` pixels under the codec."""
+    return self.model_cfg.latent_shape(*(int(n) for n in frames_hw))[1:4]
 
 
 def _mean_segment_pairs(segment_ids: np.ndarray) -> float:

@@ -252,26 +252,26 @@ def _unflatten_like(abstract: Any, flat: dict[str, Any]) -> Any:
       treedef, [flat[path_name(p)] for p, _ in paths])
 
 
-def restore_weights(path: str | epath.PathLike, split: ModelSplit, *,
-                    fresh: Callable[[list[str]], dict[str, Any]] | None = None
-                    ) -> tuple[Any, Any]:
-  """Restores only the weights of a checkpoint, re-split for ``split``.
+def read_weights(path: str | epath.PathLike, want: dict[str, Any], *,
+                 fresh: Callable[[list[str]], dict[str, Any]] | None = None,
+                 what: str = "model_init") -> dict[str, Any]:
+  """The model weights of a trainer checkpoint, by parameter name.
 
-  The source's trainable and frozen trees are merged into one model tree,
-  checked against this run's model (missing, unexpected and mis-shaped
-  parameters are listed together), then split by this run's trainable set
-  and cast to its dtypes, straight into its shardings.
+  The checkpoint's trainable and frozen trees are read as one model tree,
+  checked against ``want`` (missing, unexpected and mis-shaped parameters
+  are listed together) and restored in ``want``'s dtypes, straight into its
+  shardings.
 
   Args:
     path: a checkpoint directory of this trainer (or one step of it).
-    split: this run's trainable/frozen split.
-    fresh: ``missing names -> {name: array}`` for parameters this run may
-      start fresh although the checkpoint lacks them (e.g. LoRA factors
-      that a previous curriculum stage did not have); names it does not
-      return stay missing. None: every missing parameter is an error.
+    want: ``{"/"-joined name: ShapeDtypeStruct}`` of the model to fill.
+    fresh: ``missing names -> {name: array}`` for parameters that may start
+      fresh although the checkpoint lacks them; names it does not return
+      stay missing. None: every missing parameter is an error.
+    what: what the checkpoint is called in the error message.
 
   Returns:
-    ``(params, frozen)`` pure dicts.
+    ``{name: array}`` for every name of ``want``.
   """
   item_dir = _step_directory(path) / STATE
   checkpointer = ocp.PyTreeCheckpointer()
@@ -280,7 +280,6 @@ def restore_weights(path: str | epath.PathLike, split: ModelSplit, *,
   for part in ("params", "frozen"):
     for name, meta in _flat(saved.get(part, {})).items():
       saved_flat[f"{part}/{name}"] = (name, meta)
-  want = {**_flat(split.abstract_params), **_flat(split.abstract_frozen)}
   by_name = {name: (key, meta) for key, (name, meta) in saved_flat.items()}
   missing = sorted(set(want) - set(by_name))
   fresh_values = fresh(missing) if (fresh is not None and missing) else {}
@@ -292,9 +291,9 @@ def restore_weights(path: str | epath.PathLike, split: ModelSplit, *,
       if tuple(by_name[n][1].shape) != tuple(want[n].shape))
   if missing or unexpected or misshaped:
     raise ValueError(
-        f"model_init {item_dir} does not fit the model: missing "
+        f"{what} {item_dir} does not fit the model: missing "
         f"{missing}, unexpected {unexpected}, mis-shaped {misshaped}.")
-  # Restore target: the saved layout, with this run's dtypes and shardings.
+  # Restore target: the saved layout, with the wanted dtypes and shardings.
   default_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target: dict[str, dict[str, Any]] = {"params": {}, "frozen": {}}
   restore_args: dict[str, dict[str, Any]] = {"params": {}, "frozen": {}}
@@ -302,15 +301,28 @@ def restore_weights(path: str | epath.PathLike, split: ModelSplit, *,
     part = key.split("/", 1)[0]
     target[part][name] = want[name]
     restore_args[part][name] = ocp.ArrayRestoreArgs(
-        sharding=want[name].sharding or default_sharding,
+        sharding=getattr(want[name], "sharding", None) or default_sharding,
         dtype=want[name].dtype)
   target = {part: _nest(flat) for part, flat in target.items()}
   restore_args = {part: _nest(flat) for part, flat in restore_args.items()}
   restored = checkpointer.restore(
       item_dir, args=ocp.args.PyTreeRestore(
           item=target, restore_args=restore_args, partial_restore=True))
-  flat = {**_flat(restored.get("params", {})),
+  return {**_flat(restored.get("params", {})),
           **_flat(restored.get("frozen", {})), **fresh_values}
+
+
+def restore_weights(path: str | epath.PathLike, split: ModelSplit, *,
+                    fresh: Callable[[list[str]], dict[str, Any]] | None = None
+                    ) -> tuple[Any, Any]:
+  """``model_init``: only the weights of a checkpoint (:func:`read_weights`),
+  re-split by this run's trainable set and cast to its dtypes.
+
+  Returns:
+    ``(params, frozen)`` pure dicts.
+  """
+  want = {**_flat(split.abstract_params), **_flat(split.abstract_frozen)}
+  flat = read_weights(path, want, fresh=fresh)
   return (_unflatten_like(split.abstract_params, flat),
           _unflatten_like(split.abstract_frozen, flat))
 

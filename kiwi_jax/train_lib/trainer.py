@@ -218,6 +218,11 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
       wandb_name=run.wandb.name or None)
   config_dict = run_config.as_dict(config)
   _write_config(workdir, config_dict)
+  # What makes the workdir loadable as a model (e.g. Kiwi-Edit's config and
+  # tokenizer beside checkpoints/), when the task has such files.
+  write_model_files = getattr(task, "write_model_files", None)
+  if write_model_files is not None and jax.process_index() == 0:
+    write_model_files(workdir)
   writer.write_hparams(config_dict)
 
   optimizer = optimizers.make_optimizer(run.optimizer)

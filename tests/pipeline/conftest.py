@@ -1,17 +1,30 @@
-"""Shared fixtures: a toy checkpoint and short generated clips."""
+"""Shared fixtures: the toy editor, a tiny Kiwi-Edit checkpoint, and short
+generated clips."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from kiwi_jax.data import refvie_mini
-from kiwi_jax.testing import toy_editor
+from kiwi_jax.pipeline import EditPipeline
+from kiwi_jax.testing import kiwi as tiny_kiwi
 from kiwi_jax.utils.video_files import write_mp4
+from tests.pipeline import toy_editor
 
 
 @pytest.fixture(scope="session")
-def toy_checkpoint(tmp_path_factory):
-  return toy_editor.save_toy_editor(tmp_path_factory.mktemp("toy_ckpt"))
+def toy_checkpoint(tmp_path_factory, tiny_tokenizer_dir):
+  """A tiny Kiwi-Edit checkpoint directory (the demo's codec), what
+  ``kiwi-edit --checkpoint`` opens."""
+  return tiny_kiwi.save_tiny_kiwi(
+      tmp_path_factory.mktemp("tiny_kiwi") / "ckpt",
+      tokenizer_dir=tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def toy_pipeline():
+  """``EditPipeline`` over the toy editor (``toy_editor``)."""
+  return EditPipeline(*toy_editor.make_toy_editor())
 
 
 @pytest.fixture(scope="session")

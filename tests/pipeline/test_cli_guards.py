@@ -4,6 +4,7 @@ modes from the umask, phases and a summary that accounts for the time."""
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -82,9 +83,7 @@ def test_output_resolving_to_the_source_is_refused(
 def test_output_over_reference_or_checkpoint_is_refused(
     toy_checkpoint, media, tmp_path, capsys, no_model, target):
   ckpt = tmp_path / "ckpt"
-  ckpt.mkdir()
-  for f in pathlib.Path(toy_checkpoint).iterdir():
-    (ckpt / f.name).write_bytes(f.read_bytes())
+  shutil.copytree(toy_checkpoint, ckpt)
   ref = tmp_path / "ref.png"
   ref.write_bytes((media / "ref.png").read_bytes())
   video, out = media / "video.mp4", None
@@ -92,15 +91,16 @@ def test_output_over_reference_or_checkpoint_is_refused(
     video, out = media / "image.png", ref
   elif target == "checkpoint_file":
     out = tmp_path / "weights.mp4"
-    os.link(next(ckpt.glob("*.npz")), out)
+    os.link(ckpt / "kiwi_config.json", out)
   else:
     out = ckpt / "edit.mp4"
-  snapshot = {p.name: p.read_bytes() for p in [ref, *ckpt.iterdir()]}
+  files = lambda: [ref, *(p for p in ckpt.rglob("*") if p.is_file())]  # noqa: E731
+  snapshot = {str(p): p.read_bytes() for p in files()}
   line = one_error_line(capsys, "--checkpoint", ckpt, "--video", video,
                         "--ref", ref, "--prompt", "x", "--out", out, *QUIET)
   assert {"ref": "--ref", "checkpoint_file": "--checkpoint file",
           "inside_checkpoint": "inside --checkpoint"}[target] in line
-  assert snapshot == {p.name: p.read_bytes() for p in [ref, *ckpt.iterdir()]}
+  assert snapshot == {str(p): p.read_bytes() for p in files()}
 
 
 @pytest.mark.parametrize("flag,value,needle", [

@@ -7,14 +7,15 @@ import pytest
 
 from kiwi_jax import sharding
 from kiwi_jax.pipeline import EditPipeline, EditInputError
+from tests.pipeline import toy_editor
 
 NOISE = np.random.default_rng(3).standard_normal((1, 3, 4, 6, 4)).astype(
     np.float32)
 
 
 @pytest.fixture(scope="module")
-def pipe(toy_checkpoint):
-  return EditPipeline.from_pretrained(toy_checkpoint)
+def pipe(toy_pipeline):
+  return toy_pipeline
 
 
 def test_progress_reports_every_step_once(pipe, sample):
@@ -90,11 +91,10 @@ def test_bad_arguments(pipe, sample):
     pipe.edit(sample[0], "x", steps=3, scheduler="unipc")
 
 
-def test_sharded_inference_matches_single_device(toy_checkpoint, pipe,
-                                                 sample):
+def test_sharded_inference_matches_single_device(pipe, sample):
   assert jax.device_count() == 8
   mesh = sharding.make_mesh({"fsdp": 2, "tensor": 2, "sequence": 2})
-  sharded = EditPipeline.from_pretrained(toy_checkpoint, mesh=mesh)
+  sharded = EditPipeline(*toy_editor.make_toy_editor(), mesh=mesh)
   kernel = sharded.state["mlp"]["fc1"]["kernel"][...]
   assert len(kernel.sharding.device_set) == 8
   assert kernel.addressable_shards[0].data.shape == (8, 16)  # fsdp x tensor

@@ -10,7 +10,6 @@ are the reference's, written here from the spec.
 import numpy as np
 import pytest
 
-from kiwi_jax.pipeline import EditPipeline
 from kiwi_jax.pipeline import inputs as inputs_lib
 from kiwi_jax.pipeline import programs as stages
 
@@ -24,12 +23,12 @@ from tests.pipeline.torch_reference import flat_weights, reference_loop  # noqa:
     ("diffsynth", 0.0, 11, True),
     ("diffusers", 0.003 / 1.002, 7, False),
 ])
-def test_pipeline_latents_match_reference_loop(toy_checkpoint, sample,
+def test_pipeline_latents_match_reference_loop(toy_pipeline, sample,
                                                scheduler, sigma_min, steps,
                                                use_ref):
   source_frames, ref_image, prompt = sample
   ref_image = ref_image if use_ref else None
-  pipe = EditPipeline.from_pretrained(toy_checkpoint)
+  pipe = toy_pipeline
   clip = inputs_lib.load_source(source_frames)
   rng = np.random.default_rng(1)
   noise = rng.standard_normal((1, 3, 4, 6, 4)).astype(np.float32)
@@ -38,7 +37,8 @@ def test_pipeline_latents_match_reference_loop(toy_checkpoint, sample,
 
   # The same conditions and source/reference latents, from the JAX stages.
   batch, _ = pipe.processor(prompt, frames=clip.frames, ref_image=ref_image)
-  context = stages.encode_conditions(pipe.graphdef, pipe.state, batch)
+  context = stages.encode_conditions(pipe.graphdef, pipe.state,
+                                     batch).context
   source = stages.encode_video(
       pipe.graphdef, pipe.state,
       inputs_lib.to_model_range(clip.frames)[None])

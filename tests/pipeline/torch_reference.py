@@ -4,7 +4,7 @@
 extra_one_step=True)` at inference (spec 5.1), written from the spec: the
 timestep goes to the model in bf16, the source-injection sigma is the entry
 nearest to it, the Euler step uses the exact sigmas and ends at 0. The
-velocity model here is the toy editor (`kiwi_jax.testing.toy_editor`)
+velocity model here is the toy editor (`tests.pipeline.toy_editor`)
 restated in torch with the same weights.
 """
 

@@ -129,7 +129,7 @@ def test_sharded_step_equals_single_device(kiwi_batches, stage_training,
 
 
 def test_pixel_unshuffle_codec_is_invertible():
-  from kiwi_jax.tasks.latent_codec import PixelUnshuffle
+  from kiwi_jax.models.kiwi.codec import PixelUnshuffle
   codec = PixelUnshuffle(2)
   video = jax.random.uniform(jax.random.key(0), (1, 3, 6, 10, 3), minval=-1,
                              maxval=1)
@@ -215,13 +215,16 @@ def test_edit_below_strength_one_starts_from_the_source(
   from kiwi_jax.models.kiwi.model import KiwiEdit  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(KiwiEdit, "denoise_step",
                       lambda self, latents, *a, **k: jnp.zeros_like(latents))
+  from kiwi_jax.pipeline import EditPipeline  # pylint: disable=g-import-not-at-top
   batches, _ = kiwi_batches
   task = kiwi_task.KiwiTask(kiwi_config(2, tiny_tokenizer_dir, 0))
-  model = task.build_model(nnx.Rngs(0))
-  batch = _global(task, batches["video"])
-  source = np.asarray(batch["source_video"], np.float32) / 127.5 - 1.0
+  pipe = EditPipeline(task.build_model(nnx.Rngs(0)), task.processor)
+  frames = batches["video"]["source_video"][0]
+  source = frames.astype(np.float32) / 127.5 - 1.0
   for strength in (0.3, 1.0):
-    edited = task.edit(model, batch, num_steps=2, denoising_strength=strength)
+    edited = pipe.edit(frames, "Remove it.", steps=2, max_frames=5,
+                       max_pixels=32 * 32, denoising_strength=strength
+                       ).frames.astype(np.float32) / 127.5 - 1.0
     sigma = float(sampler.SamplingPlan.build(2, denoising_strength=strength
                                              ).sigmas[0])
     # decode((1 - s) encode(src) + s noise) = (1 - s) src + s noise / scale
@@ -234,15 +237,16 @@ def test_edit_below_strength_one_starts_from_the_source(
 def test_cached_latents_give_the_pixel_loss(kiwi_batches, tiny_tokenizer_dir):
   """A batch from the latent cache (``*_latents``) trains like the pixels
   it was encoded from."""
-  from kiwi_jax.tasks import latent_codec  # pylint: disable=g-import-not-at-top
+  from kiwi_jax.models.kiwi import codec  # pylint: disable=g-import-not-at-top
   batches, _ = kiwi_batches
   task = kiwi_task.KiwiTask(kiwi_config(2, tiny_tokenizer_dir, 0))
   graphdef, state = nnx.split(task.build_model(nnx.Rngs(0)))
   pixels = batches["video"]
   latents = {"mllm": pixels["mllm"]}
   for name in ("source", "target"):
-    latents[f"{name}_latents"] = np.asarray(task.codec.encode(
-        latent_codec.pixels_to_unit(jnp.asarray(pixels[f"{name}_video"]))))
+    latents[f"{name}_latents"] = np.asarray(
+        nnx.merge(graphdef, state).encode_video(
+            codec.pixels_to_unit(jnp.asarray(pixels[f"{name}_video"]))))
   assert kiwi_task.batch_mode(latents) == "video"
   loss = jax.jit(lambda s, b: task.loss_fn(nnx.merge(graphdef, s), b,
                                            jax.random.key(5))[0])

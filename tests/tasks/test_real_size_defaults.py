@@ -100,8 +100,7 @@ def test_mllm_max_frames_is_honoured(tiny_tokenizer_dir):
       "stage=2")
   assert kiwi_task.KiwiTask(config).model_cfg.mllm_max_frames == 10
   tiny = KiwiEditConfig.from_variant("tiny", mllm_max_frames=10)
-  hook = kiwi_task.KiwiMllmHook(str(tiny_tokenizer_dir), tiny, 0, 0)
-  processor = hook.processor()
+  processor = kiwi_task.KiwiProcessor(str(tiny_tokenizer_dir), tiny).qwen
   assert processor.cfg.max_frames == 10
   frames = np.zeros((17, 56, 56, 3), np.uint8)
   frames[:] = np.arange(17, dtype=np.uint8)[:, None, None, None] * 9

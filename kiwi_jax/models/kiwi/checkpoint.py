@@ -1,11 +1,18 @@
-"""The converted Kiwi-Edit directory: write it atomically, load it sharded.
+"""Kiwi-Edit checkpoints: write a converted directory atomically; load any
+Kiwi-Edit directory sharded (:func:`load`, the one loader).
 
-Layout (what ``python -m converters.convert`` writes)::
+A converted release (what ``python -m converters.convert`` writes)::
 
   <dir>/kiwi_config.json        KiwiEditConfig.to_dict()
   <dir>/conversion_report.json  where each component came from / absent
   <dir>/params/                 Orbax checkpoint of nnx.state(KiwiEdit)
   <dir>/processor/              tokenizer + processor files, qwen_config.json
+
+A train.py workdir of a Kiwi-Edit run (``KiwiTask.write_model_files``)::
+
+  <dir>/kiwi_config.json        the trained model's config
+  <dir>/processor/              its tokenizer files
+  <dir>/checkpoints/<step>/     the trainer's checkpoints (newest is loaded)
 
 The directory is assembled under a temporary name next to its destination
 and renamed into place only when complete, so a failure leaves nothing
@@ -35,6 +42,7 @@ CONFIG_FILE = "kiwi_config.json"
 REPORT_FILE = "conversion_report.json"
 PARAMS_DIR = "params"
 PROCESSOR_DIR = "processor"
+TRAIN_CHECKPOINTS_DIR = "checkpoints"
 
 
 def _write_json(obj: Any, path: pathlib.Path) -> None:
@@ -87,17 +95,31 @@ def load_config(directory: str | os.PathLike) -> KiwiEditConfig:
   return KiwiEditConfig.from_dict(json.loads(path.read_text()))
 
 
+def is_checkpoint(directory: str | os.PathLike) -> bool:
+  """Whether ``directory`` holds a Kiwi-Edit model :func:`load` opens."""
+  path = pathlib.Path(directory)
+  return (path / CONFIG_FILE).is_file() and (
+      (path / PARAMS_DIR).is_dir() or (path / TRAIN_CHECKPOINTS_DIR).is_dir())
+
+
 def load(directory: str | os.PathLike, *, mesh=None, rules=None,
          config: KiwiEditConfig | None = None) -> KiwiEdit:
-  """Restores a converted directory into a :class:`KiwiEdit`.
+  """Restores a Kiwi-Edit directory into a :class:`KiwiEdit`.
 
   Args:
-    directory: written by :func:`save` (or the converter).
+    directory: a converted directory (:func:`save`, the converter) or a
+      train.py workdir of a Kiwi-Edit run (its newest checkpoint; the
+      trainable and frozen parameters are merged back into one model).
     mesh: shard every parameter by its logical axes on this mesh (default:
       a one-device mesh).
     rules: logical-axis rules (default: ``sharding.LOGICAL_AXIS_RULES``).
     config: overrides the stored config (e.g. other compute dtypes); its
       parameter shapes must match.
+
+  Raises:
+    FileNotFoundError: no config file or no weights.
+    ValueError: the weights do not fit the config (missing, unexpected and
+      mis-shaped parameters listed together).
   """
   directory = pathlib.Path(directory).absolute()
   cfg = config or load_config(directory)
@@ -107,10 +129,26 @@ def load(directory: str | os.PathLike, *, mesh=None, rules=None,
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract, shardings)
-  checkpointer = ocp.StandardCheckpointer()
-  state = checkpointer.restore(directory / PARAMS_DIR, abstract)
-  checkpointer.close()
-  return nnx.merge(graphdef, state)
+  if (directory / PARAMS_DIR).is_dir():
+    checkpointer = ocp.StandardCheckpointer()
+    state = checkpointer.restore(directory / PARAMS_DIR, abstract)
+    checkpointer.close()
+    return nnx.merge(graphdef, state)
+  if not (directory / TRAIN_CHECKPOINTS_DIR).is_dir():
+    raise FileNotFoundError(
+        f"{directory} has {CONFIG_FILE} but no weights: expected "
+        f"{PARAMS_DIR}/ (converted) or {TRAIN_CHECKPOINTS_DIR}/ (train.py).")
+  # pylint: disable-next=g-import-not-at-top
+  from kiwi_jax.train_lib import checkpointing, train_state
+  pure = nnx.to_pure_dict(abstract)
+  paths, treedef = jax.tree_util.tree_flatten_with_path(pure)
+  names = [train_state.path_name(p) for p, _ in paths]
+  flat = checkpointing.read_weights(
+      directory / TRAIN_CHECKPOINTS_DIR, dict(zip(names, jax.tree.leaves(
+          pure))), what="checkpoint")
+  nnx.replace_by_pure_dict(abstract, jax.tree_util.tree_unflatten(
+      treedef, [flat[n] for n in names]))
+  return nnx.merge(graphdef, abstract)
 
 
 def processor_dir(directory: str | os.PathLike) -> pathlib.Path:
@@ -118,5 +156,5 @@ def processor_dir(directory: str | os.PathLike) -> pathlib.Path:
   return pathlib.Path(directory) / PROCESSOR_DIR
 
 
-__all__ = ["atomic_directory", "load", "load_config", "processor_dir",
-           "save"]
+__all__ = ["atomic_directory", "is_checkpoint", "load", "load_config",
+           "processor_dir", "save"]

@@ -21,6 +21,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from kiwi_jax.models.dit.config import WanDiTConfig
+from kiwi_jax.models.kiwi.codec import CODECS
 from kiwi_jax.models.kiwi.readout import READOUT_MODES
 from kiwi_jax.models.mllm.config import Qwen25VLConfig
 from kiwi_jax.models.vae.config import WanVAEConfig
@@ -48,6 +49,10 @@ class KiwiEditConfig:
       ``"queries"`` (the placeholder positions).
     mllm_max_frames: source frames the MLLM sees (16; spec 2.3).
     mllm_max_pixels_per_frame: per-frame pixel cap (262,144 at inference).
+    codec: the latent codec (``codec.CODECS``): ``"wan_vae"`` (the released
+      models) or ``"pixel_unshuffle"`` (the CPU demo's stand-in; ``vae`` is
+      then unused and the model holds no VAE weights).
+    unshuffle_factor: the stand-in's space-to-depth factor.
   """
   dit: WanDiTConfig
   mllm: Qwen25VLConfig
@@ -60,6 +65,8 @@ class KiwiEditConfig:
   readout: str = "last"
   mllm_max_frames: int = 16
   mllm_max_pixels_per_frame: int | None = 262144
+  codec: str = "wan_vae"
+  unshuffle_factor: int = 2
 
   def __post_init__(self):
     if self.readout not in READOUT_MODES:
@@ -68,9 +75,50 @@ class KiwiEditConfig:
     for name in ("num_image_queries", "num_video_queries", "num_ref_queries"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+    if self.codec not in CODECS:
+      raise ValueError(f"codec must be one of {CODECS}, got {self.codec!r}.")
+    if self.latent_channels != self.dit.in_channels:
+      raise ValueError(
+          f"The {self.codec} codec gives {self.latent_channels} latent "
+          f"channels but the DiT takes in_channels={self.dit.in_channels}.")
     if self.dit.reference_condition and not self.num_ref_queries:
       raise ValueError("A DiT with ref_vae_condition needs reference queries "
                        "(num_ref_queries > 0).")
+
+  # -- Latent geometry of the codec: [B, (T-1)//tf + 1, H/sf, W/sf, c].
+
+  @property
+  def latent_channels(self) -> int:
+    if self.codec == "pixel_unshuffle":
+      return 3 * self.unshuffle_factor ** 2
+    return self.vae.z_dim
+
+  @property
+  def temporal_factor(self) -> int:
+    return 1 if self.codec == "pixel_unshuffle" else self.vae.temporal_factor
+
+  @property
+  def spatial_factor(self) -> int:
+    return (self.unshuffle_factor if self.codec == "pixel_unshuffle"
+            else self.vae.spatial_factor)
+
+  @property
+  def latent_dtype(self) -> Any:
+    """The dtype latents are kept in (the DiT's compute dtype)."""
+    return self.dit.dtype
+
+  @property
+  def timestep_dtype(self) -> Any:
+    """The dtype the DiT sees timesteps in (its compute dtype, as the
+    reference's ``torch_dtype``: bf16 rounds, float32 is exact)."""
+    return self.dit.dtype
+
+  def latent_shape(self, num_frames: int, height: int, width: int,
+                   batch: int = 1) -> tuple[int, int, int, int, int]:
+    """The latents of ``batch`` clips of ``num_frames`` x height x width."""
+    return (batch, (num_frames - 1) // self.temporal_factor + 1,
+            height // self.spatial_factor, width // self.spatial_factor,
+            self.latent_channels)
 
   @property
   def mllm_hidden(self) -> int:

@@ -26,6 +26,7 @@ from flax import nnx
 
 from kiwi_jax.models.dit import WanDiT
 from kiwi_jax.models.kiwi import readout
+from kiwi_jax.models.kiwi.codec import PixelUnshuffle
 from kiwi_jax.models.kiwi.config import MODES, KiwiEditConfig
 from kiwi_jax.models.kiwi.connectors import Connector, LearnableQueries
 from kiwi_jax.models.mllm import Qwen25VL
@@ -56,7 +57,8 @@ class KiwiEdit(nnx.Module):
   ``video_queries`` / ``ref_queries`` (:class:`LearnableQueries` or None),
   ``connector``, ``ref_connector`` (:class:`Connector` or None), ``dit``
   (:class:`WanDiT`, holding ``vae_condition`` / ``ref_vae_condition``) and
-  ``vae`` (:class:`WanVAE`).
+  ``vae`` (:class:`WanVAE`, or :class:`codec.PixelUnshuffle` when
+  ``cfg.codec`` is ``"pixel_unshuffle"``).
   """
 
   @cheap_draws
@@ -79,7 +81,10 @@ class KiwiEdit(nnx.Module):
     self.ref_connector = (Connector(hidden, dim, **kw) if cfg.ref_connector
                           else None)
     self.dit = WanDiT(cfg.dit, rngs=rngs)
-    self.vae = WanVAE(cfg.vae, rngs=rngs)
+    # The latent codec (``cfg.codec``): the Wan VAE or a parameter-free
+    # stand-in with the same encode/decode methods.
+    self.vae = (WanVAE(cfg.vae, rngs=rngs) if cfg.codec == "wan_vae"
+                else PixelUnshuffle(cfg.unshuffle_factor))
 
   # -- MLLM side.
 
@@ -102,8 +107,8 @@ class KiwiEdit(nnx.Module):
 
     Args:
       inputs: ``input_ids`` int[B, T], ``position_ids`` int[3, B, T], and
-        optionally ``segment_ids`` int[B, T] (1 on tokens, 0 on padding;
-        ``attention_mask`` is accepted too), ``pixel_values``
+        optionally ``segment_ids`` int[B, T] (1 on tokens, 0 on padding),
+        ``pixel_values``
         float[B, N, 1176], ``vision_meta`` (see :class:`Qwen25VL`); e.g.
         ``mllm.bucketing.model_inputs(collate(...))``.
       mode: "image", "video" or "reference".
@@ -203,9 +208,8 @@ class KiwiEdit(nnx.Module):
 
 
 def _token_mask(inputs: Mapping[str, Any]) -> jax.Array | None:
-  """1 on real tokens: ``segment_ids`` (bucketing) or ``attention_mask``."""
-  mask = inputs.get("segment_ids")
-  return inputs.get("attention_mask") if mask is None else mask
+  """1 on real tokens (``KiwiProcessor.model_inputs``' ``segment_ids``)."""
+  return inputs.get("segment_ids")
 
 
 @functools.lru_cache(maxsize=8)

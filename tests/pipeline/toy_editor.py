@@ -1,23 +1,21 @@
-"""A toy editing model with the pipeline's model interface, for tests.
+"""A toy editing model with KiwiEdit's methods, for the pipeline's tests.
 
-``ToyEditor`` follows ``kiwi_jax.pipeline.model_api.EditModel`` at toy
-size: a pooling "VAE" with Wan's factors (first frame alone, then groups
-of 4 frames; 16 x 16 pixels per latent pixel), a token-embedding "MLLM",
-and a velocity net with Kiwi's conditioning shape (sigma-scaled source
-injection, reference tokens, cross-context, bf16 timestep sinusoid). Every
-parameter carries logical axes, so the sharded pipeline can be tested on
-fake devices. ``save_toy_editor`` writes a directory that
-``EditPipeline.from_pretrained`` loads (``toy_editor.json`` +
-``params.npz``).
+``ToyEditor`` has the methods ``EditPipeline`` calls on a ``KiwiEdit``
+(``encode_conditions``, ``encode_video``, ``decode_latents``,
+``denoise_step``, with KiwiEdit's signatures) and a ``cfg`` with the latent
+geometry, at toy size: a pooling "VAE" with Wan's factors (first frame
+alone, then groups of 4 frames; 16 x 16 pixels per latent pixel), a
+token-embedding "MLLM", and a velocity net with Kiwi's conditioning shape
+(sigma-scaled source injection, reference tokens, cross-context, bf16
+timestep sinusoid). Every parameter carries logical axes, so the sharded
+pipeline can be tested on fake devices. Build one with
+:func:`make_toy_editor`; library code never imports it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
-import pathlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -25,10 +23,8 @@ from flax import nnx
 
 from kiwi_jax import sharding
 from kiwi_jax.layers import Dense, GeluTanhMLP, timestep_sinusoid
-from kiwi_jax.utils import atomic
+from kiwi_jax.models.kiwi import KiwiConditions
 
-CONFIG_FILE = "toy_editor.json"
-PARAMS_FILE = "params.npz"
 TOKENS = ("act_batch", "act_seq", "act_embed")
 
 
@@ -41,10 +37,19 @@ class ToyEditorConfig:
   context_len: int = 7
   temporal_factor: int = 4
   spatial_factor: int = 16
+  codec: str = "toy"  # no tiled VAE runner
+
+  # float32 latents and bf16 timesteps (the released runs' rounding).
+  latent_dtype = jnp.float32
+  timestep_dtype = jnp.bfloat16
+
+  def modes(self) -> tuple[str, ...]:
+    return ("image", "video", "reference")
 
 
 class ToyEditor(nnx.Module):
-  """Toy ``EditModel``; channels-last, float32."""
+  """Toy stand-in for ``KiwiEdit`` in ``EditPipeline``; channels-last,
+  float32."""
 
   def __init__(self, cfg: ToyEditorConfig = ToyEditorConfig(), *,
                rngs: nnx.Rngs):
@@ -70,11 +75,15 @@ class ToyEditor(nnx.Module):
     self.mlp = GeluTanhMLP(d, cfg.hidden, d, rngs=rngs)
     self.out_proj = Dense(d, c, kernel_axes=("embed", None), rngs=rngs)
 
-  def encode_conditions(self, mllm_inputs):
-    """{input_ids int[B, L], pixel_mean float[B, 3]} -> context [B, L, d]."""
+  def encode_conditions(self, mllm_inputs, mode=None, *, ref_tokens=0):
+    """{input_ids int[B, L], pixel_mean float[B, 3]} -> conditions with
+    the context [B, L, d]."""
+    del mode, ref_tokens
     ids = mllm_inputs["input_ids"]
     context = self.token_embed[...][ids]
-    return context + self.pixel_proj(mllm_inputs["pixel_mean"])[:, None]
+    context = context + self.pixel_proj(mllm_inputs["pixel_mean"])[:, None]
+    return KiwiConditions(context=context,
+                          mask=jnp.ones(context.shape[:2], bool))
 
   def encode_video(self, video):
     """float[B, T, H, W, 3] -> [B, (T-1)/4+1, H/16, W/16, c]."""
@@ -93,8 +102,9 @@ class ToyEditor(nnx.Module):
     x = jnp.repeat(jnp.repeat(x, s, axis=2), s, axis=3)
     return jnp.concatenate([x[:, :1], jnp.repeat(x[:, 1:], k, axis=1)], 1)
 
-  def denoise_step(self, latents, timestep, sigma, conditions, *,
-                   source_latents=None, ref_latents=None):
+  def denoise_step(self, latents, timestep, context, *,
+                   source_latents=None, sigma=None, ref_latents=None,
+                   context_mask=None):
     """Velocity [B, t, h, w, c]; tokens sharded like the DiT's."""
     b, f, h, w, c = latents.shape
     x = self.in_proj(latents.reshape(b, f * h * w, c))
@@ -103,7 +113,8 @@ class ToyEditor(nnx.Module):
       x = x + sigma.astype(jnp.float32)[:, None, None] * src
     s = timestep_sinusoid(timestep.astype(jnp.float32), self.cfg.dim)
     x = x + self.time_proj(s)[:, None]
-    x = x + self.context_proj(conditions).mean(1, keepdims=True)
+    del context_mask
+    x = x + self.context_proj(context).mean(1, keepdims=True)
     if ref_latents is not None:
       ref = self.ref_proj(ref_latents.reshape(b, -1, c))
       x = x + ref.mean(1, keepdims=True)
@@ -132,55 +143,7 @@ class ToyProcessor:
             "pixel_mean": np.asarray([mean], np.float32)}, {}
 
 
-def save_toy_editor(directory, cfg: ToyEditorConfig = ToyEditorConfig(),
-                    seed: int = 0) -> pathlib.Path:
-  """Writes a random toy editor that ``EditPipeline.from_pretrained``
-  loads."""
-  directory = pathlib.Path(os.fspath(directory))
-  directory.mkdir(parents=True, exist_ok=True)
-  model = ToyEditor(cfg, rngs=nnx.Rngs(seed))
-  flat = _flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-  with atomic.atomic_path(directory / PARAMS_FILE) as tmp:
-    with open(tmp, "wb") as f:
-      np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
-  with atomic.atomic_path(directory / CONFIG_FILE) as tmp:
-    tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-  return directory
-
-
-def is_toy_editor_dir(directory) -> bool:
-  return (pathlib.Path(os.fspath(directory)) / CONFIG_FILE).is_file()
-
-
-def load_toy_editor(directory) -> tuple[ToyEditor, ToyProcessor]:
-  """Loads a directory written by :func:`save_toy_editor`."""
-  directory = pathlib.Path(os.fspath(directory))
-  cfg = ToyEditorConfig(**json.loads((directory / CONFIG_FILE).read_text()))
-  model = nnx.eval_shape(lambda: ToyEditor(cfg, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(model)
-  pure = nnx.to_pure_dict(state)
-  with np.load(directory / PARAMS_FILE) as stored:
-    missing = sorted(set(_flatten(pure)) - set(stored.files))
-    if missing:
-      raise ValueError(f"{directory / PARAMS_FILE}: missing {missing}.")
-    pure = _unflatten_into(pure, {k: stored[k] for k in stored.files})
-  nnx.replace_by_pure_dict(state, pure)
-  return nnx.merge(graphdef, state), ToyProcessor(cfg)
-
-
-def _flatten(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(_flatten(value, name + "/"))
-    else:
-      out[name] = value
-  return out
-
-
-def _unflatten_into(tree, flat, prefix=""):
-  return {key: (_unflatten_into(value, flat, f"{prefix}{key}/")
-                if isinstance(value, dict)
-                else jnp.asarray(flat[f"{prefix}{key}"]))
-          for key, value in tree.items()}
+def make_toy_editor(cfg: ToyEditorConfig = ToyEditorConfig(),
+                    seed: int = 0) -> tuple[ToyEditor, ToyProcessor]:
+  """A random toy editor and its processor (``EditPipeline(*...)``)."""
+  return ToyEditor(cfg, rngs=nnx.Rngs(seed)), ToyProcessor(cfg)
