@@ -91,6 +91,13 @@ FSDP_OVER_SEQUENCE_RULES: tuple[tuple[str, Any], ...] = tuple(
 _RULES: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = (
     contextvars.ContextVar("kiwi_jax_axis_rules", default=LOGICAL_AXIS_RULES))
 
+# The platform of the devices of the mesh entered with :func:`use_mesh`
+# (None: none entered). Code that picks kernels by backend reads it through
+# :func:`target_platform`, so compiling for TPU devices from a CPU host
+# (``kiwi_jax.plan``) picks the TPU kernels.
+_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "kiwi_jax_mesh_platform", default=None)
+
 LogicalAxes = Sequence[str | None]
 
 
@@ -171,9 +178,17 @@ def use_mesh(mesh: Mesh,
   """Enters ``mesh`` (``jax.set_mesh``) and, optionally, a rules table."""
   with contextlib.ExitStack() as stack:
     stack.enter_context(jax.set_mesh(mesh))
+    token = _PLATFORM.set(mesh.devices.flat[0].platform)
+    stack.callback(_PLATFORM.reset, token)
     if rules is not None:
       stack.enter_context(axis_rules(rules))
     yield mesh
+
+
+def target_platform() -> str:
+  """The platform programs are being built for: that of the mesh entered
+  with :func:`use_mesh`, else ``jax.default_backend()``."""
+  return _PLATFORM.get() or jax.default_backend()
 
 
 def _as_tuple(axes: Any) -> tuple[str, ...]:

@@ -40,6 +40,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from kiwi_jax import sharding
 from kiwi_jax.layers import splash
 
 Implementation = Literal["xla", "cudnn", "splash", "chunked"] | None
@@ -78,8 +79,8 @@ def cudnn_unusable_reason(q: jax.Array, k: jax.Array, mask,
   head dimension of at most 128 that is a multiple of 8; with a mask or bias
   (an additive bias to cuDNN), the training kernels also need even T and S.
   """
-  if jax.default_backend() != "gpu":
-    return f"cuDNN needs a GPU, not {jax.default_backend()!r}"
+  if sharding.target_platform() != "gpu":
+    return f"cuDNN needs a GPU, not {sharding.target_platform()!r}"
   if q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype:
     return f"cuDNN takes fp16/bf16 q, k, v, not {q.dtype}/{k.dtype}"
   if q.shape[-1] > 128 or q.shape[-1] % 8:
@@ -105,7 +106,7 @@ def choose_implementation(q: jax.Array, k: jax.Array, mask=None, bias=None,
   else ``"xla"`` (the fallback on CPU, and for masks or shapes the flash
   kernels do not take).
   """
-  backend = jax.default_backend()
+  backend = sharding.target_platform()
   if backend == "tpu" and splash_unusable_reason(mask, bias) is None:
     return "splash"
   has_mask = mask is not None or segment_ids is not None

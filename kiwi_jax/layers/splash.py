@@ -99,16 +99,8 @@ def _round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
 
 
-@functools.lru_cache(maxsize=64)
-def _kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
-            block_q: int, block_kv: int, interpret: bool, mesh):
-  """A single-device splash kernel for [N, q_len, H] x [K, kv_len, H].
-
-  ``mesh`` (the abstract mesh in context) is part of the cache key only:
-  the kernel's arrays carry the context they were made in, and one made
-  inside a ``shard_map`` fails outside it.
-  """
-  del mesh
+def _build_kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
+                  block_q: int, block_kv: int, interpret: bool):
   lib = _load()[0]
   sizes = lib.BlockSizes(
       block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv,
@@ -117,11 +109,35 @@ def _kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
   shape = (q_len, kv_len)
   one = lib.CausalMask(shape) if causal else lib.FullMask(shape)
   mask = lib.MultiHeadMask([one] * num_heads)
+  return lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
+                             q_seq_shards=1, interpret=interpret)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
+                   block_q: int, block_kv: int, interpret: bool, mesh):
+  """``mesh`` (the abstract mesh in context) is part of the cache key
+  only: the kernel's arrays carry the context they were made in, and one
+  made inside a ``shard_map`` fails outside it."""
+  del mesh
   # The kernel holds its block maps as arrays: build them concretely even
   # when called while tracing, so the cached kernel holds no tracer.
   with jax.ensure_compile_time_eval():
-    return lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
-                                   q_seq_shards=1, interpret=interpret)
+    return _build_kernel(num_heads, q_len, kv_len, causal, block_q,
+                         block_kv, interpret)
+
+
+def _kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
+            block_q: int, block_kv: int, interpret: bool, mesh):
+  """A single-device splash kernel for [N, q_len, H] x [K, kv_len, H]."""
+  if sharding.target_platform() != jax.default_backend():
+    # Compiling for devices that run nothing (TPU from a CPU host,
+    # ``kiwi_jax.plan``): concrete block maps cannot be made there, so
+    # they are staged into this trace as constants, uncached.
+    return _build_kernel(num_heads, q_len, kv_len, causal, block_q,
+                         block_kv, interpret)
+  return _cached_kernel(num_heads, q_len, kv_len, causal, block_q, block_kv,
+                        interpret, mesh)
 
 
 def _pad_axis(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
@@ -186,11 +202,16 @@ def _mesh_specs(mesh, q_shape, kv_heads, causal):
     if kv_heads % math.prod(mesh.shape[a] for a in _axes(heads)):
       heads = None  # kv heads must split like the query heads
   used = [a for part in (batch, heads, seq) for a in _axes(part)]
-  if not used:
+  if not used and sharding.target_platform() != "tpu":
     return None
+  # Mosaic kernels take no automatic partitioning: the size-1 axes are
+  # manual too, and on TPU a kernel whose inputs do not split runs
+  # replicated on every device rather than outside a shard_map.
+  trivial = {a for a in free if mesh.shape[a] == 1}
+  manual = frozenset(used) | trivial if used else frozenset(free)
   p = jax.sharding.PartitionSpec
   return (p(batch, heads, seq, None), p(batch, heads, None, None),
-          p(batch, seq), p(batch, None), frozenset(used))
+          p(batch, seq), p(batch, None), manual)
 
 
 def splash_attention(
@@ -231,7 +252,7 @@ def splash_attention(
   if (q_segment_ids is None) != (kv_segment_ids is None):
     raise ValueError("Pass both q_segment_ids and kv_segment_ids, or neither.")
   if interpret is None:
-    interpret = jax.default_backend() != "tpu"
+    interpret = sharding.target_platform() != "tpu"
   b, t, n, h = q.shape
   s, kv_heads = k.shape[1], k.shape[2]
   if scale is None:

@@ -188,4 +188,11 @@ def make_train_step(
     with sharding.use_mesh(mesh, rules):
       return jitted(state, batch)
 
+  def lower(state, batch):
+    """``jax.jit(...).lower`` of the step under its mesh (ahead-of-time
+    compiles, e.g. ``kiwi_jax.plan``; arguments may be shape structs)."""
+    with sharding.use_mesh(mesh, rules):
+      return jitted.lower(state, batch)
+
+  sharded_step.lower = lower
   return sharded_step
