@@ -108,7 +108,7 @@ def train_programs(config: Any, mesh, *, aspect=batches_lib.DEFAULT_ASPECT
         kiwi_task._numeric(host),  # pylint: disable=protected-access
         lambda x: NamedSharding(mesh, sharding.batch_spec(x, mesh)))
     return Program(
-        name=f"train/{clip.mode}", fn=step, args=(state, batch),
+        name=f"train/{clip.mode}", fn=step.jitted, args=(state, batch),
         lower=lambda: step.lower(state, batch),
         model_flops=task.step_flops(host).train,
         flops_formula="kiwi_flops(...).train (MLLM + connectors + DiT, "

@@ -195,4 +195,5 @@ def make_train_step(
       return jitted.lower(state, batch)
 
   sharded_step.lower = lower
+  sharded_step.jitted = jitted  # to trace under a mesh the caller entered
   return sharded_step
