@@ -115,9 +115,6 @@ def main(argv):
   except topology.UnknownSliceError as e:
     config_overrides.fail(_PROG, f"--topology: {e}.")
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", tpu_slice.name)
-  if topology.libtpu_version() is None:
-    config_overrides.fail(_PROG, "libtpu is not installed; install the "
-                          "extra: pip install '.[tpu]' (jax[tpu]).")
   config = _CONFIG.value
   if config.get("kiwi", None) is None:
     config_overrides.fail(_PROG, "--config: the plan needs a config with a "
@@ -132,21 +129,20 @@ def main(argv):
     mesh_override = run.parse_mesh(_MESH.value)
   except ValueError as e:
     config_overrides.fail(_PROG, str(e))
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  config_name = next((a.split("=", 1)[1] for a in sys.argv
+                      if a.startswith("--config=")), "config")
   if _JSON.value:
     from kiwi_jax.utils import paths
-    config_file = (flags.FLAGS["config"].config_filename
-                   if hasattr(flags.FLAGS["config"], "config_filename")
-                   else None)
     try:
-      paths.refuse_inputs_as_outputs([("--json", _JSON.value)],
-                                     [("--config", config_file)])
+      paths.refuse_inputs_as_outputs(
+          [("--json", _JSON.value)],
+          [("--config", config_name.split(":", 1)[0])])
     except ValueError as e:
       config_overrides.fail(_PROG, str(e))
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  config_name = sys.argv[[a.startswith("--config=") for a in sys.argv
-                          ].index(True)].split("=", 1)[1] if any(
-                              a.startswith("--config=") for a in sys.argv
-                          ) else "config"
+  if topology.libtpu_version() is None:
+    config_overrides.fail(_PROG, "libtpu is not installed; install the "
+                          "extra: pip install '.[tpu]' (jax[tpu]).")
   print(f"Planning {config_name} on {tpu_slice.name} "
         f"({tpu_slice.topology}); compiling, this can take minutes per "
         "program at full size.", file=sys.stderr, flush=True)

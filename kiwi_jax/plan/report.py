@@ -19,7 +19,9 @@ HEADER = ("program", "batch", "args GiB", "temp GiB", "peak GiB", "fits",
 
 
 def _gib(n) -> str:
-  return "-" if n is None else f"{n / _GIB:.1f}"
+  if n is None:
+    return "-"
+  return f"{n / _GIB:.1f}" if n >= 0.1 * _GIB else f"{n / _GIB:.2g}"
 
 
 def _pflop(n) -> str:

@@ -96,3 +96,12 @@ def test_tiny_plan_fits_writes_json_and_reuses_its_cache(tmp_path):
                         for r in rows]
   assert strip(again["programs"]) == strip(plan["programs"])
   assert "(cached)" in second.stdout
+
+
+@pytest.mark.skipif(HAS_LIBTPU, reason="libtpu is installed here")
+def test_without_libtpu_the_error_names_the_extra(tmp_path):
+  result = _plan("--config=configs/demo.py", "--topology=v5e-4",
+                 f"--cache_dir={tmp_path}")
+  assert result.returncode == 2
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert "pip install '.[tpu]'" in result.stderr
