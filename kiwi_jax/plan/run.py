@@ -138,7 +138,18 @@ def plan(config: Any, config_name: str, tpu_slice: topology.TpuSlice, *,
       row["cached"] = True
     else:
       logger.info("Compiling %s for %s.", name, tpu_slice.name)
-      row = measure.measure(builders[name](), chips=tpu_slice.chips,
+      try:
+        program = builders[name]()
+      except Exception as e:  # pylint: disable=broad-except
+        # Building failed before any compile (a config the model rejects):
+        # a row that says why, not a traceback that hides the other rows.
+        rows.append({"program": name, "status": "error", "fits": None,
+                     "batch": None, "cached": False,
+                     "error": f"{type(e).__name__}: {e}".splitlines()[0]})
+        if on_row is not None:
+          on_row(rows[-1])
+        continue
+      row = measure.measure(program, chips=tpu_slice.chips,
                             hbm_bytes=tpu_slice.hbm_bytes, peak_flops=peak,
                             scan_corrected=scan_corrected)
       rows_cache.put(key, row)
