@@ -219,7 +219,7 @@ def edit_programs(config: Any, mesh, *, aspect=batches_lib.DEFAULT_ASPECT
             report=False)),
         flops, "dit_flops(...).forward, one step", 1, mesh_ctx)
 
-  def vae(name, fn_of, arg):
+  def vae_program(name, fn_of, arg):
     def build():
       graphdef, state = shared()
       args = (state, _replicated(mesh, arg))
@@ -235,10 +235,10 @@ def edit_programs(config: Any, mesh, *, aspect=batches_lib.DEFAULT_ASPECT
   video = jax.ShapeDtypeStruct((1, clip.frames, clip.height, clip.width, 3),
                                jnp.float32)
   return {"edit/mllm_encode": mllm_encode, "edit/dit_step": dit_step,
-          "edit/vae_encode": vae("edit/vae_encode", stages.encode_video,
-                                 video),
-          "edit/vae_decode": vae("edit/vae_decode", stages.decode_latents,
-                                 latent)}
+          "edit/vae_encode": vae_program("edit/vae_encode",
+                                         stages.encode_video, video),
+          "edit/vae_decode": vae_program("edit/vae_decode",
+                                         stages.decode_latents, latent)}
 
 
 def _under(ctx, fn):
@@ -246,8 +246,24 @@ def _under(ctx, fn):
     return fn()
 
 
+def fill_ref_tokens(config: Any, aspect=batches_lib.DEFAULT_ASPECT) -> None:
+  """``kiwi.ref_tokens`` 0 (the demo counts them from its data at run
+  time) with reference batches: the count of the shape-only reference."""
+  clips = [c for c in batches_lib.clip_shapes(config, aspect)
+           if c.mode == "reference"]
+  if not clips or int(config.kiwi.ref_tokens):
+    return
+  cfg = kiwi_task.kiwi_model_config(config.kiwi)
+  start, end = batches_lib.mllm_example(cfg, clips[0])["ref_span"]
+  with config.unlocked():
+    config.kiwi.ref_tokens = int(end - start)
+
+
 def all_programs(config: Any, mesh, *, aspect=batches_lib.DEFAULT_ASPECT
                  ) -> dict[str, Callable[[], Program]]:
+  """Every program of the config (``kiwi.ref_tokens`` filled in first,
+  see :func:`fill_ref_tokens`)."""
+  fill_ref_tokens(config, aspect)
   return {**train_programs(config, mesh, aspect=aspect),
           **edit_programs(config, mesh, aspect=aspect)}
 

@@ -135,3 +135,27 @@ def test_shape_only_batches_of_the_demo_config():
       ("image", 1, 32, 32)]
   example = batches.mllm_example(KiwiTask(config).model_cfg, clips[0])
   assert example["segment_ids"].sum() < example["input_ids"].size
+
+
+def test_programs_of_every_mode_build_on_a_cpu_mesh():
+  config = demo.get_config("")
+  with config.unlocked():
+    config.kiwi.stage = 3
+    config.kiwi.data.batch_size = 4
+  mesh = run.slice_mesh(jax.devices()[:4], {"data": -1})
+  from kiwi_jax.plan import programs  # pylint: disable=g-import-not-at-top
+  builders = programs.all_programs(config, mesh)
+  assert list(builders) == ["train/image", "train/video", "train/reference",
+                            *programs.EDIT_PROGRAMS]
+  dit = builders["edit/dit_step"]()
+  assert dit.batch == 1 and dit.model_flops > 0
+  latents, conditions, source, ref = dit.args[1:]
+  assert ref.shape[:2] == (1, 1) and source.shape == latents.shape
+  # kiwi.ref_tokens 0 (the demo's) became the reference's count.
+  assert 0 < config.kiwi.ref_tokens <= 16
+  assert conditions.context.shape[1] == (
+      config.kiwi.ref_tokens + 11)  # tiny: 11 reference queries
+  assert dit.lower().as_text()
+  train = builders["train/reference"]()
+  assert train.batch == 4 and train.model_flops > 0
+  assert train.args[1]["ref_image"].shape == (4, 32, 32, 3)
