@@ -1,7 +1,14 @@
 """Two caches under ``--cache_dir``: JAX's persistent compilation cache
 (``xla/``) and the plan's own rows (``rows/<key>.json``), keyed by the
 config, the slice, the mesh, the program and the jax / libtpu versions, so
-that a second identical plan reads its rows without compiling."""
+that a second identical plan reads its rows without compiling.
+
+With jax 0.10.2 and libtpu 0.0.42.1 the persistent cache writes entries for
+compile-only devices but cannot read them back ("PjRtCompiler must be
+constructed with a Client to call DeserializeLoadedExecutable"): a rerun
+compiles again, with a warning that is silenced here. The entries serve
+runs on real TPU hosts with the same cache directory; the rows are what
+make a second plan fast."""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import hashlib
 import json
 import os
 import pathlib
+import warnings
 from typing import Any
 
 import jax
@@ -31,6 +39,9 @@ def enable_compilation_cache(cache_dir: pathlib.Path) -> None:
   jax.config.update("jax_compilation_cache_dir", str(path))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  warnings.filterwarnings(
+      "ignore", message="Error reading persistent compilation cache entry",
+      category=UserWarning)
 
 
 def row_key(**parts: Any) -> str:
