@@ -94,7 +94,7 @@ def _apply_model_overrides(config, text: str) -> None:
   with config.unlocked():
     config.kiwi.model = _merge(current, extra)
   try:
-    from kiwi_jax.training import kiwi_task  # pylint: disable=g-import-not-at-top
+    from kiwi_jax.tasks import kiwi_task  # pylint: disable=g-import-not-at-top
     kiwi_task.kiwi_model_config(config.kiwi)
   except (ValueError, TypeError) as e:
     config_overrides.fail(_PROG, f"--model_overrides: {e}")

@@ -6,8 +6,7 @@ that a second identical plan reads its rows without compiling.
 With jax 0.10.2 and libtpu 0.0.42.1 the persistent cache writes entries for
 compile-only devices but cannot read them back ("PjRtCompiler must be
 constructed with a Client to call DeserializeLoadedExecutable"): a rerun
-compiles again, with a warning that is silenced here. The entries serve
-runs on real TPU hosts with the same cache directory; the rows are what
+compiles again, with a warning that is silenced here. The rows are what
 make a second plan fast."""
 
 from __future__ import annotations

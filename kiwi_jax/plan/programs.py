@@ -7,7 +7,7 @@ stages, over shape-only state and batches on a given mesh.
   kind of the stage's data mix (``batches.clip_shapes``), at the config's
   global batch ``kiwi.data.batch_size``.
 * ``edit/mllm_encode``, ``edit/dit_step``, ``edit/vae_encode``,
-  ``edit/vae_decode``: ``kiwi_jax.pipeline.stages`` for one edit (batch 1)
+  ``edit/vae_decode``: ``kiwi_jax.pipeline.programs`` for one edit (batch 1)
   of the stage's richest mode at the training clip size, with the model
   wrapped as the pipeline wraps it (``KiwiEditor``). ``dit_step`` is
   ``stages.denoise`` with a one-step plan; the VAE programs run on the
@@ -32,12 +32,13 @@ from kiwi_jax import flops as flops_lib
 from kiwi_jax import sharding
 from kiwi_jax.diffusion import sampler
 from kiwi_jax.models.kiwi.model import KiwiConditions, KiwiEdit
-from kiwi_jax.pipeline import edit_pipeline, stages
+from kiwi_jax.pipeline import edit_pipeline
+from kiwi_jax.pipeline import programs as stages
 from kiwi_jax.pipeline.kiwi_adapter import KiwiEditor
 from kiwi_jax.plan import batches as batches_lib
 from kiwi_jax.train_lib import optimizers, train_step
 from kiwi_jax.train_lib.train_state import ModelSplit, Precision
-from kiwi_jax.training import kiwi_task
+from kiwi_jax.tasks import kiwi_task
 
 EDIT_PROGRAMS = ("edit/mllm_encode", "edit/dit_step", "edit/vae_encode",
                  "edit/vae_decode")

@@ -10,7 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from configs import demo, kiwi_wan22_5b
 from kiwi_jax.models.mllm import bucketing
 from kiwi_jax.plan import batches, hlo_stats, run, topology
-from kiwi_jax.training.kiwi_task import KiwiTask
+from kiwi_jax.tasks.kiwi_task import KiwiTask
 
 
 @pytest.mark.parametrize("name, chips, topo, hbm", [
