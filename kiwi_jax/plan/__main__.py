@@ -24,7 +24,8 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import pathlib  # noqa: E402
 
-from absl import app, flags, logging as absl_logging  # noqa: E402
+from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging
 from ml_collections import config_flags  # noqa: E402
 
 from kiwi_jax.plan import topology  # noqa: E402

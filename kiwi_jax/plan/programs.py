@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from kiwi_jax import flops as flops_lib
 from kiwi_jax import sharding
@@ -36,9 +37,9 @@ from kiwi_jax.pipeline import edit_pipeline
 from kiwi_jax.pipeline import programs as stages
 from kiwi_jax.pipeline.kiwi_adapter import KiwiEditor
 from kiwi_jax.plan import batches as batches_lib
+from kiwi_jax.tasks import kiwi_task
 from kiwi_jax.train_lib import optimizers, train_step
 from kiwi_jax.train_lib.train_state import ModelSplit, Precision
-from kiwi_jax.tasks import kiwi_task
 
 EDIT_PROGRAMS = ("edit/mllm_encode", "edit/dit_step", "edit/vae_encode",
                  "edit/vae_decode")

@@ -45,7 +45,8 @@ def table_row(row: dict[str, Any]) -> list[str]:
   matmuls = row.get("matmuls")
   bound = row.get("step_seconds_lower_bound")
   return [
-      row["program"], str(row.get("batch") or "-"), _gib(memory.get("argument")),
+      row["program"], str(row.get("batch") or "-"),
+      _gib(memory.get("argument")),
       _gib(memory.get("temp")), _gib(memory.get("peak")), _fits(row),
       _pflop(row.get("model_flops")),
       _pflop(row.get("xla_flops_scan_corrected")),

@@ -159,7 +159,7 @@ def plan(config: Any, config_name: str, tpu_slice: topology.TpuSlice, *,
       on_row(row)
   return {
       "config": config_name, "date": datetime.datetime.now(
-          datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+          datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
       "commit": _commit(),
       "topology": {"name": tpu_slice.name, "chips": tpu_slice.chips,
                    "topology": tpu_slice.topology,
