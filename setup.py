@@ -48,6 +48,9 @@ setuptools.setup(
     extras_require={
         "convert": CONVERT,
         "dev": CONVERT + ["pytest", "pytest-xdist"],
+        # Compile-only TPU devices for `python -m kiwi_jax.plan` on any host
+        # (and the runtime on a TPU VM): libtpu paired with the pinned jax.
+        "tpu": ["jax[tpu]==0.10.2"],
         "tb": ["tensorboardX"],
         "wandb": ["wandb"],
         # The RefVIE construction pipeline on Beam runners. apache-beam 2.77

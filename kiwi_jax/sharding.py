@@ -35,7 +35,8 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 M = TypeVar("M")
 
@@ -90,6 +91,13 @@ FSDP_OVER_SEQUENCE_RULES: tuple[tuple[str, Any], ...] = tuple(
 
 _RULES: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = (
     contextvars.ContextVar("kiwi_jax_axis_rules", default=LOGICAL_AXIS_RULES))
+
+# The platform of the devices of the mesh entered with :func:`use_mesh`
+# (None: none entered). Code that picks kernels by backend reads it through
+# :func:`target_platform`, so compiling for TPU devices from a CPU host
+# (``kiwi_jax.plan``) picks the TPU kernels.
+_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "kiwi_jax_mesh_platform", default=None)
 
 LogicalAxes = Sequence[str | None]
 
@@ -171,6 +179,8 @@ def use_mesh(mesh: Mesh,
   """Enters ``mesh`` (``jax.set_mesh``) and, optionally, a rules table."""
   with contextlib.ExitStack() as stack:
     stack.enter_context(jax.set_mesh(mesh))
+    token = _PLATFORM.set(mesh.devices.flat[0].platform)
+    stack.callback(_PLATFORM.reset, token)
     if rules is not None:
       stack.enter_context(axis_rules(rules))
     yield mesh
@@ -245,7 +255,12 @@ def logical_to_spec(
 def target_platform() -> str:
   """The platform the current program compiles for: that of the current
   mesh's devices (a TPU slice compiled ahead of time from a CPU host says
-  "tpu"), else ``jax.default_backend()``. Callable inside ``jax.jit``."""
+  "tpu"), else ``jax.default_backend()``. Callable inside ``jax.jit``.
+  The mesh entered with :func:`use_mesh` is asked first, then the abstract
+  mesh of the trace."""
+  entered = _PLATFORM.get()
+  if entered:
+    return entered
   mesh = jax.sharding.get_abstract_mesh()
   device = None if mesh is None or mesh.empty else getattr(
       mesh, "abstract_device", None)

@@ -79,9 +79,8 @@ def cudnn_unusable_reason(q: jax.Array, k: jax.Array, mask,
   head dimension of at most 128 that is a multiple of 8; with a mask or bias
   (an additive bias to cuDNN), the training kernels also need even T and S.
   """
-  platform = sharding.target_platform()
-  if platform != "gpu":
-    return f"cuDNN needs a GPU, not {platform!r}"
+  if sharding.target_platform() != "gpu":
+    return f"cuDNN needs a GPU, not {sharding.target_platform()!r}"
   if q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype:
     return f"cuDNN takes fp16/bf16 q, k, v, not {q.dtype}/{k.dtype}"
   if q.shape[-1] > 128 or q.shape[-1] % 8:

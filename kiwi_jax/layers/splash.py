@@ -31,7 +31,6 @@ average the values instead of producing NaN, as the XLA path does.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import math
@@ -100,16 +99,8 @@ def _round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
 
 
-@functools.lru_cache(maxsize=64)
-def _kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
-            block_q: int, block_kv: int, interpret: bool, mesh):
-  """A single-device splash kernel for [N, q_len, H] x [K, kv_len, H].
-
-  ``mesh`` (the abstract mesh in context) is part of the cache key only:
-  the kernel's arrays carry the context they were made in, and one made
-  inside a ``shard_map`` fails outside it.
-  """
-  del mesh
+def _build_kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
+                  block_q: int, block_kv: int, interpret: bool):
   lib = _load()[0]
   sizes = lib.BlockSizes(
       block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv,
@@ -118,26 +109,35 @@ def _kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
   shape = (q_len, kv_len)
   one = lib.CausalMask(shape) if causal else lib.FullMask(shape)
   mask = lib.MultiHeadMask([one] * num_heads)
+  return lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
+                             q_seq_shards=1, interpret=interpret)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
+                   block_q: int, block_kv: int, interpret: bool, mesh):
+  """``mesh`` (the abstract mesh in context) is part of the cache key
+  only: the kernel's arrays carry the context they were made in, and one
+  made inside a ``shard_map`` fails outside it."""
+  del mesh
   # The kernel holds its block maps as arrays: build them concretely even
   # when called while tracing, so the cached kernel holds no tracer.
-  with jax.ensure_compile_time_eval(), _outside_concrete_mesh():
-    return lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
-                                   q_seq_shards=1, interpret=interpret)
+  with jax.ensure_compile_time_eval():
+    return _build_kernel(num_heads, q_len, kv_len, causal, block_q,
+                         block_kv, interpret)
 
 
-def _outside_concrete_mesh():
-  """A context without the concrete mesh of ``jax.set_mesh``, so the
-  kernel's block maps are made on the host: under a mesh of compile-only
-  TPU devices (a slice compiled from a CPU host) eager ops would target
-  devices that cannot run. Private jax API, guarded: a no-op where absent.
-  """
-  try:
-    from jax._src import mesh as mesh_lib
-    from jax._src import sharding_impls
-    return sharding_impls._internal_use_concrete_mesh(  # noqa: SLF001
-        mesh_lib.empty_concrete_mesh)
-  except (ImportError, AttributeError):
-    return contextlib.nullcontext()
+def _kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
+            block_q: int, block_kv: int, interpret: bool, mesh):
+  """A single-device splash kernel for [N, q_len, H] x [K, kv_len, H]."""
+  if sharding.target_platform() != jax.default_backend():
+    # Compiling for devices that run nothing (TPU from a CPU host,
+    # ``kiwi_jax.plan``): concrete block maps cannot be made there, so
+    # they are staged into this trace as constants, uncached.
+    return _build_kernel(num_heads, q_len, kv_len, causal, block_q,
+                         block_kv, interpret)
+  return _cached_kernel(num_heads, q_len, kv_len, causal, block_q, block_kv,
+                        interpret, mesh)
 
 
 def _pad_axis(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
@@ -201,12 +201,17 @@ def _mesh_specs(mesh, q_shape, kv_heads, causal):
   if heads is not None:
     if kv_heads % math.prod(mesh.shape[a] for a in _axes(heads)):
       heads = None  # kv heads must split like the query heads
-  # Every free axis goes manual (those the specs leave out replicate): a
-  # Mosaic kernel left under any auto axis, even of size 1, does not
-  # compile for TPU ("cannot be automatically partitioned").
+  used = [a for part in (batch, heads, seq) for a in _axes(part)]
+  if not used and sharding.target_platform() != "tpu":
+    return None
+  # Mosaic kernels take no automatic partitioning: the size-1 axes are
+  # manual too, and on TPU a kernel whose inputs do not split runs
+  # replicated on every device rather than outside a shard_map.
+  trivial = {a for a in free if mesh.shape[a] == 1}
+  manual = frozenset(used) | trivial if used else frozenset(free)
   p = jax.sharding.PartitionSpec
   return (p(batch, heads, seq, None), p(batch, heads, None, None),
-          p(batch, seq), p(batch, None), frozenset(free))
+          p(batch, seq), p(batch, None), manual)
 
 
 def splash_attention(

@@ -222,9 +222,11 @@ def make_train_step(
       return jitted(state, batch)
 
   def lower(state, batch):
-    """``jax.jit(...).lower`` under the mesh (ahead-of-time compiles)."""
+    """``jax.jit(...).lower`` of the step under its mesh (ahead-of-time
+    compiles, e.g. ``kiwi_jax.plan``; arguments may be shape structs)."""
     with sharding.use_mesh(mesh, rules):
       return jitted.lower(state, batch)
 
   sharded_step.lower = lower
+  sharded_step.jitted = jitted  # to trace under a mesh the caller entered
   return sharded_step
