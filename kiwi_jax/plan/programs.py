@@ -9,7 +9,7 @@ stages, over shape-only state and batches on a given mesh.
 * ``edit/mllm_encode``, ``edit/dit_step``, ``edit/vae_encode``,
   ``edit/vae_decode``: ``kiwi_jax.pipeline.programs`` for one edit (batch 1)
   of the stage's richest mode at the training clip size, with the model
-  wrapped as the pipeline wraps it (``KiwiEditor``). ``dit_step`` is
+  as the pipeline runs it (``KiwiEdit`` directly). ``dit_step`` is
   ``stages.denoise`` with a one-step plan; the VAE programs run on the
   whole clip (the pipeline's ``vae_tiling=False`` path).
 """
@@ -33,12 +33,12 @@ from kiwi_jax import flops as flops_lib
 from kiwi_jax import sharding
 from kiwi_jax.diffusion import sampler
 from kiwi_jax.models.kiwi.model import KiwiConditions, KiwiEdit
+from kiwi_jax.models.kiwi.processor import KiwiProcessor
 from kiwi_jax.pipeline import edit_pipeline
 from kiwi_jax.pipeline import programs as stages
-from kiwi_jax.pipeline.kiwi_adapter import KiwiEditor
 from kiwi_jax.plan import batches as batches_lib
 from kiwi_jax.tasks import kiwi_task
-from kiwi_jax.train_lib import optimizers, train_step
+from kiwi_jax.train_lib import optimizers, run_config, train_step
 from kiwi_jax.train_lib.train_state import ModelSplit, Precision
 
 EDIT_PROGRAMS = ("edit/mllm_encode", "edit/dit_step", "edit/vae_encode",
@@ -69,6 +69,14 @@ class Program:
   batch: int
   context: Callable[[], Any] = contextlib.nullcontext
 
+
+
+def model_config(config: Any):
+  """The ``KiwiEditConfig`` the trainer builds from ``config`` (its
+  ``precision.compute_dtype`` included)."""
+  run = run_config.TrainerConfig.from_config(config)
+  return kiwi_task.kiwi_model_config(config.kiwi,
+                                     run.precision.compute_dtype)
 
 def _rules(config) -> list | None:
   rules = config.get("sharding_rules", None)
@@ -151,12 +159,12 @@ def edit_programs(config: Any, mesh, *, aspect=batches_lib.DEFAULT_ASPECT
   """``{name: build}`` of the four editing programs."""
   clip = batches_lib.clip_shapes(config, aspect)[-1]  # the richest mode
   rules = _rules(config)
-  cfg = kiwi_task.kiwi_model_config(config.kiwi)
+  cfg = model_config(config)
   holder = {}
 
   def shared():
     if not holder:
-      ctor = lambda: KiwiEditor(KiwiEdit(cfg, rngs=nnx.Rngs(0)))  # noqa
+      ctor = lambda: KiwiEdit(cfg, rngs=nnx.Rngs(0))  # noqa: E731
       holder["graphdef"], holder["state"] = sharding.abstract_state(
           ctor, mesh, rules)
     return holder["graphdef"], holder["state"]
@@ -183,7 +191,7 @@ def edit_programs(config: Any, mesh, *, aspect=batches_lib.DEFAULT_ASPECT
                                     seq_len=int(config.kiwi.seq_len),
                                     num_patches=int(config.kiwi.num_patches))
     mllm = {k: v[None] for k, v in mllm.items()}
-    inputs = kiwi_task.mllm_inputs(mllm)
+    inputs = KiwiProcessor.model_inputs(mllm)
     options = (("mode", mode),) + ((("ref_tokens", ref_tokens),)
                                    if ref_tokens else ())
     args = (state, _replicated(mesh, inputs))
@@ -255,7 +263,7 @@ def fill_ref_tokens(config: Any, aspect=batches_lib.DEFAULT_ASPECT) -> None:
            if c.mode == "reference"]
   if not clips or int(config.kiwi.ref_tokens):
     return
-  cfg = kiwi_task.kiwi_model_config(config.kiwi)
+  cfg = model_config(config)
   start, end = batches_lib.mllm_example(cfg, clips[0])["ref_span"]
   with config.unlocked():
     config.kiwi.ref_tokens = int(end - start)
