@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from kiwi_jax.diffusion import step_cache
 from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.model import KiwiConditions, KiwiEdit
 from kiwi_jax.models.mllm import bucketing
@@ -63,6 +64,21 @@ class KiwiEditor(nnx.Module):
         sigma=sigma if source_latents is not None else None,
         ref_latents=ref_latents)
 
+
+  def split_denoise_step(self, latents, timestep, sigma, conditions, *,
+                         source_latents=None, ref_latents=None):
+    """:meth:`denoise_step` cut around the DiT's blocks, for the step
+    cache (``kiwi_jax.diffusion.step_cache.SplitStep``)."""
+    dit = self.kiwi.dit
+    parts = dit.embed(latents, timestep, conditions.context,
+                      source_latents=source_latents,
+                      sigma=sigma if source_latents is not None else None,
+                      ref_latents=ref_latents)
+    return step_cache.SplitStep(
+        tokens=parts.tokens, indicator=dit.first_block_input(parts),
+        blocks=lambda x: dit.run_blocks(parts, x),
+        head=lambda x: dit.unembed(parts, x).velocity,
+        num_blocks=dit.cfg.num_layers)
 
 class KiwiProcessor:
   """Host-side MLLM inputs of one example for :class:`KiwiEditor`."""

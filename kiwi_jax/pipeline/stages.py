@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kiwi_jax.diffusion import sampler
+from kiwi_jax.diffusion import sampler, step_cache
 from kiwi_jax.pipeline import progress
 
 
@@ -106,3 +106,36 @@ def denoise(graphdef: nnx.GraphDef, state: Any, latents: jax.Array,
   return sampler.euler_loop(velocity_fn, latents, plan, operands,
                             guidance_scales=guidance_scales,
                             guidance_operands=branches)
+
+
+def _split_step(graphdef, latents, timestep, sigma, step, state, conditions,
+                source_latents, ref_latents):
+  del step
+  model = nnx.merge(graphdef, state)
+  batch = latents.shape[0]
+  return model.split_denoise_step(
+      latents, jnp.full((batch,), timestep), jnp.full((batch,), sigma),
+      conditions, source_latents=source_latents, ref_latents=ref_latents)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "report"))
+def denoise_cached(graphdef: nnx.GraphDef, state: Any, latents: jax.Array,
+                   plan: sampler.SamplingPlan, conditions: Any,
+                   source_latents: jax.Array | None,
+                   ref_latents: jax.Array | None, threshold: jax.Array, *,
+                   report: bool = True
+                   ) -> tuple[jax.Array, step_cache.CacheStats]:
+  """:func:`denoise` with the DiT step cache (no guidance).
+
+  The model needs ``split_denoise_step`` (``KiwiEditor``); ``threshold``
+  is a traced float32 scalar (``step_cache.cached_euler_loop``). Returns
+  ``(latents, CacheStats)``.
+  """
+  after_step = None
+  if report:
+    after_step = lambda step, v: progress.emit(  # noqa: E731
+        step, after=v.reshape(-1)[0])
+  return step_cache.cached_euler_loop(
+      functools.partial(_split_step, graphdef), latents, plan,
+      (state, conditions, source_latents, ref_latents), threshold=threshold,
+      after_step=after_step)
