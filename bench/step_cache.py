@@ -12,6 +12,10 @@ block evaluations (and the ratio full / cached), the denoising wall time
 (best of ``--repeats`` after a compiling run, and the ratio full / cached)
 and the PSNR of the decoded frames (uint8, peak 255) and of the final
 latents (peak: the full latents' max |value|) against the full output.
+Beside each threshold, the baseline of the same budget without the cache:
+a plain run with as many steps as the cache evaluated (the same block
+evaluations), and its PSNR against the full output; the cache is worth
+having where its PSNR beats that baseline's.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def psnr(a, b, peak):
   return float("inf") if mse == 0 else 10 * np.log10(peak ** 2 / mse)
 
 
-def run(pipe, source, ref, prompt, steps, repeats, threshold):
+def run(pipe, source, ref, prompt, steps, repeats, threshold=None):
   """(result, best denoise seconds) of ``repeats`` edits after a compile."""
   kwargs = dict(steps=steps, seed=0, cache_threshold=threshold)
   result = pipe.edit(source, prompt, ref, **kwargs)
@@ -56,7 +60,7 @@ def main(argv=None):
   parser.add_argument("--height", type=int, default=None)
   parser.add_argument("--width", type=int, default=None)
   parser.add_argument("--frames", type=int, default=None)
-  parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args(argv)
   thresholds = [float(x) for x in args.thresholds.split(",") if x]
   big = args.variant != "tiny"
@@ -76,15 +80,23 @@ def main(argv=None):
         f"{args.steps} steps, {num_layers} blocks, best of {args.repeats}")
   print(f"  full: {full_evals} block evals, denoise {full_s:.3f} s")
   print("  threshold | block evals | fewer evals | denoise s | speed-up | "
-        "PSNR frames dB | PSNR latents dB")
+        "PSNR frames dB | PSNR latents dB | same evals, no cache: steps, "
+        "PSNR frames / latents dB")
+  baselines = {}
   for threshold in thresholds:
     result, seconds = run(pipe, source, ref, prompt, args.steps,
                           args.repeats, threshold)
+    steps = result.block_evals // num_layers
+    if steps not in baselines:
+      baselines[steps] = run(pipe, source, ref, prompt, steps, 1)[0]
+    plain = baselines[steps]
     print(f"  {threshold:9.3f} | {result.block_evals:11d} | "
           f"{full_evals / result.block_evals:10.2f}x | {seconds:9.3f} | "
           f"{full_s / seconds:7.2f}x | "
           f"{psnr(result.frames, full.frames, 255.0):14.2f} | "
-          f"{psnr(result.latents, full.latents, peak):15.2f}", flush=True)
+          f"{psnr(result.latents, full.latents, peak):15.2f} | "
+          f"{steps:3d}, {psnr(plain.frames, full.frames, 255.0):.2f} / "
+          f"{psnr(plain.latents, full.latents, peak):.2f}", flush=True)
 
 
 if __name__ == "__main__":
