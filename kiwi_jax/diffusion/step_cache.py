@@ -168,8 +168,11 @@ def cached_euler_loop(
     return split_fn(z, tables["model_timesteps"][step],
                     tables["model_sigmas"][step], step, *operands)
 
-  shapes = jax.eval_shape(
-      lambda z: (lambda s: (s.tokens, s.indicator))(split_at(0, z)), latents)
+  def carried(z):
+    split = split_at(0, z)
+    return split.tokens, split.indicator
+
+  shapes = jax.eval_shape(carried, latents)
   cache = CacheState(
       residual=jnp.zeros(shapes[0].shape, jnp.float32),
       indicator=jnp.zeros(shapes[1].shape, jnp.float32),

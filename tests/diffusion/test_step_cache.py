@@ -68,8 +68,12 @@ def test_split_forward_is_the_call(setup):
   t, sigma = plan.model_timesteps[2], plan.model_sigmas[2]
   whole = jax.jit(functools.partial(_velocity, graphdef))(
       noise, t, sigma, 2, *operands)
-  split = jax.jit(lambda *a: (lambda s: s.head(s.blocks(s.tokens)))(
-      _split(graphdef, *a)))(noise, t, sigma, 2, *operands)
+
+  def split_forward(*args):
+    split = _split(graphdef, *args)
+    return split.head(split.blocks(split.tokens))
+
+  split = jax.jit(split_forward)(noise, t, sigma, 2, *operands)
   np.testing.assert_array_equal(np.asarray(split), np.asarray(whole))
 
 

@@ -27,7 +27,8 @@ def test_help_names_the_rule_and_the_default():
      "does not combine"),
 ])
 def test_bad_cache_threshold_is_one_line_before_loading(
-    toy_checkpoint, media, tmp_path, capsys, no_model, extra, needle):  # noqa: F811
+    toy_checkpoint, media, tmp_path, capsys,
+    no_model, extra, needle):  # noqa: F811
   out = tmp_path / "o.mp4"
   line = one_error_line(capsys, "--checkpoint", toy_checkpoint, "--video",
                         media / "video.mp4", "--prompt", "x", "--out", out,

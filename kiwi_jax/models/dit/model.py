@@ -244,7 +244,7 @@ class WanDiT(nnx.Module):
             sigma: jax.Array | None = None,
             ref_latents: jax.Array | None = None,
             context_is_text: bool = False,
-            context_mask: jax.Array | None = None) -> "DiTParts":
+            context_mask: jax.Array | None = None) -> DiTParts:
     """Everything before the blocks (arguments of :meth:`__call__`).
 
     ``__call__`` is ``unembed(parts, run_blocks(parts))`` with ``parts``
@@ -288,14 +288,14 @@ class WanDiT(nnx.Module):
                     rope=rope, context_mask=context_mask, grid=(f, h, w),
                     video_start=seq - n_video if cfg.ref_pad_first else 0)
 
-  def run_blocks(self, parts: "DiTParts",
+  def run_blocks(self, parts: DiTParts,
                  tokens: jax.Array | None = None) -> jax.Array:
     """The block stack on ``tokens`` (default ``parts.tokens``)."""
     x = parts.tokens if tokens is None else tokens
     return self._run_blocks(x, parts.context, parts.t_mod, parts.rope,
                             parts.context_mask)
 
-  def first_block_input(self, parts: "DiTParts") -> jax.Array:
+  def first_block_input(self, parts: DiTParts) -> jax.Array:
     """float32[B, S, dim]: the first block's timestep-modulated
     self-attention input ``LN(x) * (1 + scale) + shift`` (a step cache's
     change indicator)."""
@@ -304,7 +304,7 @@ class WanDiT(nnx.Module):
     return blocks_lib.modulate(parts.tokens, mod[:, :, 0], mod[:, :, 1],
                                self.cfg.eps)
 
-  def unembed(self, parts: "DiTParts", x: jax.Array) -> DiTOutput:
+  def unembed(self, parts: DiTParts, x: jax.Array) -> DiTOutput:
     """The blocks' output tokens -> ``DiTOutput`` (drop ref, head)."""
     cfg = self.cfg
     f, h, w = parts.grid
@@ -383,4 +383,5 @@ def parameter_count(model_or_state) -> int:
   return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(state))
 
 
-__all__ = ["DiTOutput", "DiTParts", "WanDiT", "parameter_count", "rope_tables"]
+__all__ = ["DiTOutput", "DiTParts", "WanDiT", "parameter_count",
+           "rope_tables"]
