@@ -41,8 +41,9 @@ setuptools.setup(
     version="0.1.0",
     description="Kiwi-Edit (instruction and reference guided video editing) in JAX/Flax",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["kiwi_jax", "kiwi_jax.*", "converters", "converters.*", "configs"]),
-    py_modules=["train", "eval"],
+    # Only the library is installed; train.py, eval.py, configs/ and
+    # converters/ at the top of the repository are entry points over it.
+    packages=setuptools.find_packages(include=["kiwi_jax", "kiwi_jax.*"]),
     install_requires=CORE,
     extras_require={
         "convert": CONVERT,
@@ -52,10 +53,12 @@ setuptools.setup(
         # The RefVIE construction pipeline on Beam runners. apache-beam 2.77
         # needs protobuf<7, pyarrow<26 and pillow<13, below this project's
         # pins, so install it into a separate environment
-        # (see kiwi_jax/refvie/pipeline_beam.py).
+        # (see kiwi_jax/refvie/run_beam.py).
         "beam": ["apache-beam>=2.77"],
     },
     entry_points={"console_scripts": [
         "kiwi-edit = kiwi_jax.cli.edit:main",
+        "kiwi-convert = kiwi_jax.converters.cli:main",
+        "kiwi-eval = kiwi_jax.evaluators.cli:main",
     ]},
 )

@@ -5,7 +5,7 @@ r"""Trains Kiwi-Edit (or runs the CPU demo) as a config file says.
   python train.py --config=configs/demo.py --workdir=runs/demo \
       [--config.demo.stage_steps=[20,300,100]]
 
-``config.task``: "kiwi" (one curriculum stage, ``kiwi_jax.training``),
+``config.task``: "kiwi" (one curriculum stage, ``kiwi_jax.tasks``),
 "kiwi_demo" (the three-stage CPU demo), or "package.module:factory" for
 any other task (``factory(config)`` returns a ``trainer.Task``).
 
@@ -15,7 +15,7 @@ key or a bad value fails with one line naming the closest keys
 progress line per log step (a bar on a terminal); the full log, library
 INFO included, goes to ``<workdir>/train.log``. Multi-host runs start
 through ``runtime.initialize()`` (``jax.distributed`` when the environment
-is a cluster); only process 0 writes logs.
+is a cluster; ``docs/multihost.md``); only process 0 writes logs.
 """
 
 import importlib
@@ -70,7 +70,10 @@ def main(argv):
   task = config.get("task", "")
   _check_task(task)
   log_file = runtime.log_file_in(_WORKDIR.value)
-  runtime.initialize(log_file=log_file)  # logs hosts, devices and versions
+  try:
+    runtime.initialize(log_file=log_file)  # logs hosts, devices, versions
+  except ValueError as e:  # e.g. JAX_PROCESS_ID=x (docs/multihost.md)
+    config_overrides.fail(_PROG, f"multi-process set-up: {e}")
   progress.note(f"{runtime.describe()}; the full log is in {log_file}.")
   try:
     _run(task, config)
@@ -85,12 +88,12 @@ def _run(task: str, config) -> None:
   # Imported after initialize(): jax.distributed must start first.
   # pylint: disable=g-import-not-at-top
   if task == "kiwi_demo":
-    from kiwi_jax.training import demo
+    from kiwi_jax.tasks import demo
     demo.run(config, _WORKDIR.value)
     return
   from kiwi_jax.train_lib import trainer
   if task == "kiwi":
-    from kiwi_jax.training import kiwi_task
+    from kiwi_jax.tasks import kiwi_task
     factory = kiwi_task.KiwiTask
   else:
     factory = _task_factory(task)

@@ -98,7 +98,8 @@ def torch_shapes(cfg) -> dict[str, tuple[int, ...]]:
   """Canonical key -> torch shape, from the plan and the abstract model
   (inverse transforms applied to zero-stride arrays: no memory)."""
   from flax import nnx
-  from converters import kiwi as kiwi_conv
+
+  from kiwi_jax.converters.kiwi import convert as kiwi_conv
   from kiwi_jax.models.kiwi.model import abstract_kiwi
   _, abstract = abstract_kiwi(cfg)
   leaves = {tuple(p): v.get_value().shape
@@ -114,9 +115,10 @@ def torch_shapes(cfg) -> dict[str, tuple[int, ...]]:
 
 def abstract_sources(shapes, dtype):
   """KiwiSources whose tensors are created when read (one at a time)."""
-  from converters.checkpoint_io import Checkpoint
-  from converters.kiwi_sources import KiwiSources
   import ml_dtypes
+
+  from kiwi_jax.converters.checkpoint_io import Checkpoint
+  from kiwi_jax.converters.kiwi.sources import KiwiSources
   np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
   index = {k: {"shape": s, "dtype": dtype} for k, s in shapes.items()}
 
@@ -182,8 +184,9 @@ def main():
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax
   import jax.numpy as jnp
-  from converters import kiwi as kiwi_conv
-  from converters import kiwi_sources
+
+  from kiwi_jax.converters.kiwi import convert as kiwi_conv
+  from kiwi_jax.converters.kiwi import sources as kiwi_sources
 
   cfg = config(args.layers, jnp.dtype(args.dtype))
   shapes = torch_shapes(cfg)

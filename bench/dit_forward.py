@@ -2,7 +2,7 @@
 
 CPU (always): a small Wan2.2-like DiT with the same random weights in
 diffusers ``WanTransformer3DModel`` (eager, fp32) and in kiwi_jax (jit,
-fp32), converted through ``converters.wan_dit``. Prints forward and
+fp32), converted through ``kiwi_jax.converters.wan_dit``. Prints forward and
 forward+backward times of both and the ratio diffusers / JAX (> 1 means JAX
 is faster), all measured in this run.
 
@@ -57,7 +57,7 @@ def cpu_comparison(repeats: int) -> None:
   import torch
   from diffusers import WanTransformer3DModel
 
-  from converters import wan_dit
+  from kiwi_jax.converters import wan_dit
   torch.manual_seed(0)
   ref = WanTransformer3DModel(cross_attn_norm=True,
                               qk_norm="rms_norm_across_heads", eps=1e-6,

@@ -38,8 +38,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kiwi_jax.data import refvie_mini  # noqa: E402
-from kiwi_jax.pipeline import STAGES, EditPipeline, stages  # noqa: E402
+from kiwi_jax.pipeline import PHASES, EditPipeline  # noqa: E402
 from kiwi_jax.pipeline import inputs as inputs_lib  # noqa: E402
+from kiwi_jax.pipeline import programs as stages
 from kiwi_jax.testing import toy_editor  # noqa: E402
 
 
@@ -65,6 +66,7 @@ def torch_denoise_seconds(pipe, source, ref, prompt, steps, repeats):
   """The reference loop in torch around the toy velocity, same inputs."""
   # pylint: disable=g-import-not-at-top
   import torch
+
   from tests.pipeline import torch_reference
   clip = inputs_lib.load_source(source)
   batch, _ = pipe.processor(prompt, frames=clip.frames, ref_image=ref)
@@ -88,27 +90,35 @@ def torch_denoise_seconds(pipe, source, ref, prompt, steps, repeats):
   return best
 
 
-def random_kiwi(variant: str):
-  """(KiwiEditor, KiwiProcessor) of a random-weight Kiwi-Edit variant."""
+def random_kiwi(variant: str, config=None, make_model=None):
+  """(KiwiEditor, KiwiProcessor, mesh) of a random-weight Kiwi-Edit.
+
+  Args:
+    variant: the ``KiwiEditConfig`` variant.
+    config: a config to use instead of the variant's own (e.g. bf16).
+    make_model: ``make_model(ctor, mesh) -> module``; default
+      ``sharding.create_sharded`` (the modules' own initialisers).
+  """
   # pylint: disable=g-import-not-at-top
   import dataclasses
+
   from flax import nnx
+  from transformers import AutoTokenizer
+
   from kiwi_jax import sharding
   from kiwi_jax.models.kiwi.config import KiwiEditConfig
   from kiwi_jax.models.kiwi.model import KiwiEdit
   from kiwi_jax.pipeline import kiwi_adapter
-  from kiwi_jax.testing import build_tiny_qwen_tokenizer
-  from kiwi_jax.testing import special_token_ids
-  from transformers import AutoTokenizer
+  from kiwi_jax.testing import build_tiny_qwen_tokenizer, special_token_ids
   tok_dir = build_tiny_qwen_tokenizer(tempfile.mkdtemp())
   ids = special_token_ids(AutoTokenizer.from_pretrained(str(tok_dir)))
-  cfg = KiwiEditConfig.from_variant(variant)
+  cfg = config or KiwiEditConfig.from_variant(variant)
   fields = {f.name for f in dataclasses.fields(cfg.mllm)}
   cfg = cfg.replace(mllm=dataclasses.replace(
       cfg.mllm, **{k: v for k, v in ids.items() if k in fields}))
   mesh = sharding.make_mesh({"fsdp": -1})
-  model = sharding.create_sharded(lambda: KiwiEdit(cfg, rngs=nnx.Rngs(0)),
-                                  mesh)
+  make_model = make_model or sharding.create_sharded
+  model = make_model(lambda: KiwiEdit(cfg, rngs=nnx.Rngs(0)), mesh)
   return (kiwi_adapter.KiwiEditor(model),
           kiwi_adapter.KiwiProcessor(str(tok_dir), cfg), mesh)
 
@@ -150,7 +160,7 @@ def main(argv=None):
         f"model {name}, "
         f"{clip.size[1]}x{clip.size[0]} x {clip.num_frames} frames, "
         f"{steps} steps, best of {args.repeats}")
-  for name in STAGES:
+  for name in PHASES:
     print(f"  {name:12s} {best[name]:8.3f} s")
   print(f"  {'total':12s} {best['total']:8.3f} s "
         f"(incl. reading/resizing and output conversion)")

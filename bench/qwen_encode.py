@@ -4,7 +4,7 @@
 
 ``tiny`` (the default on CPU): the ``tiny`` config, random fp32 weights
 converted from a transformers ``Qwen2_5_VLModel`` through
-converters/qwen2_5_vl.py, one prompt with a video (2 temporal grids), text
+kiwi_jax/converters/qwen2_5_vl.py, one prompt with a video (2 temporal grids), text
 and an image, as in the parity tests.
 
 ``3b`` (the default when JAX sees a GPU): the full Qwen2.5-VL-3B config with
@@ -36,8 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kiwi_jax.models.mllm import Qwen25VL, Qwen25VLConfig
-from kiwi_jax.models.mllm import bucketing
+from kiwi_jax.models.mllm import Qwen25VL, Qwen25VLConfig, bucketing
 from kiwi_jax.models.mllm.rope_index import mrope_position_ids
 from kiwi_jax.models.mllm.vision import required_patches
 
@@ -176,7 +175,8 @@ def main():
   try:
     import torch
     from transformers import Qwen2_5_VLModel
-    from converters import qwen2_5_vl as conv
+
+    from kiwi_jax.converters import qwen2_5_vl as conv
     torch_device = "cuda" if torch.cuda.is_available() else "cpu"
     if case == "3b" and torch_device == "cpu":
       raise ImportError("no CUDA torch for the 3B comparison")

@@ -19,12 +19,9 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from kiwi_jax.data import metadata
-from kiwi_jax.data import refvie_mini
-from kiwi_jax.data import video_io
-from kiwi_jax.refvie import dedup
-from kiwi_jax.refvie import pipeline_local
-from kiwi_jax.refvie import process
+from kiwi_jax.data import metadata, refvie_mini, video_io
+from kiwi_jax.refvie import dedup, process
+from kiwi_jax.refvie import run_local as pipeline_local
 from kiwi_jax.refvie.types import Pair
 
 EDITS = ("local_recolor", "background_change", "subject_reference",

@@ -1,7 +1,7 @@
 """Wan VAE speed: JAX vs diffusers ``AutoencoderKLWan`` in one run.
 
 CPU (always): a tiny 2.2-style and 2.1-style VAE with the same random
-weights on both sides (converted through ``converters.wan_vae``), fp32,
+weights on both sides (converted through ``kiwi_jax.converters.wan_vae``), fp32,
 encode and decode at small shapes; prints the per-call times (median of
 ``--repeats`` after one warm-up/compile call) and the ratio torch/JAX (> 1
 means JAX is faster).
@@ -43,8 +43,9 @@ def _median_time(fn, repeats):
 
 def bench_cpu(style: str, frames: int, h: int, w: int, repeats: int):
   import torch
-  from converters.wan_vae import diffusers_config, load_wan_vae
   from diffusers import AutoencoderKLWan
+
+  from kiwi_jax.converters.wan_vae import diffusers_config, load_wan_vae
   from kiwi_jax.models.vae import WanVAEConfig
   from kiwi_jax.models.vae.tiling import VAERunner
 

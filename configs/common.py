@@ -91,7 +91,7 @@ def kiwi_block(*, variant: str, family: str, stage: int, lora_rank: int,
                loss_weighting: str = "gaussian",
                lora_targets: tuple[str, ...] = MLLM_ATTENTION_LORA
                ) -> ml_collections.ConfigDict:
-  """``config.kiwi``: what ``kiwi_jax.training.kiwi_task.KiwiTask`` reads.
+  """``config.kiwi``: what ``kiwi_jax.tasks.kiwi_task.KiwiTask`` reads.
 
   ``sources``: ``[{path, weight, name, max_frames}]``, mixed batch by batch
   (spec 4.4). ``seq_len``/``num_patches`` 0 pad the MLLM inputs to the

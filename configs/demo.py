@@ -7,7 +7,7 @@ Kiwi-Edit (tiny Qwen2.5-VL with a local tokenizer, tiny DiT) through stages
 1 -> 2 -> 3 (handoff through ``model_init``), edits held-out clips and
 prints PSNR to the true target per edit type, for the model and for the
 identity baseline. The latent codec is a fixed invertible pixel-unshuffle
-stand-in for the Wan VAE (``kiwi_jax.training.latent_codec``).
+stand-in for the Wan VAE (``kiwi_jax.tasks.latent_codec``).
 ``runlocal`` is the seconds-long smoke version.
 
 Where the demo departs from the released recipe, and why (measured in

@@ -1,0 +1,1 @@
+"""Entry points only; the converters live in ``kiwi_jax.converters``."""

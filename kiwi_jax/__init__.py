@@ -34,8 +34,8 @@ _EXPORTS = {
     "VAERunner": "kiwi_jax.models.vae",
     "Qwen25VL": "kiwi_jax.models.mllm",
     "Qwen25VLConfig": "kiwi_jax.models.mllm",
-    "Connector": "kiwi_jax.models.connectors",
-    "LearnableQueries": "kiwi_jax.models.connectors",
+    "Connector": "kiwi_jax.models.kiwi.connectors",
+    "LearnableQueries": "kiwi_jax.models.kiwi.connectors",
     "EditPipeline": "kiwi_jax.pipeline",
 }
 _SUBMODULES = ("sharding", "layers", "models", "diffusion", "data",

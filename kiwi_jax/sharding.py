@@ -394,3 +394,22 @@ def host_to_global(batch: Any, mesh: Mesh,
     return jax.make_array_from_process_local_data(sharding, x)
 
   return jax.tree.map(to_global, batch)
+
+
+def global_to_host(tree: Any) -> Any:
+  """The whole value of every array in ``tree`` as numpy, on every process.
+
+  ``np.asarray`` of a global array fails on a multi-host mesh unless every
+  shard is on this process (or it is fully replicated); such arrays are
+  gathered first (``multihost_utils.process_allgather``, a collective:
+  every process must call this together).
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  def to_host(x):
+    if (isinstance(x, jax.Array) and not x.is_fully_addressable and
+        not x.is_fully_replicated):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+  return jax.tree.map(to_host, tree)

@@ -6,6 +6,9 @@
 * `judges`, `gemini`: the judging loop, a Gemini HTTP client, a replay
   judge for offline use.
 * `aggregate`: the reference's score aggregation and markdown tables.
+* `protocols`, `openve_official_texts`: OpenVE-Bench's official scoring
+  protocol (its prompts, reply scoring, sample-weighted aggregation) beside
+  Kiwi's; docs/openve_protocols.md compares them.
 * `metrics`: PSNR, SSIM and a temporal measure against ground truth.
 * `commands`: the steps behind `eval.py judge | aggregate | metrics`.
 * `errors`: the one-line failures of `eval.py` (bad input: exit 2;

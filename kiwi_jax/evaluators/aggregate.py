@@ -167,6 +167,9 @@ def _title(name: str) -> str:
   return name.replace('_', ' ').title()
 
 
+title_case = _title  # `global_style` -> `Global Style`, for other tables
+
+
 NO_VALUE = 'n/a'
 
 
@@ -178,7 +181,7 @@ def _empty_note(empty: Sequence[str]) -> list[str]:
 
 
 def openve_table(result: OpenVEResult, title: str,
-                 expected: Sequence[str] = ()) -> str:
+                 expected: Sequence[str] = (), note: str = '') -> str:
   """Markdown table in the website's column order (extra types appended).
 
   Args:
@@ -186,6 +189,7 @@ def openve_table(result: OpenVEResult, title: str,
     title: the table's heading.
     expected: categories the benchmark has; one without a scored sample
       is shown with n=0 and no mean, and the overall is then n/a.
+    note: a line put before the footer (the protocol's summary).
   """
   present = [*result.category_means, *expected]
   types = [t for t in OPENVE_TABLE_ORDER if t in present]
@@ -199,7 +203,7 @@ def openve_table(result: OpenVEResult, title: str,
                 [means.get(t, NO_VALUE) for t in types]),
            _row(['samples', sum(result.sample_counts.values())] +
                 [result.sample_counts.get(t, 0) for t in types]),
-           '', *_empty_note(empty),
+           '', *_empty_note(empty), *([note, ''] if note else []),
            'Overall = unweighted mean of the category means (reference). '
            f'Samples breaking the "later scores may not exceed the first" '
            f'rule (scored as written): {result.rule_violations}.', '']

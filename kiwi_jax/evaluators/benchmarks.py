@@ -22,7 +22,7 @@ CSVs, gives a ground-truth video for the offline metrics (RefVIE-mini).
 import csv
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -79,13 +79,17 @@ def refvie_output_name(index: int, instruction: str, src_video: str) -> str:
   return f'{index}_{instruction[:10]}_{src_video.split("/")[-1]}'
 
 
-def read_openve(csv_path: str, data_root: str = '') -> list[BenchmarkItem]:
+def read_openve(csv_path: str, data_root: str = '',
+                skipped_types: Sequence[str] = rubrics.OPENVE_SKIPPED_TYPES
+                ) -> list[BenchmarkItem]:
   """Reads the OpenVE-Bench CSV, skipping the reference's skipped types.
 
   Args:
     csv_path: path of `benchmark_videos.csv`.
     data_root: directory that `original_video` paths are relative to (the
       reference uses `./benchmark/`).
+    skipped_types: `edited_type` values left out (default: the three that
+      Kiwi-Edit skips; the benchmark's own scorer skips none).
 
   Returns:
     The kept rows, in file order.
@@ -102,7 +106,7 @@ def read_openve(csv_path: str, data_root: str = '') -> list[BenchmarkItem]:
           f'{reader.fieldnames}; OpenVE-Bench needs {list(OPENVE_COLUMNS)}')
     items = []
     for index, row in enumerate(reader):
-      if row['edited_type'] in rubrics.OPENVE_SKIPPED_TYPES:
+      if row['edited_type'] in skipped_types:
         continue
       target = row.get('tgt_video') or None
       items.append(BenchmarkItem(
@@ -164,12 +168,18 @@ def read_refvie(yaml_path: str, data_root: str = '',
 
 
 def read_benchmark(bench: str, dataset_file: str, data_root: str = '',
-                   prompt_only: bool = False) -> list[BenchmarkItem]:
-  """Reads `bench` ('openve' or 'refvie') from `dataset_file`."""
+                   prompt_only: bool = False,
+                   openve_skipped: Sequence[str] = rubrics.OPENVE_SKIPPED_TYPES
+                   ) -> list[BenchmarkItem]:
+  """Reads `bench` ('openve' or 'refvie') from `dataset_file`.
+
+  `openve_skipped` names the OpenVE categories left out (see
+  `read_openve`).
+  """
   if bench == 'openve':
     if prompt_only:
       raise ValueError('prompt_only applies to refvie only')
-    return read_openve(dataset_file, data_root)
+    return read_openve(dataset_file, data_root, openve_skipped)
   if bench == 'refvie':
     return read_refvie(dataset_file, data_root, prompt_only)
   raise ValueError(f"unknown benchmark {bench!r}; expected 'openve' or "

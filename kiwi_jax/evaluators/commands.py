@@ -4,10 +4,17 @@ File names follow the reference: `<save_dir>/openve_<model>_score.jsonl`
 and `<save_dir>/refvie_<model>_score.jsonl`; the markdown table goes next
 to the jsonl with the `.md` extension. Metrics go to
 `<save_dir>/metrics.jsonl` and `<save_dir>/metrics.md`.
+
+OpenVE scores are made under one of two protocols (`protocols.py`): Kiwi's
+keeps the reference's file name; the benchmark's official one writes
+`<save_dir>/openve-official_<model>_score.jsonl`, so the two never mix.
+Every OpenVE record written here names its protocol, and so do the table
+and the results JSON (`<jsonl stem>_stats.json`) beside it.
 """
 
 import collections
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -18,6 +25,7 @@ from kiwi_jax.evaluators import errors
 from kiwi_jax.evaluators import judges
 from kiwi_jax.evaluators import jsonl
 from kiwi_jax.evaluators import metrics
+from kiwi_jax.evaluators import protocols
 from kiwi_jax.evaluators import video_io
 
 DEFAULT_DATASETS = {
@@ -29,12 +37,21 @@ DEFAULT_DATASETS = {
 }
 
 
-def score_path(save_dir: str, bench: str, model: str) -> str:
+def score_path(save_dir: str, bench: str, model: str,
+               protocol: str | None = None) -> str:
+  """The score jsonl; the official OpenVE protocol's has its own name."""
+  if bench == 'openve' and protocol == protocols.OFFICIAL:
+    return os.path.join(save_dir, f'{bench}-official_{model}_score.jsonl')
   return os.path.join(save_dir, f'{bench}_{model}_score.jsonl')
 
 
 def table_path(jsonl_path: str) -> str:
   return os.path.splitext(jsonl_path)[0] + '.md'
+
+
+def stats_path(jsonl_path: str) -> str:
+  """The results JSON of an OpenVE score file (protocol, means, counts)."""
+  return os.path.splitext(jsonl_path)[0] + '_stats.json'
 
 
 # The field naming a record's category, and every category of a benchmark.
@@ -46,6 +63,15 @@ ALL_CATEGORIES = {'openve': aggregate.OPENVE_TABLE_ORDER,
 def _check_bench(bench: str) -> None:
   if bench not in CATEGORY_FIELD:
     raise ValueError(f'unknown benchmark {bench!r}')
+
+
+def all_categories(bench: str, protocol: str | None = None
+                   ) -> tuple[str, ...]:
+  """Every category a benchmark is scored on (OpenVE: per protocol)."""
+  _check_bench(bench)
+  if bench == 'openve':
+    return protocols.get(protocol).categories
+  return ALL_CATEGORIES[bench]
 
 
 def scored_counts(bench: str, records: Sequence[dict],
@@ -61,7 +87,8 @@ def scored_counts(bench: str, records: Sequence[dict],
 
 
 def score_table(bench: str, records: Sequence[dict], title: str,
-                expected: Sequence[str] | None = None) -> str:
+                expected: Sequence[str] | None = None,
+                protocol: str | None = None) -> str:
   """The markdown table of score records.
 
   Args:
@@ -71,23 +98,58 @@ def score_table(bench: str, records: Sequence[dict], title: str,
     expected: the categories the benchmark has (None: only the ones scored,
       and both RefVIE subtasks); one without a scored sample shows n=0 and
       makes the overall n/a.
+    protocol: OpenVE only: the protocol the records must have been made
+      with (None: the one they name).
 
   Raises:
-    errors.InputError: nothing is scored, or the records are malformed.
+    errors.InputError: nothing is scored, the records are malformed, or
+      they were made under another protocol.
   """
+  return score_results(bench, records, title, expected, protocol)[0]
+
+
+def score_results(bench: str, records: Sequence[dict], title: str,
+                  expected: Sequence[str] | None = None,
+                  protocol: str | None = None) -> tuple[str, dict | None]:
+  """`score_table`'s table and, for OpenVE, the results JSON."""
   _check_bench(bench)
   try:
     if bench == 'openve':
-      return aggregate.openve_table(aggregate.aggregate_openve(records),
-                                    title, expected or ())
+      return _openve_results(records, title, expected or (), protocol)
     result = aggregate.aggregate_refvie(records)
     if expected is None:
-      return aggregate.refvie_table(result, title)
-    return aggregate.refvie_table(result, title, expected)
+      return aggregate.refvie_table(result, title), None
+    return aggregate.refvie_table(result, title, expected), None
   except errors.InputError:
     raise
   except ValueError as e:
     raise errors.InputError(str(e)) from e
+
+
+def _openve_results(records, title, expected, protocol):
+  made_under = protocols.records_protocol(records)
+  if protocol is not None and protocol != made_under:
+    raise ValueError(
+        f'the records were scored under the {made_under} protocol, not '
+        f'{protocol}; pass --protocol {made_under}, or judge again under '
+        f'{protocol}')
+  title = f'{title} · protocol: {made_under}'
+  if made_under == protocols.OFFICIAL:
+    result = protocols.aggregate_official(records)
+    table = protocols.official_table(result, title, expected)
+  else:
+    result = aggregate.aggregate_openve(records)
+    table = aggregate.openve_table(result, title, expected,
+                                   note=protocols.get(made_under).summary)
+  return table, protocols.summary_json(made_under, result, expected)
+
+
+def _write_results(jsonl_path: str, table: str, stats: dict | None) -> None:
+  jsonl.write_text_atomic(table_path(jsonl_path), table)
+  if stats is not None:
+    jsonl.write_text_atomic(stats_path(jsonl_path), json.dumps(
+        {'scores_file': os.path.basename(jsonl_path), **stats},
+        indent=2) + '\n')
 
 
 def read_scores(jsonl_path: str) -> list[dict]:
@@ -97,24 +159,27 @@ def read_scores(jsonl_path: str) -> list[dict]:
 
 def aggregate_scores(bench: str, jsonl_path: str,
                      expected: Sequence[str] | None = None,
-                     write: bool = True) -> str:
+                     write: bool = True, protocol: str | None = None) -> str:
   """Aggregates a score jsonl, writes `<jsonl stem>.md`, returns the table.
 
   Args:
     bench: 'openve' or 'refvie'.
     jsonl_path: the score jsonl.
     expected: see `score_table`.
-    write: write the table next to the jsonl.
+    write: write the table (and, for OpenVE, the results JSON) next to the
+      jsonl.
+    protocol: see `score_table`.
   """
   title = f'{bench} · {os.path.basename(jsonl_path)}'
   try:
-    table = score_table(bench, read_scores(jsonl_path), title, expected)
+    table, stats = score_results(bench, read_scores(jsonl_path), title,
+                                 expected, protocol)
   except errors.InputError as e:
     if str(e).startswith(jsonl_path):
       raise
     raise errors.InputError(f'{jsonl_path}: {e}') from e
   if write:
-    jsonl.write_text_atomic(table_path(jsonl_path), table)
+    _write_results(jsonl_path, table, stats)
   return table
 
 
@@ -148,8 +213,13 @@ def judge_outputs(bench: str, items: Sequence[benchmarks.BenchmarkItem],
                   save_dir: str, judge: judges.Judge, model: str, *,
                   workers: int | None = None,
                   show_progress: bool = True,
-                  allow_partial: bool = False) -> JudgeReport:
+                  allow_partial: bool = False,
+                  protocol: str | None = None) -> JudgeReport:
   """Judges the outputs in `save_dir`, writes the jsonl and the table.
+
+  `protocol` (OpenVE only; None: the default, `protocols.DEFAULT`) decides
+  the prompts, the retries, how replies are scored and the file names;
+  read `items` with that protocol's categories.
 
   Outputs that do not exist are not judged (the reference's upload fails
   on them and drops them). The score jsonl and its table are written only
@@ -161,14 +231,17 @@ def judge_outputs(bench: str, items: Sequence[benchmarks.BenchmarkItem],
     The table, the summary and, when the results are refused, why.
   """
   _check_bench(bench)
+  attempts = judges.ATTEMPTS
   if bench == 'openve':
-    tasks = judges.openve_tasks(items, save_dir)
+    protocol = protocols.get(protocol).name
+    tasks = judges.openve_tasks(items, save_dir, protocol)
     default_workers = judges.OPENVE_WORKERS
+    attempts = protocols.get(protocol).attempts
   else:
     tasks = judges.refvie_tasks(items, save_dir)
     default_workers = judges.REFVIE_WORKERS
   present = [t for t in tasks if os.path.exists(t.media[-1])]
-  out_path = score_path(save_dir, bench, model)
+  out_path = score_path(save_dir, bench, model, protocol)
   totals = collections.Counter(item.edit_type for item in items)
   lines = []
   summary = None
@@ -179,6 +252,7 @@ def judge_outputs(bench: str, items: Sequence[benchmarks.BenchmarkItem],
   else:
     summary = judges.judge_pending(judge, present, out_path,
                                    workers=workers or default_workers,
+                                   attempts=attempts,
                                    show_progress=show_progress)
     judged = {t.key for t in present}
     for task in tasks:
@@ -211,11 +285,12 @@ def judge_outputs(bench: str, items: Sequence[benchmarks.BenchmarkItem],
     error = (f'no scored sample in {", ".join(empty)}, so the results are '
              f'incomplete; {kept}; pass --allow_partial to accept them')
   title = f'{bench} · {os.path.basename(out_path)}'
-  table = score_table(bench, records, title, list(totals)) if records else ''
+  table, stats = (score_results(bench, records, title, list(totals),
+                                protocol) if records else ('', None))
   if error is None:
     if summary is not None:
       judges.write_final(out_path, summary)
-    jsonl.write_text_atomic(table_path(out_path), table)
+    _write_results(out_path, table, stats)
   return JudgeReport(table=table, summary=lines, error=error)
 
 

@@ -39,6 +39,7 @@ class GeminiJudge:
                timeout_s: float = 600.0,
                poll_interval_s: float = 2.0,
                max_processing_s: float = 1800.0,
+               generation_config: dict[str, Any] | None = None,
                urlopen: Callable[..., Any] | None = None):
     """Builds a client; makes no network call.
 
@@ -50,6 +51,9 @@ class GeminiJudge:
       poll_interval_s: wait between file-state checks (the reference: 2 s).
       max_processing_s: give up on a file still PROCESSING after this long
         (the reference waits forever).
+      generation_config: the request's `generationConfig` (None: the API's
+        defaults, as Kiwi's scorer; the official OpenVE protocol sets the
+        temperature and the output length).
       urlopen: replaces `urllib.request.urlopen` (tests).
     """
     if not api_key:
@@ -61,6 +65,7 @@ class GeminiJudge:
     self.timeout_s = timeout_s
     self.poll_interval_s = poll_interval_s
     self.max_processing_s = max_processing_s
+    self.generation_config = dict(generation_config or {})
     self._urlopen = urlopen or urllib.request.urlopen
 
   def __repr__(self) -> str:
@@ -134,13 +139,21 @@ class GeminiJudge:
     return [self._upload_one(path) for path in paths]
 
   def generate(self, system_instruction: str,
-               media: Sequence[dict[str, str]]) -> str:
-    """One `generateContent` call; returns the reply's text parts joined."""
+               media: Sequence[dict[str, str]],
+               user_text: str | None = None) -> str:
+    """One `generateContent` call; returns the reply's text parts joined.
+
+    `user_text`, when given, is the user turn's first part, before the
+    media.
+    """
+    parts = [{'text': user_text}] if user_text is not None else []
+    parts += [{'file_data': dict(m)} for m in media]
     body = {
         'system_instruction': {'parts': [{'text': system_instruction}]},
-        'contents': [{'role': 'user',
-                      'parts': [{'file_data': dict(m)} for m in media]}],
+        'contents': [{'role': 'user', 'parts': parts}],
     }
+    if self.generation_config:
+      body['generationConfig'] = dict(self.generation_config)
     reply = self._json(
         f'{self.base_url}/v1beta/models/{self.model}:generateContent',
         method='POST', data=json.dumps(body).encode(),

@@ -10,6 +10,9 @@ in `eval_openve_gemini.py`, `run_gemini_eval` in `eval_refvie_gemini.py`):
 one upload of the media, whose failure drops the sample; then up to three
 `generate` calls, each retried on an exception or an unparsable reply, with
 no wait in between; a sample that fails all three is dropped, not scored.
+Under OpenVE-Bench's official protocol (`protocols.py`) a task says
+otherwise: up to five calls, 60 s apart, repeated only when a call fails,
+and the rubric goes in the user turn (`JudgeTask.user_text`).
 
 The results are written as the reference's jsonl
 (`openve_<model>_score.jsonl` with `{scores, prompt, edited_type, result}`
@@ -32,6 +35,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -40,11 +44,13 @@ import tqdm
 from kiwi_jax.evaluators import benchmarks
 from kiwi_jax.evaluators import errors
 from kiwi_jax.evaluators import jsonl
+from kiwi_jax.evaluators import protocols
 from kiwi_jax.evaluators import rubrics
 
 ATTEMPTS = 3  # generate calls per sample in both reference scorers
 OPENVE_WORKERS = 20  # `batch_process_videos` defaults of the reference
 REFVIE_WORKERS = 40
+_sleep = time.sleep  # the wait between failed calls (tests replace it)
 
 
 class Judge(Protocol):
@@ -53,9 +59,14 @@ class Judge(Protocol):
   def upload(self, paths: Sequence[str]) -> Sequence[Any]:
     """Makes media files available to `generate`; returns handles."""
 
-  def generate(self, system_instruction: str,
-               media: Sequence[Any]) -> str:
-    """One judge reply for the media under a system instruction."""
+  def generate(self, system_instruction: str, media: Sequence[Any],
+               user_text: str | None = None) -> str:
+    """One judge reply for the media under a system instruction.
+
+    `user_text`, when given, is a text part put before the media in the
+    user turn (the official OpenVE protocol's rubric); judges that never
+    get one need not accept the argument.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,23 +82,54 @@ class JudgeTask:
       reference's key order; `result` goes after `scores` when
       `result_first`, else last.
     result_first: key order of the reference's record.
+    user_text: text put before the media in the user turn (None: none).
+    retry_unparsable: ask again after a reply without scores.
+    retry_wait_s: wait after a failed call before the next one.
+    protocol: the OpenVE protocol, written last in the record (None: the
+      reference's record exactly, without it).
   """
   key: str
   media: tuple[str, ...]
   system_instruction: str
-  parse: Callable[[str | None], list[int] | None]
+  parse: Callable[[str | None], list[Any] | None]
   fields: Mapping[str, Any]
   result_first: bool
+  user_text: str | None = None
+  retry_unparsable: bool = True
+  retry_wait_s: float = 0.0
+  protocol: str | None = None
 
-  def record(self, scores: list[int], reply: str) -> dict[str, Any]:
+  def record(self, scores: list[Any], reply: str) -> dict[str, Any]:
     if self.result_first:
-      return {'scores': scores, 'result': reply, **self.fields}
-    return {'scores': scores, **self.fields, 'result': reply}
+      record = {'scores': scores, 'result': reply, **self.fields}
+    else:
+      record = {'scores': scores, **self.fields, 'result': reply}
+    if self.protocol is not None:
+      record['protocol'] = self.protocol
+    return record
+
+  def ask(self, judge: Judge, handles: Sequence[Any]) -> str:
+    """One judge call for this sample."""
+    if self.user_text is None:
+      return judge.generate(self.system_instruction, handles)
+    return judge.generate(self.system_instruction, handles,
+                          user_text=self.user_text)
 
 
-def openve_tasks(items: Sequence[benchmarks.BenchmarkItem],
-                 save_dir: str) -> list[JudgeTask]:
-  """Judge tasks for OpenVE outputs in `save_dir`: [source, edited]."""
+def openve_tasks(items: Sequence[benchmarks.BenchmarkItem], save_dir: str,
+                 protocol: str | None = None) -> list[JudgeTask]:
+  """Judge tasks for OpenVE outputs in `save_dir`: [source, edited].
+
+  Args:
+    items: the benchmark items.
+    save_dir: where the edited videos are.
+    protocol: 'kiwi' or 'official' (`protocols.py`), named in every record;
+      None is Kiwi's protocol with the reference's record exactly.
+  """
+  if protocol == protocols.OFFICIAL:
+    return _official_tasks(items, save_dir)
+  if protocol not in (None, protocols.KIWI):
+    protocols.get(protocol)  # raises, naming the protocols
   tasks = []
   for item in items:
     rubric = rubrics.OPENVE_RUBRICS.get(item.edit_type)
@@ -102,7 +144,29 @@ def openve_tasks(items: Sequence[benchmarks.BenchmarkItem],
         system_instruction=rubric.system_instruction(item.instruction),
         parse=rubrics.parse_openve_reply,
         fields={'prompt': item.instruction, 'edited_type': item.edit_type},
-        result_first=False))
+        result_first=False, protocol=protocol))
+  return tasks
+
+
+def _official_tasks(items: Sequence[benchmarks.BenchmarkItem],
+                    save_dir: str) -> list[JudgeTask]:
+  official = protocols.get(protocols.OFFICIAL)
+  tasks = []
+  for item in items:
+    try:
+      user_text = protocols.official_prompt(item.edit_type, item.instruction)
+    except ValueError as e:
+      raise ValueError(f'OpenVE row {item.index} ({item.source_video}): '
+                       f'{e}') from None
+    tasks.append(JudgeTask(
+        key=item.output_name,
+        media=(item.source_video, os.path.join(save_dir, item.output_name)),
+        system_instruction=protocols.OFFICIAL_SYSTEM_TEXT,
+        parse=protocols.parse_official_reply,
+        fields={'prompt': item.instruction, 'edited_type': item.edit_type},
+        result_first=False, user_text=user_text,
+        retry_unparsable=official.retry_unparsable,
+        retry_wait_s=official.retry_wait_s, protocol=protocols.OFFICIAL))
   return tasks
 
 
@@ -156,15 +220,20 @@ def _judge_sample(judge: Judge, task: JudgeTask, attempts: int
     return None, f'upload failed: {e}'
   for attempt in range(1, attempts + 1):
     try:
-      reply = judge.generate(task.system_instruction, handles)
+      reply = task.ask(judge, handles)
     except NoReplyError:
       return None, 'missing reply'
     except Exception as e:  # pylint: disable=broad-except
       logging.warning('%s: attempt %d failed: %s', task.key, attempt, e)
+      if task.retry_wait_s and attempt < attempts:
+        _sleep(task.retry_wait_s)
       continue
     scores = task.parse(reply)
     if scores:
       return (scores, reply), ''
+    if not task.retry_unparsable:
+      logging.warning('%s: the reply has no score; dropped', task.key)
+      return None, 'no score in the reply (not asked again)'
     logging.warning('%s: attempt %d: reply has no valid scores', task.key,
                     attempt)
   logging.warning('%s: dropped after %d attempts', task.key, attempts)
@@ -316,13 +385,22 @@ class ReplayJudge:
     self._lock = threading.Lock()
 
   @classmethod
-  def from_jsonl(cls, path: str, save_dir: str) -> 'ReplayJudge':
+  def from_jsonl(cls, path: str, save_dir: str,
+                 protocol: str | None = None) -> 'ReplayJudge':
     """Reads `{"output": name, "result": reply}` lines (a `.partial` file
     of `judge_benchmark` has this form).
 
+    Args:
+      path: the reply file.
+      save_dir: the folder the output names are relative to.
+      protocol: the OpenVE protocol being judged; a line whose `record`
+        names another one (replies to the other protocol's prompts) is an
+        error. Lines without a record are taken as they are.
+
     Raises:
       errors.InputError: the file is missing, not UTF-8, or a JSON line
-        lacks the two keys or holds a non-string value.
+        lacks the two keys, holds a non-string value or was made under
+        another protocol.
     """
     values, invalid = jsonl.read_lines(path)
     judge = cls({}, save_dir)
@@ -336,6 +414,14 @@ class ReplayJudge:
           entry['result'], str):
         raise errors.InputError(f'{where}: "output" and "result" must be '
                                 f'strings, got {entry!r:.200}')
+      record = entry.get('record')
+      made_under = (record.get('protocol', protocols.KIWI)
+                    if isinstance(record, dict) else None)
+      if protocol is not None and made_under not in (None, protocol):
+        raise errors.InputError(
+            f'{where}: this reply was recorded under the {made_under} '
+            f'protocol, so it cannot replay a {protocol} one (the prompts '
+            'differ)')
       replies = judge._replies.setdefault(entry['output'], [])
       judge._order[entry['output'], len(replies)] = line_number
       replies.append((where, entry['result']))
@@ -350,8 +436,9 @@ class ReplayJudge:
       raise NoReplyError(f'no recorded reply for {self._key(paths[-1])}')
     return tuple(paths)
 
-  def generate(self, system_instruction: str, media: Sequence[Any]) -> str:
-    del system_instruction  # The recorded reply already answers it.
+  def generate(self, system_instruction: str, media: Sequence[Any],
+               user_text: str | None = None) -> str:
+    del system_instruction, user_text  # The recorded reply answers them.
     key = self._key(media[-1])
     replies = self._replies.get(key)
     if not replies:

@@ -41,15 +41,15 @@ from kiwi_jax.diffusion import sampler, step_cache
 from kiwi_jax.pipeline import inputs as inputs_lib
 from kiwi_jax.pipeline import model_api
 from kiwi_jax.pipeline import outputs as outputs_lib
+from kiwi_jax.pipeline import programs as stages
 from kiwi_jax.pipeline import progress as progress_lib
-from kiwi_jax.pipeline import stages
 from kiwi_jax.utils import paths
 
 # The stages of one edit, in order. "compile" is the denoising loop's
 # compilation, apart so that the first step's time is the step's own; it
 # happens once per clip shape and guidance setting (``EditPipeline``
 # keeps the compiled loops).
-STAGES = ("mllm_encode", "vae_encode", "compile", "denoise", "vae_decode")
+PHASES = ("mllm_encode", "vae_encode", "compile", "denoise", "vae_decode")
 # Compiled denoising loops one pipeline keeps (the oldest goes first).
 MAX_COMPILED_LOOPS = 8
 # Most denoising steps of one edit (the reference uses 50). The step tables
@@ -78,7 +78,7 @@ class EditResult:
     ref_image: uint8[h, w, 3] un-padded reference image, or None.
     latents: float32[1, t, h, w, c] final latents.
     steps: denoising steps.
-    seconds: wall time per stage (``STAGES``) plus ``total``.
+    seconds: wall time per phase (``PHASES``) plus ``total``.
     block_evals: with the step cache on, the DiT blocks evaluated (the
       full loop evaluates ``steps`` times the model's blocks); None when
       it is off.
@@ -190,7 +190,7 @@ def check_checkpoint_dir(directory) -> pathlib.Path:
   raise CheckpointDirError(
       f"{path} is not a kiwi_jax checkpoint directory: expected "
       f"{KIWI_CONFIG_FILE} and params/ (written by `python -m "
-      "converters.convert`) or the toy editor's "
+      "kiwi_jax.converters.cli`) or the toy editor's "
       f"{toy_editor.CONFIG_FILE}; found "
       f"{sorted(p.name for p in path.iterdir())[:10] or 'nothing'}.")
 
@@ -383,7 +383,7 @@ class EditPipeline:
         Not with guidance. ``EditResult.block_evals`` counts the blocks
         run.
       on_step: ``on_step(done, total)`` after each denoising step.
-      on_phase: ``on_phase(stage)`` as each stage of ``STAGES`` begins,
+      on_phase: ``on_phase(phase)`` as each phase of ``PHASES`` begins,
         in that order, each at most once (``vae_encode`` is skipped when
         there is nothing to encode, ``compile`` when the loop for this
         shape is already compiled); the guidance branches' MLLM encodes

@@ -36,10 +36,8 @@ import sys
 from etils import epath
 
 from kiwi_jax.data import metadata
-from kiwi_jax.refvie import grounding
-from kiwi_jax.refvie import pipeline_local
-from kiwi_jax.refvie import quality
-from kiwi_jax.refvie import synthesis
+from kiwi_jax.refvie import grounding, quality, synthesis
+from kiwi_jax.refvie import run_local as pipeline_local
 from kiwi_jax.refvie.process import MEDIA_MODES, Pipeline
 from kiwi_jax.utils import paths
 
@@ -170,7 +168,7 @@ def main(argv=None) -> int:
     try:
       # Optional dependency, imported on use.
       # pylint: disable-next=g-import-not-at-top
-      from kiwi_jax.refvie import pipeline_beam
+      from kiwi_jax.refvie import run_beam as pipeline_beam
     except ImportError as e:
       print(f"--runner=beam needs apache-beam ({e}); pip install apache-beam",
             file=sys.stderr)

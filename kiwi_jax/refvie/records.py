@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 from etils import epath
 
-from kiwi_jax.refvie.types import REASONS, STAGES
+from kiwi_jax.refvie.types import REASONS, STEPS
 
 CSV_COLUMNS = ("iid", "src_video", "tgt_video", "ref_image", "prompt")
 
@@ -112,7 +112,7 @@ def mark_duplicates(outcomes: Iterable[Outcome],
 
 def report(outcomes: Iterable[Outcome]) -> dict[str, Any]:
   """Counts per stage and reason; raises if they fail to add up."""
-  rejected = {stage: {r: 0 for r in REASONS[stage]} for stage in STAGES}
+  rejected = {stage: {r: 0 for r in REASONS[stage]} for stage in STEPS}
   total = accepted = 0
   for o in outcomes:
     total += 1

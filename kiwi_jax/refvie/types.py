@@ -6,7 +6,7 @@ import functools
 import numpy as np
 
 # Stage names, in pipeline order ("input" covers reading and decoding).
-STAGES = ("input", "quality", "grounding", "synthesis", "verification",
+STEPS = ("input", "quality", "grounding", "synthesis", "verification",
           "dedup")
 
 # Every reason a pair can be rejected for, by stage (the report's keys).

@@ -113,10 +113,13 @@ class ToyFlowTask:
     if self.batch_size % shard_count:
       raise ValueError(f"batch_size {self.batch_size} is not divisible by "
                        f"{shard_count} processes.")
+    # Process p takes local batches p, P + p, ... of one stream: global
+    # batch k holds the same examples in the same rows for any process
+    # count (``kiwi_jax.data.loader.process_batches``).
     return (grain.MapDataset.source(toy_examples(self.num_examples))
-            .shuffle(seed=self.seed)
-            .repeat(None)[shard_index::shard_count]
-            .batch(self.batch_size // shard_count, drop_remainder=True))
+            .shuffle(seed=self.seed).repeat(None)
+            .batch(self.batch_size // shard_count, drop_remainder=True)
+            [shard_index::shard_count])
 
   def train_iterator(self, shard_index: int = 0, shard_count: int = 1):
     return iter(self.dataset(shard_index, shard_count).to_iter_dataset())

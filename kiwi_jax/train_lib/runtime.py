@@ -5,6 +5,11 @@ of a multi-process job, then logs where it runs. It must be called before
 anything touches a device. Single-process runs (a laptop, one GPU host, the
 CPU demo, tests) skip ``jax.distributed.initialize``.
 
+Outside a cluster that JAX detects by itself (Cloud TPU, SLURM, Open MPI,
+Kubernetes), each process names the job in its environment:
+``JAX_COORDINATOR_ADDRESS=host:port`` (process 0's host), plus
+``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (``docs/multihost.md``).
+
 ``initialize(log_file=...)`` also routes Python logging for a command line:
 INFO and above (Orbax's checkpoint chatter, absl, jax, grain, kiwi_jax's
 own notes) go to ``log_file`` on process 0, and only WARNING and above
@@ -27,6 +32,23 @@ logger = logging.getLogger("kiwi_jax")
 _CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS",
                 "MEGASCALE_COORDINATOR_ADDRESS")
 _COUNT_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES")
+
+
+def distributed_args(env: dict[str, str] | None = None) -> dict[str, int]:
+  """``num_processes``/``process_id`` for ``jax.distributed.initialize``
+  from ``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID`` (JAX reads only the
+  coordinator's address from the environment); empty when unset."""
+  env = os.environ if env is None else env
+  out = {}
+  for name, key in (("JAX_NUM_PROCESSES", "num_processes"),
+                    ("JAX_PROCESS_ID", "process_id")):
+    value = env.get(name, "").strip()
+    if value:
+      try:
+        out[key] = int(value)
+      except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer.") from None
+  return out
 
 
 def is_multiprocess_environment(env: dict[str, str] | None = None) -> bool:
@@ -95,7 +117,7 @@ def initialize(force: bool | None = None, *,
   wanted = is_multiprocess_environment() if force is None else force
   already = getattr(jax.distributed, "is_initialized", lambda: False)()
   if wanted and not already:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**distributed_args())
   if log_file:
     # On one process, route before anything starts a backend: its INFO
     # lines ("Unable to initialize backend 'tpu'") would reach the console.

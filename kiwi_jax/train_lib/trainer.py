@@ -29,8 +29,14 @@ from etils import epath
 from flax import nnx
 
 from kiwi_jax import sharding
-from kiwi_jax.train_lib import checkpointing, metric_writers, optimizers
-from kiwi_jax.train_lib import profiling, progress, train_step
+from kiwi_jax.train_lib import (
+  checkpointing,
+  metric_writers,
+  optimizers,
+  profiling,
+  progress,
+  train_step,
+)
 from kiwi_jax.train_lib.train_state import ModelSplit, Precision, TrainState
 
 logger = logging.getLogger("kiwi_jax")
@@ -52,7 +58,7 @@ class Task(Protocol):
   Optional (looked up with ``getattr``):
     global_batch(host_batch, mesh): process-local batch -> global arrays
       (default ``sharding.host_to_global``; e.g. tokenise text fields first,
-      or ``kiwi_jax.data.pipeline.to_global_batch``).
+      or ``kiwi_jax.data.loader.to_global_batch``).
     batch_counts(batch) -> {"examples": n, "frames": n, "flops": n} for
       throughput and MFU (``flops``: the batch's model FLOPs, from
       ``kiwi_jax.flops``).

@@ -1,7 +1,7 @@
 """Tiny fake Kiwi-Edit checkpoints in the released layouts (test helper).
 
 The weights of one tiny model are drawn once in the canonical namespace of
-``converters.kiwi_names`` (the truth), then written out as
+``kiwi_jax.converters.kiwi.names`` (the truth), then written out as
 
 * a DiffSynth training checkpoint of a given stage (exact released key
   names: ``mllm.connetor.*``, ``mllm.*_queries.q``, PEFT LoRA keys
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from converters import kiwi_names as names
-from converters import wan_dit
-from converters.assign import export
-from converters.kiwi_torch import hf_qwen_config
+from kiwi_jax.converters import wan_dit
+from kiwi_jax.converters.assign import export
+from kiwi_jax.converters.kiwi import names
+from kiwi_jax.converters.kiwi.torch_model import hf_qwen_config
 from kiwi_jax.testing import build_tiny_qwen_tokenizer
 
 LORA_RANK = 3
@@ -49,7 +49,8 @@ def truth(cfg, seed=0):
   from diffusers import WanTransformer3DModel
   from flax import nnx
   from transformers import Qwen2_5_VLModel
-  from converters import wan_vae
+
+  from kiwi_jax.converters import wan_vae
   from kiwi_jax.models.vae import WanVAE
   rng = np.random.default_rng(seed)
   torch.manual_seed(seed)

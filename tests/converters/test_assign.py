@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from converters import assign as A
-from converters.checkpoint_io import CheckpointError, open_checkpoint
 from kiwi_jax import sharding
+from kiwi_jax.converters import assign as A
+from kiwi_jax.converters.checkpoint_io import CheckpointError, open_checkpoint
 from kiwi_jax.testing.toy import ToyModel
 
 pytestmark = pytest.mark.torch

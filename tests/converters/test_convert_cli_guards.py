@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 import safetensors.numpy as stnp
 
-from converters import convert as cli
-from converters import kiwi_configs, wan_vae
-from converters.checkpoint_io import Checkpoint
-from converters import wan_dit
+from kiwi_jax.converters import cli, wan_vae
+from kiwi_jax.converters.checkpoint_io import Checkpoint
+from kiwi_jax.converters.kiwi import configs as kiwi_configs
 from kiwi_jax.models.dit import WanDiTConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -65,7 +64,7 @@ def test_dit_without_config_and_unreleased_width_asks_for_config(tmp_path):
   """Width 48 < 128 used to crash with ZeroDivisionError (heads = 48 //
   128); the head count is not in the weights, so the file is asked for."""
   flags = write_diffsynth_inputs(tmp_path / "in")
-  proc = run_cli("converters.convert", "diffsynth", *flags,
+  proc = run_cli("kiwi_jax.converters.cli", "diffsynth", *flags,
                  "--ref-pad-first", "false", "--out", tmp_path / "out")
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
@@ -126,10 +125,11 @@ def test_dit_without_its_tensors_names_them():
 
 def vae_shapes(cfg):
   """``vae.``-prefixed torch-layout shapes of ``cfg`` (from its plan)."""
-  from flax import nnx
-  from converters.assign import export
-  from kiwi_jax.models.vae import WanVAE
   import jax
+  from flax import nnx
+
+  from kiwi_jax.converters.assign import export
+  from kiwi_jax.models.vae import WanVAE
   abstract = nnx.state(nnx.eval_shape(lambda: WanVAE(cfg,
                                                      rngs=nnx.Rngs(0))))
   zeros = jax.tree.map(lambda a: np.zeros(a.shape, np.float32), abstract)
@@ -172,7 +172,7 @@ def test_output_that_is_an_input_is_refused_on_the_command_line(tmp_path):
   holds an input) with --overwrite used to replace the input."""
   flags = write_diffsynth_inputs(tmp_path / "in")
   before = sorted(p.name for p in (tmp_path / "in").rglob("*"))
-  proc = run_cli("converters.convert", "diffsynth", *flags, "--out",
+  proc = run_cli("kiwi_jax.converters.cli", "diffsynth", *flags, "--out",
                  tmp_path / "in", "--overwrite")
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
@@ -205,7 +205,7 @@ def test_output_is_input_through_every_subcommand(tmp_path, capsys,
   dit = tmp_path / "dst" / "dit.safetensors"
   dit.parent.mkdir()
   dit.write_bytes(b"x")
-  assert wan_dit.main(["--src", str(dit), "--dst", str(dit.parent)]) == 2
+  assert cli.main(["wan-dit", "--src", str(dit), "--dst", str(dit.parent)]) == 2
   assert "--dst" in capsys.readouterr().err
   assert dit.read_bytes() == b"x"
 

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 import kiwi_fakes  # noqa: E402
 
-from converters import convert as cli  # noqa: E402
+from kiwi_jax.converters import cli  # noqa: E402
 from kiwi_jax.models.kiwi import checkpoint as kiwi_ckpt  # noqa: E402
 from kiwi_jax.models.kiwi.config import KiwiEditConfig  # noqa: E402
 from kiwi_jax.models.vae import WanVAEConfig  # noqa: E402

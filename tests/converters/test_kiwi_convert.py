@@ -16,12 +16,12 @@ import jax  # noqa: E402
 import kiwi_fakes  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from converters import convert as cli  # noqa: E402
-from converters import kiwi as kiwi_conv  # noqa: E402
-from converters import kiwi_sources  # noqa: E402
-from converters.assign import CheckpointMismatchError  # noqa: E402
-from converters.kiwi_export import export_diffusers  # noqa: E402
 from kiwi_jax import sharding  # noqa: E402
+from kiwi_jax.converters import cli  # noqa: E402
+from kiwi_jax.converters.assign import CheckpointMismatchError  # noqa: E402
+from kiwi_jax.converters.kiwi import convert as kiwi_conv  # noqa: E402
+from kiwi_jax.converters.kiwi import sources as kiwi_sources  # noqa: E402
+from kiwi_jax.converters.kiwi.export import export_diffusers  # noqa: E402
 from kiwi_jax.models.kiwi import checkpoint as kiwi_ckpt  # noqa: E402
 from kiwi_jax.models.kiwi.config import KiwiEditConfig  # noqa: E402
 from kiwi_jax.models.mllm import lora as lora_lib  # noqa: E402

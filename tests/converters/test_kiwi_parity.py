@@ -17,10 +17,10 @@ torch = pytest.importorskip("torch")
 import kiwi_fakes  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from converters import kiwi as kiwi_conv  # noqa: E402
-from converters import kiwi_sources  # noqa: E402
-from converters.checkpoint_io import Checkpoint  # noqa: E402
-from converters.kiwi_torch import TorchKiwi  # noqa: E402
+from kiwi_jax.converters.checkpoint_io import Checkpoint  # noqa: E402
+from kiwi_jax.converters.kiwi import convert as kiwi_conv  # noqa: E402
+from kiwi_jax.converters.kiwi import sources as kiwi_sources  # noqa: E402
+from kiwi_jax.converters.kiwi.torch_model import TorchKiwi  # noqa: E402
 from kiwi_jax.models.kiwi import checkpoint as kiwi_ckpt  # noqa: E402
 from kiwi_jax.models.kiwi.config import KiwiEditConfig  # noqa: E402
 from kiwi_jax.models.kiwi.model import pure  # noqa: E402

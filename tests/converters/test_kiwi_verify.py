@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 import kiwi_fakes  # noqa: E402
 
-from converters import convert as cli  # noqa: E402
+from kiwi_jax.converters import cli  # noqa: E402
 from kiwi_jax.models.kiwi.config import KiwiEditConfig  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]

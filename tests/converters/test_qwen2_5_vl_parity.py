@@ -1,7 +1,7 @@
 """Parity of kiwi_jax Qwen25VL with transformers' Qwen2_5_VLModel.
 
 fp32, random weights (norm weights and biases included), converted through
-converters/qwen2_5_vl.py from safetensors files in all three key layouts.
+kiwi_jax/converters/qwen2_5_vl.py from safetensors files in all three key layouts.
 Every hidden state must agree to 1e-4.
 """
 
@@ -14,8 +14,8 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from converters import qwen2_5_vl as conv  # noqa: E402
 from kiwi_jax import sharding  # noqa: E402
+from kiwi_jax.converters import qwen2_5_vl as conv  # noqa: E402
 from kiwi_jax.models.mllm import Qwen25VLConfig  # noqa: E402
 from kiwi_jax.models.mllm.rope_index import mrope_position_ids  # noqa: E402
 from kiwi_jax.models.mllm.vision import vision_metadata  # noqa: E402
@@ -204,7 +204,8 @@ def test_query_hook_matches_patched_reference_forward(hf_model, jax_model):
 def test_layouts_load_the_same_and_export_round_trips(hf_model, jax_model,
                                                       tmp_path):
   import jax
-  from converters.checkpoint_io import open_checkpoint
+
+  from kiwi_jax.converters.checkpoint_io import open_checkpoint
   ref_state = nnx.state(jax_model)
   for layout in ("v5", "base"):
     path = tmp_path / f"{layout}.safetensors"
@@ -228,7 +229,7 @@ def test_layouts_load_the_same_and_export_round_trips(hf_model, jax_model,
 
 
 def test_mismatched_checkpoint_lists_every_problem(hf_model, tmp_path):
-  from converters.assign import CheckpointMismatchError
+  from kiwi_jax.converters.assign import CheckpointMismatchError
   state = _relayout(hf_model.state_dict(), "hub")
   del state["model.norm.weight"]
   state["visual.blocks.0.attn.qkv.bias"] = torch.zeros(5)

@@ -78,7 +78,7 @@ def _compare(torch_model, jax_model, latents, timestep, text):
 
 
 def _load(directory):
-  from converters import wan_dit
+  from kiwi_jax.converters import wan_dit
   cfg = wan_dit.config_from_diffusers(directory)
   return wan_dit.load_wan_dit(directory, cfg)
 
@@ -111,7 +111,7 @@ def test_wan21_scalar_timesteps(saved):
 def test_roundtrip_diffusers_jax_diffusers(saved, tmp_path):
   from safetensors.numpy import load_file
 
-  from converters import wan_dit
+  from kiwi_jax.converters import wan_dit
   _, directory = saved("wan21")
   model = _load(directory)
   wan_dit.save_diffusers(model, tmp_path / "out")

@@ -14,7 +14,7 @@ CFG = WanDiTConfig.from_variant("tiny", num_layers=2, source_condition=True,
 
 def _wan_tensors(cfg, seed=0):
   """A random JAX model exported to original Wan / DiffSynth names."""
-  from converters import assign, wan_dit
+  from kiwi_jax.converters import assign, wan_dit
   model = WanDiT(cfg, rngs=nnx.Rngs(seed))
   maps = wan_dit.keymaps(cfg, "wan")
   tensors = dict(assign.export(nnx.state(model, nnx.Param), maps))
@@ -35,7 +35,7 @@ def _assert_same_params(a, b):
 
 
 def test_keymaps_cover_reference_names():
-  from converters import wan_dit
+  from kiwi_jax.converters import wan_dit
   keys = {m.torch_key for m in wan_dit.keymaps(CFG, "wan")}
   # 15 top-level tensors + 27 per block + 2 per conditional embedder.
   assert len(keys) == 15 + 27 * CFG.num_layers + 4
@@ -54,7 +54,7 @@ def test_keymaps_cover_reference_names():
 
 
 def test_kiwi_checkpoint_with_prefixes_and_mllm_keys(tmp_path):
-  from converters import wan_dit
+  from kiwi_jax.converters import wan_dit
   model, tensors = _wan_tensors(CFG)
   # Kiwi training checkpoint: DiT under ``dit.``, embedders top level, MLLM
   # tensors alongside (skipped by this converter).
@@ -74,7 +74,7 @@ def test_kiwi_checkpoint_with_prefixes_and_mllm_keys(tmp_path):
 
 
 def test_kiwi_diffusers_folders_roundtrip(tmp_path):
-  from converters import wan_dit
+  from kiwi_jax.converters import wan_dit
   cfg = CFG.replace(ref_pad_first=True)
   model, tensors = _wan_tensors(cfg, seed=1)
   src = _save(tensors, tmp_path / "kiwi.safetensors")
@@ -87,7 +87,7 @@ def test_kiwi_diffusers_folders_roundtrip(tmp_path):
 
 
 def test_mismatches_reported_together_and_nothing_written(tmp_path):
-  from converters import assign, wan_dit
+  from kiwi_jax.converters import assign, wan_dit
   _, tensors = _wan_tensors(CFG)
   del tensors["blocks.1.cross_attn.v.bias"]
   tensors["blocks.0.self_attn.q.weight"] = np.zeros((5, 5), np.float32)
@@ -105,7 +105,7 @@ def test_mismatches_reported_together_and_nothing_written(tmp_path):
 
 
 def test_unknown_layout_is_named(tmp_path):
-  from converters import checkpoint_io, wan_dit
+  from kiwi_jax.converters import checkpoint_io, wan_dit
   src = _save({"encoder.conv1.weight": np.zeros((2, 2), np.float32)},
               tmp_path / "vae.safetensors")
   with pytest.raises(checkpoint_io.CheckpointError, match="vae.safetensors"):
@@ -113,7 +113,7 @@ def test_unknown_layout_is_named(tmp_path):
 
 
 def test_lora_only_checkpoint_merges_into_base(tmp_path):
-  from converters import checkpoint_io, wan_dit
+  from kiwi_jax.converters import checkpoint_io, wan_dit
   stock = CFG.replace(source_condition=False, reference_condition=False)
   _, base = _wan_tensors(stock, seed=2)
   rng = np.random.default_rng(0)

@@ -176,7 +176,7 @@ def test_kiwi_path_matches_restatement(tmp_path, ref_pad_first):
   import torch
   from safetensors.torch import save_file
 
-  from converters import wan_dit
+  from kiwi_jax.converters import wan_dit
   sd = _random_kiwi_state_dict(CFG)
   path = tmp_path / "kiwi_stage3.safetensors"
   save_file(sd, str(path))

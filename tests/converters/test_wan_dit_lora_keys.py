@@ -28,7 +28,7 @@ def _save(tensors, path):
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
   """Base Wan tensors and a Kiwi 14B-style LoRA-only DiT checkpoint."""
-  from converters import assign, wan_dit
+  from kiwi_jax.converters import assign, wan_dit
   root = tmp_path_factory.mktemp("dit_lora")
   model = WanDiT(STOCK, rngs=nnx.Rngs(0))
   base = dict(assign.export(nnx.state(model, nnx.Param),
@@ -49,7 +49,7 @@ def checkpoints(tmp_path_factory):
 
 
 def test_lora_keymaps_name_every_block_linear():
-  from converters import wan_dit
+  from kiwi_jax.converters import wan_dit
   cfg = STOCK.replace(lora_rank=RANK)
   keys = {m.torch_key for m in wan_dit.lora_keymaps(cfg)}
   assert len(keys) == STOCK.num_layers * len(LINEARS) * 2
@@ -63,7 +63,7 @@ def test_lora_keymaps_name_every_block_linear():
 
 def test_kept_factors_load_per_layer_and_merge_like_the_reference(
     checkpoints, tmp_path):
-  from converters import wan_dit
+  from kiwi_jax.converters import wan_dit
   base, factors, base_path, kiwi_path = checkpoints
   kept = wan_dit.load_wan_dit(kiwi_path, STOCK.replace(lora_rank=RANK),
                               base=base_path)
@@ -95,7 +95,7 @@ def test_kept_factors_load_per_layer_and_merge_like_the_reference(
 
 
 def test_base_only_checkpoint_gets_fresh_zero_b_factors(checkpoints):
-  from converters import wan_dit
+  from kiwi_jax.converters import wan_dit
   base, _, base_path, _ = checkpoints
   model = wan_dit.load_wan_dit(base_path, STOCK.replace(lora_rank=RANK))
   for layer in lora.lora_layers(model):
@@ -106,8 +106,8 @@ def test_base_only_checkpoint_gets_fresh_zero_b_factors(checkpoints):
 
 
 def test_half_a_pair_is_named(checkpoints, tmp_path):
-  from converters import wan_dit
-  from converters.assign import CheckpointMismatchError
+  from kiwi_jax.converters import wan_dit
+  from kiwi_jax.converters.assign import CheckpointMismatchError
   _, factors, base_path, _ = checkpoints
   partial = {k: v for k, v in factors.items()
              if k != "dit.blocks.0.self_attn.k.lora_B.default.weight"}

@@ -6,12 +6,17 @@ import re
 import numpy as np
 import pytest
 import torch
+import wan_vae_reference as ref
 from flax import nnx
 
-import wan_vae_reference as ref
-from converters.assign import CheckpointMismatchError
-from converters.wan_vae import (diffusers_config, export_tensors, keymaps,
-                                load_wan_vae, save_wan_vae)
+from kiwi_jax.converters.assign import CheckpointMismatchError
+from kiwi_jax.converters.wan_vae import (
+  diffusers_config,
+  export_tensors,
+  keymaps,
+  load_wan_vae,
+  save_wan_vae,
+)
 from kiwi_jax.models.vae import WanVAE, WanVAEConfig
 
 pytestmark = pytest.mark.torch

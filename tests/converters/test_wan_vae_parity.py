@@ -1,5 +1,5 @@
 """Parity of the JAX Wan VAE with diffusers ``AutoencoderKLWan`` (fp32, random
-weights, converted through ``converters.wan_vae`` from a ``save_pretrained``
+weights, converted through ``kiwi_jax.converters.wan_vae`` from a ``save_pretrained``
 directory), in tiny 2.2-style (z48-like: patchify, residual stages) and
 2.1-style configs, for 1, 5, 9 and 17 frames; plus tiled encode/decode
 against DiffSynth's tiling re-stated over diffusers tiles.
@@ -7,9 +7,9 @@ against DiffSynth's tiling re-stated over diffusers tiles.
 
 import numpy as np
 import pytest
-
 import wan_vae_reference as ref
-from converters.wan_vae import load_wan_vae
+
+from kiwi_jax.converters.wan_vae import load_wan_vae
 from kiwi_jax.models.vae.tiling import VAERunner
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from converters.wan_vae import diffusers_config
+from kiwi_jax.converters.wan_vae import diffusers_config
 from kiwi_jax.models.vae import WanVAEConfig
 
 

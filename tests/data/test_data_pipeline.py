@@ -5,12 +5,8 @@ import numpy as np
 import pytest
 
 from kiwi_jax import sharding
-from kiwi_jax.data import examples
-from kiwi_jax.data import latent_cache
-from kiwi_jax.data import pipeline
-from kiwi_jax.data import refvie_mini
-from kiwi_jax.data import transforms
-
+from kiwi_jax.data import examples, latent_cache, refvie_mini, transforms
+from kiwi_jax.data import loader as pipeline
 from tests.data.conftest import CFG
 
 EVAL = examples.ExampleConfig(max_frames=5, max_pixels=64 * 64, train=False)
@@ -158,6 +154,25 @@ def test_processes_see_disjoint_shards(mini_records):
   assert not keys[0] & keys[1]
 
 
+def test_the_global_batches_do_not_depend_on_the_process_count(
+    mini_records):
+  """Process p's batches are rows p*b..(p+1)*b of each global batch of
+  one process, mixture and random transforms included."""
+  specs = _specs(mini_records, ["image", "video"])
+
+  def batches(index, count, n=5):
+    return _take(pipeline.make_iterator(
+        specs, TRAIN, pipeline.PipelineConfig(batch_size=4 // count, seed=3),
+        shard_index=index, shard_count=count), n)
+
+  parts = [batches(0, 2), batches(1, 2)]
+  for one, first, second in zip(batches(0, 1), *parts):
+    assert one["key"].tolist() == (first["key"].tolist() +
+                                   second["key"].tolist())
+    np.testing.assert_array_equal(one["source_video"], np.concatenate(
+        [first["source_video"], second["source_video"]]))
+
+
 def test_mixture_ratios_hold(mini_records):
   cfg = pipeline.PipelineConfig(batch_size=1, seed=3)
   it = pipeline.make_iterator(
@@ -239,8 +254,7 @@ def test_latent_cache_is_read_like_media_records(mini_records, tmp_path):
 
 
 def test_reads_a_tfds_directory_like_array_records(mini_dir, tmp_path):
-  from kiwi_jax.data import metadata
-  from kiwi_jax.data import tfds_builder
+  from kiwi_jax.data import metadata, tfds_builder
   rows = metadata.read_csv_rows(mini_dir / "refvie_mini_video.csv")
   path, _ = tfds_builder.build_tfds({"train": rows}, mini_dir, tmp_path)
   small = examples.ExampleConfig(max_frames=5, max_pixels=32 * 32)

@@ -1,8 +1,8 @@
 """The pipeline with a tiny converted Kiwi-Edit against PyTorch.
 
 The checkpoint is the kiwi tests' fake stage-3 DiffSynth release
-(``tests/converters/kiwi_fakes.py``) converted by ``converters.kiwi``. The
-torch side is ``converters.kiwi_torch.TorchKiwi`` (the faithful restatement
+(``tests/converters/kiwi_fakes.py``) converted by ``kiwi_jax.converters.kiwi.convert``. The
+torch side is ``kiwi_jax.converters.kiwi.torch_model.TorchKiwi`` (the faithful restatement
 of the Kiwi forward) inside the reference sampling loop
 (``torch_reference``), fed the same initial noise and the same VAE latents
 (the VAE has its own parity tests); the MLLM context is computed by both
@@ -15,20 +15,20 @@ import pytest
 torch = pytest.importorskip("torch")
 # Runs once the Kiwi-Edit assembly (branch `kiwi`) is merged.
 pytest.importorskip("kiwi_jax.models.kiwi.model")
-pytest.importorskip("converters.kiwi")
+pytest.importorskip("kiwi_jax.converters.kiwi.convert")
 
-from converters import kiwi as kiwi_conv  # noqa: E402
-from converters import kiwi_sources  # noqa: E402
-from converters.checkpoint_io import Checkpoint  # noqa: E402
-from converters.kiwi_torch import TorchKiwi  # noqa: E402
 from kiwi_jax.cli import edit as cli  # noqa: E402
+from kiwi_jax.converters.checkpoint_io import Checkpoint  # noqa: E402
+from kiwi_jax.converters.kiwi import convert as kiwi_conv  # noqa: E402
+from kiwi_jax.converters.kiwi import sources as kiwi_sources  # noqa: E402
+from kiwi_jax.converters.kiwi.torch_model import TorchKiwi  # noqa: E402
 from kiwi_jax.data import video_io  # noqa: E402
 from kiwi_jax.models.kiwi.config import KiwiEditConfig  # noqa: E402
-from kiwi_jax.pipeline import EditPipeline, stages  # noqa: E402
+from kiwi_jax.pipeline import EditPipeline  # noqa: E402
 from kiwi_jax.pipeline import inputs as inputs_lib  # noqa: E402
+from kiwi_jax.pipeline import programs as stages
 from tests.converters import kiwi_fakes  # noqa: E402
-from tests.pipeline.torch_reference import (  # noqa: E402
-    TorchFlowMatchScheduler)
+from tests.pipeline.torch_reference import TorchFlowMatchScheduler  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
@@ -153,8 +153,9 @@ def test_cli_with_converted_kiwi(converted, clip, tmp_path, capsys):
   """End to end with the reference's tiled VAE runner (the default)."""
   out, _ = converted
   frames, ref, prompt = clip
-  from kiwi_jax.utils.video_files import write_mp4
   from PIL import Image
+
+  from kiwi_jax.utils.video_files import write_mp4
   write_mp4(tmp_path / "in.mp4", frames, fps=10)
   Image.fromarray(ref).save(tmp_path / "ref.png")
   assert cli.main([

@@ -10,14 +10,14 @@ are the reference's, written here from the spec.
 import numpy as np
 import pytest
 
-from kiwi_jax.pipeline import EditPipeline, stages
+from kiwi_jax.pipeline import EditPipeline
 from kiwi_jax.pipeline import inputs as inputs_lib
+from kiwi_jax.pipeline import programs as stages
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-from tests.pipeline.torch_reference import (  # noqa: E402
-    flat_weights, reference_loop)
+from tests.pipeline.torch_reference import flat_weights, reference_loop  # noqa: E402
 
 
 @pytest.mark.parametrize("scheduler,sigma_min,steps,use_ref", [

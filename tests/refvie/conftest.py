@@ -7,10 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from kiwi_jax.data import metadata
-from kiwi_jax.data import refvie_mini
-from kiwi_jax.data import video_io
-from kiwi_jax.refvie import pipeline_local
+from kiwi_jax.data import metadata, refvie_mini, video_io
+from kiwi_jax.refvie import run_local as pipeline_local
 from kiwi_jax.refvie.types import Pair
 
 # 13 videos: every edit type twice, one thrice; 64x64x5 clips (tiny, fast);

@@ -20,9 +20,8 @@ import apache_beam as beam
 from apache_beam.testing import util
 
 from kiwi_jax.refvie import dedup
-from kiwi_jax.refvie import pipeline_beam
+from kiwi_jax.refvie import run_beam as pipeline_beam
 from kiwi_jax.refvie.records import Outcome
-
 from tests.refvie.test_refvie_dedup import _random_signatures
 
 

@@ -9,17 +9,17 @@ import sys
 import numpy as np
 import pytest
 
-from kiwi_jax.data import metadata
-from kiwi_jax.data import record_builder
-from kiwi_jax.data import video_io
-from kiwi_jax.refvie import cli
-from kiwi_jax.refvie import grounding
-from kiwi_jax.refvie import pipeline_local
-from kiwi_jax.refvie import process
+from kiwi_jax.data import metadata, record_builder, video_io
+from kiwi_jax.refvie import cli, grounding, process
+from kiwi_jax.refvie import run_local as pipeline_local
 from kiwi_jax.refvie.records import Outcome
-
-from tests.refvie.conftest import (EXPECTED_BY_TYPE, NUM_IMAGES,
-                                   NUM_VIDEOS, PLANTED, pool_rows)
+from tests.refvie.conftest import (
+  EXPECTED_BY_TYPE,
+  NUM_IMAGES,
+  NUM_VIDEOS,
+  PLANTED,
+  pool_rows,
+)
 
 OUTPUT_FILES = ("refvie.csv", "provenance.jsonl", "report.json")
 
@@ -196,7 +196,7 @@ def test_beam_runner_without_beam_says_what_to_install(
     mini_pool, tmp_path, monkeypatch, capsys):
   base, pool_csv, _ = mini_pool
   monkeypatch.setitem(sys.modules, "apache_beam", None)
-  monkeypatch.delitem(sys.modules, "kiwi_jax.refvie.pipeline_beam",
+  monkeypatch.delitem(sys.modules, "kiwi_jax.refvie.run_beam",
                       raising=False)
   rc = cli.main([f"--csv={pool_csv}", f"--base_dir={base}",
                  f"--out_dir={tmp_path}", "--runner=beam"])

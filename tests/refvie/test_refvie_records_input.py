@@ -6,13 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from kiwi_jax.data import metadata
-from kiwi_jax.data import record_builder
-from kiwi_jax.data import video_io
-from kiwi_jax.refvie import cli
-from kiwi_jax.refvie import pipeline_local
-from kiwi_jax.refvie import process
-
+from kiwi_jax.data import metadata, record_builder, video_io
+from kiwi_jax.refvie import cli, process
+from kiwi_jax.refvie import run_local as pipeline_local
 from tests.refvie.conftest import pool_rows
 
 # Rows the record builder drops (its own checks), so neither run sees them.

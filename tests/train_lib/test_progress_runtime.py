@@ -82,6 +82,16 @@ def test_multiprocess_detection():
   runtime.sync()
 
 
+def test_distributed_args_come_from_the_environment():
+  # JAX itself reads only JAX_COORDINATOR_ADDRESS (docs/multihost.md).
+  assert runtime.distributed_args({}) == {}
+  assert runtime.distributed_args({"JAX_NUM_PROCESSES": "2",
+                                   "JAX_PROCESS_ID": "1"}) == {
+                                       "num_processes": 2, "process_id": 1}
+  with pytest.raises(ValueError, match="JAX_PROCESS_ID='one'"):
+    runtime.distributed_args({"JAX_PROCESS_ID": "one"})
+
+
 class _Terminal:
   """A stream that says it is a terminal (for the progress bar)."""
 

@@ -115,3 +115,16 @@ def test_a_diverging_run_stops_in_one_line_and_saves_nothing(tmp_path):
   ckpts = workdir / "checkpoints"
   assert not ckpts.exists() or not [p for p in ckpts.iterdir()
                                     if p.name.isdigit()]
+
+
+def test_a_bad_process_id_is_one_line(tmp_path):
+  env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
+             PYTHONPATH=str(ROOT), JAX_COORDINATOR_ADDRESS="localhost:1",
+             JAX_NUM_PROCESSES="2", JAX_PROCESS_ID="one")
+  done = subprocess.run(
+      [sys.executable, "train.py", "--config=configs/demo.py:runlocal",
+       f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=env,
+      capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2, done.stderr[-3000:]
+  assert done.stderr == ("train.py: error: multi-process set-up: "
+                         "JAX_PROCESS_ID='one' is not an integer.\n")

@@ -20,21 +20,24 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from kiwi_jax import sharding
-from kiwi_jax.layers import (GeluTanhMLP, LayerNorm, RMSNorm,
-                             dot_product_attention)
+from kiwi_jax.layers import (
+  GeluTanhMLP,
+  LayerNorm,
+  RMSNorm,
+  dot_product_attention,
+)
 from kiwi_jax.layers import context_parallel as context_parallel_lib
 from kiwi_jax.layers.lora import dense_or_lora
 from kiwi_jax.layers.rope import apply_interleaved_rope
-from kiwi_jax.models.dit.config import WanDiTConfig
-
-# Named checkpoint points; remat policies in config.py save some of them.
-QUERY = "dit_query"
-KEY = "dit_key"
-VALUE = "dit_value"
-SELF_ATTN_OUT = "dit_self_attn_out"
-CROSS_ATTN_OUT = "dit_cross_attn_out"
-FFN_OUT = "dit_ffn_out"
-CHECKPOINT_NAMES = (QUERY, KEY, VALUE, SELF_ATTN_OUT, CROSS_ATTN_OUT, FFN_OUT)
+from kiwi_jax.models.dit.config import (
+  CROSS_ATTN_OUT,
+  FFN_OUT,
+  KEY,
+  QUERY,
+  SELF_ATTN_OUT,
+  VALUE,
+  WanDiTConfig,
+)
 
 TOKENS = ("act_batch", "act_seq", "act_embed")
 HEADS = ("act_batch", "act_seq", "act_heads", None)

@@ -16,9 +16,16 @@ import jax.numpy as jnp
 
 from kiwi_jax.layers import context_parallel as context_parallel_lib
 
-# Remat policy names accepted by ``WanDiTConfig.remat_policy``. Named
-# checkpoint points inside a block (``checkpoint_name``) are listed in
-# ``blocks.CHECKPOINT_NAMES``.
+# Named checkpoint points inside a block (blocks.py tags them with
+# ``checkpoint_name``); some remat policies save a few of them.
+QUERY = "dit_query"
+KEY = "dit_key"
+VALUE = "dit_value"
+SELF_ATTN_OUT = "dit_self_attn_out"
+CROSS_ATTN_OUT = "dit_cross_attn_out"
+FFN_OUT = "dit_ffn_out"
+CHECKPOINT_NAMES = (QUERY, KEY, VALUE, SELF_ATTN_OUT, CROSS_ATTN_OUT, FFN_OUT)
+
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention",
                   "save_qkv_attention", "save_block_io")
 
@@ -145,7 +152,6 @@ VARIANTS: dict[str, WanDiTConfig] = {
 
 def remat_policy(name: str) -> Any:
   """``jax.checkpoint`` policy for a ``REMAT_POLICIES`` name (None = none)."""
-  from kiwi_jax.models.dit import blocks  # names of checkpoint points
   policies = jax.checkpoint_policies
   if name == "none":
     return None
@@ -156,12 +162,12 @@ def remat_policy(name: str) -> Any:
   if name == "dots_no_batch":
     return policies.dots_with_no_batch_dims_saveable
   if name == "save_attention":
-    return policies.save_only_these_names(blocks.SELF_ATTN_OUT)
+    return policies.save_only_these_names(SELF_ATTN_OUT)
   if name == "save_qkv_attention":
     return policies.save_only_these_names(
-        blocks.QUERY, blocks.KEY, blocks.VALUE, blocks.SELF_ATTN_OUT)
+        QUERY, KEY, VALUE, SELF_ATTN_OUT)
   if name == "save_block_io":
     return policies.save_only_these_names(
-        blocks.SELF_ATTN_OUT, blocks.CROSS_ATTN_OUT, blocks.FFN_OUT)
+        SELF_ATTN_OUT, CROSS_ATTN_OUT, FFN_OUT)
   raise ValueError(f"Unknown remat_policy {name!r}; choose one of "
                    f"{REMAT_POLICIES}.")

@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kiwi_jax.models.connectors import Connector, LearnableQueries
 from kiwi_jax.models.dit import WanDiT
 from kiwi_jax.models.kiwi import readout
 from kiwi_jax.models.kiwi.config import MODES, KiwiEditConfig
+from kiwi_jax.models.kiwi.connectors import Connector, LearnableQueries
 from kiwi_jax.models.mllm import Qwen25VL
 from kiwi_jax.models.mllm.vision import kiwi_encoder_pixels
 from kiwi_jax.models.vae import WanVAE

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from kiwi_jax import sharding
-from kiwi_jax.models.connectors import Connector, LearnableQueries
+from kiwi_jax.models.kiwi.connectors import Connector, LearnableQueries
 
 
 def test_connector_starts_at_zero_and_matches_gelu_tanh_mlp():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kiwi_jax.models.connectors import Connector
 from kiwi_jax.models.dit import ConditionalEmbedder, WanDiT
 from kiwi_jax.models.kiwi.config import VARIANTS, KiwiEditConfig
+from kiwi_jax.models.kiwi.connectors import Connector
 from kiwi_jax.models.kiwi.model import abstract_kiwi, pure
 
 

@@ -9,8 +9,7 @@ import pytest
 from flax import nnx
 
 from kiwi_jax.layers import Dense
-from kiwi_jax.models.mllm import Qwen25VL, Qwen25VLConfig
-from kiwi_jax.models.mllm import lora
+from kiwi_jax.models.mllm import Qwen25VL, Qwen25VLConfig, lora
 from kiwi_jax.models.mllm.rope_index import text_position_ids
 
 TINY = Qwen25VLConfig.from_variant("tiny")
@@ -91,7 +90,7 @@ _GRAD_NORMS = {}
 
 @pytest.mark.torch
 def test_converter_loads_base_weights_into_a_lora_model(tmp_path):
-  from converters import qwen2_5_vl as conv
+  from kiwi_jax.converters import qwen2_5_vl as conv
   base = Qwen25VL(TINY, rngs=nnx.Rngs(5))
   path = conv.save_qwen2_5_vl(base, tmp_path / "q.safetensors", layout="v5")
   cfg = TINY.replace(text=dataclasses.replace(TINY.text, lora_rank=2))

@@ -5,8 +5,11 @@ import pytest
 
 from kiwi_jax.models.mllm import Qwen25VLConfig
 from kiwi_jax.models.mllm.rope_index import mrope_position_ids
-from kiwi_jax.models.mllm.vision import (PAD_SEGMENT, required_patches,
-                                         vision_metadata)
+from kiwi_jax.models.mllm.vision import (
+  PAD_SEGMENT,
+  required_patches,
+  vision_metadata,
+)
 
 CFG = Qwen25VLConfig.from_variant("tiny")
 IDS = dict(image_token_id=CFG.image_token_id,
@@ -60,7 +63,8 @@ def test_grid_mismatch_is_reported():
 def test_positions_match_transformers_where_versions_agree():
   torch = pytest.importorskip("torch")
   from transformers import Qwen2_5_VLModel
-  from converters.qwen2_5_vl import to_hf_config
+
+  from kiwi_jax.converters.qwen2_5_vl import to_hf_config
   model = Qwen2_5_VLModel(to_hf_config(CFG))
   ids = _prompt(("text", 4), ("video", 2 * 6 * 10 // 4), ("text", 5),
                 ("image", 12 * 8 // 4), ("text", 2))

@@ -1,0 +1,33 @@
+"""The CPU demo end to end in ``runlocal`` mode (a few steps per stage)."""
+
+import json
+
+import pytest
+
+from configs import demo as demo_config
+from kiwi_jax.tasks import demo
+
+
+@pytest.mark.slow
+def test_demo_runlocal_end_to_end(tmp_path, capsys):
+  table = demo.run(demo_config.get_config("runlocal"), tmp_path)
+  assert "| **mean** | 6 |" in table
+  for edit_type in ("local_recolor", "subject_reference"):
+    assert f"| {edit_type} | 1 |" in table
+  out = capsys.readouterr().out
+  assert table in out
+  # Each stage shows that it is alive: a note, then a line per log step.
+  for stage in (1, 2, 3):
+    assert out.count(f"NOTE: Demo stage {stage} of 3") == 1
+    assert f"[stage {stage}/3] step 2/2 | loss " in out
+  assert (tmp_path / "results.md").read_text().strip() == table
+  assert len(list((tmp_path / "edits").glob("*.mp4"))) == 6
+  # Stage handoff through model_init: each stage starts from the previous.
+  for stage in (2, 3):
+    config = json.loads((tmp_path / f"stage{stage}" /
+                         "config.json").read_text())
+    assert config["model_init"] == str(
+        tmp_path / f"stage{stage - 1}" / "checkpoints")
+    assert config["kiwi"]["stage"] == stage
+  # A restart finds every stage finished and only re-evaluates.
+  assert demo.run(demo_config.get_config("runlocal"), tmp_path) == table
