@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from kiwi_jax.diffusion import step_cache
 from kiwi_jax.pipeline import edit_pipeline
 from kiwi_jax.pipeline import inputs as inputs_lib
 from kiwi_jax.pipeline import outputs as outputs_lib
@@ -111,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
       "--negative-prompt", default="",
       help="the unconditional prompt of --guidance-scale/"
       "--ref-guidance-scale (unused without guidance)")
+  parser.add_argument(
+      "--cache-threshold", type=float, default=None, metavar="T",
+      help="DiT step cache (docs/step_cache.md): a step reuses the blocks' "
+      "last residual while the first block's modulated input has changed, "
+      "in accumulated relative L1, by less than T (a number >= 0; about "
+      "0.05 to 0.3 skips steps, faster and coarser; 0 skips none); off "
+      "without it, as the reference. Not with guidance")
   parser.add_argument("--fps", type=float, default=None,
                       help="output frame rate, above 0 and at most "
                       f"{edit_pipeline.MAX_FPS:g}; without it, the source's")
@@ -178,6 +186,15 @@ def check_args(args: argparse.Namespace) -> None:
         f"block), got {args.max_pixels}.")
   if args.fps is not None:
     edit_pipeline.check_fps(args.fps, "--fps")
+  try:
+    step_cache.check_threshold(args.cache_threshold, "--cache-threshold")
+  except ValueError as e:
+    raise inputs_lib.EditInputError(str(e)) from None
+  if args.cache_threshold is not None and (
+      args.guidance_scale is not None or args.ref_guidance_scale is not None):
+    raise inputs_lib.EditInputError(
+        "--cache-threshold does not combine with --guidance-scale or "
+        "--ref-guidance-scale.")
 
 
 def output_paths(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -293,6 +310,7 @@ def _run(args, clock: progress_lib.PhaseClock, console: _Console,
                      guidance_scale=args.guidance_scale,
                      ref_guidance_scale=args.ref_guidance_scale,
                      negative_prompt=args.negative_prompt,
+                     cache_threshold=args.cache_threshold,
                      on_step=console.on_step,
                      on_phase=lambda name: clock.start(PHASE_NAMES[name]))
   clock.start("write")
@@ -302,8 +320,11 @@ def _run(args, clock: progress_lib.PhaseClock, console: _Console,
   phases = ", ".join(f"{name} {seconds:.1f} s"
                      for name, seconds in clock.seconds.items())
   height, width = source.size
+  cached = ("" if result.block_evals is None else
+            f" ({result.block_evals} DiT block evals with the step cache)")
   return (f"{PROG}: {width}x{height}, {source.num_frames} frame"
-          f"{'s' if source.num_frames > 1 else ''}, {result.steps} steps, "
+          f"{'s' if source.num_frames > 1 else ''}, {result.steps} steps"
+          f"{cached}, "
           f"{total:.1f} s ({phases}) -> "
           f"{', '.join(str(p) for p in written)}")
 

@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 
 from kiwi_jax import sharding
-from kiwi_jax.diffusion import sampler
+from kiwi_jax.diffusion import sampler, step_cache
 from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.processor import KiwiProcessor
 from kiwi_jax.models.vae import tiling
@@ -81,6 +81,9 @@ class EditResult:
     latents: float32[1, t, h, w, c] final latents.
     steps: denoising steps.
     seconds: wall time per phase (``PHASES``) plus ``total``.
+    block_evals: with the step cache on, the DiT blocks evaluated (the
+      full loop evaluates ``steps`` times the model's blocks); None when
+      it is off.
   """
   frames: np.ndarray
   source: inputs_lib.SourceClip
@@ -88,6 +91,7 @@ class EditResult:
   latents: np.ndarray
   steps: int
   seconds: dict[str, float]
+  block_evals: int | None = None
 
   def save(self, path, *, side_by_side: bool = False,
            fps: float | None = None) -> list[pathlib.Path]:
@@ -224,6 +228,8 @@ class EditPipeline:
     if mesh is not None:
       model = sharding.reshard_module(model, mesh)
     self.graphdef, self.state = nnx.split(model)
+    # Whether the step cache can cut this model's DiT around its blocks.
+    self.can_cache_steps = hasattr(model, "split_denoise_step")
     self._vae_runner = None  # built on first use; False: the model has none
     self._loops = {}  # compiled denoising loops by argument signature
 
@@ -279,7 +285,30 @@ class EditPipeline:
         self._vae_runner = tiling.VAERunner(model.vae)
     return self._vae_runner or None
 
-  def _denoise_loop(self, args, scales, branches, on_compile):
+  def check_cache_threshold(self, value, *, guided: bool = False,
+                            name: str = "cache_threshold") -> float | None:
+    """``value`` as a float (None: off), checked against this model.
+
+    Raises:
+      EditInputError: not a finite number >= 0, used with guidance, or
+        the model cannot be cut around its DiT blocks.
+    """
+    try:
+      value = step_cache.check_threshold(value, name)
+    except ValueError as e:
+      raise inputs_lib.EditInputError(str(e)) from None
+    if value is not None and guided:
+      raise inputs_lib.EditInputError(
+          f"{name} does not combine with guidance (the cache keeps one "
+          "residual; Kiwi-Edit uses no guidance).")
+    if value is not None and not self.can_cache_steps:
+      raise inputs_lib.EditInputError(
+          f"{name}: this model has no DiT to cache (it needs "
+          "split_denoise_step, as Kiwi-Edit has).")
+    return value
+
+  def _denoise_loop(self, args, scales, branches, on_compile,
+                    cached=False):
     """The compiled Euler loop for these arguments (compiled on first use).
 
     Args:
@@ -287,28 +316,37 @@ class EditPipeline:
         clean_latents)``.
       scales, branches: the guidance scales and branch operands.
       on_compile: called before compiling (not when the loop is kept).
+      cached: the step-cache loop (its threshold before ``clean_latents``
+        in ``args``; no guidance), which returns ``(latents, CacheStats)``.
 
     Returns:
       ``run(*args) -> latents``.
     """
     leaves, treedef = jax.tree.flatten((args, branches))
-    key = (treedef, scales, tuple(
+    key = (treedef, scales, cached, tuple(
         (np.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
         for x in leaves))
     loop = self._loops.get(key)
     if loop is None:
       on_compile()
       *loop_args, clean = args
-      loop = stages.denoise.lower(
-          self.graphdef, self.state, *loop_args, report=True,
-          clean_latents=clean, guidance_scales=scales,
-          guidance_branches=branches).compile()
+      if cached:
+        loop = stages.denoise_cached.lower(
+            self.graphdef, self.state, *loop_args, report=True,
+            clean_latents=clean).compile()
+      else:
+        loop = stages.denoise.lower(
+            self.graphdef, self.state, *loop_args, report=True,
+            clean_latents=clean, guidance_scales=scales,
+            guidance_branches=branches).compile()
       if len(self._loops) >= MAX_COMPILED_LOOPS:
         self._loops.pop(next(iter(self._loops)))
       self._loops[key] = loop
 
     def run(*a):
       *loop_args, clean = a
+      if cached:
+        return loop(self.state, *loop_args, clean_latents=clean)
       return loop(self.state, *loop_args, clean_latents=clean,
                   guidance_branches=branches)
 
@@ -333,6 +371,7 @@ class EditPipeline:
            negative_prompt: str = "", noise: jax.Array | None = None,
            denoising_strength: float = 1.0,
            vae_tiling: bool | None = None,
+           cache_threshold: float | None = None,
            on_step: Callable[[int, int], None] | None = None,
            on_phase: Callable[[str], None] | None = None) -> EditResult:
     """Runs one edit.
@@ -367,6 +406,14 @@ class EditPipeline:
         (``tiled=True``, tiles 30 x 52 latent pixels, stride 15 x 26);
         None uses it when the model has one; False runs each VAE pass as
         one jitted program over the whole clip.
+      cache_threshold: turn on the DiT step cache
+        (``kiwi_jax.diffusion.step_cache``, docs/step_cache.md): a step
+        reuses the blocks' last residual while the first block's modulated
+        input has changed, in accumulated relative L1, by less than this;
+        None (default) runs every step in full, as the reference; 0 runs
+        the cached loop without skipping; about 0.1 to 0.3 skips steps.
+        Not with guidance. ``EditResult.block_evals`` counts the blocks
+        run.
       on_step: ``on_step(done, total)`` after each denoising step.
       on_phase: ``on_phase(phase)`` as each phase of ``PHASES`` begins,
         in that order, each at most once (``vae_encode`` is skipped when
@@ -391,6 +438,9 @@ class EditPipeline:
     if ref_guidance_scale is not None and ref_image is None:
       raise inputs_lib.EditInputError(
           "ref_guidance_scale needs a reference image.")
+    cache_threshold = self.check_cache_threshold(
+        cache_threshold,
+        guided=guidance_scale is not None or ref_guidance_scale is not None)
     start = time.perf_counter()
     source = inputs_lib.load_source(video, max_frames=max_frames,
                                     max_pixels=max_pixels)
@@ -470,16 +520,24 @@ class EditPipeline:
       branches = tuple((c, branch_refs) for c in branch_conditions)
       if noise is None:
         noise = sampler.initial_noise(seed, shape, self.latent_dtype)
-      args = (noise, plan, conditions, source_latents, ref_latents,
-              clean_latents)
+      cached = cache_threshold is not None
+      args = (noise, plan, conditions, source_latents, ref_latents)
+      if cached:
+        args += (jnp.float32(cache_threshold),)
+      args += (clean_latents,)
       t0 = time.perf_counter()
       loop = self._denoise_loop(args, scales, branches,
-                                on_compile=lambda: phase("compile"))
+                                on_compile=lambda: phase("compile"),
+                                cached=cached)
       seconds["compile"] = time.perf_counter() - t0
       phase("denoise")
       counter = progress_lib.StepCounter(steps, on_step)
       with progress_lib.reporting_to(counter):
         latents = timed("denoise", loop, *args)
+      block_evals = None
+      if cached:
+        latents, stats = latents
+        block_evals = int(stats.block_evals)
       phase("vae_decode")
       with self._vae_context():
         if runner is None:
@@ -491,4 +549,4 @@ class EditPipeline:
     seconds["total"] = time.perf_counter() - start
     return EditResult(frames=frames, source=source, ref_image=ref,
                       latents=np.asarray(latents, np.float32), steps=steps,
-                      seconds=seconds)
+                      seconds=seconds, block_evals=block_evals)

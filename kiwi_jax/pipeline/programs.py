@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kiwi_jax.diffusion import sampler
+from kiwi_jax.diffusion import sampler, step_cache
 from kiwi_jax.pipeline import progress
 
 
@@ -120,3 +120,42 @@ def denoise(graphdef: nnx.GraphDef, state: Any, latents: jax.Array,
                          clean_latents=clean_latents,
                          guidance_scales=guidance_scales,
                          guidance_operands=branches)
+
+
+def _split_step(graphdef, latents, timestep, sigma, step, state, conditions,
+                source_latents, ref_latents):
+  del step
+  model = nnx.merge(graphdef, state)
+  batch = latents.shape[0]
+  return model.split_denoise_step(
+      latents, jnp.full((batch,), timestep), conditions.context,
+      source_latents=source_latents,
+      sigma=(jnp.full((batch,), sigma) if source_latents is not None
+             else None),
+      ref_latents=ref_latents)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "report"))
+def denoise_cached(graphdef: nnx.GraphDef, state: Any, latents: jax.Array,
+                   plan: sampler.SamplingPlan, conditions: Any,
+                   source_latents: jax.Array | None,
+                   ref_latents: jax.Array | None, threshold: jax.Array, *,
+                   report: bool = True,
+                   clean_latents: jax.Array | None = None
+                   ) -> tuple[jax.Array, step_cache.CacheStats]:
+  """:func:`denoise` with the DiT step cache (no guidance).
+
+  The model needs ``split_denoise_step`` (``KiwiEdit`` has it);
+  ``threshold`` is a traced float32 scalar
+  (``step_cache.cached_euler_loop``); ``clean_latents`` as in
+  :func:`denoise`. Returns ``(latents, CacheStats)``.
+  """
+  latents = sampler.start_latents(latents, plan, clean_latents)
+  after_step = None
+  if report:
+    after_step = lambda step, v: progress.emit(  # noqa: E731
+        step, after=v.reshape(-1)[0])
+  return step_cache.cached_euler_loop(
+      functools.partial(_split_step, graphdef), latents, plan,
+      (state, conditions, source_latents, ref_latents), threshold=threshold,
+      after_step=after_step)

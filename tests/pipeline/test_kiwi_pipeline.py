@@ -168,6 +168,24 @@ def test_cli_with_converted_kiwi(converted, clip, tmp_path, capsys):
   assert "96x64, 5 frames" in capsys.readouterr().out
 
 
+def test_step_cache_with_converted_kiwi(converted, clip):
+  """Off: no counter; threshold 0: the off latents bit for bit with every
+  block counted; a huge threshold runs the blocks at step 0 only."""
+  out, _ = converted
+  frames, ref, prompt = clip
+  pipe = EditPipeline.from_pretrained(out)
+  kw = dict(steps=STEPS, vae_tiling=False)
+  off = pipe.edit(frames, prompt, ref, **kw)
+  zero = pipe.edit(frames, prompt, ref, cache_threshold=0.0, **kw)
+  huge = pipe.edit(frames, prompt, ref, cache_threshold=1e6, **kw)
+  assert off.block_evals is None
+  np.testing.assert_array_equal(zero.latents, off.latents)
+  assert zero.block_evals == STEPS * CFG.dit.num_layers
+  assert huge.block_evals == CFG.dit.num_layers
+  assert np.isfinite(huge.latents).all()
+  assert not np.array_equal(huge.latents, off.latents)
+
+
 def test_sharded_kiwi_pipeline_matches_single_device(converted, clip):
   """fsdp x tensor x sequence = 2 x 2 x 2 on 8 fake devices."""
   from kiwi_jax import sharding

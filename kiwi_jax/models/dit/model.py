@@ -40,6 +40,30 @@ class DiTOutput:
   velocity: jax.Array
 
 
+@flax.struct.dataclass
+class DiTParts:
+  """What :meth:`WanDiT.embed` hands to the blocks and the head.
+
+  Attributes:
+    tokens: float[B, S, dim] the blocks' input (video + reference tokens).
+    context: float[B, L, dim] cross-attention context.
+    t_emb: float[B, 1|S, dim] the head's timestep embedding.
+    t_mod: float[B, 1|S, 6, dim] the blocks' timestep modulation.
+    rope: (cos, sin) float32[S, head_dim / 2].
+    context_mask: bool[B, L] or None.
+    grid: (f, h, w) video token grid (static).
+    video_start: first video token in the sequence (static).
+  """
+  tokens: jax.Array
+  context: jax.Array
+  t_emb: jax.Array
+  t_mod: jax.Array
+  rope: tuple[jax.Array, jax.Array]
+  context_mask: jax.Array | None
+  grid: tuple[int, int, int] = flax.struct.field(pytree_node=False)
+  video_start: int = flax.struct.field(pytree_node=False)
+
+
 class TimeEmbedding(nnx.Module):
   """``fc2(silu(fc1(s)))`` (``time_embedding.0`` / ``.2``), fp32 like
   diffusers' ``time_embedder`` (``_keep_in_fp32_modules``)."""
@@ -209,6 +233,26 @@ class WanDiT(nnx.Module):
     Returns:
       ``DiTOutput(velocity=float[B, t, h, w, out_channels])``.
     """
+    parts = self.embed(latents, timestep, context,
+                       source_latents=source_latents, sigma=sigma,
+                       ref_latents=ref_latents,
+                       context_is_text=context_is_text,
+                       context_mask=context_mask)
+    return self.unembed(parts, self.run_blocks(parts))
+
+  def embed(self, latents: jax.Array, timestep: jax.Array,
+            context: jax.Array, *,
+            source_latents: jax.Array | None = None,
+            sigma: jax.Array | None = None,
+            ref_latents: jax.Array | None = None,
+            context_is_text: bool = False,
+            context_mask: jax.Array | None = None) -> DiTParts:
+    """Everything before the blocks (arguments of :meth:`__call__`).
+
+    ``__call__`` is ``unembed(parts, run_blocks(parts))`` with ``parts``
+    from here; a step cache (``kiwi_jax.diffusion.step_cache``) runs the
+    three apart so that it can skip the blocks.
+    """
     cfg = self.cfg
     x, (f, h, w), ref_frames = self._tokens(latents, source_latents, sigma,
                                            ref_latents)
@@ -242,11 +286,33 @@ class WanDiT(nnx.Module):
     if context_mask is not None and context_mask.shape != context.shape[:2]:
       raise ValueError(f"context_mask must be bool{list(context.shape[:2])},"
                        f" got {context_mask.shape}.")
-    x = self._run_blocks(x, context, t_mod, rope, context_mask)
+    return DiTParts(tokens=x, context=context, t_emb=t_emb, t_mod=t_mod,
+                    rope=rope, context_mask=context_mask, grid=(f, h, w),
+                    video_start=seq - n_video if cfg.ref_pad_first else 0)
 
+  def run_blocks(self, parts: DiTParts,
+                 tokens: jax.Array | None = None) -> jax.Array:
+    """The block stack on ``tokens`` (default ``parts.tokens``)."""
+    x = parts.tokens if tokens is None else tokens
+    return self._run_blocks(x, parts.context, parts.t_mod, parts.rope,
+                            parts.context_mask)
+
+  def first_block_input(self, parts: DiTParts) -> jax.Array:
+    """float32[B, S, dim]: the first block's timestep-modulated
+    self-attention input ``LN(x) * (1 + scale) + shift`` (a step cache's
+    change indicator)."""
+    mod = (self.blocks.modulation[...][0].astype(jnp.float32)[None]
+           + parts.t_mod.astype(jnp.float32))
+    return blocks_lib.modulate(parts.tokens, mod[:, :, 0], mod[:, :, 1],
+                               self.cfg.eps)
+
+  def unembed(self, parts: DiTParts, x: jax.Array) -> DiTOutput:
+    """The blocks' output tokens -> ``DiTOutput`` (drop ref, head)."""
+    cfg = self.cfg
+    f, h, w = parts.grid
+    t_emb = parts.t_emb
     # Reference tokens only condition the video; drop them before the head.
-    video = slice(seq - n_video, seq) if cfg.ref_pad_first else slice(
-        0, n_video)
+    video = slice(parts.video_start, parts.video_start + f * h * w)
     x = x[:, video]
     if t_emb.shape[1] != 1:
       t_emb = t_emb[:, video]
@@ -319,4 +385,5 @@ def parameter_count(model_or_state) -> int:
   return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(state))
 
 
-__all__ = ["DiTOutput", "WanDiT", "parameter_count", "rope_tables"]
+__all__ = ["DiTOutput", "DiTParts", "WanDiT", "parameter_count",
+           "rope_tables"]

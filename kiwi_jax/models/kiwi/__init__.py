@@ -17,8 +17,12 @@ Public surface:
 from kiwi_jax.models.kiwi import checkpoint, codec, readout
 from kiwi_jax.models.kiwi.checkpoint import load as load_checkpoint
 from kiwi_jax.models.kiwi.config import MODES, VARIANTS, KiwiEditConfig
-from kiwi_jax.models.kiwi.model import (KiwiConditions, KiwiEdit,
-                                        abstract_kiwi, pure)
+from kiwi_jax.models.kiwi.model import (
+                                        KiwiConditions,
+                                        KiwiEdit,
+                                        abstract_kiwi,
+                                        pure,
+)
 from kiwi_jax.models.kiwi.processor import KiwiProcessor
 
 __all__ = ["MODES", "VARIANTS", "KiwiConditions", "KiwiEdit",

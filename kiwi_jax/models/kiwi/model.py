@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kiwi_jax.diffusion import step_cache
 from kiwi_jax.models.dit import WanDiT
 from kiwi_jax.models.kiwi import readout
 from kiwi_jax.models.kiwi.codec import PixelUnshuffle
@@ -196,6 +197,25 @@ class KiwiEdit(nnx.Module):
                     source_latents=source_latents, sigma=sigma,
                     ref_latents=ref_latents,
                     context_mask=context_mask).velocity
+
+  def split_denoise_step(self, latents: jax.Array, timestep: jax.Array,
+                         context: jax.Array, *,
+                         source_latents: jax.Array | None = None,
+                         sigma: jax.Array | None = None,
+                         ref_latents: jax.Array | None = None,
+                         context_mask: jax.Array | None = None
+                         ) -> step_cache.SplitStep:
+    """:meth:`denoise_step` cut around the DiT's blocks, for the step
+    cache (``kiwi_jax.diffusion.step_cache``); the same arguments."""
+    dit = self.dit
+    parts = dit.embed(latents, timestep, context,
+                      source_latents=source_latents, sigma=sigma,
+                      ref_latents=ref_latents, context_mask=context_mask)
+    return step_cache.SplitStep(
+        tokens=parts.tokens, indicator=dit.first_block_input(parts),
+        blocks=lambda x: dit.run_blocks(parts, x),
+        head=lambda x: dit.unembed(parts, x).velocity,
+        num_blocks=dit.cfg.num_layers)
 
   def encode_video(self, video: jax.Array) -> jax.Array:
     """float[B, T, H, W, 3] in [-1, 1] -> normalised latents."""
