@@ -194,3 +194,14 @@ def test_help_names_the_seed_flags():
   text = cli.build_parser().format_help()
   for flag in ("--seeds", "--seed-batch", "_grid"):
     assert flag in text
+
+
+def test_output_paths_and_chunks():
+  names = [p.name for p in seeds_lib.output_paths(
+      "d/e.png", [2, 0], side_by_side=True, image_mode=True)]
+  assert names == ["e_seed2.png", "e_seed2_concat.png", "e_seed2_concat.gif",
+                   "e_seed0.png", "e_seed0_concat.png", "e_seed0_concat.gif",
+                   "e_grid.png"]
+  assert seeds_lib.chunks([5, 6, 7], 2) == [[5, 6], [7]]
+  assert seeds_lib.chunks([5, 6, 7], None) == [[5, 6, 7]]
+  assert seeds_lib.parse_seeds(" 3, 1") == [3, 1]
