@@ -3,7 +3,7 @@
   kiwi-edit --checkpoint converted/kiwi-5b --video in.mp4 \\
       --prompt "Make it snowy." --out out.mp4 [--ref ref.png] \\
       [--steps 50 --seed 0 --max-pixels 921600 --max-frames 81] \\
-      [--side-by-side] [--mesh fsdp=2,tensor=2]
+      [--side-by-side] [--mesh fsdp=2,tensor=2] [--seeds 0,1,2,3]
 
 Also ``python -m kiwi_jax.cli.edit``. An image source (``.png``, ``.jpg``,
 ...) is an image edit: one frame, written as an image (or mp4/gif).
@@ -15,6 +15,14 @@ the flag or file and exit status 2. No output may be one of the inputs
 name, a symlink or a hard link, nor lie inside the checkpoint. Every file is
 written under a temporary name and renamed (with the umask's mode), so a
 failed run leaves no partial output.
+
+``--seeds 0,1,2,3`` edits once per seed in one run: the conditions are
+encoded once and the denoising loop runs over the batch of noises (seed k's
+noise is exactly ``--seed k``'s, so each result is that run's). It writes
+``<out stem>_seed<k><ext>`` per seed and ``<out stem>_grid<ext>`` (the
+source, then every seed's edit, side by side), not ``--out`` itself.
+``--seed-batch N`` denoises at most N seeds at a time when the whole batch
+does not fit in memory (default: all at once).
 
 Progress: each phase (decode inputs, load model, mllm encode, vae encode,
 compile denoise, denoise, vae decode, write) is announced on stderr as it
@@ -41,6 +49,7 @@ from kiwi_jax.pipeline import edit_pipeline
 from kiwi_jax.pipeline import inputs as inputs_lib
 from kiwi_jax.pipeline import outputs as outputs_lib
 from kiwi_jax.pipeline import progress as progress_lib
+from kiwi_jax.pipeline import seeds as seeds_lib
 from kiwi_jax.utils import paths
 
 PROG = "kiwi-edit"
@@ -87,10 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
       f"{edit_pipeline.MAX_STEPS}; the reference uses 50, fewer is faster "
       "and coarser")
   parser.add_argument(
-      "--seed", type=int, default=0,
-      help="seed of the initial noise, 0 to 2**32-1; the same seed, inputs "
-      "and settings give the same edit (JAX's generator: not the same "
-      "noise as the PyTorch reference's seed)")
+      "--seed", type=int, default=None,
+      help="seed of the initial noise, 0 to 2**32-1 (0 when not given); "
+      "the same seed, inputs and settings give the same edit (JAX's "
+      "generator: not the same noise as the PyTorch reference's seed)")
+  parser.add_argument(
+      "--seeds", default=None,
+      help="comma-separated distinct seeds, e.g. 0,1,2,3: one edit per "
+      "seed in one batched run (conditions encoded once), written as "
+      "<out stem>_seed<k><ext> plus <out stem>_grid<ext> (source, then "
+      "each edit, side by side); each equals a --seed k run; not with "
+      "--seed")
+  parser.add_argument(
+      "--seed-batch", "--seed_batch", type=int, default=None,
+      dest="seed_batch",
+      help="with --seeds: denoise at most this many seeds at a time, to "
+      "bound memory (the loop's activations grow with the batch); "
+      "default all at once")
   parser.add_argument(
       "--max-pixels", type=int, default=720 * 1280,
       help="pixel budget per frame: a larger source is scaled down keeping "
@@ -161,8 +183,25 @@ def parse_mesh(text: str | None):
     raise inputs_lib.EditInputError(f"--mesh {text!r}: {e}") from e
 
 
+def check_seed_flags(args: argparse.Namespace) -> None:
+  """``--seed``/``--seeds``/``--seed-batch``: sets ``args.seed`` (0 by
+  default) and ``args.seed_list`` (the parsed ``--seeds`` or None)."""
+  args.seed_list = None
+  if args.seeds is not None:
+    if args.seed is not None:
+      raise inputs_lib.EditInputError(
+          "--seed and --seeds cannot be used together; give one.")
+    args.seed_list = seeds_lib.parse_seeds(args.seeds, "--seeds")
+    seeds_lib.check_seed_batch(args.seed_batch, "--seed-batch")
+  elif args.seed_batch is not None:
+    raise inputs_lib.EditInputError("--seed-batch needs --seeds.")
+  if args.seed is None:
+    args.seed = 0
+
+
 def check_args(args: argparse.Namespace) -> None:
   """Checks every flag's value; raises a user error naming the flag."""
+  check_seed_flags(args)
   inputs_lib.check_text(args.prompt, "--prompt")
   inputs_lib.check_text(args.negative_prompt, "--negative-prompt",
                         allow_empty=True)
@@ -201,6 +240,10 @@ def output_paths(args: argparse.Namespace) -> list[tuple[str, str]]:
   """``(flag, path)`` of every file the edit writes."""
   image_mode = (pathlib.Path(args.video).suffix.lower()
                 in inputs_lib.IMAGE_EXTENSIONS)
+  if getattr(args, "seed_list", None):
+    return [("--seeds output", str(p)) for p in seeds_lib.output_paths(
+        args.out, args.seed_list, side_by_side=args.side_by_side,
+        image_mode=image_mode)]
   targets = [("--out", args.out)]
   if args.side_by_side:
     targets += [("--side-by-side output", str(p)) for p in
@@ -260,8 +303,9 @@ class _Console:
             file=sys.stderr, flush=True)
 
   def on_step(self, done: int, total: int) -> None:
-    del total
     if self.bar is not None:
+      if self.bar.total != total:  # --seed-batch: steps x batches
+        self.bar.total = total
       self.bar.update(done - self.bar.n)
 
   def close_bar(self) -> None:
@@ -304,15 +348,19 @@ def _run(args, clock: progress_lib.PhaseClock, console: _Console,
   clock.start("load model")
   pipe = edit_pipeline.EditPipeline.from_pretrained(
       args.checkpoint, mesh=mesh, compile_cache_dir=args.compile_cache_dir)
-  result = pipe.edit(source, args.prompt, ref, steps=args.steps,
-                     seed=args.seed, scheduler=args.scheduler,
-                     use_source=not args.source_free,
-                     guidance_scale=args.guidance_scale,
-                     ref_guidance_scale=args.ref_guidance_scale,
-                     negative_prompt=args.negative_prompt,
-                     cache_threshold=args.cache_threshold,
-                     on_step=console.on_step,
-                     on_phase=lambda name: clock.start(PHASE_NAMES[name]))
+  options = dict(steps=args.steps, scheduler=args.scheduler,
+                 use_source=not args.source_free,
+                 guidance_scale=args.guidance_scale,
+                 ref_guidance_scale=args.ref_guidance_scale,
+                 negative_prompt=args.negative_prompt,
+                 cache_threshold=args.cache_threshold,
+                 on_step=console.on_step,
+                 on_phase=lambda name: clock.start(PHASE_NAMES[name]))
+  if args.seed_list:
+    result = pipe.edit_seeds(source, args.prompt, ref, seeds=args.seed_list,
+                             seed_batch=args.seed_batch, **options)
+  else:
+    result = pipe.edit(source, args.prompt, ref, seed=args.seed, **options)
   clock.start("write")
   written = result.save(out, side_by_side=args.side_by_side, fps=args.fps)
   clock.stop()
@@ -320,11 +368,13 @@ def _run(args, clock: progress_lib.PhaseClock, console: _Console,
   phases = ", ".join(f"{name} {seconds:.1f} s"
                      for name, seconds in clock.seconds.items())
   height, width = source.size
-  cached = ("" if result.block_evals is None else
-            f" ({result.block_evals} DiT block evals with the step cache)")
+  evals = getattr(result, "block_evals", None)
+  cached = ("" if evals is None else
+            f" ({evals} DiT block evals with the step cache)")
+  seeds_note = f"{len(args.seed_list)} seeds, " if args.seed_list else ""
   return (f"{PROG}: {width}x{height}, {source.num_frames} frame"
-          f"{'s' if source.num_frames > 1 else ''}, {result.steps} steps"
-          f"{cached}, "
+          f"{'s' if source.num_frames > 1 else ''}, {args.steps} steps"
+          f"{cached}, {seeds_note}"
           f"{total:.1f} s ({phases}) -> "
           f"{', '.join(str(p) for p in written)}")
 

@@ -13,9 +13,10 @@ from kiwi_jax.pipeline.inputs import (
                                              load_source,
 )
 from kiwi_jax.pipeline.outputs import EditOutputError
+from kiwi_jax.pipeline.seeds import SeedResults
 
 __all__ = [
     "PHASES", "CheckpointDirError", "EditInputError", "EditOutputError",
-    "EditPipeline", "EditResult", "SourceClip",
+    "EditPipeline", "EditResult", "SeedResults", "SourceClip",
     "load_reference", "load_source",
 ]

@@ -16,6 +16,10 @@ guidance unless asked for (the reference has none, pitfall 11).
 The noise comes from JAX's generator; the reference draws it with torch's
 CPU generator, so equal seeds do not give equal noise (``edit(noise=...)``
 accepts any noise, which is how the parity tests feed both sides the same).
+
+``pipe.edit_seeds(video, prompt, seeds=[0, 1, 2, 3])`` edits with several
+seeds in one run: the conditions are encoded once and the loop runs over
+the batch of noises (``kiwi_jax.pipeline.seeds``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numbers
 import os
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -45,6 +49,7 @@ from kiwi_jax.pipeline import inputs as inputs_lib
 from kiwi_jax.pipeline import outputs as outputs_lib
 from kiwi_jax.pipeline import programs as stages
 from kiwi_jax.pipeline import progress as progress_lib
+from kiwi_jax.pipeline import seeds as seeds_lib
 from kiwi_jax.utils import compile_cache, paths
 
 # The stages of one edit, in order. "compile" is the denoising loop's
@@ -382,7 +387,7 @@ class EditPipeline:
       prompt: the edit instruction.
       ref_image: optional reference image (path, PIL or uint8 array).
       steps: Euler steps (50 in the reference).
-      seed: noise seed.
+      seed: noise seed (:meth:`edit_seeds` runs several in one batch).
       max_pixels: per-frame pixel budget (sides then floored to 32).
       max_frames: keep the first frames, at most this many, 4k+1.
       scheduler: "diffsynth" (the released demo) or "diffusers".
@@ -424,11 +429,73 @@ class EditPipeline:
     Returns:
       The :class:`EditResult`.
     """
+    return self._edit(
+        video, prompt, ref_image, seeds=[seed], noise=noise, steps=steps,
+        max_pixels=max_pixels, max_frames=max_frames, scheduler=scheduler,
+        use_source=use_source, guidance_scale=guidance_scale,
+        ref_guidance_scale=ref_guidance_scale,
+        negative_prompt=negative_prompt,
+        denoising_strength=denoising_strength, vae_tiling=vae_tiling,
+        cache_threshold=cache_threshold, on_step=on_step,
+        on_phase=on_phase)[0]
+
+  def edit_seeds(self, video, prompt: str, ref_image=None, *,
+                 seeds: Sequence[int], seed_batch: int | None = None,
+                 **options) -> seeds_lib.SeedResults:
+    """Edits once per seed in one run (``kiwi_jax.pipeline.seeds``).
+
+    The MLLM and VAE encodes run once; the denoising loop runs over a
+    batch of noises, seed k's being exactly what ``edit(seed=k)`` draws,
+    so each seed's edit is that separate run's within float32 rounding.
+
+    Args:
+      video, prompt, ref_image: as :meth:`edit`.
+      seeds: distinct seeds, 0..2**32 - 1.
+      seed_batch: denoise at most this many seeds at a time (bounds the
+        loop's memory); None denoises them all at once.
+      **options: :meth:`edit`'s keyword arguments but ``seed`` and
+        ``noise``; ``on_step(done, total)`` counts the steps of every
+        batch (total = steps x batches).
+
+    Returns:
+      :class:`~kiwi_jax.pipeline.seeds.SeedResults`, in the order given.
+    """
+    for name in ("seed", "noise"):
+      if name in options:
+        raise TypeError(f"edit_seeds takes seeds=, not {name}=.")
+    seeds = seeds_lib.check_seeds(seeds)
+    seed_batch = seeds_lib.check_seed_batch(seed_batch)
+    return seeds_lib.SeedResults(seeds, self._edit(
+        video, prompt, ref_image, seeds=seeds, seed_batch=seed_batch,
+        **options))
+
+  def _seed_noise(self, seeds, shape) -> jax.Array:
+    """Each seed's ``initial_noise`` of ``shape`` (batch 1), stacked."""
+    if len(seeds) == 1:
+      return sampler.initial_noise(seeds[0], shape, self.latent_dtype)
+    return jnp.concatenate([sampler.initial_noise(k, shape,
+                                                  self.latent_dtype)
+                            for k in seeds])
+
+  def _edit(self, video, prompt: str, ref_image=None, *, seeds,
+            seed_batch: int | None = None, noise: jax.Array | None = None,
+            steps: int = 50, max_pixels: int = 720 * 1280,
+            max_frames: int = 81, scheduler: str = "diffsynth",
+            use_source: bool = True, guidance_scale: float | None = None,
+            ref_guidance_scale: float | None = None,
+            negative_prompt: str = "", denoising_strength: float = 1.0,
+            vae_tiling: bool | None = None,
+            cache_threshold: float | None = None,
+            on_step: Callable[[int, int], None] | None = None,
+            on_phase: Callable[[str], None] | None = None
+            ) -> list[EditResult]:
+    """The edits of ``seeds`` (or of ``noise``, one edit), in order."""
+    single = seeds[0] if len(seeds) == 1 and noise is None else None
     inputs_lib.check_text(prompt, "the prompt")
     inputs_lib.check_text(negative_prompt, "the negative prompt",
                           allow_empty=True)
     check_sampling_args(steps=steps,
-                        seed=None if noise is not None else seed,
+                        seed=single,
                         guidance_scale=guidance_scale,
                         ref_guidance_scale=ref_guidance_scale)
     strength = float(denoising_strength)
@@ -518,35 +585,61 @@ class EditPipeline:
       # reference latents; reference guidance's lower branches see none.
       branch_refs = ref_latents if len(scales) == 1 else None
       branches = tuple((c, branch_refs) for c in branch_conditions)
-      if noise is None:
-        noise = sampler.initial_noise(seed, shape, self.latent_dtype)
+      if noise is not None:
+        noises = [noise]
+      else:
+        noises = [self._seed_noise(chunk, shape)
+                  for chunk in seeds_lib.chunks(seeds, seed_batch)]
       cached = cache_threshold is not None
-      args = (noise, plan, conditions, source_latents, ref_latents)
-      if cached:
-        args += (jnp.float32(cache_threshold),)
-      args += (clean_latents,)
+      compiling = []
+
+      def on_compile():
+        if not compiling:  # one "compile" phase for every batch size
+          compiling.append(True)
+          phase("compile")
+
       t0 = time.perf_counter()
-      loop = self._denoise_loop(args, scales, branches,
-                                on_compile=lambda: phase("compile"),
-                                cached=cached)
+      runs = []
+      for batch_noise in noises:
+        args = (batch_noise, plan, conditions, source_latents, ref_latents)
+        if cached:
+          args += (jnp.float32(cache_threshold),)
+        args += (clean_latents,)
+        runs.append((self._denoise_loop(args, scales, branches,
+                                        on_compile=on_compile,
+                                        cached=cached), args))
       seconds["compile"] = time.perf_counter() - t0
       phase("denoise")
-      counter = progress_lib.StepCounter(steps, on_step)
-      with progress_lib.reporting_to(counter):
-        latents = timed("denoise", loop, *args)
-      block_evals = None
-      if cached:
-        latents, stats = latents
-        block_evals = int(stats.block_evals)
+      counter = progress_lib.StepCounter(steps * len(runs), on_step)
+      batches, batch_evals = [], []
+      for i, (loop, args) in enumerate(runs):
+        sink = functools.partial(lambda done, step: counter(done + step),
+                                 i * steps)
+        with progress_lib.reporting_to(sink):
+          out = timed("denoise", loop, *args)
+        if cached:
+          out, stats = out
+          batch_evals += [int(stats.block_evals)] * out.shape[0]
+        batches.append(out)
       phase("vae_decode")
+      # One seed at a time: the decode's peak is a single edit's.
+      per_seed = [b if b.shape[0] == 1 else b[i:i + 1]
+                  for b in batches for i in range(b.shape[0])]
+      decoded = []
       with self._vae_context():
-        if runner is None:
-          decoded = timed("vae_decode", stage(stages.decode_latents),
-                          latents)
-        else:
-          decoded = timed("vae_decode", runner.decode, latents, tiled=True)
-    frames = outputs_lib.to_uint8(np.asarray(decoded[0], np.float32))
+        for latents in per_seed:
+          if runner is None:
+            decoded.append(timed("vae_decode", stage(stages.decode_latents),
+                                 latents))
+          else:
+            decoded.append(timed("vae_decode", runner.decode, latents,
+                                 tiled=True))
     seconds["total"] = time.perf_counter() - start
-    return EditResult(frames=frames, source=source, ref_image=ref,
-                      latents=np.asarray(latents, np.float32), steps=steps,
-                      seconds=seconds, block_evals=block_evals)
+    evals = batch_evals or [None] * len(per_seed)
+    return [EditResult(
+        frames=outputs_lib.to_uint8(np.asarray(pixels[0], np.float32)),
+        source=source, ref_image=ref,
+        latents=np.asarray(latents, np.float32), steps=steps,
+        seconds=dict(seconds), block_evals=block_evals)
+            for pixels, latents, block_evals
+            in zip(decoded, per_seed, evals)]

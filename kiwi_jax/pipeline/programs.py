@@ -79,6 +79,15 @@ def _velocity(graphdef, report, latents, timestep, sigma, step, state,
   return velocity
 
 
+def _to_batch(batch: int, tree: Any) -> Any:
+  """Broadcasts every leaf with a leading axis of 1 to ``batch``."""
+  def fit(x):
+    if x.ndim == 0 or x.shape[0] == batch:
+      return x
+    return jnp.broadcast_to(x, (batch,) + x.shape[1:])
+  return jax.tree.map(fit, tree)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "report",
                                              "guidance_scales"))
 def denoise(graphdef: nnx.GraphDef, state: Any, latents: jax.Array,
@@ -93,11 +102,12 @@ def denoise(graphdef: nnx.GraphDef, state: Any, latents: jax.Array,
 
   Args:
     graphdef, state: the split model.
-    latents: [B, t, h, w, c] initial noise.
+    latents: [B, t, h, w, c] initial noise (B > 1: one per seed).
     plan: the step tables (``SamplingPlan.build``); their length is static.
-    conditions: ``model.encode_conditions`` output.
-    source_latents: [B, t, h, w, c] or None (source-free).
-    ref_latents: [B, 1, h, w, c] or None.
+    conditions: ``model.encode_conditions`` output, batch B or 1 (then
+      broadcast to B, as are the latents and branches below).
+    source_latents: [B or 1, t, h, w, c] or None (source-free).
+    ref_latents: [B or 1, 1, h, w, c] or None.
     report: emit a progress callback after each step.
     clean_latents: below strength 1 (a plan built with
       ``denoising_strength`` < 1), the latents the loop starts from, noised
@@ -112,6 +122,12 @@ def denoise(graphdef: nnx.GraphDef, state: Any, latents: jax.Array,
   Returns:
     Denoised latents, shape and dtype of ``latents``.
   """
+  # Batch-1 conditions and latents serve every sample of a multi-seed
+  # batch (one noise per seed): broadcast them here, inside the program.
+  fit = functools.partial(_to_batch, latents.shape[0])
+  conditions, source_latents, ref_latents, clean_latents = fit(
+      (conditions, source_latents, ref_latents, clean_latents))
+  guidance_branches = fit(guidance_branches)
   velocity_fn = functools.partial(_velocity, graphdef, report)
   operands = (state, conditions, source_latents, ref_latents)
   branches = tuple((state, c, source_latents, r)
