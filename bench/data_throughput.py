@@ -8,7 +8,7 @@ noisy texture, lossy H.264 like the real datasets), then measures, per clip
 
   kiwi_jax   `examples.DecodeExample` (frame-threaded PyAV decode of only the
              first 4k+1 frames, uint8 crop/resize, reference augmentation);
-  reference  a re-statement of the reference loader's work (spec 6.3,
+  reference  a re-statement of the reference loader's work (reference §6.3,
              `LoadVideo` + `ImageCropAndResize` in `unified_dataset.py`):
              every frame as a PIL image, resize + crop per frame, then the
              float conversion to [-1, 1] that its pipeline does on the host.

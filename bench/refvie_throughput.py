@@ -4,7 +4,7 @@
       [--frames=81] [--analysis_max_side=512]
 
 There is no reference implementation to compare with (the original RefVIE
-pipeline was not released, spec 6.2), so the ratio printed is the process
+pipeline was not released, reference §6.2), so the ratio printed is the process
 pool's speed-up over one process on the same pairs, measured in this run.
 Pairs are RefVIE-mini edits rendered at the given size (lossless H.264 on
 disk); per-stage seconds come from running the stages in this process.

@@ -106,7 +106,7 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-# Qwen LoRA targets of the Kiwi scripts (peft names, spec 4.2): q/k/v/o in
+# Qwen LoRA targets of the Kiwi scripts (peft names, reference §4.2): q/k/v/o in
 # the 5B scripts, plus the MLP's gate/up/down in the 14B scripts (the one
 # table is ``kiwi_jax.models.mllm.config``'s).
 MLLM_ATTENTION_LORA = lora.ATTENTION_TARGETS

@@ -16,7 +16,7 @@ As in the reference, LoRA (scale 1, ``lora_b`` zero at init) sits on
 Qwen's q,k,v,o,gate,up,down (r256, both stages) and, in stage 2, on the
 DiT blocks' self/cross-attention q,k,v,o and FFN ``ffn.0``/``ffn.2`` (r128),
 whose base weights stay frozen; the README's released models are all 5B.
-The 14B DiT works on 16-pixel multiples (VAE 8 x patch 2, spec 4.5) and the
+The 14B DiT works on 16-pixel multiples (VAE 8 x patch 2, reference §4.5) and the
 MLLM sees at most 10 frames.
 """
 

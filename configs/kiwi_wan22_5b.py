@@ -1,6 +1,6 @@
 r"""Kiwi-Edit on Wan2.2-TI2V-5B + Qwen2.5-VL-3B: the released curriculum.
 
-Mirrors ``scripts/run_wan2.2_ti2v_5b_*`` (spec 4.2):
+Mirrors ``scripts/run_wan2.2_ti2v_5b_*`` (reference §4.2):
 
 =====  ===============  ==========  =========  ====  =====  =====  ======
 stage  data (mix)       frames      max px     LR    accum  steps  DiT

@@ -4,7 +4,7 @@ r"""Another MLLM's hidden states through Kiwi's connector into the Wan DiT.
 
 Kiwi-Edit reads Qwen2.5-VL's last hidden states at its learnable-query
 positions and maps them to the DiT's width with a two-layer ``Connector``
-(``kiwi_jax.Connector``, spec 2.4). Any encoder whose hidden states you
+(``kiwi_jax.Connector``, reference §2.4). Any encoder whose hidden states you
 have (another MLLM, a text encoder) can take Qwen's place: build the
 connector at that encoder's width and pass its output as the DiT's
 cross-attention context. The hidden states here are random stand-ins of

@@ -1,6 +1,6 @@
 """Lazy checkpoint views: overlays and PEFT LoRA merging.
 
-Kiwi's training checkpoints (spec 7.2) hold only what was trained: for the
+Kiwi's training checkpoints (reference §7.2) hold only what was trained: for the
 14B scripts the DiT arrives as PEFT LoRA pairs
 ``blocks.{i}.self_attn.q.lora_A.default.weight`` (rank r, in) and
 ``...lora_B.default.weight`` (out, r) on top of the base Wan weights, merged

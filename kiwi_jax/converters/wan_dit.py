@@ -1,6 +1,6 @@
 """Wan DiT weights: original Wan / DiffSynth and diffusers layouts <-> JAX.
 
-Key names (spec 1.1, 1.7, 7.2, 7.3):
+Key names (reference §1.1, 1.7, 7.2, 7.3):
 
 * original Wan / DiffSynth (``WanModel``): ``blocks.{i}.self_attn.q.weight``,
   ``time_projection.1.weight``, ``head.head.weight`` ..., optionally behind a
@@ -290,7 +290,7 @@ def load_kiwi_diffusers(root: str | os.PathLike, *, mesh=None,
                         dtype: Any = None, **overrides) -> WanDiT:
   """Loads Kiwi's diffusers release layout (``transformer/`` plus optional
   ``source_embedder/`` and ``ref_embedder/``), reading ``ref_pad_first``
-  from ``ref_embedder/config.json`` rather than assuming it (spec 7.4)."""
+  from ``ref_embedder/config.json`` rather than assuming it (reference §7.4)."""
   root = pathlib.Path(root)
   source, ref = root / "source_embedder", root / "ref_embedder"
   fields = dict(source_condition=source.is_dir(),

@@ -1,6 +1,6 @@
 """Wan VAE weights: original ``.pth`` / diffusers ``AutoencoderKLWan`` <-> JAX.
 
-Layouts (spec 1.4, 1.5, 7.1):
+Layouts (reference §1.4, 1.5, 7.1):
 
 * ``original``: ``Wan2.2_VAE.pth`` / ``Wan2.1_VAE.pth`` as DiffSynth's
   ``VideoVAE38_`` / ``VideoVAE_`` name them (``encoder.conv1``,

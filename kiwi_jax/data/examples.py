@@ -52,7 +52,7 @@ class ExampleConfig:
     fixed_size: (height, width) to resize/crop every clip to, so batches of
       more than one clip stack; None keeps each clip's own size.
     train: training draws the reference shrink in `ref_scale_range`
-      (spec 4.5); evaluation pads the reference without shrinking (spec 5.1).
+      (reference §4.5); evaluation pads the reference without shrinking (reference §5.1).
     ref_scale_range: range of the training-time shrink factor.
   """
 
@@ -99,7 +99,7 @@ class DecodeExample(grain.transforms.RandomMap):
     target = video_io.decode_media(record["tgt"], record["tgt_kind"], frames)
     frames = min(len(source), len(target))
     source, target = source[:frames], target[:frames]
-    # Height/width come from the target clip (spec 4.5).
+    # Height/width come from the target clip (reference §4.5).
     if cfg.fixed_size is not None:
       height, width = cfg.fixed_size
     else:
@@ -116,8 +116,8 @@ class DecodeExample(grain.transforms.RandomMap):
     ref_for_mllm = None
     if record.get("has_ref"):
       ref = video_io.decode_image(record["ref_image"])
-      # The reference goes through the same budget operator (spec 6.3);
-      # the MLLM sees it un-padded, the DiT padded to the clip (spec 4.5).
+      # The reference goes through the same budget operator (reference §6.3);
+      # the MLLM sees it un-padded, the DiT padded to the clip (reference §4.5).
       ref_h, ref_w = transforms.size_for_pixel_budget(
           ref.shape[0], ref.shape[1], cfg.max_pixels, cfg.size_multiple)
       ref_for_mllm = transforms.resize_cover_and_center_crop(

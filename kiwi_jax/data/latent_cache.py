@@ -1,14 +1,14 @@
 """Optional pass that pre-encodes VAE latents (and MLLM inputs) to ArrayRecord.
 
 Training stages 2-3 run the frozen VAE on every source, target and reference
-(spec 4.3). Encoding once and caching the latents lets training skip the VAE.
+(reference §4.3). Encoding once and caching the latents lets training skip the VAE.
 The cache is ordinary ArrayRecord shards of records with
 `record_type="latent"`; `pipeline.make_iterator` reads them like media
 records and yields `source_latents`, `target_latents`, `ref_latents` and the
 cached `mllm` inputs instead of frames.
 
 Caching freezes per-example randomness: the training-time reference shrink
-(spec 4.5) is drawn once, when the cache is built, instead of every epoch.
+(reference §4.5) is drawn once, when the cache is built, instead of every epoch.
 
 Usage (the encoder is any callable, e.g. a jitted Wan VAE encode):
 

@@ -9,7 +9,7 @@ Per source (a directory of ArrayRecord shards from `record_builder` /
 
 Sources are then mixed batch by batch with the configured weights: every
 batch holds one kind of sample, as in the reference's `MixDataloader`
-(spec 4.4, where each micro-step is one sample of one type). Grain's
+(reference §4.4, where each micro-step is one sample of one type). Grain's
 `MapDataset.mix` interleaves deterministically in proportion to the weights,
 so 1:1:1 reproduces the reference's round robin exactly.
 

@@ -1,10 +1,10 @@
 """Reading the reference's metadata: the three CSV formats and RefVIE parquet.
 
-CSV (spec 6.1, `DATASET.md`): columns `src_video, tgt_video, prompt` (image
+CSV (reference §6.1, `DATASET.md`): columns `src_video, tgt_video, prompt` (image
 and video stages; image paths sit in the "video" columns) plus `ref_image`
 (reference stage), in any order, paths relative to a base directory.
 
-Parquet (spec 6.2, HF `linyq/kiwi_edit_training_data`): chunks with columns
+Parquet (reference §6.2, HF `linyq/kiwi_edit_training_data`): chunks with columns
 `iid, prompt, src_video, tgt_video, ref_image_bytes`; the reference image is
 stored inline, so it is carried as bytes instead of being exported to disk.
 

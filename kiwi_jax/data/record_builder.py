@@ -2,7 +2,7 @@
 
 Every row is checked before it is written: files exist, videos decode and
 hold enough frames, images decode, the prompt is not empty, and source and
-target agree in size (the reference retries such samples at random, spec 6.3;
+target agree in size (the reference retries such samples at random, reference §6.3;
 here they are reported instead). A `ProblemReport` counts each kind of
 problem; the policy either skips bad rows or fails the build, in which case
 no shard is left behind. A key seen twice (the parquet `iid`, the CSV `iid`
@@ -54,7 +54,7 @@ class CheckOptions:
     min_frames: fewest decodable frames a video must have (5 = one 4k+1
       clip longer than a single frame).
     max_frames: frames decoded per video during the check; training reads
-      only the first frames (spec 6.3), so later ones need not be proven.
+      only the first frames (reference §6.3), so later ones need not be proven.
     require_same_size: source and target must agree in height, width and
       clip length (first 4k+1 frames up to `max_frames`).
   """
@@ -240,7 +240,7 @@ def check_row(
     (_, _, src_t, src_h, src_w), (_, _, tgt_t, tgt_h, tgt_w) = (
         media["src_video"], media["tgt_video"])
     # The reference loads the first 4k+1 frames of each and retries the
-    # sample when frame counts or sizes differ (spec 6.3).
+    # sample when frame counts or sizes differ (reference §6.3).
     src_t = transforms.clip_length(src_t, options.max_frames)
     tgt_t = transforms.clip_length(tgt_t, options.max_frames)
     if (src_t, src_h, src_w) != (tgt_t, tgt_h, tgt_w):

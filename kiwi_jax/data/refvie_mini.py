@@ -2,7 +2,7 @@
 
 Each sample is an edit quadruplet (source video, instruction, optional
 reference image, target video) of moving shapes on a textured background,
-covering RefVIE's edit types (spec 6.2):
+covering RefVIE's edit types (reference §6.2):
 
   local_recolor         change one object's colour
   local_remove          remove one object
@@ -16,7 +16,7 @@ the quadruplet, each sample carries the true edited region (`mask`, the
 pixels that differ between source and target, exactly) so later stages can
 score localisation (IoU) against it.
 
-`write_dataset` writes the RefVIE layout (CSV + media, spec 6.1):
+`write_dataset` writes the RefVIE layout (CSV + media, reference §6.1):
   <out>/refvie_mini_video.csv   iid,src_video,tgt_video,prompt (instructions)
   <out>/refvie_mini_ref.csv     iid,src_video,tgt_video,ref_image,prompt
   <out>/refvie_mini_image.csv   iid,src_video,tgt_video,prompt (1-frame edits)
@@ -63,7 +63,7 @@ class MiniConfig:
 
   Attributes:
     height, width: frame size; multiples of 32 keep clips valid model inputs
-      without resizing (spec 4.5).
+      without resizing (reference §4.5).
     num_frames: frames per video, 4k+1 (the Wan VAE's rule).
     ref_size: side of the square reference image.
     max_objects: objects per scene besides an added one (1 or more).

@@ -1,8 +1,8 @@
 """Frame-count, resize/crop and reference-image transforms (numpy + PIL).
 
-These copy the reference loaders (spec 6.3, `ImageCropAndResize` and
+These copy the reference loaders (reference §6.3, `ImageCropAndResize` and
 `LoadVideo` in `diffsynth/trainers/unified_dataset.py`) and the reference
-image handling of the DiT path (spec 4.5 and 5.1, `shrink_and_pad_centered`
+image handling of the DiT path (reference §4.5 and 5.1, `shrink_and_pad_centered`
 in `diffsynth/pipelines/wan_video_mllm.py`, `ImageOps.pad` in `demo.py`).
 All images are uint8 `[H, W, 3]`, videos uint8 `[T, H, W, 3]`.
 """
@@ -88,7 +88,7 @@ def pad_to_canvas(image: np.ndarray, height: int, width: int) -> np.ndarray:
   """Fits an image inside (height, width) keeping aspect, white padding.
 
   The evaluation-time reference handling (`ImageOps.pad(ref, (W, H),
-  color="white", centering=(0.5, 0.5))`, spec 5.1).
+  color="white", centering=(0.5, 0.5))`, reference §5.1).
   """
   padded = ImageOps.pad(
       Image.fromarray(image), (width, height), color=WHITE,
@@ -102,7 +102,7 @@ def shrink_and_pad_centered(
 ) -> np.ndarray:
   """Fits, shrinks by `scale` (bicubic) and centres an image on white.
 
-  The training-time reference augmentation (spec 4.5): `ImageOps.contain`
+  The training-time reference augmentation (reference §4.5): `ImageOps.contain`
   into (W, H), then resize to (int(w*scale), int(h*scale)) and paste at
   ((W - w') // 2, (H - h') // 2) on a white canvas.
   """

@@ -5,7 +5,7 @@ Everything here works on bytes in memory, so the same code serves local files,
 records. Frames are `uint8[T, H, W, 3]` RGB, channels last.
 
 The reference loads media with imageio (`UnifiedDataset.default_video_operator`
-in `diffsynth/trainers/unified_dataset.py`, spec 6.3) and routes by file
+in `diffsynth/trainers/unified_dataset.py`, reference §6.3) and routes by file
 extension; `media_kind` copies that routing.
 """
 
@@ -18,7 +18,7 @@ from PIL import Image
 
 MediaKind = Literal["image", "video"]
 
-# Extension routing of `UnifiedDataset` (spec 6.3); gif is decoded as a video.
+# Extension routing of `UnifiedDataset` (reference §6.3); gif is decoded as a video.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 VIDEO_EXTENSIONS = (
     ".mp4", ".avi", ".mov", ".wmv", ".mkv", ".flv", ".webm", ".gif",
@@ -161,7 +161,7 @@ def decode_image(data: bytes) -> np.ndarray:
   """Decodes image bytes to uint8[H, W, 3] RGB.
 
   Transparent images are composited on white, as `fetch_image` does
-  (`diffsynth/models/qwen_vl_utils.py`, spec 2.3).
+  (`diffsynth/models/qwen_vl_utils.py`, reference §2.3).
   """
   try:
     with Image.open(io.BytesIO(data)) as image:

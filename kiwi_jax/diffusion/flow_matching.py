@@ -1,7 +1,7 @@
 """Flow-matching training: timestep sampling, noising, target and loss.
 
 Follows ``WanVideoPipeline.training_loss`` (``diffsynth/pipelines/
-wan_video_mllm.py``) and ``FlowMatchScheduler`` (spec 4.1):
+wan_video_mllm.py``) and ``FlowMatchScheduler`` (reference §4.1):
 
 1. ``id ~ UniformInt[min_id, max_id)`` over the 1000-entry training grid,
    ``t = dtype(timesteps[id])`` with ``dtype`` the pipeline's compute dtype
@@ -54,7 +54,7 @@ class TrainingGrid:
 
     Args:
       schedule: a schedule or its name.
-      weighting: "gaussian" (the reference's ``training_weight``, spec 4.1)
+      weighting: "gaussian" (the reference's ``training_weight``, reference §4.1)
         or "uniform" (every draw weighs 1). The Gaussian bump suits
         fine-tuning a pretrained Wan: it gives the noisiest fifth of the
         draws (sigma > 0.95, where sampling starts) 3% of the weight and
@@ -197,7 +197,7 @@ def flow_matching_loss(
   Args:
     velocity_fn: ``(noisy [B, ...], timestep [B], sigma f32[B]) ->
       velocity [B, ...]``; ``sigma`` is the looked-up sigma that the source
-      injection scales by (pitfall 3).
+      injection scales by (quirk 3).
     clean: [B, t, h, w, c] clean latents z_0 (any float dtype, bf16 in the
       reference).
     key: PRNG key for the timestep and the noise.

@@ -1,7 +1,7 @@
 """Euler flow-matching sampler: the whole denoising loop as one program.
 
 The reference loop (``WanVideoPipeline.__call__`` and
-``FlowMatchScheduler.step``, spec 5.1) is, for step ``i`` of ``n``:
+``FlowMatchScheduler.step``, reference §5.1) is, for step ``i`` of ``n``:
 
   t_i      = dtype(timesteps[i])                      # what the DiT sees
   sigma_i' = sigmas[argmin |timesteps - t_i|]         # source-injection sigma
@@ -17,7 +17,7 @@ caller compiles the DiT once for all steps.
 
 Classifier-free guidance is available but off by default: the released
 Kiwi-Edit pipelines accept ``cfg_scale``/``guidance_scale`` and ignore them
-(pitfall 11).
+(quirk 11).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ flow_match.py`` in showlab/Kiwi-Edit) as it is used by Kiwi-Edit:
 * ``timestep = 1000 * sigma``,
 * the training weight, a Gaussian bump in t that is 0 at t = 1000.
 
-Two variants exist (spec 5.1, 5.2, pitfall 10): DiffSynth's ``sigma_min=0``
+Two variants exist (reference §5.1, 5.2, quirk 10): DiffSynth's ``sigma_min=0``
 and the diffusers pipeline's ``sigma_min=0.003/1.002`` (last sigma 0.10504
 instead of 0.09259).
 
@@ -91,7 +91,7 @@ class FlowMatchSchedule:
 
     ``y = exp(-2 ((t - n/2) / n)^2)``, ``y' = y - min(y)``,
     ``w = y' * n / sum(y')`` with n = num_train_timesteps: mean 1, peak
-    ~2.076 near t = 500, 0 at t = 1000 (spec 4.1).
+    ~2.076 near t = 500, 0 at t = 1000 (reference §4.1).
     """
     n = self.num_train_timesteps
     t = self.timesteps(n)

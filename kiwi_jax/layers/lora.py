@@ -6,7 +6,7 @@ alone (``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` or an
 ``nnx.state(model, nnx.LoRAParam)`` split). ``lora_a`` starts like a torch
 ``nn.Linear`` weight (kaiming-uniform, as peft does) and ``lora_b`` at zero,
 so adding LoRA does not change the model; the scale is 1 (Kiwi-Edit trains
-with ``lora_alpha == rank``, spec section 9 item 16).
+with ``lora_alpha == rank``, reference §9 item 16).
 
 Used by the Qwen decoder (attention and MLP projections) and the Wan DiT
 blocks (attention and FFN, the 14B scripts' DiT LoRA). Inside a layer stack

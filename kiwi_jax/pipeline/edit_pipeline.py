@@ -6,12 +6,12 @@
                      ref_image="cat.png", steps=50, seed=0)
   result.save("out.mp4", side_by_side=True)
 
-One edit follows ``WanVideoPipeline.__call__`` (spec 5.1): read and shape
+One edit follows ``WanVideoPipeline.__call__`` (reference §5.1): read and shape
 the source (``inputs``), encode the MLLM conditions, VAE-encode the source
 and the white-padded reference, draw the seeded noise
 [1, (T-1)/4+1, H/16, W/16, c], run the Euler loop as one compiled program
 (``stages.denoise``), decode and convert to uint8. No classifier-free
-guidance unless asked for (the reference has none, pitfall 11).
+guidance unless asked for (the reference has none, quirk 11).
 
 The noise comes from JAX's generator; the reference draws it with torch's
 CPU generator, so equal seeds do not give equal noise (``edit(noise=...)``
@@ -395,7 +395,7 @@ class EditPipeline:
         ``--source_free``).
       guidance_scale: classifier-free guidance on the instruction, with
         ``negative_prompt`` as the unconditional prompt; None (default) as
-        the reference, which has no guidance (pitfall 11).
+        the reference, which has no guidance (quirk 11).
       ref_guidance_scale: guidance on the reference image (needs one):
         ``v_uncond + s_text (v_text - v_uncond) + s_ref (v_full - v_text)``
         where the two lower branches see no reference (video-mode context,

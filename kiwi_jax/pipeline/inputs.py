@@ -1,6 +1,6 @@
 """Reading and shaping the editing pipeline's inputs (source, reference).
 
-The rules are the reference's inference path (spec 5.1, pitfall 14):
+The rules are the reference's inference path (reference §5.1, quirk 14):
 
 * ``VideoData(path, length=max_frames, max_pixels=...)``
   (``diffsynth/data/video.py``): the clip keeps its first frames, cut to the

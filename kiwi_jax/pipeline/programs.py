@@ -12,11 +12,11 @@ with and the model's ``constrain`` calls shard the activations (DiT tokens
 over ``sequence``, heads/MLP over ``tensor``, weights over ``fsdp``).
 
 ``denoise`` is the whole Euler loop as one program: the reference loop of
-``WanVideoPipeline.__call__`` (spec 5.1) via
+``WanVideoPipeline.__call__`` (reference §5.1) via
 ``kiwi_jax.diffusion.sampler.denoise`` (bf16 timestep to the model, the
 nearest-entry sigma for the source injection, exact sigmas in the Euler
 update, the last step to sigma 0). Kiwi's DiT takes one timestep per sample
-(spec 3: no TI2V per-token timesteps), so the step's scalar timestep and
+(reference §3: no TI2V per-token timesteps), so the step's scalar timestep and
 sigma are broadcast to the batch.
 """
 
@@ -66,7 +66,7 @@ def _velocity(graphdef, report, latents, timestep, sigma, step, state,
   model = nnx.merge(graphdef, state)
   batch = latents.shape[0]
   # One timestep per sample, the context straight to cross-attention
-  # (spec 2.5, 3); one unpadded example needs no context mask.
+  # (reference §2.5, 3); one unpadded example needs no context mask.
   velocity = model.denoise_step(
       latents, jnp.full((batch,), timestep), conditions.context,
       source_latents=source_latents,

@@ -1,6 +1,6 @@
 """RefVIE construction: instruction-edit pairs -> reference-guided quadruplets.
 
-Kiwi-Edit's RefVIE set (spec 6.2, `index.html`) came out of four steps over a
+Kiwi-Edit's RefVIE set (reference §6.2, `index.html`) came out of four steps over a
 pool of (source video, instruction, edited video) pairs: (1) quality
 filtering, (2) instruction-aware grounding and segmentation of what changed,
 (3) reference image synthesis for local and background edits, (4) semantic

@@ -19,7 +19,7 @@
       --out_dir=/data/refvie_built --records_dir=/data/records/refvie
 
 Inputs: reference-format CSVs (`src_video,tgt_video,prompt`, optional
-`iid`; spec 6.1), RefVIE parquet chunks, or ArrayRecord shards (their
+`iid`; reference §6.1), RefVIE parquet chunks, or ArrayRecord shards (their
 source and target bytes are decoded in memory; needs --media=copy); a
 reference image, if any, is ignored. Prints the report (counts per stage
 and reason); exit status 0 (1 when --records_dir is given and a

@@ -3,7 +3,7 @@
 The model-free default is a small set of word rules, enough for the
 templated instructions of Ditto-1M / OpenVE-3M / ReCo style pools; an MLLM
 can replace it (any `Callable[[str], EditKind]` is accepted by the grounder).
-RefVIE keeps only edits a reference image can describe (spec 6.2: "reference
+RefVIE keeps only edits a reference image can describe (reference §6.2: "reference
 image synthesis for local and background edits"): a style change or a
 removal has no such image, so those pairs are rejected by the grounding
 stage.

@@ -40,7 +40,7 @@ class Pipeline:
     dedup: de-duplication settings (applied over the whole set by the
       drivers, not here).
     max_frames: frames decoded per video (training reads the first 81 at
-      most, spec 6.3).
+      most, reference §6.3).
     analysis_max_side: the stages look at copies whose longer side is at
       most this (area downscaling; None: full size), which bounds memory and
       time per pair; subject scaffolds are then re-cut from the

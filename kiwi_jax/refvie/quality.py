@@ -1,6 +1,6 @@
 """Stage 1: quality filtering of edit pairs.
 
-The released pool was filtered with EditScore (spec 6.2), a learned
+The released pool was filtered with EditScore (reference §6.2), a learned
 editing-quality model; its weights are not part of this project, so the
 default here is a set of measurable rules, and a learned scorer plugs in as
 `learned_scorer(pair) -> float` with its own threshold. The rules:

@@ -3,7 +3,7 @@
 Layout of an output directory:
   refvie.csv            iid,src_video,tgt_video,ref_image,prompt: the
                         accepted quadruplets (the reference's ref-video CSV,
-                        spec 6.1), sorted by iid, paths relative to the
+                        reference §6.1), sorted by iid, paths relative to the
                         directory (or absolute with media="reference")
   media/ref/<iid>.png   the synthesised reference scaffolds
   media/{src,tgt}/...   copies of the accepted pairs' media (media="copy")

@@ -1,7 +1,7 @@
 """Stage 3: reference image synthesis (the "scaffold").
 
 Subject edits: the edited object is cut from the best target frame and
-centred on a white canvas, the reference-image convention of spec 4.5/5.1
+centred on a white canvas, the reference-image convention of reference §4.5/5.1
 (white canvas, centred, fit + pad). Which pixels of the edited region are
 the object, not background the edit revealed or covered, is decided by a
 colour model of the unchanged ring around the region: region pixels whose
@@ -166,7 +166,7 @@ def place_on_canvas(crop: np.ndarray, alpha: np.ndarray,
                     cfg: SynthesisConfig) -> tuple[np.ndarray, np.ndarray]:
   """Centres an object crop on a white square canvas (fit + pad).
 
-  The reference-image convention (spec 4.5/5.1: white canvas, centred,
+  The reference-image convention (reference §4.5/5.1: white canvas, centred,
   aspect kept); the object's longest side spans `fill` of the canvas.
 
   Returns:

@@ -1,4 +1,4 @@
-"""Which Kiwi-Edit parameters train in each curriculum stage (spec 4.2).
+"""Which Kiwi-Edit parameters train in each curriculum stage (reference §4.2).
 
 The reference selects trainables by module name (``pipe.freeze_except``)
 and then lets peft mark only the LoRA factors trainable inside Qwen2.5-VL's
@@ -18,7 +18,7 @@ stage  5B (``run_wan2.2_ti2v_5b_*``)                           14B
 =====  ======================================================  ============
 
 The DiT's ``text_embedding`` is never used by Kiwi (the connector feeds
-cross-attention directly, pitfall 2), so it never trains: the reference's
+cross-attention directly, quirk 2), so it never trains: the reference's
 optimiser holds it but its gradient is zero; AdamW's decoupled decay would
 still shrink it, which changes nothing downstream.
 """
@@ -52,7 +52,7 @@ def trainable_sets(stage: int, variant: str = "5b", *, dit_lora: bool = True
 
   Args:
     stage: the curriculum stage.
-    variant: ``"5b"`` or ``"14b"`` (trainable sets differ, spec 4.2).
+    variant: ``"5b"`` or ``"14b"`` (trainable sets differ, reference §4.2).
     dit_lora: whether the model has DiT LoRA factors (``dit.lora_rank`` >
       0); the 14B stage 2 trains them when it does.
 
@@ -87,7 +87,7 @@ def trainable_sets(stage: int, variant: str = "5b", *, dit_lora: bool = True
   return tuple(trainable), tuple(frozen)
 
 
-# The one stage -> edit modes table (spec 4.4): what each stage trains on.
+# The one stage -> edit modes table (reference §4.4): what each stage trains on.
 STAGE_MODES = {1: ("image",), 2: ("image", "video"),
                3: ("image", "video", "reference")}
 # The record directory (data source name) of each mode's examples
@@ -96,7 +96,7 @@ MODE_SOURCES = {"image": "image", "video": "video", "reference": "ref"}
 
 
 def stage_modes(stage: int) -> tuple[str, ...]:
-  """The edit modes (data types) a stage trains on (spec 4.4)."""
+  """The edit modes (data types) a stage trains on (reference §4.4)."""
   if stage not in STAGE_MODES:
     raise ValueError(f"stage must be 1, 2 or 3, got {stage}.")
   return STAGE_MODES[stage]

@@ -19,7 +19,7 @@ from kiwi_jax.train_lib import run_config
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataSource:
-  """One source of the batch-by-batch mix (spec 4.4).
+  """One source of the batch-by-batch mix (reference §4.4).
 
   Attributes:
     path: its ArrayRecord directory.

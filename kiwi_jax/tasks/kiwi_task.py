@@ -1,6 +1,6 @@
 """The Kiwi-Edit ``Task`` for ``train_lib.trainer.train_and_evaluate``.
 
-One micro-step (``WanVideoPipeline.training_loss``, spec 4.1 and 4.5):
+One micro-step (``WanVideoPipeline.training_loss``, reference §4.1 and 4.5):
 
   MLLM inputs --KiwiEdit.encode_conditions(mode)--> context
   source / target / reference pixels --frozen codec, no gradient--> latents
@@ -9,7 +9,7 @@ One micro-step (``WanVideoPipeline.training_loss``, spec 4.1 and 4.5):
   loss = w(t) * mean((v - (eps - z_0))^2)
 
 The mode of a batch follows from its structure, which the mixed pipeline
-keeps one kind per batch (spec 4.4): a ``ref_image`` field means
+keeps one kind per batch (reference §4.4): a ``ref_image`` field means
 "reference", one frame means "image", otherwise "video". Each mode is its
 own compiled program. Stage 1 never injects the source (the scripts pass no
 ``source_input``); later stages inject it for every mode.
@@ -171,7 +171,7 @@ class KiwiTask:
 
     LoRA factors the checkpoint lacks start fresh (``lora_b`` zero), as
     the reference loads the previous stage with ``strict=False`` after
-    injecting LoRA (spec 4.2): the 14B stage 2 adds the DiT LoRA to a
+    injecting LoRA (reference §4.2): the 14B stage 2 adds the DiT LoRA to a
     stage-1 model. Any other missing parameter is an error.
     """
     return checkpointing.restore_weights(
@@ -226,7 +226,7 @@ class KiwiTask:
     cond = model.encode_conditions(
         KiwiProcessor.model_inputs(batch["mllm"]), mode,
         ref_tokens=self.ref_tokens if mode == "reference" else 0)
-    # Stage 1 has no source_input (spec 4.2): noise + MLLM context only.
+    # Stage 1 has no source_input (reference §4.2): noise + MLLM context only.
     source = self._latents(model, batch, "source") if self.stage > 1 else None
     ref = self._latents(model, batch, "ref") if mode == "reference" else None
     return cond, source, ref

@@ -1,6 +1,6 @@
 """The reference optimiser as an Optax transformation.
 
-Kiwi-Edit trains with (spec 4.3, pitfall 16):
+Kiwi-Edit trains with (reference §4.3, quirk 16):
 
 * ``torch.optim.AdamW(trainable, lr, weight_decay=0.01)``: betas 0.9/0.999,
   eps 1e-8, decoupled decay on *every* trainable tensor (biases, norms and

@@ -1,6 +1,6 @@
 """Kiwi's DiT path against a PyTorch restatement of ``model_fn_wan_video``.
 
-The reference below is written from kiwi_edit_spec.md section 3 (DiffSynth's
+The reference below is written from docs/reference.md §3 (DiffSynth's
 ``model_fn_wan_video`` + ``WanModel`` blocks, ``rope_apply`` in complex
 float64, ``ConditionalEmbedder``), reading a Kiwi training checkpoint with the
 released key names (``dit.*``, ``vae_condition.patch_embedding.*``,
@@ -22,7 +22,7 @@ CFG = WanDiTConfig.from_variant("tiny", num_layers=2, source_condition=True,
 
 
 def _random_kiwi_state_dict(cfg, seed=0):
-  """DiffSynth names and shapes (spec 1.1, 1.7, 7.2), random values."""
+  """DiffSynth names and shapes (reference §1.1, 1.7, 7.2), random values."""
   import torch
   gen = torch.Generator().manual_seed(seed)
   d, c = cfg.dim, cfg.in_channels
@@ -68,7 +68,7 @@ def _random_kiwi_state_dict(cfg, seed=0):
 
 
 def _freqs_3d(head_dim, theta=10000.0, n=1024):
-  """``precompute_freqs_cis_3d``: complex128 tables per axis (spec 1.3)."""
+  """``precompute_freqs_cis_3d``: complex128 tables per axis (reference §1.3)."""
   import torch
 
   def table(k):
@@ -89,7 +89,7 @@ def _rope_apply(x, freqs, heads):
 
 
 def _reference(sd, cfg, z, t, ctx, z_src, sigma, z_ref, ref_pad_first):
-  """Spec section 3, steps 0-8, in channel-first PyTorch layouts."""
+  """Reference §3, steps 0-8, in channel-first PyTorch layouts."""
   import torch
   import torch.nn.functional as F
   sd = {k.removeprefix("dit."): v for k, v in sd.items()}

@@ -1,7 +1,7 @@
 """Shared helpers for the Wan VAE tests against diffusers ``AutoencoderKLWan``.
 
 The reference-side pieces (tile split, blend masks, DiffSynth's unclamped
-per-tile decode) are re-stated here from the spec (5.1) and DiffSynth's
+per-tile decode) are re-stated here from reference §5.1 and DiffSynth's
 ``WanVideoVAE.tiled_encode/tiled_decode`` independently of
 ``kiwi_jax.models.vae.tiling``, so the tests compare two implementations.
 """

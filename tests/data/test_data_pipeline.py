@@ -181,7 +181,7 @@ def test_mixture_ratios_hold(mini_records):
   ids = np.array([next(it)["source_id"][0] for _ in range(300)])
   fractions = np.bincount(ids, minlength=3) / len(ids)
   np.testing.assert_allclose(fractions, [0.5, 0.25, 0.25], atol=0.02)
-  # Equal weights give the reference's round robin (spec 4.4).
+  # Equal weights give the reference's round robin (reference §4.4).
   it = pipeline.make_iterator(_specs(mini_records), EVAL, cfg,
                               shard_index=0, shard_count=1)
   assert [next(it)["source_id"][0] for _ in range(6)] == [0, 1, 2, 0, 1, 2]

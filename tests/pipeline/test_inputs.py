@@ -1,4 +1,4 @@
-"""Source and reference input rules (spec 5.1: VideoData, ImageOps.pad)."""
+"""Source and reference input rules (reference §5.1: VideoData, ImageOps.pad)."""
 
 import numpy as np
 import pytest

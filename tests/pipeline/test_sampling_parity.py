@@ -1,10 +1,10 @@
 """The pipeline's denoising against a PyTorch restatement of the reference
-loop (`WanVideoPipeline.__call__` + `FlowMatchScheduler`, spec 5.1), same
+loop (`WanVideoPipeline.__call__` + `FlowMatchScheduler`, reference §5.1), same
 initial noise, fp32.
 
 The velocity model is the toy editor restated in torch with the same
 weights; the loop, schedule, bf16 timestep and nearest-entry sigma lookup
-are the reference's, written here from the spec.
+are the reference's, written here from docs/reference.md.
 """
 
 import numpy as np

@@ -1,7 +1,7 @@
 """PyTorch restatement of the reference sampling loop, for tests and bench.
 
 `WanVideoPipeline.__call__` with `FlowMatchScheduler(shift=5, sigma_min,
-extra_one_step=True)` at inference (spec 5.1), written from the spec: the
+extra_one_step=True)` at inference (reference §5.1), written from docs/reference.md: the
 timestep goes to the model in bf16, the source-injection sigma is the entry
 nearest to it, the Euler step uses the exact sigmas and ends at 0. The
 velocity model here is the toy editor (`tests.pipeline.toy_editor`)

@@ -13,7 +13,7 @@ def object_crop(image: np.ndarray, shown: np.ndarray,
                 size: int = 32) -> np.ndarray:
   """The shown object's bounding box, on white, resized to size x size.
 
-  Scaffolds and true references frame the object differently (spec 4.5 only
+  Scaffolds and true references frame the object differently (reference §4.5 only
   asks for "centred on white"), so objects are compared at a common scale.
   """
   ys, xs = np.nonzero(shown)

@@ -52,7 +52,7 @@ def test_config_model_builds_abstractly(name, arg, stage):
   if dit_lora:  # the 14B stage 2: the base DiT stays frozen
     assert all(n.endswith(("lora_a", "lora_b")) for n in dit_trains)
     assert len(dit_trains) == 2 * 10  # q, k, v, o (x2 attention), ffn.0/2
-    # Spec 7.2: ffn.0 B (13824, 128), attention A (128, 5120), per layer.
+    # Reference §7.2: ffn.0 B (13824, 128), attention A (128, 5120), per layer.
     assert params["dit/blocks/ffn/fc1/lora_b"] == (40, 128, 13824)
     assert params["dit/blocks/cross_attn/k/lora_a"] == (40, 5120, 128)
   if config.kiwi.variant_family == "14b":  # Qwen LoRA on all 7 projections

@@ -1,4 +1,4 @@
-"""The curriculum's trainable sets (spec 4.2), without building a model."""
+"""The curriculum's trainable sets (reference §4.2), without building a model."""
 
 import re
 

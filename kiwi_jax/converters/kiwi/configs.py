@@ -162,7 +162,7 @@ def qwen_config(sources: KiwiSources) -> Qwen25VLConfig:
 def vae_config(sources: KiwiSources,
                notes: list[str] | None = None) -> WanVAEConfig:
   """The VAE config the tensor shapes give (``wan_vae.config_from_shapes``):
-  the named variant they match (spec 1.4 / 1.5), else the derived one."""
+  the named variant they match (reference §1.4 / 1.5), else the derived one."""
   ckpt = sources.checkpoint
   try:
     derived = wan_vae.config_from_shapes(ckpt.with_prefix_stripped("vae."))

@@ -1,7 +1,7 @@
 """Key-name tables between the Kiwi-Edit checkpoint layouts.
 
 Every Kiwi source is read into one *canonical* namespace (the names of the
-DiffSynth pipeline modules, spec section 7):
+DiffSynth pipeline modules, reference §7):
 
 =========================  ===================================================
 canonical prefix           content
@@ -28,7 +28,7 @@ import re
 
 # DiffSynth/original Wan DiT -> diffusers WanTransformer3DModel
 # (``BLOCK_KEY_MAP`` / ``TOP_LEVEL_KEY_MAP`` of
-# ``utils/convert_diffusers/convert_weights.py``; spec 7.3).
+# ``utils/convert_diffusers/convert_weights.py``; reference §7.3).
 _BLOCK_RENAMES = (
     ("self_attn.q.", "attn1.to_q."), ("self_attn.k.", "attn1.to_k."),
     ("self_attn.v.", "attn1.to_v."), ("self_attn.o.", "attn1.to_out.0."),

@@ -12,7 +12,7 @@ is absent.
 Nothing is read until a tensor is asked for; a merged LoRA weight reads its
 base tensor and its two factors and adds ``B @ A`` in fp32 (``W + alpha *
 B @ A`` with alpha 1, ``merge_mllm_lora_into_qwen`` / ``load_lora`` in the
-reference; spec 7.2). Problems found while reading the layout (a LoRA factor
+reference; reference §7.2). Problems found while reading the layout (a LoRA factor
 without its pair or target, a fine-tuned tensor whose shape differs from the
 base, keys that belong to no component) are collected and raised together.
 """

@@ -45,7 +45,7 @@ def _prompt(cfg, mode, rng):
     images.append(IMAGE_GRID)
   ids += [m.query_token_id] * cfg.num_queries(mode)
   # Two closing tokens after the queries, as <|im_end|> "\n" in the real
-  # prompt (the readout takes the last N positions, spec 2.4).
+  # prompt (the readout takes the last N positions, reference §2.4).
   ids += list(rng.integers(14, 100, size=2))
   ids = np.asarray(ids)
   pix = {k: [rng.standard_normal((int(np.prod(g)), 1176)).astype(np.float32)

@@ -1,7 +1,7 @@
 """Wan DiT attention and transformer block.
 
 Follows ``WanAttentionBlock`` / ``SelfAttention`` / ``CrossAttention`` in
-DiffSynth's ``diffsynth/models/wan_video_dit.py`` (spec section 3, step 5)
+DiffSynth's ``diffsynth/models/wan_video_dit.py`` (reference §3, step 5)
 and diffusers' ``WanTransformerBlock``: modulation chunks ordered
 shift/scale/gate (self-attention) then shift/scale/gate (FFN); q/k RMSNorm
 over all heads; 3-D RoPE on interleaved pairs in self-attention only;

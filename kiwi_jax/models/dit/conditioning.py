@@ -3,12 +3,12 @@
 A Conv3d with kernel = stride = patch is a Dense over non-overlapping
 patches: :func:`patchify` lays each patch out as ``(pt, ph, pw, c)`` with the
 channel fastest, which is also the order the head's outputs use
-(spec section 3 step 8, ``b (f h w) (pt ph pw c)``). The converter turns the
+(reference §3 step 8, ``b (f h w) (pt ph pw c)``). The converter turns the
 Conv3d weight ``(dim, c, pt, ph, pw)`` into the matching ``[pt*ph*pw*c, dim]``
 kernel.
 
 ``ConditionalEmbedder`` is Kiwi's ``vae_condition`` / ``ref_vae_condition``
-(``diffsynth/models/wan_video_dit.py``; spec 1.7): a zero-initialised patch
+(``diffsynth/models/wan_video_dit.py``; reference §1.7): a zero-initialised patch
 embedding of source or reference latents.
 """
 

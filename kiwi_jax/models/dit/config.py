@@ -1,6 +1,6 @@
 """Hyperparameters of the Wan video DiT, with named variants.
 
-Values from ``kiwi_edit_spec.md`` 1.1 (Wan2.2-TI2V-5B, hash branch
+Values from ``docs/reference.md`` §1.1 (Wan2.2-TI2V-5B, hash branch
 ``1f5ab770...`` of ``WanModelStateDictConverter.from_civitai`` in
 ``diffsynth/models/wan_video_dit.py``) and 1.2 (Wan2.1-T2V-14B).
 """
@@ -68,7 +68,7 @@ class WanDiTConfig:
       ``kiwi_jax.layers.context_parallel``.
     lora_rank: LoRA rank on every block's ``self_attn`` / ``cross_attn``
       ``q, k, v, o`` and ``ffn.0`` / ``ffn.2`` (the 14B stage-2 scripts use
-      128, scale 1; spec 4.2); 0 builds no LoRA parameters.
+      128, scale 1; reference §4.2); 0 builds no LoRA parameters.
   """
   dim: int = 3072
   num_layers: int = 30
@@ -136,9 +136,9 @@ class WanDiTConfig:
 
 
 VARIANTS: dict[str, WanDiTConfig] = {
-    # Kiwi-Edit's released DiT. 4,999,787,712 parameters (spec 1.1).
+    # Kiwi-Edit's released DiT. 4,999,787,712 parameters (reference §1.1).
     "wan2.2-ti2v-5b": WanDiTConfig(),
-    # Wan2.1-T2V-14B. 14,288,491,584 parameters (spec 1.2).
+    # Wan2.1-T2V-14B. 14,288,491,584 parameters (reference §1.2).
     "wan2.1-t2v-14b": WanDiTConfig(
         dim=5120, num_layers=40, num_heads=40, ffn_dim=13824, in_channels=16,
         out_channels=16),

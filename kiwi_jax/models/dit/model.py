@@ -1,7 +1,7 @@
 """The Wan video DiT with Kiwi-Edit's source and reference conditioning.
 
 Forward pass of ``model_fn_wan_video`` (``diffsynth/pipelines/
-wan_video_mllm.py``; spec section 3), in channels-last layouts:
+wan_video_mllm.py``; reference §3), in channels-last layouts:
 
   latents [B, t, h, w, c] -> patch tokens (+ sigma * vae_condition(source))
   -> [video | ref] or [ref | video] tokens with 3-D RoPE -> scanned blocks

@@ -1,13 +1,13 @@
 """Kiwi-Edit hyperparameters: the three sub-model configs plus the Kiwi parts.
 
-Values from ``kiwi_edit_spec.md`` 1.7 and 2 (``QwenVLMLLMEncoder``
+Values from ``docs/reference.md`` §1.7 and 2 (``QwenVLMLLMEncoder``
 defaults of ``WanVideoPipeline.from_pretrained``; the 14B demo uses 384
 reference queries and ``max_object_token`` 384).
 
 A query set with 0 queries, or ``ref_connector=False``, means the module is
 absent: stage-1 checkpoints have only image queries and the connector,
 stage 2 adds the video queries, stage 3 the reference queries and
-``ref_connector`` (spec 4.2, 7.2). The DiT's ``source_condition`` /
+``ref_connector`` (reference §4.2, 7.2). The DiT's ``source_condition`` /
 ``reference_condition`` flags say whether ``vae_condition`` /
 ``ref_vae_condition`` exist.
 """
@@ -47,7 +47,7 @@ class KiwiEditConfig:
       ``28 * 28 * max_ref_tokens`` pixels).
     readout: ``"last"`` (the reference's last-N readout, default) or
       ``"queries"`` (the placeholder positions).
-    mllm_max_frames: source frames the MLLM sees (16; spec 2.3).
+    mllm_max_frames: source frames the MLLM sees (16; reference §2.3).
     mllm_max_pixels_per_frame: per-frame pixel cap (262,144 at inference).
     codec: the latent codec (``codec.CODECS``): ``"wan_vae"`` (the released
       models) or ``"pixel_unshuffle"`` (the CPU demo's stand-in; ``vae`` is

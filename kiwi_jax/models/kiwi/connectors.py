@@ -2,7 +2,7 @@
 
 Reference: ``QueryVector`` and the ``connetor`` / ``ref_connector``
 ``nn.Sequential`` of ``QwenVLMLLMEncoder`` in
-``diffsynth/models/mllm_encoder.py`` (spec section 1.7):
+``diffsynth/models/mllm_encoder.py`` (reference §1.7):
 
 * a query set is one ``(N, mllm_hidden)`` parameter drawn from
   ``N(0, 1) * 0.02``; its rows replace the embeddings of the N

@@ -1,6 +1,6 @@
 """Kiwi-Edit: Qwen2.5-VL condition encoder + connectors + Wan DiT + Wan VAE.
 
-Data flow (spec sections 2 and 3)::
+Data flow (reference §2 and 3)::
 
   prompt ids (+ source frames, + ref image) --Qwen2.5-VL, queries in place-->
   last hidden states --readout--> connector (+ ref_connector on the ref
@@ -128,7 +128,7 @@ class KiwiEdit(nnx.Module):
                              mode: str, *,
                              attention_mask: jax.Array | None = None,
                              ref_tokens: int = 0) -> KiwiConditions:
-    """Readout + connectors (spec 2.4) on given MLLM hidden states.
+    """Readout + connectors (reference §2.4) on given MLLM hidden states.
 
     Args:
       hidden: float[B, T, hidden].

@@ -2,7 +2,7 @@
 the pad id, for training (the Grain hook) and editing (``EditPipeline``).
 
 Per example (host numpy), :meth:`KiwiProcessor.example` runs the torch-free
-Qwen2.5-VL processing (``kiwi_jax.models.mllm.processing``, spec 2.1 to 2.3)
+Qwen2.5-VL processing (``kiwi_jax.models.mllm.processing``, reference §2.1 to 2.3)
 for the mode the inputs call for (``reference`` with a reference image,
 ``video`` for more than one source frame, else ``image``) and pads it to a
 shape bucket (or to fixed ``seq_len`` / ``num_patches``): tokens at the end
@@ -81,7 +81,7 @@ class KiwiProcessor:
 
   @staticmethod
   def mode(num_frames: int, has_reference: bool) -> str:
-    """The edit mode of a source with ``num_frames`` frames (spec 2.1; a
+    """The edit mode of a source with ``num_frames`` frames (reference §2.1; a
     one-frame source with a reference takes the video path, as the
     diffusers pipeline does)."""
     return processing.select_mode(num_frames, has_reference)

@@ -1,7 +1,7 @@
 """Reading Kiwi's condition features out of the MLLM's last hidden states.
 
 Reference: ``QwenVLMLLMEncoder.forward`` in
-``diffsynth/models/mllm_encoder.py`` (spec section 2.4, pitfall 1).
+``diffsynth/models/mllm_encoder.py`` (reference §2.4, quirk 1).
 
 * Query readout. The reference takes ``hidden_states[:, -N:]``: the last N
   positions of the whole sequence. The chat template closes the user turn

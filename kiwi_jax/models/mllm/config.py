@@ -1,7 +1,7 @@
 """Hyperparameters of Qwen2.5-VL as frozen dataclasses with named variants.
 
 Values of ``qwen2.5-vl-3b`` are those of the hub ``config.json`` of
-``Qwen/Qwen2.5-VL-3B-Instruct`` (kiwi_edit_spec.md section 1.6). ``tiny`` is
+``Qwen/Qwen2.5-VL-3B-Instruct`` (docs/reference.md §1.6). ``tiny`` is
 the small configuration the tests build (it matches the transformers config
 of environment.md section 4, with token ids below its vocabulary).
 """
@@ -53,7 +53,7 @@ class QwenVisionConfig:
 
 
 # The one table of the projections of a decoder layer that may carry LoRA
-# (peft target names, spec 4.2): the 5B scripts target the attention's, the
+# (peft target names, reference §4.2): the 5B scripts target the attention's, the
 # 14B scripts also the MLP's. ``mllm.lora`` and the configs use these names.
 ATTENTION_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_LORA_TARGETS = ("gate_proj", "up_proj", "down_proj")
@@ -74,7 +74,7 @@ class QwenTextConfig:
   mrope_section: tuple[int, int, int] = (16, 24, 24)
   # LoRA of this rank on the ``lora_targets`` projections of every decoder
   # layer; 0 means no LoRA parameters. The 5B scripts target q/k/v/o, the
-  # 14B scripts also the MLP's gate/up/down (spec 4.2).
+  # 14B scripts also the MLP's gate/up/down (reference §4.2).
   lora_rank: int = 0
   lora_targets: tuple[str, ...] = ATTENTION_LORA_TARGETS
 

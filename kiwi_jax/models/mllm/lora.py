@@ -4,7 +4,7 @@ The layer and its merge helpers live in :mod:`kiwi_jax.layers.lora` (shared
 with the DiT); this module names the Qwen projections they may target
 (``QwenTextConfig.lora_targets``): the 5B scripts put LoRA on the attention
 projections (``LORA_TARGETS``), the 14B scripts also on the MLP
-(``ALL_LORA_TARGETS``; spec 4.2, 7.2).
+(``ALL_LORA_TARGETS``; reference §4.2, 7.2).
 """
 
 from kiwi_jax.layers.lora import (LoRADense, dense_or_lora, lora_layers,

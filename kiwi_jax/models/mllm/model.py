@@ -1,7 +1,7 @@
 """Qwen2.5-VL as Kiwi-Edit runs it: vision tower + decoder + query hook.
 
 Equivalent to the reference's patched ``Qwen2_5_VLModel.forward``
-(``diffsynth/models/modeling_qwen2_5_vl.py``, spec section 1.6):
+(``diffsynth/models/modeling_qwen2_5_vl.py``, reference §1.6):
 
 1. token embeddings;
 2. image features scattered into the ``<|image_pad|>`` rows, in order, then

@@ -3,7 +3,7 @@
 One call of :class:`QwenProcessor` turns one example (source frames or
 image, instruction, optional reference image) into numpy arrays, exactly as
 ``QwenVLMLLMEncoder.forward`` (``diffsynth/models/mllm_encoder.py``) prepares
-them (spec sections 2.1 to 2.3):
+them (reference §2.1 to 2.3):
 
 * mode: ``reference`` if a reference image is given, else ``video`` for more
   than one source frame, else ``image``;
@@ -46,11 +46,11 @@ class ProcessorConfig:
 
   Attributes:
     max_pixels_per_frame: per-frame cap of the source video; None in the 5B
-      training scripts, 512 * 512 at inference (spec 2.3).
+      training scripts, 512 * 512 at inference (reference §2.3).
     max_object_token: the reference image is capped at 28 * 28 * this.
     max_frames: source frames the MLLM sees (``linspace``-sampled): 16 in
       the released 5B model; the 14B scripts ask for 10. The reference's
-      frame-list branch ignores the item's ``max_frames`` (spec 2.3, a
+      frame-list branch ignores the item's ``max_frames`` (reference §2.3, a
       quirk), so it sees 16 whatever the scripts say; here the config's
       value is honoured.
   """
@@ -63,7 +63,7 @@ class ProcessorConfig:
 
 
 def select_mode(num_source_frames: int, has_reference: bool) -> str:
-  """Spec 2.1: reference if a ref image, video if > 1 frame, else image."""
+  """Reference §2.1: reference if a ref image, video if > 1 frame, else image."""
   if has_reference:
     return "reference"
   return "video" if num_source_frames > 1 else "image"
@@ -71,7 +71,7 @@ def select_mode(num_source_frames: int, has_reference: bool) -> str:
 
 def render_prompt(instruction: str, mode: str, num_queries: int) -> str:
   """The chat text (pads not yet expanded), as the Qwen template renders
-  Kiwi's messages with ``add_generation_prompt=False`` (spec 2.2)."""
+  Kiwi's messages with ``add_generation_prompt=False`` (reference §2.2)."""
   if mode not in MODES:
     raise ValueError(f"Unknown mode {mode!r}; use one of {MODES}.")
   if mode == "image":
@@ -148,7 +148,7 @@ class QwenProcessor:
         uint8 arrays). A single frame means image mode.
       image: source image (PIL or uint8[H, W, 3|4]) for image mode.
       ref_image: reference image (reference mode).
-      mode: force ``image``, ``video`` or ``reference`` (default: spec 2.1).
+      mode: force ``image``, ``video`` or ``reference`` (default: reference §2.1).
 
     Returns:
       Dict with ``input_ids`` int32[T], ``position_ids`` int32[3, T],

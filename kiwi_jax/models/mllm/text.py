@@ -5,7 +5,7 @@ pre-norm layers with grouped-query causal attention (q/k/v with bias, o
 without), rotate-half M-RoPE whose frequency bands take their angle from the
 temporal, height or width position (``mrope_section``), SwiGLU MLP without
 bias, RMSNorm (eps 1e-6) and a final norm. No ``lm_head``: Kiwi-Edit reads
-hidden states only (spec section 1.6, difference 5).
+hidden states only (reference §1.6, difference 5).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Torch-free image and video preprocessing for Qwen2.5-VL (numpy + PIL).
 
-Reproduces Kiwi-Edit's path (spec section 2.3): ``fetch_image`` /
+Reproduces Kiwi-Edit's path (reference §2.3): ``fetch_image`` /
 ``fetch_video`` of the reference's patched ``qwen_vl_utils.py`` followed by
 the Qwen2-VL image/video processor (rescale 1/255, CLIP normalisation,
 temporal padding, patchify).
@@ -21,7 +21,7 @@ IMAGE_FACTOR = PATCH_SIZE * MERGE_SIZE  # 28
 IMAGE_MIN_PIXELS = 4 * IMAGE_FACTOR ** 2
 IMAGE_MAX_PIXELS = 16384 * IMAGE_FACTOR ** 2
 MAX_RATIO = 200
-# FPS_MAX_FRAMES; the reference ignores the item's max_frames (spec 2.3).
+# FPS_MAX_FRAMES; the reference ignores the item's max_frames (reference §2.3).
 VIDEO_MAX_FRAMES = 16
 VIDEO_FRAME_MIN_PIXELS = 128 * IMAGE_FACTOR ** 2  # 100,352
 VIDEO_FRAME_MAX_PIXELS = 768 * IMAGE_FACTOR ** 2  # 602,112

@@ -1,7 +1,7 @@
 """Hyperparameters of the Wan video VAEs (Wan2.2 z48 and Wan2.1 z16).
 
 Values follow ``diffsynth/models/wan_video_vae.py`` (``VideoVAE38_`` and
-``VideoVAE_``) in showlab/Kiwi-Edit and the spec sections 1.4 and 1.5.
+``VideoVAE_``) in showlab/Kiwi-Edit and reference §1.4 and §1.5.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ frame count reuses the same executables, decode can stream frames out as
 they are produced, and peak memory is that of one chunk of one tile.
 
 Spatial tiling reproduces ``WanVideoVAE.tiled_encode`` / ``tiled_decode`` in
-``diffsynth/models/wan_video_vae.py`` (spec 5.1): tiles of ``tile_size`` with
+``diffsynth/models/wan_video_vae.py`` (reference §5.1): tiles of ``tile_size`` with
 ``tile_stride`` (latent units; the encoder multiplies both by the spatial
 factor), a tile whose predecessor already reaches the end is skipped, the last
 tile may be cut short by the border, and tiles are averaged with weights that

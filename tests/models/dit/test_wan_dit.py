@@ -12,7 +12,7 @@ from kiwi_jax.models.dit import (REMAT_POLICIES, ConditionalEmbedder,
                                  WanDiT, WanDiTConfig, parameter_count,
                                  patchify, unpatchify)
 
-# Spec 1.1 / 1.2 ([ran] counts of WanModel) and 1.7 (592,896 per 5B
+# Reference §1.1 / 1.2 ([ran] counts of WanModel) and 1.7 (592,896 per 5B
 # conditional embedder; 14B: 5120 * 16 * 4 + 5120).
 FULL_SIZE = {
     "wan2.2-ti2v-5b": (4_999_787_712, 592_896),

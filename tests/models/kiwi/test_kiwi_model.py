@@ -19,7 +19,7 @@ def _size(ctor):
 
 
 def test_5b_kiwi_parts_have_the_reference_sizes():
-  """Spec 1.1 / 1.7 parameter counts of the kiwi-5b variant's parts."""
+  """Reference §1.1 / 1.7 parameter counts of the kiwi-5b variant's parts."""
   cfg = KiwiEditConfig.from_variant("kiwi-5b")
   rngs = lambda: nnx.Rngs(0)  # noqa: E731
   assert _size(lambda: Connector(cfg.mllm_hidden, cfg.dit.dim,

@@ -17,7 +17,7 @@ def _image(h, w, seed=0, channels=3):
 
 
 def test_smart_resize_matches_spec_examples():
-  # Spec 2.3: a 1024x1024 stage-1 image -> 1036x1036 (37x37 tokens).
+  # Reference §2.3: a 1024x1024 stage-1 image -> 1036x1036 (37x37 tokens).
   assert vp.smart_resize(1024, 1024, 28, 3136, 12845056) == (1036, 1036)
   # 720x1280 source: training (no cap) 728x1288 -> 560x1008, 720 tokens per
   # temporal grid; inference (262,144 px) 336x672, 288 tokens per grid.
@@ -133,7 +133,7 @@ def test_processor_reference_mode(tiny_tokenizer_dir):
   assert end - start == np.prod(ref_grid) // 4
   assert ex["pixel_values"].shape == (np.prod(ex["grid_thw"], 1).sum(), 1176)
   assert ex["position_ids"].shape == (3, ids.size)
-  # The last two tokens follow the placeholders (spec 2.4 readout quirk).
+  # The last two tokens follow the placeholders (reference §2.4 readout quirk).
   assert ids[-1] != CFG.query_token_id and ids[-3] == CFG.query_token_id
 
 

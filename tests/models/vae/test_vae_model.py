@@ -24,7 +24,7 @@ def _abstract(cfg):
 def test_full_size_parameter_counts(variant, params):
   model = _abstract(WanVAEConfig.from_variant(variant))
   leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
-  assert sum(int(np.prod(x.shape)) for x in leaves) == params  # spec 1.4/1.5
+  assert sum(int(np.prod(x.shape)) for x in leaves) == params  # reference §1.4/1.5
 
 
 @pytest.mark.parametrize("variant,latent", [
@@ -64,7 +64,7 @@ def test_bad_latent_shape():
 
 def test_patchify_channel_order_and_inverse():
   # Channel c*4 + r*2 + q holds pixel (h*2 + q, w*2 + r): r is the width
-  # offset, q the height offset (spec 1.4).
+  # offset, q the height offset (reference §1.4).
   x = np.arange(1 * 1 * 4 * 6 * 3, dtype=np.float32).reshape(1, 1, 4, 6, 3)
   p = np.asarray(patchify(jnp.asarray(x), 2))
   for c in range(3):
