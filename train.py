@@ -29,11 +29,15 @@ from kiwi_jax.train_lib import config_overrides, progress, runtime
 
 _PROG = "train.py"
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/*.py[:args]); override settings "
-    "with --config.KEY=VALUE.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None,
-                               "Where checkpoints and logs go (local or "
-                               "gs://).")
+  "config",
+  None,
+  "Config file (configs/*.py[:args]); override settings "
+  "with --config.KEY=VALUE.",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Where checkpoints and logs go (local or gs://)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -43,29 +47,36 @@ def _check_task(task: str) -> None:
     return
   module_name, _, factory_name = str(task).partition(":")
   try:
-    found = bool(factory_name) and importlib.util.find_spec(
-        module_name) is not None
+    found = (
+      bool(factory_name) and importlib.util.find_spec(module_name) is not None
+    )
   except (ImportError, ValueError):
     found = False
   if not found:
     config_overrides.fail(
-        _PROG, f"config.task={task!r}; expected 'kiwi', 'kiwi_demo' or "
-        "'package.module:factory' naming an importable module.")
+      _PROG,
+      f"config.task={task!r}; expected 'kiwi', 'kiwi_demo' or "
+      "'package.module:factory' naming an importable module.",
+    )
 
 
 def _task_factory(task: str):
   module_name, _, factory_name = task.partition(":")
   factory = getattr(importlib.import_module(module_name), factory_name, None)
   if factory is None:
-    config_overrides.fail(_PROG, f"config.task={task!r}: module "
-                          f"{module_name} has no {factory_name!r}.")
+    config_overrides.fail(
+      _PROG,
+      f"config.task={task!r}: module {module_name} has no {factory_name!r}.",
+    )
   return factory
 
 
 def main(argv):
   if len(argv) > 1:
-    config_overrides.fail(_PROG, f"unexpected arguments {argv[1:]}; settings "
-                          "are --config.KEY=VALUE.")
+    config_overrides.fail(
+      _PROG,
+      f"unexpected arguments {argv[1:]}; settings are --config.KEY=VALUE.",
+    )
   config = _CONFIG.value
   task = config.get("task", "")
   _check_task(task)
@@ -79,6 +90,7 @@ def main(argv):
   # dataclasses reject (``run_config``) is a usage mistake: one line.
   # pylint: disable-next=g-import-not-at-top
   from kiwi_jax.train_lib import run_config
+
   try:
     _run(task, config)
   except run_config.ConfigError as e:
@@ -95,15 +107,19 @@ def _run(task: str, config) -> None:
   # pylint: disable=g-import-not-at-top
   if task == "kiwi_demo":
     from kiwi_jax.tasks import demo
+
     demo.run(config, _WORKDIR.value)
     return
   from kiwi_jax.train_lib import trainer
+
   if task == "kiwi":
     from kiwi_jax.tasks import kiwi_task
+
     factory = kiwi_task.KiwiTask
   else:
     factory = _task_factory(task)
   trainer.train_and_evaluate(config, _WORKDIR.value, factory(config))
+
 
 if __name__ == "__main__":
   app.run(main, flags_parser=config_overrides.make_flags_parser(_PROG))

@@ -36,11 +36,7 @@ from PIL import Image
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from kiwi_jax.data import examples
-from kiwi_jax.data import mini_scene
-from kiwi_jax.data import records
-from kiwi_jax.data import transforms
-from kiwi_jax.data import video_io
+from kiwi_jax.data import examples, mini_scene, records, transforms, video_io
 
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
 H100_BF16_FLOPS = 989e12
@@ -50,15 +46,26 @@ def synthetic_clip(height, width, frames, seed):
   """uint8[T, H, W, 3]: a RefVIE-mini scene plus sensor-like noise."""
   rng = np.random.default_rng(seed)
   scene = mini_scene.Scene(
-      mini_scene.Texture("striped", ("gray", "beige"), 24, 3),
-      (mini_scene.SceneObject("circle", "red", height / 6,
-                              (height / 3, width / 3), (4.0, 7.0)),
-       mini_scene.SceneObject("square", "blue", height / 7,
-                              (height / 2, width / 2), (-3.0, 5.0))))
+    mini_scene.Texture("striped", ("gray", "beige"), 24, 3),
+    (
+      mini_scene.SceneObject(
+        "circle", "red", height / 6, (height / 3, width / 3), (4.0, 7.0)
+      ),
+      mini_scene.SceneObject(
+        "square", "blue", height / 7, (height / 2, width / 2), (-3.0, 5.0)
+      ),
+    ),
+  )
   # Render at 1/4 size and upscale: full-size numpy masks are slow to draw.
   small, _ = mini_scene.render(scene, frames, height // 4, width // 4)
-  clip = np.stack([np.asarray(Image.fromarray(f).resize(
-      (width, height), Image.Resampling.BILINEAR)) for f in small])
+  clip = np.stack(
+    [
+      np.asarray(
+        Image.fromarray(f).resize((width, height), Image.Resampling.BILINEAR)
+      )
+      for f in small
+    ]
+  )
   noise = rng.normal(0, 6, clip.shape[1:])
   return np.clip(clip + noise, 0, 255).astype(np.uint8)
 
@@ -124,17 +131,33 @@ def main():
       clip = synthetic_clip(height, width, args.frames, i)
       data = video_io.encode_video(clip, crf=23)
       ref = video_io.encode_png(clip[0, : height // 2, : height // 2])
-      raw.append(records.serialize({
-          "key": f"{name}-{i}", "prompt": "edit", "src": data,
-          "src_kind": "video", "tgt": data, "tgt_kind": "video",
-          "ref_image": ref, "has_ref": True, "num_frames": args.frames,
-          "height": height, "width": width}))
-    decode = examples.DecodeExample(examples.ExampleConfig(
-        max_frames=args.frames, max_pixels=max_pixels, train=True))
+      raw.append(
+        records.serialize(
+          {
+            "key": f"{name}-{i}",
+            "prompt": "edit",
+            "src": data,
+            "src_kind": "video",
+            "tgt": data,
+            "tgt_kind": "video",
+            "ref_image": ref,
+            "has_ref": True,
+            "num_frames": args.frames,
+            "height": height,
+            "width": width,
+          }
+        )
+      )
+    decode = examples.DecodeExample(
+      examples.ExampleConfig(
+        max_frames=args.frames, max_pixels=max_pixels, train=True
+      )
+    )
     rng = np.random.default_rng(0)
     ours = lambda r: decode.random_map(r, rng)
     ref_fn = lambda r: reference_style(
-        records.deserialize(r), args.frames, max_pixels)
+      records.deserialize(r), args.frames, max_pixels
+    )
     ours(raw[0])  # Warm up codecs and allocators.
     wall, cpu = time_it(ours, raw)
     ref_wall, ref_cpu = time_it(ref_fn, raw)
@@ -142,19 +165,31 @@ def main():
     step, tokens = step_seconds_estimate(height, width, args.frames, args.mfu)
     step = args.step_seconds or step
     need = 1.0 / step
-    print(f"{name} x {args.frames} frames ({height}x{width}), {n} clips, "
-          f"mp4 {len(records.deserialize(raw[0])['src']) / 1e6:.1f} MB")
-    print(f"  kiwi_jax : {n / wall:6.2f} clips/s wall, "
-          f"{n / cpu:6.2f} clips per CPU-second (per core)")
-    print(f"  reference: {n / ref_wall:6.2f} clips/s wall, "
-          f"{n / ref_cpu:6.2f} clips per CPU-second (per core)")
-    print(f"  ratio kiwi_jax/reference (per core): "
-          f"{(n / cpu) / (n / ref_cpu):.2f}x")
-    source = "given" if args.step_seconds else (
-        f"estimated: {tokens} DiT tokens, H100 bf16 at MFU {args.mfu}")
-    print(f"  a training step consumes 1 clip per accelerator every "
-          f"{step:.2f} s ({source}) = {need:.2f} clips/s; one core feeds "
-          f"{(n / cpu) / need:.1f} accelerators")
+    print(
+      f"{name} x {args.frames} frames ({height}x{width}), {n} clips, "
+      f"mp4 {len(records.deserialize(raw[0])['src']) / 1e6:.1f} MB"
+    )
+    print(
+      f"  kiwi_jax : {n / wall:6.2f} clips/s wall, "
+      f"{n / cpu:6.2f} clips per CPU-second (per core)"
+    )
+    print(
+      f"  reference: {n / ref_wall:6.2f} clips/s wall, "
+      f"{n / ref_cpu:6.2f} clips per CPU-second (per core)"
+    )
+    print(
+      f"  ratio kiwi_jax/reference (per core): {(n / cpu) / (n / ref_cpu):.2f}x"
+    )
+    source = (
+      "given"
+      if args.step_seconds
+      else (f"estimated: {tokens} DiT tokens, H100 bf16 at MFU {args.mfu}")
+    )
+    print(
+      f"  a training step consumes 1 clip per accelerator every "
+      f"{step:.2f} s ({source}) = {need:.2f} clips/s; one core feeds "
+      f"{(n / cpu) / need:.1f} accelerators"
+    )
 
 
 if __name__ == "__main__":

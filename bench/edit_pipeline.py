@@ -45,9 +45,12 @@ from tests.pipeline import toy_editor  # noqa: E402
 
 
 def synthetic_source(height, width, frames):
-  cfg = refvie_mini.MiniConfig(height=height, width=width,
-                               num_frames=frames,
-                               ref_size=min(height, width) // 2)
+  cfg = refvie_mini.MiniConfig(
+    height=height,
+    width=width,
+    num_frames=frames,
+    ref_size=min(height, width) // 2,
+  )
   sample = refvie_mini.make_sample(0, 5, cfg, edit_type="subject_reference")
   return sample.source, sample.ref_image, sample.prompt
 
@@ -68,18 +71,25 @@ def torch_denoise_seconds(pipe, source, ref, prompt, steps, repeats):
   import torch
 
   from tests.pipeline import torch_reference
+
   clip = inputs_lib.load_source(source)
   batch, _ = pipe.processor(prompt, frames=clip.frames, ref_image=ref)
-  context = stages.encode_conditions(pipe.graphdef, pipe.state,
-                                     batch).context
-  src = stages.encode_video(pipe.graphdef, pipe.state,
-                            inputs_lib.to_model_range(clip.frames)[None])
+  context = stages.encode_conditions(pipe.graphdef, pipe.state, batch).context
+  src = stages.encode_video(
+    pipe.graphdef, pipe.state, inputs_lib.to_model_range(clip.frames)[None]
+  )
   padded = inputs_lib.pad_reference(ref, *clip.size)
-  ref_lat = stages.encode_video(pipe.graphdef, pipe.state,
-                                inputs_lib.to_model_range(padded)[None, None])
+  ref_lat = stages.encode_video(
+    pipe.graphdef, pipe.state, inputs_lib.to_model_range(padded)[None, None]
+  )
   weights = torch_reference.flat_weights(pipe)
-  shape = (1, (clip.num_frames - 1) // 4 + 1, clip.size[0] // 16,
-           clip.size[1] // 16, pipe.latent_channels)
+  shape = (
+    1,
+    (clip.num_frames - 1) // 4 + 1,
+    clip.size[0] // 16,
+    clip.size[1] // 16,
+    pipe.latent_channels,
+  )
   noise = torch.randn(shape)
   args = [torch.tensor(np.asarray(a)) for a in (context, src, ref_lat)]
   best = float("inf")
@@ -111,12 +121,16 @@ def random_kiwi(variant: str, config=None, make_model=None):
   from kiwi_jax.models.kiwi.model import KiwiEdit
   from kiwi_jax.models.kiwi.processor import KiwiProcessor
   from kiwi_jax.testing import build_tiny_qwen_tokenizer, special_token_ids
+
   tok_dir = build_tiny_qwen_tokenizer(tempfile.mkdtemp())
   ids = special_token_ids(AutoTokenizer.from_pretrained(str(tok_dir)))
   cfg = config or KiwiEditConfig.from_variant(variant)
   fields = {f.name for f in dataclasses.fields(cfg.mllm)}
-  cfg = cfg.replace(mllm=dataclasses.replace(
-      cfg.mllm, **{k: v for k, v in ids.items() if k in fields}))
+  cfg = cfg.replace(
+    mllm=dataclasses.replace(
+      cfg.mllm, **{k: v for k, v in ids.items() if k in fields}
+    )
+  )
   mesh = sharding.make_mesh({"fsdp": -1})
   make_model = make_model or sharding.create_sharded
   model = make_model(lambda: KiwiEdit(cfg, rngs=nnx.Rngs(0)), mesh)
@@ -126,8 +140,11 @@ def random_kiwi(variant: str, config=None, make_model=None):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", default=None)
-  parser.add_argument("--variant", default=None,
-                      help="random-weight Kiwi-Edit config (tiny, kiwi-5b)")
+  parser.add_argument(
+    "--variant",
+    default=None,
+    help="random-weight Kiwi-Edit config (tiny, kiwi-5b)",
+  )
   parser.add_argument("--height", type=int, default=None)
   parser.add_argument("--width", type=int, default=None)
   parser.add_argument("--frames", type=int, default=None)
@@ -136,7 +153,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
   toy = args.checkpoint is None and args.variant is None
   big = args.variant == "kiwi-5b" or (
-      jax.default_backend() == "gpu" and args.checkpoint is not None)
+    jax.default_backend() == "gpu" and args.checkpoint is not None
+  )
   height = args.height or (720 if big else 128)
   width = args.width or (1280 if big else 224)
   frames = args.frames or (81 if big else 17)
@@ -156,19 +174,26 @@ def main(argv=None):
   source, ref, prompt = synthetic_source(height, width, frames)
   clip = inputs_lib.load_source(source)
   best = time_pipeline(pipe, source, ref, prompt, steps, args.repeats)
-  print(f"device {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-        f"model {name}, "
-        f"{clip.size[1]}x{clip.size[0]} x {clip.num_frames} frames, "
-        f"{steps} steps, best of {args.repeats}")
+  print(
+    f"device {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+    f"model {name}, "
+    f"{clip.size[1]}x{clip.size[0]} x {clip.num_frames} frames, "
+    f"{steps} steps, best of {args.repeats}"
+  )
   for name in PHASES:
     print(f"  {name:12s} {best[name]:8.3f} s")
-  print(f"  {'total':12s} {best['total']:8.3f} s "
-        f"(incl. reading/resizing and output conversion)")
+  print(
+    f"  {'total':12s} {best['total']:8.3f} s "
+    f"(incl. reading/resizing and output conversion)"
+  )
   if toy:
-    torch_s = torch_denoise_seconds(pipe, source, ref, prompt, steps,
-                                    args.repeats)
-    print(f"  denoise, torch reference loop {torch_s:.3f} s; "
-          f"ratio torch / JAX = {torch_s / best['denoise']:.2f}")
+    torch_s = torch_denoise_seconds(
+      pipe, source, ref, prompt, steps, args.repeats
+    )
+    print(
+      f"  denoise, torch reference loop {torch_s:.3f} s; "
+      f"ratio torch / JAX = {torch_s / best['denoise']:.2f}"
+    )
 
 
 if __name__ == "__main__":

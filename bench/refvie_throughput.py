@@ -24,8 +24,7 @@ from kiwi_jax.refvie import dedup, process
 from kiwi_jax.refvie import run_local as pipeline_local
 from kiwi_jax.refvie.types import Pair
 
-EDITS = ("local_recolor", "background_change", "subject_reference",
-         "local_add")
+EDITS = ("local_recolor", "background_change", "subject_reference", "local_add")
 
 
 def main() -> int:
@@ -36,21 +35,32 @@ def main() -> int:
   parser.add_argument("--frames", type=int, default=81)
   parser.add_argument("--analysis_max_side", type=int, default=512)
   args = parser.parse_args()
-  cfg = refvie_mini.MiniConfig(height=args.height, width=args.width,
-                               num_frames=args.frames, ref_size=64)
+  cfg = refvie_mini.MiniConfig(
+    height=args.height, width=args.width, num_frames=args.frames, ref_size=64
+  )
   pipe = process.Pipeline(analysis_max_side=args.analysis_max_side)
   base = pathlib.Path(tempfile.mkdtemp(prefix="refvie_bench_"))
   rows, stage_seconds = [], {}
-  print(f"rendering {args.pairs} pairs of {args.frames}x{args.height}x"
-        f"{args.width} ...", flush=True)
+  print(
+    f"rendering {args.pairs} pairs of {args.frames}x{args.height}x"
+    f"{args.width} ...",
+    flush=True,
+  )
   for i in range(args.pairs):
     sample = refvie_mini.make_sample(0, i, cfg, EDITS[i % len(EDITS)])
     for name, frames in (("s", sample.source), ("t", sample.target)):
       (base / f"{i}{name}.mp4").write_bytes(
-          video_io.encode_video(frames, lossless=True))
-    rows.append(metadata.Row(key=f"b{i}", origin="bench",
-                             prompt=sample.prompt, src_video=f"{i}s.mp4",
-                             tgt_video=f"{i}t.mp4"))
+        video_io.encode_video(frames, lossless=True)
+      )
+    rows.append(
+      metadata.Row(
+        key=f"b{i}",
+        origin="bench",
+        prompt=sample.prompt,
+        src_video=f"{i}s.mp4",
+        tgt_video=f"{i}t.mp4",
+      )
+    )
     full = Pair(sample.key, sample.prompt, sample.source, sample.target)
     clock = time.perf_counter()
     pair = process.downscale(full, args.analysis_max_side)
@@ -62,7 +72,8 @@ def main() -> int:
     scaffold = pipe.synthesizer(pair, found)
     if pair is not full:
       scaffold = pipe.synthesizer.at_resolution(
-          scaffold, found.kind, full.target[scaffold.frame])
+        scaffold, found.kind, full.target[scaffold.frame]
+      )
     steps.append(("synthesis", time.perf_counter()))
     pipe.verifier(pair, found, scaffold)
     dedup.signature(pair.source, pair.target)
@@ -78,12 +89,21 @@ def main() -> int:
   for workers in (0, 2):
     out = base / f"out{workers}"
     start = time.perf_counter()
-    pipeline_local.run_local(rows, base, out, pipe, num_workers=workers,
-                             chunk_size=args.pairs, progress=False)
+    pipeline_local.run_local(
+      rows,
+      base,
+      out,
+      pipe,
+      num_workers=workers,
+      chunk_size=args.pairs,
+      progress=False,
+    )
     walls[workers] = time.perf_counter() - start
-    print(f"run_local num_workers={workers}: {walls[workers]:.1f} s, "
-          f"{args.pairs / walls[workers]:.3f} pairs/s (decode + write "
-          "included)")
+    print(
+      f"run_local num_workers={workers}: {walls[workers]:.1f} s, "
+      f"{args.pairs / walls[workers]:.3f} pairs/s (decode + write "
+      "included)"
+    )
   print(f"ratio (2 workers / 1 process): {walls[0] / walls[2]:.2f}x")
   return 0
 

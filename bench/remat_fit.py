@@ -33,7 +33,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P
 
 from kiwi_jax import sharding  # noqa: E402
 from kiwi_jax.flops import dit as dit_flops_lib  # noqa: E402
@@ -41,19 +42,25 @@ from kiwi_jax.models.dit.config import WanDiTConfig  # noqa: E402
 from kiwi_jax.models.dit.model import WanDiT  # noqa: E402
 from kiwi_jax.testing.tpu_collectives import collective_counts  # noqa: E402
 
-GiB = 2 ** 30
+GiB = 2**30
 LATENT_GRID = (21, 44, 80)  # 81 frames at 704 x 1280
-CONTEXT_LEN = 512           # video-mode queries
-TOPOLOGIES = {"v5p-8": ("v5:2x2x1", "megacore"),
-              "v5p-16": ("v5:2x2x2", "megacore"),
-              "v6e-16": ("v6e:4x4", "default")}
+CONTEXT_LEN = 512  # video-mode queries
+TOPOLOGIES = {
+  "v5p-8": ("v5:2x2x1", "megacore"),
+  "v5p-16": ("v5:2x2x2", "megacore"),
+  "v6e-16": ("v6e:4x4", "default"),
+}
 
 
 def tpu_devices(name: str):
   topology, chip = TOPOLOGIES[name]
   return topologies.get_topology_desc(
-      platform="tpu", topology_name=topology, chip_config_name=chip,
-      chips_per_host_bounds=(2, 2, 1), num_slices=1).devices
+    platform="tpu",
+    topology_name=topology,
+    chip_config_name=chip,
+    chips_per_host_bounds=(2, 2, 1),
+    num_slices=1,
+  ).devices
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -64,26 +71,36 @@ def compile_step(cfg: WanDiTConfig, mesh, batch: int, rules):
   """Compiled ``grad(mean(v^2))`` of the DiT: f32 masters cast to bf16."""
   with sharding.use_mesh(mesh, rules):
     graphdef, abstract = nnx.split(
-        sharding.abstract_model(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
+      sharding.abstract_model(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
+    )
     shardings = nnx.to_pure_dict(sharding.state_shardings(abstract, mesh))
     params = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=s),
-        nnx.to_pure_dict(abstract), shardings)
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=s),
+      nnx.to_pure_dict(abstract),
+      shardings,
+    )
   t, h, w = LATENT_GRID
   bspec = sharding.logical_to_spec(("act_batch",), (batch,), mesh, rules)
   act = lambda shape, dt=jnp.bfloat16: jax.ShapeDtypeStruct(  # noqa: E731
-      shape, dt, sharding=NamedSharding(mesh, P(*bspec, *(None,) * (
-          len(shape) - 1))))
+    shape,
+    dt,
+    sharding=NamedSharding(mesh, P(*bspec, *(None,) * (len(shape) - 1))),
+  )
   latents = act((batch, t, h, w, cfg.in_channels))
-  inputs = (latents, act((batch,), jnp.float32),
-            act((batch, CONTEXT_LEN, cfg.dim)), latents,
-            act((batch,), jnp.float32))
+  inputs = (
+    latents,
+    act((batch,), jnp.float32),
+    act((batch, CONTEXT_LEN, cfg.dim)),
+    latents,
+    act((batch,), jnp.float32),
+  )
 
   def loss(p, noisy, timestep, context, source, sigma):
     state = jax.tree.map(lambda x: x.astype(cfg.dtype), p)
     model = nnx.merge(graphdef, state)
-    v = model(noisy, timestep, context, source_latents=source,
-              sigma=sigma).velocity
+    v = model(
+      noisy, timestep, context, source_latents=source, sigma=sigma
+    ).velocity
     return jnp.mean(jnp.square(v.astype(jnp.float32)))
 
   def step(p, *args):
@@ -97,8 +114,13 @@ def compile_step(cfg: WanDiTConfig, mesh, batch: int, rules):
 
 def measure(policy: str, layers: int, mesh, batch: int, rules) -> dict:
   cfg = WanDiTConfig.from_variant(
-      "wan2.2-ti2v-5b", num_layers=layers, dtype=jnp.bfloat16,
-      remat_policy=policy, attention=None, source_condition=True)
+    "wan2.2-ti2v-5b",
+    num_layers=layers,
+    dtype=jnp.bfloat16,
+    remat_policy=policy,
+    attention=None,
+    source_condition=True,
+  )
   start = time.time()
   row = {"policy": policy, "layers": layers}
   try:
@@ -106,26 +128,33 @@ def measure(policy: str, layers: int, mesh, batch: int, rules) -> dict:
   except Exception as error:  # noqa: BLE001  (an OOM is a result)
     if os.environ.get("REMAT_FIT_RAISE"):
       raise
-    row.update(error=str(error).splitlines()[0][:300],
-               compile_s=round(time.time() - start, 1))
+    row.update(
+      error=str(error).splitlines()[0][:300],
+      compile_s=round(time.time() - start, 1),
+    )
     return row
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   hlo = compiled.as_text()
-  formula = dit_flops_lib.dit_flops(cfg, batch=batch,
-                                    latent_grid=LATENT_GRID,
-                                    context_len=CONTEXT_LEN, source=True)
+  formula = dit_flops_lib.dit_flops(
+    cfg,
+    batch=batch,
+    latent_grid=LATENT_GRID,
+    context_len=CONTEXT_LEN,
+    source=True,
+  )
   row.update(
-      compile_s=round(time.time() - start, 1),
-      argument_gib=mem.argument_size_in_bytes / GiB,
-      temp_gib=mem.temp_size_in_bytes / GiB,
-      peak_gib=getattr(mem, "peak_memory_in_bytes", 0) / GiB,
-      xla_flops_per_chip=float(cost["flops"]),
-      formula_train_flops=float(formula.train),
-      formula_hardware_flops=float(formula.hardware_train),
-      splash=hlo.count("splash") > 0,
-      collectives=collective_counts(hlo))
+    compile_s=round(time.time() - start, 1),
+    argument_gib=mem.argument_size_in_bytes / GiB,
+    temp_gib=mem.temp_size_in_bytes / GiB,
+    peak_gib=getattr(mem, "peak_memory_in_bytes", 0) / GiB,
+    xla_flops_per_chip=float(cost["flops"]),
+    formula_train_flops=float(formula.train),
+    formula_hardware_flops=float(formula.hardware_train),
+    splash=hlo.count("splash") > 0,
+    collectives=collective_counts(hlo),
+  )
   return row
 
 
@@ -140,8 +169,11 @@ def main() -> None:
   parser.add_argument("--out", default="")
   args = parser.parse_args()
   mesh = sharding.make_mesh(parse_mesh(args.mesh), tpu_devices(args.topology))
-  rules = (sharding.FSDP_OVER_SEQUENCE_RULES if args.fsdp_over_sequence
-           else sharding.LOGICAL_AXIS_RULES)
+  rules = (
+    sharding.FSDP_OVER_SEQUENCE_RULES
+    if args.fsdp_over_sequence
+    else sharding.LOGICAL_AXIS_RULES
+  )
   rows = []
   for policy in args.policies.split(","):
     for layers in (int(x) for x in args.layers.split(",")):

@@ -36,7 +36,7 @@ from kiwi_jax.flops import dit as dit_flops_lib  # noqa: E402
 from kiwi_jax.models.dit.config import REMAT_POLICIES, WanDiTConfig  # noqa
 from kiwi_jax.models.dit.model import WanDiT  # noqa: E402
 
-GiB = 2 ** 30
+GiB = 2**30
 LATENT_GRID = (21, 44, 80)
 CONTEXT_LEN = 512
 
@@ -44,20 +44,28 @@ CONTEXT_LEN = 512
 def residual_bytes(cfg: WanDiTConfig, batch: int, mesh) -> int:
   with sharding.use_mesh(mesh):
     graphdef, abstract = nnx.split(
-        sharding.abstract_model(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
-  params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, cfg.dtype),
-                        nnx.to_pure_dict(abstract))
+      sharding.abstract_model(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
+    )
+  params = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, cfg.dtype),
+    nnx.to_pure_dict(abstract),
+  )
   t, h, w = LATENT_GRID
   sds = jax.ShapeDtypeStruct
   latents = sds((batch, t, h, w, cfg.in_channels), cfg.dtype)
-  args = (latents, sds((batch,), jnp.float32),
-          sds((batch, CONTEXT_LEN, cfg.dim), cfg.dtype), latents,
-          sds((batch,), jnp.float32))
+  args = (
+    latents,
+    sds((batch,), jnp.float32),
+    sds((batch, CONTEXT_LEN, cfg.dim), cfg.dtype),
+    latents,
+    sds((batch,), jnp.float32),
+  )
 
   def loss(p, noisy, timestep, context, source, sigma):
     model = nnx.merge(graphdef, p)
-    v = model(noisy, timestep, context, source_latents=source,
-              sigma=sigma).velocity
+    v = model(
+      noisy, timestep, context, source_latents=source, sigma=sigma
+    ).velocity
     return jnp.mean(jnp.square(v.astype(jnp.float32)))
 
   with sharding.use_mesh(mesh):
@@ -72,9 +80,14 @@ def residual_bytes(cfg: WanDiTConfig, batch: int, mesh) -> int:
 
 def main() -> None:
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
   devices = topologies.get_topology_desc(
-      platform="tpu", topology_name="v5:2x2x1", chip_config_name="megacore",
-      chips_per_host_bounds=(2, 2, 1), num_slices=1).devices
+    platform="tpu",
+    topology_name="v5:2x2x1",
+    chip_config_name="megacore",
+    chips_per_host_bounds=(2, 2, 1),
+    num_slices=1,
+  ).devices
   # One device: the traced shapes are one sample's, as one chip of an
   # fsdp mesh holds them (batch sharded, one sample per chip).
   mesh = sharding.make_mesh({"data": 1}, devices[:1])
@@ -83,18 +96,32 @@ def main() -> None:
     per = []
     for layers in (1, 2):
       cfg = WanDiTConfig.from_variant(
-          "wan2.2-ti2v-5b", num_layers=layers, dtype=jnp.bfloat16,
-          remat_policy=policy, attention="splash", source_condition=True)
+        "wan2.2-ti2v-5b",
+        num_layers=layers,
+        dtype=jnp.bfloat16,
+        remat_policy=policy,
+        attention="splash",
+        source_condition=True,
+      )
       per.append(residual_bytes(cfg, 1, mesh))
-    full = WanDiTConfig.from_variant("wan2.2-ti2v-5b", remat_policy=policy,
-                                     source_condition=True)
-    flops = dit_flops_lib.dit_flops(full, batch=1, latent_grid=LATENT_GRID,
-                                    context_len=CONTEXT_LEN, source=True)
-    row = {"policy": policy, "per_layer_gib": (per[1] - per[0]) / GiB,
-           "outside_layers_gib": (2 * per[0] - per[1]) / GiB,
-           "30_layers_gib": (per[0] + 29 * (per[1] - per[0])) / GiB,
-           "train_pflop": flops.train / 1e15,
-           "hardware_train_pflop": flops.hardware_train / 1e15}
+    full = WanDiTConfig.from_variant(
+      "wan2.2-ti2v-5b", remat_policy=policy, source_condition=True
+    )
+    flops = dit_flops_lib.dit_flops(
+      full,
+      batch=1,
+      latent_grid=LATENT_GRID,
+      context_len=CONTEXT_LEN,
+      source=True,
+    )
+    row = {
+      "policy": policy,
+      "per_layer_gib": (per[1] - per[0]) / GiB,
+      "outside_layers_gib": (2 * per[0] - per[1]) / GiB,
+      "30_layers_gib": (per[0] + 29 * (per[1] - per[0])) / GiB,
+      "train_pflop": flops.train / 1e15,
+      "hardware_train_pflop": flops.hardware_train / 1e15,
+    }
     print(json.dumps(row), flush=True)
     rows.append(row)
 

@@ -34,9 +34,10 @@ from kiwi_jax.pipeline import EditPipeline  # noqa: E402
 
 
 def psnr(a, b, peak):
-  mse = float(np.mean((np.asarray(a, np.float64) -
-                       np.asarray(b, np.float64)) ** 2))
-  return float("inf") if mse == 0 else 10 * np.log10(peak ** 2 / mse)
+  mse = float(
+    np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+  )
+  return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
 
 
 def run(pipe, source, ref, prompt, steps, repeats, threshold=None):
@@ -52,10 +53,16 @@ def run(pipe, source, ref, prompt, steps, repeats, threshold=None):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--variant", default="tiny",
-                      help="random-weight Kiwi-Edit config (tiny, kiwi-5b)")
-  parser.add_argument("--thresholds", default="0.02,0.05,0.1,0.2,0.3",
-                      help="comma-separated cache thresholds")
+  parser.add_argument(
+    "--variant",
+    default="tiny",
+    help="random-weight Kiwi-Edit config (tiny, kiwi-5b)",
+  )
+  parser.add_argument(
+    "--thresholds",
+    default="0.02,0.05,0.1,0.2,0.3",
+    help="comma-separated cache thresholds",
+  )
   parser.add_argument("--steps", type=int, default=50)
   parser.add_argument("--height", type=int, default=None)
   parser.add_argument("--width", type=int, default=None)
@@ -70,33 +77,40 @@ def main(argv=None):
   model, processor, mesh = random_kiwi(args.variant)
   pipe = EditPipeline(model, processor, mesh=mesh)
   source, ref, prompt = synthetic_source(height, width, frames)
-  full, full_s = run(pipe, source, ref, prompt, args.steps, args.repeats,
-                     None)
+  full, full_s = run(pipe, source, ref, prompt, args.steps, args.repeats, None)
   num_layers = model.kiwi.cfg.dit.num_layers
   full_evals = args.steps * num_layers
   peak = float(np.max(np.abs(full.latents)))
-  print(f"device {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-        f"random {args.variant}, {width}x{height} x {frames} frames, "
-        f"{args.steps} steps, {num_layers} blocks, best of {args.repeats}")
+  print(
+    f"device {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+    f"random {args.variant}, {width}x{height} x {frames} frames, "
+    f"{args.steps} steps, {num_layers} blocks, best of {args.repeats}"
+  )
   print(f"  full: {full_evals} block evals, denoise {full_s:.3f} s")
-  print("  threshold | block evals | fewer evals | denoise s | speed-up | "
-        "PSNR frames dB | PSNR latents dB | same evals, no cache: steps, "
-        "PSNR frames / latents dB")
+  print(
+    "  threshold | block evals | fewer evals | denoise s | speed-up | "
+    "PSNR frames dB | PSNR latents dB | same evals, no cache: steps, "
+    "PSNR frames / latents dB"
+  )
   baselines = {}
   for threshold in thresholds:
-    result, seconds = run(pipe, source, ref, prompt, args.steps,
-                          args.repeats, threshold)
+    result, seconds = run(
+      pipe, source, ref, prompt, args.steps, args.repeats, threshold
+    )
     steps = result.block_evals // num_layers
     if steps not in baselines:
       baselines[steps] = run(pipe, source, ref, prompt, steps, 1)[0]
     plain = baselines[steps]
-    print(f"  {threshold:9.3f} | {result.block_evals:11d} | "
-          f"{full_evals / result.block_evals:10.2f}x | {seconds:9.3f} | "
-          f"{full_s / seconds:7.2f}x | "
-          f"{psnr(result.frames, full.frames, 255.0):14.2f} | "
-          f"{psnr(result.latents, full.latents, peak):15.2f} | "
-          f"{steps:3d}, {psnr(plain.frames, full.frames, 255.0):.2f} / "
-          f"{psnr(plain.latents, full.latents, peak):.2f}", flush=True)
+    print(
+      f"  {threshold:9.3f} | {result.block_evals:11d} | "
+      f"{full_evals / result.block_evals:10.2f}x | {seconds:9.3f} | "
+      f"{full_s / seconds:7.2f}x | "
+      f"{psnr(result.frames, full.frames, 255.0):14.2f} | "
+      f"{psnr(result.latents, full.latents, peak):15.2f} | "
+      f"{steps:3d}, {psnr(plain.frames, full.frames, 255.0):.2f} / "
+      f"{psnr(plain.latents, full.latents, peak):.2f}",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

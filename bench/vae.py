@@ -72,15 +72,19 @@ def bench_cpu(style: str, frames: int, h: int, w: int, repeats: int):
 
   t_enc = _median_time(torch_encode, repeats)
   t_dec = _median_time(torch_decode, repeats)
-  j_enc = _median_time(lambda: jax.block_until_ready(runner.encode(video)),
-                       repeats)
-  j_dec = _median_time(lambda: jax.block_until_ready(runner.decode(latents)),
-                       repeats)
-  print(f"[cpu fp32] {cfg.name} video {frames}x{h}x{w}: "
-        f"encode jax {j_enc * 1e3:.1f} ms, torch {t_enc * 1e3:.1f} ms, "
-        f"ratio torch/jax {t_enc / j_enc:.2f}; "
-        f"decode jax {j_dec * 1e3:.1f} ms, torch {t_dec * 1e3:.1f} ms, "
-        f"ratio torch/jax {t_dec / j_dec:.2f}")
+  j_enc = _median_time(
+    lambda: jax.block_until_ready(runner.encode(video)), repeats
+  )
+  j_dec = _median_time(
+    lambda: jax.block_until_ready(runner.decode(latents)), repeats
+  )
+  print(
+    f"[cpu fp32] {cfg.name} video {frames}x{h}x{w}: "
+    f"encode jax {j_enc * 1e3:.1f} ms, torch {t_enc * 1e3:.1f} ms, "
+    f"ratio torch/jax {t_enc / j_enc:.2f}; "
+    f"decode jax {j_dec * 1e3:.1f} ms, torch {t_dec * 1e3:.1f} ms, "
+    f"ratio torch/jax {t_dec / j_dec:.2f}"
+  )
 
 
 def _peak_bytes():
@@ -92,8 +96,9 @@ def bench_gpu(frames: int = 81, h: int = 720, w: int = 1280):
   from kiwi_jax.models.vae import WanVAEConfig, init_wan_vae
   from kiwi_jax.models.vae.tiling import VAERunner
 
-  cfg = WanVAEConfig.from_variant("wan2.2", dtype=jnp.bfloat16,
-                                  param_dtype=jnp.bfloat16)
+  cfg = WanVAEConfig.from_variant(
+    "wan2.2", dtype=jnp.bfloat16, param_dtype=jnp.bfloat16
+  )
   runner = VAERunner(init_wan_vae(cfg))
   video = np.random.default_rng(0).uniform(-1, 1, (1, frames, h, w, 3))
   video = video.astype(np.float32)
@@ -101,20 +106,25 @@ def bench_gpu(frames: int = 81, h: int = 720, w: int = 1280):
     label = "tiled 30x52/15x26" if tiled else "untiled"
     try:
       t_enc = _median_time(
-          lambda: jax.block_until_ready(runner.encode(video, tiled=tiled)), 1)
+        lambda: jax.block_until_ready(runner.encode(video, tiled=tiled)), 1
+      )
       latents = runner.encode(video, tiled=tiled)
       peak_enc = _peak_bytes()
       t_dec = _median_time(
-          lambda: jax.block_until_ready(runner.decode(latents, tiled=tiled)),
-          1)
+        lambda: jax.block_until_ready(runner.decode(latents, tiled=tiled)), 1
+      )
       peak_dec = _peak_bytes()
-      print(f"[gpu bf16] wan2.2 {frames}x{h}x{w} {label}: encode "
-            f"{t_enc:.2f} s, decode {t_dec:.2f} s, peak memory after encode "
-            f"{peak_enc / 2**30:.1f} GiB, after decode "
-            f"{peak_dec / 2**30:.1f} GiB")
+      print(
+        f"[gpu bf16] wan2.2 {frames}x{h}x{w} {label}: encode "
+        f"{t_enc:.2f} s, decode {t_dec:.2f} s, peak memory after encode "
+        f"{peak_enc / 2**30:.1f} GiB, after decode "
+        f"{peak_dec / 2**30:.1f} GiB"
+      )
     except Exception as e:  # e.g. out of memory untiled on a small GPU
-      print(f"[gpu bf16] wan2.2 {frames}x{h}x{w} {label}: failed: "
-            f"{type(e).__name__}: {str(e).splitlines()[0]}")
+      print(
+        f"[gpu bf16] wan2.2 {frames}x{h}x{w} {label}: failed: "
+        f"{type(e).__name__}: {str(e).splitlines()[0]}"
+      )
 
 
 def main():

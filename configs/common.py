@@ -56,16 +56,20 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     key, _, value = item.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ValueError(f"Unknown config arg {key!r}; valid args: "
-                       f"{sorted(defaults)}.")
-    out[key] = _convert(value.strip(), defaults[key],
-                        key) if "=" in item else _convert("", defaults[key],
-                                                          key)
+      raise ValueError(
+        f"Unknown config arg {key!r}; valid args: {sorted(defaults)}."
+      )
+    out[key] = (
+      _convert(value.strip(), defaults[key], key)
+      if "=" in item
+      else _convert("", defaults[key], key)
+    )
   return ml_collections.ConfigDict(out)
 
 
-def base(*, task: str, total_steps: int, **blocks: Any
-         ) -> ml_collections.ConfigDict:
+def base(
+  *, task: str, total_steps: int, **blocks: Any
+) -> ml_collections.ConfigDict:
   """Every trainer key with its declared default, ``config.task`` and the
   task's ``blocks`` (``kiwi=kiwi_block(...)``); unlocked until ``lock``."""
   return run_config.base_config(total_steps=total_steps, task=task, **blocks)
@@ -82,9 +86,11 @@ def real_size_model() -> dict[str, Any]:
   [S, S] logits never exist whole on an accelerator; the DiT rematerialised
   with ``DIT_REMAT_POLICY`` and Qwen's layers rematerialised. The compute
   dtype comes from ``config.precision.compute_dtype``."""
-  return {"dit": {"remat_policy": DIT_REMAT_POLICY, "attention": None},
-          "mllm": {"attention": None, "remat": True},
-          "vae": {"attention_implementation": None}}
+  return {
+    "dit": {"remat_policy": DIT_REMAT_POLICY, "attention": None},
+    "mllm": {"attention": None, "remat": True},
+    "vae": {"attention_implementation": None},
+  }
 
 
 def set_real_size_run(config: ml_collections.ConfigDict) -> None:
@@ -96,8 +102,9 @@ def set_real_size_run(config: ml_collections.ConfigDict) -> None:
   config.precision.master_dtype = "float32"
   config.precision.compute_dtype = "bfloat16"
   config.precision.frozen_dtype = "bfloat16"
-  config.sharding_rules = [(name, axes) for name, axes
-                           in sharding.FSDP_OVER_SEQUENCE_RULES]
+  config.sharding_rules = [
+    (name, axes) for name, axes in sharding.FSDP_OVER_SEQUENCE_RULES
+  ]
 
 
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -113,24 +120,34 @@ MLLM_ATTENTION_LORA = lora.ATTENTION_TARGETS
 MLLM_ALL_LORA = lora.ALL_LORA_TARGETS
 
 
-def stage_sources(data_dir: str, stage: int, frames: int,
-                  names: tuple[str, ...] | None = None
-                  ) -> tuple[kiwi_config.DataSource, ...]:
+def stage_sources(
+  data_dir: str, stage: int, frames: int, names: tuple[str, ...] | None = None
+) -> tuple[kiwi_config.DataSource, ...]:
   """The sources of ``stage`` (``training.stages.stage_sources``, or
   ``names``) under ``data_dir``, weighted 1:1; images have one frame."""
   names = names or stages.stage_sources(stage)
-  return tuple(kiwi_config.DataSource(
-      path=f"{data_dir}/{name}", name=name,
-      max_frames=1 if name == "image" else frames) for name in names)
+  return tuple(
+    kiwi_config.DataSource(
+      path=f"{data_dir}/{name}",
+      name=name,
+      max_frames=1 if name == "image" else frames,
+    )
+    for name in names
+  )
 
 
-_DATA_KEYS = frozenset(f.name for f in dataclasses.fields(
-    kiwi_config.KiwiDataConfig))
+_DATA_KEYS = frozenset(
+  f.name for f in dataclasses.fields(kiwi_config.KiwiDataConfig)
+)
 
 
-def kiwi_block(*, family: str, lora_rank: int,
-               lora_targets: tuple[str, ...] | None = None,
-               **fields: Any) -> kiwi_config.KiwiConfig:
+def kiwi_block(
+  *,
+  family: str,
+  lora_rank: int,
+  lora_targets: tuple[str, ...] | None = None,
+  **fields: Any,
+) -> kiwi_config.KiwiConfig:
   """``config.kiwi`` (``kiwi_config.KiwiConfig``): what ``KiwiTask`` reads.
 
   ``family``/``lora_rank``/``lora_targets`` set ``variant_family`` and the
@@ -144,5 +161,8 @@ def kiwi_block(*, family: str, lora_rank: int,
   if lora_targets is not None:
     fields["mllm_lora_targets"] = tuple(lora_targets)
   return kiwi_config.KiwiConfig(
-      variant_family=family, mllm_lora_rank=lora_rank,
-      data=kiwi_config.KiwiDataConfig(**data), **fields)
+    variant_family=family,
+    mllm_lora_rank=lora_rank,
+    data=kiwi_config.KiwiDataConfig(**data),
+    **fields,
+  )

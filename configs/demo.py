@@ -38,22 +38,43 @@ from kiwi_jax.tasks import kiwi_config
 def get_config(arg: str | None = None):
   arg = common.parse_arg(arg, runlocal=False)
   demo = kiwi_config.DemoConfig(
-      num_videos=6 if arg.runlocal else 300,
-      num_images=2 if arg.runlocal else 100,
-      num_heldout=6 if arg.runlocal else 24,
-      height=32, width=32, num_frames=5, data_seed=0, heldout_seed=1,
-      stage_steps=[2, 2, 2] if arg.runlocal else [20, 900, 300],
-      learning_rates=[1e-3, 2e-3, 2e-3], lr_decay="cosine", decay_to=0.05,
-      sample_steps=2 if arg.runlocal else 1,
-      denoising_strength=1.0 if arg.runlocal else 0.7)
+    num_videos=6 if arg.runlocal else 300,
+    num_images=2 if arg.runlocal else 100,
+    num_heldout=6 if arg.runlocal else 24,
+    height=32,
+    width=32,
+    num_frames=5,
+    data_seed=0,
+    heldout_seed=1,
+    stage_steps=[2, 2, 2] if arg.runlocal else [20, 900, 300],
+    learning_rates=[1e-3, 2e-3, 2e-3],
+    lr_decay="cosine",
+    decay_to=0.05,
+    sample_steps=2 if arg.runlocal else 1,
+    denoising_strength=1.0 if arg.runlocal else 0.7,
+  )
   config = common.base(
-      task="kiwi_demo", total_steps=0,  # per stage: demo.stage_steps
-      demo=demo, kiwi=common.kiwi_block(
-          variant="tiny", family="5b", stage=1, lora_rank=4, sources=[],
-          tokenizer_dir="", max_pixels=32 * 32, fixed_size=(32, 32),
-          codec="pixel_unshuffle", ref_tokens=0, seq_len=0, num_patches=0,
-          batch_size=2, loss_weighting="uniform",
-          model={"dit": {"dim": 128, "num_heads": 4, "ffn_dim": 256}}))
+    task="kiwi_demo",
+    total_steps=0,  # per stage: demo.stage_steps
+    demo=demo,
+    kiwi=common.kiwi_block(
+      variant="tiny",
+      family="5b",
+      stage=1,
+      lora_rank=4,
+      sources=[],
+      tokenizer_dir="",
+      max_pixels=32 * 32,
+      fixed_size=(32, 32),
+      codec="pixel_unshuffle",
+      ref_tokens=0,
+      seq_len=0,
+      num_patches=0,
+      batch_size=2,
+      loss_weighting="uniform",
+      model={"dit": {"dim": 128, "num_heads": 4, "ffn_dim": 256}},
+    ),
+  )
   config.log_every = 25
   config.log_first_steps = 2
   config.optimizer.learning_rate = 1e-3

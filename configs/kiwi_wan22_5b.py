@@ -31,16 +31,22 @@ from configs import common
 # (frames, max_pixels, learning rate, grad accum, steps); the sources are
 # the stage's modes (``kiwi_jax.tasks.curriculum.STAGE_MODES``).
 _STAGES = {
-    1: (1, 1_048_576, 1e-5, 1, 30_000),
-    2: (81, 921_600, 1e-5, 2, 20_000),
-    3: (81, 921_600, 5e-6, 3, 15_000),
+  1: (1, 1_048_576, 1e-5, 1, 30_000),
+  2: (81, 921_600, 1e-5, 2, 20_000),
+  3: (81, 921_600, 5e-6, 3, 15_000),
 }
 
 
 def get_config(arg: str | None = None):
-  arg = common.parse_arg(arg, stage=1, res=720, refonly=False,
-                         data="data/refvie_records",
-                         tokenizer="checkpoints/qwen2.5-vl-3b", runlocal=False)
+  arg = common.parse_arg(
+    arg,
+    stage=1,
+    res=720,
+    refonly=False,
+    data="data/refvie_records",
+    tokenizer="checkpoints/qwen2.5-vl-3b",
+    runlocal=False,
+  )
   if arg.stage not in _STAGES:
     raise ValueError(f"stage={arg.stage}; choose 1, 2 or 3.")
   frames, max_pixels, lr, accum, steps = _STAGES[arg.stage]
@@ -52,12 +58,19 @@ def get_config(arg: str | None = None):
       raise ValueError("refonly is a stage-3 option.")
     names, accum, steps = ("ref",), 1, 30_000
   config = common.base(
-      task="kiwi", total_steps=10 if arg.runlocal else steps,
-      kiwi=common.kiwi_block(
-          variant="kiwi-5b", family="5b", stage=arg.stage, lora_rank=64,
-          sources=common.stage_sources(arg.data, arg.stage, frames, names),
-          tokenizer_dir=arg.tokenizer, max_pixels=max_pixels,
-          model=common.real_size_model()))
+    task="kiwi",
+    total_steps=10 if arg.runlocal else steps,
+    kiwi=common.kiwi_block(
+      variant="kiwi-5b",
+      family="5b",
+      stage=arg.stage,
+      lora_rank=64,
+      sources=common.stage_sources(arg.data, arg.stage, frames, names),
+      tokenizer_dir=arg.tokenizer,
+      max_pixels=max_pixels,
+      model=common.real_size_model(),
+    ),
+  )
   config.log_every = 1 if arg.runlocal else 50
   config.optimizer.learning_rate = lr
   config.optimizer.grad_accum_steps = accum
@@ -66,5 +79,11 @@ def get_config(arg: str | None = None):
   return common.lock(config)
 
 
-TEST_ARGS = ("", "stage=2", "stage=2,res=600", "stage=3",
-             "stage=3,refonly", "stage=1,runlocal")
+TEST_ARGS = (
+  "",
+  "stage=2",
+  "stage=2,res=600",
+  "stage=3",
+  "stage=3,refonly",
+  "stage=1,runlocal",
+)

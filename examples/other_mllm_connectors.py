@@ -31,19 +31,23 @@ class HiddenStateEditor(nnx.Module):
 
   def __init__(self, mllm_hidden: int, *, rngs: nnx.Rngs):
     dit = kiwi_jax.WanDiTConfig.from_variant(
-        "tiny", in_channels=12, out_channels=12, source_condition=True)
+      "tiny", in_channels=12, out_channels=12, source_condition=True
+    )
     self.connector = kiwi_jax.Connector(mllm_hidden, dit.dim, rngs=rngs)
     self.dit = kiwi_jax.WanDiT(dit, rngs=rngs)
 
 
-def velocity(graphdef, latents, timestep, sigma, step, state, hidden,
-             source):
+def velocity(graphdef, latents, timestep, sigma, step, state, hidden, source):
   del step
   model = nnx.merge(graphdef, state)
   batch = latents.shape[0]
-  return model.dit(latents, jnp.full((batch,), timestep),
-                   model.connector(hidden), source_latents=source,
-                   sigma=jnp.full((batch,), sigma)).velocity
+  return model.dit(
+    latents,
+    jnp.full((batch,), timestep),
+    model.connector(hidden),
+    source_latents=source,
+    sigma=jnp.full((batch,), sigma),
+  ).velocity
 
 
 def build(mllm_hidden: int) -> HiddenStateEditor:
@@ -54,34 +58,58 @@ def build(mllm_hidden: int) -> HiddenStateEditor:
   return model
 
 
-def edit(model: HiddenStateEditor, hidden: jax.Array, source: jax.Array, *,
-         steps: int, seed: int = 0) -> jax.Array:
+def edit(
+  model: HiddenStateEditor,
+  hidden: jax.Array,
+  source: jax.Array,
+  *,
+  steps: int,
+  seed: int = 0,
+) -> jax.Array:
   """hidden float[B, N, mllm_hidden], source latents [B, t, h, w, 12]."""
   graphdef, state = nnx.split(model)
   noise = kiwi_jax.diffusion.initial_noise(seed, source.shape, jnp.float32)
-  return kiwi_jax.sample(functools.partial(velocity, graphdef), noise, state,
-                         hidden, source, num_steps=steps,
-                         timestep_dtype=jnp.float32)
+  return kiwi_jax.sample(
+    functools.partial(velocity, graphdef),
+    noise,
+    state,
+    hidden,
+    source,
+    num_steps=steps,
+    timestep_dtype=jnp.float32,
+  )
 
 
 def main(argv=None) -> np.ndarray:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--hidden", type=int, default=96,
-                      help="width of the other encoder's hidden states")
+  parser.add_argument(
+    "--hidden",
+    type=int,
+    default=96,
+    help="width of the other encoder's hidden states",
+  )
   parser.add_argument("--queries", type=int, default=8)
   parser.add_argument("--steps", type=int, default=4)
-  parser.add_argument("--seed", type=int, default=0,
-                      help="noise and source latents")
-  parser.add_argument("--hidden-seed", type=int, default=0,
-                      help="the stand-in hidden states")
+  parser.add_argument(
+    "--seed", type=int, default=0, help="noise and source latents"
+  )
+  parser.add_argument(
+    "--hidden-seed", type=int, default=0, help="the stand-in hidden states"
+  )
   args = parser.parse_args(argv)
   model = build(args.hidden)
-  hidden = jnp.asarray(np.random.default_rng(args.hidden_seed).normal(
-      size=(1, args.queries, args.hidden)), jnp.float32)
-  source = jnp.asarray(np.random.default_rng(args.seed).normal(
-      size=(1, 2, 4, 4, 12)), jnp.float32)
-  out = np.asarray(edit(model, hidden, source, steps=args.steps,
-                        seed=args.seed))
+  hidden = jnp.asarray(
+    np.random.default_rng(args.hidden_seed).normal(
+      size=(1, args.queries, args.hidden)
+    ),
+    jnp.float32,
+  )
+  source = jnp.asarray(
+    np.random.default_rng(args.seed).normal(size=(1, 2, 4, 4, 12)), jnp.float32
+  )
+  out = np.asarray(
+    edit(model, hidden, source, steps=args.steps, seed=args.seed)
+  )
   print(f"latents {out.shape} from hidden states {tuple(hidden.shape)}")
   return out
 

@@ -27,26 +27,36 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "KiwiEdit": "kiwi_jax.models.kiwi",
-    "KiwiEditConfig": "kiwi_jax.models.kiwi",
-    "WanDiT": "kiwi_jax.models.dit",
-    "WanDiTConfig": "kiwi_jax.models.dit",
-    "DiTOutput": "kiwi_jax.models.dit",
-    "WanVAE": "kiwi_jax.models.vae",
-    "WanVAEConfig": "kiwi_jax.models.vae",
-    "VAERunner": "kiwi_jax.models.vae",
-    "Qwen25VL": "kiwi_jax.models.mllm",
-    "Qwen25VLConfig": "kiwi_jax.models.mllm",
-    "Connector": "kiwi_jax.models.kiwi.connectors",
-    "LearnableQueries": "kiwi_jax.models.kiwi.connectors",
-    "KiwiProcessor": "kiwi_jax.models.kiwi",
-    "load_checkpoint": "kiwi_jax.models.kiwi",
-    "sample": "kiwi_jax.diffusion",
-    "SamplingPlan": "kiwi_jax.diffusion",
-    "EditPipeline": "kiwi_jax.pipeline",
+  "KiwiEdit": "kiwi_jax.models.kiwi",
+  "KiwiEditConfig": "kiwi_jax.models.kiwi",
+  "WanDiT": "kiwi_jax.models.dit",
+  "WanDiTConfig": "kiwi_jax.models.dit",
+  "DiTOutput": "kiwi_jax.models.dit",
+  "WanVAE": "kiwi_jax.models.vae",
+  "WanVAEConfig": "kiwi_jax.models.vae",
+  "VAERunner": "kiwi_jax.models.vae",
+  "Qwen25VL": "kiwi_jax.models.mllm",
+  "Qwen25VLConfig": "kiwi_jax.models.mllm",
+  "Connector": "kiwi_jax.models.kiwi.connectors",
+  "LearnableQueries": "kiwi_jax.models.kiwi.connectors",
+  "KiwiProcessor": "kiwi_jax.models.kiwi",
+  "load_checkpoint": "kiwi_jax.models.kiwi",
+  "sample": "kiwi_jax.diffusion",
+  "SamplingPlan": "kiwi_jax.diffusion",
+  "EditPipeline": "kiwi_jax.pipeline",
 }
-_SUBMODULES = ("sharding", "layers", "models", "diffusion", "data",
-               "train_lib", "pipeline", "evaluators", "refvie", "testing")
+_SUBMODULES = (
+  "sharding",
+  "layers",
+  "models",
+  "diffusion",
+  "data",
+  "train_lib",
+  "pipeline",
+  "evaluators",
+  "refvie",
+  "testing",
+)
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

@@ -49,35 +49,35 @@ LOGICAL_AXES_KEY = "logical_axes"
 # shards them. Activations shard their batch over data+fsdp and their token
 # axis over ``sequence`` (context parallelism).
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
-    # Parameters.
-    ("layers", None),
-    ("embed", "fsdp"),
-    ("embed_in", "fsdp"),  # input width of a projection into `embed`
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", "tensor"),
-    ("vocab", "tensor"),
-    ("conv_in", None),
-    ("conv_out", "tensor"),
-    ("norm", None),
-    ("queries", None),
-    ("lora_rank", None),
-    # Activations.
-    ("act_batch", ("data", "fsdp")),
-    ("act_seq", "sequence"),
-    ("act_kv_seq", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_frames", None),
-    # Spatial sharding of the VAE is off by default: sharding frame height
-    # over `sequence` gave wrong VAE encodes (max error 0.07 on 0.26) on 8
-    # fake CPU devices with jax 0.10.2, although each VAE op alone (convs,
-    # patchify, AvgDown/DupUp, attention, norms) partitions correctly. Map it
-    # to "sequence" only after checking the result against one device.
-    ("act_height", None),
-    ("act_width", None),
-    ("act_channels", None),
+  # Parameters.
+  ("layers", None),
+  ("embed", "fsdp"),
+  ("embed_in", "fsdp"),  # input width of a projection into `embed`
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("kv", "tensor"),
+  ("vocab", "tensor"),
+  ("conv_in", None),
+  ("conv_out", "tensor"),
+  ("norm", None),
+  ("queries", None),
+  ("lora_rank", None),
+  # Activations.
+  ("act_batch", ("data", "fsdp")),
+  ("act_seq", "sequence"),
+  ("act_kv_seq", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_mlp", "tensor"),
+  ("act_frames", None),
+  # Spatial sharding of the VAE is off by default: sharding frame height
+  # over `sequence` gave wrong VAE encodes (max error 0.07 on 0.26) on 8
+  # fake CPU devices with jax 0.10.2, although each VAE op alone (convs,
+  # patchify, AvgDown/DupUp, attention, norms) partitions correctly. Map it
+  # to "sequence" only after checking the result against one device.
+  ("act_height", None),
+  ("act_width", None),
+  ("act_channels", None),
 )
 
 # The same table with the weights' ``embed`` axes sharded over ``sequence``
@@ -86,18 +86,21 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 # shard's whole weights. Pass it as ``rules`` (or as a config's
 # ``sharding_rules``) on meshes with ``sequence`` above 1.
 FSDP_OVER_SEQUENCE_RULES: tuple[tuple[str, Any], ...] = tuple(
-    (name, ("fsdp", "sequence") if name in ("embed", "embed_in") else axes)
-    for name, axes in LOGICAL_AXIS_RULES)
+  (name, ("fsdp", "sequence") if name in ("embed", "embed_in") else axes)
+  for name, axes in LOGICAL_AXIS_RULES
+)
 
 _RULES: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = (
-    contextvars.ContextVar("kiwi_jax_axis_rules", default=LOGICAL_AXIS_RULES))
+  contextvars.ContextVar("kiwi_jax_axis_rules", default=LOGICAL_AXIS_RULES)
+)
 
 # The platform of the devices of the mesh entered with :func:`use_mesh`
 # (None: none entered). Code that picks kernels by backend reads it through
 # :func:`target_platform`, so compiling for TPU devices from a CPU host
 # (``kiwi_jax.plan``) picks the TPU kernels.
 _PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "kiwi_jax_mesh_platform", default=None)
+  "kiwi_jax_mesh_platform", default=None
+)
 
 LogicalAxes = Sequence[str | None]
 
@@ -107,8 +110,8 @@ LogicalAxes = Sequence[str | None]
 
 
 def make_mesh(
-    axes: Mapping[str, int] | Sequence[tuple[str, int]] | None = None,
-    devices: Sequence[jax.Device] | None = None,
+  axes: Mapping[str, int] | Sequence[tuple[str, int]] | None = None,
+  devices: Sequence[jax.Device] | None = None,
 ) -> Mesh:
   """Builds a mesh over ``MESH_AXES`` with Auto axis types.
 
@@ -126,7 +129,8 @@ def make_mesh(
   unknown = set(sizes) - set(MESH_AXES)
   if unknown:
     raise ValueError(
-        f"Unknown mesh axes {sorted(unknown)}; valid axes are {MESH_AXES}.")
+      f"Unknown mesh axes {sorted(unknown)}; valid axes are {MESH_AXES}."
+    )
   shape = [int(sizes.get(name, 1)) for name in MESH_AXES]
   fills = [i for i, s in enumerate(shape) if s == -1]
   if len(fills) > 1:
@@ -135,16 +139,19 @@ def make_mesh(
   if fills:
     if len(devices) % known:
       raise ValueError(
-          f"Mesh {sizes}: {len(devices)} devices are not divisible by the "
-          f"fixed axes' product {known}.")
+        f"Mesh {sizes}: {len(devices)} devices are not divisible by the "
+        f"fixed axes' product {known}."
+      )
     shape[fills[0]] = len(devices) // known
   if math.prod(shape) != len(devices):
     raise ValueError(
-        f"Mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices "
-        f"but {len(devices)} are available.")
+      f"Mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices "
+      f"but {len(devices)} are available."
+    )
   device_grid = np.asarray(devices, dtype=object).reshape(shape)
-  return Mesh(device_grid, MESH_AXES,
-              axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  return Mesh(
+    device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES)
+  )
 
 
 def mesh_from_config(config: Any) -> Mesh:
@@ -174,8 +181,9 @@ def axis_rules(rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def use_mesh(mesh: Mesh,
-             rules: Sequence[tuple[str, Any]] | None = None) -> Iterator[Mesh]:
+def use_mesh(
+  mesh: Mesh, rules: Sequence[tuple[str, Any]] | None = None
+) -> Iterator[Mesh]:
   """Enters ``mesh`` (``jax.set_mesh``) and, optionally, a rules table."""
   with contextlib.ExitStack() as stack:
     stack.enter_context(jax.set_mesh(mesh))
@@ -199,10 +207,10 @@ def _mesh_axis_sizes(mesh: Any) -> dict[str, int]:
 
 
 def logical_to_spec(
-    logical_axes: LogicalAxes,
-    shape: Sequence[int] | None = None,
-    mesh: Any = None,
-    rules: Sequence[tuple[str, Any]] | None = None,
+  logical_axes: LogicalAxes,
+  shape: Sequence[int] | None = None,
+  mesh: Any = None,
+  rules: Sequence[tuple[str, Any]] | None = None,
 ) -> P:
   """Resolves logical axis names into a ``PartitionSpec``.
 
@@ -223,8 +231,9 @@ def logical_to_spec(
   if shape is not None:
     if len(names) > len(shape):
       raise ValueError(
-          f"Logical axes {tuple(logical_axes)} have more entries than the "
-          f"array has dimensions {tuple(shape)}.")
+        f"Logical axes {tuple(logical_axes)} have more entries than the "
+        f"array has dimensions {tuple(shape)}."
+      )
     names = [None] * (len(shape) - len(names)) + names
   sizes = _mesh_axis_sizes(mesh) if mesh is not None else None
   used: set[str] = set()
@@ -232,7 +241,8 @@ def logical_to_spec(
   for dim, name in enumerate(names):
     if name is not None and name not in table:
       raise KeyError(
-          f"Logical axis {name!r} has no rule; known names: {sorted(table)}.")
+        f"Logical axis {name!r} has no rule; known names: {sorted(table)}."
+      )
     chosen = []
     extent = 1
     for axis in table.get(name, ()) if name is not None else ():
@@ -241,14 +251,18 @@ def logical_to_spec(
       size = sizes[axis] if sizes is not None else 1
       if sizes is not None and size == 1:
         continue  # a size-1 axis shards nothing; keep specs readable
-      if shape is not None and sizes is not None and (
-          shape[dim] % (extent * size)):
+      if (
+        shape is not None
+        and sizes is not None
+        and (shape[dim] % (extent * size))
+      ):
         continue
       chosen.append(axis)
       extent *= size
     used.update(chosen)
-    spec.append(None if not chosen else
-                chosen[0] if len(chosen) == 1 else tuple(chosen))
+    spec.append(
+      None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen)
+    )
   return P(*spec)
 
 
@@ -262,8 +276,11 @@ def target_platform() -> str:
   if entered:
     return entered
   mesh = jax.sharding.get_abstract_mesh()
-  device = None if mesh is None or mesh.empty else getattr(
-      mesh, "abstract_device", None)
+  device = (
+    None
+    if mesh is None or mesh.empty
+    else getattr(mesh, "abstract_device", None)
+  )
   platform = getattr(device, "platform", None)
   return str(platform) if platform else jax.default_backend()
 
@@ -282,19 +299,21 @@ def constrain(x: jax.Array, logical_axes: LogicalAxes) -> jax.Array:
 
 
 def param(
-    init_fn: Callable[..., jax.Array],
-    key: jax.Array,
-    shape: Sequence[int],
-    dtype: Any,
-    logical_axes: LogicalAxes,
+  init_fn: Callable[..., jax.Array],
+  key: jax.Array,
+  shape: Sequence[int],
+  dtype: Any,
+  logical_axes: LogicalAxes,
 ) -> nnx.Param:
   """Creates an ``nnx.Param`` that carries its logical axis names."""
   if len(logical_axes) != len(shape):
     raise ValueError(
-        f"Parameter of shape {tuple(shape)} got logical axes "
-        f"{tuple(logical_axes)} of a different length.")
-  return nnx.Param(init_fn(key, tuple(shape), dtype),
-                   **{LOGICAL_AXES_KEY: tuple(logical_axes)})
+      f"Parameter of shape {tuple(shape)} got logical axes "
+      f"{tuple(logical_axes)} of a different length."
+    )
+  return nnx.Param(
+    init_fn(key, tuple(shape), dtype), **{LOGICAL_AXES_KEY: tuple(logical_axes)}
+  )
 
 
 def variable_logical_axes(variable: nnx.Variable) -> tuple[str | None, ...]:
@@ -314,19 +333,22 @@ def state_specs(tree: Any, mesh: Any = None, rules=None) -> Any:
       shape = getattr(v.get_value(), "shape", None)
       if shape is None:
         return v.replace(None)
-      return v.replace(logical_to_spec(variable_logical_axes(v), shape, mesh,
-                                       rules))
+      return v.replace(
+        logical_to_spec(variable_logical_axes(v), shape, mesh, rules)
+      )
     return P() if hasattr(v, "shape") else None
 
-  return jax.tree.map(spec_of, tree,
-                      is_leaf=lambda v: isinstance(v, nnx.Variable))
+  return jax.tree.map(
+    spec_of, tree, is_leaf=lambda v: isinstance(v, nnx.Variable)
+  )
 
 
 def state_shardings(tree: Any, mesh: Mesh, rules=None) -> Any:
   """``NamedSharding`` for each variable of an (abstract) nnx state."""
   specs = state_specs(tree, mesh, rules)
-  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                      is_leaf=lambda s: isinstance(s, P))
+  return jax.tree.map(
+    lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda s: isinstance(s, P)
+  )
 
 
 def abstract_model(ctor: Callable[[], M]) -> M:
@@ -340,8 +362,10 @@ def abstract_state(ctor: Callable[[], Any], mesh: Mesh, rules=None):
   graphdef, state = nnx.split(abstract_model(ctor))
   shardings = state_shardings(state, mesh, rules)
   state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      state, shardings)
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    state,
+    shardings,
+  )
   return graphdef, state
 
 
@@ -374,20 +398,23 @@ def reshard_module(module: Any, mesh: Mesh, rules=None) -> Any:
 # Data: process-local batches to global arrays.
 
 
-def batch_spec(x: Any, mesh: Mesh,
-               logical_batch_axis: str = "act_batch") -> P:
+def batch_spec(x: Any, mesh: Mesh, logical_batch_axis: str = "act_batch") -> P:
   """Spec that shards only the leading (batch) axis of ``x``."""
   ndim = np.ndim(x)
-  return logical_to_spec((logical_batch_axis,) + (None,) * (ndim - 1),
-                         None, mesh)
+  return logical_to_spec(
+    (logical_batch_axis,) + (None,) * (ndim - 1), None, mesh
+  )
 
 
 class IndivisibleBatchError(ValueError):
   """A global batch that the mesh's batch axes do not divide."""
 
 
-def suggest_batch_mesh(global_batch_size: int, mesh: Mesh,
-                       batch_axes: Sequence[str] = ("data", "fsdp")) -> str:
+def suggest_batch_mesh(
+  global_batch_size: int,
+  mesh: Mesh,
+  batch_axes: Sequence[str] = ("data", "fsdp"),
+) -> str:
   """Which mesh fits a batch: the batch axes' share that the batch divides
   stays, the rest of those devices move to ``sequence`` (context
   parallelism), with the weights still sharded over all of them by
@@ -402,14 +429,17 @@ def suggest_batch_mesh(global_batch_size: int, mesh: Mesh,
     new[axis] = keep
   new["sequence"] = sizes.get("sequence", 1) * spare
   flags = " ".join(f"--config.mesh.{k}={v}" for k, v in new.items())
-  return (f"use a global batch that is a multiple of "
-          f"{math.prod(sizes[a] for a in batch_axes)}, or the mesh {flags} "
-          f"with sharding rules FSDP_OVER_SEQUENCE_RULES (the real-size "
-          f"configs' default) so the weights stay sharded over every device")
+  return (
+    f"use a global batch that is a multiple of "
+    f"{math.prod(sizes[a] for a in batch_axes)}, or the mesh {flags} "
+    f"with sharding rules FSDP_OVER_SEQUENCE_RULES (the real-size "
+    f"configs' default) so the weights stay sharded over every device"
+  )
 
 
-def check_global_batch(global_batch_size: int, mesh: Mesh,
-                       logical_batch_axis: str = "act_batch") -> int:
+def check_global_batch(
+  global_batch_size: int, mesh: Mesh, logical_batch_axis: str = "act_batch"
+) -> int:
   """Checks that the batch divides over its mesh axes and the processes.
 
   Returns:
@@ -421,18 +451,21 @@ def check_global_batch(global_batch_size: int, mesh: Mesh,
   shards = math.prod(sizes[a] for a in axes)
   if global_batch_size % shards:
     raise IndivisibleBatchError(
-        f"Global batch size {global_batch_size} is not divisible by the "
-        f"{shards} batch shards of mesh axes {axes} (mesh {sizes}); "
-        f"{suggest_batch_mesh(global_batch_size, mesh, axes)}.")
+      f"Global batch size {global_batch_size} is not divisible by the "
+      f"{shards} batch shards of mesh axes {axes} (mesh {sizes}); "
+      f"{suggest_batch_mesh(global_batch_size, mesh, axes)}."
+    )
   if global_batch_size % jax.process_count():
     raise ValueError(
-        f"Global batch size {global_batch_size} must be divisible by the "
-        f"{jax.process_count()} processes.")
+      f"Global batch size {global_batch_size} must be divisible by the "
+      f"{jax.process_count()} processes."
+    )
   return global_batch_size // jax.process_count()
 
 
-def host_to_global(batch: Any, mesh: Mesh,
-                   logical_batch_axis: str = "act_batch") -> Any:
+def host_to_global(
+  batch: Any, mesh: Mesh, logical_batch_axis: str = "act_batch"
+) -> Any:
   """Turns a process-local numpy batch (a pytree) into global jax arrays.
 
   Each process passes its own slice of the global batch along axis 0; the
@@ -442,8 +475,9 @@ def host_to_global(batch: Any, mesh: Mesh,
 
   leaves = jax.tree.leaves(batch)
   if leaves and np.ndim(leaves[0]):
-    check_global_batch(np.shape(leaves[0])[0] * jax.process_count(), mesh,
-                       logical_batch_axis)
+    check_global_batch(
+      np.shape(leaves[0])[0] * jax.process_count(), mesh, logical_batch_axis
+    )
 
   def to_global(x):
     x = np.asarray(x)
@@ -464,8 +498,11 @@ def global_to_host(tree: Any) -> Any:
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
   def to_host(x):
-    if (isinstance(x, jax.Array) and not x.is_fully_addressable and
-        not x.is_fully_replicated):
+    if (
+      isinstance(x, jax.Array)
+      and not x.is_fully_addressable
+      and not x.is_fully_replicated
+    ):
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 

@@ -29,12 +29,16 @@ def pytest_collection_modifyitems(config, items):
       try:
         import torch  # noqa: F401
       except ImportError:
-        item.add_marker(pytest.mark.skip(reason="torch not installed "
-                                         "(pip install .[convert])"))
+        item.add_marker(
+          pytest.mark.skip(
+            reason="torch not installed (pip install .[convert])"
+          )
+        )
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
   """A tiny Qwen-style tokenizer saved in a local directory."""
   from kiwi_jax.testing import build_tiny_qwen_tokenizer
+
   return build_tiny_qwen_tokenizer(tmp_path_factory.mktemp("tokenizer"))

@@ -9,8 +9,11 @@ import pytest
 from configs import common
 
 CONFIG_DIR = pathlib.Path(__file__).parent.parent / "configs"
-CONFIG_FILES = sorted(p.stem for p in CONFIG_DIR.glob("*.py")
-                      if p.stem not in ("__init__", "common"))
+CONFIG_FILES = sorted(
+  p.stem
+  for p in CONFIG_DIR.glob("*.py")
+  if p.stem not in ("__init__", "common")
+)
 
 
 def _cases():
@@ -33,8 +36,13 @@ def test_config_builds_and_is_locked(name, arg):
 
 
 def test_parse_arg_types_and_errors():
-  cfg = common.parse_arg("stage=2,variant=14b,runlocal", stage=1,
-                         variant="5b", runlocal=False, lr=1e-5)
+  cfg = common.parse_arg(
+    "stage=2,variant=14b,runlocal",
+    stage=1,
+    variant="5b",
+    runlocal=False,
+    lr=1e-5,
+  )
   assert cfg.stage == 2 and cfg.variant == "14b" and cfg.runlocal is True
   assert common.parse_arg("lr=3e-4", lr=1e-5).lr == 3e-4
   assert common.parse_arg("runlocal=false", runlocal=True).runlocal is False

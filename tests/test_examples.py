@@ -9,8 +9,7 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(name,
-                                                EXAMPLES / f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module

@@ -35,8 +35,16 @@ from kiwi_jax.models.mllm.vision import vision_metadata
 from kiwi_jax.train_lib.train_state import path_name
 
 DIT = WanDiTConfig.from_variant(
-    "tiny", dim=96, num_heads=2, ffn_dim=256, num_layers=3, in_channels=8,
-    out_channels=8, source_condition=True, reference_condition=True)
+  "tiny",
+  dim=96,
+  num_heads=2,
+  ffn_dim=256,
+  num_layers=3,
+  in_channels=8,
+  out_channels=8,
+  source_condition=True,
+  reference_condition=True,
+)
 BATCH, GRID, CONTEXT = 2, (2, 4, 6), 5
 # Wide enough that XLA's elementwise count is a few percent (docstring).
 WIDE_DIT = DIT.replace(dim=192, ffn_dim=512)
@@ -46,9 +54,13 @@ XLA_FORWARD_TOLERANCE, XLA_TRAIN_TOLERANCE = 0.03, 0.08
 def _dit_inputs(cfg):
   ones = lambda *shape: jnp.ones(shape, jnp.float32)  # noqa: E731
   latents = ones(BATCH, *GRID, cfg.in_channels)
-  return dict(latents=latents, timestep=ones(BATCH),
-              source_latents=latents, sigma=ones(BATCH),
-              ref_latents=ones(BATCH, 1, *GRID[1:], cfg.in_channels))
+  return dict(
+    latents=latents,
+    timestep=ones(BATCH),
+    source_latents=latents,
+    sigma=ones(BATCH),
+    ref_latents=ones(BATCH, 1, *GRID[1:], cfg.in_channels),
+  )
 
 
 def _dit_loss(cfg, trainable=(r".*",), frozen=()):
@@ -64,9 +76,13 @@ def _dit_loss(cfg, trainable=(r".*",), frozen=()):
   def loss(params, context):
     merged = nnx.from_flat_state({**params, **rest})
     out = nnx.merge(graphdef, merged)(
-        inputs["latents"], inputs["timestep"], context,
-        source_latents=inputs["source_latents"], sigma=inputs["sigma"],
-        ref_latents=inputs["ref_latents"]).velocity
+      inputs["latents"],
+      inputs["timestep"],
+      context,
+      source_latents=inputs["source_latents"],
+      sigma=inputs["sigma"],
+      ref_latents=inputs["ref_latents"],
+    ).velocity
     return jnp.sum(jnp.square(out))
 
   context = jnp.ones((BATCH, CONTEXT, cfg.dim), jnp.float32)
@@ -74,9 +90,16 @@ def _dit_loss(cfg, trainable=(r".*",), frozen=()):
 
 
 def _formula(cfg, trained=None, context_grad=False):
-  return flops.dit_flops(cfg, batch=BATCH, latent_grid=GRID,
-                         context_len=CONTEXT, ref_frames=1, source=True,
-                         context_grad=context_grad, trained=trained)
+  return flops.dit_flops(
+    cfg,
+    batch=BATCH,
+    latent_grid=GRID,
+    context_len=CONTEXT,
+    ref_frames=1,
+    source=True,
+    context_grad=context_grad,
+    trained=trained,
+  )
 
 
 def test_dit_forward_formula_equals_the_jaxpr_count():
@@ -92,13 +115,17 @@ def test_dit_forward_formula_equals_the_jaxpr_count():
 # DiT (stage 2), base frozen with LoRA (14B stage 2), frozen DiT passing
 # gradients to the connector (stage 1), and two remat policies.
 CASES = {
-    "all": ((r"^dit/",), (r"^dit/text_embedding/",), False, "none", 0),
-    "lora": ((r"^dit/blocks/.*/lora_[ab]$", r"^dit/vae_condition/"), (),
-             False, "none", 4),
-    "frozen_dit": ((r"^dit/head/modulation",), (), True, "none", 0),
-    "remat_full": ((r"^dit/",), (r"^dit/ref_vae_condition/",), False,
-                   "full", 0),
-    "remat_dots_no_batch": ((r"^dit/",), (), True, "dots_no_batch", 0),
+  "all": ((r"^dit/",), (r"^dit/text_embedding/",), False, "none", 0),
+  "lora": (
+    (r"^dit/blocks/.*/lora_[ab]$", r"^dit/vae_condition/"),
+    (),
+    False,
+    "none",
+    4,
+  ),
+  "frozen_dit": ((r"^dit/head/modulation",), (), True, "none", 0),
+  "remat_full": ((r"^dit/",), (r"^dit/ref_vae_condition/",), False, "full", 0),
+  "remat_dots_no_batch": ((r"^dit/",), (), True, "dots_no_batch", 0),
 }
 
 
@@ -129,9 +156,9 @@ def test_dit_formula_matches_xla_on_the_unrolled_model(monkeypatch):
   _unrolled(monkeypatch)
   fwd = flops.xla_flops(jax.jit(loss).lower(params, context).compile())
   train = flops.xla_flops(
-      jax.jit(jax.value_and_grad(loss)).lower(params, context).compile())
-  assert (formula.forward <= fwd
-          <= (1 + XLA_FORWARD_TOLERANCE) * formula.forward)
+    jax.jit(jax.value_and_grad(loss)).lower(params, context).compile()
+  )
+  assert formula.forward <= fwd <= (1 + XLA_FORWARD_TOLERANCE) * formula.forward
   assert formula.train <= train <= (1 + XLA_TRAIN_TOLERANCE) * formula.train
 
 
@@ -139,14 +166,16 @@ def test_scan_corrected_xla_count_equals_the_unrolled_count(monkeypatch):
   loss, params, context, _ = _dit_loss(DIT, (r"^dit/",))
   train = jax.value_and_grad(loss)
   scanned = jax.jit(train).lower(params, context).compile()
-  corrected = flops.scan_corrected_xla_flops(train, params, context,
-                                             compiled=scanned)
+  corrected = flops.scan_corrected_xla_flops(
+    train, params, context, compiled=scanned
+  )
   # XLA alone sees one of the three layers.
   assert flops.xla_flops(scanned) < 0.6 * corrected
   _unrolled(monkeypatch)
   loss, params, context, _ = _dit_loss(DIT, (r"^dit/",))  # a fresh trace
   unrolled = flops.xla_flops(
-      jax.jit(jax.value_and_grad(loss)).lower(params, context).compile())
+    jax.jit(jax.value_and_grad(loss)).lower(params, context).compile()
+  )
   # Matmuls agree exactly (the jaxpr test); XLA's elementwise count of a
   # body compiled alone differs from its count inside the unrolled
   # program (other fusions, no per-layer slicing): 3.8 % here.
@@ -157,24 +186,34 @@ def test_scan_corrected_xla_count_equals_the_unrolled_count(monkeypatch):
 def _qwen_inputs(cfg, batch=2):
   grid = (1, 8, 12)
   n_vis = int(np.prod(grid)) // 4
-  ids = np.asarray([30, 31, cfg.vision_start_token_id]
-                   + [cfg.image_token_id] * n_vis
-                   + [cfg.vision_end_token_id, 40, 41, 42])
-  pos = mrope_position_ids(ids, image_grid_thw=[grid], image_token_id=12,
-                           video_token_id=13, vision_start_token_id=9)
+  ids = np.asarray(
+    [30, 31, cfg.vision_start_token_id]
+    + [cfg.image_token_id] * n_vis
+    + [cfg.vision_end_token_id, 40, 41, 42]
+  )
+  pos = mrope_position_ids(
+    ids,
+    image_grid_thw=[grid],
+    image_token_id=12,
+    video_token_id=13,
+    vision_start_token_id=9,
+  )
   meta = vision_metadata([grid], cfg.vision, num_patches=128)
   stack = lambda x: np.stack([x] * batch)  # noqa: E731
-  return dict(input_ids=stack(ids),
-              position_ids=np.stack([pos] * batch, axis=1),
-              pixel_values=np.zeros((batch, 128, 1176), np.float32),
-              vision_meta={k: stack(v) for k, v in meta.items()})
+  return dict(
+    input_ids=stack(ids),
+    position_ids=np.stack([pos] * batch, axis=1),
+    pixel_values=np.zeros((batch, 128, 1176), np.float32),
+    vision_meta={k: stack(v) for k, v in meta.items()},
+  )
 
 
 @pytest.mark.parametrize("lora_rank", [0, 4])
 def test_qwen_formula_equals_the_jaxpr_count(lora_rank):
   tiny = Qwen25VLConfig.from_variant("tiny")
-  cfg = tiny.replace(text=tiny.text.__class__(
-      **{**tiny.text.__dict__, "lora_rank": lora_rank}))
+  cfg = tiny.replace(
+    text=tiny.text.__class__(**{**tiny.text.__dict__, "lora_rank": lora_rank})
+  )
   model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
   inputs = _qwen_inputs(cfg)
   wrt = nnx.LoRAParam if lora_rank else nnx.Param
@@ -187,32 +226,48 @@ def test_qwen_formula_equals_the_jaxpr_count(lora_rank):
   trainable = (r"lora_[ab]$",) if lora_rank else (r".*",)
   # The XLA path computes the masked dense products: count all pairs.
   formula = flops.qwen_flops(
-      cfg, batch=2, text_len=inputs["input_ids"].shape[1],
-      vision_patches=128, dense_attention=True,
-      trained=flops.trained_by_regex(trainable))
+    cfg,
+    batch=2,
+    text_len=inputs["input_ids"].shape[1],
+    vision_patches=128,
+    dense_attention=True,
+    trained=flops.trained_by_regex(trainable),
+  )
   assert flops.jaxpr_matmul_flops(loss, params) == formula.forward
   assert flops.jaxpr_matmul_flops(jax.grad(loss), params) == formula.train
   # Attended pairs only: causal text, per-frame full attention.
-  attended = flops.qwen_flops(cfg, batch=2,
-                              text_len=inputs["input_ids"].shape[1],
-                              vision_patches=128)
+  attended = flops.qwen_flops(
+    cfg, batch=2, text_len=inputs["input_ids"].shape[1], vision_patches=128
+  )
   assert attended.forward < formula.forward
 
 
 def test_5b_dit_forward_at_704x1280x81():
   cfg = WanDiTConfig.from_variant("wan2.2-ti2v-5b")
   assert flops.dit_tokens(cfg, (21, 44, 80)) == 18_480
-  count = flops.dit_flops(cfg, batch=1, latent_grid=(21, 44, 80),
-                          context_len=512, source=True)
+  count = flops.dit_flops(
+    cfg, batch=1, latent_grid=(21, 44, 80), context_len=512, source=True
+  )
   d, s, f, layers = 3072, 18_480, 14_336, 30
-  block = (8 * s * d * d + 4 * s * s * d + 4 * s * d * d + 4 * 512 * d * d
-           + 4 * s * 512 * d + 4 * s * d * f)
+  block = (
+    8 * s * d * d
+    + 4 * s * s * d
+    + 4 * s * d * d
+    + 4 * 512 * d * d
+    + 4 * s * 512 * d
+    + 4 * s * d * f
+  )
   assert count.by_prefix("dit/blocks/").forward == layers * block
   assert count.forward == pytest.approx(2.905e14, rel=1e-3)
   # Everything trains: 3x forward, less the input gradients nobody needs
   # (products of the latents, the timestep features and the context).
-  no_input_grad = ("dit/patch_embedding", "dit/vae_condition",
-                   "dit/time_embedding/fc1", "dit/blocks/cross_attn/k/",
-                   "dit/blocks/cross_attn/v/")
+  no_input_grad = (
+    "dit/patch_embedding",
+    "dit/vae_condition",
+    "dit/time_embedding/fc1",
+    "dit/blocks/cross_attn/k/",
+    "dit/blocks/cross_attn/v/",
+  )
   assert count.train == 3 * count.forward - sum(
-      count.by_prefix(p).forward for p in no_input_grad)
+    count.by_prefix(p).forward for p in no_input_grad
+  )

@@ -16,8 +16,8 @@ from kiwi_jax.testing.toy import ToyModel, toy_loss
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "toy_partition_specs.json"
 MESHES = {
-    "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2},
-    "fsdp8": {"fsdp": 8},
+  "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2},
+  "fsdp8": {"fsdp": 8},
 }
 
 
@@ -25,16 +25,23 @@ def test_make_mesh_fills_minus_one():
   mesh = sharding.make_mesh({"fsdp": 2, "data": -1})
   assert mesh.axis_names == sharding.MESH_AXES
   assert dict(zip(mesh.axis_names, mesh.axis_sizes)) == {
-      "data": 4, "fsdp": 2, "tensor": 1, "sequence": 1}
+    "data": 4,
+    "fsdp": 2,
+    "tensor": 1,
+    "sequence": 1,
+  }
   assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
 
 
-@pytest.mark.parametrize("axes, message", [
+@pytest.mark.parametrize(
+  "axes, message",
+  [
     ({"data": -1, "fsdp": -1}, "At most one"),
     ({"data": 3}, "needs 3 devices"),
     ({"data": -1, "fsdp": 3}, "not divisible"),
     ({"model": 2}, "Unknown mesh axes"),
-])
+  ],
+)
 def test_make_mesh_errors(axes, message):
   with pytest.raises(ValueError, match=message):
     sharding.make_mesh(axes)
@@ -47,10 +54,12 @@ def test_logical_to_spec_rules():
   assert spec == P(("data", "fsdp"), None)
   # Non-dividing axes are dropped (prime sizes stay replicated).
   assert sharding.logical_to_spec(("embed", "mlp"), (7, 6), mesh) == P(
-      None, "tensor")
+    None, "tensor"
+  )
   # Extra leading dims (stacked layers) are replicated.
   assert sharding.logical_to_spec(("embed", "mlp"), (3, 4, 4), mesh) == P(
-      None, "fsdp", "tensor")
+    None, "fsdp", "tensor"
+  )
   with pytest.raises(KeyError, match="no rule"):
     sharding.logical_to_spec(("nonsense",), (4,), mesh)
 
@@ -59,9 +68,11 @@ def test_axis_rules_override():
   mesh = sharding.make_mesh({"fsdp": 8})
   with sharding.axis_rules([("embed", None), ("mlp", "fsdp")]):
     assert sharding.logical_to_spec(("embed", "mlp"), (8, 8), mesh) == P(
-        None, "fsdp")
+      None, "fsdp"
+    )
   assert sharding.logical_to_spec(("embed", "mlp"), (8, 8), mesh) == P(
-      "fsdp", None)
+    "fsdp", None
+  )
 
 
 def test_constrain_is_noop_without_mesh():
@@ -72,19 +83,25 @@ def test_constrain_is_noop_without_mesh():
 def _specs_as_json(model, mesh):
   specs = sharding.state_specs(nnx.state(model), mesh)
   flat = nnx.to_flat_state(specs)
-  return {"/".join(map(str, path)): [
-      list(a) if isinstance(a, tuple) else a for a in v.get_value()]
-          for path, v in flat}
+  return {
+    "/".join(map(str, path)): [
+      list(a) if isinstance(a, tuple) else a for a in v.get_value()
+    ]
+    for path, v in flat
+  }
 
 
 def test_partition_specs_match_golden():
   abstract = sharding.abstract_model(lambda: ToyModel(rngs=nnx.Rngs(0)))
-  got = {name: _specs_as_json(abstract, sharding.make_mesh(axes))
-         for name, axes in MESHES.items()}
+  got = {
+    name: _specs_as_json(abstract, sharding.make_mesh(axes))
+    for name, axes in MESHES.items()
+  }
   golden = json.loads(GOLDEN.read_text())
   assert got == golden, (
-      "Partition specs changed; if intended, regenerate with "
-      "`python tests/test_sharding.py --regen`.\n" + json.dumps(got, indent=1))
+    "Partition specs changed; if intended, regenerate with "
+    "`python tests/test_sharding.py --regen`.\n" + json.dumps(got, indent=1)
+  )
 
 
 @pytest.mark.parametrize("mesh_name", sorted(MESHES))
@@ -111,7 +128,8 @@ def test_sharded_train_step_equals_single_device(mesh_name):
   model = sharding.create_sharded(ctor, mesh)
   kernel = model.fc1.kernel[...]
   assert kernel.sharding.spec == sharding.logical_to_spec(
-      ("embed", "mlp"), kernel.shape, mesh)
+    ("embed", "mlp"), kernel.shape, mesh
+  )
   with sharding.use_mesh(mesh):
     xb, yb = sharding.host_to_global((x, y), mesh)
     losses, out = run(model, xb, yb)
@@ -140,10 +158,13 @@ def test_host_to_global_and_batch_checks():
 
 if __name__ == "__main__":
   import sys
+
   if "--regen" in sys.argv:
     jax.config.update("jax_num_cpu_devices", 8)
     abstract = sharding.abstract_model(lambda: ToyModel(rngs=nnx.Rngs(0)))
-    out = {name: _specs_as_json(abstract, sharding.make_mesh(axes))
-           for name, axes in MESHES.items()}
+    out = {
+      name: _specs_as_json(abstract, sharding.make_mesh(axes))
+      for name, axes in MESHES.items()
+    }
     GOLDEN.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print("wrote", GOLDEN)

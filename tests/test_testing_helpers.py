@@ -17,10 +17,10 @@ def test_tiny_configs_fit_together():
   assert cfgs["vae"].z_dim == 12 and cfgs["mllm"].text.hidden_size == 64
 
 
-@pytest.mark.parametrize("mode,frames", [("image", 1), ("video", 5),
-                                         ("reference", 5)])
-def test_fake_batches_feed_the_model_inputs(tiny_tokenizer_dir, mode,
-                                            frames):
+@pytest.mark.parametrize(
+  "mode,frames", [("image", 1), ("video", 5), ("reference", 5)]
+)
+def test_fake_batches_feed_the_model_inputs(tiny_tokenizer_dir, mode, frames):
   processor = KiwiProcessor(tiny_tokenizer_dir, testing.tiny_kiwi_config())
   batch = testing.fake_kiwi_batch(processor, mode)
   assert batch["source_video"].shape == (2, frames, 32, 32, 3)

@@ -43,6 +43,7 @@ class Transform:
   ``shape`` maps a torch shape to the jax shape, so plans are checked before
   any tensor is read.
   """
+
   name: str
   forward: Callable[[np.ndarray], np.ndarray]
   inverse: Callable[[np.ndarray], np.ndarray]
@@ -52,8 +53,9 @@ class Transform:
 IDENTITY = Transform("identity", lambda x: x, lambda x: x, lambda s: s)
 
 # nn.Linear weight (out, in) -> Dense kernel (in, out).
-LINEAR = Transform("linear", lambda x: x.T, lambda x: x.T,
-                   lambda s: tuple(reversed(s)))
+LINEAR = Transform(
+  "linear", lambda x: x.T, lambda x: x.T, lambda s: tuple(reversed(s))
+)
 
 
 def _conv_fwd(x):
@@ -67,8 +69,9 @@ def _conv_inv(x):
   return np.transpose(x, (nk + 1, nk) + tuple(range(nk)))
 
 
-CONV = Transform("conv", _conv_fwd, _conv_inv,
-                 lambda s: tuple(s[2:]) + (s[1], s[0]))
+CONV = Transform(
+  "conv", _conv_fwd, _conv_inv, lambda s: tuple(s[2:]) + (s[1], s[0])
+)
 
 
 def reshape(torch_shape: Sequence[int], jax_shape: Sequence[int]) -> Transform:
@@ -79,22 +82,28 @@ def reshape(torch_shape: Sequence[int], jax_shape: Sequence[int]) -> Transform:
       return ("reshape-expects",) + ts  # forces a shape mismatch report
     return js
 
-  return Transform(f"reshape{ts}->{js}", lambda x: x.reshape(js),
-                   lambda x: x.reshape(ts), check)
+  return Transform(
+    f"reshape{ts}->{js}",
+    lambda x: x.reshape(js),
+    lambda x: x.reshape(ts),
+    check,
+  )
 
 
 def compose(first: Transform, second: Transform) -> Transform:
   """``second(first(x))`` and its inverse."""
   return Transform(
-      f"{first.name}+{second.name}",
-      lambda x: second.forward(first.forward(x)),
-      lambda x: first.inverse(second.inverse(x)),
-      lambda s: second.shape(first.shape(s)))
+    f"{first.name}+{second.name}",
+    lambda x: second.forward(first.forward(x)),
+    lambda x: first.inverse(second.inverse(x)),
+    lambda s: second.shape(first.shape(s)),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class KeyMap:
   """One torch tensor -> one JAX parameter (or one layer of a stacked one)."""
+
   torch_key: str
   jax_path: Path
   transform: Transform = IDENTITY
@@ -104,16 +113,23 @@ class KeyMap:
 class CheckpointMismatchError(ValueError):
   """The checkpoint and the model disagree; lists every problem at once."""
 
-  def __init__(self, source: str, missing: Sequence[str],
-               unexpected: Sequence[str], misshaped: Sequence[str],
-               uncovered: Sequence[str] = ()):
+  def __init__(
+    self,
+    source: str,
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    misshaped: Sequence[str],
+    uncovered: Sequence[str] = (),
+  ):
     self.missing, self.unexpected = list(missing), list(unexpected)
     self.misshaped, self.uncovered = list(misshaped), list(uncovered)
     lines = [f"Checkpoint {source} does not match the model:"]
-    for title, items in (("missing keys", missing),
-                         ("unexpected keys", unexpected),
-                         ("mis-shaped keys", misshaped),
-                         ("model parameters with no source", uncovered)):
+    for title, items in (
+      ("missing keys", missing),
+      ("unexpected keys", unexpected),
+      ("mis-shaped keys", misshaped),
+      ("model parameters with no source", uncovered),
+    ):
       if items:
         lines.append(f"  {len(items)} {title}:")
         lines.extend(f"    {k}" for k in items[:50])
@@ -131,16 +147,21 @@ def _flat_leaves(state) -> dict[Path, Any]:
   return {tuple(p): v for p, v in nnx.to_flat_state(state)}
 
 
-def check_plan(abstract_state, keymaps: Sequence[KeyMap], ckpt: Checkpoint,
-               ignore_unused: Iterable[str] = ()) -> None:
+def check_plan(
+  abstract_state,
+  keymaps: Sequence[KeyMap],
+  ckpt: Checkpoint,
+  ignore_unused: Iterable[str] = (),
+) -> None:
   """Raises :class:`CheckpointMismatchError` unless the plan is complete."""
   leaves = _flat_leaves(abstract_state)
   missing, misshaped, bad_paths = [], [], []
   covered: dict[Path, set[int | None]] = {}
   for km in keymaps:
     if km.jax_path not in leaves:
-      bad_paths.append(f"{km.torch_key} -> {path_str(km.jax_path)} "
-                       "(no such model parameter)")
+      bad_paths.append(
+        f"{km.torch_key} -> {path_str(km.jax_path)} (no such model parameter)"
+      )
       continue
     covered.setdefault(km.jax_path, set()).add(km.layer)
     if km.torch_key not in ckpt:
@@ -151,9 +172,11 @@ def check_plan(abstract_state, keymaps: Sequence[KeyMap], ckpt: Checkpoint,
       want = want[1:]
     got = km.transform.shape(ckpt.shape(km.torch_key))
     if tuple(got) != want:
-      misshaped.append(f"{km.torch_key}: checkpoint {ckpt.shape(km.torch_key)}"
-                       f" -> {tuple(got)}, model {path_str(km.jax_path)} "
-                       f"expects {want}")
+      misshaped.append(
+        f"{km.torch_key}: checkpoint {ckpt.shape(km.torch_key)}"
+        f" -> {tuple(got)}, model {path_str(km.jax_path)} "
+        f"expects {want}"
+      )
   uncovered = list(bad_paths)
   for path, var in leaves.items():
     layers = covered.get(path)
@@ -166,16 +189,24 @@ def check_plan(abstract_state, keymaps: Sequence[KeyMap], ckpt: Checkpoint,
         uncovered.append(f"{path_str(path)} layers {gaps}")
   used = {km.torch_key for km in keymaps}
   ignore = [re.compile(p) for p in ignore_unused]
-  unexpected = sorted(k for k in ckpt if k not in used
-                      and not any(r.fullmatch(k) for r in ignore))
+  unexpected = sorted(
+    k for k in ckpt if k not in used and not any(r.fullmatch(k) for r in ignore)
+  )
   if missing or unexpected or misshaped or uncovered:
-    raise CheckpointMismatchError(ckpt.source, sorted(missing), unexpected,
-                                  misshaped, uncovered)
+    raise CheckpointMismatchError(
+      ckpt.source, sorted(missing), unexpected, misshaped, uncovered
+    )
 
 
-def assign(abstract_state, keymaps: Sequence[KeyMap], ckpt: Checkpoint, *,
-           dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
-           ignore_unused: Iterable[str] = ()):
+def assign(
+  abstract_state,
+  keymaps: Sequence[KeyMap],
+  ckpt: Checkpoint,
+  *,
+  dtype: Any = None,
+  mesh: jax.sharding.Mesh | None = None,
+  ignore_unused: Iterable[str] = (),
+):
   """Fills ``abstract_state`` (from ``nnx.split(nnx.eval_shape(...))``).
 
   Args:
@@ -200,8 +231,9 @@ def assign(abstract_state, keymaps: Sequence[KeyMap], ckpt: Checkpoint, *,
     abstract = var.get_value()
     target_dtype = dtype or abstract.dtype
     if mesh is not None:
-      spec = sharding.logical_to_spec(sharding.variable_logical_axes(var),
-                                      abstract.shape, mesh)
+      spec = sharding.logical_to_spec(
+        sharding.variable_logical_axes(var), abstract.shape, mesh
+      )
       shard = jax.sharding.NamedSharding(mesh, spec)
     else:
       shard = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -223,15 +255,20 @@ def _build(shape, dtype, shard, kms: list[KeyMap], ckpt: Checkpoint):
     layer_slice = idx[0] if idx else slice(None)
     layers = range(shape[0])[layer_slice]
     rest = idx[1:]
-    parts = [np.asarray(by_layer[i].transform.forward(
-        ckpt.read(by_layer[i].torch_key)))[rest].astype(dtype)
-             for i in layers]
+    parts = [
+      np.asarray(
+        by_layer[i].transform.forward(ckpt.read(by_layer[i].torch_key))
+      )[rest].astype(dtype)
+      for i in layers
+    ]
     return np.stack(parts)
 
   return jax.make_array_from_callback(shape, shard, callback)
 
 
-def export(state, keymaps: Sequence[KeyMap]) -> Iterator[tuple[str, np.ndarray]]:
+def export(
+  state, keymaps: Sequence[KeyMap]
+) -> Iterator[tuple[str, np.ndarray]]:
   """Yields ``(torch_key, array)`` in torch layout, one tensor at a time."""
   leaves = _flat_leaves(state)
   for km in keymaps:
@@ -241,9 +278,11 @@ def export(state, keymaps: Sequence[KeyMap]) -> Iterator[tuple[str, np.ndarray]]
     yield km.torch_key, km.transform.inverse(np.asarray(value))
 
 
-def save_safetensors(items: Iterable[tuple[str, np.ndarray]],
-                     path: str | os.PathLike,
-                     metadata: dict[str, str] | None = None) -> pathlib.Path:
+def save_safetensors(
+  items: Iterable[tuple[str, np.ndarray]],
+  path: str | os.PathLike,
+  metadata: dict[str, str] | None = None,
+) -> pathlib.Path:
   """Writes tensors to ``path`` atomically (temp file, then rename)."""
   import ml_dtypes
   import torch

@@ -34,6 +34,7 @@ class CheckpointError(ValueError):
 
 def _torch_to_numpy(tensor) -> np.ndarray:
   import torch
+
   tensor = tensor.detach().cpu()
   if tensor.dtype == torch.bfloat16:
     return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
@@ -47,8 +48,13 @@ class Checkpoint(Mapping):
     source: where the tensors come from (for error messages).
   """
 
-  def __init__(self, source: str, index: dict[str, Any],
-               reader, strip_prefixes: Iterable[str] = ()):
+  def __init__(
+    self,
+    source: str,
+    index: dict[str, Any],
+    reader,
+    strip_prefixes: Iterable[str] = (),
+  ):
     self.source = source
     self._reader = reader  # (raw_key) -> torch tensor or safetensors slice
     self._raw_of: dict[str, str] = {}
@@ -56,12 +62,13 @@ class Checkpoint(Mapping):
       key = raw
       for prefix in strip_prefixes:
         if key.startswith(prefix):
-          key = key[len(prefix):]
+          key = key[len(prefix) :]
           break
       if key in self._raw_of:
         raise CheckpointError(
-            f"{source}: keys {self._raw_of[key]!r} and {raw!r} collide after "
-            f"stripping prefixes {tuple(strip_prefixes)}.")
+          f"{source}: keys {self._raw_of[key]!r} and {raw!r} collide after "
+          f"stripping prefixes {tuple(strip_prefixes)}."
+        )
       self._raw_of[key] = raw
     self._meta = {k: index[raw] for k, raw in self._raw_of.items()}
 
@@ -97,14 +104,21 @@ class Checkpoint(Mapping):
       raise KeyError(f"{self.source}: no tensor named {key!r}.")
     return key
 
-  def with_prefix_stripped(self, prefix: str) -> "Checkpoint":
+  def with_prefix_stripped(self, prefix: str) -> Checkpoint:
     """A view of the keys that start with ``prefix``, without it."""
-    index = {k[len(prefix):]: self._meta[k] for k in self._raw_of
-             if k.startswith(prefix)}
-    raw = {k[len(prefix):]: self._raw_of[k] for k in self._raw_of
-           if k.startswith(prefix)}
-    view = Checkpoint(f"{self.source}[{prefix}*]", index,
-                      lambda r, i: self._reader(raw[r], i))
+    index = {
+      k[len(prefix) :]: self._meta[k]
+      for k in self._raw_of
+      if k.startswith(prefix)
+    }
+    raw = {
+      k[len(prefix) :]: self._raw_of[k]
+      for k in self._raw_of
+      if k.startswith(prefix)
+    }
+    view = Checkpoint(
+      f"{self.source}[{prefix}*]", index, lambda r, i: self._reader(raw[r], i)
+    )
     return view
 
 
@@ -118,9 +132,11 @@ def _safetensors_files(path: pathlib.Path) -> list[pathlib.Path]:
   return sorted(path.glob("*.safetensors"))
 
 
-def _open_safetensors(files: list[pathlib.Path], source: str,
-                      strip_prefixes) -> Checkpoint:
+def _open_safetensors(
+  files: list[pathlib.Path], source: str, strip_prefixes
+) -> Checkpoint:
   from safetensors import safe_open
+
   handles, index, owner = [], {}, {}
   for f in files:
     if not f.exists():
@@ -128,7 +144,9 @@ def _open_safetensors(files: list[pathlib.Path], source: str,
     try:
       h = safe_open(str(f), framework="pt")
     except Exception as e:  # corrupt header, wrong format
-      raise CheckpointError(f"{f}: not a readable safetensors file ({e}).")
+      raise CheckpointError(
+        f"{f}: not a readable safetensors file ({e})."
+      ) from e
     handles.append(h)
     for key in h.keys():
       sl = h.get_slice(key)
@@ -146,17 +164,23 @@ def _open_safetensors(files: list[pathlib.Path], source: str,
   return Checkpoint(source, index, reader, strip_prefixes)
 
 
-def _open_torch_file(path: pathlib.Path, strip_prefixes,
-                     nesting: str | None) -> Checkpoint:
+def _open_torch_file(
+  path: pathlib.Path, strip_prefixes, nesting: str | None
+) -> Checkpoint:
   import torch
+
   try:
-    obj = torch.load(str(path), map_location="cpu", mmap=True,
-                     weights_only=True)
+    obj = torch.load(
+      str(path), map_location="cpu", mmap=True, weights_only=True
+    )
   except Exception as e:
-    raise CheckpointError(f"{path}: cannot be loaded by torch.load ({e}).")
+    raise CheckpointError(
+      f"{path}: cannot be loaded by torch.load ({e})."
+    ) from e
   keys = (nesting,) if nesting else _NESTING_KEYS
   while isinstance(obj, Mapping) and not any(
-      hasattr(v, "shape") for v in obj.values()):
+    hasattr(v, "shape") for v in obj.values()
+  ):
     inner = next((obj[k] for k in keys if k in obj), None)
     if inner is None:
       break
@@ -164,8 +188,10 @@ def _open_torch_file(path: pathlib.Path, strip_prefixes,
   if not isinstance(obj, Mapping):
     raise CheckpointError(f"{path}: expected a state dict, got {type(obj)}.")
   tensors = {k: v for k, v in obj.items() if hasattr(v, "shape")}
-  index = {k: {"shape": tuple(v.shape), "dtype": str(v.dtype)}
-           for k, v in tensors.items()}
+  index = {
+    k: {"shape": tuple(v.shape), "dtype": str(v.dtype)}
+    for k, v in tensors.items()
+  }
 
   def reader(raw_key, item):
     t = tensors[raw_key]
@@ -174,9 +200,11 @@ def _open_torch_file(path: pathlib.Path, strip_prefixes,
   return Checkpoint(str(path), index, reader, strip_prefixes)
 
 
-def open_checkpoint(path: str | os.PathLike,
-                    strip_prefixes: Iterable[str] = (),
-                    nesting: str | None = None) -> Checkpoint:
+def open_checkpoint(
+  path: str | os.PathLike,
+  strip_prefixes: Iterable[str] = (),
+  nesting: str | None = None,
+) -> Checkpoint:
   """Opens a checkpoint lazily; see the module docstring for formats.
 
   Args:
@@ -201,8 +229,9 @@ def open_checkpoint(path: str | os.PathLike,
   if p.suffix in (".pth", ".pt", ".bin", ".ckpt"):
     return _open_torch_file(p, prefixes, nesting)
   raise CheckpointError(
-      f"{p}: unknown checkpoint format {p.suffix!r}; expected .safetensors, "
-      "a directory of them, or .pth/.pt/.bin.")
+    f"{p}: unknown checkpoint format {p.suffix!r}; expected .safetensors, "
+    "a directory of them, or .pth/.pt/.bin."
+  )
 
 
 def common_prefix(keys: Iterable[str], candidates: Iterable[str]) -> str:

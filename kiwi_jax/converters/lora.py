@@ -19,20 +19,23 @@ import numpy as np
 from kiwi_jax.converters.assign import KeyMap, export
 from kiwi_jax.converters.checkpoint_io import Checkpoint, CheckpointError
 
-_LORA = re.compile(r"(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)"
-                   r"\.weight")
+_LORA = re.compile(
+  r"(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)"
+  r"\.weight"
+)
 
 
-def overlay(base: Checkpoint, top: Checkpoint,
-            skip: Iterable[str] = ()) -> Checkpoint:
+def overlay(
+  base: Checkpoint, top: Checkpoint, skip: Iterable[str] = ()
+) -> Checkpoint:
   """Keys of ``base`` and ``top``; ``top`` wins. Keys of ``top`` matching a
   ``skip`` regex are left out."""
   skips = [re.compile(p) for p in skip]
   owner = {k: base for k in base}
-  owner.update({k: top for k in top
-                if not any(r.fullmatch(k) for r in skips)})
-  index = {k: {"shape": c.shape(k), "dtype": c.dtype(k)}
-           for k, c in owner.items()}
+  owner.update({k: top for k in top if not any(r.fullmatch(k) for r in skips)})
+  index = {
+    k: {"shape": c.shape(k), "dtype": c.dtype(k)} for k, c in owner.items()
+  }
 
   def reader(key, item):
     ckpt = owner[key]
@@ -41,8 +44,9 @@ def overlay(base: Checkpoint, top: Checkpoint,
   return Checkpoint(f"{top.source} over {base.source}", index, reader)
 
 
-def merge_lora(ckpt: Checkpoint, scale: float = 1.0,
-               adapter: str = "default") -> Checkpoint:
+def merge_lora(
+  ckpt: Checkpoint, scale: float = 1.0, adapter: str = "default"
+) -> Checkpoint:
   """Folds PEFT LoRA pairs into their base ``<module>.weight``.
 
   Args:
@@ -71,18 +75,26 @@ def merge_lora(ckpt: Checkpoint, scale: float = 1.0,
     elif weight not in ckpt:
       problems.append(f"{weight}: LoRA pair without a base weight")
     else:
-      (r, fan_in), (fan_out, r2) = (ckpt.shape(parts["A"]),
-                                    ckpt.shape(parts["B"]))
+      (r, fan_in), (fan_out, r2) = (
+        ckpt.shape(parts["A"]),
+        ckpt.shape(parts["B"]),
+      )
       if r != r2 or ckpt.shape(weight) != (fan_out, fan_in):
-        problems.append(f"{weight} {ckpt.shape(weight)}: A "
-                        f"{ckpt.shape(parts['A'])} and B "
-                        f"{ckpt.shape(parts['B'])} do not fit")
+        problems.append(
+          f"{weight} {ckpt.shape(weight)}: A "
+          f"{ckpt.shape(parts['A'])} and B "
+          f"{ckpt.shape(parts['B'])} do not fit"
+        )
   if problems:
-    raise CheckpointError(f"{ckpt.source}: bad LoRA pairs:\n  "
-                          + "\n  ".join(problems))
+    raise CheckpointError(
+      f"{ckpt.source}: bad LoRA pairs:\n  " + "\n  ".join(problems)
+    )
   lora_keys = {k for parts in pairs.values() for k in parts.values()}
-  index = {k: {"shape": ckpt.shape(k), "dtype": ckpt.dtype(k)}
-           for k in ckpt if k not in lora_keys}
+  index = {
+    k: {"shape": ckpt.shape(k), "dtype": ckpt.dtype(k)}
+    for k in ckpt
+    if k not in lora_keys
+  }
 
   def reader(key, item):
     if key not in pairs:
@@ -96,9 +108,12 @@ def merge_lora(ckpt: Checkpoint, scale: float = 1.0,
   return Checkpoint(f"{ckpt.source} (LoRA merged)", index, reader)
 
 
-def export_merged(state, maps: Sequence[KeyMap],
-                  lora_maps: Sequence[KeyMap] = (), scale: float = 1.0
-                  ) -> Iterator[tuple[str, np.ndarray]]:
+def export_merged(
+  state,
+  maps: Sequence[KeyMap],
+  lora_maps: Sequence[KeyMap] = (),
+  scale: float = 1.0,
+) -> Iterator[tuple[str, np.ndarray]]:
   """:func:`~kiwi_jax.converters.assign.export` of ``maps`` with LoRA folded in.
 
   ``lora_maps`` name the factors ``<module>.lora_A.weight`` /
@@ -108,10 +123,11 @@ def export_merged(state, maps: Sequence[KeyMap],
   """
   lora = dict(export(state, list(lora_maps))) if lora_maps else {}
   for key, value in export(state, list(maps)):
-    module = key[:-len(".weight")]
+    module = key[: -len(".weight")]
     if f"{module}.lora_B.weight" in lora:
       b = np.asarray(lora[f"{module}.lora_B.weight"], np.float32)
       a = np.asarray(lora[f"{module}.lora_A.weight"], np.float32)
       value = (np.asarray(value, np.float32) + scale * (b @ a)).astype(
-          np.asarray(value).dtype)
+        np.asarray(value).dtype
+      )
     yield key, value

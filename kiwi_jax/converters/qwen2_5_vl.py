@@ -42,10 +42,10 @@ from kiwi_jax.models.mllm.config import Qwen25VLConfig
 from kiwi_jax.models.mllm.model import Qwen25VL
 
 LAYOUTS = {
-    # layout: (vision prefix, text prefix)
-    "hub": ("visual.", "model."),
-    "v5": ("model.visual.", "model.language_model."),
-    "base": ("visual.", "language_model."),
+  # layout: (vision prefix, text prefix)
+  "hub": ("visual.", "model."),
+  "v5": ("model.visual.", "model.language_model."),
+  "base": ("visual.", "language_model."),
 }
 IGNORED = (r"lm_head\..*",)
 
@@ -60,9 +60,10 @@ def detect_layout(keys) -> str:
   if any(k.startswith("model.layers.") for k in keys):
     return "hub"
   raise ValueError(
-      "Cannot tell the Qwen2.5-VL key layout: expected keys starting with "
-      "'model.layers.', 'model.language_model.' or 'language_model.'; first "
-      f"keys are {keys[:5]}.")
+    "Cannot tell the Qwen2.5-VL key layout: expected keys starting with "
+    "'model.layers.', 'model.language_model.' or 'language_model.'; first "
+    f"keys are {keys[:5]}."
+  )
 
 
 def _linear(torch_key: str, path: tuple, bias: bool = True) -> list[KeyMap]:
@@ -85,15 +86,26 @@ def keymaps(cfg: Qwen25VLConfig, layout: str = "hub") -> list[KeyMap]:
   maps: list[KeyMap] = []
   # Vision tower. The Conv3d weight (D, C, T, P, P) flattens to (D, 1176),
   # the processor's patch layout, then transposes into the Dense kernel.
-  conv_shape = (v.hidden_size, v.in_channels, v.temporal_patch_size,
-                v.patch_size, v.patch_size)
-  maps.append(KeyMap(
-      f"{vp}patch_embed.proj.weight", ("visual", "patch_embed", "kernel"),
-      compose(reshape(conv_shape, (v.hidden_size, v.patch_dim)), LINEAR)))
+  conv_shape = (
+    v.hidden_size,
+    v.in_channels,
+    v.temporal_patch_size,
+    v.patch_size,
+    v.patch_size,
+  )
+  maps.append(
+    KeyMap(
+      f"{vp}patch_embed.proj.weight",
+      ("visual", "patch_embed", "kernel"),
+      compose(reshape(conv_shape, (v.hidden_size, v.patch_dim)), LINEAR),
+    )
+  )
   for i in range(v.depth):
     src, dst = f"{vp}blocks.{i}.", ("visual", "blocks", i)
-    maps += [_norm(src + "norm1", dst + ("norm1",)),
-             _norm(src + "norm2", dst + ("norm2",))]
+    maps += [
+      _norm(src + "norm1", dst + ("norm1",)),
+      _norm(src + "norm2", dst + ("norm2",)),
+    ]
     maps += _linear(src + "attn.qkv", dst + ("attn", "qkv"))
     maps += _linear(src + "attn.proj", dst + ("attn", "proj"))
     for name in ("gate_proj", "up_proj", "down_proj"):
@@ -106,13 +118,17 @@ def keymaps(cfg: Qwen25VLConfig, layout: str = "hub") -> list[KeyMap]:
   maps.append(KeyMap(f"{tp}embed_tokens.weight", lm + ("embed_tokens",)))
   for i in range(t.num_layers):
     src, dst = f"{tp}layers.{i}.", lm + ("layers", i)
-    maps += [_norm(src + "input_layernorm", dst + ("input_layernorm",)),
-             _norm(src + "post_attention_layernorm",
-                   dst + ("post_attention_layernorm",))]
+    maps += [
+      _norm(src + "input_layernorm", dst + ("input_layernorm",)),
+      _norm(
+        src + "post_attention_layernorm", dst + ("post_attention_layernorm",)
+      ),
+    ]
     for name in ("q_proj", "k_proj", "v_proj"):
       maps += _linear(src + f"self_attn.{name}", dst + ("self_attn", name))
-    maps += _linear(src + "self_attn.o_proj", dst + ("self_attn", "o_proj"),
-                    bias=False)
+    maps += _linear(
+      src + "self_attn.o_proj", dst + ("self_attn", "o_proj"), bias=False
+    )
     for name in ("gate_proj", "up_proj", "down_proj"):
       maps += _linear(src + f"mlp.{name}", dst + ("mlp", name), bias=False)
   maps.append(_norm(f"{tp}norm", lm + ("norm",)))
@@ -123,38 +139,59 @@ def to_hf_config(cfg: Qwen25VLConfig):
   """The equivalent ``transformers.Qwen2_5_VLConfig`` (for parity checks and
   for writing a ``config.json`` next to exported weights)."""
   from transformers import Qwen2_5_VLConfig
+
   v, t = cfg.vision, cfg.text
   return Qwen2_5_VLConfig(
-      text_config=dict(
-          vocab_size=t.vocab_size, hidden_size=t.hidden_size,
-          intermediate_size=t.intermediate_size,
-          num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
-          num_key_value_heads=t.num_kv_heads, rms_norm_eps=t.rms_norm_eps,
-          max_position_embeddings=128000,
-          rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
-                           "mrope_section": list(t.mrope_section)},
-          # Ids inside the vocabulary (transformers warns otherwise).
-          bos_token_id=min(151643, t.vocab_size - 1),
-          eos_token_id=min(151645, t.vocab_size - 1),
-          pad_token_id=min(151643, t.vocab_size - 1)),
-      vision_config=dict(
-          depth=v.depth, hidden_size=v.hidden_size,
-          intermediate_size=v.intermediate_size, num_heads=v.num_heads,
-          in_channels=v.in_channels, patch_size=v.patch_size,
-          spatial_merge_size=v.spatial_merge_size,
-          temporal_patch_size=v.temporal_patch_size,
-          window_size=v.window_size, out_hidden_size=v.out_hidden_size,
-          fullatt_block_indexes=list(v.fullatt_block_indexes),
-          tokens_per_second=v.tokens_per_second),
-      image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
-      vision_start_token_id=cfg.vision_start_token_id,
-      vision_end_token_id=cfg.vision_end_token_id,
-      tie_word_embeddings=True)
+    text_config=dict(
+      vocab_size=t.vocab_size,
+      hidden_size=t.hidden_size,
+      intermediate_size=t.intermediate_size,
+      num_hidden_layers=t.num_layers,
+      num_attention_heads=t.num_heads,
+      num_key_value_heads=t.num_kv_heads,
+      rms_norm_eps=t.rms_norm_eps,
+      max_position_embeddings=128000,
+      rope_parameters={
+        "rope_type": "default",
+        "rope_theta": t.rope_theta,
+        "mrope_section": list(t.mrope_section),
+      },
+      # Ids inside the vocabulary (transformers warns otherwise).
+      bos_token_id=min(151643, t.vocab_size - 1),
+      eos_token_id=min(151645, t.vocab_size - 1),
+      pad_token_id=min(151643, t.vocab_size - 1),
+    ),
+    vision_config=dict(
+      depth=v.depth,
+      hidden_size=v.hidden_size,
+      intermediate_size=v.intermediate_size,
+      num_heads=v.num_heads,
+      in_channels=v.in_channels,
+      patch_size=v.patch_size,
+      spatial_merge_size=v.spatial_merge_size,
+      temporal_patch_size=v.temporal_patch_size,
+      window_size=v.window_size,
+      out_hidden_size=v.out_hidden_size,
+      fullatt_block_indexes=list(v.fullatt_block_indexes),
+      tokens_per_second=v.tokens_per_second,
+    ),
+    image_token_id=cfg.image_token_id,
+    video_token_id=cfg.video_token_id,
+    vision_start_token_id=cfg.vision_start_token_id,
+    vision_end_token_id=cfg.vision_end_token_id,
+    tie_word_embeddings=True,
+  )
 
 
-def load_qwen2_5_vl(source: str | os.PathLike | Checkpoint,
-                    cfg: Qwen25VLConfig, *, mesh=None, dtype: Any = None,
-                    layout: str | None = None, seed: int = 0) -> Qwen25VL:
+def load_qwen2_5_vl(
+  source: str | os.PathLike | Checkpoint,
+  cfg: Qwen25VLConfig,
+  *,
+  mesh=None,
+  dtype: Any = None,
+  layout: str | None = None,
+  seed: int = 0,
+) -> Qwen25VL:
   """Builds a :class:`Qwen25VL` from a Hugging Face checkpoint.
 
   Args:
@@ -176,9 +213,16 @@ def load_qwen2_5_vl(source: str | os.PathLike | Checkpoint,
     return Qwen25VL(cfg, rngs=nnx.Rngs(seed))
 
   graphdef, lora_abstract, base_abstract = nnx.split(
-      nnx.eval_shape(ctor), nnx.LoRAParam, ...)
-  base = assign(base_abstract, keymaps(cfg, layout), ckpt, dtype=dtype,
-                mesh=mesh, ignore_unused=IGNORED)
+    nnx.eval_shape(ctor), nnx.LoRAParam, ...
+  )
+  base = assign(
+    base_abstract,
+    keymaps(cfg, layout),
+    ckpt,
+    dtype=dtype,
+    mesh=mesh,
+    ignore_unused=IGNORED,
+  )
   if jax.tree.leaves(lora_abstract):
     # Only the LoRA factors leave the jitted init; XLA drops the rest.
     lora = jax.jit(lambda: nnx.state(ctor(), nnx.LoRAParam))()
@@ -187,8 +231,9 @@ def load_qwen2_5_vl(source: str | os.PathLike | Checkpoint,
   return nnx.merge(graphdef, lora, base)
 
 
-def save_qwen2_5_vl(model: Qwen25VL, path: str | os.PathLike,
-                    layout: str = "hub"):
+def save_qwen2_5_vl(
+  model: Qwen25VL, path: str | os.PathLike, layout: str = "hub"
+):
   """Writes the model's weights as one safetensors file (atomically).
 
   LoRA factors are not written; call ``lora.merge_lora`` first to bake them

@@ -23,7 +23,7 @@ import contextlib
 import pathlib
 import shutil
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 from etils import epath
 
@@ -35,8 +35,10 @@ UNFINISHED_REPORT_SUFFIX = ".unfinished" + REPORT_SUFFIX
 # Names a build writes: shards, shards being written, reports, and files
 # staged for a remote folder.
 _BUILD_SUFFIXES = tuple(
-    name + end for name in (SHARD_SUFFIX, REPORT_SUFFIX)
-    for end in ("", ".tmp", ".staged"))
+  name + end
+  for name in (SHARD_SUFFIX, REPORT_SUFFIX)
+  for end in ("", ".tmp", ".staged")
+)
 
 
 class OutputFolderError(ValueError):
@@ -50,16 +52,16 @@ def _is_remote(path: epath.Path) -> bool:
 def resolve(out_dir: str | epath.Path) -> epath.Path:
   """The folder a build replaces (symlinks followed for local paths)."""
   path = epath.Path(out_dir)
-  return path if _is_remote(path) else epath.Path(
-      pathlib.Path(path).resolve())
+  return path if _is_remote(path) else epath.Path(pathlib.Path(path).resolve())
 
 
 def is_build_file(path: epath.Path) -> bool:
   return not path.is_dir() and path.name.endswith(_BUILD_SUFFIXES)
 
 
-def check_output_folder(out_dir: str | epath.Path,
-                        flag: str = "--out_dir") -> None:
+def check_output_folder(
+  out_dir: str | epath.Path, flag: str = "--out_dir"
+) -> None:
   """Raises unless `out_dir` is absent, empty or holds only a build.
 
   Raises:
@@ -71,15 +73,17 @@ def check_output_folder(out_dir: str | epath.Path,
     return
   if not path.is_dir():
     raise OutputFolderError(
-        f"{flag} {path} is a file; a record build writes a folder. Choose "
-        "a new folder.")
+      f"{flag} {path} is a file; a record build writes a folder. Choose "
+      "a new folder."
+    )
   foreign = sorted(p.name for p in path.iterdir() if not is_build_file(p))
   if foreign:
     shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
     raise OutputFolderError(
-        f"{flag} {path} holds files that no record build wrote ({shown}); "
-        "a build replaces its output folder whole, so choose a new or "
-        "empty folder.")
+      f"{flag} {path} holds files that no record build wrote ({shown}); "
+      "a build replaces its output folder whole, so choose a new or "
+      "empty folder."
+    )
 
 
 def has_shards(out_dir: epath.Path) -> bool:
@@ -133,8 +137,9 @@ def _publish_remote(scratch: epath.Path, out_dir: epath.Path) -> None:
     target.replace(final)
 
 
-def write_unfinished_report(out_dir: epath.Path, prefix: str,
-                            text: str) -> epath.Path:
+def write_unfinished_report(
+  out_dir: epath.Path, prefix: str, text: str
+) -> epath.Path:
   """Writes the report of a build that did not finish (module docstring)."""
   suffix = UNFINISHED_REPORT_SUFFIX if has_shards(out_dir) else REPORT_SUFFIX
   path = out_dir / f"{prefix}{suffix}"

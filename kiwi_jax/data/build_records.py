@@ -30,9 +30,7 @@ import sys
 
 from etils import epath
 
-from kiwi_jax.data import build_folder
-from kiwi_jax.data import metadata
-from kiwi_jax.data import record_builder
+from kiwi_jax.data import build_folder, metadata, record_builder
 from kiwi_jax.utils import paths
 
 PROG = "python -m kiwi_jax.data.build_records"
@@ -47,8 +45,10 @@ def _expand(pattern: str) -> list[epath.Path]:
   if any(c in path.name for c in "*?["):
     matches = sorted(path.parent.glob(path.name))
     if not matches:
-      raise InputError(f"--parquet {pattern}: no file matches; check the "
-                       "folder and the pattern (quote it in the shell)")
+      raise InputError(
+        f"--parquet {pattern}: no file matches; check the "
+        "folder and the pattern (quote it in the shell)"
+      )
     return matches
   return [path]
 
@@ -58,11 +58,15 @@ def _check_args(args) -> None:
     if getattr(args, flag) < 1:
       raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
   if args.min_frames > args.max_frames:
-    raise InputError(f"--min_frames {args.min_frames} is above --max_frames "
-                     f"{args.max_frames}; no video could pass")
+    raise InputError(
+      f"--min_frames {args.min_frames} is above --max_frames "
+      f"{args.max_frames}; no video could pass"
+    )
   if not epath.Path(args.base_dir).is_dir():
-    raise InputError(f"--base_dir {args.base_dir}: no such folder (the "
-                     "media paths in the metadata are relative to it)")
+    raise InputError(
+      f"--base_dir {args.base_dir}: no such folder (the "
+      "media paths in the metadata are relative to it)"
+    )
 
 
 def _inputs(args) -> list[tuple[str, epath.Path]]:
@@ -91,24 +95,37 @@ def _fail(message: str) -> int:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog=PROG, description=__doc__.split("\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    prog=PROG,
+    description=__doc__.split("\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog=__doc__,
+  )
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--csv", help="reference-format CSV")
   source.add_argument("--parquet", help="parquet chunk path or glob")
-  parser.add_argument("--base_dir", required=True,
-                      help="directory the media paths are relative to")
-  parser.add_argument("--out_dir", required=True,
-                      help="folder of the shards and report; new, empty or "
-                      "a previous build (replaced whole)")
-  parser.add_argument("--format", choices=("array_record", "tfds"),
-                      default="array_record")
+  parser.add_argument(
+    "--base_dir",
+    required=True,
+    help="directory the media paths are relative to",
+  )
+  parser.add_argument(
+    "--out_dir",
+    required=True,
+    help="folder of the shards and report; new, empty or "
+    "a previous build (replaced whole)",
+  )
+  parser.add_argument(
+    "--format", choices=("array_record", "tfds"), default="array_record"
+  )
   parser.add_argument("--num_shards", type=int, default=1)
   parser.add_argument("--prefix", default="refvie")
   parser.add_argument("--policy", choices=("skip", "fail"), default="skip")
-  parser.add_argument("--min_frames", type=int, default=5,
-                      help="fewest decodable frames per video (use 1 for "
-                      "image datasets)")
+  parser.add_argument(
+    "--min_frames",
+    type=int,
+    default=5,
+    help="fewest decodable frames per video (use 1 for image datasets)",
+  )
   parser.add_argument("--max_frames", type=int, default=81)
   parser.add_argument("--allow_size_mismatch", action="store_true")
   parser.add_argument("--num_workers", type=int, default=4)
@@ -118,9 +135,10 @@ def main(argv=None) -> int:
     _check_args(args)
     inputs = _inputs(args)
     paths.refuse_inputs_as_outputs(
-        outputs=[("--out_dir", args.out_dir)],
-        inputs=inputs + [("--base_dir", args.base_dir)],
-        folders=["--out_dir"])
+      outputs=[("--out_dir", args.out_dir)],
+      inputs=inputs + [("--base_dir", args.base_dir)],
+      folders=["--out_dir"],
+    )
     if args.format == "array_record":
       build_folder.check_output_folder(args.out_dir)
     rows = _read_rows(inputs)
@@ -132,30 +150,46 @@ def main(argv=None) -> int:
   # "interrupted" report.
   signal.signal(signal.SIGTERM, _raise_interrupt)
   options = record_builder.CheckOptions(
-      min_frames=args.min_frames, max_frames=args.max_frames,
-      require_same_size=not args.allow_size_mismatch)
+    min_frames=args.min_frames,
+    max_frames=args.max_frames,
+    require_same_size=not args.allow_size_mismatch,
+  )
   try:
     if args.format == "tfds":
       # Imported here: tfds is only needed for this output format.
       from kiwi_jax.data import tfds_builder
+
       path, reports = tfds_builder.build_tfds(
-          {"train": list(rows)}, args.base_dir, args.out_dir,
-          options=options, policy=args.policy)
+        {"train": list(rows)},
+        args.base_dir,
+        args.out_dir,
+        options=options,
+        policy=args.policy,
+      )
       report = reports["train"]
       print(f"prepared {path}")
     else:
       report = record_builder.build_array_records(
-          rows, args.base_dir, args.out_dir, options=options,
-          policy=args.policy, num_shards=args.num_shards,
-          prefix=args.prefix, num_workers=args.num_workers)
+        rows,
+        args.base_dir,
+        args.out_dir,
+        options=options,
+        policy=args.policy,
+        num_shards=args.num_shards,
+        prefix=args.prefix,
+        num_workers=args.num_workers,
+      )
   except record_builder.RecordBuildError as e:
     print(str(e), file=sys.stderr)
     print(json.dumps(e.report.to_dict()["counts"]), file=sys.stderr)
     return 1
   except KeyboardInterrupt:
-    print(f"{PROG}: interrupted; no shard written (a previous build in "
-          f"{args.out_dir} is unchanged; the report there says how far it "
-          "got)", file=sys.stderr)
+    print(
+      f"{PROG}: interrupted; no shard written (a previous build in "
+      f"{args.out_dir} is unchanged; the report there says how far it "
+      "got)",
+      file=sys.stderr,
+    )
     return 130
   print(report.summary())
   print(json.dumps(report.to_dict()["counts"]))

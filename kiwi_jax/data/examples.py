@@ -17,25 +17,31 @@ the stored `mllm` inputs, with the same `prompt` and `key`.
 """
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import grain
 import numpy as np
 
-from kiwi_jax.data import records
-from kiwi_jax.data import transforms
-from kiwi_jax.data import video_io
+from kiwi_jax.data import records, transforms, video_io
 
 # The MLLM preprocessing hook: (source frames uint8[T, H, W, 3], prompt,
 # un-padded reference image uint8[h, w, 3] or None) -> dict of numpy arrays.
 # Qwen2.5-VL preprocessing lives in kiwi_jax/models/mllm/; any picklable
 # callable with this signature plugs in (workers pickle it).
-MllmTransform = Callable[[np.ndarray, str, np.ndarray | None],
-                         Mapping[str, np.ndarray]]
+MllmTransform = Callable[
+  [np.ndarray, str, np.ndarray | None], Mapping[str, np.ndarray]
+]
 
 MLLM_PREFIX = "mllm/"
-_TEXT_FIELDS = ("key", "origin", "prompt", "src_kind", "tgt_kind",
-                "record_type")
+_TEXT_FIELDS = (
+  "key",
+  "origin",
+  "prompt",
+  "src_kind",
+  "tgt_kind",
+  "record_type",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +82,9 @@ def parse_record(raw: Any) -> dict[str, Any]:
 class DecodeExample(grain.transforms.RandomMap):
   """Decodes, crops and augments one record (see the module docstring)."""
 
-  def __init__(self, cfg: ExampleConfig,
-               mllm_transform: MllmTransform | None = None):
+  def __init__(
+    self, cfg: ExampleConfig, mllm_transform: MllmTransform | None = None
+  ):
     self.cfg = cfg
     self.mllm_transform = mllm_transform
 
@@ -89,7 +96,7 @@ class DecodeExample(grain.transforms.RandomMap):
       return self._media_example(record, rng)
     except (video_io.MediaError, ValueError) as e:
       raise ValueError(
-          f"record {record.get('key')!r} ({record.get('origin', '?')}): {e}"
+        f"record {record.get('key')!r} ({record.get('origin', '?')}): {e}"
       ) from e
 
   def _media_example(self, record, rng):
@@ -104,14 +111,15 @@ class DecodeExample(grain.transforms.RandomMap):
       height, width = cfg.fixed_size
     else:
       height, width = transforms.size_for_pixel_budget(
-          target.shape[1], target.shape[2], cfg.max_pixels, cfg.size_multiple)
+        target.shape[1], target.shape[2], cfg.max_pixels, cfg.size_multiple
+      )
     source = transforms.resize_cover_and_center_crop(source, height, width)
     target = transforms.resize_cover_and_center_crop(target, height, width)
     example = {
-        "source_video": source,
-        "target_video": target,
-        "prompt": record["prompt"],
-        "key": record["key"],
+      "source_video": source,
+      "target_video": target,
+      "prompt": record["prompt"],
+      "key": record["key"],
     }
     ref_for_mllm = None
     if record.get("has_ref"):
@@ -119,33 +127,41 @@ class DecodeExample(grain.transforms.RandomMap):
       # The reference goes through the same budget operator (reference §6.3);
       # the MLLM sees it un-padded, the DiT padded to the clip (reference §4.5).
       ref_h, ref_w = transforms.size_for_pixel_budget(
-          ref.shape[0], ref.shape[1], cfg.max_pixels, cfg.size_multiple)
+        ref.shape[0], ref.shape[1], cfg.max_pixels, cfg.size_multiple
+      )
       ref_for_mllm = transforms.resize_cover_and_center_crop(
-          ref[None], ref_h, ref_w)[0]
+        ref[None], ref_h, ref_w
+      )[0]
       if cfg.train:
         scale = float(rng.uniform(*cfg.ref_scale_range))
         example["ref_image"] = transforms.shrink_and_pad_centered(
-            ref_for_mllm, height, width, scale)
+          ref_for_mllm, height, width, scale
+        )
       else:
         example["ref_image"] = transforms.pad_to_canvas(
-            ref_for_mllm, height, width)
+          ref_for_mllm, height, width
+        )
     if self.mllm_transform is not None:
       example["mllm"] = dict(
-          self.mllm_transform(source, record["prompt"], ref_for_mllm))
+        self.mllm_transform(source, record["prompt"], ref_for_mllm)
+      )
     return example
 
 
 def _latent_example(record):
   example = {
-      "source_latents": record["source_latents"],
-      "target_latents": record["target_latents"],
-      "prompt": record["prompt"],
-      "key": record["key"],
+    "source_latents": record["source_latents"],
+    "target_latents": record["target_latents"],
+    "prompt": record["prompt"],
+    "key": record["key"],
   }
   if "ref_latents" in record:
     example["ref_latents"] = record["ref_latents"]
-  mllm = {k[len(MLLM_PREFIX):]: v for k, v in record.items()
-          if k.startswith(MLLM_PREFIX)}
+  mllm = {
+    k[len(MLLM_PREFIX) :]: v
+    for k, v in record.items()
+    if k.startswith(MLLM_PREFIX)
+  }
   if mllm:
     example["mllm"] = mllm
   return example
@@ -164,17 +180,20 @@ def stack_examples(examples, path: str = "") -> Any:
     for e in examples[1:]:
       if set(e) != keys:
         raise ValueError(
-            f"batch field {path or '<root>'}: examples have different fields "
-            f"{sorted(keys)} vs {sorted(e)}; mix such sources as separate "
-            "datasets")
-    return {k: stack_examples([e[k] for e in examples], f"{path}{k}/")
-            for k in first}
+          f"batch field {path or '<root>'}: examples have different fields "
+          f"{sorted(keys)} vs {sorted(e)}; mix such sources as separate "
+          "datasets"
+        )
+    return {
+      k: stack_examples([e[k] for e in examples], f"{path}{k}/") for k in first
+    }
   if isinstance(first, str):
     return np.array(examples, dtype=object)
   arrays = [np.asarray(e) for e in examples]
   shapes = {a.shape for a in arrays}
   if len(shapes) > 1:
     raise ValueError(
-        f"batch field {path.rstrip('/')}: shapes differ {sorted(shapes)}; "
-        "use batch_size 1 or ExampleConfig.fixed_size")
+      f"batch field {path.rstrip('/')}: shapes differ {sorted(shapes)}; "
+      "use batch_size 1 or ExampleConfig.fixed_size"
+    )
   return np.stack(arrays)

@@ -18,42 +18,45 @@ Usage (the encoder is any callable, e.g. a jitted Wan VAE encode):
   build_latent_cache(it, vae_encode, "/data/latents/stage3")
 """
 
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 from etils import epath
 
 from kiwi_jax.data import examples as examples_lib
-from kiwi_jax.data import records
-from kiwi_jax.data import transforms
+from kiwi_jax.data import records, transforms
 
 # videos float32[B, T, H, W, 3] in [-1, 1] -> latents [B, t, h, w, c].
 VideoEncoder = Callable[[np.ndarray], Any]
 
 
 def _latent_records(
-    batches: Iterable[Mapping[str, Any]],
-    encode: VideoEncoder,
-    dtype: np.dtype,
+  batches: Iterable[Mapping[str, Any]],
+  encode: VideoEncoder,
+  dtype: np.dtype,
 ) -> Iterator[bytes]:
   for batch in batches:
     encoded = {}
-    for name, field in (("source_latents", "source_video"),
-                        ("target_latents", "target_video"),
-                        ("ref_latents", "ref_image")):
+    for name, field in (
+      ("source_latents", "source_video"),
+      ("target_latents", "target_video"),
+      ("ref_latents", "ref_image"),
+    ):
       if field not in batch:
         continue
       video = batch[field]
       if field == "ref_image":
         video = video[:, None]  # The reference is encoded as a 1-frame clip.
       encoded[name] = np.asarray(
-          encode(transforms.to_unit_range(video))).astype(dtype)
+        encode(transforms.to_unit_range(video))
+      ).astype(dtype)
     mllm = batch.get("mllm", {})
     for i in range(len(batch["prompt"])):
       record = {
-          "record_type": "latent",
-          "key": str(batch["key"][i]),
-          "prompt": str(batch["prompt"][i]),
+        "record_type": "latent",
+        "key": str(batch["key"][i]),
+        "prompt": str(batch["prompt"][i]),
       }
       for name, latents in encoded.items():
         record[name] = latents[i]
@@ -63,13 +66,13 @@ def _latent_records(
 
 
 def build_latent_cache(
-    batches: Iterable[Mapping[str, Any]],
-    encode: VideoEncoder,
-    out_dir: str | epath.Path,
-    *,
-    num_shards: int = 1,
-    prefix: str = "latents",
-    dtype: Any = np.float32,
+  batches: Iterable[Mapping[str, Any]],
+  encode: VideoEncoder,
+  out_dir: str | epath.Path,
+  *,
+  num_shards: int = 1,
+  prefix: str = "latents",
+  dtype: Any = np.float32,
 ) -> list[epath.Path]:
   """Encodes every batch of a (finite) media pipeline and writes the cache.
 
@@ -86,5 +89,8 @@ def build_latent_cache(
     The shard paths.
   """
   return records.write_shards(
-      _latent_records(batches, encode, np.dtype(dtype)), out_dir,
-      prefix=prefix, num_shards=num_shards)
+    _latent_records(batches, encode, np.dtype(dtype)),
+    out_dir,
+    prefix=prefix,
+    num_shards=num_shards,
+  )

@@ -27,7 +27,7 @@ same number of processes.
 """
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import grain
 import numpy as np
@@ -88,13 +88,18 @@ def make_source(path: str | epath.Path, split: str = "train"):
   path = epath.Path(path)
   if path.is_dir() and (path / "dataset_info.json").exists():
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
     return tfds.builder_from_directory(str(path)).as_data_source(split)
   return grain.sources.ArrayRecordDataSource(records.shard_paths(path))
 
 
-def process_batches(ds: grain.MapDataset, shard_index: int | None,
-                    shard_count: int | None, *,
-                    finite: bool) -> grain.MapDataset:
+def process_batches(
+  ds: grain.MapDataset,
+  shard_index: int | None,
+  shard_count: int | None,
+  *,
+  finite: bool,
+) -> grain.MapDataset:
   """This process's batches of a batched dataset: batches p, P + p, ...
 
   A ``finite`` dataset is first cut to a multiple of P batches, so that
@@ -103,14 +108,14 @@ def process_batches(ds: grain.MapDataset, shard_index: int | None,
   """
   if shard_index is None or shard_count is None:
     import jax  # pylint: disable=g-import-not-at-top
+
     shard_index, shard_count = jax.process_index(), jax.process_count()
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard {shard_index} out of range for {shard_count}")
   if finite:
     if len(ds) < shard_count:
-      raise ValueError(f"{len(ds)} batches cannot feed {shard_count} "
-                       "processes")
-    ds = ds[:len(ds) // shard_count * shard_count]
+      raise ValueError(f"{len(ds)} batches cannot feed {shard_count} processes")
+    ds = ds[: len(ds) // shard_count * shard_count]
   return ds if shard_count == 1 else ds[shard_index::shard_count]
 
 
@@ -122,19 +127,18 @@ class _TagSource(grain.transforms.Map):
 
   def map(self, element):
     size = len(element["prompt"])
-    return {**element,
-            "source_id": np.full((size,), self.source_id, np.int32)}
+    return {**element, "source_id": np.full((size,), self.source_id, np.int32)}
 
 
 def source_dataset(
-    spec: SourceSpec,
-    source_id: int,
-    example_cfg: examples_lib.ExampleConfig,
-    cfg: PipelineConfig,
-    *,
-    mllm_transform: examples_lib.MllmTransform | None = None,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
+  spec: SourceSpec,
+  source_id: int,
+  example_cfg: examples_lib.ExampleConfig,
+  cfg: PipelineConfig,
+  *,
+  mllm_transform: examples_lib.MllmTransform | None = None,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
 ) -> grain.MapDataset:
   """The batched dataset of one source (see the module docstring)."""
   source = make_source(spec.path, spec.split)
@@ -146,26 +150,31 @@ def source_dataset(
   ds = ds.repeat(cfg.num_epochs)
   # Seeded by the index in the one stream, whatever the process count.
   ds = ds.random_map(
-      examples_lib.DecodeExample(spec.example or example_cfg, mllm_transform),
-      seed=seed + 1)
-  ds = ds.batch(cfg.batch_size, drop_remainder=True,
-                batch_fn=examples_lib.stack_examples)
-  ds = process_batches(ds, shard_index, shard_count,
-                       finite=cfg.num_epochs is not None)
+    examples_lib.DecodeExample(spec.example or example_cfg, mllm_transform),
+    seed=seed + 1,
+  )
+  ds = ds.batch(
+    cfg.batch_size, drop_remainder=True, batch_fn=examples_lib.stack_examples
+  )
+  ds = process_batches(
+    ds, shard_index, shard_count, finite=cfg.num_epochs is not None
+  )
   return ds.map(_TagSource(source_id))
 
 
 def mixed_dataset(
-    specs: Sequence[SourceSpec],
-    example_cfg: examples_lib.ExampleConfig,
-    cfg: PipelineConfig,
-    **kwargs,
+  specs: Sequence[SourceSpec],
+  example_cfg: examples_lib.ExampleConfig,
+  cfg: PipelineConfig,
+  **kwargs,
 ) -> grain.MapDataset:
   """Batches of all sources, interleaved in proportion to their weights."""
   if not specs:
     raise ValueError("need at least one source")
-  parts = [source_dataset(spec, i, example_cfg, cfg, **kwargs)
-           for i, spec in enumerate(specs)]
+  parts = [
+    source_dataset(spec, i, example_cfg, cfg, **kwargs)
+    for i, spec in enumerate(specs)
+  ]
   if len(parts) == 1:
     return parts[0]
   weights = [spec.weight for spec in specs]
@@ -175,10 +184,10 @@ def mixed_dataset(
 
 
 def make_iterator(
-    specs: Sequence[SourceSpec],
-    example_cfg: examples_lib.ExampleConfig,
-    cfg: PipelineConfig,
-    **kwargs,
+  specs: Sequence[SourceSpec],
+  example_cfg: examples_lib.ExampleConfig,
+  cfg: PipelineConfig,
+  **kwargs,
 ) -> grain.DatasetIterator:
   """The batch iterator; `get_state`/`set_state` restore it exactly.
 
@@ -187,12 +196,18 @@ def make_iterator(
   holds must be picklable.
   """
   ds = mixed_dataset(specs, example_cfg, cfg, **kwargs)
-  ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch))
+  ds = ds.to_iter_dataset(
+    grain.ReadOptions(
+      num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch
+    )
+  )
   if cfg.num_workers > 0:
     _allow_workers_outside_absl()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch))
+    ds = ds.mp_prefetch(
+      grain.MultiprocessingOptions(
+        num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch
+      )
+    )
   return iter(ds)
 
 
@@ -200,6 +215,7 @@ def _allow_workers_outside_absl():
   # Grain's worker processes read absl flags; outside `absl.app.run` they are
   # unparsed and reading them raises UnparsedFlagAccessError.
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
@@ -215,7 +231,8 @@ def to_global_batch(batch, mesh, logical_batch_axis: str = "act_batch"):
   def is_numeric(x):
     return isinstance(x, np.ndarray) and x.dtype != object
 
-  numeric = {k: v for k, v in batch.items()
-             if isinstance(v, dict) or is_numeric(v)}
+  numeric = {
+    k: v for k, v in batch.items() if isinstance(v, dict) or is_numeric(v)
+  }
   host = {k: v for k, v in batch.items() if k not in numeric}
   return {**host, **sharding.host_to_global(numeric, mesh, logical_batch_axis)}

@@ -18,15 +18,22 @@ import csv
 import dataclasses
 import glob
 import io
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from etils import epath
 
 REQUIRED_CSV_COLUMNS = ("src_video", "tgt_video", "prompt")
 OPTIONAL_CSV_COLUMNS = ("ref_image", "iid")
 PARQUET_COLUMNS = ("iid", "prompt", "src_video", "tgt_video", "ref_image_bytes")
-RECORD_FIELDS = ("key", "origin", "prompt", "src", "src_kind", "tgt",
-                 "tgt_kind")
+RECORD_FIELDS = (
+  "key",
+  "origin",
+  "prompt",
+  "src",
+  "src_kind",
+  "tgt",
+  "tgt_kind",
+)
 MEDIA_KINDS = ("image", "video")
 
 
@@ -65,8 +72,10 @@ class Row:
     for side in ("src", "tgt"):
       data, kind = getattr(self, f"{side}_bytes"), getattr(self, f"{side}_kind")
       if data is not None and kind not in MEDIA_KINDS:
-        raise ValueError(f"{self.origin}: {side}_kind must be one of "
-                         f"{MEDIA_KINDS} with {side}_bytes, got {kind!r}")
+        raise ValueError(
+          f"{self.origin}: {side}_kind must be one of "
+          f"{MEDIA_KINDS} with {side}_bytes, got {kind!r}"
+        )
 
   @property
   def has_inline_media(self) -> bool:
@@ -93,23 +102,25 @@ def read_csv_rows(csv_path: str | epath.Path) -> list[Row]:
   try:
     text = csv_path.read_text(encoding="utf-8")
   except UnicodeDecodeError as e:
-    raise ValueError(f"{csv_path}: not UTF-8 text (byte {e.start}); save "
-                     "the CSV as UTF-8") from e
+    raise ValueError(
+      f"{csv_path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8"
+    ) from e
   reader = csv.DictReader(io.StringIO(text))
   columns = reader.fieldnames or []
   missing = [c for c in REQUIRED_CSV_COLUMNS if c not in columns]
   if missing:
     raise ValueError(
-        f"{csv_path}: missing column(s) {missing}; header is {columns}. "
-        f"The header needs {', '.join(REQUIRED_CSV_COLUMNS)} (optional: "
-        f"{', '.join(OPTIONAL_CSV_COLUMNS)}), in any order."
+      f"{csv_path}: missing column(s) {missing}; header is {columns}. "
+      f"The header needs {', '.join(REQUIRED_CSV_COLUMNS)} (optional: "
+      f"{', '.join(OPTIONAL_CSV_COLUMNS)}), in any order."
     )
   has_ref = "ref_image" in columns
   rows = []
   for row in reader:
     # Line numbers count the header as line 1, as editors show them.
     line = reader.line_num
-    rows.append(Row(
+    rows.append(
+      Row(
         # An optional `iid` column (written by RefVIE-mini, ignored by the
         # reference loader) gives stable keys; else the file and line.
         key=(row.get("iid") or "").strip() or f"{csv_path.name}:{line}",
@@ -118,7 +129,8 @@ def read_csv_rows(csv_path: str | epath.Path) -> list[Row]:
         src_video=(row["src_video"] or "").strip(),
         tgt_video=(row["tgt_video"] or "").strip(),
         ref_image=(row["ref_image"] or "").strip() if has_ref else None,
-    ))
+      )
+    )
   return rows
 
 
@@ -132,6 +144,7 @@ def check_parquet_chunks(paths: Sequence[str | epath.Path]) -> None:
   """
   # pylint: disable-next=g-import-not-at-top
   import pyarrow.parquet as pq
+
   for path in paths:
     path = epath.Path(path)
     if not path.exists():
@@ -144,13 +157,13 @@ def check_parquet_chunks(paths: Sequence[str | epath.Path]) -> None:
     missing = [c for c in PARQUET_COLUMNS if c not in names]
     if missing:
       raise ValueError(
-          f"{path}: missing column(s) {missing}; columns are {names}. "
-          f"RefVIE chunks have {', '.join(PARQUET_COLUMNS)}."
+        f"{path}: missing column(s) {missing}; columns are {names}. "
+        f"RefVIE chunks have {', '.join(PARQUET_COLUMNS)}."
       )
 
 
 def read_parquet_rows(
-    paths: Sequence[str | epath.Path], batch_size: int = 256
+  paths: Sequence[str | epath.Path], batch_size: int = 256
 ) -> Iterator[Row]:
   """Streams rows from RefVIE parquet chunks (`chunk_*.parquet`).
 
@@ -165,8 +178,9 @@ def read_parquet_rows(
   return _parquet_rows(paths, batch_size)
 
 
-def _parquet_rows(paths: Sequence[epath.Path],
-                  batch_size: int) -> Iterator[Row]:
+def _parquet_rows(
+  paths: Sequence[epath.Path], batch_size: int
+) -> Iterator[Row]:
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
 
   for path in paths:
@@ -174,16 +188,16 @@ def _parquet_rows(paths: Sequence[epath.Path],
       parquet = pq.ParquetFile(f)
       offset = 0
       for batch in parquet.iter_batches(
-          batch_size=batch_size, columns=list(PARQUET_COLUMNS)
+        batch_size=batch_size, columns=list(PARQUET_COLUMNS)
       ):
         for i, item in enumerate(batch.to_pylist()):
           yield Row(
-              key=str(item["iid"]),
-              origin=f"{path}[row {offset + i}, iid {item['iid']}]",
-              prompt=(item["prompt"] or "").strip(),
-              src_video=(item["src_video"] or "").strip(),
-              tgt_video=(item["tgt_video"] or "").strip(),
-              ref_image_bytes=_inline_bytes(item["ref_image_bytes"]),
+            key=str(item["iid"]),
+            origin=f"{path}[row {offset + i}, iid {item['iid']}]",
+            prompt=(item["prompt"] or "").strip(),
+            src_video=(item["src_video"] or "").strip(),
+            tgt_video=(item["tgt_video"] or "").strip(),
+            ref_image_bytes=_inline_bytes(item["ref_image_bytes"]),
           )
         offset += batch.num_rows
 
@@ -196,6 +210,7 @@ def record_shards(pattern: str | epath.Path) -> list[str]:
   """
   # pylint: disable-next=g-import-not-at-top
   from kiwi_jax.data import records
+
   if glob.has_magic(str(pattern)):
     pattern = epath.Path(pattern)
     paths = sorted(str(p) for p in pattern.parent.glob(pattern.name))
@@ -217,7 +232,9 @@ def read_record_rows(paths: Sequence[str | epath.Path]) -> Iterator[Row]:
   """
   # pylint: disable=g-import-not-at-top
   from array_record.python import array_record_module
+
   from kiwi_jax.data import records
+
   # pylint: enable=g-import-not-at-top
   for path in paths:
     reader = array_record_module.ArrayRecordReader(str(path))
@@ -230,18 +247,19 @@ def read_record_rows(paths: Sequence[str | epath.Path]) -> Iterator[Row]:
           raise ValueError(f"{where}: {e}") from e
         missing = [f for f in RECORD_FIELDS if f not in record]
         if missing:
-          raise ValueError(f"{where}: missing field(s) {missing}; fields are "
-                           f"{sorted(record)}")
+          raise ValueError(
+            f"{where}: missing field(s) {missing}; fields are {sorted(record)}"
+          )
         yield Row(
-            key=str(record["key"]),
-            origin=f"{where} (from {record['origin']})",
-            prompt=record["prompt"].strip(),
-            src_video=f"{where}:src",
-            tgt_video=f"{where}:tgt",
-            src_bytes=record["src"],
-            tgt_bytes=record["tgt"],
-            src_kind=record["src_kind"],
-            tgt_kind=record["tgt_kind"],
+          key=str(record["key"]),
+          origin=f"{where} (from {record['origin']})",
+          prompt=record["prompt"].strip(),
+          src_video=f"{where}:src",
+          tgt_video=f"{where}:tgt",
+          src_bytes=record["src"],
+          tgt_bytes=record["tgt"],
+          src_kind=record["src_kind"],
+          tgt_kind=record["tgt_kind"],
         )
     finally:
       reader.close()

@@ -18,25 +18,25 @@ import numpy as np
 # Saturated colours for objects (never white: reference images use a white
 # canvas; never close to the muted texture colours below).
 OBJECT_COLORS = {
-    "red": (220, 30, 30),
-    "green": (30, 200, 40),
-    "blue": (30, 60, 230),
-    "yellow": (240, 220, 20),
-    "magenta": (230, 30, 200),
-    "cyan": (20, 220, 230),
-    "orange": (250, 130, 10),
-    "black": (5, 5, 5),
+  "red": (220, 30, 30),
+  "green": (30, 200, 40),
+  "blue": (30, 60, 230),
+  "yellow": (240, 220, 20),
+  "magenta": (230, 30, 200),
+  "cyan": (20, 220, 230),
+  "orange": (250, 130, 10),
+  "black": (5, 5, 5),
 }
 # Muted colours for textures.
 TEXTURE_COLORS = {
-    "gray": (128, 128, 128),
-    "beige": (200, 180, 150),
-    "teal": (70, 120, 120),
-    "brown": (120, 80, 50),
-    "lavender": (170, 160, 200),
-    "olive": (120, 130, 70),
-    "navy": (50, 60, 100),
-    "pink": (210, 160, 170),
+  "gray": (128, 128, 128),
+  "beige": (200, 180, 150),
+  "teal": (70, 120, 120),
+  "brown": (120, 80, 50),
+  "lavender": (170, 160, 200),
+  "olive": (120, 130, 70),
+  "navy": (50, 60, 100),
+  "pink": (210, 160, 170),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
 TEXTURES = ("striped", "checkered", "dotted", "wavy")
@@ -55,10 +55,12 @@ class SceneObject:
   def center(self, t: int, height: int, width: int) -> tuple[float, float]:
     """Centre at frame t, reflecting off the borders (a triangle wave)."""
     return (
-        _bounce(self.start[0] + t * self.velocity[0], self.size,
-                height - self.size),
-        _bounce(self.start[1] + t * self.velocity[1], self.size,
-                width - self.size),
+      _bounce(
+        self.start[0] + t * self.velocity[0], self.size, height - self.size
+      ),
+      _bounce(
+        self.start[1] + t * self.velocity[1], self.size, width - self.size
+      ),
     )
 
   @property
@@ -95,8 +97,11 @@ def _bounce(value: float, low: float, high: float) -> float:
 
 
 def shape_mask(
-    shape: str, center: tuple[float, float], size: float, height: int,
-    width: int,
+  shape: str,
+  center: tuple[float, float],
+  size: float,
+  height: int,
+  width: int,
 ) -> np.ndarray:
   """bool[height, width]: pixels whose centres fall inside the shape."""
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
@@ -116,7 +121,7 @@ def shape_mask(
 
 
 def render_texture(
-    texture: Texture, height: int, width: int, t: int = 0
+  texture: Texture, height: int, width: int, t: int = 0
 ) -> np.ndarray:
   """uint8[height, width, 3] texture at frame t."""
   yy, xx = np.mgrid[0:height, 0:width]
@@ -139,21 +144,21 @@ def render_texture(
 
 
 def label_maps(
-    objects: tuple[SceneObject, ...], num_frames: int, height: int, width: int
+  objects: tuple[SceneObject, ...], num_frames: int, height: int, width: int
 ) -> np.ndarray:
   """int32[T, H, W]: 0 for background, i + 1 for objects[i] (last on top)."""
   labels = np.zeros((num_frames, height, width), np.int32)
   for t in range(num_frames):
     for i, obj in enumerate(objects):
       mask = shape_mask(
-          obj.shape, obj.center(t, height, width), obj.size, height, width
+        obj.shape, obj.center(t, height, width), obj.size, height, width
       )
       labels[t][mask] = i + 1
   return labels
 
 
 def render(
-    scene: Scene, num_frames: int, height: int, width: int
+  scene: Scene, num_frames: int, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray]:
   """Renders a scene.
 
@@ -175,7 +180,7 @@ def render_object_on_white(obj: SceneObject, size: int) -> np.ndarray:
   """uint8[size, size, 3]: the object alone, centred on a white canvas."""
   scale = 0.8 * size / (2 * obj.size)
   mask = shape_mask(
-      obj.shape, (size / 2, size / 2), obj.size * scale, size, size
+    obj.shape, (size / 2, size / 2), obj.size * scale, size, size
   )
   image = np.full((size, size, 3), 255, np.uint8)
   image[mask] = OBJECT_COLORS[obj.color]

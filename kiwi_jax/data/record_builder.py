@@ -22,25 +22,23 @@ import dataclasses
 import itertools
 import json
 import re
-from typing import Any, Iterable, Iterator, Literal
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
 
 from etils import epath
 
-from kiwi_jax.data import build_folder
-from kiwi_jax.data import records
-from kiwi_jax.data import transforms
-from kiwi_jax.data import video_io
+from kiwi_jax.data import build_folder, records, transforms, video_io
 from kiwi_jax.data.metadata import Row
 
 Policy = Literal["skip", "fail"]
 
 PROBLEM_KINDS = (
-    "missing_file",
-    "unreadable_video",
-    "too_few_frames",
-    "unreadable_image",
-    "empty_prompt",
-    "size_mismatch",
+  "missing_file",
+  "unreadable_video",
+  "too_few_frames",
+  "unreadable_image",
+  "empty_prompt",
+  "size_mismatch",
 )
 DUPLICATE_KEY = "duplicate_key"
 _MAX_EXAMPLES_PER_KIND = 20
@@ -91,10 +89,10 @@ class ProblemReport:
   status: str = "running"
   error: str = ""
   counts: dict[str, int] = dataclasses.field(
-      default_factory=lambda: {k: 0 for k in PROBLEM_KINDS}
+    default_factory=lambda: {k: 0 for k in PROBLEM_KINDS}
   )
   examples: dict[str, list[str]] = dataclasses.field(
-      default_factory=lambda: collections.defaultdict(list)
+    default_factory=lambda: collections.defaultdict(list)
   )
 
   @property
@@ -112,29 +110,35 @@ class ProblemReport:
   def to_dict(self) -> dict[str, Any]:
     complete = self.status == "complete"
     return {
-        "status": self.status,
-        **({"error": self.error} if self.error else {}),
-        "rows_seen": self.rows_seen,
-        "rows_passed": self.rows_written,
-        "rows_written": self.rows_written if complete else 0,
-        "rows_with_problems": self.rows_with_problems,
-        "duplicate_keys": self.duplicate_keys,
-        "counts": dict(self.counts),
-        "examples": dict(self.examples),
+      "status": self.status,
+      **({"error": self.error} if self.error else {}),
+      "rows_seen": self.rows_seen,
+      "rows_passed": self.rows_written,
+      "rows_written": self.rows_written if complete else 0,
+      "rows_with_problems": self.rows_with_problems,
+      "duplicate_keys": self.duplicate_keys,
+      "counts": dict(self.counts),
+      "examples": dict(self.examples),
     }
 
   def summary(self) -> str:
-    counts = (f"{self.rows_seen} rows checked, {self.rows_written} written, "
-              f"{self.rows_with_problems} with problems")
+    counts = (
+      f"{self.rows_seen} rows checked, {self.rows_written} written, "
+      f"{self.rows_with_problems} with problems"
+    )
     if self.status == "failed":
-      counts = (f"{self.rows_seen} rows checked, {self.rows_written} "
-                f"passed, {self.rows_with_problems} with problems; "
-                "no shard written")
+      counts = (
+        f"{self.rows_seen} rows checked, {self.rows_written} "
+        f"passed, {self.rows_with_problems} with problems; "
+        "no shard written"
+      )
     elif self.status == "interrupted":
-      counts = (f"interrupted after {self.rows_seen} rows checked "
-                f"({self.rows_written} passed, {self.rows_with_problems} "
-                "with problems); no shard written"
-                + (f" ({self.error})" if self.error else ""))
+      counts = (
+        f"interrupted after {self.rows_seen} rows checked "
+        f"({self.rows_written} passed, {self.rows_with_problems} "
+        "with problems); no shard written"
+        + (f" ({self.error})" if self.error else "")
+      )
     lines = [counts]
     kinds = [(k, self.counts[k]) for k in PROBLEM_KINDS]
     for kind, count in kinds + [(DUPLICATE_KEY, self.duplicate_keys)]:
@@ -147,8 +151,7 @@ class ProblemReport:
 def _reason(error: Exception) -> str:
   """The error's message without the in-memory buffer Pillow or PyAV name
   (``<_io.BytesIO object at 0x...>``), which tells the user nothing."""
-  return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "",
-                str(error))
+  return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(error))
 
 
 class RecordBuildError(RuntimeError):
@@ -159,8 +162,13 @@ class RecordBuildError(RuntimeError):
     self.report = report
 
 
-def _read(base_dir: epath.Path, relative: str, what: str, row: Row,
-          problems: list[Problem]) -> bytes | None:
+def _read(
+  base_dir: epath.Path,
+  relative: str,
+  what: str,
+  row: Row,
+  problems: list[Problem],
+) -> bytes | None:
   path = base_dir / relative if relative else None
   if path is None or not path.exists():
     problems.append(Problem("missing_file", row.origin, f"{what} {path}"))
@@ -180,19 +188,23 @@ def _check_media(data, path, what, row, options, problems):
   except video_io.MediaError as e:
     problem = "unreadable_image" if kind == "image" else "unreadable_video"
     problems.append(
-        Problem(problem, row.origin, f"{what} {path}: {_reason(e)}"))
+      Problem(problem, row.origin, f"{what} {path}: {_reason(e)}")
+    )
     return None
   if count < options.min_frames:
-    problems.append(Problem(
-        "too_few_frames", row.origin,
+    problems.append(
+      Problem(
+        "too_few_frames",
+        row.origin,
         f"{what} {path}: {count} frames < min_frames {options.min_frames}",
-    ))
+      )
+    )
     return None
   return kind, count, first.shape[1], first.shape[2]
 
 
 def check_row(
-    row: Row, base_dir: str | epath.Path, options: CheckOptions
+  row: Row, base_dir: str | epath.Path, options: CheckOptions
 ) -> tuple[dict[str, Any] | None, list[Problem]]:
   """Checks one row; returns (record fields, []) or (None, problems).
 
@@ -206,13 +218,16 @@ def check_row(
   if not row.prompt:
     problems.append(Problem("empty_prompt", row.origin, "prompt is empty"))
   media = {}
-  for what, relative in (("src_video", row.src_video),
-                         ("tgt_video", row.tgt_video)):
+  for what, relative in (
+    ("src_video", row.src_video),
+    ("tgt_video", row.tgt_video),
+  ):
     try:
       video_io.media_kind(relative)
     except video_io.MediaError as e:
       problems.append(
-          Problem("unreadable_video", row.origin, f"{what}: {_reason(e)}"))
+        Problem("unreadable_video", row.origin, f"{what}: {_reason(e)}")
+      )
       continue
     data = _read(base_dir, relative, what, row, problems)
     if data is not None:
@@ -228,55 +243,64 @@ def check_row(
     try:
       video_io.decode_image(ref)
     except video_io.MediaError as e:
-      where = (f"ref_image_bytes of row {row.key} ({len(ref)} bytes)"
-               if row.ref_image_bytes is not None
-               else f"ref_image {row.ref_image}")
-      problems.append(Problem("unreadable_image", row.origin,
-                              f"{where}: {_reason(e)}"))
+      where = (
+        f"ref_image_bytes of row {row.key} ({len(ref)} bytes)"
+        if row.ref_image_bytes is not None
+        else f"ref_image {row.ref_image}"
+      )
+      problems.append(
+        Problem("unreadable_image", row.origin, f"{where}: {_reason(e)}")
+      )
   elif row.ref_image_bytes is not None:
     problems.append(
-        Problem("unreadable_image", row.origin, "ref_image_bytes is empty"))
+      Problem("unreadable_image", row.origin, "ref_image_bytes is empty")
+    )
   if len(media) == 2 and options.require_same_size:
     (_, _, src_t, src_h, src_w), (_, _, tgt_t, tgt_h, tgt_w) = (
-        media["src_video"], media["tgt_video"])
+      media["src_video"],
+      media["tgt_video"],
+    )
     # The reference loads the first 4k+1 frames of each and retries the
     # sample when frame counts or sizes differ (reference §6.3).
     src_t = transforms.clip_length(src_t, options.max_frames)
     tgt_t = transforms.clip_length(tgt_t, options.max_frames)
     if (src_t, src_h, src_w) != (tgt_t, tgt_h, tgt_w):
-      problems.append(Problem(
-          "size_mismatch", row.origin,
+      problems.append(
+        Problem(
+          "size_mismatch",
+          row.origin,
           f"source {src_t}x{src_h}x{src_w} vs target {tgt_t}x{tgt_h}x{tgt_w}"
           " (frames x height x width)",
-      ))
+        )
+      )
   if problems:
     return None, problems
   src, src_kind, src_frames, height, width = media["src_video"]
   tgt, tgt_kind, tgt_frames, _, _ = media["tgt_video"]
   return {
-      "key": row.key,
-      "origin": row.origin,
-      "prompt": row.prompt,
-      "src": src,
-      "src_kind": src_kind,
-      "tgt": tgt,
-      "tgt_kind": tgt_kind,
-      "ref_image": ref,
-      "has_ref": row.has_ref,
-      "num_frames": min(src_frames, tgt_frames),
-      "height": height,
-      "width": width,
+    "key": row.key,
+    "origin": row.origin,
+    "prompt": row.prompt,
+    "src": src,
+    "src_kind": src_kind,
+    "tgt": tgt,
+    "tgt_kind": tgt_kind,
+    "ref_image": ref,
+    "has_ref": row.has_ref,
+    "num_frames": min(src_frames, tgt_frames),
+    "height": height,
+    "width": width,
   }, []
 
 
 def checked_records(
-    rows: Iterable[Row],
-    base_dir: str | epath.Path,
-    report: ProblemReport,
-    *,
-    options: CheckOptions = CheckOptions(),
-    policy: Policy = "skip",
-    num_workers: int = 1,
+  rows: Iterable[Row],
+  base_dir: str | epath.Path,
+  report: ProblemReport,
+  *,
+  options: CheckOptions = CheckOptions(),
+  policy: Policy = "skip",
+  num_workers: int = 1,
 ) -> Iterator[dict[str, Any]]:
   """Yields the record fields of good rows in input order, filling `report`.
 
@@ -299,9 +323,13 @@ def checked_records(
       for row in chunk:
         if row.key in first_seen:
           report.rows_seen += 1
-          report.add(Problem(DUPLICATE_KEY, row.origin,
-                             f"key {row.key} already used by "
-                             f"{first_seen[row.key]}"))
+          report.add(
+            Problem(
+              DUPLICATE_KEY,
+              row.origin,
+              f"key {row.key} already used by {first_seen[row.key]}",
+            )
+          )
         else:
           first_seen[row.key] = row.origin
           fresh.append(row)
@@ -318,15 +346,15 @@ def checked_records(
 
 
 def build_array_records(
-    rows: Iterable[Row],
-    base_dir: str | epath.Path,
-    out_dir: str | epath.Path,
-    *,
-    options: CheckOptions = CheckOptions(),
-    policy: Policy = "skip",
-    num_shards: int = 1,
-    prefix: str = "refvie",
-    num_workers: int = 1,
+  rows: Iterable[Row],
+  base_dir: str | epath.Path,
+  out_dir: str | epath.Path,
+  *,
+  options: CheckOptions = CheckOptions(),
+  policy: Policy = "skip",
+  num_shards: int = 1,
+  prefix: str = "refvie",
+  num_workers: int = 1,
 ) -> ProblemReport:
   """Checks rows and writes the good ones as ArrayRecord shards.
 
@@ -348,27 +376,35 @@ def build_array_records(
   build_folder.remove_leftovers(out_dir)
   report = ProblemReport()
   serialized = (
-      records.serialize(fields)
-      for fields in checked_records(
-          rows, base_dir, report, options=options, policy=policy,
-          num_workers=num_workers,
-      )
+    records.serialize(fields)
+    for fields in checked_records(
+      rows,
+      base_dir,
+      report,
+      options=options,
+      policy=policy,
+      num_workers=num_workers,
+    )
   )
   try:
     with build_folder.staging(out_dir) as stage:
       records.write_shards(
-          serialized, stage, prefix=prefix, num_shards=num_shards
+        serialized, stage, prefix=prefix, num_shards=num_shards
       )
       report.status = "complete"
       (stage / f"{prefix}{build_folder.REPORT_SUFFIX}").write_text(
-          json.dumps(report.to_dict(), indent=2)
+        json.dumps(report.to_dict(), indent=2)
       )
   except BaseException as e:
     if report.status != "failed":
       report.status = "interrupted"
-      report.error = (type(e).__name__ if isinstance(e, KeyboardInterrupt)
-                      else f"{type(e).__name__}: {e}")
+      report.error = (
+        type(e).__name__
+        if isinstance(e, KeyboardInterrupt)
+        else f"{type(e).__name__}: {e}"
+      )
     build_folder.write_unfinished_report(
-        out_dir, prefix, json.dumps(report.to_dict(), indent=2))
+      out_dir, prefix, json.dumps(report.to_dict(), indent=2)
+    )
     raise
   return report

@@ -13,7 +13,8 @@ payload bytes.
 import json
 import struct
 import tempfile
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -55,20 +56,19 @@ def serialize(record: Mapping[str, Any]) -> bytes:
         raise TypeError(f"field {name!r}: object arrays cannot be stored")
       data = np.ascontiguousarray(value).tobytes()
       entry = {
-          "type": "array", "dtype": _dtype_name(value.dtype),
-          "shape": list(value.shape),
+        "type": "array",
+        "dtype": _dtype_name(value.dtype),
+        "shape": list(value.shape),
       }
     else:
-      raise TypeError(
-          f"field {name!r}: cannot store a {type(value).__name__}"
-      )
+      raise TypeError(f"field {name!r}: cannot store a {type(value).__name__}")
     entry.update(offset=offset, length=len(data))
     header[name] = entry
     payloads.append(data)
     offset += len(data)
   header_bytes = json.dumps(header, separators=(",", ":")).encode()
   return b"".join(
-      [MAGIC, struct.pack("<I", len(header_bytes)), header_bytes, *payloads]
+    [MAGIC, struct.pack("<I", len(header_bytes)), header_bytes, *payloads]
   )
 
 
@@ -76,10 +76,10 @@ def deserialize(data: bytes) -> Record:
   """Inverse of `serialize`; arrays are read-only views into `data`."""
   if data[:4] != MAGIC:
     raise RecordFormatError(
-        f"not a kiwi_jax record (magic {bytes(data[:4])!r}, want {MAGIC!r})"
+      f"not a kiwi_jax record (magic {bytes(data[:4])!r}, want {MAGIC!r})"
     )
   (header_length,) = struct.unpack("<I", data[4:8])
-  header = json.loads(bytes(data[8:8 + header_length]))
+  header = json.loads(bytes(data[8 : 8 + header_length]))
   base = 8 + header_length
   view = memoryview(data)
   record = {}
@@ -89,12 +89,12 @@ def deserialize(data: bytes) -> Record:
       record[name] = entry["value"]
       continue
     start = base + entry["offset"]
-    chunk = view[start:start + entry["length"]]
+    chunk = view[start : start + entry["length"]]
     if kind == "bytes":
       record[name] = bytes(chunk)
     else:
       record[name] = np.frombuffer(
-          chunk, dtype=_dtype_from_name(entry["dtype"])
+        chunk, dtype=_dtype_from_name(entry["dtype"])
       ).reshape(entry["shape"])
   return record
 
@@ -111,11 +111,11 @@ def _dtype_from_name(name: str) -> np.dtype:
 
 
 def write_shards(
-    records: Iterable[bytes],
-    out_dir: str | epath.Path,
-    *,
-    prefix: str,
-    num_shards: int,
+  records: Iterable[bytes],
+  out_dir: str | epath.Path,
+  *,
+  prefix: str,
+  num_shards: int,
 ) -> list[epath.Path]:
   """Writes serialised records round-robin into `num_shards` ArrayRecord files.
 
@@ -133,22 +133,21 @@ def write_shards(
   out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   finals = [
-      out_dir / f"{prefix}-{i:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
-      for i in range(num_shards)
+    out_dir / f"{prefix}-{i:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
+    for i in range(num_shards)
   ]
   # ArrayRecordWriter writes local files only: for remote directories (gs://)
   # the shards are written to a local scratch directory and copied over.
   local = _is_local(out_dir)
   scratch = None if local else tempfile.TemporaryDirectory()
   temps = [
-      (p.parent if local else epath.Path(scratch.name)) / (p.name + ".tmp")
-      for p in finals
+    (p.parent if local else epath.Path(scratch.name)) / (p.name + ".tmp")
+    for p in finals
   ]
   # group_size:1 makes every record its own chunk: random access reads one
   # record, not a group of them (the right trade for large video records).
   writers = [
-      array_record_module.ArrayRecordWriter(str(t), "group_size:1")
-      for t in temps
+    array_record_module.ArrayRecordWriter(str(t), "group_size:1") for t in temps
   ]
   try:
     for i, record in enumerate(records):

@@ -47,12 +47,12 @@ from kiwi_jax.data import mini_scene as ms
 from kiwi_jax.data import video_io
 
 EDIT_TYPES = (
-    "local_recolor",
-    "local_remove",
-    "local_add",
-    "background_change",
-    "subject_reference",
-    "background_reference",
+  "local_recolor",
+  "local_remove",
+  "local_add",
+  "background_change",
+  "subject_reference",
+  "background_reference",
 )
 REFERENCE_EDITS = ("subject_reference", "background_reference")
 
@@ -82,7 +82,8 @@ class MiniConfig:
       raise ValueError(f"num_frames must be 4k+1, got {self.num_frames}")
     if min(self.height, self.width) < 16:
       raise ValueError(
-          f"frames must be >= 16 px, got {self.height}x{self.width}")
+        f"frames must be >= 16 px, got {self.height}x{self.width}"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,10 +114,10 @@ def _random_texture(rng, exclude_colors=()) -> ms.Texture:
   names = [c for c in ms.TEXTURE_COLORS if c not in exclude_colors]
   colors = rng.choice(names, size=2, replace=False)
   return ms.Texture(
-      kind=str(rng.choice(ms.TEXTURES)),
-      colors=(str(colors[0]), str(colors[1])),
-      period=int(rng.integers(4, 9)),
-      scroll=int(rng.integers(0, 2)),
+    kind=str(rng.choice(ms.TEXTURES)),
+    colors=(str(colors[0]), str(colors[1])),
+    period=int(rng.integers(4, 9)),
+    scroll=int(rng.integers(0, 2)),
   )
 
 
@@ -124,13 +125,17 @@ def _random_object(rng, cfg: MiniConfig, color: str) -> ms.SceneObject:
   side = min(cfg.height, cfg.width)
   size = float(rng.uniform(0.12, 0.2) * side)
   return ms.SceneObject(
-      shape=str(rng.choice(ms.SHAPES)),
-      color=color,
-      size=size,
-      start=(float(rng.uniform(size, cfg.height - size)),
-             float(rng.uniform(size, cfg.width - size))),
-      velocity=(float(rng.uniform(-0.06, 0.06) * cfg.height),
-                float(rng.uniform(-0.06, 0.06) * cfg.width)),
+    shape=str(rng.choice(ms.SHAPES)),
+    color=color,
+    size=size,
+    start=(
+      float(rng.uniform(size, cfg.height - size)),
+      float(rng.uniform(size, cfg.width - size)),
+    ),
+    velocity=(
+      float(rng.uniform(-0.06, 0.06) * cfg.height),
+      float(rng.uniform(-0.06, 0.06) * cfg.width),
+    ),
   )
 
 
@@ -139,8 +144,11 @@ def _visible(labels: np.ndarray, index: int) -> np.ndarray:
 
 
 def make_sample(
-    seed: int, index: int, cfg: MiniConfig = MiniConfig(),
-    edit_type: str | None = None, key_prefix: str = "v",
+  seed: int,
+  index: int,
+  cfg: MiniConfig = MiniConfig(),
+  edit_type: str | None = None,
+  key_prefix: str = "v",
 ) -> EditSample:
   """Generates sample `index` of the stream `seed` (edit types cycle)."""
   edit_type = edit_type or EDIT_TYPES[index % len(EDIT_TYPES)]
@@ -173,8 +181,9 @@ def make_sample(
   elif edit_type in ("background_change", "background_reference"):
     tgt_texture = _random_texture(rng, exclude_colors=texture.colors)
     if edit_type == "background_change":
-      prompt = (f"Replace the background with a {tgt_texture.description} "
-                "pattern.")
+      prompt = (
+        f"Replace the background with a {tgt_texture.description} pattern."
+      )
     else:
       prompt = "Replace the background with the one in the reference image."
       ref_image = ms.render_texture(tgt_texture, cfg.ref_size, cfg.ref_size)
@@ -182,39 +191,46 @@ def make_sample(
   else:  # subject_reference
     shapes = [s for s in ms.SHAPES if s != subject.shape]
     new = dataclasses.replace(
-        subject, shape=str(rng.choice(shapes)), color=spare_color
+      subject, shape=str(rng.choice(shapes)), color=spare_color
     )
     tgt_objects[target_index] = new
-    prompt = (f"Replace the {subject.description} with the object in the "
-              "reference image.")
+    prompt = (
+      f"Replace the {subject.description} with the object in the "
+      "reference image."
+    )
     ref_image = ms.render_object_on_white(new, cfg.ref_size)
 
   source, src_labels = ms.render(
-      ms.Scene(src_texture, tuple(src_objects)), t, h, w)
+    ms.Scene(src_texture, tuple(src_objects)), t, h, w
+  )
   target, tgt_labels = ms.render(
-      ms.Scene(tgt_texture, tuple(tgt_objects)), t, h, w)
+    ms.Scene(tgt_texture, tuple(tgt_objects)), t, h, w
+  )
   if subject is None:
     # Background edits change every background pixel (disjoint palettes).
     mask = (src_labels == 0) & (tgt_labels == 0)
   else:
     # The edited object's pixels in either video.
     src_i = src_objects.index(subject) if subject in src_objects else None
-    tgt_i = len(tgt_objects) - 1 if edit_type == "local_add" else (
-        target_index if edit_type != "local_remove" else None)
+    tgt_i = (
+      len(tgt_objects) - 1
+      if edit_type == "local_add"
+      else (target_index if edit_type != "local_remove" else None)
+    )
     mask = np.zeros((t, h, w), bool)
     if src_i is not None:
       mask |= _visible(src_labels, src_i)
     if tgt_i is not None:
       mask |= _visible(tgt_labels, tgt_i)
   return EditSample(
-      key=f"{key_prefix}{index:06d}",
-      edit_type=edit_type,
-      prompt=prompt,
-      source=source,
-      target=target,
-      ref_image=ref_image,
-      mask=mask,
-      subject="" if subject is None else subject.description,
+    key=f"{key_prefix}{index:06d}",
+    edit_type=edit_type,
+    prompt=prompt,
+    source=source,
+    target=target,
+    ref_image=ref_image,
+    mask=mask,
+    subject="" if subject is None else subject.description,
   )
 
 
@@ -225,12 +241,12 @@ def _write_atomic(path: epath.Path, data: bytes) -> None:
 
 
 def write_dataset(
-    out_dir: str | epath.Path,
-    *,
-    num_videos: int,
-    num_images: int = 0,
-    seed: int = 0,
-    cfg: MiniConfig = MiniConfig(),
+  out_dir: str | epath.Path,
+  *,
+  num_videos: int,
+  num_images: int = 0,
+  seed: int = 0,
+  cfg: MiniConfig = MiniConfig(),
 ) -> dict[str, epath.Path]:
   """Generates and writes RefVIE-mini in the RefVIE CSV + media layout.
 
@@ -248,44 +264,59 @@ def write_dataset(
   image_cfg = dataclasses.replace(cfg, num_frames=1)
   instruction_edits = [e for e in EDIT_TYPES if e not in REFERENCE_EDITS]
   jobs = [("video", i, cfg, None, "v") for i in range(num_videos)] + [
-      ("image", i, image_cfg, instruction_edits[i % len(instruction_edits)],
-       "i") for i in range(num_images)
+    ("image", i, image_cfg, instruction_edits[i % len(instruction_edits)], "i")
+    for i in range(num_images)
   ]
   for table, index, sample_cfg, edit, prefix in jobs:
     sample = make_sample(seed, index, sample_cfg, edit, prefix)
     is_image = table == "image"
     ext = "png" if is_image else "mp4"
     paths = {
-        "src_video": f"media/src/{sample.key}.{ext}",
-        "tgt_video": f"media/tgt/{sample.key}.{ext}",
+      "src_video": f"media/src/{sample.key}.{ext}",
+      "tgt_video": f"media/tgt/{sample.key}.{ext}",
     }
-    for column, frames in (("src_video", sample.source),
-                           ("tgt_video", sample.target)):
-      data = (video_io.encode_png(frames[0]) if is_image else
-              video_io.encode_video(frames, fps=cfg.fps, lossless=True))
+    for column, frames in (
+      ("src_video", sample.source),
+      ("tgt_video", sample.target),
+    ):
+      data = (
+        video_io.encode_png(frames[0])
+        if is_image
+        else video_io.encode_video(frames, fps=cfg.fps, lossless=True)
+      )
       _write_atomic(out / paths[column], data)
     if sample.ref_image is not None:
       paths["ref_image"] = f"media/ref/{sample.key}.png"
-      _write_atomic(out / paths["ref_image"],
-                    video_io.encode_png(sample.ref_image))
+      _write_atomic(
+        out / paths["ref_image"], video_io.encode_png(sample.ref_image)
+      )
       table = "ref"
     mask_buffer = io.BytesIO()
     np.save(mask_buffer, sample.mask)
     mask_path = f"masks/{sample.key}.npy"
     _write_atomic(out / mask_path, mask_buffer.getvalue())
-    tables[table].append(
-        {"iid": sample.key, **paths, "prompt": sample.prompt})
-    meta_lines.append(json.dumps({
-        "key": sample.key, "edit_type": sample.edit_type,
-        "prompt": sample.prompt, "subject": sample.subject,
-        "mask": mask_path, **paths,
-    }))
+    tables[table].append({"iid": sample.key, **paths, "prompt": sample.prompt})
+    meta_lines.append(
+      json.dumps(
+        {
+          "key": sample.key,
+          "edit_type": sample.edit_type,
+          "prompt": sample.prompt,
+          "subject": sample.subject,
+          "mask": mask_path,
+          **paths,
+        }
+      )
+    )
   written = {}
   for name, rows in tables.items():
     if not rows and name == "image":
       continue
-    columns = ["iid", "src_video", "tgt_video"] + (
-        ["ref_image"] if name == "ref" else []) + ["prompt"]
+    columns = (
+      ["iid", "src_video", "tgt_video"]
+      + (["ref_image"] if name == "ref" else [])
+      + ["prompt"]
+    )
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -303,12 +334,12 @@ def load_mask(dataset_dir: str | epath.Path, key: str) -> np.ndarray:
 
 
 def build_records(
-    dataset_dir: str | epath.Path,
-    records_dir: str | epath.Path,
-    csvs: dict[str, epath.Path],
-    *,
-    cfg: MiniConfig = MiniConfig(),
-    num_shards: int = 1,
+  dataset_dir: str | epath.Path,
+  records_dir: str | epath.Path,
+  csvs: dict[str, epath.Path],
+  *,
+  cfg: MiniConfig = MiniConfig(),
+  num_shards: int = 1,
 ) -> dict[str, epath.Path]:
   """Builds ArrayRecord shards for each CSV of `write_dataset` (fail policy).
 
@@ -321,22 +352,29 @@ def build_records(
   """
   # Imported on use: generating the dataset needs neither.
   # pylint: disable=g-import-not-at-top
-  from kiwi_jax.data import metadata
-  from kiwi_jax.data import record_builder
+  from kiwi_jax.data import metadata, record_builder
+
   out = {}
   for name, path in csvs.items():
     out[name] = epath.Path(records_dir) / name
     frames = 1 if name == "image" else cfg.num_frames
     record_builder.build_array_records(
-        metadata.read_csv_rows(path), dataset_dir, out[name],
-        options=record_builder.CheckOptions(min_frames=frames),
-        policy="fail", num_shards=num_shards, prefix=f"refvie_mini_{name}")
+      metadata.read_csv_rows(path),
+      dataset_dir,
+      out[name],
+      options=record_builder.CheckOptions(min_frames=frames),
+      policy="fail",
+      num_shards=num_shards,
+      prefix=f"refvie_mini_{name}",
+    )
   return out
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m kiwi_jax.data.refvie_mini",
-                                   description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m kiwi_jax.data.refvie_mini",
+    description=__doc__.split("\n")[0],
+  )
   parser.add_argument("--out_dir", required=True)
   parser.add_argument("--num_videos", type=int, default=24)
   parser.add_argument("--num_images", type=int, default=8)
@@ -345,9 +383,11 @@ def main(argv=None) -> int:
   parser.add_argument("--width", type=int, default=64)
   parser.add_argument("--num_frames", type=int, default=5)
   parser.add_argument("--ref_size", type=int, default=32)
-  parser.add_argument("--records_dir", default=None,
-                      help="also build ArrayRecord shards here, one "
-                      "subdirectory per CSV")
+  parser.add_argument(
+    "--records_dir",
+    default=None,
+    help="also build ArrayRecord shards here, one subdirectory per CSV",
+  )
   args = parser.parse_args(argv)
   if args.records_dir:
     # Before any work: a records folder (replaced whole by its build) must
@@ -355,29 +395,42 @@ def main(argv=None) -> int:
     # pylint: disable=g-import-not-at-top
     from kiwi_jax.data import build_folder
     from kiwi_jax.utils import paths
+
     # pylint: enable=g-import-not-at-top
-    folders = {f"--records_dir (its {name}/ folder)":
-               epath.Path(args.records_dir) / name
-               for name in ["video", "ref"] + (
-                   ["image"] if args.num_images else [])}
+    folders = {
+      f"--records_dir (its {name}/ folder)": epath.Path(args.records_dir) / name
+      for name in ["video", "ref"] + (["image"] if args.num_images else [])
+    }
     try:
       paths.refuse_inputs_as_outputs(
-          outputs=folders.items(), inputs=[("--out_dir", args.out_dir)],
-          folders=folders)
+        outputs=folders.items(),
+        inputs=[("--out_dir", args.out_dir)],
+        folders=folders,
+      )
       for flag, folder in folders.items():
         build_folder.check_output_folder(folder, flag)
     except ValueError as e:  # OutputIsInputError, OutputFolderError
       print(f"{parser.prog}: error: {e}", file=sys.stderr)
       return 2
-  cfg = MiniConfig(height=args.height, width=args.width,
-                   num_frames=args.num_frames, ref_size=args.ref_size)
-  csvs = write_dataset(args.out_dir, num_videos=args.num_videos,
-                       num_images=args.num_images, seed=args.seed, cfg=cfg)
-  for name, path in csvs.items():
+  cfg = MiniConfig(
+    height=args.height,
+    width=args.width,
+    num_frames=args.num_frames,
+    ref_size=args.ref_size,
+  )
+  csvs = write_dataset(
+    args.out_dir,
+    num_videos=args.num_videos,
+    num_images=args.num_images,
+    seed=args.seed,
+    cfg=cfg,
+  )
+  for _name, path in csvs.items():
     print(f"wrote {path}")
   if args.records_dir:
     for name, path in build_records(
-        args.out_dir, args.records_dir, csvs, cfg=cfg).items():
+      args.out_dir, args.records_dir, csvs, cfg=cfg
+    ).items():
       print(f"{name}: records in {path}")
   return 0
 

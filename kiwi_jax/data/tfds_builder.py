@@ -21,14 +21,13 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from kiwi_jax.data import build_folder
-from kiwi_jax.data import record_builder
+from kiwi_jax.data import build_folder, record_builder
 from kiwi_jax.data.metadata import Row
 from kiwi_jax.utils import atomic
 
@@ -37,7 +36,8 @@ _BYTES = lambda: tfds.features.Tensor(shape=(), dtype=np.object_)
 
 def features() -> tfds.features.FeaturesDict:
   """The feature spec; field meanings are those of `check_row`."""
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       "key": tfds.features.Text(),
       "origin": tfds.features.Text(),
       "prompt": tfds.features.Text(),
@@ -50,7 +50,8 @@ def features() -> tfds.features.FeaturesDict:
       "num_frames": tfds.features.Scalar(dtype=np.int32),
       "height": tfds.features.Scalar(dtype=np.int32),
       "width": tfds.features.Scalar(dtype=np.int32),
-  })
+    }
+  )
 
 
 class RefVIEBuilder(tfds.core.GeneratorBasedBuilder):
@@ -68,13 +69,13 @@ class RefVIEBuilder(tfds.core.GeneratorBasedBuilder):
     return epath.Path(__file__)
 
   def __init__(
-      self,
-      *,
-      rows_by_split: Mapping[str, Sequence[Row]],
-      base_dir: str | epath.Path,
-      options: record_builder.CheckOptions = record_builder.CheckOptions(),
-      policy: record_builder.Policy = "skip",
-      **kwargs,
+    self,
+    *,
+    rows_by_split: Mapping[str, Sequence[Row]],
+    base_dir: str | epath.Path,
+    options: record_builder.CheckOptions = record_builder.CheckOptions(),
+    policy: record_builder.Policy = "skip",
+    **kwargs,
   ):
     self._rows_by_split = dict(rows_by_split)
     self._base_dir = epath.Path(base_dir)
@@ -85,40 +86,42 @@ class RefVIEBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__.split("\n")[0],
-        features=features(),
+      builder=self,
+      description=__doc__.split("\n")[0],
+      features=features(),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Media are local or on an epath filesystem.
     return {
-        split: self._generate_examples(split, rows)
-        for split, rows in self._rows_by_split.items()
+      split: self._generate_examples(split, rows)
+      for split, rows in self._rows_by_split.items()
     }
 
   def _generate_examples(self, split, rows):
     report = self.reports.setdefault(split, record_builder.ProblemReport())
     for fields in record_builder.checked_records(
-        rows, self._base_dir, report, options=self._options,
-        policy=self._policy,
+      rows,
+      self._base_dir,
+      report,
+      options=self._options,
+      policy=self._policy,
     ):
       yield fields["key"], fields
 
 
 def dataset_dir(data_dir: str | epath.Path) -> epath.Path:
   """The folder `build_tfds` prepares (and replaces) under `data_dir`."""
-  return (epath.Path(data_dir) / RefVIEBuilder.name
-          / str(RefVIEBuilder.VERSION))
+  return epath.Path(data_dir) / RefVIEBuilder.name / str(RefVIEBuilder.VERSION)
 
 
 def build_tfds(
-    rows_by_split: Mapping[str, Sequence[Row]],
-    base_dir: str | epath.Path,
-    data_dir: str | epath.Path,
-    *,
-    options: record_builder.CheckOptions = record_builder.CheckOptions(),
-    policy: record_builder.Policy = "skip",
+  rows_by_split: Mapping[str, Sequence[Row]],
+  base_dir: str | epath.Path,
+  data_dir: str | epath.Path,
+  *,
+  options: record_builder.CheckOptions = record_builder.CheckOptions(),
+  policy: record_builder.Policy = "skip",
 ) -> tuple[epath.Path, dict[str, record_builder.ProblemReport]]:
   """Prepares the dataset under `data_dir`, replacing an earlier one.
 
@@ -127,13 +130,21 @@ def build_tfds(
     problem report of each split.
   """
   make = lambda root, **kw: RefVIEBuilder(
-      rows_by_split=rows_by_split, base_dir=base_dir, options=options,
-      policy=policy, data_dir=str(root), **kw)
+    rows_by_split=rows_by_split,
+    base_dir=base_dir,
+    options=options,
+    policy=policy,
+    data_dir=str(root),
+    **kw,
+  )
   final = dataset_dir(data_dir)
   if "://" in str(data_dir):
     builder = make(data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        download_mode=tfds.download.GenerateMode.FORCE_REDOWNLOAD))
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+        download_mode=tfds.download.GenerateMode.FORCE_REDOWNLOAD
+      )
+    )
     return epath.Path(builder.data_dir), builder.reports
   root = pathlib.Path(data_dir)
   root.mkdir(parents=True, exist_ok=True)

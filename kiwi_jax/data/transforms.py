@@ -28,7 +28,7 @@ def clip_length(available: int, max_frames: int) -> int:
 
 
 def size_for_pixel_budget(
-    height: int, width: int, max_pixels: int, multiple: int = 32
+  height: int, width: int, max_pixels: int, multiple: int = 32
 ) -> tuple[int, int]:
   """Target (height, width) under a pixel budget, sides multiples of `multiple`.
 
@@ -45,13 +45,13 @@ def size_for_pixel_budget(
   out_h, out_w = height // multiple * multiple, width // multiple * multiple
   if out_h == 0 or out_w == 0:
     raise ValueError(
-        f"a {height}x{width} frame is smaller than one {multiple}-pixel block"
+      f"a {height}x{width} frame is smaller than one {multiple}-pixel block"
     )
   return out_h, out_w
 
 
 def resize_cover_and_center_crop(
-    frames: np.ndarray, height: int, width: int
+  frames: np.ndarray, height: int, width: int
 ) -> np.ndarray:
   """Resizes frames to cover (height, width), then centre-crops to it.
 
@@ -75,12 +75,14 @@ def resize_cover_and_center_crop(
   if (new_h, new_w) == (in_h, in_w):
     # Crop only (e.g. 720 -> 704 rows at 720p): no per-frame resampling.
     return np.ascontiguousarray(
-        frames[:, top:top + height, left:left + width])
+      frames[:, top : top + height, left : left + width]
+    )
   out = np.empty((frames.shape[0], height, width, 3), np.uint8)
   for i, frame in enumerate(frames):
     image = Image.fromarray(frame).resize(
-        (new_w, new_h), Image.Resampling.BILINEAR)
-    out[i] = np.asarray(image)[top:top + height, left:left + width]
+      (new_w, new_h), Image.Resampling.BILINEAR
+    )
+    out[i] = np.asarray(image)[top : top + height, left : left + width]
   return out
 
 
@@ -91,14 +93,16 @@ def pad_to_canvas(image: np.ndarray, height: int, width: int) -> np.ndarray:
   color="white", centering=(0.5, 0.5))`, reference §5.1).
   """
   padded = ImageOps.pad(
-      Image.fromarray(image), (width, height), color=WHITE,
-      centering=(0.5, 0.5),
+    Image.fromarray(image),
+    (width, height),
+    color=WHITE,
+    centering=(0.5, 0.5),
   )
   return np.asarray(padded)
 
 
 def shrink_and_pad_centered(
-    image: np.ndarray, height: int, width: int, scale: float
+  image: np.ndarray, height: int, width: int, scale: float
 ) -> np.ndarray:
   """Fits, shrinks by `scale` (bicubic) and centres an image on white.
 

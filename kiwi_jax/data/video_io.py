@@ -21,7 +21,14 @@ MediaKind = Literal["image", "video"]
 # Extension routing of `UnifiedDataset` (reference §6.3); gif is decoded as a video.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 VIDEO_EXTENSIONS = (
-    ".mp4", ".avi", ".mov", ".wmv", ".mkv", ".flv", ".webm", ".gif",
+  ".mp4",
+  ".avi",
+  ".mov",
+  ".wmv",
+  ".mkv",
+  ".flv",
+  ".webm",
+  ".gif",
 )
 
 
@@ -37,8 +44,8 @@ def media_kind(path: str) -> MediaKind:
   if lower.endswith(VIDEO_EXTENSIONS):
     return "video"
   raise MediaError(
-      f"{path}: unknown media extension; expected one of "
-      f"{IMAGE_EXTENSIONS + VIDEO_EXTENSIONS}"
+    f"{path}: unknown media extension; expected one of "
+    f"{IMAGE_EXTENSIONS + VIDEO_EXTENSIONS}"
   )
 
 
@@ -111,11 +118,11 @@ def count_video_frames(data: bytes, max_frames: int | None = None) -> int:
 
 
 def encode_video(
-    frames: np.ndarray,
-    *,
-    fps: int = 15,
-    lossless: bool = False,
-    crf: int = 18,
+  frames: np.ndarray,
+  *,
+  fps: int = 15,
+  lossless: bool = False,
+  crf: int = 18,
 ) -> bytes:
   """Encodes RGB frames as an H.264 mp4.
 
@@ -132,7 +139,7 @@ def encode_video(
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
     raise ValueError(
-        f"frames must be uint8[T, H, W, 3], got {frames.dtype}{frames.shape}"
+      f"frames must be uint8[T, H, W, 3], got {frames.dtype}{frames.shape}"
     )
   _, height, width, _ = frames.shape
   if not lossless and (height % 2 or width % 2):
@@ -183,7 +190,7 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def decode_media(
-    data: bytes, kind: MediaKind, max_frames: int | None = None
+  data: bytes, kind: MediaKind, max_frames: int | None = None
 ) -> np.ndarray:
   """Decodes an image or a video to uint8[T, H, W, 3] (T = 1 for images)."""
   if kind == "image":
@@ -221,4 +228,5 @@ def media_extension(data: bytes) -> str:
   if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
     return ".wmv"
   raise MediaError(
-      f"unrecognised media container (leading bytes {head[:12]!r})")
+    f"unrecognised media container (leading bytes {head[:12]!r})"
+  )

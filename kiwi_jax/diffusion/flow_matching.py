@@ -32,7 +32,6 @@ import numpy as np
 
 from kiwi_jax.diffusion import schedules
 
-
 WEIGHTINGS = ("gaussian", "uniform")
 
 
@@ -40,6 +39,7 @@ WEIGHTINGS = ("gaussian", "uniform")
 class TrainingGrid:
   """The schedule's training tables, float32[num_train_timesteps] each,
   and the dtype the DiT sees timesteps in (its compute dtype)."""
+
   sigmas: np.ndarray
   timesteps: np.ndarray
   weights: np.ndarray
@@ -47,9 +47,11 @@ class TrainingGrid:
 
   @classmethod
   def from_schedule(
-      cls, schedule: str | schedules.FlowMatchSchedule = "diffsynth",
-      weighting: str = "gaussian",
-      timestep_dtype: Any = jnp.bfloat16) -> "TrainingGrid":
+    cls,
+    schedule: str | schedules.FlowMatchSchedule = "diffsynth",
+    weighting: str = "gaussian",
+    timestep_dtype: Any = jnp.bfloat16,
+  ) -> TrainingGrid:
     """The grid of ``schedule``.
 
     Args:
@@ -66,12 +68,18 @@ class TrainingGrid:
     schedule = schedules.get_schedule(schedule)
     n = schedule.num_train_timesteps
     if weighting not in WEIGHTINGS:
-      raise ValueError(f"weighting={weighting!r}; choose one of "
-                       f"{WEIGHTINGS}.")
-    weights = (schedule.training_weights() if weighting == "gaussian"
-               else np.ones((n,), np.float32))
-    return cls(sigmas=schedule.sigmas(n), timesteps=schedule.timesteps(n),
-               weights=weights, timestep_dtype=timestep_dtype)
+      raise ValueError(f"weighting={weighting!r}; choose one of {WEIGHTINGS}.")
+    weights = (
+      schedule.training_weights()
+      if weighting == "gaussian"
+      else np.ones((n,), np.float32)
+    )
+    return cls(
+      sigmas=schedule.sigmas(n),
+      timesteps=schedule.timesteps(n),
+      weights=weights,
+      timestep_dtype=timestep_dtype,
+    )
 
   def __len__(self) -> int:
     return len(self.timesteps)
@@ -87,6 +95,7 @@ class NoiseLevel:
     weight: float32[B], the loss weight (from the nearest grid entry).
     index: int32[B], that nearest grid entry.
   """
+
   timestep: jax.Array
   sigma: jax.Array
   weight: jax.Array
@@ -94,8 +103,10 @@ class NoiseLevel:
 
 
 jax.tree_util.register_dataclass(
-    NoiseLevel, data_fields=["timestep", "sigma", "weight", "index"],
-    meta_fields=[])
+  NoiseLevel,
+  data_fields=["timestep", "sigma", "weight", "index"],
+  meta_fields=[],
+)
 
 
 def noise_level_at(grid: TrainingGrid, grid_id: jax.Array) -> NoiseLevel:
@@ -109,18 +120,25 @@ def noise_level_at(grid: TrainingGrid, grid_id: jax.Array) -> NoiseLevel:
     The timestep of each draw as the DiT sees it and the sigma/weight of
     the grid entry nearest to it.
   """
-  timestep = schedules.model_timestep(jnp.asarray(grid.timesteps)[grid_id],
-                                      grid.timestep_dtype)
+  timestep = schedules.model_timestep(
+    jnp.asarray(grid.timesteps)[grid_id], grid.timestep_dtype
+  )
   index = schedules.nearest_index(grid.timesteps, timestep)
-  return NoiseLevel(timestep=timestep,
-                    sigma=jnp.asarray(grid.sigmas)[index],
-                    weight=jnp.asarray(grid.weights)[index],
-                    index=index)
+  return NoiseLevel(
+    timestep=timestep,
+    sigma=jnp.asarray(grid.sigmas)[index],
+    weight=jnp.asarray(grid.weights)[index],
+    index=index,
+  )
 
 
-def sample_noise_level(key: jax.Array, batch_size: int, grid: TrainingGrid,
-                       min_boundary: float = 0.0,
-                       max_boundary: float = 1.0) -> NoiseLevel:
+def sample_noise_level(
+  key: jax.Array,
+  batch_size: int,
+  grid: TrainingGrid,
+  min_boundary: float = 0.0,
+  max_boundary: float = 1.0,
+) -> NoiseLevel:
   """Draws ``id ~ UniformInt[min, max)`` per sample and applies the quirk.
 
   ``min_boundary``/``max_boundary`` are the reference's
@@ -130,8 +148,9 @@ def sample_noise_level(key: jax.Array, batch_size: int, grid: TrainingGrid,
   low, high = int(min_boundary * n), int(max_boundary * n)
   if not 0 <= low < high <= n:
     raise ValueError(
-        f"Timestep boundaries ({min_boundary}, {max_boundary}) give an empty "
-        f"id range [{low}, {high}) on a grid of {n}.")
+      f"Timestep boundaries ({min_boundary}, {max_boundary}) give an empty "
+      f"id range [{low}, {high}) on a grid of {n}."
+    )
   grid_id = jax.random.randint(key, (batch_size,), low, high)
   return noise_level_at(grid, grid_id)
 
@@ -140,8 +159,9 @@ def _per_sample(x: jax.Array, ndim: int) -> jax.Array:
   return jnp.reshape(x, x.shape + (1,) * (ndim - x.ndim))
 
 
-def add_noise(clean: jax.Array, noise: jax.Array,
-              sigma: jax.Array) -> jax.Array:
+def add_noise(
+  clean: jax.Array, noise: jax.Array, sigma: jax.Array
+) -> jax.Array:
   """``(1 - sigma) clean + sigma noise`` in fp32, cast to ``clean.dtype``.
 
   Args:
@@ -150,8 +170,9 @@ def add_noise(clean: jax.Array, noise: jax.Array,
     sigma: float[B] (or a scalar).
   """
   sigma = _per_sample(jnp.asarray(sigma, jnp.float32), clean.ndim)
-  noisy = ((1.0 - sigma) * clean.astype(jnp.float32) +
-           sigma * noise.astype(jnp.float32))
+  noisy = (1.0 - sigma) * clean.astype(jnp.float32) + sigma * noise.astype(
+    jnp.float32
+  )
   return noisy.astype(clean.dtype)
 
 
@@ -160,8 +181,9 @@ def velocity_target(clean: jax.Array, noise: jax.Array) -> jax.Array:
   return noise - clean
 
 
-def weighted_mse(prediction: jax.Array, target: jax.Array,
-                 weight: jax.Array | None = None) -> jax.Array:
+def weighted_mse(
+  prediction: jax.Array, target: jax.Array, weight: jax.Array | None = None
+) -> jax.Array:
   """``mean_b(w_b * mean((pred_b - target_b)^2))`` in float32.
 
   Args:
@@ -173,8 +195,7 @@ def weighted_mse(prediction: jax.Array, target: jax.Array,
     A float32 scalar.
   """
   diff = prediction.astype(jnp.float32) - target.astype(jnp.float32)
-  per_sample = jnp.mean(jnp.square(diff),
-                        axis=tuple(range(1, diff.ndim)))
+  per_sample = jnp.mean(jnp.square(diff), axis=tuple(range(1, diff.ndim)))
   if weight is not None:
     per_sample = per_sample * jnp.asarray(weight, jnp.float32)
   return jnp.mean(per_sample)
@@ -184,13 +205,13 @@ VelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def flow_matching_loss(
-    velocity_fn: VelocityFn,
-    clean: jax.Array,
-    key: jax.Array,
-    grid: TrainingGrid,
-    *,
-    min_boundary: float = 0.0,
-    max_boundary: float = 1.0,
+  velocity_fn: VelocityFn,
+  clean: jax.Array,
+  key: jax.Array,
+  grid: TrainingGrid,
+  *,
+  min_boundary: float = 0.0,
+  max_boundary: float = 1.0,
 ) -> tuple[jax.Array, dict[str, Any]]:
   """The reference's training loss for one batch of clean latents.
 
@@ -210,19 +231,26 @@ def flow_matching_loss(
     float32 scalar), ``timestep``, ``sigma``, ``weight`` (each [B]).
   """
   level_key, noise_key = jax.random.split(key)
-  level = sample_noise_level(level_key, clean.shape[0], grid,
-                             min_boundary, max_boundary)
+  level = sample_noise_level(
+    level_key, clean.shape[0], grid, min_boundary, max_boundary
+  )
   # The reference draws fp32 randn and casts it to the latents' dtype.
-  noise = jax.random.normal(noise_key, clean.shape,
-                            jnp.float32).astype(clean.dtype)
+  noise = jax.random.normal(noise_key, clean.shape, jnp.float32).astype(
+    clean.dtype
+  )
   noisy = add_noise(clean, noise, level.sigma)
   target = velocity_target(clean, noise)
   prediction = velocity_fn(noisy, level.timestep, level.sigma)
   if prediction.shape != target.shape:
     raise ValueError(
-        f"velocity_fn returned shape {prediction.shape}; the target has "
-        f"shape {target.shape}.")
+      f"velocity_fn returned shape {prediction.shape}; the target has "
+      f"shape {target.shape}."
+    )
   loss = weighted_mse(prediction, target, level.weight)
-  aux = {"mse": weighted_mse(prediction, target), "timestep": level.timestep,
-         "sigma": level.sigma, "weight": level.weight}
+  aux = {
+    "mse": weighted_mse(prediction, target),
+    "timestep": level.timestep,
+    "sigma": level.sigma,
+    "weight": level.weight,
+  }
   return loss, aux

@@ -51,6 +51,7 @@ class SamplingPlan:
     model_sigmas: float32[n], sigma of the entry nearest to the model's t
       (what the reference's source injection scales by).
   """
+
   timesteps: np.ndarray
   model_timesteps: np.ndarray
   sigmas: np.ndarray
@@ -58,10 +59,13 @@ class SamplingPlan:
   model_sigmas: np.ndarray
 
   @classmethod
-  def build(cls, num_steps: int,
-            schedule: str | schedules.FlowMatchSchedule = "diffsynth",
-            denoising_strength: float = 1.0,
-            timestep_dtype: Any = jnp.bfloat16) -> "SamplingPlan":
+  def build(
+    cls,
+    num_steps: int,
+    schedule: str | schedules.FlowMatchSchedule = "diffsynth",
+    denoising_strength: float = 1.0,
+    timestep_dtype: Any = jnp.bfloat16,
+  ) -> SamplingPlan:
     """The tables of an ``num_steps`` run.
 
     Args:
@@ -77,15 +81,20 @@ class SamplingPlan:
     timesteps = schedule.timesteps(num_steps, denoising_strength)
     # Host numpy (ml_dtypes bf16), the same rounding and argmin as on device.
     model_timesteps = timesteps.astype(jnp.dtype(timestep_dtype))
-    distance = np.abs(timesteps[None, :] -
-                      model_timesteps.astype(np.float32)[:, None])
+    distance = np.abs(
+      timesteps[None, :] - model_timesteps.astype(np.float32)[:, None]
+    )
     index = np.argmin(distance, axis=-1)
     # The last step goes to sigma 0 (1 only for inverse/reversed schedules,
     # which Kiwi-Edit does not use).
     next_sigmas = np.append(sigmas[1:], np.float32(0)).astype(np.float32)
-    return cls(timesteps=timesteps, model_timesteps=model_timesteps,
-               sigmas=sigmas, next_sigmas=next_sigmas,
-               model_sigmas=sigmas[index])
+    return cls(
+      timesteps=timesteps,
+      model_timesteps=model_timesteps,
+      sigmas=sigmas,
+      next_sigmas=next_sigmas,
+      model_sigmas=sigmas[index],
+    )
 
   def __len__(self) -> int:
     return self.sigmas.shape[0]
@@ -93,13 +102,15 @@ class SamplingPlan:
 
 # A pytree, so that a jitted caller takes the tables as (traced) arguments.
 jax.tree_util.register_dataclass(
-    SamplingPlan,
-    data_fields=[f.name for f in dataclasses.fields(SamplingPlan)],
-    meta_fields=[])
+  SamplingPlan,
+  data_fields=[f.name for f in dataclasses.fields(SamplingPlan)],
+  meta_fields=[],
+)
 
 
-def initial_noise(seed: int | jax.Array, shape: Sequence[int],
-                  dtype: Any = jnp.bfloat16) -> jax.Array:
+def initial_noise(
+  seed: int | jax.Array, shape: Sequence[int], dtype: Any = jnp.bfloat16
+) -> jax.Array:
   """Seeded standard normal noise: float32 draws cast to ``dtype``.
 
   The reference draws with a seeded torch CPU generator; JAX's generator
@@ -109,8 +120,12 @@ def initial_noise(seed: int | jax.Array, shape: Sequence[int],
   return jax.random.normal(key, tuple(shape), jnp.float32).astype(dtype)
 
 
-def euler_step(latents: jax.Array, velocity: jax.Array, sigma: jax.Array,
-               next_sigma: jax.Array) -> jax.Array:
+def euler_step(
+  latents: jax.Array,
+  velocity: jax.Array,
+  sigma: jax.Array,
+  next_sigma: jax.Array,
+) -> jax.Array:
   """``z + v * (next_sigma - sigma)`` with the product rounded to z.dtype.
 
   Matches torch, where ``bf16 tensor * fp32 scalar`` gives bf16 and the add
@@ -118,12 +133,14 @@ def euler_step(latents: jax.Array, velocity: jax.Array, sigma: jax.Array,
   """
   delta = velocity.astype(jnp.float32) * (next_sigma - sigma)
   delta = delta.astype(latents.dtype)
-  return (latents.astype(jnp.float32) +
-          delta.astype(jnp.float32)).astype(latents.dtype)
+  return (latents.astype(jnp.float32) + delta.astype(jnp.float32)).astype(
+    latents.dtype
+  )
 
 
-def _guidance_chain(guidance_scale, uncond_operands, guidance_scales,
-                    guidance_operands):
+def _guidance_chain(
+  guidance_scale, uncond_operands, guidance_scales, guidance_operands
+):
   """Normalises both guidance spellings to (scales, branch operands)."""
   if guidance_scale is not None:
     if guidance_scales:
@@ -133,22 +150,25 @@ def _guidance_chain(guidance_scale, uncond_operands, guidance_scales,
     return (float(guidance_scale),), (tuple(uncond_operands),)
   if len(guidance_scales) != len(guidance_operands):
     raise ValueError(
-        f"{len(guidance_scales)} guidance_scales need as many "
-        f"guidance_operands, got {len(guidance_operands)}.")
-  return (tuple(float(x) for x in guidance_scales),
-          tuple(tuple(ops) for ops in guidance_operands))
+      f"{len(guidance_scales)} guidance_scales need as many "
+      f"guidance_operands, got {len(guidance_operands)}."
+    )
+  return (
+    tuple(float(x) for x in guidance_scales),
+    tuple(tuple(ops) for ops in guidance_operands),
+  )
 
 
 def euler_loop(
-    velocity_fn: SamplerVelocityFn,
-    latents: jax.Array,
-    plan: SamplingPlan,
-    operands: Sequence[Any] = (),
-    *,
-    guidance_scale: float | None = None,
-    uncond_operands: Sequence[Any] | None = None,
-    guidance_scales: Sequence[float] = (),
-    guidance_operands: Sequence[Sequence[Any]] = (),
+  velocity_fn: SamplerVelocityFn,
+  latents: jax.Array,
+  plan: SamplingPlan,
+  operands: Sequence[Any] = (),
+  *,
+  guidance_scale: float | None = None,
+  uncond_operands: Sequence[Any] | None = None,
+  guidance_scales: Sequence[float] = (),
+  guidance_operands: Sequence[Sequence[Any]] = (),
 ) -> jax.Array:
   """Runs every Euler step in one ``lax.fori_loop`` (traceable; no jit).
 
@@ -177,10 +197,13 @@ def euler_loop(
   Returns:
     The final latents, same shape and dtype as ``latents``.
   """
-  scales, branches = _guidance_chain(guidance_scale, uncond_operands,
-                                     guidance_scales, guidance_operands)
-  tables = {name: jnp.asarray(getattr(plan, name)) for name in
-            ("model_timesteps", "model_sigmas", "sigmas", "next_sigmas")}
+  scales, branches = _guidance_chain(
+    guidance_scale, uncond_operands, guidance_scales, guidance_operands
+  )
+  tables = {
+    name: jnp.asarray(getattr(plan, name))
+    for name in ("model_timesteps", "model_sigmas", "sigmas", "next_sigmas")
+  }
   num_steps = len(plan)  # static: the tables' length
 
   def body(step, z):
@@ -188,66 +211,92 @@ def euler_loop(
     sigma = tables["model_sigmas"][step]
     velocity = velocity_fn(z, t, sigma, step, *operands)
     if scales:
-      chain = [velocity_fn(z, t, sigma, step, *ops).astype(jnp.float32)
-               for ops in branches] + [velocity.astype(jnp.float32)]
+      chain = [
+        velocity_fn(z, t, sigma, step, *ops).astype(jnp.float32)
+        for ops in branches
+      ] + [velocity.astype(jnp.float32)]
       guided = chain[0]
       for i, scale in enumerate(scales):
         guided = guided + scale * (chain[i + 1] - chain[i])
       velocity = guided.astype(velocity.dtype)
-    return euler_step(z, velocity, tables["sigmas"][step],
-                      tables["next_sigmas"][step])
+    return euler_step(
+      z, velocity, tables["sigmas"][step], tables["next_sigmas"][step]
+    )
 
   return jax.lax.fori_loop(0, num_steps, body, latents)
 
 
-def start_latents(noise: jax.Array, plan: SamplingPlan,
-                  clean_latents: jax.Array | None = None) -> jax.Array:
+def start_latents(
+  noise: jax.Array, plan: SamplingPlan, clean_latents: jax.Array | None = None
+) -> jax.Array:
   """Where the Euler loop starts: ``noise``, or below strength 1
   ``clean_latents`` noised to the plan's first sigma (the reference's
   ``add_noise`` at ``timesteps[0]``; ``flow_matching.add_noise``, in fp32),
   in the noise's dtype."""
   if clean_latents is None:
     return noise
-  return flow_matching.add_noise(clean_latents, noise,
-                                 plan.sigmas[0]).astype(noise.dtype)
+  return flow_matching.add_noise(clean_latents, noise, plan.sigmas[0]).astype(
+    noise.dtype
+  )
 
 
-def denoise(velocity_fn: SamplerVelocityFn, noise: jax.Array,
-            plan: SamplingPlan, operands: Sequence[Any] = (), *,
-            clean_latents: jax.Array | None = None,
-            guidance_scales: Sequence[float] = (),
-            guidance_operands: Sequence[Sequence[Any]] = ()) -> jax.Array:
+def denoise(
+  velocity_fn: SamplerVelocityFn,
+  noise: jax.Array,
+  plan: SamplingPlan,
+  operands: Sequence[Any] = (),
+  *,
+  clean_latents: jax.Array | None = None,
+  guidance_scales: Sequence[float] = (),
+  guidance_operands: Sequence[Sequence[Any]] = (),
+) -> jax.Array:
   """The sampler: :func:`start_latents` then :func:`euler_loop`
   (traceable; :func:`sample` jits it, ``EditPipeline`` runs it inside its
   one compiled program)."""
-  return euler_loop(velocity_fn, start_latents(noise, plan, clean_latents),
-                    plan, operands, guidance_scales=guidance_scales,
-                    guidance_operands=guidance_operands)
+  return euler_loop(
+    velocity_fn,
+    start_latents(noise, plan, clean_latents),
+    plan,
+    operands,
+    guidance_scales=guidance_scales,
+    guidance_operands=guidance_operands,
+  )
 
 
-@functools.partial(jax.jit, static_argnames=("velocity_fn",
-                                             "guidance_scales"))
-def _jitted_sample(velocity_fn, noise, clean_latents, plan, operands,
-                   guidance_scales, guidance_operands):
-  return denoise(velocity_fn, noise, plan, operands,
-                 clean_latents=clean_latents,
-                 guidance_scales=guidance_scales,
-                 guidance_operands=guidance_operands)
+@functools.partial(jax.jit, static_argnames=("velocity_fn", "guidance_scales"))
+def _jitted_sample(
+  velocity_fn,
+  noise,
+  clean_latents,
+  plan,
+  operands,
+  guidance_scales,
+  guidance_operands,
+):
+  return denoise(
+    velocity_fn,
+    noise,
+    plan,
+    operands,
+    clean_latents=clean_latents,
+    guidance_scales=guidance_scales,
+    guidance_operands=guidance_operands,
+  )
 
 
 def sample(
-    velocity_fn: SamplerVelocityFn,
-    noise: jax.Array,
-    *operands: Any,
-    num_steps: int = 50,
-    schedule: str | schedules.FlowMatchSchedule = "diffsynth",
-    denoising_strength: float = 1.0,
-    clean_latents: jax.Array | None = None,
-    guidance_scale: float | None = None,
-    uncond_operands: Sequence[Any] | None = None,
-    guidance_scales: Sequence[float] = (),
-    guidance_operands: Sequence[Sequence[Any]] = (),
-    timestep_dtype: Any = jnp.bfloat16,
+  velocity_fn: SamplerVelocityFn,
+  noise: jax.Array,
+  *operands: Any,
+  num_steps: int = 50,
+  schedule: str | schedules.FlowMatchSchedule = "diffsynth",
+  denoising_strength: float = 1.0,
+  clean_latents: jax.Array | None = None,
+  guidance_scale: float | None = None,
+  uncond_operands: Sequence[Any] | None = None,
+  guidance_scales: Sequence[float] = (),
+  guidance_operands: Sequence[Sequence[Any]] = (),
+  timestep_dtype: Any = jnp.bfloat16,
 ) -> jax.Array:
   """Jitted flow-matching Euler sampling.
 
@@ -276,9 +325,11 @@ def sample(
     raise ValueError("denoising_strength < 1 needs clean_latents.")
   # Explicit transfer: works under jax_transfer_guard("disallow").
   plan = jax.device_put(
-      SamplingPlan.build(num_steps, schedule, denoising_strength,
-                         timestep_dtype))
-  scales, branches = _guidance_chain(guidance_scale, uncond_operands,
-                                     guidance_scales, guidance_operands)
-  return _jitted_sample(velocity_fn, noise, clean_latents, plan,
-                        tuple(operands), scales, branches)
+    SamplingPlan.build(num_steps, schedule, denoising_strength, timestep_dtype)
+  )
+  scales, branches = _guidance_chain(
+    guidance_scale, uncond_operands, guidance_scales, guidance_operands
+  )
+  return _jitted_sample(
+    velocity_fn, noise, clean_latents, plan, tuple(operands), scales, branches
+  )

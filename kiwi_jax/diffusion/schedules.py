@@ -56,23 +56,27 @@ class FlowMatchSchedule:
     num_train_timesteps: timestep = sigma * this.
     extra_one_step: build ``n + 1`` raw sigmas and drop the last one.
   """
+
   shift: float = 5.0
   sigma_min: float = 0.0
   sigma_max: float = 1.0
   num_train_timesteps: int = 1000
   extra_one_step: bool = True
 
-  def sigmas(self, num_steps: int,
-             denoising_strength: float = 1.0) -> np.ndarray:
+  def sigmas(
+    self, num_steps: int, denoising_strength: float = 1.0
+  ) -> np.ndarray:
     """Shifted sigmas, float32[num_steps], decreasing from ~1."""
     if num_steps < 1:
       raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
     if not 0.0 < denoising_strength <= 1.0:
       raise ValueError(
-          f"denoising_strength must be in (0, 1], got {denoising_strength}.")
+        f"denoising_strength must be in (0, 1], got {denoising_strength}."
+      )
     # Python-float arithmetic as the reference does before torch.linspace.
     start = self.sigma_min + (self.sigma_max - self.sigma_min) * (
-        denoising_strength)
+      denoising_strength
+    )
     if self.extra_one_step:
       raw = _torch_linspace_f32(start, self.sigma_min, num_steps + 1)[:-1]
     else:
@@ -80,11 +84,14 @@ class FlowMatchSchedule:
     shift = _F32(self.shift)
     return (shift * raw / (_F32(1) + (shift - _F32(1)) * raw)).astype(_F32)
 
-  def timesteps(self, num_steps: int,
-                denoising_strength: float = 1.0) -> np.ndarray:
+  def timesteps(
+    self, num_steps: int, denoising_strength: float = 1.0
+  ) -> np.ndarray:
     """``sigma * num_train_timesteps``, float32[num_steps]."""
-    return (self.sigmas(num_steps, denoising_strength) *
-            _F32(self.num_train_timesteps)).astype(_F32)
+    return (
+      self.sigmas(num_steps, denoising_strength)
+      * _F32(self.num_train_timesteps)
+    ).astype(_F32)
 
   def training_weights(self) -> np.ndarray:
     """Per-grid-entry loss weight over the training grid, float32[1000].
@@ -111,8 +118,9 @@ def get_schedule(name: str | FlowMatchSchedule) -> FlowMatchSchedule:
     return name
   if name not in SCHEDULES:
     raise ValueError(
-        f"Unknown flow-matching schedule {name!r}; choose one of "
-        f"{sorted(SCHEDULES)}.")
+      f"Unknown flow-matching schedule {name!r}; choose one of "
+      f"{sorted(SCHEDULES)}."
+    )
   return SCHEDULES[name]
 
 
@@ -155,7 +163,8 @@ def nearest_index(timesteps: jax.Array, t: jax.Array) -> jax.Array:
   return jnp.argmin(distance, axis=-1).astype(jnp.int32)
 
 
-def lookup_sigma(sigmas: jax.Array, timesteps: jax.Array,
-                 t: jax.Array) -> jax.Array:
+def lookup_sigma(
+  sigmas: jax.Array, timesteps: jax.Array, t: jax.Array
+) -> jax.Array:
   """``sigmas[nearest_index(timesteps, t)]`` (DiffSynth ``get_sigma``)."""
   return jnp.asarray(sigmas, jnp.float32)[nearest_index(timesteps, t)]

@@ -53,6 +53,7 @@ class SplitStep:
     head: ``tokens -> velocity`` (the latents' shape).
     num_blocks: blocks in the stack (for the evaluation counter).
   """
+
   tokens: jax.Array
   indicator: jax.Array
   blocks: Callable[[jax.Array], jax.Array]
@@ -66,6 +67,7 @@ SplitVelocityFn = Callable[..., SplitStep]
 
 class CacheState(NamedTuple):
   """The cache's part of the loop carry."""
+
   residual: jax.Array  # float32, the tokens' shape
   indicator: jax.Array  # float32, last step's indicator
   accumulated: jax.Array  # float32[], relative change since last evaluation
@@ -81,6 +83,7 @@ class CacheStats(NamedTuple):
       blocks per step; the uncached loop runs ``steps * num_blocks``).
     steps_evaluated: int32[] steps whose blocks ran.
   """
+
   block_evals: jax.Array
   steps_evaluated: jax.Array
 
@@ -90,8 +93,10 @@ def check_threshold(value, name: str = "cache_threshold") -> float | None:
   if value is None:
     return None
   if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise ValueError(f"{name} must be a number >= 0 (0.05 to 0.3 skip "
-                     f"steps; 0 never skips), got {value!r}.")
+    raise ValueError(
+      f"{name} must be a number >= 0 (0.05 to 0.3 skip "
+      f"steps; 0 never skips), got {value!r}."
+    )
   value = float(value)
   if not (value >= 0 and value != float("inf")):
     raise ValueError(f"{name} must be a finite number >= 0, got {value:g}.")
@@ -106,8 +111,9 @@ def relative_l1(new: jax.Array, old: jax.Array) -> jax.Array:
   return jnp.where(scale > 0, change / jnp.where(scale > 0, scale, 1.0), 0.0)
 
 
-def cached_velocity(split: SplitStep, step: jax.Array, cache: CacheState,
-                    threshold: jax.Array) -> tuple[jax.Array, CacheState]:
+def cached_velocity(
+  split: SplitStep, step: jax.Array, cache: CacheState, threshold: jax.Array
+) -> tuple[jax.Array, CacheState]:
   """The velocity of one step with the cache; returns (velocity, cache)."""
   indicator = split.indicator.astype(jnp.float32)
   accumulated = cache.accumulated + relative_l1(indicator, cache.indicator)
@@ -116,32 +122,47 @@ def cached_velocity(split: SplitStep, step: jax.Array, cache: CacheState,
 
   def reuse(residual):
     out = (tokens.astype(jnp.float32) + residual).astype(tokens.dtype)
-    return (out, residual, accumulated, cache.block_evals,
-            cache.steps_evaluated)
+    return (
+      out,
+      residual,
+      accumulated,
+      cache.block_evals,
+      cache.steps_evaluated,
+    )
 
   def evaluate(residual):
     del residual
     out = split.blocks(tokens)
     fresh = out.astype(jnp.float32) - tokens.astype(jnp.float32)
-    return (out, fresh, jnp.zeros_like(accumulated),
-            cache.block_evals + split.num_blocks, cache.steps_evaluated + 1)
+    return (
+      out,
+      fresh,
+      jnp.zeros_like(accumulated),
+      cache.block_evals + split.num_blocks,
+      cache.steps_evaluated + 1,
+    )
 
   out, residual, accumulated, evals, steps = jax.lax.cond(
-      skip, reuse, evaluate, cache.residual)
-  cache = CacheState(residual=residual, indicator=indicator,
-                     accumulated=accumulated, block_evals=evals,
-                     steps_evaluated=steps)
+    skip, reuse, evaluate, cache.residual
+  )
+  cache = CacheState(
+    residual=residual,
+    indicator=indicator,
+    accumulated=accumulated,
+    block_evals=evals,
+    steps_evaluated=steps,
+  )
   return split.head(out), cache
 
 
 def cached_euler_loop(
-    split_fn: SplitVelocityFn,
-    latents: jax.Array,
-    plan: sampler.SamplingPlan,
-    operands: Sequence[Any] = (),
-    *,
-    threshold: float | jax.Array = 0.0,
-    after_step: Callable[[jax.Array, jax.Array], None] | None = None,
+  split_fn: SplitVelocityFn,
+  latents: jax.Array,
+  plan: sampler.SamplingPlan,
+  operands: Sequence[Any] = (),
+  *,
+  threshold: float | jax.Array = 0.0,
+  after_step: Callable[[jax.Array, jax.Array], None] | None = None,
 ) -> tuple[jax.Array, CacheStats]:
   """:func:`sampler.euler_loop` with the step cache (traceable; no jit).
 
@@ -160,13 +181,20 @@ def cached_euler_loop(
   Returns:
     ``(latents, CacheStats)``, the latents in their input shape and dtype.
   """
-  tables = {name: jnp.asarray(getattr(plan, name)) for name in
-            ("model_timesteps", "model_sigmas", "sigmas", "next_sigmas")}
+  tables = {
+    name: jnp.asarray(getattr(plan, name))
+    for name in ("model_timesteps", "model_sigmas", "sigmas", "next_sigmas")
+  }
   threshold = jnp.asarray(threshold, jnp.float32)
 
   def split_at(step, z):
-    return split_fn(z, tables["model_timesteps"][step],
-                    tables["model_sigmas"][step], step, *operands)
+    return split_fn(
+      z,
+      tables["model_timesteps"][step],
+      tables["model_sigmas"][step],
+      step,
+      *operands,
+    )
 
   def carried(z):
     split = split_at(0, z)
@@ -174,26 +202,35 @@ def cached_euler_loop(
 
   shapes = jax.eval_shape(carried, latents)
   cache = CacheState(
-      residual=jnp.zeros(shapes[0].shape, jnp.float32),
-      indicator=jnp.zeros(shapes[1].shape, jnp.float32),
-      accumulated=jnp.zeros((), jnp.float32),
-      block_evals=jnp.zeros((), jnp.int32),
-      steps_evaluated=jnp.zeros((), jnp.int32))
+    residual=jnp.zeros(shapes[0].shape, jnp.float32),
+    indicator=jnp.zeros(shapes[1].shape, jnp.float32),
+    accumulated=jnp.zeros((), jnp.float32),
+    block_evals=jnp.zeros((), jnp.int32),
+    steps_evaluated=jnp.zeros((), jnp.int32),
+  )
 
   def body(step, carry):
     z, cache = carry
-    velocity, cache = cached_velocity(split_at(step, z), step, cache,
-                                      threshold)
+    velocity, cache = cached_velocity(split_at(step, z), step, cache, threshold)
     if after_step is not None:
       after_step(step, velocity)
-    z = sampler.euler_step(z, velocity, tables["sigmas"][step],
-                           tables["next_sigmas"][step])
+    z = sampler.euler_step(
+      z, velocity, tables["sigmas"][step], tables["next_sigmas"][step]
+    )
     return z, cache
 
   z, cache = jax.lax.fori_loop(0, len(plan), body, (latents, cache))
-  return z, CacheStats(block_evals=cache.block_evals,
-                       steps_evaluated=cache.steps_evaluated)
+  return z, CacheStats(
+    block_evals=cache.block_evals, steps_evaluated=cache.steps_evaluated
+  )
 
 
-__all__ = ["CacheState", "CacheStats", "SplitStep", "cached_euler_loop",
-           "cached_velocity", "check_threshold", "relative_l1"]
+__all__ = [
+  "CacheState",
+  "CacheStats",
+  "SplitStep",
+  "cached_euler_loop",
+  "cached_velocity",
+  "check_threshold",
+  "relative_l1",
+]

@@ -19,76 +19,86 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 
-from kiwi_jax.evaluators import aggregate
-from kiwi_jax.evaluators import benchmarks
-from kiwi_jax.evaluators import errors
-from kiwi_jax.evaluators import judges
-from kiwi_jax.evaluators import jsonl
-from kiwi_jax.evaluators import metrics
-from kiwi_jax.evaluators import protocols
-from kiwi_jax.evaluators import video_io
+from kiwi_jax.evaluators import (
+  aggregate,
+  benchmarks,
+  errors,
+  jsonl,
+  judges,
+  metrics,
+  protocols,
+  video_io,
+)
 
 DEFAULT_DATASETS = {
-    # bench: (dataset_file, data_root), the defaults of `test_benchmark.py`.
-    'openve': ('./benchmark/OpenVE-Bench/benchmark_videos.csv',
-               './benchmark/'),
-    'refvie': ('./benchmark/RefVIE-Bench/refvie_bench.yaml',
-               './benchmark/RefVIE-Bench/'),
+  # bench: (dataset_file, data_root), the defaults of `test_benchmark.py`.
+  "openve": ("./benchmark/OpenVE-Bench/benchmark_videos.csv", "./benchmark/"),
+  "refvie": (
+    "./benchmark/RefVIE-Bench/refvie_bench.yaml",
+    "./benchmark/RefVIE-Bench/",
+  ),
 }
 
 
-def score_path(save_dir: str, bench: str, model: str,
-               protocol: str | None = None) -> str:
+def score_path(
+  save_dir: str, bench: str, model: str, protocol: str | None = None
+) -> str:
   """The score jsonl; the official OpenVE protocol's has its own name."""
-  if bench == 'openve' and protocol == protocols.OFFICIAL:
-    return os.path.join(save_dir, f'{bench}-official_{model}_score.jsonl')
-  return os.path.join(save_dir, f'{bench}_{model}_score.jsonl')
+  if bench == "openve" and protocol == protocols.OFFICIAL:
+    return os.path.join(save_dir, f"{bench}-official_{model}_score.jsonl")
+  return os.path.join(save_dir, f"{bench}_{model}_score.jsonl")
 
 
 def table_path(jsonl_path: str) -> str:
-  return os.path.splitext(jsonl_path)[0] + '.md'
+  return os.path.splitext(jsonl_path)[0] + ".md"
 
 
 def stats_path(jsonl_path: str) -> str:
   """The results JSON of an OpenVE score file (protocol, means, counts)."""
-  return os.path.splitext(jsonl_path)[0] + '_stats.json'
+  return os.path.splitext(jsonl_path)[0] + "_stats.json"
 
 
 # The field naming a record's category, and every category of a benchmark.
-CATEGORY_FIELD = {'openve': 'edited_type', 'refvie': 'subtask'}
-ALL_CATEGORIES = {'openve': aggregate.OPENVE_TABLE_ORDER,
-                  'refvie': aggregate.REFVIE_SUBTASKS}
+CATEGORY_FIELD = {"openve": "edited_type", "refvie": "subtask"}
+ALL_CATEGORIES = {
+  "openve": aggregate.OPENVE_TABLE_ORDER,
+  "refvie": aggregate.REFVIE_SUBTASKS,
+}
 
 
 def _check_bench(bench: str) -> None:
   if bench not in CATEGORY_FIELD:
-    raise ValueError(f'unknown benchmark {bench!r}')
+    raise ValueError(f"unknown benchmark {bench!r}")
 
 
-def all_categories(bench: str, protocol: str | None = None
-                   ) -> tuple[str, ...]:
+def all_categories(bench: str, protocol: str | None = None) -> tuple[str, ...]:
   """Every category a benchmark is scored on (OpenVE: per protocol)."""
   _check_bench(bench)
-  if bench == 'openve':
+  if bench == "openve":
     return protocols.get(protocol).categories
   return ALL_CATEGORIES[bench]
 
 
-def scored_counts(bench: str, records: Sequence[dict],
-                  categories: Sequence[str]) -> dict[str, int]:
+def scored_counts(
+  bench: str, records: Sequence[dict], categories: Sequence[str]
+) -> dict[str, int]:
   """Scored samples per category (records with scores), `categories` first."""
   _check_bench(bench)
   counts = dict.fromkeys(categories, 0)
   for record in records:
     category = record.get(CATEGORY_FIELD[bench])
-    if category and record.get('scores'):
+    if category and record.get("scores"):
       counts[category] = counts.get(category, 0) + 1
   return counts
 
 
-def score_table(bench: str, records: Sequence[dict], title: str,
-                expected: Sequence[str] | None = None,
-                protocol: str | None = None) -> str:
+def score_table(
+  bench: str,
+  records: Sequence[dict],
+  title: str,
+  expected: Sequence[str] | None = None,
+  protocol: str | None = None,
+) -> str:
   """The markdown table of score records.
 
   Args:
@@ -108,13 +118,17 @@ def score_table(bench: str, records: Sequence[dict], title: str,
   return score_results(bench, records, title, expected, protocol)[0]
 
 
-def score_results(bench: str, records: Sequence[dict], title: str,
-                  expected: Sequence[str] | None = None,
-                  protocol: str | None = None) -> tuple[str, dict | None]:
+def score_results(
+  bench: str,
+  records: Sequence[dict],
+  title: str,
+  expected: Sequence[str] | None = None,
+  protocol: str | None = None,
+) -> tuple[str, dict | None]:
   """`score_table`'s table and, for OpenVE, the results JSON."""
   _check_bench(bench)
   try:
-    if bench == 'openve':
+    if bench == "openve":
       return _openve_results(records, title, expected or (), protocol)
     result = aggregate.aggregate_refvie(records)
     if expected is None:
@@ -130,26 +144,32 @@ def _openve_results(records, title, expected, protocol):
   made_under = protocols.records_protocol(records)
   if protocol is not None and protocol != made_under:
     raise ValueError(
-        f'the records were scored under the {made_under} protocol, not '
-        f'{protocol}; pass --protocol {made_under}, or judge again under '
-        f'{protocol}')
-  title = f'{title} · protocol: {made_under}'
+      f"the records were scored under the {made_under} protocol, not "
+      f"{protocol}; pass --protocol {made_under}, or judge again under "
+      f"{protocol}"
+    )
+  title = f"{title} · protocol: {made_under}"
   if made_under == protocols.OFFICIAL:
     result = protocols.aggregate_official(records)
     table = protocols.official_table(result, title, expected)
   else:
     result = aggregate.aggregate_openve(records)
-    table = aggregate.openve_table(result, title, expected,
-                                   note=protocols.get(made_under).summary)
+    table = aggregate.openve_table(
+      result, title, expected, note=protocols.get(made_under).summary
+    )
   return table, protocols.summary_json(made_under, result, expected)
 
 
 def _write_results(jsonl_path: str, table: str, stats: dict | None) -> None:
   jsonl.write_text_atomic(table_path(jsonl_path), table)
   if stats is not None:
-    jsonl.write_text_atomic(stats_path(jsonl_path), json.dumps(
-        {'scores_file': os.path.basename(jsonl_path), **stats},
-        indent=2) + '\n')
+    jsonl.write_text_atomic(
+      stats_path(jsonl_path),
+      json.dumps(
+        {"scores_file": os.path.basename(jsonl_path), **stats}, indent=2
+      )
+      + "\n",
+    )
 
 
 def read_scores(jsonl_path: str) -> list[dict]:
@@ -157,9 +177,13 @@ def read_scores(jsonl_path: str) -> list[dict]:
   return [r for r in jsonl.read(jsonl_path) if isinstance(r, dict)]
 
 
-def aggregate_scores(bench: str, jsonl_path: str,
-                     expected: Sequence[str] | None = None,
-                     write: bool = True, protocol: str | None = None) -> str:
+def aggregate_scores(
+  bench: str,
+  jsonl_path: str,
+  expected: Sequence[str] | None = None,
+  write: bool = True,
+  protocol: str | None = None,
+) -> str:
   """Aggregates a score jsonl, writes `<jsonl stem>.md`, returns the table.
 
   Args:
@@ -170,14 +194,15 @@ def aggregate_scores(bench: str, jsonl_path: str,
       jsonl.
     protocol: see `score_table`.
   """
-  title = f'{bench} · {os.path.basename(jsonl_path)}'
+  title = f"{bench} · {os.path.basename(jsonl_path)}"
   try:
-    table, stats = score_results(bench, read_scores(jsonl_path), title,
-                                 expected, protocol)
+    table, stats = score_results(
+      bench, read_scores(jsonl_path), title, expected, protocol
+    )
   except errors.InputError as e:
     if str(e).startswith(jsonl_path):
       raise
-    raise errors.InputError(f'{jsonl_path}: {e}') from e
+    raise errors.InputError(f"{jsonl_path}: {e}") from e
   if write:
     _write_results(jsonl_path, table, stats)
   return table
@@ -193,28 +218,41 @@ class JudgeReport:
       were not and why, and every recorded reply that was skipped.
     error: why the results are not accepted (None when they are).
   """
+
   table: str
   summary: list[str]
   error: str | None
 
 
-def coverage_line(counts: Mapping[str, int],
-                  totals: Mapping[str, int] | None = None) -> str:
+def coverage_line(
+  counts: Mapping[str, int], totals: Mapping[str, int] | None = None
+) -> str:
   """`Scored 3 of 4 items: subject 2 of 2, ...` (no totals: counts only)."""
   if totals is None:
-    return 'Scored samples: ' + ', '.join(
-        f'{c} {n}' for c, n in counts.items()) + '.'
-  return (f'Scored {sum(counts.values())} of {sum(totals.values())} items: '
-          + ', '.join(f'{c} {counts.get(c, 0)} of {n}'
-                      for c, n in totals.items()) + '.')
+    return (
+      "Scored samples: "
+      + ", ".join(f"{c} {n}" for c, n in counts.items())
+      + "."
+    )
+  return (
+    f"Scored {sum(counts.values())} of {sum(totals.values())} items: "
+    + ", ".join(f"{c} {counts.get(c, 0)} of {n}" for c, n in totals.items())
+    + "."
+  )
 
 
-def judge_outputs(bench: str, items: Sequence[benchmarks.BenchmarkItem],
-                  save_dir: str, judge: judges.Judge, model: str, *,
-                  workers: int | None = None,
-                  show_progress: bool = True,
-                  allow_partial: bool = False,
-                  protocol: str | None = None) -> JudgeReport:
+def judge_outputs(
+  bench: str,
+  items: Sequence[benchmarks.BenchmarkItem],
+  save_dir: str,
+  judge: judges.Judge,
+  model: str,
+  *,
+  workers: int | None = None,
+  show_progress: bool = True,
+  allow_partial: bool = False,
+  protocol: str | None = None,
+) -> JudgeReport:
   """Judges the outputs in `save_dir`, writes the jsonl and the table.
 
   `protocol` (OpenVE only; None: the default, `protocols.DEFAULT`) decides
@@ -232,7 +270,7 @@ def judge_outputs(bench: str, items: Sequence[benchmarks.BenchmarkItem],
   """
   _check_bench(bench)
   attempts = judges.ATTEMPTS
-  if bench == 'openve':
+  if bench == "openve":
     protocol = protocols.get(protocol).name
     tasks = judges.openve_tasks(items, save_dir, protocol)
     default_workers = judges.OPENVE_WORKERS
@@ -247,46 +285,58 @@ def judge_outputs(bench: str, items: Sequence[benchmarks.BenchmarkItem],
   summary = None
   if os.path.exists(out_path):
     records = read_scores(out_path)
-    lines.append(f'{out_path} exists: not judged again (delete it to judge '
-                 'again).')
+    lines.append(
+      f"{out_path} exists: not judged again (delete it to judge again)."
+    )
   else:
-    summary = judges.judge_pending(judge, present, out_path,
-                                   workers=workers or default_workers,
-                                   attempts=attempts,
-                                   show_progress=show_progress)
+    summary = judges.judge_pending(
+      judge,
+      present,
+      out_path,
+      workers=workers or default_workers,
+      attempts=attempts,
+      show_progress=show_progress,
+    )
     judged = {t.key for t in present}
     for task in tasks:
       if task.key not in judged:
-        summary.reasons[task.key] = 'output video missing'
+        summary.reasons[task.key] = "output video missing"
     records = summary.records
   counts = scored_counts(bench, records, list(totals))
   lines.insert(0, coverage_line(counts, totals))
   if summary is not None:
-    not_scored = [(t.key, summary.reasons[t.key]) for t in tasks
-                  if t.key in summary.reasons]
+    not_scored = [
+      (t.key, summary.reasons[t.key]) for t in tasks if t.key in summary.reasons
+    ]
     if not_scored:
-      lines.append(f'Not scored ({len(not_scored)}):')
-      lines += [f'  {key}: {why}' for key, why in not_scored]
+      lines.append(f"Not scored ({len(not_scored)}):")
+      lines += [f"  {key}: {why}" for key, why in not_scored]
     if isinstance(judge, judges.ReplayJudge):
       skipped = judge.skipped_replies([t.key for t in tasks], summary)
       if skipped:
-        lines.append(f'Skipped replies ({len(skipped)}):')
-        lines += [f'  {line}' for line in skipped]
+        lines.append(f"Skipped replies ({len(skipped)}):")
+        lines += [f"  {line}" for line in skipped]
   empty = [c for c, n in counts.items() if c in totals and not n]
   error = None
   if not records:
-    error = (f'nothing was scored ({len(tasks)} items); see the reasons '
-             'above')
+    error = f"nothing was scored ({len(tasks)} items); see the reasons above"
   elif empty and not allow_partial:
-    kept = (f'the scored samples are kept in {judges.partial_path(out_path)}'
-            ' and a rerun judges only the others' if summary is not None
-            else f'{out_path} was written by an earlier run; delete it to '
-            'judge again')
-    error = (f'no scored sample in {", ".join(empty)}, so the results are '
-             f'incomplete; {kept}; pass --allow_partial to accept them')
-  title = f'{bench} · {os.path.basename(out_path)}'
-  table, stats = (score_results(bench, records, title, list(totals),
-                                protocol) if records else ('', None))
+    kept = (
+      f"the scored samples are kept in {judges.partial_path(out_path)}"
+      " and a rerun judges only the others"
+      if summary is not None
+      else f"{out_path} was written by an earlier run; delete it to judge again"
+    )
+    error = (
+      f"no scored sample in {', '.join(empty)}, so the results are "
+      f"incomplete; {kept}; pass --allow_partial to accept them"
+    )
+  title = f"{bench} · {os.path.basename(out_path)}"
+  table, stats = (
+    score_results(bench, records, title, list(totals), protocol)
+    if records
+    else ("", None)
+  )
   if error is None:
     if summary is not None:
       judges.write_final(out_path, summary)
@@ -294,8 +344,9 @@ def judge_outputs(bench: str, items: Sequence[benchmarks.BenchmarkItem],
   return JudgeReport(table=table, summary=lines, error=error)
 
 
-def compute_metrics(items: Sequence[benchmarks.BenchmarkItem],
-                    save_dir: str) -> str:
+def compute_metrics(
+  items: Sequence[benchmarks.BenchmarkItem], save_dir: str
+) -> str:
   """Metrics of every output that has a target; writes jsonl and table.
 
   Returns:
@@ -316,17 +367,24 @@ def compute_metrics(items: Sequence[benchmarks.BenchmarkItem],
       continue
     output = video_io.read_video(output_path)
     target = video_io.read_video(item.target_video, max_frames=len(output))
-    clips.append(metrics.clip_metrics(item.output_name, item.edit_type,
-                                      output, target))
+    clips.append(
+      metrics.clip_metrics(item.output_name, item.edit_type, output, target)
+    )
   if not clips:
     raise ValueError(
-        f'no output in {save_dir} has a ground truth: {without_target} '
-        f'items lack `tgt_video`, {without_output} outputs are missing')
+      f"no output in {save_dir} has a ground truth: {without_target} "
+      f"items lack `tgt_video`, {without_output} outputs are missing"
+    )
   if without_target or without_output:
-    logging.warning('metrics: %d items without tgt_video, %d outputs missing',
-                    without_target, without_output)
-  jsonl.write_atomic(os.path.join(save_dir, 'metrics.jsonl'),
-                     [dataclasses.asdict(c) for c in clips])
-  table = metrics.metrics_table(clips, f'metrics · {save_dir}')
-  jsonl.write_text_atomic(os.path.join(save_dir, 'metrics.md'), table)
+    logging.warning(
+      "metrics: %d items without tgt_video, %d outputs missing",
+      without_target,
+      without_output,
+    )
+  jsonl.write_atomic(
+    os.path.join(save_dir, "metrics.jsonl"),
+    [dataclasses.asdict(c) for c in clips],
+  )
+  table = metrics.metrics_table(clips, f"metrics · {save_dir}")
+  jsonl.write_text_atomic(os.path.join(save_dir, "metrics.md"), table)
   return table

@@ -9,7 +9,6 @@ from typing import Any
 from kiwi_jax.evaluators import errors
 from kiwi_jax.utils import atomic
 
-
 NumberedLines = list[tuple[int, Any]]
 
 
@@ -28,20 +27,22 @@ def read_lines(path: str) -> tuple[NumberedLines, list[tuple[int, str]]]:
     errors.InputError: the file is missing or is not UTF-8 text.
   """
   try:
-    with open(path, 'rb') as f:
+    with open(path, "rb") as f:
       data = f.read()
   except FileNotFoundError as e:
-    raise errors.InputError(f'{path}: no such file') from e
+    raise errors.InputError(f"{path}: no such file") from e
   except IsADirectoryError as e:
-    raise errors.InputError(f'{path}: is a folder, expected a .jsonl '
-                            'file') from e
-  try:
-    text = data.decode('utf-8')
-  except UnicodeDecodeError as e:
-    line = data[:e.start].count(b'\n') + 1
     raise errors.InputError(
-        f'{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); '
-        'save the file as UTF-8 JSON lines') from e
+      f"{path}: is a folder, expected a .jsonl file"
+    ) from e
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data[: e.start].count(b"\n") + 1
+    raise errors.InputError(
+      f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
+      "save the file as UTF-8 JSON lines"
+    ) from e
   values, invalid = [], []
   for line_number, line in enumerate(text.splitlines(), start=1):
     line = line.strip()
@@ -50,7 +51,7 @@ def read_lines(path: str) -> tuple[NumberedLines, list[tuple[int, str]]]:
     try:
       values.append((line_number, json.loads(line)))
     except json.JSONDecodeError as e:
-      invalid.append((line_number, f'not valid JSON: {e}'))
+      invalid.append((line_number, f"not valid JSON: {e}"))
   return values, invalid
 
 
@@ -76,14 +77,15 @@ def read(path: str, missing_ok: bool = False) -> list[Any]:
     return []
   values, invalid = read_lines(path)
   for line_number, message in invalid:
-    logging.warning('%s:%d: skipping line: %s', path, line_number, message)
+    logging.warning("%s:%d: skipping line: %s", path, line_number, message)
   return [value for _, value in values]
 
 
 def write_atomic(path: str, values: Iterable[Any]) -> None:
   """Writes one JSON value per line under a temporary name, then renames."""
   write_text_atomic(
-      path, ''.join(json.dumps(v, default=str) + '\n' for v in values))
+    path, "".join(json.dumps(v, default=str) + "\n" for v in values)
+  )
 
 
 def write_text_atomic(path: str, text: str) -> None:

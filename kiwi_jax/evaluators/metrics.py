@@ -37,22 +37,24 @@ DATA_RANGE = 255.0
 
 def _check_pair(output: np.ndarray, target: np.ndarray) -> None:
   if output.shape != target.shape or output.ndim != 4:
-    raise ValueError(f'output {output.shape} and target {target.shape} must '
-                     'both be [T, H, W, C] of the same shape')
+    raise ValueError(
+      f"output {output.shape} and target {target.shape} must "
+      "both be [T, H, W, C] of the same shape"
+    )
 
 
 def psnr(output: np.ndarray, target: np.ndarray) -> float:
   """PSNR in dB of uint8[T, H, W, C] clips (MSE over the whole clip)."""
   _check_pair(output, target)
-  mse = np.mean((output.astype(np.float64) - target.astype(np.float64))**2)
+  mse = np.mean((output.astype(np.float64) - target.astype(np.float64)) ** 2)
   if mse == 0:
-    return float('inf')
+    return float("inf")
   return float(10.0 * np.log10(DATA_RANGE**2 / mse))
 
 
 def _gaussian_window() -> np.ndarray:
   offsets = np.arange(SSIM_WINDOW) - (SSIM_WINDOW - 1) / 2
-  window = np.exp(-offsets**2 / (2 * SSIM_SIGMA**2))
+  window = np.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
   return window / window.sum()
 
 
@@ -68,8 +70,10 @@ def ssim_frame(output: np.ndarray, target: np.ndarray) -> float:
   """SSIM of one uint8[H, W, C] frame pair (mean over pixels, channels)."""
   height, width = output.shape[:2]
   if min(height, width) < SSIM_WINDOW:
-    raise ValueError(f'SSIM needs frames of at least {SSIM_WINDOW}x'
-                     f'{SSIM_WINDOW} pixels, got {height}x{width}')
+    raise ValueError(
+      f"SSIM needs frames of at least {SSIM_WINDOW}x"
+      f"{SSIM_WINDOW} pixels, got {height}x{width}"
+    )
   x = output.astype(np.float64)
   y = target.astype(np.float64)
   window = _gaussian_window()
@@ -77,10 +81,13 @@ def ssim_frame(output: np.ndarray, target: np.ndarray) -> float:
   var_x = _filter_valid(x * x, window) - mu_x**2
   var_y = _filter_valid(y * y, window) - mu_y**2
   cov = _filter_valid(x * y, window) - mu_x * mu_y
-  c1 = (SSIM_K1 * DATA_RANGE)**2
-  c2 = (SSIM_K2 * DATA_RANGE)**2
-  ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2) /
-              ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)))
+  c1 = (SSIM_K1 * DATA_RANGE) ** 2
+  c2 = (SSIM_K2 * DATA_RANGE) ** 2
+  ssim_map = (
+    (2 * mu_x * mu_y + c1)
+    * (2 * cov + c2)
+    / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+  )
   return float(ssim_map.mean())
 
 
@@ -90,30 +97,31 @@ def ssim(output: np.ndarray, target: np.ndarray) -> float:
   return float(np.mean([ssim_frame(o, t) for o, t in zip(output, target)]))
 
 
-def temporal_difference_error(output: np.ndarray,
-                              target: np.ndarray) -> float:
+def temporal_difference_error(output: np.ndarray, target: np.ndarray) -> float:
   """`mean |Δoutput - Δtarget| / 255` over consecutive frame pairs."""
   _check_pair(output, target)
   if output.shape[0] < 2:
-    raise ValueError('the temporal measure needs at least two frames, got '
-                     f'{output.shape[0]}')
+    raise ValueError(
+      f"the temporal measure needs at least two frames, got {output.shape[0]}"
+    )
   d_out = np.diff(output.astype(np.float64), axis=0)
   d_tgt = np.diff(target.astype(np.float64), axis=0)
   return float(np.mean(np.abs(d_out - d_tgt)) / DATA_RANGE)
 
 
-def align(output: np.ndarray, target: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray]:
+def align(
+  output: np.ndarray, target: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
   """Both clips at the shorter frame count, the target at the output size."""
   count = min(len(output), len(target))
-  target = video_io.fit_frames(target[:count], output.shape[1],
-                               output.shape[2])
+  target = video_io.fit_frames(target[:count], output.shape[1], output.shape[2])
   return output[:count], target
 
 
 @dataclasses.dataclass(frozen=True)
 class ClipMetrics:
   """Metrics of one output against its target."""
+
   output_name: str
   edit_type: str
   frames: int
@@ -122,14 +130,22 @@ class ClipMetrics:
   temporal_difference_error: float | None
 
 
-def clip_metrics(output_name: str, edit_type: str, output: np.ndarray,
-                 target: np.ndarray) -> ClipMetrics:
+def clip_metrics(
+  output_name: str, edit_type: str, output: np.ndarray, target: np.ndarray
+) -> ClipMetrics:
   """All metrics of one clip pair (aligned first)."""
   output, target = align(output, target)
-  temporal = (temporal_difference_error(output, target)
-              if len(output) > 1 else None)
-  return ClipMetrics(output_name, edit_type, len(output),
-                     psnr(output, target), ssim(output, target), temporal)
+  temporal = (
+    temporal_difference_error(output, target) if len(output) > 1 else None
+  )
+  return ClipMetrics(
+    output_name,
+    edit_type,
+    len(output),
+    psnr(output, target),
+    ssim(output, target),
+    temporal,
+  )
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -138,7 +154,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def _fmt(value: float | None, digits: int) -> str:
-  return 'n/a' if value is None else f'{value:.{digits}f}'
+  return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def metrics_table(clips: Sequence[ClipMetrics], title: str) -> str:
@@ -150,17 +166,25 @@ def metrics_table(clips: Sequence[ClipMetrics], title: str) -> str:
   groups = collections.defaultdict(list)
   for clip in clips:
     groups[clip.edit_type].append(clip)
-  rows = sorted(groups.items()) + [('all', list(clips))]
-  lines = [f'### {title}', '',
-           '| edit type | clips | PSNR (dB) | SSIM | temporal diff. error |',
-           '| --- | --- | --- | --- | --- |']
+  rows = sorted(groups.items()) + [("all", list(clips))]
+  lines = [
+    f"### {title}",
+    "",
+    "| edit type | clips | PSNR (dB) | SSIM | temporal diff. error |",
+    "| --- | --- | --- | --- | --- |",
+  ]
   for name, group in rows:
     lines.append(
-        f'| {name} | {len(group)} | '
-        f'{_fmt(_mean([c.psnr for c in group]), 2)} | '
-        f'{_fmt(_mean([c.ssim for c in group]), 4)} | '
-        f'{_fmt(_mean([c.temporal_difference_error for c in group]), 4)} |')
-  lines += ['', 'Targets are aligned to outputs (first frames, centre crop, '
-            'bicubic resize). Temporal difference error: mean |Δoutput - '
-            'Δtarget| / 255 between consecutive frames (lower is better).', '']
-  return '\n'.join(lines)
+      f"| {name} | {len(group)} | "
+      f"{_fmt(_mean([c.psnr for c in group]), 2)} | "
+      f"{_fmt(_mean([c.ssim for c in group]), 4)} | "
+      f"{_fmt(_mean([c.temporal_difference_error for c in group]), 4)} |"
+    )
+  lines += [
+    "",
+    "Targets are aligned to outputs (first frames, centre crop, "
+    "bicubic resize). Temporal difference error: mean |Δoutput - "
+    "Δtarget| / 255 between consecutive frames (lower is better).",
+    "",
+  ]
+  return "\n".join(lines)

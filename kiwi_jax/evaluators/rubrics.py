@@ -21,22 +21,22 @@ from collections.abc import Sequence
 from kiwi_jax.evaluators import rubric_texts
 
 # Categories that `test_benchmark.py` and `eval_openve_gemini.py` skip.
-OPENVE_SKIPPED_TYPES = ('creative_edit', 'camera_edit', 'subtitle_edit')
+OPENVE_SKIPPED_TYPES = ("creative_edit", "camera_edit", "subtitle_edit")
 
-INSTRUCTION_COMPLIANCE = 'Instruction Compliance'
-VISUAL_QUALITY = 'Visual Quality & Stability'
-CONSISTENCY = 'Consistency & Detail Fidelity'
+INSTRUCTION_COMPLIANCE = "Instruction Compliance"
+VISUAL_QUALITY = "Visual Quality & Stability"
+CONSISTENCY = "Consistency & Detail Fidelity"
 OPENVE_CRITERIA = (INSTRUCTION_COMPLIANCE, VISUAL_QUALITY, CONSISTENCY)
 
 SUBJECT_CRITERIA = (
-    'Identity Consistency & Compliance',
-    'Temporal Consistency & Texture Fidelity',
-    'Physical Integration & Tracking',
+  "Identity Consistency & Compliance",
+  "Temporal Consistency & Texture Fidelity",
+  "Physical Integration & Tracking",
 )
 BACKGROUND_CRITERIA = (
-    'Reference Fidelity & Preservation',
-    'Matting Quality & Temporal Stability',
-    'Visual Harmony & Perspective',
+  "Reference Fidelity & Preservation",
+  "Matting Quality & Temporal Stability",
+  "Visual Harmony & Perspective",
 )
 
 
@@ -50,6 +50,7 @@ class Rubric:
     field: the name of that field (`edit_prompt` or `prompt`).
     criteria: the criteria names in the order their scores are stored.
   """
+
   name: str
   template: str
   field: str
@@ -61,24 +62,29 @@ class Rubric:
 
 
 def _openve(name: str, template: str) -> Rubric:
-  return Rubric(name, template, 'edit_prompt', OPENVE_CRITERIA)
+  return Rubric(name, template, "edit_prompt", OPENVE_CRITERIA)
 
 
 OPENVE_RUBRICS = {
-    'global_style': _openve('global_style', rubric_texts.GLOBAL_STYLE),
-    'background_change': _openve(
-        'background_change', rubric_texts.BACKGROUND_CHANGE),
-    'local_change': _openve('local_change', rubric_texts.LOCAL_CHANGE),
-    'local_remove': _openve('local_remove', rubric_texts.LOCAL_REMOVE),
-    'local_add': _openve('local_add', rubric_texts.LOCAL_ADD),
+  "global_style": _openve("global_style", rubric_texts.GLOBAL_STYLE),
+  "background_change": _openve(
+    "background_change", rubric_texts.BACKGROUND_CHANGE
+  ),
+  "local_change": _openve("local_change", rubric_texts.LOCAL_CHANGE),
+  "local_remove": _openve("local_remove", rubric_texts.LOCAL_REMOVE),
+  "local_add": _openve("local_add", rubric_texts.LOCAL_ADD),
 }
 
 REFVIE_RUBRICS = {
-    'subject': Rubric('subject', rubric_texts.SUBJECT_REFERENCE_PROMPT,
-                      'prompt', SUBJECT_CRITERIA),
-    'background': Rubric('background',
-                         rubric_texts.BACKGROUND_REFERENCE_PROMPT, 'prompt',
-                         BACKGROUND_CRITERIA),
+  "subject": Rubric(
+    "subject", rubric_texts.SUBJECT_REFERENCE_PROMPT, "prompt", SUBJECT_CRITERIA
+  ),
+  "background": Rubric(
+    "background",
+    rubric_texts.BACKGROUND_REFERENCE_PROMPT,
+    "prompt",
+    BACKGROUND_CRITERIA,
+  ),
 }
 
 
@@ -88,15 +94,15 @@ def refvie_rubric(edit_type: str) -> Rubric:
   As in `eval_refvie_gemini.py`, every type other than `subject` gets the
   background rubric.
   """
-  if edit_type == 'subject':
-    return REFVIE_RUBRICS['subject']
-  return REFVIE_RUBRICS['background']
+  if edit_type == "subject":
+    return REFVIE_RUBRICS["subject"]
+  return REFVIE_RUBRICS["background"]
 
 
 def _line_score(line: str) -> int | None:
   """`int(float(line.split(':')[-1].strip()))` in 1..5, else None."""
   try:
-    score = int(float(line.split(':')[-1].strip()))
+    score = int(float(line.split(":")[-1].strip()))
   except (ValueError, OverflowError):
     return None
   return score if 1 <= score <= 5 else None
@@ -123,7 +129,7 @@ def parse_openve_reply(text: str | None) -> list[int] | None:
   found = {}
   for line in text.splitlines():
     for criterion in OPENVE_CRITERIA:
-      if line.startswith(criterion + ':'):
+      if line.startswith(criterion + ":"):
         score = _line_score(line)
         if score is None:
           return None
@@ -152,7 +158,7 @@ def parse_refvie_reply(text: str | None) -> list[int] | None:
   """
   if text is None:
     return None
-  prefixes = tuple(c + ':' for c in SUBJECT_CRITERIA + BACKGROUND_CRITERIA)
+  prefixes = tuple(c + ":" for c in SUBJECT_CRITERIA + BACKGROUND_CRITERIA)
   scores = []
   for line in text.splitlines():
     if line.startswith(prefixes):

@@ -20,8 +20,7 @@ from typing import Any
 
 import tqdm
 
-from kiwi_jax.evaluators import benchmarks
-from kiwi_jax.evaluators import video_io
+from kiwi_jax.evaluators import benchmarks, video_io
 
 # Returns uint8[T, H, W, 3] or float[T, H, W, 3] in [-1, 1] (a leading batch
 # axis of 1 is allowed).
@@ -31,23 +30,26 @@ EditFn = Callable[[benchmarks.BenchmarkItem], Any]
 @dataclasses.dataclass
 class RunSummary:
   """What one process did: output names edited now and found done."""
+
   edited: list[str] = dataclasses.field(default_factory=list)
   skipped: list[str] = dataclasses.field(default_factory=list)
 
 
 def side_by_side_name(output_name: str) -> str:
-  return f'concat_{output_name}'
+  return f"concat_{output_name}"
 
 
-def run_benchmark(items: Sequence[benchmarks.BenchmarkItem],
-                  edit_fn: EditFn,
-                  save_dir: str,
-                  *,
-                  process_index: int = 0,
-                  process_count: int = 1,
-                  write_side_by_side: bool = True,
-                  fps: int = video_io.REFERENCE_FPS,
-                  show_progress: bool = True) -> RunSummary:
+def run_benchmark(
+  items: Sequence[benchmarks.BenchmarkItem],
+  edit_fn: EditFn,
+  save_dir: str,
+  *,
+  process_index: int = 0,
+  process_count: int = 1,
+  write_side_by_side: bool = True,
+  fps: int = video_io.REFERENCE_FPS,
+  show_progress: bool = True,
+) -> RunSummary:
   """Edits this process's share of `items` and writes the videos.
 
   Args:
@@ -68,28 +70,41 @@ def run_benchmark(items: Sequence[benchmarks.BenchmarkItem],
   os.makedirs(save_dir, exist_ok=True)
   summary = RunSummary()
   progress = tqdm.tqdm(
-      mine, desc=f'edit [{process_index + 1}/{process_count}]',
-      unit='video', disable=not show_progress)
+    mine,
+    desc=f"edit [{process_index + 1}/{process_count}]",
+    unit="video",
+    disable=not show_progress,
+  )
   for item in progress:
     out_path = os.path.join(save_dir, item.output_name)
     if os.path.exists(out_path):
       summary.skipped.append(item.output_name)
-      progress.set_postfix(edited=len(summary.edited),
-                           skipped=len(summary.skipped))
+      progress.set_postfix(
+        edited=len(summary.edited), skipped=len(summary.skipped)
+      )
       continue
     frames = video_io.as_uint8_frames(
-        edit_fn(item), where=f'editor output for item {item.index} '
-        f'({item.output_name})')
+      edit_fn(item),
+      where=f"editor output for item {item.index} ({item.output_name})",
+    )
     if write_side_by_side:
       source = video_io.read_video(item.source_video, max_frames=len(frames))
       video_io.write_video(
-          os.path.join(save_dir, side_by_side_name(item.output_name)),
-          video_io.side_by_side(source, frames), fps=fps)
+        os.path.join(save_dir, side_by_side_name(item.output_name)),
+        video_io.side_by_side(source, frames),
+        fps=fps,
+      )
     video_io.write_video(out_path, frames, fps=fps)
     summary.edited.append(item.output_name)
-    progress.set_postfix(edited=len(summary.edited),
-                         skipped=len(summary.skipped))
-  logging.info('process %d/%d: %d edited, %d already done, in %s',
-               process_index, process_count, len(summary.edited),
-               len(summary.skipped), save_dir)
+    progress.set_postfix(
+      edited=len(summary.edited), skipped=len(summary.skipped)
+    )
+  logging.info(
+    "process %d/%d: %d edited, %d already done, in %s",
+    process_index,
+    process_count,
+    len(summary.edited),
+    len(summary.skipped),
+    save_dir,
+  )
   return summary

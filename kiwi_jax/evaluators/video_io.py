@@ -33,17 +33,17 @@ def read_video(path: str, max_frames: int | None = None) -> np.ndarray:
   try:
     with av.open(path) as container:
       for frame in container.decode(video=0):
-        frames.append(frame.to_ndarray(format='rgb24'))
+        frames.append(frame.to_ndarray(format="rgb24"))
         if max_frames is not None and len(frames) >= max_frames:
           break
   except (av.error.FFmpegError, IndexError) as e:
-    raise ValueError(f'{path}: cannot decode video: {e}') from e
+    raise ValueError(f"{path}: cannot decode video: {e}") from e
   if not frames:
-    raise ValueError(f'{path}: video holds no frames')
+    raise ValueError(f"{path}: video holds no frames")
   return np.stack(frames)
 
 
-def as_uint8_frames(frames, where: str = 'frames') -> np.ndarray:
+def as_uint8_frames(frames, where: str = "frames") -> np.ndarray:
   """Editor output as uint8[T, H, W, 3].
 
   Accepts uint8 frames, or float frames in [-1, 1] (the project's video
@@ -62,19 +62,26 @@ def as_uint8_frames(frames, where: str = 'frames') -> np.ndarray:
   if array.ndim == 5 and array.shape[0] == 1:
     array = array[0]
   if array.ndim != 4 or array.shape[-1] != 3 or array.shape[0] < 1:
-    raise ValueError(f'{where}: expected [T, H, W, 3] frames, got shape '
-                     f'{array.shape}')
+    raise ValueError(
+      f"{where}: expected [T, H, W, 3] frames, got shape {array.shape}"
+    )
   if array.dtype == np.uint8:
     return array
   if not np.issubdtype(array.dtype, np.floating):
-    raise ValueError(f'{where}: expected uint8 or float frames, got '
-                     f'{array.dtype}')
-  return ((array.astype(np.float32) + 1.0) * 127.5).clip(0, 255).astype(
-      np.uint8)
+    raise ValueError(
+      f"{where}: expected uint8 or float frames, got {array.dtype}"
+    )
+  return (
+    ((array.astype(np.float32) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+  )
 
 
-def write_video(path: str, frames: np.ndarray, fps: int = REFERENCE_FPS,
-                crf: int = REFERENCE_CRF) -> None:
+def write_video(
+  path: str,
+  frames: np.ndarray,
+  fps: int = REFERENCE_FPS,
+  crf: int = REFERENCE_CRF,
+) -> None:
   """Encodes frames to an mp4 atomically (`kiwi_jax.utils.video_files`).
 
   Args:
@@ -84,8 +91,9 @@ def write_video(path: str, frames: np.ndarray, fps: int = REFERENCE_FPS,
     fps: frame rate.
     crf: libx264 constant rate factor.
   """
-  video_files.write_mp4(path, as_uint8_frames(frames, where=path), fps=fps,
-                        crf=crf)
+  video_files.write_mp4(
+    path, as_uint8_frames(frames, where=path), fps=fps, crf=crf
+  )
 
 
 def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -112,7 +120,7 @@ def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
   top, left = (src_h - crop_h) // 2, (src_w - crop_w) // 2
   out = []
   for frame in frames:
-    crop = Image.fromarray(frame[top:top + crop_h, left:left + crop_w])
+    crop = Image.fromarray(frame[top : top + crop_h, left : left + crop_w])
     out.append(np.asarray(crop.resize((width, height), Image.BICUBIC)))
   return np.stack(out)
 

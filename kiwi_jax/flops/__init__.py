@@ -28,22 +28,43 @@ runs slightly higher. ``tests/test_flops.py`` checks the formulas against
 the jaxpr count exactly and against XLA on an unrolled tiny DiT.
 """
 
-from kiwi_jax.flops.counting import (count_jaxpr, jaxpr_matmul_flops,
-                                     scan_corrected_xla_flops, xla_flops)
+from kiwi_jax.flops.counting import (
+  count_jaxpr,
+  jaxpr_matmul_flops,
+  scan_corrected_xla_flops,
+  xla_flops,
+)
 from kiwi_jax.flops.dit import add_dit_terms, dit_flops, dit_tokens
 from kiwi_jax.flops.kiwi import kiwi_flops
 from kiwi_jax.flops.peak import PEAK_BF16_FLOPS, peak_flops_per_chip
-from kiwi_jax.flops.qwen import (add_connector_terms, add_qwen_terms,
-                                 qwen_flops)
-from kiwi_jax.flops.terms import (FlopCount, MatmulTerm, TermBuilder,
-                                  nothing_trained, recompute_filter,
-                                  trained_by_regex)
+from kiwi_jax.flops.qwen import add_connector_terms, add_qwen_terms, qwen_flops
+from kiwi_jax.flops.terms import (
+  FlopCount,
+  MatmulTerm,
+  TermBuilder,
+  nothing_trained,
+  recompute_filter,
+  trained_by_regex,
+)
 
 __all__ = [
-    "FlopCount", "MatmulTerm", "PEAK_BF16_FLOPS", "TermBuilder",
-    "add_connector_terms", "add_dit_terms", "add_qwen_terms", "count_jaxpr",
-    "dit_flops", "dit_tokens", "jaxpr_matmul_flops", "kiwi_flops",
-    "nothing_trained", "peak_flops_per_chip", "qwen_flops",
-    "recompute_filter", "scan_corrected_xla_flops", "trained_by_regex",
-    "xla_flops",
+  "FlopCount",
+  "MatmulTerm",
+  "PEAK_BF16_FLOPS",
+  "TermBuilder",
+  "add_connector_terms",
+  "add_dit_terms",
+  "add_qwen_terms",
+  "count_jaxpr",
+  "dit_flops",
+  "dit_tokens",
+  "jaxpr_matmul_flops",
+  "kiwi_flops",
+  "nothing_trained",
+  "peak_flops_per_chip",
+  "qwen_flops",
+  "recompute_filter",
+  "scan_corrected_xla_flops",
+  "trained_by_regex",
+  "xla_flops",
 ]

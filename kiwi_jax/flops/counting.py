@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-
 from jax.extend import core as jex_core
 
 _JAXPR_TYPES = (jex_core.Jaxpr, jex_core.ClosedJaxpr)
@@ -30,11 +29,13 @@ _JAXPR_TYPES = (jex_core.Jaxpr, jex_core.ClosedJaxpr)
 
 def _dot_general_flops(eqn) -> float:
   lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
-  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = (
-      eqn.params["dimension_numbers"])
+  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = eqn.params[
+    "dimension_numbers"
+  ]
   del lhs_batch
-  rhs_free = [s for i, s in enumerate(rhs)
-              if i not in rhs_contract and i not in rhs_batch]
+  rhs_free = [
+    s for i, s in enumerate(rhs) if i not in rhs_contract and i not in rhs_batch
+  ]
   return 2.0 * math.prod(lhs) * math.prod(rhs_free)
 
 
@@ -60,8 +61,9 @@ def _shard_map_devices(params: dict[str, Any]) -> int:
     return 1
   manual = params.get("manual_axes") or params.get("axis_names")
   names = tuple(manual) if manual else tuple(mesh.axis_names)
-  return math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes))[a]
-                   for a in names)
+  return math.prod(
+    dict(zip(mesh.axis_names, mesh.axis_sizes))[a] for a in names
+  )
 
 
 def count_jaxpr(jaxpr, *, scan_lengths: bool = True) -> float:
@@ -83,8 +85,10 @@ def count_jaxpr(jaxpr, *, scan_lengths: bool = True) -> float:
       total += _conv_flops(eqn)
       continue
     if name == "cond":
-      total += max(count_jaxpr(br, scan_lengths=scan_lengths)
-                   for br in eqn.params["branches"])
+      total += max(
+        count_jaxpr(br, scan_lengths=scan_lengths)
+        for br in eqn.params["branches"]
+      )
       continue
     times = 1
     if name == "scan" and scan_lengths:
@@ -97,8 +101,9 @@ def count_jaxpr(jaxpr, *, scan_lengths: bool = True) -> float:
   return total
 
 
-def jaxpr_matmul_flops(fn: Callable[..., Any], *args, scan_lengths=True,
-                       **kwargs) -> float:
+def jaxpr_matmul_flops(
+  fn: Callable[..., Any], *args, scan_lengths=True, **kwargs
+) -> float:
   """Matmul FLOPs of ``fn(*args, **kwargs)`` (arrays or shape structs;
   nothing runs). ``while`` loops other than ``scan`` count once."""
   closed = jax.make_jaxpr(fn)(*args, **kwargs)
@@ -113,8 +118,9 @@ def xla_flops(compiled) -> float:
   return float(cost["flops"])
 
 
-def scan_corrected_xla_flops(fn: Callable[..., Any], *args, compiled=None,
-                             partitions: int = 1) -> float:
+def scan_corrected_xla_flops(
+  fn: Callable[..., Any], *args, compiled=None, partitions: int = 1
+) -> float:
   """XLA's FLOP count of ``jax.jit(fn)(*args)`` with every ``scan`` body
   counted ``length`` times.
 
@@ -138,10 +144,10 @@ def scan_corrected_xla_flops(fn: Callable[..., Any], *args, compiled=None,
 
 def _body_xla_flops(body) -> float:
   """XLA's count of a closed scan body compiled alone."""
-  avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype)
-           for v in body.jaxpr.invars]
-  return xla_flops(jax.jit(jex_core.jaxpr_as_fun(body)).lower(
-      *avals).compile())
+  avals = [
+    jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in body.jaxpr.invars
+  ]
+  return xla_flops(jax.jit(jex_core.jaxpr_as_fun(body)).lower(*avals).compile())
 
 
 def _missing_iterations(jaxpr, times: int) -> float:
@@ -161,5 +167,9 @@ def _missing_iterations(jaxpr, times: int) -> float:
   return total
 
 
-__all__ = ["count_jaxpr", "jaxpr_matmul_flops", "scan_corrected_xla_flops",
-           "xla_flops"]
+__all__ = [
+  "count_jaxpr",
+  "jaxpr_matmul_flops",
+  "scan_corrected_xla_flops",
+  "xla_flops",
+]

@@ -31,8 +31,13 @@ from __future__ import annotations
 import functools
 import math
 
-from kiwi_jax.flops.terms import (FlopCount, TermBuilder, Trained,
-                                  recompute_filter, trained_by_regex)
+from kiwi_jax.flops.terms import (
+  FlopCount,
+  TermBuilder,
+  Trained,
+  recompute_filter,
+  trained_by_regex,
+)
 from kiwi_jax.models.dit.config import WanDiTConfig
 
 
@@ -40,14 +45,22 @@ def dit_tokens(cfg: WanDiTConfig, latent_grid: tuple[int, int, int]) -> int:
   """Tokens of a ``(t, h, w)`` latent grid: ``prod(grid / patch_size)``."""
   for size, patch in zip(latent_grid, cfg.patch_size):
     if size % patch:
-      raise ValueError(f"latent grid {tuple(latent_grid)} is not divisible "
-                       f"by the patch size {cfg.patch_size}.")
+      raise ValueError(
+        f"latent grid {tuple(latent_grid)} is not divisible "
+        f"by the patch size {cfg.patch_size}."
+      )
   return math.prod(s // p for s, p in zip(latent_grid, cfg.patch_size))
 
 
-def dit_flops(cfg: WanDiTConfig, *, batch: int,
-              latent_grid: tuple[int, int, int], context_len: int,
-              trained: Trained | None = None, **kwargs) -> FlopCount:
+def dit_flops(
+  cfg: WanDiTConfig,
+  *,
+  batch: int,
+  latent_grid: tuple[int, int, int],
+  context_len: int,
+  trained: Trained | None = None,
+  **kwargs,
+) -> FlopCount:
   """Matmul FLOPs of one :class:`~kiwi_jax.models.dit.WanDiT` call.
 
   Args:
@@ -61,17 +74,31 @@ def dit_flops(cfg: WanDiTConfig, *, batch: int,
     recompute of ``cfg.remat_policy``.
   """
   builder = TermBuilder(trained or trained_by_regex())
-  add_dit_terms(builder, cfg, batch=batch, latent_grid=latent_grid,
-                context_len=context_len, **kwargs)
+  add_dit_terms(
+    builder,
+    cfg,
+    batch=batch,
+    latent_grid=latent_grid,
+    context_len=context_len,
+    **kwargs,
+  )
   return builder.count()
 
 
-def add_dit_terms(b: TermBuilder, cfg: WanDiTConfig, *, batch: int,
-                  latent_grid: tuple[int, int, int], context_len: int,
-                  ref_frames: int = 0, source: bool = False,
-                  per_token_timestep: bool = False,
-                  context_is_text: bool = False, context_grad: bool = False,
-                  prefix: str = "dit") -> bool:
+def add_dit_terms(
+  b: TermBuilder,
+  cfg: WanDiTConfig,
+  *,
+  batch: int,
+  latent_grid: tuple[int, int, int],
+  context_len: int,
+  ref_frames: int = 0,
+  source: bool = False,
+  per_token_timestep: bool = False,
+  context_is_text: bool = False,
+  context_grad: bool = False,
+  prefix: str = "dit",
+) -> bool:
   """Adds the DiT's products to ``b``.
 
   Args:
@@ -100,34 +127,53 @@ def add_dit_terms(b: TermBuilder, cfg: WanDiTConfig, *, batch: int,
   seq = n_video + n_ref  # B * S
   ctx = batch * context_len
 
-  x_grad = b.dense(f"{prefix}/patch_embedding/proj", n_video,
-                   cfg.patch_features, d, False)
+  x_grad = b.dense(
+    f"{prefix}/patch_embedding/proj", n_video, cfg.patch_features, d, False
+  )
   if source:
-    x_grad |= b.dense(f"{prefix}/vae_condition/patch_embedding/proj",
-                      n_video, cfg.patch_features, d, False)
+    x_grad |= b.dense(
+      f"{prefix}/vae_condition/patch_embedding/proj",
+      n_video,
+      cfg.patch_features,
+      d,
+      False,
+    )
   if n_ref:
-    x_grad |= b.dense(f"{prefix}/ref_vae_condition/patch_embedding/proj",
-                      n_ref, cfg.patch_features, d, False)
+    x_grad |= b.dense(
+      f"{prefix}/ref_vae_condition/patch_embedding/proj",
+      n_ref,
+      cfg.patch_features,
+      d,
+      False,
+    )
 
   time_rows = seq if per_token_timestep else batch
-  t_grad = b.dense(f"{prefix}/time_embedding/fc1", time_rows, cfg.freq_dim,
-                   d, False)
-  t_emb_grad = b.dense(f"{prefix}/time_embedding/fc2", time_rows, d, d,
-                       t_grad)
-  t_mod_grad = b.dense(f"{prefix}/time_projection", time_rows, d, 6 * d,
-                       t_emb_grad)
+  t_grad = b.dense(
+    f"{prefix}/time_embedding/fc1", time_rows, cfg.freq_dim, d, False
+  )
+  t_emb_grad = b.dense(f"{prefix}/time_embedding/fc2", time_rows, d, d, t_grad)
+  t_mod_grad = b.dense(
+    f"{prefix}/time_projection", time_rows, d, 6 * d, t_emb_grad
+  )
 
   ctx_grad = context_grad
   if context_is_text:
-    h = b.dense(f"{prefix}/text_embedding/fc1", ctx, cfg.text_dim, d,
-                ctx_grad)
+    h = b.dense(f"{prefix}/text_embedding/fc1", ctx, cfg.text_dim, d, ctx_grad)
     ctx_grad = b.dense(f"{prefix}/text_embedding/fc2", ctx, d, d, h)
 
   blocks = f"{prefix}/blocks"
   mod_grad = t_mod_grad or trained_fn(f"{blocks}/modulation")
-  block = functools.partial(_add_block, cfg=cfg, blocks=blocks, seq=seq,
-                            ctx=ctx, batch=batch, context_len=context_len,
-                            mod_grad=mod_grad, ctx_grad=ctx_grad)
+  block = functools.partial(
+    _add_block,
+    cfg=cfg,
+    blocks=blocks,
+    seq=seq,
+    ctx=ctx,
+    batch=batch,
+    context_len=context_len,
+    mod_grad=mod_grad,
+    ctx_grad=ctx_grad,
+  )
   # The blocks run under one lax.scan: every layer runs the same backward,
   # so the first layer computes the input gradients the later ones need
   # (the carry's), even where its own input needs none.
@@ -140,13 +186,24 @@ def add_dit_terms(b: TermBuilder, cfg: WanDiTConfig, *, batch: int,
   x_grad = out_grad
 
   head_grad = x_grad or t_emb_grad or trained_fn(f"{prefix}/head/modulation")
-  return b.dense(f"{prefix}/head/proj", n_video, d, cfg.out_patch_features,
-                 head_grad)
+  return b.dense(
+    f"{prefix}/head/proj", n_video, d, cfg.out_patch_features, head_grad
+  )
 
 
-def _add_block(b: TermBuilder, x_grad: bool, *, cfg: WanDiTConfig,
-               blocks: str, seq: int, ctx: int, batch: int,
-               context_len: int, mod_grad: bool, ctx_grad: bool) -> bool:
+def _add_block(
+  b: TermBuilder,
+  x_grad: bool,
+  *,
+  cfg: WanDiTConfig,
+  blocks: str,
+  seq: int,
+  ctx: int,
+  batch: int,
+  context_len: int,
+  mod_grad: bool,
+  ctx_grad: bool,
+) -> bool:
   """One :class:`~kiwi_jax.models.dit.blocks.WanBlock`; returns whether
   its output needs a gradient."""
   d, r, trained = cfg.dim, cfg.lora_rank, b.trained
@@ -155,22 +212,29 @@ def _add_block(b: TermBuilder, x_grad: bool, *, cfg: WanDiTConfig,
   # Self-attention on the modulated tokens.
   y_grad = x_grad or mod_grad
   att = f"{blocks}/self_attn"
-  q, k = (b.dense(f"{att}/{n}", seq, d, d, y_grad, r)
-          or trained(f"{att}/norm_{n}/weight") for n in "qk")
+  q, k = (
+    b.dense(f"{att}/{n}", seq, d, d, y_grad, r)
+    or trained(f"{att}/norm_{n}/weight")
+    for n in "qk"
+  )
   v = b.dense(f"{att}/v", seq, d, d, y_grad, r)
-  out = b.attention(att, heads, per_sample_seq * per_sample_seq,
-                    cfg.head_dim, q, k, v)
+  out = b.attention(
+    att, heads, per_sample_seq * per_sample_seq, cfg.head_dim, q, k, v
+  )
   x_grad |= b.dense(f"{att}/o", seq, d, d, out, r) or mod_grad
   # Cross-attention on norm3(x), keys and values from the context.
   y_grad = x_grad or trained(f"{blocks}/norm3/weight")
   att = f"{blocks}/cross_attn"
   q = b.dense(f"{att}/q", seq, d, d, y_grad, r) or trained(
-      f"{att}/norm_q/weight")
+    f"{att}/norm_q/weight"
+  )
   k = b.dense(f"{att}/k", ctx, d, d, ctx_grad, r) or trained(
-      f"{att}/norm_k/weight")
+    f"{att}/norm_k/weight"
+  )
   v = b.dense(f"{att}/v", ctx, d, d, ctx_grad, r)
-  out = b.attention(att, heads, per_sample_seq * context_len, cfg.head_dim,
-                    q, k, v)
+  out = b.attention(
+    att, heads, per_sample_seq * context_len, cfg.head_dim, q, k, v
+  )
   x_grad |= b.dense(f"{att}/o", seq, d, d, out, r)
   # Modulated FFN.
   y_grad = x_grad or mod_grad

@@ -13,20 +13,35 @@ from __future__ import annotations
 
 from kiwi_jax.flops.dit import add_dit_terms
 from kiwi_jax.flops.qwen import add_connector_terms, add_qwen_terms
-from kiwi_jax.flops.terms import (FlopCount, TermBuilder, Trained,
-                                  trained_by_regex)
+from kiwi_jax.flops.terms import (
+  FlopCount,
+  TermBuilder,
+  Trained,
+  trained_by_regex,
+)
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
 
-_QUERY_PATHS = {"image": "image_queries", "video": "video_queries",
-                "reference": "ref_queries"}
+_QUERY_PATHS = {
+  "image": "image_queries",
+  "video": "video_queries",
+  "reference": "ref_queries",
+}
 
 
-def kiwi_flops(cfg: KiwiEditConfig, *, mode: str, batch: int,
-               latent_grid: tuple[int, int, int], text_len: int,
-               vision_patches: int = 0,
-               vision_full_pairs: float | None = None, ref_tokens: int = 0,
-               source: bool = True, trained: Trained | None = None,
-               dense_attention: bool = False) -> FlopCount:
+def kiwi_flops(
+  cfg: KiwiEditConfig,
+  *,
+  mode: str,
+  batch: int,
+  latent_grid: tuple[int, int, int],
+  text_len: int,
+  vision_patches: int = 0,
+  vision_full_pairs: float | None = None,
+  ref_tokens: int = 0,
+  source: bool = True,
+  trained: Trained | None = None,
+  dense_attention: bool = False,
+) -> FlopCount:
   """Matmul FLOPs of MLLM encode + connectors + one DiT call.
 
   Args:
@@ -51,23 +66,39 @@ def kiwi_flops(cfg: KiwiEditConfig, *, mode: str, batch: int,
   queries = cfg.num_queries(mode)
   queries_grad = b.trained(f"{_QUERY_PATHS[mode]}/q")
   hidden_grad = add_qwen_terms(
-      b, cfg.mllm, batch=batch, text_len=text_len,
-      vision_patches=vision_patches, vision_full_pairs=vision_full_pairs,
-      queries_grad=queries_grad, dense_attention=dense_attention)
-  common = dict(mllm_hidden=cfg.mllm_hidden, dim=cfg.dit.dim,
-                input_grad=hidden_grad)
-  context_grad = add_connector_terms(b, "connector", rows=batch * queries,
-                                     **common)
+    b,
+    cfg.mllm,
+    batch=batch,
+    text_len=text_len,
+    vision_patches=vision_patches,
+    vision_full_pairs=vision_full_pairs,
+    queries_grad=queries_grad,
+    dense_attention=dense_attention,
+  )
+  common = dict(
+    mllm_hidden=cfg.mllm_hidden, dim=cfg.dit.dim, input_grad=hidden_grad
+  )
+  context_grad = add_connector_terms(
+    b, "connector", rows=batch * queries, **common
+  )
   context_len = queries
   ref_frames = 0
   if mode == "reference":
-    context_grad |= add_connector_terms(b, "ref_connector",
-                                        rows=batch * ref_tokens, **common)
+    context_grad |= add_connector_terms(
+      b, "ref_connector", rows=batch * ref_tokens, **common
+    )
     context_len += ref_tokens
     ref_frames = cfg.dit.patch_size[0]
-  add_dit_terms(b, cfg.dit, batch=batch, latent_grid=latent_grid,
-                context_len=context_len, ref_frames=ref_frames,
-                source=source, context_grad=context_grad)
+  add_dit_terms(
+    b,
+    cfg.dit,
+    batch=batch,
+    latent_grid=latent_grid,
+    context_len=context_len,
+    ref_frames=ref_frames,
+    source=source,
+    context_grad=context_grad,
+  )
   return b.count()
 
 

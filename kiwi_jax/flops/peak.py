@@ -11,14 +11,14 @@ import jax
 # (substring of ``device.device_kind``, lower case) -> FLOP/s. The first
 # match wins, so more specific names come first.
 PEAK_BF16_FLOPS = (
-    ("h200", 989e12),
-    ("h100", 989e12),
-    ("a100", 312e12),
-    ("tpu v5 lite", 197e12),  # v5e
-    ("tpu v5e", 197e12),
-    ("tpu v5", 459e12),  # v5p reports "TPU v5"
-    ("tpu v6", 918e12),  # v6e (Trillium) reports "TPU v6 lite"
-    ("tpu v4", 275e12),
+  ("h200", 989e12),
+  ("h100", 989e12),
+  ("a100", 312e12),
+  ("tpu v5 lite", 197e12),  # v5e
+  ("tpu v5e", 197e12),
+  ("tpu v5", 459e12),  # v5p reports "TPU v5"
+  ("tpu v6", 918e12),  # v6e (Trillium) reports "TPU v6 lite"
+  ("tpu v4", 275e12),
 )
 
 

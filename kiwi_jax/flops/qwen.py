@@ -33,13 +33,24 @@ dense products the XLA path computes (``T x T`` for the causal decoder,
 
 from __future__ import annotations
 
-from kiwi_jax.flops.terms import (FlopCount, TermBuilder, Trained,
-                                  recompute_filter, trained_by_regex)
+from kiwi_jax.flops.terms import (
+  FlopCount,
+  TermBuilder,
+  Trained,
+  recompute_filter,
+  trained_by_regex,
+)
 from kiwi_jax.models.mllm.config import Qwen25VLConfig
 
 
-def qwen_flops(cfg: Qwen25VLConfig, *, batch: int, text_len: int,
-               trained: Trained | None = None, **kwargs) -> FlopCount:
+def qwen_flops(
+  cfg: Qwen25VLConfig,
+  *,
+  batch: int,
+  text_len: int,
+  trained: Trained | None = None,
+  **kwargs,
+) -> FlopCount:
   """Matmul FLOPs of one Qwen2.5-VL forward (see :func:`add_qwen_terms`).
 
   Args:
@@ -54,11 +65,18 @@ def qwen_flops(cfg: Qwen25VLConfig, *, batch: int, text_len: int,
   return builder.count()
 
 
-def add_qwen_terms(b: TermBuilder, cfg: Qwen25VLConfig, *, batch: int,
-                   text_len: int, vision_patches: int = 0,
-                   vision_full_pairs: float | None = None,
-                   queries_grad: bool = False, dense_attention: bool = False,
-                   prefix: str = "mllm") -> bool:
+def add_qwen_terms(
+  b: TermBuilder,
+  cfg: Qwen25VLConfig,
+  *,
+  batch: int,
+  text_len: int,
+  vision_patches: int = 0,
+  vision_full_pairs: float | None = None,
+  queries_grad: bool = False,
+  dense_attention: bool = False,
+  prefix: str = "mllm",
+) -> bool:
   """Adds the vision tower (when ``vision_patches``) and the decoder.
 
   Args:
@@ -81,13 +99,27 @@ def add_qwen_terms(b: TermBuilder, cfg: Qwen25VLConfig, *, batch: int,
   if cfg.remat:
     b.recomputed = recompute_filter("full")
   embeds_grad = queries_grad or b.trained(
-      f"{prefix}/language_model/embed_tokens")
+    f"{prefix}/language_model/embed_tokens"
+  )
   if vision_patches:
-    embeds_grad |= _add_vision(b, cfg, batch, vision_patches,
-                               vision_full_pairs, dense_attention,
-                               f"{prefix}/visual")
-  hidden_grad = _add_text(b, cfg, batch, text_len, embeds_grad,
-                          dense_attention, f"{prefix}/language_model")
+    embeds_grad |= _add_vision(
+      b,
+      cfg,
+      batch,
+      vision_patches,
+      vision_full_pairs,
+      dense_attention,
+      f"{prefix}/visual",
+    )
+  hidden_grad = _add_text(
+    b,
+    cfg,
+    batch,
+    text_len,
+    embeds_grad,
+    dense_attention,
+    f"{prefix}/language_model",
+  )
   b.recomputed = outer_recompute
   return hidden_grad
 
@@ -96,23 +128,26 @@ def _add_vision(b, cfg, batch, patches, full_pairs, dense, prefix) -> bool:
   v = cfg.vision
   d, rows = v.hidden_size, batch * patches
   x_grad = b.dense(f"{prefix}/patch_embed", rows, v.patch_dim, d, False)
-  window_tokens = v.merger_window ** 2 * v.merge_unit
+  window_tokens = v.merger_window**2 * v.merge_unit
   if full_pairs is None or dense:
     full_pairs = float(patches) * patches
   for i in range(v.depth):
     blk = f"{prefix}/blocks/{i}"
     y_grad = x_grad or b.trained(f"{blk}/norm1/weight")
     qkv = b.dense(f"{blk}/attn/qkv", rows, d, 3 * d, y_grad)
-    pairs = (full_pairs if i in v.fullatt_block_indexes
-             else float(patches) * min(window_tokens, patches))
-    out = b.attention(f"{blk}/attn", batch * v.num_heads, pairs, v.head_dim,
-                      qkv, qkv, qkv)
+    pairs = (
+      full_pairs
+      if i in v.fullatt_block_indexes
+      else float(patches) * min(window_tokens, patches)
+    )
+    out = b.attention(
+      f"{blk}/attn", batch * v.num_heads, pairs, v.head_dim, qkv, qkv, qkv
+    )
     x_grad |= b.dense(f"{blk}/attn/proj", rows, d, d, out)
     y_grad = x_grad or b.trained(f"{blk}/norm2/weight")
     h = b.dense(f"{blk}/mlp/gate_proj", rows, d, v.intermediate_size, y_grad)
     h |= b.dense(f"{blk}/mlp/up_proj", rows, d, v.intermediate_size, y_grad)
-    x_grad |= b.dense(f"{blk}/mlp/down_proj", rows, v.intermediate_size, d,
-                      h)
+    x_grad |= b.dense(f"{blk}/mlp/down_proj", rows, v.intermediate_size, d, h)
   wide, merged = d * v.merge_unit, rows // v.merge_unit
   y_grad = x_grad or b.trained(f"{prefix}/merger/ln_q/weight")
   h = b.dense(f"{prefix}/merger/fc1", merged, wide, wide, y_grad)
@@ -123,8 +158,9 @@ def _add_text(b, cfg, batch, text_len, x_grad, dense, prefix) -> bool:
   t = cfg.text
   d, hd, rows = t.hidden_size, t.head_dim, batch * text_len
   q_width, kv_width = t.num_heads * hd, t.num_kv_heads * hd
-  pairs = (float(text_len) * text_len if dense
-           else text_len * (text_len + 1) / 2.0)
+  pairs = (
+    float(text_len) * text_len if dense else text_len * (text_len + 1) / 2.0
+  )
   rank = t.lora_rank_of
   for i in range(t.num_layers):
     layer = f"{prefix}/layers/{i}"
@@ -134,21 +170,35 @@ def _add_text(b, cfg, batch, text_len, x_grad, dense, prefix) -> bool:
     k = b.dense(f"{att}/k_proj", rows, d, kv_width, y_grad, rank("k_proj"))
     v = b.dense(f"{att}/v_proj", rows, d, kv_width, y_grad, rank("v_proj"))
     out = b.attention(att, batch * t.num_heads, pairs, hd, q, k, v)
-    x_grad |= b.dense(f"{att}/o_proj", rows, q_width, d, out,
-                      rank("o_proj"))
+    x_grad |= b.dense(f"{att}/o_proj", rows, q_width, d, out, rank("o_proj"))
     y_grad = x_grad or b.trained(f"{layer}/post_attention_layernorm/weight")
     mlp = f"{layer}/mlp"
-    h = b.dense(f"{mlp}/gate_proj", rows, d, t.intermediate_size, y_grad,
-                rank("gate_proj"))
-    h |= b.dense(f"{mlp}/up_proj", rows, d, t.intermediate_size, y_grad,
-                 rank("up_proj"))
-    x_grad |= b.dense(f"{mlp}/down_proj", rows, t.intermediate_size, d, h,
-                      rank("down_proj"))
+    h = b.dense(
+      f"{mlp}/gate_proj",
+      rows,
+      d,
+      t.intermediate_size,
+      y_grad,
+      rank("gate_proj"),
+    )
+    h |= b.dense(
+      f"{mlp}/up_proj", rows, d, t.intermediate_size, y_grad, rank("up_proj")
+    )
+    x_grad |= b.dense(
+      f"{mlp}/down_proj", rows, t.intermediate_size, d, h, rank("down_proj")
+    )
   return x_grad or b.trained(f"{prefix}/norm/weight")
 
 
-def add_connector_terms(b: TermBuilder, path: str, *, rows: int,
-                        mllm_hidden: int, dim: int, input_grad: bool) -> bool:
+def add_connector_terms(
+  b: TermBuilder,
+  path: str,
+  *,
+  rows: int,
+  mllm_hidden: int,
+  dim: int,
+  input_grad: bool,
+) -> bool:
   """A Kiwi connector (``Linear -> GELU -> Linear``) on ``rows`` rows."""
   h = b.dense(f"{path}/fc1", rows, mllm_hidden, dim, input_grad)
   return b.dense(f"{path}/fc2", rows, dim, dim, h)

@@ -46,6 +46,7 @@ class MatmulTerm:
     remat: whether the backward pass recomputes this product (its block is
       rematerialised and its output is not saved).
   """
+
   name: str
   forward: float
   lhs_grad: bool = False
@@ -72,6 +73,7 @@ class FlopCount:
   work the model needs, however the implementation schedules it);
   ``hardware_train`` adds the recomputed forward products.
   """
+
   terms: tuple[MatmulTerm, ...] = ()
 
   @property
@@ -96,19 +98,22 @@ class FlopCount:
     """FLOPs the hardware runs for forward + backward with remat."""
     return self.train + self.recompute
 
-  def __add__(self, other: "FlopCount") -> "FlopCount":
+  def __add__(self, other: FlopCount) -> FlopCount:
     return FlopCount(merge_terms(self.terms + other.terms))
 
-  def by_prefix(self, prefix: str) -> "FlopCount":
+  def by_prefix(self, prefix: str) -> FlopCount:
     """The terms whose name starts with ``prefix`` (e.g. ``"dit/"``)."""
-    return FlopCount(tuple(t for t in self.terms
-                           if t.name.startswith(prefix)))
+    return FlopCount(tuple(t for t in self.terms if t.name.startswith(prefix)))
 
   def as_dict(self) -> dict[str, float]:
     """The headline figures, for JSON."""
-    return {"forward": self.forward, "backward": self.backward,
-            "train": self.train, "recompute": self.recompute,
-            "hardware_train": self.hardware_train}
+    return {
+      "forward": self.forward,
+      "backward": self.backward,
+      "train": self.train,
+      "recompute": self.recompute,
+      "hardware_train": self.hardware_train,
+    }
 
 
 def merge_terms(terms: Iterable[MatmulTerm]) -> tuple[MatmulTerm, ...]:
@@ -119,7 +124,8 @@ def merge_terms(terms: Iterable[MatmulTerm]) -> tuple[MatmulTerm, ...]:
     key = (t.name, t.lhs_grad, t.rhs_grad, t.remat)
     if key in merged:
       merged[key] = dataclasses.replace(
-          merged[key], forward=merged[key].forward + t.forward)
+        merged[key], forward=merged[key].forward + t.forward
+      )
     else:
       merged[key] = t
   return tuple(merged.values())
@@ -128,16 +134,18 @@ def merge_terms(terms: Iterable[MatmulTerm]) -> tuple[MatmulTerm, ...]:
 Trained = Callable[[str], bool]
 
 
-def trained_by_regex(trainable: Sequence[str] = (r".*",),
-                     frozen: Sequence[str] = ()) -> Trained:
+def trained_by_regex(
+  trainable: Sequence[str] = (r".*",), frozen: Sequence[str] = ()
+) -> Trained:
   """``name -> bool`` with ``train_state.trainable_filter``'s semantics:
   a parameter trains when a ``trainable`` regex ``re.search``-matches its
   path and no ``frozen`` regex does."""
   trainable, frozen = tuple(trainable), tuple(frozen)
 
   def trained(name: str) -> bool:
-    return (any(re.search(p, name) for p in trainable)
-            and not any(re.search(p, name) for p in frozen))
+    return any(re.search(p, name) for p in trainable) and not any(
+      re.search(p, name) for p in frozen
+    )
 
   return trained
 
@@ -185,8 +193,15 @@ class TermBuilder:
     self.recomputed: Callable[[str], bool] = lambda name: False
     self.terms: list[MatmulTerm] = []
 
-  def dense(self, path: str, rows: int, fan_in: int, fan_out: int,
-            input_grad: bool, lora_rank: int = 0) -> bool:
+  def dense(
+    self,
+    path: str,
+    rows: int,
+    fan_in: int,
+    fan_out: int,
+    input_grad: bool,
+    lora_rank: int = 0,
+  ) -> bool:
     """``rows x fan_in @ fan_in x fan_out`` with weight ``path/kernel``
     (and a LoRA ``path/lora_a``, ``path/lora_b`` of ``lora_rank``).
 
@@ -194,22 +209,32 @@ class TermBuilder:
       whether the output needs a gradient.
     """
     kernel = self.trained(f"{path}/kernel")
-    self._add(f"{path}/kernel", 2.0 * rows * fan_in * fan_out, input_grad,
-              kernel)
+    self._add(
+      f"{path}/kernel", 2.0 * rows * fan_in * fan_out, input_grad, kernel
+    )
     out_grad = input_grad or kernel
     if lora_rank:
       a = self.trained(f"{path}/lora_a")
       b = self.trained(f"{path}/lora_b")
-      self._add(f"{path}/lora_a", 2.0 * rows * fan_in * lora_rank,
-                input_grad, a)
-      self._add(f"{path}/lora_b", 2.0 * rows * lora_rank * fan_out,
-                input_grad or a, b)
+      self._add(
+        f"{path}/lora_a", 2.0 * rows * fan_in * lora_rank, input_grad, a
+      )
+      self._add(
+        f"{path}/lora_b", 2.0 * rows * lora_rank * fan_out, input_grad or a, b
+      )
       out_grad = out_grad or a or b
     return out_grad
 
-  def attention(self, path: str, batch_heads: int, pairs: float,
-                head_dim: int, q_grad: bool, k_grad: bool,
-                v_grad: bool) -> bool:
+  def attention(
+    self,
+    path: str,
+    batch_heads: int,
+    pairs: float,
+    head_dim: int,
+    q_grad: bool,
+    k_grad: bool,
+    v_grad: bool,
+  ) -> bool:
     """``Q K^T`` and ``P V`` over ``pairs`` (query, key) pairs per head:
     ``2 * batch_heads * pairs * head_dim`` FLOPs each (``pairs`` is
     ``T * S`` for dense attention; fewer for windows or causal masks).
@@ -223,15 +248,26 @@ class TermBuilder:
     self._add(f"{path}/values", flops, probs_grad, v_grad)
     return probs_grad or v_grad
 
-  def _add(self, name: str, flops: float, lhs_grad: bool,
-           rhs_grad: bool) -> None:
+  def _add(
+    self, name: str, flops: float, lhs_grad: bool, rhs_grad: bool
+  ) -> None:
     if flops:
-      self.terms.append(MatmulTerm(name, flops, bool(lhs_grad),
-                                   bool(rhs_grad), self.recomputed(name)))
+      self.terms.append(
+        MatmulTerm(
+          name, flops, bool(lhs_grad), bool(rhs_grad), self.recomputed(name)
+        )
+      )
 
   def count(self) -> FlopCount:
     return FlopCount(merge_terms(self.terms))
 
 
-__all__ = ["FlopCount", "MatmulTerm", "TermBuilder", "merge_terms",
-           "nothing_trained", "recompute_filter", "trained_by_regex"]
+__all__ = [
+  "FlopCount",
+  "MatmulTerm",
+  "TermBuilder",
+  "merge_terms",
+  "nothing_trained",
+  "recompute_filter",
+  "trained_by_regex",
+]

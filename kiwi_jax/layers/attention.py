@@ -47,10 +47,11 @@ Implementation = Literal["xla", "cudnn", "splash", "chunked"] | None
 IMPLEMENTATIONS = ("xla", "cudnn", "splash", "chunked")
 
 
-def segment_mask(q_segment_ids: jax.Array,
-                 kv_segment_ids: jax.Array) -> jax.Array:
+def segment_mask(
+  q_segment_ids: jax.Array, kv_segment_ids: jax.Array
+) -> jax.Array:
   """bool[B, 1, T, S]: True where query and key share a segment id."""
-  return (q_segment_ids[:, None, :, None] == kv_segment_ids[:, None, None, :])
+  return q_segment_ids[:, None, :, None] == kv_segment_ids[:, None, None, :]
 
 
 def _key_padding(mask: jax.Array | None) -> bool:
@@ -66,13 +67,14 @@ def splash_unusable_reason(mask, bias) -> str | None:
   if bias is not None:
     return "splash attention takes no additive bias"
   if not _key_padding(mask):
-    return (f"splash attention takes only key-padding masks [B, 1, 1, S], "
-            f"not a mask of shape {tuple(mask.shape)} (use segment_ids)")
+    return (
+      f"splash attention takes only key-padding masks [B, 1, 1, S], "
+      f"not a mask of shape {tuple(mask.shape)} (use segment_ids)"
+    )
   return None
 
 
-def cudnn_unusable_reason(q: jax.Array, k: jax.Array, mask,
-                          bias) -> str | None:
+def cudnn_unusable_reason(q: jax.Array, k: jax.Array, mask, bias) -> str | None:
   """Why ``"cudnn"`` cannot take these inputs, or None if it can.
 
   cuDNN flash attention needs a CUDA GPU with cuDNN, fp16/bf16 inputs and a
@@ -85,20 +87,25 @@ def cudnn_unusable_reason(q: jax.Array, k: jax.Array, mask,
     return f"cuDNN takes fp16/bf16 q, k, v, not {q.dtype}/{k.dtype}"
   if q.shape[-1] > 128 or q.shape[-1] % 8:
     return f"cuDNN takes head_dim <= 128 and a multiple of 8, not {q.shape[-1]}"
-  if (mask is not None or bias is not None) and (q.shape[1] % 2
-                                                 or k.shape[1] % 2):
-    return (f"cuDNN with a mask or bias needs even lengths, not T={q.shape[1]}"
-            f", S={k.shape[1]}")
+  if (mask is not None or bias is not None) and (
+    q.shape[1] % 2 or k.shape[1] % 2
+  ):
+    return (
+      f"cuDNN with a mask or bias needs even lengths, not T={q.shape[1]}"
+      f", S={k.shape[1]}"
+    )
   try:  # private API: any failure means "not usable", never an error
     from jax._src.cudnn import fused_attention_stablehlo as cudnn_lib
+
     cudnn_lib.check_cudnn_version()
   except Exception as error:  # noqa: BLE001
     return f"cuDNN is not usable here ({error})"
   return None
 
 
-def choose_implementation(q: jax.Array, k: jax.Array, mask=None, bias=None,
-                          segment_ids=None) -> str:
+def choose_implementation(
+  q: jax.Array, k: jax.Array, mask=None, bias=None, segment_ids=None
+) -> str:
   """The implementation ``implementation=None`` runs for these inputs.
 
   ``"splash"`` on TPU and ``"cudnn"`` on GPU when their reasons
@@ -112,24 +119,26 @@ def choose_implementation(q: jax.Array, k: jax.Array, mask=None, bias=None,
   if backend == "tpu" and splash_unusable_reason(mask, bias) is None:
     return "splash"
   has_mask = mask is not None or segment_ids is not None
-  if backend == "gpu" and cudnn_unusable_reason(
-      q, k, True if has_mask else None, bias) is None:
+  if (
+    backend == "gpu"
+    and cudnn_unusable_reason(q, k, True if has_mask else None, bias) is None
+  ):
     return "cudnn"
   return "xla"
 
 
 def dot_product_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    *,
-    mask: jax.Array | None = None,
-    bias: jax.Array | None = None,
-    segment_ids: tuple[jax.Array, jax.Array] | jax.Array | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    implementation: Implementation = "xla",
-    chunk_size: int = 1024,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  *,
+  mask: jax.Array | None = None,
+  bias: jax.Array | None = None,
+  segment_ids: tuple[jax.Array, jax.Array] | jax.Array | None = None,
+  is_causal: bool = False,
+  scale: float | None = None,
+  implementation: Implementation = "xla",
+  chunk_size: int = 1024,
 ) -> jax.Array:
   """Scaled dot-product attention.
 
@@ -150,8 +159,10 @@ def dot_product_attention(
     float[B, T, N, H] in q's dtype.
   """
   if implementation is not None and implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"Unknown attention implementation {implementation!r}; "
-                     "use 'xla', 'cudnn', 'splash', 'chunked' or None.")
+    raise ValueError(
+      f"Unknown attention implementation {implementation!r}; "
+      "use 'xla', 'cudnn', 'splash', 'chunked' or None."
+    )
   q_seg, kv_seg = _segment_pair(segment_ids)
   if scale is None:
     scale = 1.0 / math.sqrt(q.shape[-1])
@@ -163,30 +174,51 @@ def dot_product_attention(
     if reason is not None:
       raise ValueError(f"implementation='splash': {reason}.")
     return splash.splash_attention(
-        q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
-        kv_valid=None if mask is None else mask[:, 0, 0, :],
-        is_causal=is_causal, scale=scale)
+      q,
+      k,
+      v,
+      q_segment_ids=q_seg,
+      kv_segment_ids=kv_seg,
+      kv_valid=None if mask is None else mask[:, 0, 0, :],
+      is_causal=is_causal,
+      scale=scale,
+    )
   if q_seg is not None:
     seg = segment_mask(q_seg, kv_seg)
     mask = seg if mask is None else jnp.logical_and(mask, seg)
   if implementation == "chunked":
-    return _chunked_attention(q, k, v, mask, bias, is_causal, scale,
-                              chunk_size)
+    return _chunked_attention(q, k, v, mask, bias, is_causal, scale, chunk_size)
   if implementation == "cudnn":
-    cudnn_bias = (None if mask is None and bias is None
-                  else _as_cudnn_bias(q, k, mask, bias))
+    cudnn_bias = (
+      None
+      if mask is None and bias is None
+      else _as_cudnn_bias(q, k, mask, bias)
+    )
     try:
       return jax.nn.dot_product_attention(
-          q, k, v, bias=cudnn_bias, scale=scale, is_causal=is_causal,
-          implementation="cudnn")
+        q,
+        k,
+        v,
+        bias=cudnn_bias,
+        scale=scale,
+        is_causal=is_causal,
+        implementation="cudnn",
+      )
     except (NotImplementedError, ValueError, RuntimeError):
       # jax checks the GPU, cuDNN version and shapes while tracing; when
       # ``None`` chose cuDNN and jax refuses it, fall back to XLA.
       if not chosen:
         raise
   return jax.nn.dot_product_attention(
-      q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
-      implementation="xla")
+    q,
+    k,
+    v,
+    bias=bias,
+    mask=mask,
+    scale=scale,
+    is_causal=is_causal,
+    implementation="xla",
+  )
 
 
 def _segment_pair(segment_ids):
@@ -220,8 +252,15 @@ def _chunked_attention(q, k, v, mask, bias, is_causal, scale, chunk_size):
   t = q.shape[1]
   if t <= chunk_size:
     return jax.nn.dot_product_attention(
-        q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
-        implementation="xla")
+      q,
+      k,
+      v,
+      bias=bias,
+      mask=mask,
+      scale=scale,
+      is_causal=is_causal,
+      implementation="xla",
+    )
   n_chunks = -(-t // chunk_size)
   pad = n_chunks * chunk_size - t
 
@@ -248,19 +287,27 @@ def _chunked_attention(q, k, v, mask, bias, is_causal, scale, chunk_size):
   def one_chunk(args):
     qc, mc, bc, off = args
     qc = jnp.moveaxis(qc, 0, 1)
-    mc = mask if mc is None and mask is not None else (
-        None if mc is None else jnp.moveaxis(mc, 0, 2))
-    bc = bias if bc is None and bias is not None else (
-        None if bc is None else jnp.moveaxis(bc, 0, 2))
+    mc = (
+      mask
+      if mc is None and mask is not None
+      else (None if mc is None else jnp.moveaxis(mc, 0, 2))
+    )
+    bc = (
+      bias
+      if bc is None and bias is not None
+      else (None if bc is None else jnp.moveaxis(bc, 0, 2))
+    )
     if is_causal:
       rows = off + jnp.arange(chunk_size)[:, None]
       causal = (rows >= jnp.arange(s)[None, :])[None, None]
       mc = causal if mc is None else jnp.logical_and(mc, causal)
     return jax.nn.dot_product_attention(
-        qc, k, v, bias=bc, mask=mc, scale=scale, implementation="xla")
+      qc, k, v, bias=bc, mask=mc, scale=scale, implementation="xla"
+    )
 
   xs = (q_chunks, mask_chunks, bias_chunks, offsets)
   out = jax.lax.map(one_chunk, xs)  # [n_chunks, B, chunk, N, H]
   out = jnp.moveaxis(out, 0, 1).reshape(
-      (q.shape[0], n_chunks * chunk_size) + q.shape[2:])
+    (q.shape[0], n_chunks * chunk_size) + q.shape[2:]
+  )
   return out[:, :t]

@@ -53,17 +53,20 @@ _NEG_INF = -1e30  # finite, so no inf - inf in the running-max updates
 def check_mode(mode: str) -> str:
   """Returns ``mode`` or raises a ValueError naming the valid modes."""
   if mode not in MODES:
-    raise ValueError(f"Unknown context_parallel mode {mode!r}; choose one of "
-                     f"{MODES}.")
+    raise ValueError(
+      f"Unknown context_parallel mode {mode!r}; choose one of {MODES}."
+    )
   return mode
 
 
 def _shard_map(fn, mesh, in_specs, out_specs):
   """``jax.shard_map`` (jax >= 0.6) or the older experimental one."""
   if hasattr(jax, "shard_map"):
-    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
-                         out_specs=out_specs, check_vma=False)
+    return jax.shard_map(
+      fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+    )
   from jax.experimental.shard_map import shard_map  # pragma: no cover
+
   return shard_map(fn, mesh, in_specs, out_specs, check_rep=False)
 
 
@@ -107,8 +110,7 @@ def resolve_mode(mode: str, q_shape, k_shape, mesh=None) -> str:
   check_mode(mode)
   if mesh is None:
     mesh = jax.sharding.get_abstract_mesh()
-  if (mode == "none" or mesh is None or mesh.empty
-      or q_shape[1] != k_shape[1]):
+  if mode == "none" or mesh is None or mesh.empty or q_shape[1] != k_shape[1]:
     return "none"
   layout = _layout(q_shape, k_shape, mesh)
   if layout is None or not layout[2]:
@@ -121,24 +123,25 @@ def resolve_mode(mode: str, q_shape, k_shape, mesh=None) -> str:
   ulysses_fits = heads % shards == 0 and kv_heads % shards == 0
   if mode == "ulysses" and not ulysses_fits:
     raise ValueError(
-        f"context_parallel='ulysses' needs the {heads} query and {kv_heads} "
-        f"key/value heads per device to divide by the {shards} sequence "
-        f"shards (mesh axes {seq_axes}); use 'ring' or 'auto', or a "
-        "sequence axis that divides the heads.")
+      f"context_parallel='ulysses' needs the {heads} query and {kv_heads} "
+      f"key/value heads per device to divide by the {shards} sequence "
+      f"shards (mesh axes {seq_axes}); use 'ring' or 'auto', or a "
+      "sequence axis that divides the heads."
+    )
   if mode == "auto":
     return "ulysses" if ulysses_fits else "ring"
   return mode
 
 
 def context_parallel_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    *,
-    mode: str = "auto",
-    scale: float | None = None,
-    implementation: Implementation = "xla",
-    chunk_size: int = 1024,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  *,
+  mode: str = "auto",
+  scale: float | None = None,
+  implementation: Implementation = "xla",
+  chunk_size: int = 1024,
 ) -> jax.Array:
   """Full self-attention with the token axis sharded over the mesh.
 
@@ -163,21 +166,33 @@ def context_parallel_attention(
   mesh = jax.sharding.get_abstract_mesh()
   scheme = resolve_mode(mode, q.shape, k.shape, mesh)
   if scheme == "none":
-    return dot_product_attention(q, k, v, scale=scale,
-                                 implementation=implementation,
-                                 chunk_size=chunk_size)
+    return dot_product_attention(
+      q, k, v, scale=scale, implementation=implementation, chunk_size=chunk_size
+    )
   q_spec, k_spec, seq_axes, _ = _layout(q.shape, k.shape, mesh)
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
   shards = math.prod(sizes[a] for a in seq_axes)
   axis_name = seq_axes[0] if len(seq_axes) == 1 else seq_axes
   if scheme == "ulysses":
     local = lambda q, k, v: _ulysses_local(
-        q, k, v, axis_name=axis_name, scale=scale,
-        implementation=implementation, chunk_size=chunk_size)
+      q,
+      k,
+      v,
+      axis_name=axis_name,
+      scale=scale,
+      implementation=implementation,
+      chunk_size=chunk_size,
+    )
   else:
     local = lambda q, k, v: _ring_local(
-        q, k, v, axis_name=axis_name, shards=shards, scale=scale,
-        chunk_size=chunk_size)
+      q,
+      k,
+      v,
+      axis_name=axis_name,
+      shards=shards,
+      scale=scale,
+      chunk_size=chunk_size,
+    )
   fn = _shard_map(local, mesh, (q_spec, k_spec, k_spec), q_spec)
   return fn(q, k, v)
 
@@ -186,14 +201,21 @@ def _ulysses_local(q, k, v, *, axis_name, scale, implementation, chunk_size):
   """Per device: token shard -> head shard, full attention, and back."""
 
   def to_heads(x):  # [b, T/s, n, H] -> [b, T, n/s, H]
-    return jax.lax.all_to_all(x, axis_name, split_axis=2, concat_axis=1,
-                              tiled=True)
+    return jax.lax.all_to_all(
+      x, axis_name, split_axis=2, concat_axis=1, tiled=True
+    )
 
-  out = dot_product_attention(to_heads(q), to_heads(k), to_heads(v),
-                              scale=scale, implementation=implementation,
-                              chunk_size=chunk_size)
-  return jax.lax.all_to_all(out, axis_name, split_axis=1, concat_axis=2,
-                            tiled=True)
+  out = dot_product_attention(
+    to_heads(q),
+    to_heads(k),
+    to_heads(v),
+    scale=scale,
+    implementation=implementation,
+    chunk_size=chunk_size,
+  )
+  return jax.lax.all_to_all(
+    out, axis_name, split_axis=1, concat_axis=2, tiled=True
+  )
 
 
 def key_chunk(block: int, chunk_size: int) -> int:
@@ -255,16 +277,18 @@ class _Ring:
     return jnp.moveaxis(x, 1, 0)
 
   def _unchunk(self, x):  # the inverse of _chunks
-    return jnp.moveaxis(x, 0, 1).reshape(self.b, self.t, self.kv_heads,
-                                         self.h)
+    return jnp.moveaxis(x, 0, 1).reshape(self.b, self.t, self.kv_heads, self.h)
 
   def _pass(self, *blocks):
-    return tuple(jax.lax.ppermute(x, self.axis_name, self.perm)
-                 for x in blocks)
+    return tuple(jax.lax.ppermute(x, self.axis_name, self.perm) for x in blocks)
 
   def _logits(self, qg, kc):
-    return jnp.einsum("btkgh,bskh->btkgs", qg, kc,
-                      preferred_element_type=jnp.float32) * self.scale
+    return (
+      jnp.einsum(
+        "btkgh,bskh->btkgs", qg, kc, preferred_element_type=jnp.float32
+      )
+      * self.scale
+    )
 
   def forward(self, q, k, v):
     """Output [b, t, n, H] in q's dtype and fp32 log-sum-exp [b, t, kh, g]."""
@@ -280,13 +304,17 @@ class _Ring:
       keep = jnp.exp(row_max - new_max)
       row_sum = row_sum * keep + probs.sum(-1)
       out = out * keep[..., None] + jnp.einsum(
-          "btkgs,bskh->btkgh", probs.astype(vc.dtype), vc,
-          preferred_element_type=f32)
+        "btkgs,bskh->btkgh",
+        probs.astype(vc.dtype),
+        vc,
+        preferred_element_type=f32,
+      )
       return (out, new_max, row_sum), None
 
     def attend_block(stats, kb, vb):
-      return jax.lax.scan(update, stats, (self._chunks(kb),
-                                          self._chunks(vb)))[0]
+      return jax.lax.scan(update, stats, (self._chunks(kb), self._chunks(vb)))[
+        0
+      ]
 
     def ring_step(carry, _):  # receive the previous device's block, attend
       stats, kb, vb = carry
@@ -294,11 +322,15 @@ class _Ring:
       return (attend_block(stats, kb, vb), kb, vb), None
 
     stats_shape = (self.b, self.t, self.kv_heads, self.groups)
-    stats = (jnp.zeros(stats_shape + (self.h,), f32),
-             jnp.full(stats_shape, _NEG_INF, f32), jnp.zeros(stats_shape, f32))
+    stats = (
+      jnp.zeros(stats_shape + (self.h,), f32),
+      jnp.full(stats_shape, _NEG_INF, f32),
+      jnp.zeros(stats_shape, f32),
+    )
     stats = attend_block(stats, k, v)
-    (stats, _, _), _ = jax.lax.scan(ring_step, (stats, k, v), None,
-                                    length=self.shards - 1)
+    (stats, _, _), _ = jax.lax.scan(
+      ring_step, (stats, k, v), None, length=self.shards - 1
+    )
     out, row_max, row_sum = stats
     out = (out / row_sum[..., None]).reshape(q.shape).astype(q.dtype)
     return out, row_max + jnp.log(row_sum)
@@ -308,26 +340,31 @@ class _Ring:
     f32 = jnp.float32
     qg, dog = self._grouped(q), self._grouped(d_out.astype(q.dtype))
     # sum_j p_ij dp_ij = sum_h dO_ih O_ih (the softmax backward's row term).
-    delta = jnp.sum(self._grouped(d_out).astype(f32)
-                    * self._grouped(out).astype(f32), -1)
+    delta = jnp.sum(
+      self._grouped(d_out).astype(f32) * self._grouped(out).astype(f32), -1
+    )
 
     def chunk_grads(dq, kv):
       kc, vc = kv
       probs = jnp.exp(self._logits(qg, kc) - lse[..., None])
-      dv = jnp.einsum("btkgs,btkgh->bskh", probs.astype(dog.dtype), dog,
-                      preferred_element_type=f32)
-      dp = jnp.einsum("btkgh,bskh->btkgs", dog, vc,
-                      preferred_element_type=f32)
+      dv = jnp.einsum(
+        "btkgs,btkgh->bskh",
+        probs.astype(dog.dtype),
+        dog,
+        preferred_element_type=f32,
+      )
+      dp = jnp.einsum("btkgh,bskh->btkgs", dog, vc, preferred_element_type=f32)
       ds = (probs * (dp - delta[..., None]) * self.scale).astype(q.dtype)
-      dq = dq + jnp.einsum("btkgs,bskh->btkgh", ds, kc,
-                           preferred_element_type=f32)
-      dk = jnp.einsum("btkgs,btkgh->bskh", ds, qg,
-                      preferred_element_type=f32)
+      dq = dq + jnp.einsum(
+        "btkgs,bskh->btkgh", ds, kc, preferred_element_type=f32
+      )
+      dk = jnp.einsum("btkgs,btkgh->bskh", ds, qg, preferred_element_type=f32)
       return dq, (dk, dv)
 
     def block_grads(dq, kb, vb):
-      dq, (dk, dv) = jax.lax.scan(chunk_grads, dq, (self._chunks(kb),
-                                                    self._chunks(vb)))
+      dq, (dk, dv) = jax.lax.scan(
+        chunk_grads, dq, (self._chunks(kb), self._chunks(vb))
+      )
       return dq, self._unchunk(dk), self._unchunk(dv)
 
     def ring_step(carry, _):  # the block and its gradient move on together
@@ -338,12 +375,21 @@ class _Ring:
 
     dq = jnp.zeros(qg.shape, f32)
     dq, dk, dv = block_grads(dq, k, v)
-    (dq, _, _, dk, dv), _ = jax.lax.scan(ring_step, (dq, k, v, dk, dv), None,
-                                         length=self.shards - 1)
+    (dq, _, _, dk, dv), _ = jax.lax.scan(
+      ring_step, (dq, k, v, dk, dv), None, length=self.shards - 1
+    )
     dk, dv = self._pass(dk, dv)  # each block's gradient back to its owner
-    return (dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype),
-            dv.astype(v.dtype))
+    return (
+      dq.reshape(q.shape).astype(q.dtype),
+      dk.astype(k.dtype),
+      dv.astype(v.dtype),
+    )
 
 
-__all__ = ["MODES", "check_mode", "context_parallel_attention", "key_chunk",
-           "resolve_mode"]
+__all__ = [
+  "MODES",
+  "check_mode",
+  "context_parallel_attention",
+  "key_chunk",
+  "resolve_mode",
+]

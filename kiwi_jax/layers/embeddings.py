@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def timestep_sinusoid(t: jax.Array, dim: int, *, max_period: float = 10000.0,
-                      cos_first: bool = True) -> jax.Array:
+def timestep_sinusoid(
+  t: jax.Array, dim: int, *, max_period: float = 10000.0, cos_first: bool = True
+) -> jax.Array:
   """Sinusoidal timestep features, fp32.
 
   Wan's ``sinusoidal_embedding_1d``: with ``half = dim // 2``,

@@ -15,7 +15,8 @@ from kiwi_jax import sharding
 # weight (kaiming_uniform with a=sqrt(5)) and the bias. Training from scratch
 # then starts where the reference does.
 torch_linear_init = jax.nn.initializers.variance_scaling(
-    1.0 / 3.0, "fan_in", "uniform")
+  1.0 / 3.0, "fan_in", "uniform"
+)
 
 
 def torch_bias_init(fan_in: int):
@@ -37,30 +38,39 @@ class Dense(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_features: int,
-      out_features: int,
-      *,
-      use_bias: bool = True,
-      kernel_axes: Sequence[str | None] = (None, None),
-      dtype: Any = jnp.float32,
-      param_dtype: Any = jnp.float32,
-      kernel_init: Any = torch_linear_init,
-      bias_init: Any = None,
-      precision: Any = None,
-      rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    use_bias: bool = True,
+    kernel_axes: Sequence[str | None] = (None, None),
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    kernel_init: Any = torch_linear_init,
+    bias_init: Any = None,
+    precision: Any = None,
+    rngs: nnx.Rngs,
   ):
     self.in_features = in_features
     self.out_features = out_features
     self.dtype = dtype
     self.precision = precision
-    self.kernel = sharding.param(kernel_init, rngs.params(),
-                                 (in_features, out_features), param_dtype,
-                                 kernel_axes)
+    self.kernel = sharding.param(
+      kernel_init,
+      rngs.params(),
+      (in_features, out_features),
+      param_dtype,
+      kernel_axes,
+    )
     if use_bias:
       bias_init = bias_init or torch_bias_init(in_features)
-      self.bias = sharding.param(bias_init, rngs.params(), (out_features,),
-                                 param_dtype, (kernel_axes[-1],))
+      self.bias = sharding.param(
+        bias_init,
+        rngs.params(),
+        (out_features,),
+        param_dtype,
+        (kernel_axes[-1],),
+      )
     else:
       self.bias = None
 

@@ -39,8 +39,16 @@ class LoRADense(Dense):
     merged: whether ``scale * a @ b`` is currently folded into ``kernel``.
   """
 
-  def __init__(self, in_features: int, out_features: int, *, rank: int = 0,
-               scale: float = 1.0, rngs: nnx.Rngs, **kwargs: Any):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    rank: int = 0,
+    scale: float = 1.0,
+    rngs: nnx.Rngs,
+    **kwargs: Any,
+  ):
     super().__init__(in_features, out_features, rngs=rngs, **kwargs)
     self.rank = rank
     self.scale = scale
@@ -49,11 +57,13 @@ class LoRADense(Dense):
       axes = tuple(self.kernel.get_metadata()[sharding.LOGICAL_AXES_KEY])
       dtype = self.kernel[...].dtype
       self.lora_a = nnx.LoRAParam(
-          torch_linear_init(rngs.params(), (in_features, rank), dtype),
-          **{sharding.LOGICAL_AXES_KEY: (axes[0], "lora_rank")})
+        torch_linear_init(rngs.params(), (in_features, rank), dtype),
+        **{sharding.LOGICAL_AXES_KEY: (axes[0], "lora_rank")},
+      )
       self.lora_b = nnx.LoRAParam(
-          jnp.zeros((rank, out_features), dtype),
-          **{sharding.LOGICAL_AXES_KEY: ("lora_rank", axes[1])})
+        jnp.zeros((rank, out_features), dtype),
+        **{sharding.LOGICAL_AXES_KEY: ("lora_rank", axes[1])},
+      )
     else:
       self.lora_a = self.lora_b = None
 
@@ -72,14 +82,19 @@ class LoRADense(Dense):
     return y + self.scale * jnp.dot(h, self.lora_b[...].astype(self.dtype))
 
 
-def dense_or_lora(in_features: int, out_features: int, *, rank: int,
-                  rngs: nnx.Rngs, **kwargs: Any) -> Dense:
+def dense_or_lora(
+  in_features: int,
+  out_features: int,
+  *,
+  rank: int,
+  rngs: nnx.Rngs,
+  **kwargs: Any,
+) -> Dense:
   """A plain :class:`Dense` when ``rank`` is 0 (the parameter tree and the
   random stream of a model without LoRA stay exactly as they were), else a
   :class:`LoRADense`."""
   if rank:
-    return LoRADense(in_features, out_features, rank=rank, rngs=rngs,
-                     **kwargs)
+    return LoRADense(in_features, out_features, rank=rank, rngs=rngs, **kwargs)
   return Dense(in_features, out_features, rngs=rngs, **kwargs)
 
 
@@ -96,7 +111,8 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
     if not layer.merged:
       k = layer.kernel[...]
       layer.kernel[...] = (k.astype(jnp.float32) + layer.delta()).astype(
-          k.dtype)
+        k.dtype
+      )
       layer.merged = True
   return model
 
@@ -107,6 +123,7 @@ def unmerge_lora(model: nnx.Module) -> nnx.Module:
     if layer.merged:
       k = layer.kernel[...]
       layer.kernel[...] = (k.astype(jnp.float32) - layer.delta()).astype(
-          k.dtype)
+        k.dtype
+      )
       layer.merged = False
   return model

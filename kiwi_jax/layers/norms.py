@@ -20,15 +20,27 @@ from kiwi_jax import sharding
 class RMSNorm(nnx.Module):
   """``x / sqrt(mean(x^2) + eps) * weight`` over the last axis."""
 
-  def __init__(self, dim: int, *, eps: float = 1e-6, use_weight: bool = True,
-               axis_name: str | None = "norm", dtype: Any = None,
-               param_dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    eps: float = 1e-6,
+    use_weight: bool = True,
+    axis_name: str | None = "norm",
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs  # Deterministic init (ones); kept for a uniform signature.
     self.eps = eps
     self.dtype = dtype
-    self.weight = (sharding.param(jax.nn.initializers.ones, None, (dim,),
-                                  param_dtype, (axis_name,))
-                   if use_weight else None)
+    self.weight = (
+      sharding.param(
+        jax.nn.initializers.ones, None, (dim,), param_dtype, (axis_name,)
+      )
+      if use_weight
+      else None
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: float[..., dim] -> same shape, in ``dtype`` (default: x's)."""
@@ -44,19 +56,35 @@ class RMSNorm(nnx.Module):
 class LayerNorm(nnx.Module):
   """LayerNorm over the last axis; statistics and affine in fp32."""
 
-  def __init__(self, dim: int, *, eps: float = 1e-6, use_scale: bool = True,
-               use_bias: bool = True, axis_name: str | None = "norm",
-               dtype: Any = None, param_dtype: Any = jnp.float32,
-               rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    eps: float = 1e-6,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    axis_name: str | None = "norm",
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs
     self.eps = eps
     self.dtype = dtype
-    self.weight = (sharding.param(jax.nn.initializers.ones, None, (dim,),
-                                  param_dtype, (axis_name,))
-                   if use_scale else None)
-    self.bias = (sharding.param(jax.nn.initializers.zeros, None, (dim,),
-                                param_dtype, (axis_name,))
-                 if use_bias else None)
+    self.weight = (
+      sharding.param(
+        jax.nn.initializers.ones, None, (dim,), param_dtype, (axis_name,)
+      )
+      if use_scale
+      else None
+    )
+    self.bias = (
+      sharding.param(
+        jax.nn.initializers.zeros, None, (dim,), param_dtype, (axis_name,)
+      )
+      if use_bias
+      else None
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: float[..., dim] -> same shape, in ``dtype`` (default: x's)."""

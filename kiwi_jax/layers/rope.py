@@ -22,12 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def rotary_inv_freq(dim: int, theta: float = 10000.0,
-                    xp=jnp) -> jax.Array:
+def rotary_inv_freq(dim: int, theta: float = 10000.0, xp=jnp) -> jax.Array:
   """``theta^(-2j/dim)`` for j in [0, dim/2): float[dim // 2]."""
-  exponents = xp.arange(0, dim, 2, dtype=xp.float64 if xp is np else
-                        jnp.float32) / dim
-  return 1.0 / (theta ** exponents)
+  exponents = (
+    xp.arange(0, dim, 2, dtype=xp.float64 if xp is np else jnp.float32) / dim
+  )
+  return 1.0 / (theta**exponents)
 
 
 def rotate_half(x: jax.Array) -> jax.Array:
@@ -35,8 +35,9 @@ def rotate_half(x: jax.Array) -> jax.Array:
   return jnp.concatenate([-x2, x1], axis=-1)
 
 
-def apply_rotary_half(x: jax.Array, cos: jax.Array,
-                      sin: jax.Array) -> jax.Array:
+def apply_rotary_half(
+  x: jax.Array, cos: jax.Array, sin: jax.Array
+) -> jax.Array:
   """Rotate-half RoPE.
 
   Args:
@@ -52,17 +53,21 @@ def apply_rotary_half(x: jax.Array, cos: jax.Array,
   return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
 
 
-def rope_1d_cos_sin(positions: jax.Array, dim: int,
-                    theta: float = 10000.0) -> tuple[jax.Array, jax.Array]:
+def rope_1d_cos_sin(
+  positions: jax.Array, dim: int, theta: float = 10000.0
+) -> tuple[jax.Array, jax.Array]:
   """cos/sin float[..., dim] for integer positions [...] (rotate-half)."""
-  freqs = positions[..., None].astype(jnp.float32) * rotary_inv_freq(
-      dim, theta)
+  freqs = positions[..., None].astype(jnp.float32) * rotary_inv_freq(dim, theta)
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return jnp.cos(emb), jnp.sin(emb)
 
 
-def mrope_cos_sin(position_ids: jax.Array, head_dim: int, theta: float,
-                  mrope_section: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+def mrope_cos_sin(
+  position_ids: jax.Array,
+  head_dim: int,
+  theta: float,
+  mrope_section: Sequence[int],
+) -> tuple[jax.Array, jax.Array]:
   """Qwen2.5-VL multimodal RoPE tables (chunked sections, rotate-half).
 
   Args:
@@ -76,13 +81,16 @@ def mrope_cos_sin(position_ids: jax.Array, head_dim: int, theta: float,
     takes its angle from the axis whose section contains ``i``.
   """
   if sum(mrope_section) != head_dim // 2:
-    raise ValueError(f"mrope_section {tuple(mrope_section)} must sum to "
-                     f"head_dim/2 = {head_dim // 2}.")
+    raise ValueError(
+      f"mrope_section {tuple(mrope_section)} must sum to "
+      f"head_dim/2 = {head_dim // 2}."
+    )
   inv_freq = rotary_inv_freq(head_dim, theta)  # [head_dim/2]
   freqs = position_ids[..., None].astype(jnp.float32) * inv_freq  # [3,B,T,F]
   axis_of_band = np.repeat(np.arange(3), mrope_section)  # [head_dim/2]
   picked = jnp.take_along_axis(
-      freqs, jnp.asarray(axis_of_band)[None, None, None, :], axis=0)[0]
+    freqs, jnp.asarray(axis_of_band)[None, None, None, :], axis=0
+  )[0]
   # Equivalent to picking per band on cat(freqs, freqs) with the sections
   # doubled, as Qwen's apply_multimodal_rotary_pos_emb does.
   emb = jnp.concatenate([picked, picked], axis=-1)
@@ -98,8 +106,9 @@ def wan_rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
   return head_dim - 2 * (head_dim // 3), head_dim // 3, head_dim // 3
 
 
-def wan_rope_angles(frame_pos, row_pos, col_pos, head_dim: int,
-                    theta: float = 10000.0, xp=np):
+def wan_rope_angles(
+  frame_pos, row_pos, col_pos, head_dim: int, theta: float = 10000.0, xp=np
+):
   """Per-token rotation angles float[S, head_dim/2] as ``[t | h | w]``.
 
   Each axis with sub-dim ``k`` has its own frequencies ``theta^(-2j/k)``
@@ -120,25 +129,39 @@ def wan_rope_angles(frame_pos, row_pos, col_pos, head_dim: int,
   return xp.concatenate(parts, axis=-1)
 
 
-def wan_grid_positions(frames: int, height: int, width: int,
-                       frame_offset: int = 0):
+def wan_grid_positions(
+  frames: int, height: int, width: int, frame_offset: int = 0
+):
   """int[f*h*w] frame/row/col positions of a row-major (f, h, w) grid."""
-  f, h, w = np.meshgrid(np.arange(frames) + frame_offset, np.arange(height),
-                        np.arange(width), indexing="ij")
+  f, h, w = np.meshgrid(
+    np.arange(frames) + frame_offset,
+    np.arange(height),
+    np.arange(width),
+    indexing="ij",
+  )
   return f.reshape(-1), h.reshape(-1), w.reshape(-1)
 
 
-def wan_rope_cos_sin(frame_pos, row_pos, col_pos, head_dim: int,
-                     theta: float = 10000.0) -> tuple[jax.Array, jax.Array]:
+def wan_rope_cos_sin(
+  frame_pos, row_pos, col_pos, head_dim: int, theta: float = 10000.0
+) -> tuple[jax.Array, jax.Array]:
   """float32 cos/sin[S, head_dim/2] from host float64 angles."""
-  angles = wan_rope_angles(np.asarray(frame_pos), np.asarray(row_pos),
-                           np.asarray(col_pos), head_dim, theta)
-  return (jnp.asarray(np.cos(angles), jnp.float32),
-          jnp.asarray(np.sin(angles), jnp.float32))
+  angles = wan_rope_angles(
+    np.asarray(frame_pos),
+    np.asarray(row_pos),
+    np.asarray(col_pos),
+    head_dim,
+    theta,
+  )
+  return (
+    jnp.asarray(np.cos(angles), jnp.float32),
+    jnp.asarray(np.sin(angles), jnp.float32),
+  )
 
 
-def apply_interleaved_rope(x: jax.Array, cos: jax.Array,
-                           sin: jax.Array) -> jax.Array:
+def apply_interleaved_rope(
+  x: jax.Array, cos: jax.Array, sin: jax.Array
+) -> jax.Array:
   """Rotates interleaved pairs ``(x[2i], x[2i+1])`` by the given angles.
 
   Args:

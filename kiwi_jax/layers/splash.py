@@ -59,20 +59,31 @@ def _load():
   try:
     from jax.experimental.pallas.ops.tpu import splash_attention as module
   except ImportError as error:
-    return None, (f"jax {jax.__version__} has no Pallas splash attention "
-                  f"({error})")
-  needed = {"make_splash_mha", "BlockSizes", "SegmentIds", "FullMask",
-            "CausalMask", "MultiHeadMask"}
+    return None, (
+      f"jax {jax.__version__} has no Pallas splash attention ({error})"
+    )
+  needed = {
+    "make_splash_mha",
+    "BlockSizes",
+    "SegmentIds",
+    "FullMask",
+    "CausalMask",
+    "MultiHeadMask",
+  }
   missing = sorted(name for name in needed if not hasattr(module, name))
   if missing:
-    return None, (f"jax {jax.__version__}'s splash attention lacks "
-                  f"{', '.join(missing)}")
+    return None, (
+      f"jax {jax.__version__}'s splash attention lacks {', '.join(missing)}"
+    )
   params = inspect.signature(module.make_splash_mha).parameters
-  absent = sorted({"block_sizes", "head_shards", "q_seq_shards",
-                   "interpret"} - set(params))
+  absent = sorted(
+    {"block_sizes", "head_shards", "q_seq_shards", "interpret"} - set(params)
+  )
   if absent:
-    return None, (f"jax {jax.__version__}'s make_splash_mha takes no "
-                  f"{', '.join(absent)} argument")
+    return None, (
+      f"jax {jax.__version__}'s make_splash_mha takes no "
+      f"{', '.join(absent)} argument"
+    )
   return module, None
 
 
@@ -99,23 +110,45 @@ def _round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
 
 
-def _build_kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
-                  block_q: int, block_kv: int, interpret: bool):
+def _build_kernel(
+  num_heads: int,
+  q_len: int,
+  kv_len: int,
+  causal: bool,
+  block_q: int,
+  block_kv: int,
+  interpret: bool,
+):
   lib = _load()[0]
   sizes = lib.BlockSizes(
-      block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv,
-      block_q_dkv=block_q, block_kv_dkv=block_kv,
-      block_kv_dkv_compute=block_kv, block_q_dq=block_q, block_kv_dq=block_kv)
+    block_q=block_q,
+    block_kv=block_kv,
+    block_kv_compute=block_kv,
+    block_q_dkv=block_q,
+    block_kv_dkv=block_kv,
+    block_kv_dkv_compute=block_kv,
+    block_q_dq=block_q,
+    block_kv_dq=block_kv,
+  )
   shape = (q_len, kv_len)
   one = lib.CausalMask(shape) if causal else lib.FullMask(shape)
   mask = lib.MultiHeadMask([one] * num_heads)
-  return lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
-                             q_seq_shards=1, interpret=interpret)
+  return lib.make_splash_mha(
+    mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+  )
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
-                   block_q: int, block_kv: int, interpret: bool, mesh):
+def _cached_kernel(
+  num_heads: int,
+  q_len: int,
+  kv_len: int,
+  causal: bool,
+  block_q: int,
+  block_kv: int,
+  interpret: bool,
+  mesh,
+):
   """``mesh`` (the abstract mesh in context) is part of the cache key
   only: the kernel's arrays carry the context they were made in, and one
   made inside a ``shard_map`` fails outside it."""
@@ -123,21 +156,32 @@ def _cached_kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
   # The kernel holds its block maps as arrays: build them concretely even
   # when called while tracing, so the cached kernel holds no tracer.
   with jax.ensure_compile_time_eval():
-    return _build_kernel(num_heads, q_len, kv_len, causal, block_q,
-                         block_kv, interpret)
+    return _build_kernel(
+      num_heads, q_len, kv_len, causal, block_q, block_kv, interpret
+    )
 
 
-def _kernel(num_heads: int, q_len: int, kv_len: int, causal: bool,
-            block_q: int, block_kv: int, interpret: bool, mesh):
+def _kernel(
+  num_heads: int,
+  q_len: int,
+  kv_len: int,
+  causal: bool,
+  block_q: int,
+  block_kv: int,
+  interpret: bool,
+  mesh,
+):
   """A single-device splash kernel for [N, q_len, H] x [K, kv_len, H]."""
   if sharding.target_platform() != jax.default_backend():
     # Compiling for devices that run nothing (TPU from a CPU host,
     # ``kiwi_jax.plan``): concrete block maps cannot be made there, so
     # they are staged into this trace as constants, uncached.
-    return _build_kernel(num_heads, q_len, kv_len, causal, block_q,
-                         block_kv, interpret)
-  return _cached_kernel(num_heads, q_len, kv_len, causal, block_q, block_kv,
-                        interpret, mesh)
+    return _build_kernel(
+      num_heads, q_len, kv_len, causal, block_q, block_kv, interpret
+    )
+  return _cached_kernel(
+    num_heads, q_len, kv_len, causal, block_q, block_kv, interpret, mesh
+  )
 
 
 def _pad_axis(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
@@ -157,25 +201,34 @@ def _local_splash(q, k, v, q_ids, kv_ids, *, causal, interpret):
   _, n, t, h = q.shape
   s = k.shape[2]
   bq, bkv = block_size(t), block_size(s)
-  t_pad, s_pad, h_pad = _round_up(t, bq), _round_up(s, bkv), _round_up(h,
-                                                                       LANES)
+  t_pad, s_pad, h_pad = _round_up(t, bq), _round_up(s, bkv), _round_up(h, LANES)
   if q_ids is None and (t_pad != t or s_pad != s):
     q_ids = jnp.zeros(q.shape[:1] + (t,), jnp.int32)
     kv_ids = jnp.zeros(k.shape[:1] + (s,), jnp.int32)
   q = _pad_axis(_pad_axis(q, 2, t_pad), 3, h_pad)
   k = _pad_axis(_pad_axis(k, 2, s_pad), 3, h_pad)
   v = _pad_axis(_pad_axis(v, 2, s_pad), 3, h_pad)
-  kernel = _kernel(n, t_pad, s_pad, causal, bq, bkv, interpret,
-                   jax.sharding.get_abstract_mesh())
+  kernel = _kernel(
+    n,
+    t_pad,
+    s_pad,
+    causal,
+    bq,
+    bkv,
+    interpret,
+    jax.sharding.get_abstract_mesh(),
+  )
   segment_ids_type = _load()[0].SegmentIds
   if q_ids is None:
     out = jax.vmap(kernel)(q, k, v)
   else:
     q_ids = _pad_axis(q_ids.astype(jnp.int32), 1, t_pad, Q_PAD_SEGMENT)
     kv_ids = _pad_axis(kv_ids.astype(jnp.int32), 1, s_pad, KV_PAD_SEGMENT)
-    out = jax.vmap(lambda q, k, v, qi, ki: kernel(
-        q, k, v, segment_ids=segment_ids_type(qi, ki)))(q, k, v, q_ids,
-                                                           kv_ids)
+    out = jax.vmap(
+      lambda q, k, v, qi, ki: kernel(
+        q, k, v, segment_ids=segment_ids_type(qi, ki)
+      )
+    )(q, k, v, q_ids, kv_ids)
   return out[:, :, :t, :h]
 
 
@@ -190,14 +243,16 @@ def _mesh_specs(mesh, q_shape, kv_heads, causal):
   """shard_map specs (q, kv, q ids, kv ids, axes) or None to run unsharded."""
   # Axes a caller's shard_map made manual are already split: leave them.
   free = set(getattr(mesh, "auto_axes", mesh.axis_names)) | set(
-      getattr(mesh, "explicit_axes", ()))
+    getattr(mesh, "explicit_axes", ())
+  )
   if not free:
     return None  # already inside a shard_map over every axis
-  rules = [(name, tuple(a for a in _axes(axes) if a in free))
-           for name, axes in sharding.current_rules()]
+  rules = [
+    (name, tuple(a for a in _axes(axes) if a in free))
+    for name, axes in sharding.current_rules()
+  ]
   names = ("act_batch", "act_heads", None if causal else "act_seq", None)
-  batch, heads, seq, _ = sharding.logical_to_spec(names, q_shape, mesh,
-                                                  rules)
+  batch, heads, seq, _ = sharding.logical_to_spec(names, q_shape, mesh, rules)
   if heads is not None:
     if kv_heads % math.prod(mesh.shape[a] for a in _axes(heads)):
       heads = None  # kv heads must split like the query heads
@@ -210,21 +265,26 @@ def _mesh_specs(mesh, q_shape, kv_heads, causal):
   trivial = {a for a in free if mesh.shape[a] == 1}
   manual = frozenset(used) | trivial if used else frozenset(free)
   p = jax.sharding.PartitionSpec
-  return (p(batch, heads, seq, None), p(batch, heads, None, None),
-          p(batch, seq), p(batch, None), manual)
+  return (
+    p(batch, heads, seq, None),
+    p(batch, heads, None, None),
+    p(batch, seq),
+    p(batch, None),
+    manual,
+  )
 
 
 def splash_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    *,
-    q_segment_ids: jax.Array | None = None,
-    kv_segment_ids: jax.Array | None = None,
-    kv_valid: jax.Array | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    interpret: bool | None = None,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  *,
+  q_segment_ids: jax.Array | None = None,
+  kv_segment_ids: jax.Array | None = None,
+  kv_valid: jax.Array | None = None,
+  is_causal: bool = False,
+  scale: float | None = None,
+  interpret: bool | None = None,
 ) -> jax.Array:
   """Flash attention with the Pallas TPU splash kernel.
 
@@ -265,8 +325,9 @@ def splash_attention(
     kv_segment_ids = jnp.where(kv_valid, kv_segment_ids, KV_PAD_SEGMENT)
   q = (q.astype(jnp.float32) * scale).astype(q.dtype)
   q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, heads, len, H]
-  local = functools.partial(_local_splash, causal=is_causal,
-                            interpret=interpret)
+  local = functools.partial(
+    _local_splash, causal=is_causal, interpret=interpret
+  )
   mesh = jax.sharding.get_abstract_mesh()
   specs = None
   if not mesh.empty and math.prod(mesh.axis_sizes) > 1:
@@ -279,9 +340,15 @@ def splash_attention(
     if q_segment_ids is not None:
       args += (q_segment_ids, kv_segment_ids)
       in_specs += (q_ids_spec, kv_ids_spec)
-    body = local if len(args) == 5 else (
-        lambda q, k, v: local(q, k, v, None, None))
-    out = jax.shard_map(body, mesh=mesh, in_specs=in_specs,
-                        out_specs=q_spec, axis_names=axes,
-                        check_vma=False)(*args)
+    body = (
+      local if len(args) == 5 else (lambda q, k, v: local(q, k, v, None, None))
+    )
+    out = jax.shard_map(
+      body,
+      mesh=mesh,
+      in_specs=in_specs,
+      out_specs=q_spec,
+      axis_names=axes,
+      check_vma=False,
+    )(*args)
   return jnp.swapaxes(out, 1, 2)

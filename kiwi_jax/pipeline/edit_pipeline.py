@@ -90,6 +90,7 @@ class EditResult:
       full loop evaluates ``steps`` times the model's blocks); None when
       it is off.
   """
+
   frames: np.ndarray
   source: inputs_lib.SourceClip
   ref_image: np.ndarray | None
@@ -98,8 +99,9 @@ class EditResult:
   seconds: dict[str, float]
   block_evals: int | None = None
 
-  def save(self, path, *, side_by_side: bool = False,
-           fps: float | None = None) -> list[pathlib.Path]:
+  def save(
+    self, path, *, side_by_side: bool = False, fps: float | None = None
+  ) -> list[pathlib.Path]:
     """Writes the edit (mp4/gif, or an image in image mode) and optionally
     ``<stem>_concat.mp4|png`` and ``<stem>_concat.gif`` (source |
     reference | edited). Returns the written paths, the edit first.
@@ -113,19 +115,22 @@ class EditResult:
     outputs_lib.check_output_path(path, image_mode=image_mode)
     targets = [("output", path)]
     if side_by_side:
-      targets += [("side-by-side output", extra) for extra in
-                  outputs_lib.side_by_side_paths(path, image_mode=image_mode)]
+      targets += [
+        ("side-by-side output", extra)
+        for extra in outputs_lib.side_by_side_paths(path, image_mode=image_mode)
+      ]
     if os.path.isfile(self.source.name):
-      paths.refuse_inputs_as_outputs(targets,
-                                     [("source", self.source.name)])
+      paths.refuse_inputs_as_outputs(targets, [("source", self.source.name)])
     written = []
     try:
       # The edit is written last: if it exists, the whole set does.
       if side_by_side:
-        panels = outputs_lib.side_by_side(self.source.frames, self.frames,
-                                          self.ref_image)
-        for extra in outputs_lib.side_by_side_paths(path,
-                                                    image_mode=image_mode):
+        panels = outputs_lib.side_by_side(
+          self.source.frames, self.frames, self.ref_image
+        )
+        for extra in outputs_lib.side_by_side_paths(
+          path, image_mode=image_mode
+        ):
           written.append(outputs_lib.write_frames(extra, panels, fps))
       written.append(outputs_lib.write_frames(path, self.frames, fps))
     except BaseException:
@@ -140,14 +145,19 @@ def check_fps(fps, name: str = "fps") -> float:
   fps = float(fps)
   if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
     raise outputs_lib.EditOutputError(
-        f"{name} must be a frame rate in (0, {MAX_FPS:g}], got {fps:g}.")
+      f"{name} must be a frame rate in (0, {MAX_FPS:g}], got {fps:g}."
+    )
   return fps
 
 
-def check_sampling_args(*, steps: int, seed: int | None = None,
-                        guidance_scale: float | None = None,
-                        ref_guidance_scale: float | None = None,
-                        names: dict[str, str] | None = None) -> None:
+def check_sampling_args(
+  *,
+  steps: int,
+  seed: int | None = None,
+  guidance_scale: float | None = None,
+  ref_guidance_scale: float | None = None,
+  names: dict[str, str] | None = None,
+) -> None:
   """Checks the numbers of one edit before any work.
 
   Args:
@@ -163,19 +173,27 @@ def check_sampling_args(*, steps: int, seed: int | None = None,
   """
   names = names or {}
   name = lambda key: names.get(key, key)  # noqa: E731
-  if (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)
-      or not 1 <= steps <= MAX_STEPS):
+  if (
+    isinstance(steps, bool)
+    or not isinstance(steps, numbers.Integral)
+    or not 1 <= steps <= MAX_STEPS
+  ):
     raise inputs_lib.EditInputError(
-        f"{name('steps')} must be an integer in 1..{MAX_STEPS} (the "
-        f"reference uses 50), got {steps}.")
-  if isinstance(seed, numbers.Integral) and not 0 <= seed < 2 ** 32:
+      f"{name('steps')} must be an integer in 1..{MAX_STEPS} (the "
+      f"reference uses 50), got {steps}."
+    )
+  if isinstance(seed, numbers.Integral) and not 0 <= seed < 2**32:
     raise inputs_lib.EditInputError(
-        f"{name('seed')} must be in 0..{2 ** 32 - 1}, got {seed}.")
-  for key, value in (("guidance_scale", guidance_scale),
-                     ("ref_guidance_scale", ref_guidance_scale)):
+      f"{name('seed')} must be in 0..{2**32 - 1}, got {seed}."
+    )
+  for key, value in (
+    ("guidance_scale", guidance_scale),
+    ("ref_guidance_scale", ref_guidance_scale),
+  ):
     if value is not None and not math.isfinite(value):
       raise inputs_lib.EditInputError(
-          f"{name(key)} must be a finite number, got {value}.")
+        f"{name(key)} must be a finite number, got {value}."
+      )
 
 
 def check_checkpoint_dir(directory) -> pathlib.Path:
@@ -194,15 +212,18 @@ def check_checkpoint_dir(directory) -> pathlib.Path:
   if kiwi_checkpoint.is_checkpoint(path):
     return path
   raise CheckpointDirError(
-      f"{path} is not a kiwi_jax checkpoint directory: expected "
-      f"{kiwi_checkpoint.CONFIG_FILE} with params/ (written by `python -m "
-      "kiwi_jax.converters.cli`) or with checkpoints/ (a train.py workdir); "
-      f"found {sorted(p.name for p in path.iterdir())[:10] or 'nothing'}.")
+    f"{path} is not a kiwi_jax checkpoint directory: expected "
+    f"{kiwi_checkpoint.CONFIG_FILE} with params/ (written by `python -m "
+    "kiwi_jax.converters.cli`) or with checkpoints/ (a train.py workdir); "
+    f"found {sorted(p.name for p in path.iterdir())[:10] or 'nothing'}."
+  )
 
 
 def _signature(tree) -> list[tuple[Any, ...]]:
-  return [(np.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
-          for x in jax.tree.leaves(tree)]
+  return [
+    (np.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
+    for x in jax.tree.leaves(tree)
+  ]
 
 
 class EditPipeline:
@@ -218,8 +239,9 @@ class EditPipeline:
       axes and every stage runs under the mesh (sharded inference).
   """
 
-  def __init__(self, model, processor, *,
-               mesh: jax.sharding.Mesh | None = None):
+  def __init__(
+    self, model, processor, *, mesh: jax.sharding.Mesh | None = None
+  ):
     self.processor = processor
     self.mesh = mesh
     cfg = self.cfg = model.cfg
@@ -239,8 +261,9 @@ class EditPipeline:
     self._loops = {}  # compiled denoising loops by argument signature
 
   @classmethod
-  def from_pretrained(cls, directory, *, mesh=None,
-                      compile_cache_dir=None) -> "EditPipeline":
+  def from_pretrained(
+    cls, directory, *, mesh=None, compile_cache_dir=None
+  ) -> EditPipeline:
     """Opens a Kiwi-Edit checkpoint directory (local, no network): a
     converted release or a train.py workdir (its newest step).
 
@@ -252,12 +275,13 @@ class EditPipeline:
     path = check_checkpoint_dir(directory)
     model = kiwi_checkpoint.load(path, mesh=mesh)
     processor = KiwiProcessor(kiwi_checkpoint.processor_dir(path), model.cfg)
-    compile_cache.configure(compile_cache_dir,
-                            default=compile_cache.user_cache_dir())
+    compile_cache.configure(
+      compile_cache_dir, default=compile_cache.user_cache_dir()
+    )
     return cls(model, processor, mesh=mesh)
 
   @classmethod
-  def from_model(cls, model, tokenizer, *, mesh=None) -> "EditPipeline":
+  def from_model(cls, model, tokenizer, *, mesh=None) -> EditPipeline:
     """A pipeline over an in-memory :class:`KiwiEdit` (e.g. a trainer's)
     with its tokenizer (or the tokenizer's local directory)."""
     return cls(model, KiwiProcessor(tokenizer, model.cfg), mesh=mesh)
@@ -268,15 +292,18 @@ class EditPipeline:
     stay."""
     graphdef, state = nnx.split(model)
     if graphdef != self.graphdef:
-      raise ValueError("load_weights: the model's graph differs from the "
-                       "pipeline's; build a new EditPipeline.")
+      raise ValueError(
+        "load_weights: the model's graph differs from the "
+        "pipeline's; build a new EditPipeline."
+      )
     if _signature(state) != _signature(self.state):
       self._loops = {}  # compiled for other dtypes or shardings
     self.state = state
     self._vae_runner = None
 
-  def __call__(self, video, prompt: str, ref_image=None,
-               **kwargs) -> np.ndarray:
+  def __call__(
+    self, video, prompt: str, ref_image=None, **kwargs
+  ) -> np.ndarray:
     """Edits and returns uint8[T, H, W, 3] frames; see :meth:`edit`."""
     return self.edit(video, prompt, ref_image, **kwargs).frames
 
@@ -290,8 +317,9 @@ class EditPipeline:
         self._vae_runner = tiling.VAERunner(model.vae)
     return self._vae_runner or None
 
-  def check_cache_threshold(self, value, *, guided: bool = False,
-                            name: str = "cache_threshold") -> float | None:
+  def check_cache_threshold(
+    self, value, *, guided: bool = False, name: str = "cache_threshold"
+  ) -> float | None:
     """``value`` as a float (None: off), checked against this model.
 
     Raises:
@@ -304,16 +332,17 @@ class EditPipeline:
       raise inputs_lib.EditInputError(str(e)) from None
     if value is not None and guided:
       raise inputs_lib.EditInputError(
-          f"{name} does not combine with guidance (the cache keeps one "
-          "residual; Kiwi-Edit uses no guidance).")
+        f"{name} does not combine with guidance (the cache keeps one "
+        "residual; Kiwi-Edit uses no guidance)."
+      )
     if value is not None and not self.can_cache_steps:
       raise inputs_lib.EditInputError(
-          f"{name}: this model has no DiT to cache (it needs "
-          "split_denoise_step, as Kiwi-Edit has).")
+        f"{name}: this model has no DiT to cache (it needs "
+        "split_denoise_step, as Kiwi-Edit has)."
+      )
     return value
 
-  def _denoise_loop(self, args, scales, branches, on_compile,
-                    cached=False):
+  def _denoise_loop(self, args, scales, branches, on_compile, cached=False):
     """The compiled Euler loop for these arguments (compiled on first use).
 
     Args:
@@ -328,22 +357,37 @@ class EditPipeline:
       ``run(*args) -> latents``.
     """
     leaves, treedef = jax.tree.flatten((args, branches))
-    key = (treedef, scales, cached, tuple(
+    key = (
+      treedef,
+      scales,
+      cached,
+      tuple(
         (np.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
-        for x in leaves))
+        for x in leaves
+      ),
+    )
     loop = self._loops.get(key)
     if loop is None:
       on_compile()
       *loop_args, clean = args
       if cached:
         loop = stages.denoise_cached.lower(
-            self.graphdef, self.state, *loop_args, report=True,
-            clean_latents=clean).compile()
+          self.graphdef,
+          self.state,
+          *loop_args,
+          report=True,
+          clean_latents=clean,
+        ).compile()
       else:
         loop = stages.denoise.lower(
-            self.graphdef, self.state, *loop_args, report=True,
-            clean_latents=clean, guidance_scales=scales,
-            guidance_branches=branches).compile()
+          self.graphdef,
+          self.state,
+          *loop_args,
+          report=True,
+          clean_latents=clean,
+          guidance_scales=scales,
+          guidance_branches=branches,
+        ).compile()
       if len(self._loops) >= MAX_COMPILED_LOOPS:
         self._loops.pop(next(iter(self._loops)))
       self._loops[key] = loop
@@ -352,33 +396,51 @@ class EditPipeline:
       *loop_args, clean = a
       if cached:
         return loop(self.state, *loop_args, clean_latents=clean)
-      return loop(self.state, *loop_args, clean_latents=clean,
-                  guidance_branches=branches)
+      return loop(
+        self.state, *loop_args, clean_latents=clean, guidance_branches=branches
+      )
 
     return run
 
   def _mesh_context(self):
-    return (sharding.use_mesh(self.mesh) if self.mesh is not None
-            else contextlib.nullcontext())
+    return (
+      sharding.use_mesh(self.mesh)
+      if self.mesh is not None
+      else contextlib.nullcontext()
+    )
 
   def _vae_context(self):
     if self.mesh is None:
       return contextlib.nullcontext()
     return sharding.axis_rules(
-        tuple((name, None if name in VAE_UNSHARDED else axes)
-              for name, axes in sharding.current_rules()))
+      tuple(
+        (name, None if name in VAE_UNSHARDED else axes)
+        for name, axes in sharding.current_rules()
+      )
+    )
 
-  def edit(self, video, prompt: str, ref_image=None, *, steps: int = 50,
-           seed: int = 0, max_pixels: int = 720 * 1280,
-           max_frames: int = 81, scheduler: str = "diffsynth",
-           use_source: bool = True, guidance_scale: float | None = None,
-           ref_guidance_scale: float | None = None,
-           negative_prompt: str = "", noise: jax.Array | None = None,
-           denoising_strength: float = 1.0,
-           vae_tiling: bool | None = None,
-           cache_threshold: float | None = None,
-           on_step: Callable[[int, int], None] | None = None,
-           on_phase: Callable[[str], None] | None = None) -> EditResult:
+  def edit(
+    self,
+    video,
+    prompt: str,
+    ref_image=None,
+    *,
+    steps: int = 50,
+    seed: int = 0,
+    max_pixels: int = 720 * 1280,
+    max_frames: int = 81,
+    scheduler: str = "diffsynth",
+    use_source: bool = True,
+    guidance_scale: float | None = None,
+    ref_guidance_scale: float | None = None,
+    negative_prompt: str = "",
+    noise: jax.Array | None = None,
+    denoising_strength: float = 1.0,
+    vae_tiling: bool | None = None,
+    cache_threshold: float | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
+  ) -> EditResult:
     """Runs one edit.
 
     Args:
@@ -430,18 +492,36 @@ class EditPipeline:
       The :class:`EditResult`.
     """
     return self._edit(
-        video, prompt, ref_image, seeds=[seed], noise=noise, steps=steps,
-        max_pixels=max_pixels, max_frames=max_frames, scheduler=scheduler,
-        use_source=use_source, guidance_scale=guidance_scale,
-        ref_guidance_scale=ref_guidance_scale,
-        negative_prompt=negative_prompt,
-        denoising_strength=denoising_strength, vae_tiling=vae_tiling,
-        cache_threshold=cache_threshold, on_step=on_step,
-        on_phase=on_phase)[0]
+      video,
+      prompt,
+      ref_image,
+      seeds=[seed],
+      noise=noise,
+      steps=steps,
+      max_pixels=max_pixels,
+      max_frames=max_frames,
+      scheduler=scheduler,
+      use_source=use_source,
+      guidance_scale=guidance_scale,
+      ref_guidance_scale=ref_guidance_scale,
+      negative_prompt=negative_prompt,
+      denoising_strength=denoising_strength,
+      vae_tiling=vae_tiling,
+      cache_threshold=cache_threshold,
+      on_step=on_step,
+      on_phase=on_phase,
+    )[0]
 
-  def edit_seeds(self, video, prompt: str, ref_image=None, *,
-                 seeds: Sequence[int], seed_batch: int | None = None,
-                 **options) -> seeds_lib.SeedResults:
+  def edit_seeds(
+    self,
+    video,
+    prompt: str,
+    ref_image=None,
+    *,
+    seeds: Sequence[int],
+    seed_batch: int | None = None,
+    **options,
+  ) -> seeds_lib.SeedResults:
     """Edits once per seed in one run (``kiwi_jax.pipeline.seeds``).
 
     The MLLM and VAE encodes run once; the denoising loop runs over a
@@ -465,63 +545,90 @@ class EditPipeline:
         raise TypeError(f"edit_seeds takes seeds=, not {name}=.")
     seeds = seeds_lib.check_seeds(seeds)
     seed_batch = seeds_lib.check_seed_batch(seed_batch)
-    return seeds_lib.SeedResults(seeds, self._edit(
-        video, prompt, ref_image, seeds=seeds, seed_batch=seed_batch,
-        **options))
+    return seeds_lib.SeedResults(
+      seeds,
+      self._edit(
+        video, prompt, ref_image, seeds=seeds, seed_batch=seed_batch, **options
+      ),
+    )
 
   def _seed_noise(self, seeds, shape) -> jax.Array:
     """Each seed's ``initial_noise`` of ``shape`` (batch 1), stacked."""
     if len(seeds) == 1:
       return sampler.initial_noise(seeds[0], shape, self.latent_dtype)
-    return jnp.concatenate([sampler.initial_noise(k, shape,
-                                                  self.latent_dtype)
-                            for k in seeds])
+    return jnp.concatenate(
+      [sampler.initial_noise(k, shape, self.latent_dtype) for k in seeds]
+    )
 
-  def _edit(self, video, prompt: str, ref_image=None, *, seeds,
-            seed_batch: int | None = None, noise: jax.Array | None = None,
-            steps: int = 50, max_pixels: int = 720 * 1280,
-            max_frames: int = 81, scheduler: str = "diffsynth",
-            use_source: bool = True, guidance_scale: float | None = None,
-            ref_guidance_scale: float | None = None,
-            negative_prompt: str = "", denoising_strength: float = 1.0,
-            vae_tiling: bool | None = None,
-            cache_threshold: float | None = None,
-            on_step: Callable[[int, int], None] | None = None,
-            on_phase: Callable[[str], None] | None = None
-            ) -> list[EditResult]:
+  def _edit(
+    self,
+    video,
+    prompt: str,
+    ref_image=None,
+    *,
+    seeds,
+    seed_batch: int | None = None,
+    noise: jax.Array | None = None,
+    steps: int = 50,
+    max_pixels: int = 720 * 1280,
+    max_frames: int = 81,
+    scheduler: str = "diffsynth",
+    use_source: bool = True,
+    guidance_scale: float | None = None,
+    ref_guidance_scale: float | None = None,
+    negative_prompt: str = "",
+    denoising_strength: float = 1.0,
+    vae_tiling: bool | None = None,
+    cache_threshold: float | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
+  ) -> list[EditResult]:
     """The edits of ``seeds`` (or of ``noise``, one edit), in order."""
     single = seeds[0] if len(seeds) == 1 and noise is None else None
     inputs_lib.check_text(prompt, "the prompt")
-    inputs_lib.check_text(negative_prompt, "the negative prompt",
-                          allow_empty=True)
-    check_sampling_args(steps=steps,
-                        seed=single,
-                        guidance_scale=guidance_scale,
-                        ref_guidance_scale=ref_guidance_scale)
+    inputs_lib.check_text(
+      negative_prompt, "the negative prompt", allow_empty=True
+    )
+    check_sampling_args(
+      steps=steps,
+      seed=single,
+      guidance_scale=guidance_scale,
+      ref_guidance_scale=ref_guidance_scale,
+    )
     strength = float(denoising_strength)
     if not 0.0 < strength <= 1.0:
       raise inputs_lib.EditInputError(
-          f"denoising_strength must be in (0, 1], got {strength:g}.")
+        f"denoising_strength must be in (0, 1], got {strength:g}."
+      )
     if ref_guidance_scale is not None and ref_image is None:
       raise inputs_lib.EditInputError(
-          "ref_guidance_scale needs a reference image.")
+        "ref_guidance_scale needs a reference image."
+      )
     cache_threshold = self.check_cache_threshold(
-        cache_threshold,
-        guided=guidance_scale is not None or ref_guidance_scale is not None)
+      cache_threshold,
+      guided=guidance_scale is not None or ref_guidance_scale is not None,
+    )
     start = time.perf_counter()
-    source = inputs_lib.load_source(video, max_frames=max_frames,
-                                    max_pixels=max_pixels)
-    ref = (None if ref_image is None else
-           inputs_lib.load_reference(ref_image))
+    source = inputs_lib.load_source(
+      video, max_frames=max_frames, max_pixels=max_pixels
+    )
+    ref = None if ref_image is None else inputs_lib.load_reference(ref_image)
     num_frames, (height, width) = source.num_frames, source.size
-    shape = (1, (num_frames - 1) // self.temporal_factor + 1,
-             height // self.spatial_factor, width // self.spatial_factor,
-             self.latent_channels)
+    shape = (
+      1,
+      (num_frames - 1) // self.temporal_factor + 1,
+      height // self.spatial_factor,
+      width // self.spatial_factor,
+      self.latent_channels,
+    )
     if noise is not None and tuple(noise.shape) != shape:
-      raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape "
-                       f"{shape} of a {num_frames}x{height}x{width} clip.")
-    plan = sampler.SamplingPlan.build(steps, scheduler, strength,
-                                      timestep_dtype=self.timestep_dtype)
+      raise ValueError(
+        f"noise shape {tuple(noise.shape)} != latent shape "
+        f"{shape} of a {num_frames}x{height}x{width} clip."
+      )
+    plan = sampler.SamplingPlan.build(
+      steps, scheduler, strength, timestep_dtype=self.timestep_dtype
+    )
     seconds = {"vae_encode": 0.0, "compile": 0.0}
     runner = None if vae_tiling is False else self.vae_runner()
     if vae_tiling and runner is None:
@@ -537,17 +644,22 @@ class EditPipeline:
       return functools.partial(fn, self.graphdef, self.state)
 
     def mllm(text, with_ref=True):
-      arrays, options = self.processor(text, frames=source.frames,
-                                       ref_image=ref if with_ref else None)
+      arrays, options = self.processor(
+        text, frames=source.frames, ref_image=ref if with_ref else None
+      )
       mode = options.get("mode")
       if mode is not None and mode not in self.cfg.modes():
         raise inputs_lib.EditInputError(
-            f"This Kiwi-Edit checkpoint cannot run {mode} edits (it has the "
-            f"modes {self.cfg.modes()}; reference edits need a stage-3 "
-            "model).")
-      return timed("mllm_encode", stage(stages.encode_conditions),
-                   jax.tree.map(jnp.asarray, arrays),
-                   tuple(sorted(options.items())))
+          f"This Kiwi-Edit checkpoint cannot run {mode} edits (it has the "
+          f"modes {self.cfg.modes()}; reference edits need a stage-3 "
+          "model)."
+        )
+      return timed(
+        "mllm_encode",
+        stage(stages.encode_conditions),
+        jax.tree.map(jnp.asarray, arrays),
+        tuple(sorted(options.items())),
+      )
 
     def vae_encode(frames):
       video = jnp.asarray(inputs_lib.to_model_range(frames))[None]
@@ -566,8 +678,10 @@ class EditPipeline:
       if ref_guidance_scale is not None:
         text_scale = 1.0 if guidance_scale is None else guidance_scale
         scales = (float(text_scale), float(ref_guidance_scale))
-        branch_conditions = (mllm(negative_prompt, with_ref=False),
-                             mllm(prompt, with_ref=False))
+        branch_conditions = (
+          mllm(negative_prompt, with_ref=False),
+          mllm(prompt, with_ref=False),
+        )
       elif guidance_scale is not None:
         scales = (float(guidance_scale),)
         branch_conditions = (mllm(negative_prompt),)
@@ -580,7 +694,8 @@ class EditPipeline:
         clean_latents = encoded if strength < 1.0 else None
       if ref is not None:
         ref_latents = vae_encode(
-            inputs_lib.pad_reference(ref, height, width)[None])
+          inputs_lib.pad_reference(ref, height, width)[None]
+        )
       # Only plain instruction guidance shows its unconditional branch the
       # reference latents; reference guidance's lower branches see none.
       branch_refs = ref_latents if len(scales) == 1 else None
@@ -588,8 +703,10 @@ class EditPipeline:
       if noise is not None:
         noises = [noise]
       else:
-        noises = [self._seed_noise(chunk, shape)
-                  for chunk in seeds_lib.chunks(seeds, seed_batch)]
+        noises = [
+          self._seed_noise(chunk, shape)
+          for chunk in seeds_lib.chunks(seeds, seed_batch)
+        ]
       cached = cache_threshold is not None
       compiling = []
 
@@ -605,16 +722,22 @@ class EditPipeline:
         if cached:
           args += (jnp.float32(cache_threshold),)
         args += (clean_latents,)
-        runs.append((self._denoise_loop(args, scales, branches,
-                                        on_compile=on_compile,
-                                        cached=cached), args))
+        runs.append(
+          (
+            self._denoise_loop(
+              args, scales, branches, on_compile=on_compile, cached=cached
+            ),
+            args,
+          )
+        )
       seconds["compile"] = time.perf_counter() - t0
       phase("denoise")
       counter = progress_lib.StepCounter(steps * len(runs), on_step)
       batches, batch_evals = [], []
       for i, (loop, args) in enumerate(runs):
-        sink = functools.partial(lambda done, step: counter(done + step),
-                                 i * steps)
+        sink = functools.partial(
+          lambda done, step: counter(done + step), i * steps
+        )
         with progress_lib.reporting_to(sink):
           out = timed("denoise", loop, *args)
         if cached:
@@ -623,23 +746,33 @@ class EditPipeline:
         batches.append(out)
       phase("vae_decode")
       # One seed at a time: the decode's peak is a single edit's.
-      per_seed = [b if b.shape[0] == 1 else b[i:i + 1]
-                  for b in batches for i in range(b.shape[0])]
+      per_seed = [
+        b if b.shape[0] == 1 else b[i : i + 1]
+        for b in batches
+        for i in range(b.shape[0])
+      ]
       decoded = []
       with self._vae_context():
         for latents in per_seed:
           if runner is None:
-            decoded.append(timed("vae_decode", stage(stages.decode_latents),
-                                 latents))
+            decoded.append(
+              timed("vae_decode", stage(stages.decode_latents), latents)
+            )
           else:
-            decoded.append(timed("vae_decode", runner.decode, latents,
-                                 tiled=True))
+            decoded.append(
+              timed("vae_decode", runner.decode, latents, tiled=True)
+            )
     seconds["total"] = time.perf_counter() - start
     evals = batch_evals or [None] * len(per_seed)
-    return [EditResult(
+    return [
+      EditResult(
         frames=outputs_lib.to_uint8(np.asarray(pixels[0], np.float32)),
-        source=source, ref_image=ref,
-        latents=np.asarray(latents, np.float32), steps=steps,
-        seconds=dict(seconds), block_evals=block_evals)
-            for pixels, latents, block_evals
-            in zip(decoded, per_seed, evals)]
+        source=source,
+        ref_image=ref,
+        latents=np.asarray(latents, np.float32),
+        steps=steps,
+        seconds=dict(seconds),
+        block_evals=block_evals,
+      )
+      for pixels, latents, block_evals in zip(decoded, per_seed, evals)
+    ]

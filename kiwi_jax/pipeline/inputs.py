@@ -63,6 +63,7 @@ class SourceClip:
     original_size: (height, width) of the decoded source before resizing.
     name: where it came from, for messages.
   """
+
   frames: np.ndarray
   fps: float
   is_image: bool
@@ -105,21 +106,25 @@ def check_text(text, name: str, *, allow_empty: bool = False) -> str:
   except UnicodeEncodeError as e:
     bad = ord(text[e.start])
     if _escapes_only(text):  # undecodable bytes of argv or a file name
-      what = (f"byte 0x{bad - 0xDC00:02x} at position {e.start} of "
-              f"{text.encode('utf-8', 'surrogateescape')!r}")
+      what = (
+        f"byte 0x{bad - 0xDC00:02x} at position {e.start} of "
+        f"{text.encode('utf-8', 'surrogateescape')!r}"
+      )
     else:
       what = f"lone surrogate U+{bad:04X} at position {e.start} of {text!a}"
     raise EditInputError(
-        f"{name} is not valid UTF-8 text ({what}); pass it as UTF-8, e.g. "
-        "under a UTF-8 locale (LANG=C.UTF-8) or converted with "
-        "iconv -t UTF-8.") from None
+      f"{name} is not valid UTF-8 text ({what}); pass it as UTF-8, e.g. "
+      "under a UTF-8 locale (LANG=C.UTF-8) or converted with "
+      "iconv -t UTF-8."
+    ) from None
   return text
 
 
 def _escapes_only(text: str) -> bool:
   """Every lone surrogate is a ``surrogateescape`` byte (U+DC80..U+DCFF)."""
-  return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF
-             for c in text)
+  return all(
+    not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text
+  )
 
 
 def crop_and_resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -140,17 +145,18 @@ def crop_and_resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
   if in_h / in_w < height / width:
     crop_w = int(in_h / height * width)
     left = (in_w - crop_w) // 2
-    frame = frame[:, left:left + crop_w]
+    frame = frame[:, left : left + crop_w]
   else:
     crop_h = int(in_w / width * height)
     top = (in_h - crop_h) // 2
-    frame = frame[top:top + crop_h, :]
+    frame = frame[top : top + crop_h, :]
   image = Image.fromarray(np.ascontiguousarray(frame))
   return np.asarray(image.resize((width, height), Image.Resampling.BICUBIC))
 
 
-def resize_frames(frames: np.ndarray, max_pixels: int,
-                  name: str = "video") -> np.ndarray:
+def resize_frames(
+  frames: np.ndarray, max_pixels: int, name: str = "video"
+) -> np.ndarray:
   """Applies the pixel budget and the multiple-of-32 rule to every frame.
 
   Args:
@@ -164,12 +170,14 @@ def resize_frames(frames: np.ndarray, max_pixels: int,
   _, in_h, in_w, _ = frames.shape
   try:
     height, width = transforms.size_for_pixel_budget(
-        in_h, in_w, max_pixels, SIZE_MULTIPLE)
+      in_h, in_w, max_pixels, SIZE_MULTIPLE
+    )
   except ValueError as e:
     raise EditInputError(
-        f"{name}: {in_h}x{in_w} frames with max_pixels={max_pixels} give no "
-        f"{SIZE_MULTIPLE}-pixel block ({e}); the model needs sides of at "
-        f"least {SIZE_MULTIPLE} pixels.") from e
+      f"{name}: {in_h}x{in_w} frames with max_pixels={max_pixels} give no "
+      f"{SIZE_MULTIPLE}-pixel block ({e}); the model needs sides of at "
+      f"least {SIZE_MULTIPLE} pixels."
+    ) from e
   if (in_h, in_w) == (height, width):
     return frames
   return np.stack([crop_and_resize(f, height, width) for f in frames])
@@ -186,10 +194,10 @@ def open_rgb_image(source, name: str = "image") -> np.ndarray:
       array = np.repeat(array[..., None], 3, axis=-1)
     if array.ndim != 3 or array.shape[-1] not in (3, 4):
       raise EditInputError(
-          f"{name}: expected an image array [H, W, 3], got {array.shape}.")
+        f"{name}: expected an image array [H, W, 3], got {array.shape}."
+      )
     if array.dtype != np.uint8:
-      raise EditInputError(f"{name}: expected uint8 pixels, got "
-                           f"{array.dtype}.")
+      raise EditInputError(f"{name}: expected uint8 pixels, got {array.dtype}.")
     return np.ascontiguousarray(array[..., :3])
   if isinstance(source, Image.Image):
     return np.asarray(source.convert("RGB"))
@@ -209,6 +217,7 @@ def open_rgb_image(source, name: str = "image") -> np.ndarray:
 def probe_frame_rate(data: bytes) -> float | None:
   """The video stream's stated frame rate, or None if it states none."""
   import av  # pylint: disable=g-import-not-at-top
+
   try:
     with av.open(io.BytesIO(data), mode="r") as container:
       stream = container.streams.video[0]
@@ -227,8 +236,9 @@ def _existing_file(path, name: str) -> pathlib.Path:
   return path
 
 
-def _read_source_frames(source, max_frames: int, name: str
-                        ) -> tuple[np.ndarray, float, bool]:
+def _read_source_frames(
+  source, max_frames: int, name: str
+) -> tuple[np.ndarray, float, bool]:
   """Decoded frames (at most max_frames), fps, is_image."""
   if isinstance(source, (str, os.PathLike)):
     path = _existing_file(source, name)
@@ -237,9 +247,10 @@ def _read_source_frames(source, max_frames: int, name: str
       return open_rgb_image(path, name)[None], DEFAULT_FPS, True
     if suffix not in VIDEO_EXTENSIONS:
       raise EditInputError(
-          f"{name}: unsupported extension {suffix or '(none)'!r} of {path}; "
-          f"videos: {', '.join(VIDEO_EXTENSIONS)}; images: "
-          f"{', '.join(IMAGE_EXTENSIONS)}.")
+        f"{name}: unsupported extension {suffix or '(none)'!r} of {path}; "
+        f"videos: {', '.join(VIDEO_EXTENSIONS)}; images: "
+        f"{', '.join(IMAGE_EXTENSIONS)}."
+      )
     data = path.read_bytes()
     if not data:
       raise EditInputError(f"{name}: {path} is empty (0 bytes).")
@@ -253,23 +264,33 @@ def _read_source_frames(source, max_frames: int, name: str
   if isinstance(source, (list, tuple)):
     if not source:
       raise EditInputError(f"{name}: the frame list is empty.")
-    frames = np.stack([open_rgb_image(f, f"{name}[{i}]")
-                       for i, f in enumerate(source[:max_frames])])
+    frames = np.stack(
+      [
+        open_rgb_image(f, f"{name}[{i}]")
+        for i, f in enumerate(source[:max_frames])
+      ]
+    )
     return frames, DEFAULT_FPS, len(source) == 1
   array = np.asarray(source)
   if array.ndim == 3:
     return open_rgb_image(array, name)[None], DEFAULT_FPS, True
   if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
-    raise EditInputError(f"{name}: expected uint8 frames [T, H, W, 3], got "
-                         f"{array.dtype}{list(array.shape)}.")
+    raise EditInputError(
+      f"{name}: expected uint8 frames [T, H, W, 3], got "
+      f"{array.dtype}{list(array.shape)}."
+    )
   if array.shape[0] == 0:
     raise EditInputError(f"{name}: the video has no frames.")
   return array[:max_frames], DEFAULT_FPS, array.shape[0] == 1
 
 
-def load_source(source, *, max_frames: int = 81,
-                max_pixels: int = 720 * 1280,
-                name: str | None = None) -> SourceClip:
+def load_source(
+  source,
+  *,
+  max_frames: int = 81,
+  max_pixels: int = 720 * 1280,
+  name: str | None = None,
+) -> SourceClip:
   """Reads and shapes the source of an edit.
 
   Args:
@@ -291,20 +312,28 @@ def load_source(source, *, max_frames: int = 81,
   if isinstance(source, SourceClip):
     return source  # already shaped (e.g. validated by the command line)
   if not 1 <= max_frames <= MAX_FRAMES:
-    raise EditInputError(f"max_frames must be in 1..{MAX_FRAMES}, got "
-                         f"{max_frames}.")
+    raise EditInputError(
+      f"max_frames must be in 1..{MAX_FRAMES}, got {max_frames}."
+    )
   if max_pixels < SIZE_MULTIPLE * SIZE_MULTIPLE:
-    raise EditInputError(f"max_pixels must be >= {SIZE_MULTIPLE ** 2}, got "
-                         f"{max_pixels}.")
+    raise EditInputError(
+      f"max_pixels must be >= {SIZE_MULTIPLE**2}, got {max_pixels}."
+    )
   if name is None:
-    name = (os.fspath(source) if isinstance(source, (str, os.PathLike))
-            else "video")
+    name = (
+      os.fspath(source) if isinstance(source, (str, os.PathLike)) else "video"
+    )
   frames, fps, is_image = _read_source_frames(source, max_frames, name)
   original_size = (frames.shape[1], frames.shape[2])
   count = transforms.clip_length(frames.shape[0], max_frames)
   frames = resize_frames(frames[:count], max_pixels, name)
-  return SourceClip(frames=frames, fps=fps, is_image=is_image,
-                    original_size=original_size, name=name)
+  return SourceClip(
+    frames=frames,
+    fps=fps,
+    is_image=is_image,
+    original_size=original_size,
+    name=name,
+  )
 
 
 def load_reference(ref_image, name: str = "reference image") -> np.ndarray:
@@ -312,8 +341,7 @@ def load_reference(ref_image, name: str = "reference image") -> np.ndarray:
   return open_rgb_image(ref_image, name)
 
 
-def pad_reference(ref_image: np.ndarray, height: int,
-                  width: int) -> np.ndarray:
+def pad_reference(ref_image: np.ndarray, height: int, width: int) -> np.ndarray:
   """Fit inside (height, width), pad white: what the VAE encodes (5.1)."""
   return transforms.pad_to_canvas(ref_image, height, width)
 

@@ -56,13 +56,17 @@ def check_output_path(path, *, image_mode: bool) -> pathlib.Path:
   """
   path = pathlib.Path(os.fspath(path))
   suffix = path.suffix.lower()
-  allowed = VIDEO_OUTPUT_EXTENSIONS + GIF_EXTENSIONS + (
-      IMAGE_OUTPUT_EXTENSIONS if image_mode else ())
+  allowed = (
+    VIDEO_OUTPUT_EXTENSIONS
+    + GIF_EXTENSIONS
+    + (IMAGE_OUTPUT_EXTENSIONS if image_mode else ())
+  )
   if suffix not in allowed:
     kind = "an image edit" if image_mode else "a video edit"
     raise EditOutputError(
-        f"output {path}: unsupported extension {suffix or '(none)'!r} for "
-        f"{kind}; use one of {', '.join(allowed)}.")
+      f"output {path}: unsupported extension {suffix or '(none)'!r} for "
+      f"{kind}; use one of {', '.join(allowed)}."
+    )
   if path.is_dir():
     raise EditOutputError(f"output {path} is a directory.")
   try:
@@ -72,7 +76,8 @@ def check_output_path(path, *, image_mode: bool) -> pathlib.Path:
     os.unlink(probe)
   except OSError as e:
     raise EditOutputError(
-        f"output {path}: cannot write to {path.parent}: {e}") from e
+      f"output {path}: cannot write to {path.parent}: {e}"
+    ) from e
   return path
 
 
@@ -81,8 +86,14 @@ def write_gif(path, frames: np.ndarray, fps: float) -> pathlib.Path:
   images = [Image.fromarray(f) for f in np.asarray(frames, np.uint8)]
   duration = max(1, round(1000 / fps))
   with atomic.atomic_path(path) as tmp:
-    images[0].save(tmp, format="GIF", save_all=True,
-                   append_images=images[1:], duration=duration, loop=0)
+    images[0].save(
+      tmp,
+      format="GIF",
+      save_all=True,
+      append_images=images[1:],
+      duration=duration,
+      loop=0,
+    )
   return pathlib.Path(path)
 
 
@@ -104,14 +115,16 @@ def write_frames(path, frames: np.ndarray, fps: float) -> pathlib.Path:
     return write_gif(path, frames, fps)
   if suffix in IMAGE_OUTPUT_EXTENSIONS:
     if frames.shape[0] != 1:
-      raise EditOutputError(f"output {path}: an image file holds one frame, "
-                            f"got {frames.shape[0]}.")
+      raise EditOutputError(
+        f"output {path}: an image file holds one frame, got {frames.shape[0]}."
+      )
     return write_image(path, frames[0])
   raise EditOutputError(f"output {path}: unsupported extension {suffix!r}.")
 
 
-def side_by_side(source: np.ndarray, edited: np.ndarray,
-                 ref_image: np.ndarray | None = None) -> np.ndarray:
+def side_by_side(
+  source: np.ndarray, edited: np.ndarray, ref_image: np.ndarray | None = None
+) -> np.ndarray:
   """[source | reference | edited] panels, uint8[T, H, k*W, 3].
 
   The reference panel is the white-padded image the VAE saw. ``demo.py``
@@ -123,8 +136,9 @@ def side_by_side(source: np.ndarray, edited: np.ndarray,
     ref_image: uint8[h, w, 3] un-padded reference image, or None.
   """
   if source.shape != edited.shape:
-    raise ValueError(f"side_by_side: source {source.shape} and edited "
-                     f"{edited.shape} differ.")
+    raise ValueError(
+      f"side_by_side: source {source.shape} and edited {edited.shape} differ."
+    )
   t, h, w, _ = source.shape
   panels = [source]
   if ref_image is not None:

@@ -65,8 +65,9 @@ def reporting_to(sink: Callable[[int], None] | None) -> Iterator[None]:
 class StepCounter:
   """Turns step callbacks into monotone ``on_advance(done, total)`` calls."""
 
-  def __init__(self, total: int,
-               on_advance: Callable[[int, int], None] | None = None):
+  def __init__(
+    self, total: int, on_advance: Callable[[int, int], None] | None = None
+  ):
     self.total = total
     self.done = 0
     self._on_advance = on_advance

@@ -34,7 +34,7 @@ from kiwi_jax.pipeline import inputs as inputs_lib
 from kiwi_jax.pipeline import outputs as outputs_lib
 from kiwi_jax.utils import paths
 
-MAX_SEED = 2 ** 32 - 1  # JAX keys keep 32 bits
+MAX_SEED = 2**32 - 1  # JAX keys keep 32 bits
 SEED_SUFFIX = "_seed"
 GRID_SUFFIX = "_grid"
 
@@ -47,15 +47,19 @@ def check_seeds(seeds, name: str = "seeds") -> list[int]:
   """
   if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
     raise inputs_lib.EditInputError(
-        f"{name} must be a list of integer seeds, got {seeds!r}.")
+      f"{name} must be a list of integer seeds, got {seeds!r}."
+    )
   if not seeds:
     raise inputs_lib.EditInputError(f"{name} must name at least one seed.")
   for seed in seeds:
-    if (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-        or not 0 <= seed <= MAX_SEED):
+    if (
+      isinstance(seed, bool)
+      or not isinstance(seed, numbers.Integral)
+      or not 0 <= seed <= MAX_SEED
+    ):
       raise inputs_lib.EditInputError(
-          f"{name}: every seed must be an integer in 0..{MAX_SEED}, got "
-          f"{seed!r}.")
+        f"{name}: every seed must be an integer in 0..{MAX_SEED}, got {seed!r}."
+      )
   seen = set()
   for seed in seeds:
     if seed in seen:
@@ -72,12 +76,14 @@ def parse_seeds(text: str, name: str = "--seeds") -> list[int]:
     part = part.strip()
     if not part:
       raise inputs_lib.EditInputError(
-          f"{name} {text!r}: empty entry; expected comma-separated seeds "
-          "such as 0,1,2,3.")
+        f"{name} {text!r}: empty entry; expected comma-separated seeds "
+        "such as 0,1,2,3."
+      )
     if not part.isdigit() or not part.isascii():
       raise inputs_lib.EditInputError(
-          f"{name} {text!r}: {part!r} is not a seed (an integer in "
-          f"0..{MAX_SEED}).")
+        f"{name} {text!r}: {part!r} is not a seed (an integer in "
+        f"0..{MAX_SEED})."
+      )
     seeds.append(int(part))
   return check_seeds(seeds, name)
 
@@ -86,18 +92,21 @@ def check_seed_batch(seed_batch, name: str = "seed_batch") -> int | None:
   """None (all seeds at once) or a positive integer."""
   if seed_batch is None:
     return None
-  if (isinstance(seed_batch, bool) or not isinstance(seed_batch,
-                                                     numbers.Integral)
-      or seed_batch < 1):
+  if (
+    isinstance(seed_batch, bool)
+    or not isinstance(seed_batch, numbers.Integral)
+    or seed_batch < 1
+  ):
     raise inputs_lib.EditInputError(
-        f"{name} must be a positive integer, got {seed_batch!r}.")
+      f"{name} must be a positive integer, got {seed_batch!r}."
+    )
   return int(seed_batch)
 
 
 def chunks(seeds: Sequence[int], seed_batch: int | None) -> list[list[int]]:
   """The seeds in batches of at most ``seed_batch`` (None: one batch)."""
   size = len(seeds) if seed_batch is None else seed_batch
-  return [list(seeds[i:i + size]) for i in range(0, len(seeds), size)]
+  return [list(seeds[i : i + size]) for i in range(0, len(seeds), size)]
 
 
 def seed_path(path, seed: int) -> pathlib.Path:
@@ -112,8 +121,13 @@ def grid_path(path) -> pathlib.Path:
   return path.with_name(f"{path.stem}{GRID_SUFFIX}{path.suffix}")
 
 
-def output_paths(path, seeds: Sequence[int], *, side_by_side: bool = False,
-                 image_mode: bool = False) -> list[pathlib.Path]:
+def output_paths(
+  path,
+  seeds: Sequence[int],
+  *,
+  side_by_side: bool = False,
+  image_mode: bool = False,
+) -> list[pathlib.Path]:
   """Every file a multi-seed save writes: each seed's edit (and its
   side-by-side views), then the grid."""
   written = []
@@ -129,8 +143,9 @@ def grid(source: np.ndarray, edits: Sequence[np.ndarray]) -> np.ndarray:
   """[source | edit_1 | ... | edit_n] panels, uint8[T, H, (n+1)*W, 3]."""
   for edit in edits:
     if edit.shape != source.shape:
-      raise ValueError(f"grid: source {source.shape} and edit {edit.shape} "
-                       "differ.")
+      raise ValueError(
+        f"grid: source {source.shape} and edit {edit.shape} differ."
+      )
   return np.concatenate([source, *edits], axis=2)
 
 
@@ -142,6 +157,7 @@ class SeedResults:
     seeds: the seeds, in the order given.
     results: each seed's ``EditResult`` (same order).
   """
+
   seeds: list[int]
   results: list  # list[edit_pipeline.EditResult]
 
@@ -151,11 +167,11 @@ class SeedResults:
 
   def grid(self) -> np.ndarray:
     """uint8[T, H, (n+1)*W, 3]: the source, then every seed's edit."""
-    return grid(self.results[0].source.frames,
-                [r.frames for r in self.results])
+    return grid(self.results[0].source.frames, [r.frames for r in self.results])
 
-  def save(self, path, *, side_by_side: bool = False,
-           fps: float | None = None) -> list[pathlib.Path]:
+  def save(
+    self, path, *, side_by_side: bool = False, fps: float | None = None
+  ) -> list[pathlib.Path]:
     """Writes ``<stem>_seed<k><ext>`` per seed (each with its side-by-side
     views if asked) and ``<stem>_grid<ext>``; ``path`` itself is not
     written. Returns the written paths (``output_paths`` order).
@@ -167,19 +183,23 @@ class SeedResults:
     first = self.results[0]
     image_mode = first.frames.shape[0] == 1
     outputs_lib.check_output_path(path, image_mode=image_mode)
-    targets = output_paths(path, self.seeds, side_by_side=side_by_side,
-                           image_mode=image_mode)
+    targets = output_paths(
+      path, self.seeds, side_by_side=side_by_side, image_mode=image_mode
+    )
     if os.path.isfile(first.source.name):
-      paths.refuse_inputs_as_outputs([("output", t) for t in targets],
-                                     [("source", first.source.name)])
+      paths.refuse_inputs_as_outputs(
+        [("output", t) for t in targets], [("source", first.source.name)]
+      )
     fps = first.source.fps if fps is None else fps
     written = []
     try:
       for seed, result in zip(self.seeds, self.results):
-        written += result.save(seed_path(path, seed),
-                               side_by_side=side_by_side, fps=fps)
-      written.append(outputs_lib.write_frames(grid_path(path), self.grid(),
-                                              fps))
+        written += result.save(
+          seed_path(path, seed), side_by_side=side_by_side, fps=fps
+        )
+      written.append(
+        outputs_lib.write_frames(grid_path(path), self.grid(), fps)
+      )
     except BaseException:
       for done in written:
         done.unlink(missing_ok=True)

@@ -46,14 +46,16 @@ DEFAULT_ASPECT = (720, 1280)
 @dataclasses.dataclass(frozen=True)
 class ClipShape:
   """One kind of batch: its mode, frames and frame size."""
+
   mode: str  # "image", "video" or "reference"
   frames: int
   height: int
   width: int
 
 
-def clip_shapes(config: Any, aspect: tuple[int, int] = DEFAULT_ASPECT
-                ) -> list[ClipShape]:
+def clip_shapes(
+  config: Any, aspect: tuple[int, int] = DEFAULT_ASPECT
+) -> list[ClipShape]:
   """The batch kinds a training config's data mix produces (one per
   source: ``image`` sources are 1 frame, ``ref`` sources reference mode).
 
@@ -67,20 +69,28 @@ def clip_shapes(config: Any, aspect: tuple[int, int] = DEFAULT_ASPECT
     height, width = (int(n) for n in fixed)
   else:
     height, width = transforms.size_for_pixel_budget(
-        aspect[0], aspect[1], int(data.max_pixels), int(data.size_multiple))
+      aspect[0], aspect[1], int(data.max_pixels), int(data.size_multiple)
+    )
   sources = list(data.sources or [])
   if not sources:
     frames = int(config.get("demo", {}).get("num_frames", 5))
-    names = ("image", "video", "ref")[:int(kiwi.stage)]
-    sources = [{"name": n, "max_frames": 1 if n == "image" else frames}
-               for n in names]
+    names = ("image", "video", "ref")[: int(kiwi.stage)]
+    sources = [
+      {"name": n, "max_frames": 1 if n == "image" else frames} for n in names
+    ]
   out = []
   for source in sources:
     name = str(source["name"])
-    frames = transforms.clip_length(int(source["max_frames"]),
-                                    int(source["max_frames"]))
-    mode = ("reference" if name.startswith("ref") else
-            "image" if frames == 1 else "video")
+    frames = transforms.clip_length(
+      int(source["max_frames"]), int(source["max_frames"])
+    )
+    mode = (
+      "reference"
+      if name.startswith("ref")
+      else "image"
+      if frames == 1
+      else "video"
+    )
     shape = ClipShape(mode, frames, height, width)
     if shape not in out:
       out.append(shape)
@@ -88,23 +98,29 @@ def clip_shapes(config: Any, aspect: tuple[int, int] = DEFAULT_ASPECT
 
 
 def _image_grid(height: int, width: int, max_pixels: int | None):
-  h, w = vp.smart_resize(height, width, vp.IMAGE_FACTOR,
-                         vp.IMAGE_MIN_PIXELS,
-                         vp.IMAGE_MAX_PIXELS if max_pixels is None
-                         else max_pixels)
+  h, w = vp.smart_resize(
+    height,
+    width,
+    vp.IMAGE_FACTOR,
+    vp.IMAGE_MIN_PIXELS,
+    vp.IMAGE_MAX_PIXELS if max_pixels is None else max_pixels,
+  )
   return (1, h // vp.PATCH_SIZE, w // vp.PATCH_SIZE)
 
 
-def _video_grid(frames: int, height: int, width: int,
-                max_pixels: int | None):
+def _video_grid(frames: int, height: int, width: int, max_pixels: int | None):
   kept = len(vp.sample_frame_indices(frames))
   h, w = vp.video_frame_size(height, width, kept, max_pixels)
-  return (-(-kept // vp.TEMPORAL_PATCH_SIZE), h // vp.PATCH_SIZE,
-          w // vp.PATCH_SIZE)
+  return (
+    -(-kept // vp.TEMPORAL_PATCH_SIZE),
+    h // vp.PATCH_SIZE,
+    w // vp.PATCH_SIZE,
+  )
 
 
-def mllm_example(model_cfg: Any, clip: ClipShape, *, seq_len: int = 0,
-                 num_patches: int = 0) -> dict[str, np.ndarray]:
+def mllm_example(
+  model_cfg: Any, clip: ClipShape, *, seq_len: int = 0, num_patches: int = 0
+) -> dict[str, np.ndarray]:
   """One padded MLLM example of the hook's layout (no ``grid_thw``).
 
   Args:
@@ -121,18 +137,20 @@ def mllm_example(model_cfg: Any, clip: ClipShape, *, seq_len: int = 0,
   if clip.mode == "image":
     images.append(_image_grid(clip.height, clip.width, None))
   else:
-    videos.append(_video_grid(clip.frames, clip.height, clip.width,
-                              per_frame))
+    videos.append(_video_grid(clip.frames, clip.height, clip.width, per_frame))
   if clip.mode == "reference":
-    images.append(_image_grid(clip.height, clip.width,
-                              28 * 28 * model_cfg.max_ref_tokens))
+    images.append(
+      _image_grid(clip.height, clip.width, 28 * 28 * model_cfg.max_ref_tokens)
+    )
   filler = 0
   prefix, instruction = TEXT_TOKENS
 
   def block(token, grid):
-    return ([mc.vision_start_token_id] + [token] * (int(np.prod(grid)) //
-                                                    unit)
-            + [mc.vision_end_token_id])
+    return (
+      [mc.vision_start_token_id]
+      + [token] * (int(np.prod(grid)) // unit)
+      + [mc.vision_end_token_id]
+    )
 
   ids = [filler] * prefix
   if clip.mode == "image":
@@ -146,52 +164,80 @@ def mllm_example(model_cfg: Any, clip: ClipShape, *, seq_len: int = 0,
     ids += block(mc.image_token_id, images[-1])
     ref_span = np.asarray([start, len(ids) - 1], np.int32)
   queries = model_cfg.num_queries(clip.mode)
-  ids = np.asarray(ids + [mc.query_token_id] * queries + [filler] * 2,
-                   np.int64)
+  ids = np.asarray(ids + [mc.query_token_id] * queries + [filler] * 2, np.int64)
   positions = mrope_position_ids(
-      ids, image_grid_thw=images, video_grid_thw=videos,
-      image_token_id=mc.image_token_id, video_token_id=mc.video_token_id,
-      vision_start_token_id=mc.vision_start_token_id,
-      spatial_merge_size=mc.vision.spatial_merge_size,
-      tokens_per_second=mc.vision.tokens_per_second)
+    ids,
+    image_grid_thw=images,
+    video_grid_thw=videos,
+    image_token_id=mc.image_token_id,
+    video_token_id=mc.video_token_id,
+    vision_start_token_id=mc.vision_start_token_id,
+    spatial_merge_size=mc.vision.spatial_merge_size,
+    tokens_per_second=mc.vision.tokens_per_second,
+  )
   grids = np.asarray(images + videos, np.int32)  # images first (processor)
   rows = int(sum(np.prod(g) for g in grids))
   example = {
-      "input_ids": ids.astype(np.int32), "position_ids": positions,
-      "pixel_values": np.zeros((rows, mc.vision.patch_dim), np.float32),
-      "grid_thw": grids, "num_queries": np.int32(queries),
-      "ref_span": ref_span}
-  out = bucketing.pad_example(example, mc.vision, pad_token_id=filler,
-                              seq_len=seq_len or None,
-                              num_patches=num_patches or None)
+    "input_ids": ids.astype(np.int32),
+    "position_ids": positions,
+    "pixel_values": np.zeros((rows, mc.vision.patch_dim), np.float32),
+    "grid_thw": grids,
+    "num_queries": np.int32(queries),
+    "ref_span": ref_span,
+  }
+  out = bucketing.pad_example(
+    example,
+    mc.vision,
+    pad_token_id=filler,
+    seq_len=seq_len or None,
+    num_patches=num_patches or None,
+  )
   del out["grid_thw"]
   return out
 
 
-def train_batch(task: Any, clip: ClipShape, batch_size: int
-                ) -> dict[str, Any]:
+def train_batch(task: Any, clip: ClipShape, batch_size: int) -> dict[str, Any]:
   """A host batch of ``batch_size`` examples as ``KiwiTask`` reads it:
   ``source_video`` / ``target_video`` (+ ``ref_image``) as uint8 shape
   structs, ``mllm`` as stacked numpy arrays."""
   kiwi = task.config.kiwi
-  one = mllm_example(task.model_cfg, clip, seq_len=int(kiwi.seq_len),
-                     num_patches=int(kiwi.num_patches))
+  one = mllm_example(
+    task.model_cfg,
+    clip,
+    seq_len=int(kiwi.seq_len),
+    num_patches=int(kiwi.num_patches),
+  )
   video = jax.ShapeDtypeStruct(
-      (batch_size, clip.frames, clip.height, clip.width, 3), np.uint8)
-  batch = {"source_video": video, "target_video": video,
-           "mllm": {k: np.stack([v] * batch_size) for k, v in one.items()}}
+    (batch_size, clip.frames, clip.height, clip.width, 3), np.uint8
+  )
+  batch = {
+    "source_video": video,
+    "target_video": video,
+    "mllm": {k: np.stack([v] * batch_size) for k, v in one.items()},
+  }
   if clip.mode == "reference":
     batch["ref_image"] = jax.ShapeDtypeStruct(
-        (batch_size, clip.height, clip.width, 3), np.uint8)
+      (batch_size, clip.height, clip.width, 3), np.uint8
+    )
   return batch
 
 
 def with_shardings(batch: Any, sharding_of) -> Any:
   """Shape structs of every leaf, with ``sharding_of(leaf)``."""
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
-                                     sharding=sharding_of(x)), batch)
+    lambda x: jax.ShapeDtypeStruct(
+      np.shape(x), x.dtype, sharding=sharding_of(x)
+    ),
+    batch,
+  )
 
 
-__all__ = ["ClipShape", "DEFAULT_ASPECT", "TEXT_TOKENS", "clip_shapes",
-           "mllm_example", "train_batch", "with_shardings"]
+__all__ = [
+  "ClipShape",
+  "DEFAULT_ASPECT",
+  "TEXT_TOKENS",
+  "clip_shapes",
+  "mllm_example",
+  "train_batch",
+  "with_shardings",
+]

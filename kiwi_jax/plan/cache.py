@@ -39,14 +39,17 @@ def enable_compilation_cache(cache_dir: pathlib.Path) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   warnings.filterwarnings(
-      "ignore", message="Error reading persistent compilation cache entry",
-      category=UserWarning)
+    "ignore",
+    message="Error reading persistent compilation cache entry",
+    category=UserWarning,
+  )
 
 
 def row_key(**parts: Any) -> str:
   """A stable hash of JSON-able ``parts`` (with the row version)."""
-  text = json.dumps({"row_version": ROW_VERSION, **parts}, sort_keys=True,
-                    default=str)
+  text = json.dumps(
+    {"row_version": ROW_VERSION, **parts}, sort_keys=True, default=str
+  )
   return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -69,9 +72,15 @@ class RowCache:
     if self.dir is None:
       return
     self.dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(self.dir / f"{key}.json",
-                      json.dumps(row, indent=1, sort_keys=True))
+    atomic.write_text(
+      self.dir / f"{key}.json", json.dumps(row, indent=1, sort_keys=True)
+    )
 
 
-__all__ = ["ROW_VERSION", "RowCache", "default_dir",
-           "enable_compilation_cache", "row_key"]
+__all__ = [
+  "ROW_VERSION",
+  "RowCache",
+  "default_dir",
+  "enable_compilation_cache",
+  "row_key",
+]

@@ -10,28 +10,51 @@ from __future__ import annotations
 
 import re
 
-COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all",
-               "collective-permute")
+COLLECTIVES = (
+  "all-gather",
+  "all-reduce",
+  "reduce-scatter",
+  "all-to-all",
+  "collective-permute",
+)
 
 # The opcode follows the result type and a space; names and operands start
 # with "%" (or are followed by " ="), so "%all-gather.3" is not matched.
 _OPCODE = re.compile(
-    r"(?<![%\w.\-])(" + "|".join(COLLECTIVES) + r")(-start)?\(")
-_MATMUL = re.compile(
-    r"=\s*(\(?[a-z0-9]+)\[[^\]]*\][^=]*?\s(dot|convolution)\(")
+  r"(?<![%\w.\-])(" + "|".join(COLLECTIVES) + r")(-start)?\("
+)
+_MATMUL = re.compile(r"=\s*(\(?[a-z0-9]+)\[[^\]]*\][^=]*?\s(dot|convolution)\(")
 
-_UNITS = {"": 1, "B": 1, "K": 2 ** 10, "KB": 2 ** 10, "KIB": 2 ** 10,
-          "M": 2 ** 20, "MB": 2 ** 20, "MIB": 2 ** 20,
-          "G": 2 ** 30, "GB": 2 ** 30, "GIB": 2 ** 30,
-          "T": 2 ** 40, "TB": 2 ** 40, "TIB": 2 ** 40}
+_UNITS = {
+  "": 1,
+  "B": 1,
+  "K": 2**10,
+  "KB": 2**10,
+  "KIB": 2**10,
+  "M": 2**20,
+  "MB": 2**20,
+  "MIB": 2**20,
+  "G": 2**30,
+  "GB": 2**30,
+  "GIB": 2**30,
+  "T": 2**40,
+  "TB": 2**40,
+  "TIB": 2**40,
+}
 _SIZE = r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?"
 _NEED_PATTERNS = (
-    # "the total memory required for HLO temporaries (43.66G) exceeds
-    #  available HBM (15.75G)"
-    re.compile(r"required for ([\w ]+?) \(" + _SIZE +
-               r"\) exceeds available HBM \(" + _SIZE + r"\)", re.I),
-    # "Used 1.74T of 95.74G hbm"
-    re.compile(r"Used " + _SIZE + r" of " + _SIZE + r" hbm", re.I),
+  # "the total memory required for HLO temporaries (43.66G) exceeds
+  #  available HBM (15.75G)"
+  re.compile(
+    r"required for ([\w ]+?) \("
+    + _SIZE
+    + r"\) exceeds available HBM \("
+    + _SIZE
+    + r"\)",
+    re.I,
+  ),
+  # "Used 1.74T of 95.74G hbm"
+  re.compile(r"Used " + _SIZE + r" of " + _SIZE + r" hbm", re.I),
 )
 
 
@@ -67,13 +90,19 @@ def memory_need(message: str) -> dict[str, int | str] | None:
   match = first.search(message)
   if match:
     what, n1, u1, n2, u2 = match.groups()
-    return {"need_bytes": _bytes(n1, u1), "available_bytes": _bytes(n2, u2),
-            "what": what.strip()}
+    return {
+      "need_bytes": _bytes(n1, u1),
+      "available_bytes": _bytes(n2, u2),
+      "what": what.strip(),
+    }
   match = second.search(message)
   if match:
     n1, u1, n2, u2 = match.groups()
-    return {"need_bytes": _bytes(n1, u1), "available_bytes": _bytes(n2, u2),
-            "what": "total"}
+    return {
+      "need_bytes": _bytes(n1, u1),
+      "available_bytes": _bytes(n2, u2),
+      "what": "total",
+    }
   return None
 
 
@@ -81,5 +110,10 @@ def is_out_of_memory(message: str) -> bool:
   return "RESOURCE_EXHAUSTED" in message or "Ran out of memory" in message
 
 
-__all__ = ["COLLECTIVES", "count_collectives", "count_matmuls",
-           "is_out_of_memory", "memory_need"]
+__all__ = [
+  "COLLECTIVES",
+  "count_collectives",
+  "count_matmuls",
+  "is_out_of_memory",
+  "memory_need",
+]

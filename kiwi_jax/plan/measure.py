@@ -22,9 +22,13 @@ from kiwi_jax.plan.programs import Program
 
 logger = logging.getLogger("kiwi_jax")
 
-_MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes",
-                  "alias_size_in_bytes", "temp_size_in_bytes",
-                  "generated_code_size_in_bytes")
+_MEMORY_FIELDS = (
+  "argument_size_in_bytes",
+  "output_size_in_bytes",
+  "alias_size_in_bytes",
+  "temp_size_in_bytes",
+  "generated_code_size_in_bytes",
+)
 
 
 def _first_lines(message: str, limit: int = 400) -> str:
@@ -36,24 +40,36 @@ def memory_stats(compiled) -> dict[str, int]:
   """Per-chip bytes: ``argument``, ``output``, ``alias``, ``temp``,
   ``code`` and ``peak``."""
   m = compiled.memory_analysis()
-  out = {name.split("_size")[0]: int(getattr(m, name, 0) or 0)
-         for name in _MEMORY_FIELDS}
+  out = {
+    name.split("_size")[0]: int(getattr(m, name, 0) or 0)
+    for name in _MEMORY_FIELDS
+  }
   out["code"] = out.pop("generated_code")
   peak = getattr(m, "peak_memory_in_bytes", None)
-  out["peak"] = int(peak) if peak else (
-      out["argument"] + out["output"] - out["alias"] + out["temp"])
+  out["peak"] = (
+    int(peak)
+    if peak
+    else (out["argument"] + out["output"] - out["alias"] + out["temp"])
+  )
   return out
 
 
-def measure(program: Program, *, chips: int, hbm_bytes: int,
-            peak_flops: float | None, scan_corrected: bool = True
-            ) -> dict[str, Any]:
+def measure(
+  program: Program,
+  *,
+  chips: int,
+  hbm_bytes: int,
+  peak_flops: float | None,
+  scan_corrected: bool = True,
+) -> dict[str, Any]:
   """Compiles ``program`` and returns its plan row (JSON-ready)."""
   row: dict[str, Any] = {
-      "program": program.name, "batch": program.batch,
-      "model_flops": program.model_flops,
-      "flops_formula": program.flops_formula,
-      "hbm_per_chip_bytes": hbm_bytes}
+    "program": program.name,
+    "batch": program.batch,
+    "model_flops": program.model_flops,
+    "flops_formula": program.flops_formula,
+    "hbm_per_chip_bytes": hbm_bytes,
+  }
   start = time.perf_counter()
   try:
     compiled = program.lower().compile()
@@ -61,16 +77,18 @@ def measure(program: Program, *, chips: int, hbm_bytes: int,
     message = f"{type(e).__name__}: {e}"
     row["compile_seconds"] = round(time.perf_counter() - start, 1)
     if hlo_stats.is_out_of_memory(message):
-      row.update(status="out_of_memory", fits=False,
-                 need=hlo_stats.memory_need(message))
+      row.update(
+        status="out_of_memory", fits=False, need=hlo_stats.memory_need(message)
+      )
     else:
       row.update(status="error", fits=None)
     row["error"] = _first_lines(message)
     return row
   row["compile_seconds"] = round(time.perf_counter() - start, 1)
   memory = memory_stats(compiled)
-  row.update(status="compiled", memory_per_chip=memory,
-             fits=memory["peak"] <= hbm_bytes)
+  row.update(
+    status="compiled", memory_per_chip=memory, fits=memory["peak"] <= hbm_bytes
+  )
   text = compiled.as_text()
   row["collectives"] = hlo_stats.count_collectives(text)
   row["matmuls"] = hlo_stats.count_matmuls(text)
@@ -80,7 +98,8 @@ def measure(program: Program, *, chips: int, hbm_bytes: int,
     try:
       with program.context():
         corrected = flops_lib.scan_corrected_xla_flops(
-            program.fn, *program.args, compiled=compiled, partitions=chips)
+          program.fn, *program.args, compiled=compiled, partitions=chips
+        )
       row["xla_flops_scan_corrected"] = corrected * chips
     except Exception as e:  # pylint: disable=broad-except
       row["scan_correction_error"] = _first_lines(f"{type(e).__name__}: {e}")

@@ -9,13 +9,28 @@ from typing import Any
 from kiwi_jax.plan.hlo_stats import COLLECTIVES
 from kiwi_jax.utils import atomic
 
-_GIB = 2 ** 30
-_SHORT = {"all-gather": "AG", "all-reduce": "AR", "reduce-scatter": "RS",
-          "all-to-all": "A2A", "collective-permute": "CP"}
-HEADER = ("program", "batch", "args GiB", "temp GiB", "peak GiB", "fits",
-          "model PFLOP", "XLA PFLOP (scan-corr.)",
-          "/".join(_SHORT[c] for c in COLLECTIVES), "f32 matmuls",
-          "t_min s", "compile s")
+_GIB = 2**30
+_SHORT = {
+  "all-gather": "AG",
+  "all-reduce": "AR",
+  "reduce-scatter": "RS",
+  "all-to-all": "A2A",
+  "collective-permute": "CP",
+}
+HEADER = (
+  "program",
+  "batch",
+  "args GiB",
+  "temp GiB",
+  "peak GiB",
+  "fits",
+  "model PFLOP",
+  "XLA PFLOP (scan-corr.)",
+  "/".join(_SHORT[c] for c in COLLECTIVES),
+  "f32 matmuls",
+  "t_min s",
+  "compile s",
+)
 
 
 def _gib(n) -> str:
@@ -45,31 +60,42 @@ def table_row(row: dict[str, Any]) -> list[str]:
   matmuls = row.get("matmuls")
   bound = row.get("step_seconds_lower_bound")
   return [
-      row["program"], str(row.get("batch") or "-"),
-      _gib(memory.get("argument")),
-      _gib(memory.get("temp")), _gib(memory.get("peak")), _fits(row),
-      _pflop(row.get("model_flops")),
-      _pflop(row.get("xla_flops_scan_corrected")),
-      "-" if not collectives else "/".join(str(collectives[c])
-                                           for c in COLLECTIVES),
-      "-" if not matmuls else f"{matmuls['f32']}/{matmuls['total']}",
-      "-" if bound is None else f"{bound:.3g}",
-      f"{row.get('compile_seconds', 0):.0f}" + (" (cached)"
-                                                 if row.get("cached") else "")]
+    row["program"],
+    str(row.get("batch") or "-"),
+    _gib(memory.get("argument")),
+    _gib(memory.get("temp")),
+    _gib(memory.get("peak")),
+    _fits(row),
+    _pflop(row.get("model_flops")),
+    _pflop(row.get("xla_flops_scan_corrected")),
+    "-"
+    if not collectives
+    else "/".join(str(collectives[c]) for c in COLLECTIVES),
+    "-" if not matmuls else f"{matmuls['f32']}/{matmuls['total']}",
+    "-" if bound is None else f"{bound:.3g}",
+    f"{row.get('compile_seconds', 0):.0f}"
+    + (" (cached)" if row.get("cached") else ""),
+  ]
 
 
 def markdown(plan: dict[str, Any]) -> str:
   """The header line, the table and one line per failed program."""
   t = plan["topology"]
   mesh = ", ".join(f"{k}={v}" for k, v in plan["mesh"].items() if v > 1)
-  lines = [f"{plan['config']} on {t['name']} ({t['chips']} chips, "
-           f"{t['hbm_gib']} GiB HBM each), mesh {mesh or 'one device'}; "
-           f"jax {plan['jax']}, libtpu {plan['libtpu']}",
-           "", "| " + " | ".join(HEADER) + " |",
-           "|" + "---|" * len(HEADER)]
+  lines = [
+    f"{plan['config']} on {t['name']} ({t['chips']} chips, "
+    f"{t['hbm_gib']} GiB HBM each), mesh {mesh or 'one device'}; "
+    f"jax {plan['jax']}, libtpu {plan['libtpu']}",
+    "",
+    "| " + " | ".join(HEADER) + " |",
+    "|" + "---|" * len(HEADER),
+  ]
   lines += ["| " + " | ".join(table_row(r)) + " |" for r in plan["programs"]]
-  notes = [f"- {r['program']}: {r['error']}" for r in plan["programs"]
-           if r.get("error")]
+  notes = [
+    f"- {r['program']}: {r['error']}"
+    for r in plan["programs"]
+    if r.get("error")
+  ]
   return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 

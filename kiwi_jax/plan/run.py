@@ -36,13 +36,16 @@ def parse_mesh(text: str) -> dict[str, int]:
     name, sep, value = item.partition("=")
     name = name.strip()
     if not sep or name not in sharding.MESH_AXES:
-      raise ValueError(f"--mesh item {item!r}: expected AXIS=SIZE with AXIS "
-                       f"one of {', '.join(sharding.MESH_AXES)}.")
+      raise ValueError(
+        f"--mesh item {item!r}: expected AXIS=SIZE with AXIS "
+        f"one of {', '.join(sharding.MESH_AXES)}."
+      )
     try:
       out[name] = int(value)
     except ValueError:
-      raise ValueError(f"--mesh item {item!r}: {value!r} is not an "
-                       "integer.") from None
+      raise ValueError(
+        f"--mesh item {item!r}: {value!r} is not an integer."
+      ) from None
   return out
 
 
@@ -63,13 +66,18 @@ def slice_mesh(devices: Sequence[Any], sizes: dict[str, int]) -> Mesh:
   shape = tuple(listed.axis_sizes)
   try:
     from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
-    grid = mesh_utils.create_device_mesh(shape, list(devices),
-                                         allow_split_physical_axes=True)
+
+    grid = mesh_utils.create_device_mesh(
+      shape, list(devices), allow_split_physical_axes=True
+    )
   except Exception as e:  # pylint: disable=broad-except
     logger.info("Physical device order unavailable (%s); list order.", e)
     return listed
-  return Mesh(grid, sharding.MESH_AXES,
-              axis_types=(AxisType.Auto,) * len(sharding.MESH_AXES))
+  return Mesh(
+    grid,
+    sharding.MESH_AXES,
+    axis_types=(AxisType.Auto,) * len(sharding.MESH_AXES),
+  )
 
 
 def select(available: Sequence[str], wanted: str) -> list[str]:
@@ -89,30 +97,44 @@ def select(available: Sequence[str], wanted: str) -> list[str]:
     else:
       found = [n for n in available if n == item or n.startswith(item + "/")]
     if not found:
-      raise ValueError(f"--programs item {item!r} matches no program; "
-                       f"programs: {', '.join(available)} (or train, edit, "
-                       "all).")
+      raise ValueError(
+        f"--programs item {item!r} matches no program; "
+        f"programs: {', '.join(available)} (or train, edit, "
+        "all)."
+      )
     out += [n for n in found if n not in out]
   return out
 
 
 def _commit() -> str | None:
   try:
-    return subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-        text=True, check=True, timeout=10,
-        cwd=pathlib.Path(__file__).resolve().parent).stdout.strip() or None
+    return (
+      subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+        cwd=pathlib.Path(__file__).resolve().parent,
+      ).stdout.strip()
+      or None
+    )
   except (OSError, subprocess.SubprocessError):
     return None
 
 
-def plan(config: Any, config_name: str, tpu_slice: topology.TpuSlice, *,
-         mesh_override: dict[str, int] | None = None,
-         wanted: str = "all", cache_dir: pathlib.Path | None = None,
-         scan_corrected: bool = True,
-         aspect: tuple[int, int] = DEFAULT_ASPECT,
-         on_row: Callable[[dict[str, Any]], None] | None = None
-         ) -> dict[str, Any]:
+def plan(
+  config: Any,
+  config_name: str,
+  tpu_slice: topology.TpuSlice,
+  *,
+  mesh_override: dict[str, int] | None = None,
+  wanted: str = "all",
+  cache_dir: pathlib.Path | None = None,
+  scan_corrected: bool = True,
+  aspect: tuple[int, int] = DEFAULT_ASPECT,
+  on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
   """Compiles the selected programs for ``tpu_slice``; returns the plan."""
   devices = topology.devices(tpu_slice)
   sizes = mesh_sizes(config, mesh_override)
@@ -127,12 +149,17 @@ def plan(config: Any, config_name: str, tpu_slice: topology.TpuSlice, *,
   peak = flops_lib.peak_flops_per_chip(devices[0])
   rows = []
   for name in names:
-    key = cache_lib.row_key(config=config.to_json_best_effort(sort_keys=True)
-                            if hasattr(config, "to_json_best_effort")
-                            else str(config),
-                            slice=tpu_slice.name, mesh=mesh_dict,
-                            program=name, aspect=list(aspect),
-                            scan_corrected=scan_corrected, **versions)
+    key = cache_lib.row_key(
+      config=config.to_json_best_effort(sort_keys=True)
+      if hasattr(config, "to_json_best_effort")
+      else str(config),
+      slice=tpu_slice.name,
+      mesh=mesh_dict,
+      program=name,
+      aspect=list(aspect),
+      scan_corrected=scan_corrected,
+      **versions,
+    )
     row = rows_cache.get(key)
     if row is not None:
       row["cached"] = True
@@ -143,33 +170,49 @@ def plan(config: Any, config_name: str, tpu_slice: topology.TpuSlice, *,
       except Exception as e:  # pylint: disable=broad-except
         # Building failed before any compile (a config the model rejects):
         # a row that says why, not a traceback that hides the other rows.
-        rows.append({"program": name, "status": "error", "fits": None,
-                     "batch": None, "cached": False,
-                     "error": f"{type(e).__name__}: {e}".splitlines()[0]})
+        rows.append(
+          {
+            "program": name,
+            "status": "error",
+            "fits": None,
+            "batch": None,
+            "cached": False,
+            "error": f"{type(e).__name__}: {e}".splitlines()[0],
+          }
+        )
         if on_row is not None:
           on_row(rows[-1])
         continue
-      row = measure.measure(program, chips=tpu_slice.chips,
-                            hbm_bytes=tpu_slice.hbm_bytes, peak_flops=peak,
-                            scan_corrected=scan_corrected)
+      row = measure.measure(
+        program,
+        chips=tpu_slice.chips,
+        hbm_bytes=tpu_slice.hbm_bytes,
+        peak_flops=peak,
+        scan_corrected=scan_corrected,
+      )
       rows_cache.put(key, row)
       row["cached"] = False
     rows.append(row)
     if on_row is not None:
       on_row(row)
   return {
-      "config": config_name, "date": datetime.datetime.now(
-          datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-      "commit": _commit(),
-      "topology": {"name": tpu_slice.name, "chips": tpu_slice.chips,
-                   "topology": tpu_slice.topology,
-                   "device_kind": devices[0].device_kind,
-                   "hbm_gib": tpu_slice.hbm_gib,
-                   "peak_flops_per_chip": peak},
-      "mesh": mesh_dict, "aspect": list(aspect), **versions,
-      "fits": all(r.get("fits") is True for r in rows),
-      "programs": rows,
-      "total_chips": math.prod(mesh_dict.values()),
+    "config": config_name,
+    "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    "commit": _commit(),
+    "topology": {
+      "name": tpu_slice.name,
+      "chips": tpu_slice.chips,
+      "topology": tpu_slice.topology,
+      "device_kind": devices[0].device_kind,
+      "hbm_gib": tpu_slice.hbm_gib,
+      "peak_flops_per_chip": peak,
+    },
+    "mesh": mesh_dict,
+    "aspect": list(aspect),
+    **versions,
+    "fits": all(r.get("fits") is True for r in rows),
+    "programs": rows,
+    "total_chips": math.prod(mesh_dict.values()),
   }
 
 

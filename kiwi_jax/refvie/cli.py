@@ -46,15 +46,23 @@ PROG = "python -m kiwi_jax.refvie"
 
 def _pipeline(args) -> Pipeline:
   return Pipeline(
-      quality=quality.QualityFilter(dataclasses.replace(
-          quality.LOSSY if args.lossy else quality.QualityConfig(),
-          min_side=args.min_side, min_frames=args.min_frames)),
-      grounder=grounding.DiffGrounder(
-          grounding.LOSSY if args.lossy else grounding.GroundingConfig()),
-      synthesizer=synthesis.ReferenceSynthesizer(synthesis.SynthesisConfig(
-          canvas_size=args.canvas_size)),
-      max_frames=args.max_frames, media=args.media,
-      analysis_max_side=args.analysis_max_side or None)
+    quality=quality.QualityFilter(
+      dataclasses.replace(
+        quality.LOSSY if args.lossy else quality.QualityConfig(),
+        min_side=args.min_side,
+        min_frames=args.min_frames,
+      )
+    ),
+    grounder=grounding.DiffGrounder(
+      grounding.LOSSY if args.lossy else grounding.GroundingConfig()
+    ),
+    synthesizer=synthesis.ReferenceSynthesizer(
+      synthesis.SynthesisConfig(canvas_size=args.canvas_size)
+    ),
+    max_frames=args.max_frames,
+    media=args.media,
+    analysis_max_side=args.analysis_max_side or None,
+  )
 
 
 def _inputs(args) -> list[tuple[str, str | epath.Path]]:
@@ -77,15 +85,17 @@ def _refuse_outputs_over_inputs(args) -> None:
   an input, or --records_dir over the run's own output."""
   inputs = _inputs(args)
   paths.refuse_inputs_as_outputs(
-      outputs=[("--out_dir", args.out_dir)], inputs=inputs,
-      folders=["--out_dir"])
+    outputs=[("--out_dir", args.out_dir)], inputs=inputs, folders=["--out_dir"]
+  )
   if args.records_dir:
     paths.refuse_inputs_as_outputs(
-        outputs=[("--records_dir", args.records_dir)],
-        inputs=inputs + [("--out_dir", args.out_dir)],
-        folders=["--records_dir"])
+      outputs=[("--records_dir", args.records_dir)],
+      inputs=inputs + [("--out_dir", args.out_dir)],
+      folders=["--records_dir"],
+    )
     # pylint: disable-next=g-import-not-at-top
     from kiwi_jax.data import build_folder
+
     build_folder.check_output_folder(args.records_dir, "--records_dir")
 
 
@@ -100,50 +110,77 @@ def _rows(args) -> list[metadata.Row]:
       raise FileNotFoundError(f"no file matches {args.parquet}")
     rows.extend(metadata.read_parquet_rows(paths))
   if args.records:
-    rows.extend(metadata.read_record_rows(
-        metadata.record_shards(args.records)))
-  return [dataclasses.replace(r, ref_image=None, ref_image_bytes=None)
-          for r in rows]
+    rows.extend(metadata.read_record_rows(metadata.record_shards(args.records)))
+  return [
+    dataclasses.replace(r, ref_image=None, ref_image_bytes=None) for r in rows
+  ]
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog=PROG, description=__doc__.split("\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-  parser.add_argument("--csv", action="append",
-                      help="reference-format CSV (repeatable)")
+    prog=PROG,
+    description=__doc__.split("\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog=__doc__,
+  )
+  parser.add_argument(
+    "--csv", action="append", help="reference-format CSV (repeatable)"
+  )
   parser.add_argument("--parquet", help="parquet chunk path or glob")
-  parser.add_argument("--records",
-                      help="ArrayRecord shard directory, shard or glob "
-                      "(kiwi_jax.data.build_records output)")
-  parser.add_argument("--base_dir", default=None,
-                      help="directory the media paths are relative to "
-                      "(needed with --csv/--parquet)")
+  parser.add_argument(
+    "--records",
+    help="ArrayRecord shard directory, shard or glob "
+    "(kiwi_jax.data.build_records output)",
+  )
+  parser.add_argument(
+    "--base_dir",
+    default=None,
+    help="directory the media paths are relative to "
+    "(needed with --csv/--parquet)",
+  )
   parser.add_argument("--out_dir", required=True)
   parser.add_argument("--runner", choices=("local", "beam"), default="local")
-  parser.add_argument("--beam_arg", action="append", default=[],
-                      help="Beam pipeline option (repeatable)")
+  parser.add_argument(
+    "--beam_arg",
+    action="append",
+    default=[],
+    help="Beam pipeline option (repeatable)",
+  )
   parser.add_argument("--num_workers", type=int, default=0)
   parser.add_argument("--chunk_size", type=int, default=64)
   parser.add_argument("--overwrite", action="store_true")
   parser.add_argument("--no_progress", action="store_true")
   parser.add_argument("--media", choices=MEDIA_MODES, default="copy")
-  parser.add_argument("--records_dir", default=None,
-                      help="also write the quadruplets as ArrayRecord shards "
-                      "(kiwi_jax.data.record_builder) here")
+  parser.add_argument(
+    "--records_dir",
+    default=None,
+    help="also write the quadruplets as ArrayRecord shards "
+    "(kiwi_jax.data.record_builder) here",
+  )
   parser.add_argument("--num_shards", type=int, default=1)
   parser.add_argument("--max_frames", type=int, default=81)
-  parser.add_argument("--analysis_max_side", type=int, default=512,
-                      help="stages look at copies at most this large "
-                      "(0: full size); subject scaffolds are cut at full size")
+  parser.add_argument(
+    "--analysis_max_side",
+    type=int,
+    default=512,
+    help="stages look at copies at most this large "
+    "(0: full size); subject scaffolds are cut at full size",
+  )
   parser.add_argument("--min_side", type=int, default=64)
   parser.add_argument("--min_frames", type=int, default=1)
-  parser.add_argument("--lossy", action="store_true",
-                      help="thresholds for separately lossy-encoded sources "
-                      "and targets (quality.LOSSY, grounding.LOSSY)")
-  parser.add_argument("--canvas_size", type=int, default=None,
-                      help="square scaffold side for subject edits; default "
-                      "keeps the object's native resolution")
+  parser.add_argument(
+    "--lossy",
+    action="store_true",
+    help="thresholds for separately lossy-encoded sources "
+    "and targets (quality.LOSSY, grounding.LOSSY)",
+  )
+  parser.add_argument(
+    "--canvas_size",
+    type=int,
+    default=None,
+    help="square scaffold side for subject edits; default "
+    "keeps the object's native resolution",
+  )
   args = parser.parse_args(argv)
   if not (args.csv or args.parquet or args.records):
     parser.error("give --csv, --parquet and/or --records")
@@ -170,28 +207,46 @@ def main(argv=None) -> int:
       # pylint: disable-next=g-import-not-at-top
       from kiwi_jax.refvie import run_beam as pipeline_beam
     except ImportError as e:
-      print(f"--runner=beam needs apache-beam ({e}); pip install apache-beam",
-            file=sys.stderr)
+      print(
+        f"--runner=beam needs apache-beam ({e}); pip install apache-beam",
+        file=sys.stderr,
+      )
       return 2
     report = pipeline_beam.run_beam(
-        rows, args.base_dir, args.out_dir, pipeline,
-        beam_args=args.beam_arg or ["--runner=DirectRunner"])
+      rows,
+      args.base_dir,
+      args.out_dir,
+      pipeline,
+      beam_args=args.beam_arg or ["--runner=DirectRunner"],
+    )
   else:
     report = pipeline_local.run_local(
-        rows, args.base_dir, args.out_dir, pipeline,
-        num_workers=args.num_workers, chunk_size=args.chunk_size,
-        overwrite=args.overwrite, progress=not args.no_progress)
+      rows,
+      args.base_dir,
+      args.out_dir,
+      pipeline,
+      num_workers=args.num_workers,
+      chunk_size=args.chunk_size,
+      overwrite=args.overwrite,
+      progress=not args.no_progress,
+    )
   print(json.dumps(report, indent=2))
   if args.records_dir:
     # pylint: disable-next=g-import-not-at-top
     from kiwi_jax.data import record_builder
+
     try:
       built = record_builder.build_array_records(
-          metadata.read_csv_rows(epath.Path(args.out_dir) / "refvie.csv"),
-          args.out_dir, args.records_dir,
-          options=record_builder.CheckOptions(min_frames=1,
-                                              max_frames=args.max_frames),
-          policy="fail", num_shards=args.num_shards, prefix="refvie")
+        metadata.read_csv_rows(epath.Path(args.out_dir) / "refvie.csv"),
+        args.out_dir,
+        args.records_dir,
+        options=record_builder.CheckOptions(
+          min_frames=1, max_frames=args.max_frames
+        ),
+        policy="fail",
+        num_shards=args.num_shards,
+        prefix="refvie",
+      )
     except record_builder.RecordBuildError as e:
       print(str(e), file=sys.stderr)
       return 1

@@ -17,7 +17,7 @@ target band) pair finds all near-duplicates with no all-pairs pass.
 """
 
 import dataclasses
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -37,8 +37,9 @@ def phash(image: np.ndarray) -> int:
   coefficients of the 32x32 luma thumbnail against their median (DC left
   out of the median)."""
   gray = Image.fromarray(np.asarray(image, np.uint8)).convert("L")
-  small = np.asarray(gray.resize((32, 32), Image.Resampling.BILINEAR),
-                     np.float64)
+  small = np.asarray(
+    gray.resize((32, 32), Image.Resampling.BILINEAR), np.float64
+  )
   low = fft.dctn(small, norm="ortho")[:8, :8].ravel()
   bits = low > np.median(low[1:])
   return int(sum(1 << i for i, bit in enumerate(bits) if bit))
@@ -61,8 +62,10 @@ def distance(a: Sequence[str], b: Sequence[str]) -> int:
 def _bands(hash_hex: str, count: int) -> list[int]:
   value = int(hash_hex, 16)
   edges = [64 * i // count for i in range(count + 1)]
-  return [(value >> lo) & ((1 << (hi - lo)) - 1)
-          for lo, hi in zip(edges[:-1], edges[1:])]
+  return [
+    (value >> lo) & ((1 << (hi - lo)) - 1)
+    for lo, hi in zip(edges[:-1], edges[1:])
+  ]
 
 
 def band_keys(sig: Sequence[str], max_distance: int) -> list[str]:
@@ -86,11 +89,12 @@ class Candidate:
     return (-self.priority, self.key)
 
 
-def dominated_in_group(group: Sequence[Candidate], max_distance: int
-                       ) -> Iterator[tuple[str, Candidate]]:
+def dominated_in_group(
+  group: Sequence[Candidate], max_distance: int
+) -> Iterator[tuple[str, Candidate]]:
   """(key, better near-duplicate) for each pair of a bucket."""
   for i, a in enumerate(group):
-    for b in group[i + 1:]:
+    for b in group[i + 1 :]:
       if a.key == b.key or distance(a.signature, b.signature) > max_distance:
         continue
       loser, winner = (a, b) if b.rank < a.rank else (b, a)
@@ -102,8 +106,9 @@ def best_dominator(winners: Iterable[Candidate]) -> str:
   return min(winners, key=lambda c: c.rank).key
 
 
-def find_duplicates(candidates: Iterable[Candidate],
-                    config: DedupConfig = DedupConfig()) -> dict[str, str]:
+def find_duplicates(
+  candidates: Iterable[Candidate], config: DedupConfig = DedupConfig()
+) -> dict[str, str]:
   """{dropped key: key of its best-ranked near-duplicate} over a whole set."""
   buckets: dict[str, list[Candidate]] = {}
   for c in candidates:

@@ -34,7 +34,7 @@ the project's Qwen2.5-VL asked to box the object the instruction names.
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -65,8 +65,7 @@ class GroundingConfig:
 # For separately lossy-encoded sources and targets: stricter hysteresis and
 # an opening remove the codec noise along sharp colour edges (mean mask IoU
 # 0.88 on RefVIE-mini at CRF 18, against 0.64 with the exact defaults).
-LOSSY = GroundingConfig(low_threshold=20.0, high_threshold=40.0,
-                        open_radius=1)
+LOSSY = GroundingConfig(low_threshold=20.0, high_threshold=40.0, open_radius=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +91,7 @@ def disk(radius: int) -> np.ndarray:
   Radius 1 is the 4-neighbour cross: an opening with it removes one-pixel
   specks and spurs but keeps the corners of small objects.
   """
-  yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+  yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
   return (yy * yy + xx * xx <= radius * radius)[None]
 
 
@@ -113,8 +112,11 @@ def boxes_of(mask: np.ndarray) -> list[Box | None]:
   boxes = []
   for frame in mask:
     rows, cols = np.flatnonzero(frame.any(1)), np.flatnonzero(frame.any(0))
-    boxes.append(None if rows.size == 0 else (
-        int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1))
+    boxes.append(
+      None
+      if rows.size == 0
+      else (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+    )
   return boxes
 
 
@@ -137,8 +139,9 @@ def _trimmed_cost(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.partition(diff, keep - 1)[:keep].mean())
 
 
-def estimate_shift(source: np.ndarray, target: np.ndarray,
-                   max_shift: int) -> tuple[int, int]:
+def estimate_shift(
+  source: np.ndarray, target: np.ndarray, max_shift: int
+) -> tuple[int, int]:
   """Integer (dy, dx) to roll the target by to align it with the source.
 
   Kept at (0, 0) unless a shift halves the trimmed mean difference: a real
@@ -161,8 +164,10 @@ def estimate_shift(source: np.ndarray, target: np.ndarray,
   for dy in range(-m, m + 1):
     for dx in range(-m, m + 1):
       rolled = np.roll(t, (dy, dx), axis=(1, 2))
-      costs[dy, dx] = (_trimmed_cost(s[core], rolled[core]),
-                       float(np.abs(s[core] - rolled[core]).mean()))
+      costs[dy, dx] = (
+        _trimmed_cost(s[core], rolled[core]),
+        float(np.abs(s[core] - rolled[core]).mean()),
+      )
   lowest = min(c for c, _ in costs.values())
   if lowest >= 0.5 * zero_cost:
     return 0, 0
@@ -187,8 +192,9 @@ def _temporal_close(mask: np.ndarray) -> np.ndarray:
   return out
 
 
-def _drop_small_and_brief(mask: np.ndarray, min_voxels: float,
-                          min_frames: int) -> tuple[np.ndarray, int]:
+def _drop_small_and_brief(
+  mask: np.ndarray, min_voxels: float, min_frames: int
+) -> tuple[np.ndarray, int]:
   labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
   if count == 0:
     return mask, 0
@@ -218,19 +224,21 @@ class DiffGrounder:
   config: GroundingConfig = GroundingConfig()
   kind_fn: Callable[[str], str] = instructions.edit_kind
 
-  def changed_region(self, pair: Pair, fill_holes: bool = False
-                     ) -> tuple[np.ndarray, dict[str, float]]:
+  def changed_region(
+    self, pair: Pair, fill_holes: bool = False
+  ) -> tuple[np.ndarray, dict[str, float]]:
     """bool[T, H, W] cleaned difference mask, and its measurements."""
     cfg = self.config
     dy, dx = estimate_shift(pair.source, pair.target, cfg.max_shift)
     if dy or dx:
       pair = dataclasses.replace(
-          pair, target=np.roll(pair.target, (dy, dx), axis=(1, 2)))
+        pair, target=np.roll(pair.target, (dy, dx), axis=(1, 2))
+      )
     diff = difference(pair, cfg.blur_sigma)
     if dy or dx:  # rows/columns that wrapped around hold no information
       diff = diff.copy()
-      diff[:, :abs(dy)] = diff[:, diff.shape[1] - abs(dy):] = 0
-      diff[:, :, :abs(dx)] = diff[:, :, diff.shape[2] - abs(dx):] = 0
+      diff[:, : abs(dy)] = diff[:, diff.shape[1] - abs(dy) :] = 0
+      diff[:, :, : abs(dx)] = diff[:, :, diff.shape[2] - abs(dx) :] = 0
     mask = _hysteresis(diff, cfg.low_threshold, cfg.high_threshold)
     mask = _temporal_close(mask)
     if cfg.open_radius:
@@ -239,21 +247,29 @@ class DiffGrounder:
       mask = close_frames(mask, cfg.close_radius)
     t = mask.shape[0]
     mask, components = _drop_small_and_brief(
-        mask, cfg.min_component_fraction * mask.size,
-        max(1, math.ceil(cfg.min_persistence * t)))
+      mask,
+      cfg.min_component_fraction * mask.size,
+      max(1, math.ceil(cfg.min_persistence * t)),
+    )
     if fill_holes:
       mask = _fill_holes(mask)
     area = mask.mean(axis=(1, 2))
-    return mask, {"shift_y": dy, "shift_x": dx, "components": components,
-                  "area_fraction": area.mean(),
-                  "max_area_fraction": area.max()}
+    return mask, {
+      "shift_y": dy,
+      "shift_x": dx,
+      "components": components,
+      "area_fraction": area.mean(),
+      "max_area_fraction": area.max(),
+    }
 
   def __call__(self, pair: Pair) -> Grounding:
     cfg = self.config
     kind = self.kind_fn(pair.prompt)
     if kind == "style":
-      raise Rejected("style_edit", f"instruction asks for a global style "
-                     f"change: {pair.prompt!r}")
+      raise Rejected(
+        "style_edit",
+        f"instruction asks for a global style change: {pair.prompt!r}",
+      )
     mask, scores = self.changed_region(pair, fill_holes=False)
     area = scores["area_fraction"]
     boxes = boxes_of(mask)
@@ -262,25 +278,40 @@ class DiffGrounder:
     if kind == "unknown":  # no instruction cue: decide from the geometry
       kind = "background" if area > 0.5 else "subject"
     if kind == "removal":
-      raise Rejected("removal_edit", "a removal leaves nothing to show in a "
-                     f"reference image: {pair.prompt!r}", scores, boxes)
+      raise Rejected(
+        "removal_edit",
+        "a removal leaves nothing to show in a "
+        f"reference image: {pair.prompt!r}",
+        scores,
+        boxes,
+      )
     if kind == "subject":
       if area > cfg.max_subject_area:
         raise Rejected(
-            "global_change", f"instruction names a subject but "
-            f"{area:.1%} of the frame changed (max {cfg.max_subject_area:.0%})",
-            scores, boxes)
+          "global_change",
+          f"instruction names a subject but "
+          f"{area:.1%} of the frame changed (max {cfg.max_subject_area:.0%})",
+          scores,
+          boxes,
+        )
       mask = _fill_holes(mask)
     else:
       if 1 - area < cfg.min_preserved_fraction:
         raise Rejected(
-            "global_change", f"background edit but only {1 - area:.2%} of the "
-            f"frame is unchanged (min {cfg.min_preserved_fraction:.0%})",
-            scores, boxes)
+          "global_change",
+          f"background edit but only {1 - area:.2%} of the "
+          f"frame is unchanged (min {cfg.min_preserved_fraction:.0%})",
+          scores,
+          boxes,
+        )
       if area < cfg.min_background_area:
         raise Rejected(
-            "kind_mismatch", f"background edit but only {area:.1%} of the "
-            f"frame changed (min {cfg.min_background_area:.0%})", scores, boxes)
+          "kind_mismatch",
+          f"background edit but only {area:.1%} of the "
+          f"frame changed (min {cfg.min_background_area:.0%})",
+          scores,
+          boxes,
+        )
     scores["area_fraction"] = mask.mean()
     return Grounding(kind, mask, boxes_of(mask), scores)
 
@@ -307,15 +338,17 @@ class InstructionBoxGrounder:
     boxes = list(self.locate(pair.target, pair.prompt))
     t, h, w = grounding.mask.shape
     if len(boxes) != t:
-      raise ValueError(f"{pair.key}: locator returned {len(boxes)} boxes for "
-                       f"{t} frames")
+      raise ValueError(
+        f"{pair.key}: locator returned {len(boxes)} boxes for {t} frames"
+      )
     gate = np.zeros_like(grounding.mask)
     m = self.margin
     for i, box in enumerate(boxes):
       if box is not None:
         y0, x0, y1, x1 = box
-        gate[i, max(0, y0 - m):min(h, y1 + m),
-             max(0, x0 - m):min(w, x1 + m)] = True
+        gate[
+          i, max(0, y0 - m) : min(h, y1 + m), max(0, x0 - m) : min(w, x1 + m)
+        ] = True
     mask = grounding.mask & gate
     scores = dict(grounding.scores)
     scores["located_fraction"] = mask.sum() / max(1, grounding.mask.sum())

@@ -15,19 +15,23 @@ from typing import Literal
 EditKind = Literal["subject", "background", "style", "removal", "unknown"]
 
 _BACKGROUND = re.compile(
-    r"\b(background|backdrop|scenery|surroundings|behind (him|her|it|them))\b")
+  r"\b(background|backdrop|scenery|surroundings|behind (him|her|it|them))\b"
+)
 _STYLE = re.compile(
-    r"\b(style|styled|stylize|stylise|painting|cartoon|anime|sketch|"
-    r"watercolou?r|oil paint|pixel art|claymation|filter|colou?r grad\w*|"
-    r"the whole (video|image|frame|scene)|entire (video|image|frame|scene)|"
-    r"lighting|weather|season|daytime|nighttime|at night|sunset|winter|"
-    r"summer|autumn|spring)\b")
+  r"\b(style|styled|stylize|stylise|painting|cartoon|anime|sketch|"
+  r"watercolou?r|oil paint|pixel art|claymation|filter|colou?r grad\w*|"
+  r"the whole (video|image|frame|scene)|entire (video|image|frame|scene)|"
+  r"lighting|weather|season|daytime|nighttime|at night|sunset|winter|"
+  r"summer|autumn|spring)\b"
+)
 _REMOVAL = re.compile(
-    r"^\s*(please\s+)?(remove|delete|erase|eliminate|get rid of|take out|"
-    r"take away)\b")
+  r"^\s*(please\s+)?(remove|delete|erase|eliminate|get rid of|take out|"
+  r"take away)\b"
+)
 _SUBJECT = re.compile(
-    r"\b(change|turn|make|replace|swap|substitute|add|insert|put|place|"
-    r"transform|convert|recolou?r|paint|give|dress|wear|swap)\b")
+  r"\b(change|turn|make|replace|swap|substitute|add|insert|put|place|"
+  r"transform|convert|recolou?r|paint|give|dress|wear|swap)\b"
+)
 
 
 def edit_kind(instruction: str) -> EditKind:

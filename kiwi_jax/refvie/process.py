@@ -10,7 +10,8 @@ so re-running it (a resumed run, a retried Beam bundle) is harmless.
 
 import dataclasses
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from etils import epath
@@ -61,16 +62,18 @@ class Pipeline:
 
   def __post_init__(self):
     if self.media not in MEDIA_MODES:
-      raise ValueError(f"media must be one of {MEDIA_MODES}, got "
-                       f"{self.media!r}")
+      raise ValueError(
+        f"media must be one of {MEDIA_MODES}, got {self.media!r}"
+      )
 
   def fingerprint(self) -> Any:
     """A JSON-able description that is stable across processes (used to
     refuse resuming an output directory with a different pipeline)."""
     return _describe(self)
 
-  def process(self, row: Row, base_dir: str | epath.Path,
-              out_dir: str | epath.Path) -> Outcome:
+  def process(
+    self, row: Row, base_dir: str | epath.Path, out_dir: str | epath.Path
+  ) -> Outcome:
     """Runs stages 1-4 on one row; never raises for bad data.
 
     Rows with inline media (`Row.src_bytes`/`tgt_bytes`, ArrayRecord input)
@@ -78,12 +81,19 @@ class Pipeline:
     reference), else ValueError.
     """
     if row.has_inline_media and self.media != "copy":
-      raise ValueError(f"{row.origin}: media={self.media!r} lists original "
-                       "paths, but this row carries its media inline; use "
-                       "media='copy'")
+      raise ValueError(
+        f"{row.origin}: media={self.media!r} lists original "
+        "paths, but this row carries its media inline; use "
+        "media='copy'"
+      )
     base_dir, out_dir = epath.Path(base_dir), epath.Path(out_dir)
-    outcome = Outcome(key=row.key, origin=row.origin, prompt=row.prompt,
-                      src_video=row.src_video, tgt_video=row.tgt_video)
+    outcome = Outcome(
+      key=row.key,
+      origin=row.origin,
+      prompt=row.prompt,
+      src_video=row.src_video,
+      tgt_video=row.tgt_video,
+    )
     stage = "input"
     try:
       full, data = _load(row, base_dir, self.max_frames)
@@ -99,7 +109,8 @@ class Pipeline:
       scaffold = self.synthesizer(pair, grounding)
       if pair is not full:
         scaffold = self.synthesizer.at_resolution(
-            scaffold, grounding.kind, full.target[scaffold.frame])
+          scaffold, grounding.kind, full.target[scaffold.frame]
+        )
       outcome.best_frame = scaffold.frame
       outcome.scores.update(prefixed(stage, scaffold.scores))
       stage = "verification"
@@ -116,11 +127,13 @@ class Pipeline:
     outcome.priority = outcome.scores["verification.margin"]
     name = records.safe_name(row.key)
     outcome.ref_image = f"media/ref/{name}.png"
-    records.write_atomic(out_dir / outcome.ref_image,
-                         video_io.encode_png(scaffold.image))
+    records.write_atomic(
+      out_dir / outcome.ref_image, video_io.encode_png(scaffold.image)
+    )
     for column, relative, (payload, ext) in (
-        ("src_video", row.src_video, data[0]),
-        ("tgt_video", row.tgt_video, data[1])):
+      ("src_video", row.src_video, data[0]),
+      ("tgt_video", row.tgt_video, data[1]),
+    ):
       if self.media == "copy":
         sub = "src" if column == "src_video" else "tgt"
         path = f"media/{sub}/{name}{ext}"
@@ -138,29 +151,43 @@ def downscale(pair: Pair, max_side: int | None) -> Pair:
   differ in size (the quality stage rejects those from `media_shapes`).
   """
   _, h, w, _ = pair.source.shape
-  if (max_side is None or max(h, w) <= max_side
-      or pair.target.shape[1:3] != (h, w)):
+  if (
+    max_side is None
+    or max(h, w) <= max_side
+    or pair.target.shape[1:3] != (h, w)
+  ):
     return pair
   scale = max_side / max(h, w)
   size = (max(1, round(w * scale)), max(1, round(h * scale)))
+
   def shrink(frames):
-    return np.stack([np.asarray(Image.fromarray(f).resize(
-        size, Image.Resampling.BOX)) for f in frames])
+    return np.stack(
+      [
+        np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BOX))
+        for f in frames
+      ]
+    )
+
   return dataclasses.replace(
-      pair, source=shrink(pair.source), target=shrink(pair.target),
-      media_shapes=(pair.source.shape[:3], pair.target.shape[:3]))
+    pair,
+    source=shrink(pair.source),
+    target=shrink(pair.target),
+    media_shapes=(pair.source.shape[:3], pair.target.shape[:3]),
+  )
 
 
-def _load(row: Row, base_dir: epath.Path, max_frames: int
-          ) -> tuple[Pair, tuple[tuple[bytes, str], tuple[bytes, str]]]:
+def _load(
+  row: Row, base_dir: epath.Path, max_frames: int
+) -> tuple[Pair, tuple[tuple[bytes, str], tuple[bytes, str]]]:
   """Decodes the row's media; returns the pair and, per side, the encoded
   payload with the file extension to store it under."""
   if not row.prompt:
     raise Rejected("empty_prompt", "the instruction is empty")
   frames, payloads = [], []
   for what, relative, inline, inline_kind in (
-      ("src_video", row.src_video, row.src_bytes, row.src_kind),
-      ("tgt_video", row.tgt_video, row.tgt_bytes, row.tgt_kind)):
+    ("src_video", row.src_video, row.src_bytes, row.src_kind),
+    ("tgt_video", row.tgt_video, row.tgt_bytes, row.tgt_kind),
+  ):
     if inline is not None:
       where, payload = relative, inline
     else:
@@ -184,9 +211,13 @@ def _load(row: Row, base_dir: epath.Path, max_frames: int
 
 def _describe(value: Any) -> Any:
   if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    return {"type": type(value).__qualname__,
-            **{f.name: _describe(getattr(value, f.name))
-               for f in dataclasses.fields(value)}}
+    return {
+      "type": type(value).__qualname__,
+      **{
+        f.name: _describe(getattr(value, f.name))
+        for f in dataclasses.fields(value)
+      },
+    }
   if isinstance(value, (list, tuple)):
     return [_describe(v) for v in value]
   if isinstance(value, dict):

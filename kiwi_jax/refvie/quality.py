@@ -24,7 +24,7 @@ default here is a set of measurable rules, and a learned scorer plugs in as
 """
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -59,8 +59,9 @@ class QualityConfig:
 # For separately lossy-encoded sources and targets (H.264 yuv420p at CRF
 # 18-23 on RefVIE-mini: re-encoding alone changes at most 0.5% of the pixels
 # under this rule, the smallest real edit 4%).
-LOSSY = QualityConfig(pixel_threshold=24.0, blur_sigma=1.0,
-                      min_change_fraction=0.01)
+LOSSY = QualityConfig(
+  pixel_threshold=24.0, blur_sigma=1.0, min_change_fraction=0.01
+)
 
 
 def luminance(frames: np.ndarray) -> np.ndarray:
@@ -68,8 +69,9 @@ def luminance(frames: np.ndarray) -> np.ndarray:
   return frames.astype(np.float32) @ _LUMA
 
 
-def changed_fraction_per_frame(pair: Pair, threshold: float,
-                               blur_sigma: float = 0.0) -> np.ndarray:
+def changed_fraction_per_frame(
+  pair: Pair, threshold: float, blur_sigma: float = 0.0
+) -> np.ndarray:
   """float[T]: fraction of pixels whose max-channel difference (after an
   optional Gaussian blur) is >= threshold."""
   diff = grounding.difference(pair, blur_sigma)
@@ -78,10 +80,12 @@ def changed_fraction_per_frame(pair: Pair, threshold: float,
 
 def structure_correlation(source: np.ndarray, target: np.ndarray) -> float:
   """Correlation of luminance gradient magnitudes (1 = same structure)."""
+
   def grad(frames):
     y = luminance(frames)
     gy, gx = np.gradient(y, axis=(1, 2))
     return np.hypot(gy, gx).ravel()
+
   a, b = grad(source), grad(target)
   a, b = a - a.mean(), b - b.mean()
   denom = np.sqrt((a * a).sum() * (b * b).sum())
@@ -116,11 +120,11 @@ class QualityFilter:
     # Format rules look at the media's own size, not the analysis copy.
     (t, h, w), (tgt_t, tgt_h, tgt_w) = pair.shapes
     if (h, w) != (tgt_h, tgt_w):
-      raise Rejected("size_mismatch", f"source {h}x{w} vs target "
-                     f"{tgt_h}x{tgt_w}")
+      raise Rejected(
+        "size_mismatch", f"source {h}x{w} vs target {tgt_h}x{tgt_w}"
+      )
     if t != tgt_t:
-      raise Rejected("length_mismatch", f"source {t} frames vs target "
-                     f"{tgt_t}")
+      raise Rejected("length_mismatch", f"source {t} frames vs target {tgt_t}")
     if min(h, w) < cfg.min_side:
       raise Rejected("too_small", f"{h}x{w} < min side {cfg.min_side}")
     if max(h, w) / min(h, w) > cfg.max_aspect:
@@ -128,34 +132,48 @@ class QualityFilter:
     if t < cfg.min_frames:
       raise Rejected("too_short", f"{t} frames < {cfg.min_frames}")
     src, tgt = pair.source, pair.target
-    fractions = changed_fraction_per_frame(pair, cfg.pixel_threshold,
-                                           cfg.blur_sigma)
-    scores = {"change_fraction": fractions.mean(),
-              "max_change_fraction": fractions.max()}
+    fractions = changed_fraction_per_frame(
+      pair, cfg.pixel_threshold, cfg.blur_sigma
+    )
+    scores = {
+      "change_fraction": fractions.mean(),
+      "max_change_fraction": fractions.max(),
+    }
     if fractions.max() < cfg.min_change_fraction:
       raise Rejected(
-          "no_edit", f"at most {fractions.max():.4f} of the pixels changed "
-          f"(< {cfg.min_change_fraction})", scores)
+        "no_edit",
+        f"at most {fractions.max():.4f} of the pixels changed "
+        f"(< {cfg.min_change_fraction})",
+        scores,
+      )
     if fractions.min() >= cfg.total_change_fraction:
       scores["structure_correlation"] = structure_correlation(src, tgt)
       if scores["structure_correlation"] < cfg.min_structure_correlation:
         raise Rejected(
-            "total_change", "every pixel changed and the structure did not "
-            f"survive (gradient correlation "
-            f"{scores['structure_correlation']:.3f})", scores)
+          "total_change",
+          "every pixel changed and the structure did not "
+          f"survive (gradient correlation "
+          f"{scores['structure_correlation']:.3f})",
+          scores,
+        )
     jump = float(np.abs(np.diff(fractions)).max()) if t > 1 else 0.0
     excess = luminance_flicker(tgt) - luminance_flicker(src)
     scores.update(change_jump=jump, flicker_excess=excess)
     if jump > cfg.max_change_jump or excess > cfg.max_flicker_excess:
       raise Rejected(
-          "unstable_target", f"changed fraction jumps by {jump:.3f} between "
-          f"frames (max {cfg.max_change_jump}); luminance flicker exceeds the "
-          f"source's by {excess:.2f} (max {cfg.max_flicker_excess})", scores)
+        "unstable_target",
+        f"changed fraction jumps by {jump:.3f} between "
+        f"frames (max {cfg.max_change_jump}); luminance flicker exceeds the "
+        f"source's by {excess:.2f} (max {cfg.max_flicker_excess})",
+        scores,
+      )
     if self.learned_scorer is not None:
       scores["learned_score"] = float(self.learned_scorer(pair))
       if scores["learned_score"] < cfg.min_learned_score:
         raise Rejected(
-            "low_learned_score", f"learned score {scores['learned_score']:.3f}"
-            f" < {cfg.min_learned_score}", scores)
+          "low_learned_score",
+          f"learned score {scores['learned_score']:.3f}"
+          f" < {cfg.min_learned_score}",
+          scores,
+        )
     return scores
-

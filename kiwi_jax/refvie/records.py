@@ -23,7 +23,8 @@ import io
 import json
 import re
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from etils import epath
 
@@ -96,16 +97,21 @@ def write_atomic(path: epath.Path, data: bytes) -> None:
   temp.replace(path)
 
 
-def mark_duplicates(outcomes: Iterable[Outcome],
-                    duplicates: dict[str, str]) -> list[Outcome]:
+def mark_duplicates(
+  outcomes: Iterable[Outcome], duplicates: dict[str, str]
+) -> list[Outcome]:
   """Marks accepted outcomes listed in `duplicates` as dedup rejections."""
   out = []
   for o in outcomes:
     if o.status == "accepted" and o.key in duplicates:
       o = dataclasses.replace(
-          o, status="rejected", stage="dedup", reason="duplicate",
-          duplicate_of=duplicates[o.key],
-          detail=f"near-duplicate of {duplicates[o.key]}")
+        o,
+        status="rejected",
+        stage="dedup",
+        reason="duplicate",
+        duplicate_of=duplicates[o.key],
+        detail=f"near-duplicate of {duplicates[o.key]}",
+      )
     out.append(o)
   return out
 
@@ -124,17 +130,21 @@ def report(outcomes: Iterable[Outcome]) -> dict[str, Any]:
       raise ValueError(f"{o.key}: unknown rejection {o.stage}/{o.reason}")
   rejected_total = sum(sum(r.values()) for r in rejected.values())
   if total != accepted + rejected_total:
-    raise AssertionError(f"counts do not add up: {total} != {accepted} + "
-                         f"{rejected_total}")
+    raise AssertionError(
+      f"counts do not add up: {total} != {accepted} + {rejected_total}"
+    )
   return {
-      "input": total, "accepted": accepted, "rejected": rejected_total,
-      "rejected_by_stage": {s: sum(r.values()) for s, r in rejected.items()},
-      "rejected_by_reason": rejected,
+    "input": total,
+    "accepted": accepted,
+    "rejected": rejected_total,
+    "rejected_by_stage": {s: sum(r.values()) for s, r in rejected.items()},
+    "rejected_by_reason": rejected,
   }
 
 
-def finalize(out_dir: str | epath.Path, outcomes: Iterable[Outcome]
-             ) -> dict[str, Any]:
+def finalize(
+  out_dir: str | epath.Path, outcomes: Iterable[Outcome]
+) -> dict[str, Any]:
   """Writes refvie.csv, provenance.jsonl and report.json (de-duplicated
   outcomes in), and deletes the media written for pairs dropped as
   duplicates. Returns the report."""
@@ -157,8 +167,11 @@ def finalize(out_dir: str | epath.Path, outcomes: Iterable[Outcome]
     if o.status == "accepted":
       writer.writerow([o.key, o.src_video, o.tgt_video, o.ref_image, o.prompt])
   write_atomic(out_dir / "refvie.csv", text.getvalue().encode())
-  write_atomic(out_dir / "provenance.jsonl",
-               "".join(o.to_json() + "\n" for o in outcomes).encode())
-  write_atomic(out_dir / "report.json",
-               (json.dumps(summary, indent=2) + "\n").encode())
+  write_atomic(
+    out_dir / "provenance.jsonl",
+    "".join(o.to_json() + "\n" for o in outcomes).encode(),
+  )
+  write_atomic(
+    out_dir / "report.json", (json.dumps(summary, indent=2) + "\n").encode()
+  )
   return summary

@@ -20,7 +20,8 @@ pyarrow < 26 and pillow < 13, so it lives in its own environment next to
 the core pins).
 """
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -35,11 +36,13 @@ from kiwi_jax.refvie.records import Outcome
 
 
 class _ProcessDoFn(beam.DoFn):
-
   def __init__(self, pipeline: Pipeline, base_dir: str, out_dir: str):
     super().__init__()
     self._pipeline, self._base_dir, self._out_dir = (
-        pipeline, base_dir, out_dir)
+      pipeline,
+      base_dir,
+      out_dir,
+    )
 
   def process(self, row: Row):
     yield self._pipeline.process(row, self._base_dir, self._out_dir)
@@ -57,8 +60,9 @@ class ProcessPairs(beam.PTransform):
 
 
 def _bucket(outcome: Outcome, max_distance: int):
-  candidate = dedup.Candidate(outcome.key, outcome.priority,
-                              tuple(outcome.signature))
+  candidate = dedup.Candidate(
+    outcome.key, outcome.priority, tuple(outcome.signature)
+  )
   for key in dedup.band_keys(candidate.signature, max_distance):
     yield key, candidate
 
@@ -81,19 +85,22 @@ class Deduplicate(beam.PTransform):
   def expand(self, outcomes):
     d = self._config.max_distance
     winners = (
-        outcomes
-        | "Accepted" >> beam.Filter(lambda o: o.status == "accepted")
-        | "Buckets" >> beam.FlatMap(_bucket, d)
-        | "GroupBuckets" >> beam.GroupByKey()
-        | "Compare" >> beam.FlatMap(
-            lambda kv: dedup.dominated_in_group(list(kv[1]), d))
-        | "GroupLosers" >> beam.GroupByKey()
-        | "BestWinner" >> beam.MapTuple(
-            lambda key, found: (key, dedup.best_dominator(found))))
+      outcomes
+      | "Accepted" >> beam.Filter(lambda o: o.status == "accepted")
+      | "Buckets" >> beam.FlatMap(_bucket, d)
+      | "GroupBuckets" >> beam.GroupByKey()
+      | "Compare"
+      >> beam.FlatMap(lambda kv: dedup.dominated_in_group(list(kv[1]), d))
+      | "GroupLosers" >> beam.GroupByKey()
+      | "BestWinner"
+      >> beam.MapTuple(lambda key, found: (key, dedup.best_dominator(found)))
+    )
     keyed = outcomes | "KeyOutcomes" >> beam.Map(lambda o: (o.key, o))
-    return ({"outcome": keyed, "winner": winners}
-            | "Join" >> beam.CoGroupByKey()
-            | "Mark" >> beam.Map(_apply))
+    return (
+      {"outcome": keyed, "winner": winners}
+      | "Join" >> beam.CoGroupByKey()
+      | "Mark" >> beam.Map(_apply)
+    )
 
 
 class ReadCsvRows(beam.PTransform):
@@ -104,32 +111,37 @@ class ReadCsvRows(beam.PTransform):
     self._paths = [str(p) for p in csv_paths]
 
   def expand(self, begin):
-    return (begin
-            | "CsvPaths" >> beam.Create(self._paths)
-            | "ReadCsv" >> beam.FlatMap(metadata.read_csv_rows)
-            | "Spread" >> beam.Reshuffle())
+    return (
+      begin
+      | "CsvPaths" >> beam.Create(self._paths)
+      | "ReadCsv" >> beam.FlatMap(metadata.read_csv_rows)
+      | "Spread" >> beam.Reshuffle()
+    )
 
 
 def build(rows, base_dir: str, out_dir: str, pipeline: Pipeline):
   """Adds ProcessPairs + Deduplicate + the outcome writer to `rows`."""
-  outcomes = (rows
-              | "ProcessPairs" >> ProcessPairs(pipeline, base_dir, out_dir)
-              | "Deduplicate" >> Deduplicate(pipeline.dedup))
+  outcomes = (
+    rows
+    | "ProcessPairs" >> ProcessPairs(pipeline, base_dir, out_dir)
+    | "Deduplicate" >> Deduplicate(pipeline.dedup)
+  )
   prefix = str(epath.Path(out_dir) / "work" / "beam" / "outcomes")
-  return (outcomes
-          | "ToJson" >> beam.Map(lambda o: o.to_json())
-          | "WriteOutcomes" >> beam.io.WriteToText(
-              prefix, file_name_suffix=".jsonl"))
+  return (
+    outcomes
+    | "ToJson" >> beam.Map(lambda o: o.to_json())
+    | "WriteOutcomes" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl")
+  )
 
 
 def run_beam(
-    rows: Iterable[Row] | None,
-    base_dir: str | epath.Path,
-    out_dir: str | epath.Path,
-    pipeline: Pipeline = Pipeline(),
-    *,
-    csv_paths: Sequence[str] | None = None,
-    beam_args: Sequence[str] = ("--runner=DirectRunner",),
+  rows: Iterable[Row] | None,
+  base_dir: str | epath.Path,
+  out_dir: str | epath.Path,
+  pipeline: Pipeline = Pipeline(),
+  *,
+  csv_paths: Sequence[str] | None = None,
+  beam_args: Sequence[str] = ("--runner=DirectRunner",),
 ) -> dict[str, Any]:
   """Runs the Beam pipeline and finalizes the output directory.
 
@@ -160,7 +172,10 @@ def run_beam(
       pipeline_local.check_unique_keys(rows)
       source = p | "Rows" >> beam.Create(rows)
     build(source, str(base_dir), str(out_dir), pipeline)
-  outcomes = [Outcome.from_json(line)
-              for path in sorted(shards.glob("outcomes*.jsonl"))
-              for line in path.read_text().splitlines() if line]
+  outcomes = [
+    Outcome.from_json(line)
+    for path in sorted(shards.glob("outcomes*.jsonl"))
+    for line in path.read_text().splitlines()
+    if line
+  ]
   return records.finalize(out_dir, outcomes)

@@ -15,7 +15,8 @@ import hashlib
 import json
 import multiprocessing
 import shutil
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import tqdm
 from etils import epath
@@ -33,8 +34,10 @@ def check_unique_keys(rows: Sequence[Row]) -> None:
   seen: dict[str, str] = {}
   for row in rows:
     if row.key in seen:
-      raise ValueError(f"key {row.key!r} appears twice: {seen[row.key]} and "
-                       f"{row.origin}; keys name the output files")
+      raise ValueError(
+        f"key {row.key!r} appears twice: {seen[row.key]} and "
+        f"{row.origin}; keys name the output files"
+      )
     seen[row.key] = row.origin
 
 
@@ -42,20 +45,25 @@ def manifest(rows: Sequence[Row], base_dir, pipeline: Pipeline) -> dict:
   """What identifies a run: its input rows, base directory and pipeline."""
   digest = hashlib.sha256()
   for row in rows:
-    digest.update(json.dumps([row.key, row.src_video, row.tgt_video,
-                              row.prompt]).encode())
+    digest.update(
+      json.dumps([row.key, row.src_video, row.tgt_video, row.prompt]).encode()
+    )
     # Inline media (ArrayRecord input) is identified by content, not by its
     # record locator, so rewritten shards are not mistaken for the same run.
     for data in (row.src_bytes, row.tgt_bytes):
       if data is not None:
         digest.update(hashlib.sha256(data).digest())
-  return {"base_dir": str(base_dir), "num_rows": len(rows),
-          "rows_sha256": digest.hexdigest(),
-          "pipeline": pipeline.fingerprint()}
+  return {
+    "base_dir": str(base_dir),
+    "num_rows": len(rows),
+    "rows_sha256": digest.hexdigest(),
+    "pipeline": pipeline.fingerprint(),
+  }
 
 
-def prepare_out_dir(out_dir: epath.Path, expected: dict,
-                    overwrite: bool) -> None:
+def prepare_out_dir(
+  out_dir: epath.Path, expected: dict, overwrite: bool
+) -> None:
   """Creates `out_dir/work`, checking an existing run matches `expected`."""
   work = out_dir / "work"
   path = work / "manifest.json"
@@ -70,9 +78,10 @@ def prepare_out_dir(out_dir: epath.Path, expected: dict,
     if found != expected:
       changed = sorted(k for k in expected if found.get(k) != expected[k])
       raise ValueError(
-          f"{out_dir} holds a run with different {', '.join(changed)}; "
-          "resume with the same input and settings, use another --out_dir, "
-          "or pass --overwrite")
+        f"{out_dir} holds a run with different {', '.join(changed)}; "
+        "resume with the same input and settings, use another --out_dir, "
+        "or pass --overwrite"
+      )
     return
   work.mkdir(parents=True, exist_ok=True)
   records.write_atomic(path, json.dumps(expected, indent=1).encode())
@@ -83,30 +92,36 @@ def _init_worker(pipeline: Pipeline, base_dir: str, out_dir: str) -> None:
 
 
 def _process(row: Row) -> str:
-  outcome = _WORKER["pipeline"].process(row, _WORKER["base_dir"],
-                                        _WORKER["out_dir"])
+  outcome = _WORKER["pipeline"].process(
+    row, _WORKER["base_dir"], _WORKER["out_dir"]
+  )
   return outcome.to_json()
 
 
-def deduplicate(outcomes: Sequence[Outcome], config: dedup.DedupConfig
-                ) -> list[Outcome]:
+def deduplicate(
+  outcomes: Sequence[Outcome], config: dedup.DedupConfig
+) -> list[Outcome]:
   """Marks near-duplicates among the accepted outcomes (dedup module)."""
-  candidates = [dedup.Candidate(o.key, o.priority, tuple(o.signature))
-                for o in outcomes if o.status == "accepted"]
+  candidates = [
+    dedup.Candidate(o.key, o.priority, tuple(o.signature))
+    for o in outcomes
+    if o.status == "accepted"
+  ]
   return records.mark_duplicates(
-      outcomes, dedup.find_duplicates(candidates, config))
+    outcomes, dedup.find_duplicates(candidates, config)
+  )
 
 
 def run_local(
-    rows: Sequence[Row],
-    base_dir: str | epath.Path,
-    out_dir: str | epath.Path,
-    pipeline: Pipeline = Pipeline(),
-    *,
-    num_workers: int = 0,
-    chunk_size: int = 64,
-    overwrite: bool = False,
-    progress: bool = True,
+  rows: Sequence[Row],
+  base_dir: str | epath.Path,
+  out_dir: str | epath.Path,
+  pipeline: Pipeline = Pipeline(),
+  *,
+  num_workers: int = 0,
+  chunk_size: int = 64,
+  overwrite: bool = False,
+  progress: bool = True,
 ) -> dict[str, Any]:
   """Runs the whole pipeline on one machine; returns the report.
 
@@ -126,19 +141,27 @@ def run_local(
   check_unique_keys(rows)
   base_dir, out_dir = epath.Path(base_dir), epath.Path(out_dir)
   prepare_out_dir(out_dir, manifest(rows, base_dir, pipeline), overwrite)
-  chunks = [rows[i:i + chunk_size] for i in range(0, len(rows), chunk_size)]
-  paths = [out_dir / "work" / f"chunk-{i:06d}.jsonl"
-           for i in range(len(chunks))]
+  chunks = [rows[i : i + chunk_size] for i in range(0, len(rows), chunk_size)]
+  paths = [
+    out_dir / "work" / f"chunk-{i:06d}.jsonl" for i in range(len(chunks))
+  ]
   todo = [i for i, p in enumerate(paths) if not p.exists()]
   done_rows = len(rows) - sum(len(chunks[i]) for i in todo)
-  bar = tqdm.tqdm(total=len(rows), initial=done_rows, unit="pair",
-                  desc="refvie", disable=not progress)
+  bar = tqdm.tqdm(
+    total=len(rows),
+    initial=done_rows,
+    unit="pair",
+    desc="refvie",
+    disable=not progress,
+  )
   pool = None
   if num_workers > 0 and todo:
     pool = concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(pipeline, str(base_dir), str(out_dir)))
+      num_workers,
+      mp_context=multiprocessing.get_context("spawn"),
+      initializer=_init_worker,
+      initargs=(pipeline, str(base_dir), str(out_dir)),
+    )
   else:
     _init_worker(pipeline, str(base_dir), str(out_dir))
   try:
@@ -148,11 +171,16 @@ def run_local(
       for line in mapper(_process, chunks[i]):
         lines.append(line)
         bar.update(1)
-      records.write_atomic(paths[i], "".join(l + "\n" for l in lines).encode())
+      records.write_atomic(
+        paths[i], "".join(ln + "\n" for ln in lines).encode()
+      )
   finally:
     bar.close()
     if pool:
       pool.shutdown(cancel_futures=True)
-  outcomes = [Outcome.from_json(line) for p in paths
-              for line in p.read_text().splitlines()]
+  outcomes = [
+    Outcome.from_json(line)
+    for p in paths
+    for line in p.read_text().splitlines()
+  ]
   return records.finalize(out_dir, deduplicate(outcomes, pipeline.dedup))

@@ -20,7 +20,7 @@ mode asked to "remove the subject") plugs in as
 """
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -91,8 +91,9 @@ class Scaffold:
   scores: dict[str, float]
 
 
-def nearest_fill(image: np.ndarray, holes: np.ndarray, prompt: str
-                 ) -> np.ndarray:
+def nearest_fill(
+  image: np.ndarray, holes: np.ndarray, prompt: str
+) -> np.ndarray:
   """Default cleaner: each hole pixel copies the nearest non-hole pixel."""
   del prompt
   if not holes.any():
@@ -106,8 +107,9 @@ def _background_colours(target, mask, cfg) -> np.ndarray:
   # The ring starts `ring_gap` px away: object pixels the mask missed at
   # its rim must not enter the background model.
   near = ndimage.binary_dilation(mask, grounding_lib.disk(cfg.ring_gap))
-  ring = ndimage.binary_dilation(
-      near, grounding_lib.disk(cfg.ring_radius)) & ~near
+  ring = (
+    ndimage.binary_dilation(near, grounding_lib.disk(cfg.ring_radius)) & ~near
+  )
   bins = cfg.colour_bins
   q = (target[ring].astype(np.int32) * bins) // 256
   counts = np.zeros((bins,) * 3, np.int64)
@@ -116,20 +118,22 @@ def _background_colours(target, mask, cfg) -> np.ndarray:
   return ndimage.binary_dilation(present, np.ones((3, 3, 3), bool))
 
 
-def subject_pixels(target: np.ndarray, mask: np.ndarray,
-                   cfg: SynthesisConfig) -> np.ndarray:
+def subject_pixels(
+  target: np.ndarray, mask: np.ndarray, cfg: SynthesisConfig
+) -> np.ndarray:
   """bool[T, H, W]: the edited region's pixels that show the new subject."""
   out = np.zeros_like(mask)
   if not mask.any():
     return out
   # Work inside the region's box grown by the ring (local edits are small).
-  (y0, x0, y1, x1), = grounding_lib.boxes_of(mask.any(0, keepdims=True))
+  ((y0, x0, y1, x1),) = grounding_lib.boxes_of(mask.any(0, keepdims=True))
   m = cfg.ring_gap + cfg.ring_radius + 1
   h, w = mask.shape[1:]
   y0, x0 = max(0, y0 - m), max(0, x0 - m)
   y1, x1 = min(h, y1 + m), min(w, x1 + m)
   out[:, y0:y1, x0:x1] = _subject_pixels(
-      target[:, y0:y1, x0:x1], mask[:, y0:y1, x0:x1], cfg)
+    target[:, y0:y1, x0:x1], mask[:, y0:y1, x0:x1], cfg
+  )
   return out
 
 
@@ -154,16 +158,21 @@ def _best_piece(subject: np.ndarray) -> tuple[int, np.ndarray, float]:
     sizes = np.bincount(labels.ravel())[1:]
     piece = labels == (1 + int(sizes.argmax()))
     score = float(sizes.max()) * sizes.max() / sizes.sum()
-    if piece[0].any() or piece[-1].any() or piece[:, 0].any() or (
-        piece[:, -1].any()):
+    if (
+      piece[0].any()
+      or piece[-1].any()
+      or piece[:, 0].any()
+      or (piece[:, -1].any())
+    ):
       score *= 0.5
     if score > best[2]:
       best = (t, piece, score)
   return best
 
 
-def place_on_canvas(crop: np.ndarray, alpha: np.ndarray,
-                    cfg: SynthesisConfig) -> tuple[np.ndarray, np.ndarray]:
+def place_on_canvas(
+  crop: np.ndarray, alpha: np.ndarray, cfg: SynthesisConfig
+) -> tuple[np.ndarray, np.ndarray]:
   """Centres an object crop on a white square canvas (fit + pad).
 
   The reference-image convention (reference §4.5/5.1: white canvas, centred,
@@ -179,8 +188,8 @@ def place_on_canvas(crop: np.ndarray, alpha: np.ndarray,
     image = np.full((side, side, 3), 255, np.uint8)
     out_alpha = np.zeros((side, side), bool)
     y, x = (side - h) // 2, (side - w) // 2
-    image[y:y + h, x:x + w] = rgb
-    out_alpha[y:y + h, x:x + w] = alpha
+    image[y : y + h, x : x + w] = rgb
+    out_alpha[y : y + h, x : x + w] = alpha
     return image, out_alpha
   side = cfg.canvas_size
   scale = cfg.fill * side / max(h, w)
@@ -190,24 +199,32 @@ def place_on_canvas(crop: np.ndarray, alpha: np.ndarray,
   # neither white nor the old background bleeds into its rim, and the
   # padding stays exactly white.
   spread = nearest_fill(np.asarray(crop, np.uint8), ~alpha, "")
-  colour = np.asarray(Image.fromarray(spread).resize(
-      (new_w, new_h), Image.Resampling.BICUBIC), np.float32)
-  matte = np.asarray(Image.fromarray(alpha.astype(np.float32)).resize(
-      (new_w, new_h), Image.Resampling.BILINEAR), np.float32)[..., None]
+  colour = np.asarray(
+    Image.fromarray(spread).resize((new_w, new_h), Image.Resampling.BICUBIC),
+    np.float32,
+  )
+  matte = np.asarray(
+    Image.fromarray(alpha.astype(np.float32)).resize(
+      (new_w, new_h), Image.Resampling.BILINEAR
+    ),
+    np.float32,
+  )[..., None]
   matte = np.clip(matte, 0.0, 1.0)
   image = np.full((side, side, 3), 255, np.uint8)
   out_alpha = np.zeros((side, side), bool)
   y, x = (side - new_h) // 2, (side - new_w) // 2
-  image[y:y + new_h, x:x + new_w] = np.round(
-      matte * colour + (1 - matte) * 255.0).clip(0, 255).astype(np.uint8)
-  out_alpha[y:y + new_h, x:x + new_w] = matte[..., 0] >= 0.5
+  image[y : y + new_h, x : x + new_w] = (
+    np.round(matte * colour + (1 - matte) * 255.0).clip(0, 255).astype(np.uint8)
+  )
+  out_alpha[y : y + new_h, x : x + new_w] = matte[..., 0] >= 0.5
   return image, out_alpha
 
 
-def cut_subject(frame: np.ndarray, piece: np.ndarray, cfg: SynthesisConfig
-                ) -> tuple[np.ndarray, np.ndarray]:
+def cut_subject(
+  frame: np.ndarray, piece: np.ndarray, cfg: SynthesisConfig
+) -> tuple[np.ndarray, np.ndarray]:
   """The scaffold of the object `piece` (bool[H, W]) in `frame`."""
-  (y0, x0, y1, x1), = grounding_lib.boxes_of(piece[None])
+  ((y0, x0, y1, x1),) = grounding_lib.boxes_of(piece[None])
   return place_on_canvas(frame[y0:y1, x0:x1], piece[y0:y1, x0:x1], cfg)
 
 
@@ -233,25 +250,36 @@ class ReferenceSynthesizer:
   def subject(self, pair: Pair, grounding: Grounding) -> Scaffold:
     cfg = self.config
     count = len(pair.target)
-    frames = np.unique(np.linspace(
-        0, count - 1, min(count, cfg.max_candidate_frames)).round().astype(int))
+    frames = np.unique(
+      np.linspace(0, count - 1, min(count, cfg.max_candidate_frames))
+      .round()
+      .astype(int)
+    )
     subject = np.zeros_like(grounding.mask)
     subject[frames] = subject_pixels(
-        pair.target[frames], grounding.mask[frames], cfg)
+      pair.target[frames], grounding.mask[frames], cfg
+    )
     if not subject.any():
-      raise Rejected("no_subject_in_target", "every changed pixel of the "
-                     "target looks like the surrounding background")
+      raise Rejected(
+        "no_subject_in_target",
+        "every changed pixel of the "
+        "target looks like the surrounding background",
+      )
     frame, piece, score = _best_piece(subject)
     area = int(piece.sum())
     scores = {"subject_pixels": area, "best_frame_score": score}
     if area < cfg.min_subject_pixels:
-      raise Rejected("subject_too_small", f"largest subject piece has {area} "
-                     f"px (< {cfg.min_subject_pixels})", scores)
+      raise Rejected(
+        "subject_too_small",
+        f"largest subject piece has {area} px (< {cfg.min_subject_pixels})",
+        scores,
+      )
     image, alpha = cut_subject(pair.target[frame], piece, cfg)
     return Scaffold(image, alpha, frame, piece, scores)
 
-  def at_resolution(self, scaffold: Scaffold, kind: str,
-                    frame: np.ndarray) -> Scaffold:
+  def at_resolution(
+    self, scaffold: Scaffold, kind: str, frame: np.ndarray
+  ) -> Scaffold:
     """Re-cuts a subject scaffold found on a downscaled copy from the
     full-resolution target frame (uint8[H, W, 3]); background plates are
     kept at the analysis resolution."""
@@ -262,7 +290,8 @@ class ReferenceSynthesizer:
     scale = frame.shape[0] / scaffold.region.shape[0]
     region = upsample_mask(scaffold.region, *frame.shape[:2])
     grown = ndimage.binary_dilation(
-        region, grounding_lib.disk(max(1, round(scale)))[0])
+      region, grounding_lib.disk(max(1, round(scale)))[0]
+    )
     refined = subject_pixels(frame[None], grown[None], self.config)[0]
     labels, count = ndimage.label(refined)
     if count:
@@ -276,16 +305,25 @@ class ReferenceSynthesizer:
     target = pair.target
     # Trust background pixels a pixel away from the preserved subject: the
     # mask's rim (closing) may hold a few subject pixels.
-    mask = ndimage.binary_erosion(grounding.mask, grounding_lib.disk(
-        cfg.rim_radius), border_value=1) if cfg.rim_radius else grounding.mask
+    mask = (
+      ndimage.binary_erosion(
+        grounding.mask, grounding_lib.disk(cfg.rim_radius), border_value=1
+      )
+      if cfg.rim_radius
+      else grounding.mask
+    )
     visible = mask.mean(axis=(1, 2))
     middle = (len(visible) - 1) / 2
-    frame = max(range(len(visible)),
-                key=lambda t: (visible[t], -abs(t - middle), -t))
+    frame = max(
+      range(len(visible)), key=lambda t: (visible[t], -abs(t - middle), -t)
+    )
     scores = {"visible_background": visible[frame]}
     if visible[frame] < cfg.min_background_fraction:
-      raise Rejected("no_background_visible", f"at most {visible[frame]:.1%}"
-                     " of a frame shows the new background", scores)
+      raise Rejected(
+        "no_background_visible",
+        f"at most {visible[frame]:.1%} of a frame shows the new background",
+        scores,
+      )
     plate = target[frame].copy()
     valid = mask[frame].copy()
     filled_from_time = 0
@@ -301,7 +339,8 @@ class ReferenceSynthesizer:
       valid |= take
       filled_from_time += int(take.sum())
     holes = ~valid
-    scores.update(temporal_fill_pixels=filled_from_time,
-                  cleaned_pixels=int(holes.sum()))
+    scores.update(
+      temporal_fill_pixels=filled_from_time, cleaned_pixels=int(holes.sum())
+    )
     plate = self.cleaner(plate, holes, pair.prompt)
     return Scaffold(plate, valid, frame, mask[frame], scores)

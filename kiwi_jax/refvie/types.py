@@ -6,21 +6,36 @@ import functools
 import numpy as np
 
 # Stage names, in pipeline order ("input" covers reading and decoding).
-STEPS = ("input", "quality", "grounding", "synthesis", "verification",
-          "dedup")
+STEPS = ("input", "quality", "grounding", "synthesis", "verification", "dedup")
 
 # Every reason a pair can be rejected for, by stage (the report's keys).
 REASONS = {
-    "input": ("missing_file", "unreadable_media", "empty_prompt"),
-    "quality": ("too_small", "bad_aspect", "too_short", "size_mismatch",
-                "length_mismatch", "no_edit", "total_change",
-                "unstable_target", "low_learned_score"),
-    "grounding": ("style_edit", "removal_edit", "global_change",
-                  "kind_mismatch", "no_region"),
-    "synthesis": ("no_subject_in_target", "subject_too_small",
-                  "no_background_visible"),
-    "verification": ("scaffold_mismatch", "scaffold_matches_source"),
-    "dedup": ("duplicate",),
+  "input": ("missing_file", "unreadable_media", "empty_prompt"),
+  "quality": (
+    "too_small",
+    "bad_aspect",
+    "too_short",
+    "size_mismatch",
+    "length_mismatch",
+    "no_edit",
+    "total_change",
+    "unstable_target",
+    "low_learned_score",
+  ),
+  "grounding": (
+    "style_edit",
+    "removal_edit",
+    "global_change",
+    "kind_mismatch",
+    "no_region",
+  ),
+  "synthesis": (
+    "no_subject_in_target",
+    "subject_too_small",
+    "no_background_visible",
+  ),
+  "verification": ("scaffold_mismatch", "scaffold_matches_source"),
+  "dedup": ("duplicate",),
 }
 
 
@@ -70,9 +85,13 @@ class Rejected(Exception):
     boxes: per-frame boxes of the edited region, when known by then.
   """
 
-  def __init__(self, reason: str, detail: str,
-               scores: dict[str, float] | None = None,
-               boxes: list | None = None):
+  def __init__(
+    self,
+    reason: str,
+    detail: str,
+    scores: dict[str, float] | None = None,
+    boxes: list | None = None,
+  ):
     super().__init__(f"{reason}: {detail}")
     self.reason = reason
     self.detail = detail

@@ -39,7 +39,7 @@ class ColorHistogramEmbedder:
   def __call__(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     pixels = image[mask].astype(np.int32) * self.bins // 256
     index = (pixels[:, 0] * self.bins + pixels[:, 1]) * self.bins + pixels[:, 2]
-    hist = np.bincount(index, minlength=self.bins ** 3).astype(np.float32)
+    hist = np.bincount(index, minlength=self.bins**3).astype(np.float32)
     total = hist.sum()
     if total == 0:
       return hist
@@ -62,8 +62,9 @@ class Verifier:
   config: VerificationConfig = VerificationConfig()
   embedder: Embedder = ColorHistogramEmbedder()
 
-  def __call__(self, pair: Pair, grounding: Grounding,
-               scaffold: Scaffold) -> dict[str, float]:
+  def __call__(
+    self, pair: Pair, grounding: Grounding, scaffold: Scaffold
+  ) -> dict[str, float]:
     cfg = self.config
     shown = self.embedder(scaffold.image, scaffold.alpha)
     frame = scaffold.frame
@@ -73,16 +74,23 @@ class Verifier:
     source = self.embedder(pair.source[frame], grounding.mask[frame])
     sim_target = float(shown @ target)
     sim_source = float(shown @ source)
-    scores = {"target_similarity": sim_target,
-              "source_similarity": sim_source,
-              "margin": sim_target - sim_source}
+    scores = {
+      "target_similarity": sim_target,
+      "source_similarity": sim_source,
+      "margin": sim_target - sim_source,
+    }
     if sim_target < cfg.min_target_similarity:
       raise Rejected(
-          "scaffold_mismatch", f"scaffold/target similarity {sim_target:.3f} "
-          f"< {cfg.min_target_similarity}", scores)
+        "scaffold_mismatch",
+        f"scaffold/target similarity {sim_target:.3f} "
+        f"< {cfg.min_target_similarity}",
+        scores,
+      )
     if sim_target - sim_source < cfg.min_margin:
       raise Rejected(
-          "scaffold_matches_source", f"scaffold is about as close to the "
-          f"source ({sim_source:.3f}) as to the target ({sim_target:.3f})",
-          scores)
+        "scaffold_matches_source",
+        f"scaffold is about as close to the "
+        f"source ({sim_source:.3f}) as to the target ({sim_target:.3f})",
+        scores,
+      )
     return scores

@@ -46,8 +46,9 @@ DIT_TEXT_EMBEDDING = r"^dit/text_embedding/"
 VARIANTS = ("5b", "14b")
 
 
-def trainable_sets(stage: int, variant: str = "5b", *, dit_lora: bool = True
-                   ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def trainable_sets(
+  stage: int, variant: str = "5b", *, dit_lora: bool = True
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """``(trainable, frozen)`` regexes of ``stage`` (1, 2 or 3).
 
   Args:
@@ -61,16 +62,17 @@ def trainable_sets(stage: int, variant: str = "5b", *, dit_lora: bool = True
       reference has no 14B stage-3 script).
   """
   if variant not in VARIANTS:
-    raise ValueError(f"Unknown variant {variant!r}; choose one of "
-                     f"{VARIANTS}.")
+    raise ValueError(f"Unknown variant {variant!r}; choose one of {VARIANTS}.")
   if stage not in (1, 2, 3):
     raise ValueError(f"stage must be 1, 2 or 3, got {stage}.")
   trainable = [IMAGE_QUERIES, CONNECTOR, MLLM_LORA]
   frozen = [DIT_TEXT_EMBEDDING]
   if variant == "14b":
     if stage == 3:
-      raise ValueError("The reference has no 14B stage-3 script (spec "
-                       "4.2); train stage 3 with variant=5b.")
+      raise ValueError(
+        "The reference has no 14B stage-3 script (spec "
+        "4.2); train stage 3 with variant=5b."
+      )
     if stage == 2:
       # The DiT itself trains through LoRA r128 (``dit_lora_rank``); its
       # base weights stay frozen.
@@ -88,8 +90,11 @@ def trainable_sets(stage: int, variant: str = "5b", *, dit_lora: bool = True
 
 
 # The one stage -> edit modes table (reference §4.4): what each stage trains on.
-STAGE_MODES = {1: ("image",), 2: ("image", "video"),
-               3: ("image", "video", "reference")}
+STAGE_MODES = {
+  1: ("image",),
+  2: ("image", "video"),
+  3: ("image", "video", "reference"),
+}
 # The record directory (data source name) of each mode's examples
 # (``kiwi_jax.data.build_records``: ``image/``, ``video/``, ``ref/``).
 MODE_SOURCES = {"image": "image", "video": "video", "reference": "ref"}

@@ -39,28 +39,38 @@ from kiwi_jax.train_lib import progress, trainer
 
 logger = logging.getLogger("kiwi_jax")
 
-_STAGE_NAMES = {1: "image edits", 2: "image and video edits",
-                3: "plus reference images"}
+_STAGE_NAMES = {
+  1: "image edits",
+  2: "image and video edits",
+  3: "plus reference images",
+}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
   """PSNR in dB between uint8 arrays (inf when equal)."""
   mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-  return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+  return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def prepare_data(config: Any, workdir: epath.Path) -> tuple[dict, str]:
   """RefVIE-mini records and the tokenizer; returns (record dirs, tok dir)."""
   demo = DemoConfig.from_config(config.demo)
-  mini = refvie_mini.MiniConfig(height=demo.height, width=demo.width,
-                                num_frames=demo.num_frames)
-  data_dir, records_dir = workdir / "data" / "media", workdir / "data" / (
-      "records")
+  mini = refvie_mini.MiniConfig(
+    height=demo.height, width=demo.width, num_frames=demo.num_frames
+  )
+  data_dir, records_dir = (
+    workdir / "data" / "media",
+    workdir / "data" / ("records"),
+  )
   names = ("video", "ref", "image")
   if not all((records_dir / n).exists() for n in names):
     csvs = refvie_mini.write_dataset(
-        data_dir, num_videos=demo.num_videos, num_images=demo.num_images,
-        seed=demo.data_seed, cfg=mini)
+      data_dir,
+      num_videos=demo.num_videos,
+      num_images=demo.num_images,
+      seed=demo.data_seed,
+      cfg=mini,
+    )
     refvie_mini.build_records(data_dir, records_dir, csvs, cfg=mini)
   tok_dir = workdir / "tokenizer"
   if not (tok_dir / "tokenizer.json").exists():
@@ -68,8 +78,14 @@ def prepare_data(config: Any, workdir: epath.Path) -> tuple[dict, str]:
   return {n: records_dir / n for n in names}, str(tok_dir)
 
 
-def stage_config(config: Any, stage: int, records: dict, tok_dir: str,
-                 ref_tokens: int, model_init: str):
+def stage_config(
+  config: Any,
+  stage: int,
+  records: dict,
+  tok_dir: str,
+  ref_tokens: int,
+  model_init: str,
+):
   """The trainer config of one demo stage."""
   out = copy.deepcopy(config)
   out.unlock()
@@ -89,9 +105,14 @@ def stage_config(config: Any, stage: int, records: dict, tok_dir: str,
   devices = jax.device_count()
   kiwi.data.batch_size = -(-int(kiwi.data.batch_size) // devices) * devices
   kiwi.data.sources = [
-      {"path": str(records[name]), "weight": 1.0, "name": name,
-       "max_frames": 1 if name == "image" else demo.num_frames}
-      for name in stages.stage_sources(stage)]
+    {
+      "path": str(records[name]),
+      "weight": 1.0,
+      "name": name,
+      "max_frames": 1 if name == "image" else demo.num_frames,
+    }
+    for name in stages.stage_sources(stage)
+  ]
   out.lock()
   return out
 
@@ -99,23 +120,29 @@ def stage_config(config: Any, stage: int, records: dict, tok_dir: str,
 def heldout_samples(config: Any):
   """The held-out RefVIE-mini samples (a different generator seed)."""
   demo = DemoConfig.from_config(config.demo)
-  mini = refvie_mini.MiniConfig(height=demo.height, width=demo.width,
-                                num_frames=demo.num_frames)
+  mini = refvie_mini.MiniConfig(
+    height=demo.height, width=demo.width, num_frames=demo.num_frames
+  )
   for index in range(demo.num_heldout):
-    yield refvie_mini.make_sample(demo.heldout_seed, index, mini,
-                                  key_prefix="h")
+    yield refvie_mini.make_sample(
+      demo.heldout_seed, index, mini, key_prefix="h"
+    )
 
 
-def reference_token_count(config: Any,
-                          processor: kiwi_task.KiwiProcessor) -> int:
+def reference_token_count(
+  config: Any, processor: kiwi_task.KiwiProcessor
+) -> int:
   """The MLLM token count of the demo's reference images (all one size)."""
   for sample in heldout_samples(config):
     if sample.ref_image is not None:
-      start, end = processor.example(sample.source, sample.prompt,
-                                     sample.ref_image)["ref_span"]
+      start, end = processor.example(
+        sample.source, sample.prompt, sample.ref_image
+      )["ref_span"]
       return int(end - start)
-  raise ValueError("The held-out set has no reference edit; raise "
-                   "demo.num_heldout to at least 6.")
+  raise ValueError(
+    "The held-out set has no reference edit; raise "
+    "demo.num_heldout to at least 6."
+  )
 
 
 def evaluate(config: Any, pipe: EditPipeline, workdir: epath.Path) -> str:
@@ -127,19 +154,27 @@ def evaluate(config: Any, pipe: EditPipeline, workdir: epath.Path) -> str:
   for sample in heldout_samples(config):
     # The source is already 4k+1 frames at a multiple of 32: kept as is.
     edited = pipe.edit(
-        sample.source, sample.prompt, sample.ref_image,
-        steps=demo.sample_steps, seed=0, max_frames=demo.num_frames,
-        max_pixels=demo.height * demo.width,
-        denoising_strength=demo.denoising_strength
+      sample.source,
+      sample.prompt,
+      sample.ref_image,
+      steps=demo.sample_steps,
+      seed=0,
+      max_frames=demo.num_frames,
+      max_pixels=demo.height * demo.width,
+      denoising_strength=demo.denoising_strength,
     ).frames
     source, target = sample.source, sample.target
     scores[sample.edit_type][0].append(psnr(edited, target))
     scores[sample.edit_type][1].append(psnr(source, target))
     (edits_dir / f"{sample.key}_{sample.edit_type}.mp4").write_bytes(
-        video_io.encode_video(kiwi_task.side_by_side(source, edited, target),
-                              fps=4, lossless=True))
-  lines = ["| edit type | clips | model PSNR (dB) | identity PSNR (dB) |",
-           "| --- | --- | --- | --- |"]
+      video_io.encode_video(
+        kiwi_task.side_by_side(source, edited, target), fps=4, lossless=True
+      )
+    )
+  lines = [
+    "| edit type | clips | model PSNR (dB) | identity PSNR (dB) |",
+    "| --- | --- | --- | --- |",
+  ]
   all_model, all_identity = [], []
   for edit_type in refvie_mini.EDIT_TYPES:
     if edit_type not in scores:
@@ -147,39 +182,49 @@ def evaluate(config: Any, pipe: EditPipeline, workdir: epath.Path) -> str:
     model_psnr, identity_psnr = scores[edit_type]
     all_model += model_psnr
     all_identity += identity_psnr
-    lines.append(f"| {edit_type} | {len(model_psnr)} | "
-                 f"{np.mean(model_psnr):.2f} | {np.mean(identity_psnr):.2f} |")
-  lines.append(f"| **mean** | {len(all_model)} | **{np.mean(all_model):.2f}**"
-               f" | **{np.mean(all_identity):.2f}** |")
+    lines.append(
+      f"| {edit_type} | {len(model_psnr)} | "
+      f"{np.mean(model_psnr):.2f} | {np.mean(identity_psnr):.2f} |"
+    )
+  lines.append(
+    f"| **mean** | {len(all_model)} | **{np.mean(all_model):.2f}**"
+    f" | **{np.mean(all_identity):.2f}** |"
+  )
   return "\n".join(lines)
 
 
 def run(config: Any, workdir: str | epath.PathLike) -> str:
   """The whole demo; returns (and prints) the results table."""
   workdir = epath.Path(workdir)
-  progress.note("Preparing RefVIE-mini and the tokenizer in "
-                f"{workdir}.")
+  progress.note(f"Preparing RefVIE-mini and the tokenizer in {workdir}.")
   records, tok_dir = prepare_data(config, workdir)
-  base_task = kiwi_task.KiwiTask(stage_config(config, 1, records, tok_dir, 0,
-                                              ""))
+  base_task = kiwi_task.KiwiTask(
+    stage_config(config, 1, records, tok_dir, 0, "")
+  )
   ref_tokens = reference_token_count(config, base_task.processor)
   model_init = ""
   for stage in (1, 2, 3):
-    stage_cfg = stage_config(config, stage, records, tok_dir, ref_tokens,
-                             model_init)
+    stage_cfg = stage_config(
+      config, stage, records, tok_dir, ref_tokens, model_init
+    )
     task = kiwi_task.KiwiTask(stage_cfg)
     stage_dir = workdir / f"stage{stage}"
-    logger.info("Demo stage %d trains %s", stage,
-                stages.trainable_sets(stage)[0])
-    progress.note(f"Demo stage {stage} of 3 ({_STAGE_NAMES[stage]}): "
-                  f"{stage_cfg.total_steps} steps in {stage_dir}.")
+    logger.info(
+      "Demo stage %d trains %s", stage, stages.trainable_sets(stage)[0]
+    )
+    progress.note(
+      f"Demo stage {stage} of 3 ({_STAGE_NAMES[stage]}): "
+      f"{stage_cfg.total_steps} steps in {stage_dir}."
+    )
     with progress.label(f"stage {stage}/3"):
       trainer.train_and_evaluate(stage_cfg, stage_dir, task)
     model_init = str(stage_dir / "checkpoints")
   # The trained model as any user opens it: the stage-3 workdir.
   pipe = EditPipeline.from_pretrained(str(stage_dir))
-  progress.note(f"Editing {DemoConfig.from_config(config.demo).num_heldout} held-out clips with "
-                f"EditPipeline.from_pretrained({str(stage_dir)!r}).")
+  progress.note(
+    f"Editing {DemoConfig.from_config(config.demo).num_heldout} held-out clips with "
+    f"EditPipeline.from_pretrained({str(stage_dir)!r})."
+  )
   table = evaluate(stage_cfg, pipe, workdir)
   (workdir / "results.md").write_text(table + "\n")
   print(table, flush=True)

@@ -27,6 +27,7 @@ class DataSource:
     weight: its share of the batches.
     max_frames: frames per example (1 for images).
   """
+
   path: str
   name: str
   weight: float = 1.0
@@ -47,6 +48,7 @@ class KiwiDataConfig:
     seed: the mix and shuffle seed.
     num_workers: Grain worker processes (0: in the main process).
   """
+
   sources: Sequence[DataSource] = ()
   fixed_size: tuple[int, int] | None = None
   max_pixels: int = 1_048_576
@@ -83,6 +85,7 @@ class KiwiConfig:
     sample_count: sample edits per data source.
     data: the data block.
   """
+
   variant: str
   variant_family: str = "5b"
   stage: int = 1
@@ -102,12 +105,13 @@ class KiwiConfig:
   data: KiwiDataConfig = KiwiDataConfig()
 
   @classmethod
-  def from_config(cls, kiwi: Any) -> "KiwiConfig":
+  def from_config(cls, kiwi: Any) -> KiwiConfig:
     """Parses a ``config.kiwi`` block (or returns a ``KiwiConfig``)."""
     if isinstance(kiwi, cls):
       return kiwi
-    return run_config.from_mapping(cls, kiwi, where="kiwi.",
-                                   none_is_default=True)
+    return run_config.from_mapping(
+      cls, kiwi, where="kiwi.", none_is_default=True
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -126,6 +130,7 @@ class DemoConfig:
     sample_steps: Euler steps of the held-out edits.
     denoising_strength: below 1 the edits start from the noised source.
   """
+
   num_videos: int
   num_images: int
   num_heldout: int
@@ -142,9 +147,10 @@ class DemoConfig:
   denoising_strength: float = 1.0
 
   @classmethod
-  def from_config(cls, demo: Any) -> "DemoConfig":
+  def from_config(cls, demo: Any) -> DemoConfig:
     """Parses a ``config.demo`` block (or returns a ``DemoConfig``)."""
     if isinstance(demo, cls):
       return demo
-    return run_config.from_mapping(cls, demo, where="demo.",
-                                   none_is_default=True)
+    return run_config.from_mapping(
+      cls, demo, where="demo.", none_is_default=True
+    )

@@ -70,8 +70,7 @@ def _replace_nested(obj: Any, changes: dict[str, Any]) -> Any:
   return dataclasses.replace(obj, **direct)
 
 
-def kiwi_model_config(kiwi: Any,
-                      compute_dtype: Any = None) -> KiwiEditConfig:
+def kiwi_model_config(kiwi: Any, compute_dtype: Any = None) -> KiwiEditConfig:
   """The :class:`KiwiEditConfig` a ``config.kiwi`` block describes.
 
   ``compute_dtype`` (``config.precision.compute_dtype``; None keeps the
@@ -86,21 +85,31 @@ def kiwi_model_config(kiwi: Any,
   cfg = KiwiEditConfig.from_variant(kiwi.variant)
   if compute_dtype is not None:
     dtype = jnp.dtype(compute_dtype)
-    cfg = _replace_nested(cfg, {"dit": {"dtype": dtype},
-                                "mllm": {"dtype": dtype},
-                                "vae": {"dtype": dtype}})
+    cfg = _replace_nested(
+      cfg,
+      {
+        "dit": {"dtype": dtype},
+        "mllm": {"dtype": dtype},
+        "vae": {"dtype": dtype},
+      },
+    )
   cfg = _replace_nested(cfg, dict(kiwi.model))
   text = {"lora_rank": kiwi.mllm_lora_rank}
   if kiwi.mllm_lora_targets:
     text["lora_targets"] = kiwi.mllm_lora_targets
   if kiwi.codec not in _CODECS:
-    raise ValueError(f"kiwi.codec={kiwi.codec!r}; choose one of "
-                     f"{tuple(_CODECS)}.")
-  return _replace_nested(cfg, {
+    raise ValueError(
+      f"kiwi.codec={kiwi.codec!r}; choose one of {tuple(_CODECS)}."
+    )
+  return _replace_nested(
+    cfg,
+    {
       "mllm": {"text": text},
       "dit": {"lora_rank": kiwi.dit_lora_rank},
       "codec": _CODECS[kiwi.codec],
-      "unshuffle_factor": kiwi.unshuffle_factor})
+      "unshuffle_factor": kiwi.unshuffle_factor,
+    },
+  )
 
 
 def batch_mode(batch: dict[str, Any]) -> str:
@@ -125,19 +134,24 @@ class KiwiTask:
     self.stage = kiwi.stage
     self.model_cfg = kiwi_model_config(kiwi, self.run.precision.compute_dtype)
     self.trainable, self.frozen = stages.trainable_sets(
-        self.stage, kiwi.variant_family,
-        dit_lora=bool(self.model_cfg.dit.lora_rank))
+      self.stage,
+      kiwi.variant_family,
+      dit_lora=bool(self.model_cfg.dit.lora_rank),
+    )
     self.ref_tokens = kiwi.ref_tokens
     self.grid = flow_matching.TrainingGrid.from_schedule(
-        "diffsynth", kiwi.loss_weighting,
-        timestep_dtype=self.model_cfg.dit.dtype)
+      "diffsynth", kiwi.loss_weighting, timestep_dtype=self.model_cfg.dit.dtype
+    )
     self.sample_batches: dict[str, Any] | None = None
     self._flops_cache: dict[tuple, Any] = {}
     self.tokenizer_dir = kiwi.tokenizer_dir
     # The model's MLLM inputs, for the Grain hook and the sample edits.
-    self.processor = KiwiProcessor(self.tokenizer_dir, self.model_cfg,
-                                   seq_len=kiwi.seq_len,
-                                   num_patches=kiwi.num_patches)
+    self.processor = KiwiProcessor(
+      self.tokenizer_dir,
+      self.model_cfg,
+      seq_len=kiwi.seq_len,
+      num_patches=kiwi.num_patches,
+    )
     self.hook = self.processor.example  # the data pipeline's MLLM hook
     self._pipeline: EditPipeline | None = None
 
@@ -151,15 +165,22 @@ class KiwiTask:
     ``checkpoints/`` (``models.kiwi.checkpoint.load``, ``EditPipeline``,
     ``kiwi-edit``): the model config and the tokenizer files."""
     if "://" in str(workdir):  # remote workdirs: the config.json only
-      logger.info("Not writing %s to the remote workdir %s.",
-                  kiwi_checkpoint.CONFIG_FILE, workdir)
+      logger.info(
+        "Not writing %s to the remote workdir %s.",
+        kiwi_checkpoint.CONFIG_FILE,
+        workdir,
+      )
       return
     workdir = pathlib.Path(str(workdir))
-    atomic.write_text(workdir / kiwi_checkpoint.CONFIG_FILE,
-                      json.dumps(self.model_cfg.to_dict(), indent=2,
-                                 sort_keys=True) + "\n")
-    files = [p for p in pathlib.Path(self.tokenizer_dir).iterdir()
-             if p.is_file()] if self.tokenizer_dir else []
+    atomic.write_text(
+      workdir / kiwi_checkpoint.CONFIG_FILE,
+      json.dumps(self.model_cfg.to_dict(), indent=2, sort_keys=True) + "\n",
+    )
+    files = (
+      [p for p in pathlib.Path(self.tokenizer_dir).iterdir() if p.is_file()]
+      if self.tokenizer_dir
+      else []
+    )
     if files:
       target = workdir / kiwi_checkpoint.PROCESSOR_DIR
       with atomic.atomic_directory(target, True) as tmp:
@@ -175,26 +196,31 @@ class KiwiTask:
     stage-1 model. Any other missing parameter is an error.
     """
     return checkpointing.restore_weights(
-        path, split, fresh=functools.partial(self.fresh_lora, split))
+      path, split, fresh=functools.partial(self.fresh_lora, split)
+    )
 
   def fresh_lora(self, split: Any, names: list[str]) -> dict[str, jax.Array]:
     """``{name: array}``: this run's initial values of the LoRA factors
     among ``names``, in the split's dtypes and shardings (only those leave
     the jitted init; XLA drops the rest of the model's)."""
-    names = [n for n in names if n.rsplit("/", 1)[-1] in ("lora_a",
-                                                         "lora_b")]
+    names = [n for n in names if n.rsplit("/", 1)[-1] in ("lora_a", "lora_b")]
     if not names:
       return {}
-    want = {path_name(p): x for tree in (split.abstract_params,
-                                         split.abstract_frozen)
-            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    want = {
+      path_name(p): x
+      for tree in (split.abstract_params, split.abstract_frozen)
+      for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
     seed = self.run.seed
 
     def init():
-      state = nnx.to_pure_dict(nnx.state(self.build_model(nnx.Rngs(seed)),
-                                         nnx.LoRAParam))
-      flat = {path_name(p): x
-              for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+      state = nnx.to_pure_dict(
+        nnx.state(self.build_model(nnx.Rngs(seed)), nnx.LoRAParam)
+      )
+      flat = {
+        path_name(p): x
+        for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+      }
       return {n: flat[n].astype(want[n].dtype) for n in names}
 
     shardings = {n: want[n].sharding for n in names}
@@ -224,26 +250,35 @@ class KiwiTask:
     """
     mode = batch_mode(batch)
     cond = model.encode_conditions(
-        KiwiProcessor.model_inputs(batch["mllm"]), mode,
-        ref_tokens=self.ref_tokens if mode == "reference" else 0)
+      KiwiProcessor.model_inputs(batch["mllm"]),
+      mode,
+      ref_tokens=self.ref_tokens if mode == "reference" else 0,
+    )
     # Stage 1 has no source_input (reference §4.2): noise + MLLM context only.
     source = self._latents(model, batch, "source") if self.stage > 1 else None
     ref = self._latents(model, batch, "ref") if mode == "reference" else None
     return cond, source, ref
 
-  def loss_fn(self, model: KiwiEdit, batch: dict[str, Any],
-              rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+  def loss_fn(
+    self, model: KiwiEdit, batch: dict[str, Any], rng: jax.Array
+  ) -> tuple[jax.Array, dict[str, Any]]:
     cond, source, ref = self.conditions(model, batch)
     target = self._latents(model, batch, "target")
 
     def velocity(noisy, timestep, sigma):
       return model.denoise_step(
-          noisy, timestep, cond.context, source_latents=source,
-          sigma=sigma if source is not None else None, ref_latents=ref,
-          context_mask=_mask_or_none(cond, ref))
+        noisy,
+        timestep,
+        cond.context,
+        source_latents=source,
+        sigma=sigma if source is not None else None,
+        ref_latents=ref,
+        context_mask=_mask_or_none(cond, ref),
+      )
 
-    loss, aux = flow_matching.flow_matching_loss(velocity, target, rng,
-                                                 self.grid)
+    loss, aux = flow_matching.flow_matching_loss(
+      velocity, target, rng, self.grid
+    )
     return loss, {"mse": aux["mse"], "sigma": aux["sigma"]}
 
   # -- Sample edits, through the editing pipeline's own programs.
@@ -269,17 +304,22 @@ class KiwiTask:
     num_steps = self.kiwi.sample_steps
     pipe = self.pipeline(model)
     for name, batch in self.sample_batches.items():
-      source, target = (self._pixels(model, batch, n) for n in
-                        ("source", "target"))
+      source, target = (
+        self._pixels(model, batch, n) for n in ("source", "target")
+      )
       ref = batch.get("ref_image")
       height, width = source.shape[1:3]
-      edited = pipe.edit(source, str(np.asarray(batch["prompt"])[0]),
-                         None if ref is None else np.asarray(ref)[0],
-                         steps=num_steps, seed=0, max_frames=len(source),
-                         max_pixels=height * width,
-                         use_source=self.stage > 1).frames
-      writer.write_videos(step, {name: side_by_side(source, edited,
-                                                    target)})
+      edited = pipe.edit(
+        source,
+        str(np.asarray(batch["prompt"])[0]),
+        None if ref is None else np.asarray(ref)[0],
+        steps=num_steps,
+        seed=0,
+        max_frames=len(source),
+        max_pixels=height * width,
+        use_source=self.stage > 1,
+      ).frames
+      writer.write_videos(step, {name: side_by_side(source, edited, target)})
 
   def default_sample_batches(self) -> dict[str, dict[str, Any]]:
     """``{"sample/<source>/<i>": host batch of one}``."""
@@ -287,10 +327,14 @@ class KiwiTask:
     batches = {}
     for spec in self.source_specs():
       iterator = data_pipeline.make_iterator(
-          [spec], self.example_config(1), data_pipeline.PipelineConfig(
-              batch_size=1, shuffle=False, num_epochs=1),
-          # Every process reads the same examples: the batch is replicated.
-          mllm_transform=self.hook, shard_index=0, shard_count=1)
+        [spec],
+        self.example_config(1),
+        data_pipeline.PipelineConfig(batch_size=1, shuffle=False, num_epochs=1),
+        # Every process reads the same examples: the batch is replicated.
+        mllm_transform=self.hook,
+        shard_index=0,
+        shard_count=1,
+      )
       for index, host in zip(range(count), iterator):
         batches[f"sample/{spec.name}/{index}"] = host
     return batches
@@ -301,7 +345,8 @@ class KiwiTask:
       return np.asarray(batch[f"{name}_video"])[0]
     pipe = self.pipeline(model)
     decoded = pipeline_stages.decode_latents(
-        pipe.graphdef, pipe.state, jnp.asarray(batch[f"{name}_latents"]))
+      pipe.graphdef, pipe.state, jnp.asarray(batch[f"{name}_latents"])
+    )
     return unit_to_uint8(np.asarray(decoded, np.float32)[0])
 
   # -- Data.
@@ -309,25 +354,38 @@ class KiwiTask:
   def example_config(self, max_frames: int) -> examples_lib.ExampleConfig:
     data = self.kiwi.data
     return examples_lib.ExampleConfig(
-        max_frames=max_frames, max_pixels=data.max_pixels,
-        size_multiple=data.size_multiple,
-        fixed_size=data.fixed_size or None)
+      max_frames=max_frames,
+      max_pixels=data.max_pixels,
+      size_multiple=data.size_multiple,
+      fixed_size=data.fixed_size or None,
+    )
 
   def source_specs(self) -> list[data_pipeline.SourceSpec]:
-    return [data_pipeline.SourceSpec(
-        path=s.path, weight=s.weight, name=s.name,
-        example=self.example_config(s.max_frames))
-            for s in self.kiwi.data.sources]
+    return [
+      data_pipeline.SourceSpec(
+        path=s.path,
+        weight=s.weight,
+        name=s.name,
+        example=self.example_config(s.max_frames),
+      )
+      for s in self.kiwi.data.sources
+    ]
 
   def train_iterator(self, shard_index: int, shard_count: int):
     data = self.kiwi.data
     cfg = data_pipeline.PipelineConfig(
-        batch_size=data.batch_size // shard_count, seed=data.seed,
-        num_workers=data.num_workers)
+      batch_size=data.batch_size // shard_count,
+      seed=data.seed,
+      num_workers=data.num_workers,
+    )
     return data_pipeline.make_iterator(
-        self.source_specs(), self.example_config(1), cfg,
-        mllm_transform=self.hook, shard_index=shard_index,
-        shard_count=shard_count)
+      self.source_specs(),
+      self.example_config(1),
+      cfg,
+      mllm_transform=self.hook,
+      shard_index=shard_index,
+      shard_count=shard_count,
+    )
 
   def global_batch(self, host_batch: dict[str, Any], mesh) -> dict[str, Any]:
     """Drops the text fields, checks the reference token count, and makes
@@ -343,22 +401,27 @@ class KiwiTask:
       counts = span[:, 1] - span[:, 0]
       if np.any(counts > self.ref_tokens) or np.any(counts <= 0):
         raise ValueError(
-            f"Reference images of batch {list(host_batch.get('key', []))} "
-            f"give {counts.tolist()} MLLM tokens; kiwi.ref_tokens (the "
-            f"padded count) is {self.ref_tokens}. Raise kiwi.ref_tokens "
-            f"(at most max_ref_tokens={self.model_cfg.max_ref_tokens}) or "
-            "shrink the references (data.max_pixels).")
+          f"Reference images of batch {list(host_batch.get('key', []))} "
+          f"give {counts.tolist()} MLLM tokens; kiwi.ref_tokens (the "
+          f"padded count) is {self.ref_tokens}. Raise kiwi.ref_tokens "
+          f"(at most max_ref_tokens={self.model_cfg.max_ref_tokens}) or "
+          "shrink the references (data.max_pixels)."
+        )
 
   def batch_counts(self, batch: dict[str, Any]) -> dict[str, float]:
     """Examples, frames and model FLOPs of a (process-local) batch, all
     global (times the process count): the trainer's throughput and MFU."""
     video = batch.get("target_video", batch.get("target_latents"))
     examples = int(np.shape(video)[0]) * jax.process_count()
-    return {"examples": examples, "frames": examples * int(video.shape[1]),
-            "flops": self.step_flops(batch).train * jax.process_count()}
+    return {
+      "examples": examples,
+      "frames": examples * int(video.shape[1]),
+      "flops": self.step_flops(batch).train * jax.process_count(),
+    }
 
-  def step_flops(self, batch: dict[str, Any], *,
-                 dense_attention: bool = False) -> flops_lib.FlopCount:
+  def step_flops(
+    self, batch: dict[str, Any], *, dense_attention: bool = False
+  ) -> flops_lib.FlopCount:
     """Matmul FLOPs of :meth:`loss_fn` on ``batch`` (host or device
     arrays; only shapes and the MLLM's vision segment ids are read), from
     ``kiwi_jax.flops.kiwi_flops``: MLLM + connectors + DiT, trained parts
@@ -375,27 +438,41 @@ class KiwiTask:
     full_pairs = None
     if patches and "full_segment_ids" in mllm:
       full_pairs = _mean_segment_pairs(np.asarray(mllm["full_segment_ids"]))
-    shape = (batch_mode(batch), int(np.shape(mllm["input_ids"])[0]), grid,
-             int(np.shape(mllm["input_ids"])[1]), patches, full_pairs,
-             dense_attention)
+    shape = (
+      batch_mode(batch),
+      int(np.shape(mllm["input_ids"])[0]),
+      grid,
+      int(np.shape(mllm["input_ids"])[1]),
+      patches,
+      full_pairs,
+      dense_attention,
+    )
     if shape not in self._flops_cache:  # the formula walks every layer
       if len(self._flops_cache) > 256:
         self._flops_cache.clear()
       self._flops_cache[shape] = self._formula_flops(*shape)
     return self._flops_cache[shape]
 
-  def _formula_flops(self, mode, batch, grid, text_len, patches, full_pairs,
-                     dense_attention) -> flops_lib.FlopCount:
+  def _formula_flops(
+    self, mode, batch, grid, text_len, patches, full_pairs, dense_attention
+  ) -> flops_lib.FlopCount:
     return flops_lib.kiwi_flops(
-        self.model_cfg, mode=mode, batch=batch, latent_grid=grid,
-        text_len=text_len, vision_patches=patches,
-        vision_full_pairs=full_pairs,
-        ref_tokens=self.ref_tokens if mode == "reference" else 0,
-        source=self.stage > 1, dense_attention=dense_attention,
-        trained=flops_lib.trained_by_regex(self.trainable, self.frozen))
+      self.model_cfg,
+      mode=mode,
+      batch=batch,
+      latent_grid=grid,
+      text_len=text_len,
+      vision_patches=patches,
+      vision_full_pairs=full_pairs,
+      ref_tokens=self.ref_tokens if mode == "reference" else 0,
+      source=self.stage > 1,
+      dense_attention=dense_attention,
+      trained=flops_lib.trained_by_regex(self.trainable, self.frozen),
+    )
 
-  def latent_grid(self, frames_hw: tuple[int, int, int]
-                  ) -> tuple[int, int, int]:
+  def latent_grid(
+    self, frames_hw: tuple[int, int, int]
+  ) -> tuple[int, int, int]:
     """``(t, h, w)`` latents of ``(T, H, W)`` pixels under the codec."""
     return self.model_cfg.latent_shape(*(int(n) for n in frames_hw))[1:4]
 
@@ -412,9 +489,20 @@ def _mean_segment_pairs(segment_ids: np.ndarray) -> float:
 
 def _numeric(host_batch: dict[str, Any]) -> dict[str, Any]:
   """The fields the model reads (drops keys, prompts and other text)."""
-  return {k: v for k, v in host_batch.items()
-          if k in ("source_video", "target_video", "ref_image", "mllm",
-                   "source_latents", "target_latents", "ref_latents")}
+  return {
+    k: v
+    for k, v in host_batch.items()
+    if k
+    in (
+      "source_video",
+      "target_video",
+      "ref_image",
+      "mllm",
+      "source_latents",
+      "target_latents",
+      "ref_latents",
+    )
+  }
 
 
 def _mask_or_none(cond: Any, ref: jax.Array | None) -> jax.Array | None:
@@ -424,8 +512,9 @@ def _mask_or_none(cond: Any, ref: jax.Array | None) -> jax.Array | None:
 
 def unit_to_uint8(video: np.ndarray) -> np.ndarray:
   """float in [-1, 1] -> uint8 (round to nearest)."""
-  return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5),
-                 0, 255).astype(np.uint8)
+  return np.clip(
+    np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255
+  ).astype(np.uint8)
 
 
 def side_by_side(*videos: np.ndarray) -> np.ndarray:

@@ -13,8 +13,9 @@ from kiwi_jax.layers import Dense, RMSNorm
 class ToyModel(nnx.Module):
   """``x + fc2(gelu(fc1(norm(x))))`` followed by a readout Dense."""
 
-  def __init__(self, dim: int = 16, hidden: int = 32, out: int = 8, *,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, dim: int = 16, hidden: int = 32, out: int = 8, *, rngs: nnx.Rngs
+  ):
     self.norm = RMSNorm(dim)
     self.fc1 = Dense(dim, hidden, kernel_axes=("embed", "mlp"), rngs=rngs)
     self.fc2 = Dense(hidden, dim, kernel_axes=("mlp", "embed"), rngs=rngs)

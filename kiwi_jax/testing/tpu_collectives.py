@@ -23,8 +23,13 @@ def collective_counts(hlo_text: str) -> dict[str, int]:
   such call counts as one reduce-scatter (and the collectives inside its
   body are not counted again).
   """
-  kinds = ("reduce-scatter", "all-reduce", "all-gather", "all-to-all",
-           "collective-permute")
+  kinds = (
+    "reduce-scatter",
+    "all-reduce",
+    "all-gather",
+    "all-to-all",
+    "collective-permute",
+  )
   counts = dict.fromkeys(kinds, 0)
   in_fused_scatter = False
   for line in hlo_text.splitlines():
@@ -39,7 +44,7 @@ def collective_counts(hlo_text: str) -> dict[str, int]:
       continue
     op = re.search(r" = [^ ]+(?: [^ ]+)*? ([a-z-]+)\(", line)
     name = op.group(1) if op else ""
-    name = name[:-len("-start")] if name.endswith("-start") else name
+    name = name[: -len("-start")] if name.endswith("-start") else name
     if name in counts:
       counts[name] += 1
   return counts
@@ -50,7 +55,8 @@ def toy_step_hlo(topology: str = "v5:2x2x1", chip: str = "megacore") -> str:
   import jax.numpy as jnp
   from flax import nnx
   from jax.experimental import topologies
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
 
   from kiwi_jax import sharding
   from kiwi_jax.testing.toy import ToyModel
@@ -58,8 +64,12 @@ def toy_step_hlo(topology: str = "v5:2x2x1", chip: str = "megacore") -> str:
   from kiwi_jax.train_lib.train_state import ModelSplit, Precision
 
   devices = topologies.get_topology_desc(
-      platform="tpu", topology_name=topology, chip_config_name=chip,
-      chips_per_host_bounds=(2, 2, 1), num_slices=1).devices
+    platform="tpu",
+    topology_name=topology,
+    chip_config_name=chip,
+    chips_per_host_bounds=(2, 2, 1),
+    num_slices=1,
+  ).devices
   mesh = sharding.make_mesh({"fsdp": len(devices)}, devices)
   precision = Precision(compute_dtype="bfloat16")
   opt_config = optimizers.OptimizerConfig(learning_rate=1e-3)
@@ -75,13 +85,18 @@ def toy_step_hlo(topology: str = "v5:2x2x1", chip: str = "megacore") -> str:
 
   split = ModelSplit.build(ctor, (".*",), mesh=mesh, precision=precision)
   state = train_step.abstract_train_state(split, optimizer, mesh)
-  step = train_step.make_train_step(split, loss_fn, optimizer, opt_config,
-                                    precision, mesh=mesh)
+  step = train_step.make_train_step(
+    split, loss_fn, optimizer, opt_config, precision, mesh=mesh
+  )
   batch_sharding = NamedSharding(mesh, P("fsdp"))
-  batch = {"x": jax.ShapeDtypeStruct((8, 64, 256), jnp.float32,
-                                     sharding=batch_sharding),
-           "y": jax.ShapeDtypeStruct((8, 64, 128), jnp.float32,
-                                     sharding=batch_sharding)}
+  batch = {
+    "x": jax.ShapeDtypeStruct(
+      (8, 64, 256), jnp.float32, sharding=batch_sharding
+    ),
+    "y": jax.ShapeDtypeStruct(
+      (8, 64, 128), jnp.float32, sharding=batch_sharding
+    ),
+  }
   return step.lower(state, batch).compile().as_text()
 
 

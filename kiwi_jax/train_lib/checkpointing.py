@@ -60,18 +60,20 @@ DATA_ITER = "data_iter"
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
   """Attributes:
-    every: save every this many steps (and on preemption, and at the end).
-    keep: keep the latest this many checkpoints.
-    async_save: write in a background thread while training goes on.
+  every: save every this many steps (and on preemption, and at the end).
+  keep: keep the latest this many checkpoints.
+  async_save: write in a background thread while training goes on.
   """
+
   every: int = 1000
   keep: int = 3
   async_save: bool = True
 
   @classmethod
-  def from_mapping(cls, values) -> "CheckpointConfig":
-    values = dict(values.to_dict() if hasattr(values, "to_dict") else
-                  (values or {}))
+  def from_mapping(cls, values) -> CheckpointConfig:
+    values = dict(
+      values.to_dict() if hasattr(values, "to_dict") else (values or {})
+    )
     return cls(**values)
 
 
@@ -91,10 +93,19 @@ def _jitted_finite_per_leaf(out_sharding: NamedSharding | None):
 def _finite_flags(leaves: list[jax.Array]) -> np.ndarray:
   """One bool per leaf, computed where the leaves live; the result is
   replicated on their mesh so every process can read it."""
-  mesh_sharding = next((x.sharding for x in leaves if isinstance(
-      getattr(x, "sharding", None), NamedSharding)), None)
-  out = (None if mesh_sharding is None else
-         NamedSharding(mesh_sharding.mesh, PartitionSpec()))
+  mesh_sharding = next(
+    (
+      x.sharding
+      for x in leaves
+      if isinstance(getattr(x, "sharding", None), NamedSharding)
+    ),
+    None,
+  )
+  out = (
+    None
+    if mesh_sharding is None
+    else NamedSharding(mesh_sharding.mesh, PartitionSpec())
+  )
   return np.asarray(jax.device_get(_jitted_finite_per_leaf(out)(leaves)))
 
 
@@ -112,9 +123,11 @@ def nonfinite_leaves(tree: Any) -> tuple[list[str], int]:
   """
   if isinstance(tree, TrainState):
     tree = _state_dict(tree)
-  named = [(path_name(p), x) for p, x in
-           jax.tree_util.tree_flatten_with_path(tree)[0]
-           if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  named = [
+    (path_name(p), x)
+    for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+  ]
   if not named:
     return [], 0
   finite = _finite_flags([x for _, x in named])
@@ -123,8 +136,10 @@ def nonfinite_leaves(tree: Any) -> tuple[list[str], int]:
 
 def describe_nonfinite(names: list[str], count: int) -> str:
   """``"3 of 257 floating leaves hold NaN or inf (first: params/a/w)"``."""
-  return (f"{len(names)} of {count} floating leaves hold NaN or inf "
-          f"(first: {names[0]})")
+  return (
+    f"{len(names)} of {count} floating leaves hold NaN or inf "
+    f"(first: {names[0]})"
+  )
 
 
 def newest_checkpoint_note(manager: ocp.CheckpointManager) -> str:
@@ -132,8 +147,10 @@ def newest_checkpoint_note(manager: ocp.CheckpointManager) -> str:
   latest = manager.latest_step()
   if latest is None:
     return "no checkpoint was saved."
-  return (f"the newest checkpoint is step {latest} in {manager.directory} "
-          "(checked finite before it was saved); a restart resumes from it.")
+  return (
+    f"the newest checkpoint is step {latest} in {manager.directory} "
+    "(checked finite before it was saved); a restart resumes from it."
+  )
 
 
 class _ReadOnlyNotices(logging.Filter):
@@ -143,16 +160,20 @@ class _ReadOnlyNotices(logging.Filter):
   a read-only manager on purpose; Orbax warns about it at every opening.
   """
 
-  NOTICES = ("CheckpointManagerOptions.read_only=True",
-             "Given directory is read only")
+  NOTICES = (
+    "CheckpointManagerOptions.read_only=True",
+    "Given directory is read only",
+  )
 
   def filter(self, record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith(self.NOTICES)
 
 
-def make_manager(directory: str | epath.PathLike,
-                 config: CheckpointConfig = CheckpointConfig(),
-                 read_only: bool = False) -> ocp.CheckpointManager:
+def make_manager(
+  directory: str | epath.PathLike,
+  config: CheckpointConfig = CheckpointConfig(),
+  read_only: bool = False,
+) -> ocp.CheckpointManager:
   """A manager saving on ``config.every`` steps and on preemption."""
   notices = _ReadOnlyNotices()
   absl_logger = logging.getLogger("absl")
@@ -160,15 +181,17 @@ def make_manager(directory: str | epath.PathLike,
     absl_logger.addFilter(notices)
   try:
     options = ocp.CheckpointManagerOptions(
-        save_decision_policy=managers.AnySavePolicy([
-            managers.PreemptionCheckpointingPolicy(),
-            managers.FixedIntervalPolicy(config.every),
-        ]),
-        preservation_policy=managers.LatestN(config.keep),
-        enable_async_checkpointing=config.async_save,
-        create=not read_only,
-        read_only=read_only,
-        cleanup_tmp_directories=not read_only,
+      save_decision_policy=managers.AnySavePolicy(
+        [
+          managers.PreemptionCheckpointingPolicy(),
+          managers.FixedIntervalPolicy(config.every),
+        ]
+      ),
+      preservation_policy=managers.LatestN(config.keep),
+      enable_async_checkpointing=config.async_save,
+      create=not read_only,
+      read_only=read_only,
+      cleanup_tmp_directories=not read_only,
     )
     return ocp.CheckpointManager(absolute_path(directory), options=options)
   finally:
@@ -179,8 +202,14 @@ def _state_dict(state: TrainState) -> dict[str, Any]:
   return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: TrainState,
-         data_iter: Any = None, *, force: bool = False) -> bool:
+def save(
+  manager: ocp.CheckpointManager,
+  step: int,
+  state: TrainState,
+  data_iter: Any = None,
+  *,
+  force: bool = False,
+) -> bool:
   """Saves (if the manager's policy says so, or ``force``); returns whether
   a save started.
 
@@ -193,17 +222,22 @@ def save(manager: ocp.CheckpointManager, step: int, state: TrainState,
   bad, count = nonfinite_leaves(state)
   if bad:
     raise NonFiniteStateError(
-        f"Refusing to save the train state at step {step}: "
-        f"{describe_nonfinite(bad, count)}. Stopping; "
-        f"{newest_checkpoint_note(manager)}")
+      f"Refusing to save the train state at step {step}: "
+      f"{describe_nonfinite(bad, count)}. Stopping; "
+      f"{newest_checkpoint_note(manager)}"
+    )
   items = {STATE: ocp.args.StandardSave(_state_dict(state))}
   if data_iter is not None:
     items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
-def restore(manager: ocp.CheckpointManager, step: int,
-            abstract_state: TrainState, data_iter: Any = None) -> TrainState:
+def restore(
+  manager: ocp.CheckpointManager,
+  step: int,
+  abstract_state: TrainState,
+  data_iter: Any = None,
+) -> TrainState:
   """Restores step ``step`` into ``abstract_state``'s shardings; restores
   ``data_iter`` in place when given and saved."""
   items = {STATE: ocp.args.StandardRestore(_state_dict(abstract_state))}
@@ -213,8 +247,11 @@ def restore(manager: ocp.CheckpointManager, step: int,
   if data_iter is not None and has_iter:
     items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
   elif data_iter is not None:
-    logging.warning("Checkpoint step %d has no data iterator state; the "
-                    "data starts from the beginning.", step)
+    logging.warning(
+      "Checkpoint step %d has no data iterator state; the "
+      "data starts from the beginning.",
+      step,
+    )
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   return TrainState(**restored[STATE])
 
@@ -236,25 +273,32 @@ def _step_directory(path: str | epath.PathLike) -> epath.Path:
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(
-        f"No checkpoint under {path}: expected a step directory holding "
-        f"'{STATE}/' or a checkpoint directory with numbered steps.")
+      f"No checkpoint under {path}: expected a step directory holding "
+      f"'{STATE}/' or a checkpoint directory with numbered steps."
+    )
   return path / str(step)
 
 
 def _flat(tree: Any) -> dict[str, Any]:
-  return {path_name(p): x for p, x in
-          jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def _unflatten_like(abstract: Any, flat: dict[str, Any]) -> Any:
   paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
   return jax.tree_util.tree_unflatten(
-      treedef, [flat[path_name(p)] for p, _ in paths])
+    treedef, [flat[path_name(p)] for p, _ in paths]
+  )
 
 
-def read_weights(path: str | epath.PathLike, want: dict[str, Any], *,
-                 fresh: Callable[[list[str]], dict[str, Any]] | None = None,
-                 what: str = "model_init") -> dict[str, Any]:
+def read_weights(
+  path: str | epath.PathLike,
+  want: dict[str, Any],
+  *,
+  fresh: Callable[[list[str]], dict[str, Any]] | None = None,
+  what: str = "model_init",
+) -> dict[str, Any]:
   """The model weights of a trainer checkpoint, by parameter name.
 
   The checkpoint's trainable and frozen trees are read as one model tree,
@@ -286,13 +330,16 @@ def read_weights(path: str | epath.PathLike, want: dict[str, Any], *,
   missing = [n for n in missing if n not in fresh_values]
   unexpected = sorted(set(by_name) - set(want))
   misshaped = sorted(
-      f"{n}: checkpoint {tuple(by_name[n][1].shape)} vs model "
-      f"{tuple(want[n].shape)}" for n in set(want) & set(by_name)
-      if tuple(by_name[n][1].shape) != tuple(want[n].shape))
+    f"{n}: checkpoint {tuple(by_name[n][1].shape)} vs model "
+    f"{tuple(want[n].shape)}"
+    for n in set(want) & set(by_name)
+    if tuple(by_name[n][1].shape) != tuple(want[n].shape)
+  )
   if missing or unexpected or misshaped:
     raise ValueError(
-        f"{what} {item_dir} does not fit the model: missing "
-        f"{missing}, unexpected {unexpected}, mis-shaped {misshaped}.")
+      f"{what} {item_dir} does not fit the model: missing "
+      f"{missing}, unexpected {unexpected}, mis-shaped {misshaped}."
+    )
   # Restore target: the saved layout, with the wanted dtypes and shardings.
   default_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target: dict[str, dict[str, Any]] = {"params": {}, "frozen": {}}
@@ -301,20 +348,30 @@ def read_weights(path: str | epath.PathLike, want: dict[str, Any], *,
     part = key.split("/", 1)[0]
     target[part][name] = want[name]
     restore_args[part][name] = ocp.ArrayRestoreArgs(
-        sharding=getattr(want[name], "sharding", None) or default_sharding,
-        dtype=want[name].dtype)
+      sharding=getattr(want[name], "sharding", None) or default_sharding,
+      dtype=want[name].dtype,
+    )
   target = {part: _nest(flat) for part, flat in target.items()}
   restore_args = {part: _nest(flat) for part, flat in restore_args.items()}
   restored = checkpointer.restore(
-      item_dir, args=ocp.args.PyTreeRestore(
-          item=target, restore_args=restore_args, partial_restore=True))
-  return {**_flat(restored.get("params", {})),
-          **_flat(restored.get("frozen", {})), **fresh_values}
+    item_dir,
+    args=ocp.args.PyTreeRestore(
+      item=target, restore_args=restore_args, partial_restore=True
+    ),
+  )
+  return {
+    **_flat(restored.get("params", {})),
+    **_flat(restored.get("frozen", {})),
+    **fresh_values,
+  }
 
 
-def restore_weights(path: str | epath.PathLike, split: ModelSplit, *,
-                    fresh: Callable[[list[str]], dict[str, Any]] | None = None
-                    ) -> tuple[Any, Any]:
+def restore_weights(
+  path: str | epath.PathLike,
+  split: ModelSplit,
+  *,
+  fresh: Callable[[list[str]], dict[str, Any]] | None = None,
+) -> tuple[Any, Any]:
   """``model_init``: only the weights of a checkpoint (:func:`read_weights`),
   re-split by this run's trainable set and cast to its dtypes.
 
@@ -323,8 +380,10 @@ def restore_weights(path: str | epath.PathLike, split: ModelSplit, *,
   """
   want = {**_flat(split.abstract_params), **_flat(split.abstract_frozen)}
   flat = read_weights(path, want, fresh=fresh)
-  return (_unflatten_like(split.abstract_params, flat),
-          _unflatten_like(split.abstract_frozen, flat))
+  return (
+    _unflatten_like(split.abstract_params, flat),
+    _unflatten_like(split.abstract_frozen, flat),
+  )
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -339,16 +398,16 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def restore_or_initialize(
-    manager: ocp.CheckpointManager,
-    abstract_state: TrainState,
-    *,
-    init_from_scratch: Callable[[], TrainState],
-    init_from_weights: Callable[[Any, Any], TrainState],
-    split: ModelSplit,
-    data_iter: Any = None,
-    resume: str | None = None,
-    model_init: str | None = None,
-    load_weights: Callable[[str, ModelSplit], tuple[Any, Any]] | None = None,
+  manager: ocp.CheckpointManager,
+  abstract_state: TrainState,
+  *,
+  init_from_scratch: Callable[[], TrainState],
+  init_from_weights: Callable[[Any, Any], TrainState],
+  split: ModelSplit,
+  data_iter: Any = None,
+  resume: str | None = None,
+  model_init: str | None = None,
+  load_weights: Callable[[str, ModelSplit], tuple[Any, Any]] | None = None,
 ) -> tuple[TrainState, str]:
   """The restore order of the module docstring.
 
@@ -376,8 +435,10 @@ def restore_or_initialize(
   if latest is not None:
     state = restore(manager, latest, abstract_state, data_iter)
     source = f"this workdir's checkpoint at step {latest}"
-    fix = (f"delete {epath.Path(manager.directory) / str(latest)} to "
-           "resume from the checkpoint before it, or train in a new workdir")
+    fix = (
+      f"delete {epath.Path(manager.directory) / str(latest)} to "
+      "resume from the checkpoint before it, or train in a new workdir"
+    )
   elif resume:
     step_dir = _step_directory(resume)
     other = make_manager(step_dir.parent, read_only=True)
@@ -397,6 +458,6 @@ def restore_or_initialize(
   bad, count = nonfinite_leaves(state)
   if bad:
     raise NonFiniteStateError(
-        f"Cannot start from {source}: {describe_nonfinite(bad, count)}; "
-        f"{fix}.")
+      f"Cannot start from {source}: {describe_nonfinite(bad, count)}; {fix}."
+    )
   return state, source

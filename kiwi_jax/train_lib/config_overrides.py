@@ -62,8 +62,9 @@ class Override:
   next_token: str | None = None
 
 
-def split_overrides(argv: Sequence[str], name: str = "config"
-                    ) -> tuple[list[str], list[Override]]:
+def split_overrides(
+  argv: Sequence[str], name: str = "config"
+) -> tuple[list[str], list[Override]]:
   """Splits ``argv`` into the arguments for absl and the overrides."""
   rest, overrides = [argv[0]], []
   index = 1
@@ -71,18 +72,25 @@ def split_overrides(argv: Sequence[str], name: str = "config"
     token = argv[index]
     index += 1
     if token == "--":
-      rest.extend(argv[index - 1:])
+      rest.extend(argv[index - 1 :])
       break
-    body = token[2:] if token.startswith("--") else (
-        token[1:] if token.startswith("-") else "")
+    body = (
+      token[2:]
+      if token.startswith("--")
+      else (token[1:] if token.startswith("-") else "")
+    )
     negated = body.startswith(f"no{name}.")
     if not (body.startswith(f"{name}.") or negated):
       rest.append(token)
       continue
-    path, equals, value = body[len(name) + 1 + 2 * negated:].partition("=")
+    path, equals, value = body[len(name) + 1 + 2 * negated :].partition("=")
     override = Override(path, value if equals else None, negated)
-    if not equals and not negated and index < len(argv) and not argv[
-        index].startswith("-"):
+    if (
+      not equals
+      and not negated
+      and index < len(argv)
+      and not argv[index].startswith("-")
+    ):
       override.next_token = argv[index]
       index += 1
     overrides.append(override)
@@ -90,8 +98,11 @@ def split_overrides(argv: Sequence[str], name: str = "config"
 
 
 def _is_group(node: Any) -> bool:
-  return hasattr(node, "keys") and hasattr(node, "__getitem__") and not (
-      isinstance(node, (str, bytes)))
+  return (
+    hasattr(node, "keys")
+    and hasattr(node, "__getitem__")
+    and not (isinstance(node, (str, bytes)))
+  )
 
 
 def _similarity(typed: str, key: str) -> float:
@@ -104,15 +115,20 @@ def _similarity(typed: str, key: str) -> float:
     return 0.9
   ratio = difflib.SequenceMatcher(None, typed, key).ratio()
   remaining = iter(key)
-  if len(typed) > 1 and typed[0] == key[0] and all(
-      char in remaining for char in typed):
+  if (
+    len(typed) > 1
+    and typed[0] == key[0]
+    and all(char in remaining for char in typed)
+  ):
     ratio = max(ratio, 0.7)  # a subsequence: lrate -> learning_rate
   return ratio
 
 
 def _names(path: str) -> list[str]:
-  return [_COMPONENT.match(part).group(1) if _COMPONENT.match(part) else part
-          for part in path.split(".")]
+  return [
+    _COMPONENT.match(part).group(1) if _COMPONENT.match(part) else part
+    for part in path.split(".")
+  ]
 
 
 def closest_keys(config: Any, path: str, limit: int = 3) -> list[str]:
@@ -123,16 +139,19 @@ def closest_keys(config: Any, path: str, limit: int = 3) -> list[str]:
     if names[0] in keys:
       candidates = [(1.0, names[0])]
     else:
-      scored = sorted(((_similarity(names[0], k), k) for k in keys),
-                      reverse=True)
+      scored = sorted(
+        ((_similarity(names[0], k), k) for k in keys), reverse=True
+      )
       candidates = [(s, k) for s, k in scored if s >= 0.6][:limit]
     found = []
     for score, key in candidates:
       if len(names) == 1:
         found.append((score, prefix + key))
       elif _is_group(node[key]):
-        found += [(score * s, p)
-                  for s, p in walk(node[key], names[1:], f"{prefix}{key}.")]
+        found += [
+          (score * s, p)
+          for s, p in walk(node[key], names[1:], f"{prefix}{key}.")
+        ]
     return sorted(found, key=lambda item: -item[0])[:limit]
 
   return [p for _, p in walk(config, _names(path), "")]
@@ -141,11 +160,11 @@ def closest_keys(config: Any, path: str, limit: int = 3) -> list[str]:
 def _unknown_key(config: Any, path: str, group: str, node: Any) -> str:
   hints = [p for p in closest_keys(config, path) if p != path]
   if hints:
-    return (f"unknown config key {path}; did you mean "
-            f"{' or '.join(hints)}?")
+    return f"unknown config key {path}; did you mean {' or '.join(hints)}?"
   keys = sorted(str(k) for k in node.keys())
   listed = ", ".join(keys[:_MAX_LISTED_KEYS]) + (
-      ", ..." if len(keys) > _MAX_LISTED_KEYS else "")
+    ", ..." if len(keys) > _MAX_LISTED_KEYS else ""
+  )
   where = f"{group} has" if group else "the config has"
   return f"unknown config key {path}; {where}: {listed}."
 
@@ -161,13 +180,15 @@ def resolve(config: Any, path: str) -> tuple[Any, Any, Any]:
     match = _COMPONENT.match(part)
     if not match:
       raise ConfigOverrideError(
-          f"bad config key {path!r}: use dotted names with optional "
-          f"[index]es, e.g. kiwi.data.sources[0].weight.")
+        f"bad config key {path!r}: use dotted names with optional "
+        f"[index]es, e.g. kiwi.data.sources[0].weight."
+      )
     name, indices = match.group(1), match.group(2)
     if not _is_group(node):
       raise ConfigOverrideError(
-          f"config key {done} is a setting ({done}={node!r}), not a group "
-          f"with a key {name!r}; set it with --config.{done}=VALUE.")
+        f"config key {done} is a setting ({done}={node!r}), not a group "
+        f"with a key {name!r}; set it with --config.{done}=VALUE."
+      )
     if name not in node:
       raise ConfigOverrideError(_unknown_key(config, path, done, node))
     parent, key, node = node, name, node[name]
@@ -175,12 +196,13 @@ def resolve(config: Any, path: str) -> tuple[Any, Any, Any]:
     for index in re.findall(r"-?\d+", indices):
       if not isinstance(node, (list, tuple)):
         raise ConfigOverrideError(
-            f"config key {done} is a {type(node).__name__}, not a list; "
-            f"drop the [{index}].")
+          f"config key {done} is a {type(node).__name__}, not a list; "
+          f"drop the [{index}]."
+        )
       if not -len(node) <= int(index) < len(node):
         raise ConfigOverrideError(
-            f"config key {done} has {len(node)} items; [{index}] is out "
-            f"of range.")
+          f"config key {done} has {len(node)} items; [{index}] is out of range."
+        )
       parent, key, node = node, int(index), node[int(index)]
       done = f"{done}[{index}]"
   return parent, key, node
@@ -189,7 +211,8 @@ def resolve(config: Any, path: str) -> tuple[Any, Any, Any]:
 def parse_value(text: str, current: Any, path: str) -> Any:
   """``text`` read as the type of ``current`` (the setting's value)."""
   bad = lambda kind: ConfigOverrideError(  # noqa: E731
-      f"config key {path} expects {kind}; got {text!r}.")
+    f"config key {path} expects {kind}; got {text!r}."
+  )
   if isinstance(current, bool):
     if text.lower() in _TRUE + _FALSE:
       return text.lower() in _TRUE
@@ -209,14 +232,18 @@ def parse_value(text: str, current: Any, path: str) -> Any:
   if _is_group(current):
     keys = ", ".join(sorted(str(k) for k in current.keys())[:_MAX_LISTED_KEYS])
     raise ConfigOverrideError(
-        f"config key {path} is a group of settings ({keys}); set one with "
-        f"--config.{path}.KEY=VALUE.")
+      f"config key {path} is a group of settings ({keys}); set one with "
+      f"--config.{path}.KEY=VALUE."
+    )
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
     if isinstance(current, (list, tuple)):
-      raise bad("a list like [2, 8, 2]" if isinstance(current, list)
-                else "a tuple like (2, 8, 2)") from None
+      raise bad(
+        "a list like [2, 8, 2]"
+        if isinstance(current, list)
+        else "a tuple like (2, 8, 2)"
+      ) from None
     return text  # an unset (None) or other setting: the text as typed
   if isinstance(current, (list, tuple)):
     if not isinstance(value, (list, tuple)):
@@ -242,28 +269,32 @@ def apply(config: Any, overrides: Sequence[Override]) -> list[str]:
     if override.negated or (text is None and isinstance(current, bool)):
       if not isinstance(current, bool):
         raise ConfigOverrideError(
-            f"--noconfig.{override.path}: config key {override.path} is "
-            f"not a boolean; use --config.{override.path}=VALUE.")
+          f"--noconfig.{override.path}: config key {override.path} is "
+          f"not a boolean; use --config.{override.path}=VALUE."
+        )
       if override.next_token is not None:
         positional.append(override.next_token)
       text = "false" if override.negated else "true"
     elif text is None:
       if override.next_token is None:
         raise ConfigOverrideError(
-            f"--config.{override.path} needs a value: "
-            f"--config.{override.path}=VALUE.")
+          f"--config.{override.path} needs a value: "
+          f"--config.{override.path}=VALUE."
+        )
       text = override.next_token
     value = parse_value(text, current, override.path)
     if isinstance(parent, tuple):
       raise ConfigOverrideError(
-          f"config key {override.path} is inside a tuple; set the whole "
-          f"tuple instead.")
+        f"config key {override.path} is inside a tuple; set the whole "
+        f"tuple instead."
+      )
     try:
       parent[key] = value
     except (TypeError, KeyError, AttributeError) as e:
       raise ConfigOverrideError(
-          f"cannot set config key {override.path} to {text!r}: "
-          f"{str(e).splitlines()[0]}") from None
+        f"cannot set config key {override.path} to {text!r}: "
+        f"{str(e).splitlines()[0]}"
+      ) from None
   return positional
 
 
@@ -273,9 +304,12 @@ def _one_line(error: BaseException, config_file: str | None) -> str:
   text = lines[-1] if lines else type(error).__name__
   if not isinstance(error, flags.Error):
     text = f"{type(error).__name__}: {text}"
-    frames = [f for f in traceback.extract_tb(error.__traceback__)
-              if config_file and os.path.abspath(f.filename) == os.path.abspath(
-                  config_file)]
+    frames = [
+      f
+      for f in traceback.extract_tb(error.__traceback__)
+      if config_file
+      and os.path.abspath(f.filename) == os.path.abspath(config_file)
+    ]
     if frames:
       text += f" ({config_file}, line {frames[-1].lineno})"
   return text
@@ -289,7 +323,7 @@ def _flag_text(argv: Sequence[str], name: str) -> str | None:
       break
     for spelling in (f"--{name}", f"-{name}"):
       if token.startswith(spelling + "="):
-        found = token[len(spelling) + 1:]
+        found = token[len(spelling) + 1 :]
       elif token == spelling and index + 1 < len(argv):
         found = argv[index + 1]
   return found
@@ -297,13 +331,15 @@ def _flag_text(argv: Sequence[str], name: str) -> str | None:
 
 def fail(prog: str, message: str) -> None:
   """Prints ``<prog>: error: <message>`` (one line) and exits with 2."""
-  print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr,
-        flush=True)
+  print(
+    f"{prog}: error: {' '.join(message.split())}", file=sys.stderr, flush=True
+  )
   sys.exit(2)
 
 
-def make_flags_parser(prog: str, name: str = "config"
-                      ) -> Callable[[list[str]], list[str]]:
+def make_flags_parser(
+  prog: str, name: str = "config"
+) -> Callable[[list[str]], list[str]]:
   """An ``absl.app.run`` ``flags_parser`` for a ``DEFINE_config_file`` flag.
 
   Args:
@@ -342,8 +378,11 @@ def make_flags_parser(prog: str, name: str = "config"
       if config_file and not os.path.isfile(config_file):
         fail(prog, f"--{name}: no such config file {config_file!r}.")
       if isinstance(e, AttributeError) and "get_config" in str(e):
-        fail(prog, f"--{name}={config_arg}: {config_file} defines no "
-             "get_config(); point --config at a file in configs/.")
+        fail(
+          prog,
+          f"--{name}={config_arg}: {config_file} defines no "
+          "get_config(); point --config at a file in configs/.",
+        )
       fail(prog, f"--{name}={config_arg}: {_one_line(e, config_file)}")
     finally:
       sys.argv = saved_argv

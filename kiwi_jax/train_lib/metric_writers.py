@@ -39,28 +39,25 @@ Scalar = int | float | np.number | np.ndarray
 class MetricWriter(Protocol):
   """The clu ``MetricWriter`` interface kiwi_jax code writes against."""
 
-  def write_scalars(self, step: int, scalars: Mapping[str, Scalar]) -> None:
-    ...
+  def write_scalars(self, step: int, scalars: Mapping[str, Scalar]) -> None: ...
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
     """images: uint8 or float in [0, 1], [H, W, C] or [N, H, W, C]."""
 
-  def write_videos(self, step: int, videos: Mapping[str, np.ndarray],
-                   fps: float = 15.0) -> None:
+  def write_videos(
+    self, step: int, videos: Mapping[str, np.ndarray], fps: float = 15.0
+  ) -> None:
     """videos: uint8 [T, H, W, C] (or float in [0, 1])."""
 
-  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-    ...
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None: ...
 
   def discard_after(self, step: int) -> None:
     """Supersedes what was written for steps after ``step`` (a restart
     from the checkpoint at ``step`` writes them again)."""
 
-  def flush(self) -> None:
-    ...
+  def flush(self) -> None: ...
 
-  def close(self) -> None:
-    ...
+  def close(self) -> None: ...
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -68,7 +65,8 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
   if x.dtype == np.uint8:
     return x
   return (np.clip(x.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(
-      np.uint8)
+    np.uint8
+  )
 
 
 def _as_float(v: Scalar) -> float:
@@ -109,20 +107,26 @@ class JsonlWriter:
   rewrites the file from the lines kept in memory.
   """
 
-  def __init__(self, workdir: str | os.PathLike,
-               filename: str = "metrics.jsonl"):
+  def __init__(
+    self, workdir: str | os.PathLike, filename: str = "metrics.jsonl"
+  ):
     from etils import epath
+
     self.workdir = epath.Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.path = self.workdir / filename
     self._local = isinstance(self.workdir, pathlib.Path) or (
-        "://" not in str(self.workdir))
+      "://" not in str(self.workdir)
+    )
     if self._local:
       self._drop_torn_last_line()
       self._file = self._open_for_append()
     else:
-      self._lines = (self.path.read_text().splitlines(keepends=True)
-                     if self.path.exists() else [])
+      self._lines = (
+        self.path.read_text().splitlines(keepends=True)
+        if self.path.exists()
+        else []
+      )
       if self._lines and not self._lines[-1].endswith("\n"):
         self._lines.pop()  # torn by a killed run
       self._file = None
@@ -142,7 +146,7 @@ class JsonlWriter:
         return
       f.seek(0)
       data = f.read()
-    atomic.write_bytes(path, data[:data.rfind(b"\n") + 1])
+    atomic.write_bytes(path, data[: data.rfind(b"\n") + 1])
 
   def discard_after(self, step: int) -> None:
     """Drops the rows of steps after ``step``; rows without a step
@@ -150,8 +154,11 @@ class JsonlWriter:
     something is dropped."""
     if self._file is not None:
       self._file.close()
-      lines = (self.path.read_text(encoding="utf-8").splitlines(
-          keepends=True) if self.path.exists() else [])
+      lines = (
+        self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        if self.path.exists()
+        else []
+      )
     else:
       lines = self._lines
     kept = _lines_up_to(lines, step)
@@ -180,22 +187,30 @@ class JsonlWriter:
     self._write({"step": int(step), **values})
 
   def write_images(self, step, images):
-    self._write({"step": int(step), "images": {
-        k: list(np.shape(v)) for k, v in images.items()}})
+    self._write(
+      {
+        "step": int(step),
+        "images": {k: list(np.shape(v)) for k, v in images.items()},
+      }
+    )
 
   def write_videos(self, step, videos, fps=15.0):
     from kiwi_jax.utils.video_files import write_mp4
+
     paths = {}
     for name, video in videos.items():
       rel = f"videos/{name.replace('/', '_')}_{step}.mp4"
       if self._local:
-        write_mp4(pathlib.Path(str(self.workdir)) / rel, _to_uint8(video),
-                  fps=fps)
+        write_mp4(
+          pathlib.Path(str(self.workdir)) / rel, _to_uint8(video), fps=fps
+        )
       else:  # encode locally, then copy to the remote workdir
         import tempfile
+
         with tempfile.TemporaryDirectory() as tmp:
-          local = write_mp4(pathlib.Path(tmp) / "v.mp4", _to_uint8(video),
-                            fps=fps)
+          local = write_mp4(
+            pathlib.Path(tmp) / "v.mp4", _to_uint8(video), fps=fps
+          )
           (self.workdir / rel).parent.mkdir(parents=True, exist_ok=True)
           (self.workdir / rel).write_bytes(local.read_bytes())
       paths[name] = rel
@@ -243,6 +258,7 @@ class TensorBoardWriter:
 
   def __init__(self, logdir: str | os.PathLike):
     from tensorboardX import SummaryWriter
+
     self._logdir = str(logdir)
     self._w = SummaryWriter(self._logdir)
 
@@ -251,6 +267,7 @@ class TensorBoardWriter:
     ``step + 1``: TensorBoard then hides the earlier files' events from
     that step on (tensorboardX's ``purge_step``)."""
     from tensorboardX import SummaryWriter
+
     self._w.close()
     self._w = SummaryWriter(self._logdir, purge_step=int(step) + 1)
 
@@ -261,18 +278,22 @@ class TensorBoardWriter:
   def write_images(self, step, images):
     for k, v in images.items():
       v = _to_uint8(v)
-      self._w.add_images(k, v if v.ndim == 4 else v[None], int(step),
-                         dataformats="NHWC")
+      self._w.add_images(
+        k, v if v.ndim == 4 else v[None], int(step), dataformats="NHWC"
+      )
 
   def write_videos(self, step, videos, fps=15.0):
     for k, v in videos.items():
       v = _to_uint8(v)  # [T, H, W, C] -> [1, T, C, H, W]
-      self._w.add_video(k, np.transpose(v, (0, 3, 1, 2))[None], int(step),
-                        fps=fps)
+      self._w.add_video(
+        k, np.transpose(v, (0, 3, 1, 2))[None], int(step), fps=fps
+      )
 
   def write_hparams(self, hparams):
-    flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-            for k, v in _flatten(hparams).items()}
+    flat = {
+      k: v if isinstance(v, (int, float, str, bool)) else str(v)
+      for k, v in _flatten(hparams).items()
+    }
     self._w.add_text("hparams", json.dumps(flat, indent=1), 0)
 
   def flush(self):
@@ -285,25 +306,35 @@ class TensorBoardWriter:
 class WandbWriter:
   """Weights & Biases (opt-in; needs the ``wandb`` extra and a login)."""
 
-  def __init__(self, project: str, workdir: str | os.PathLike,
-               name: str | None = None):
+  def __init__(
+    self, project: str, workdir: str | os.PathLike, name: str | None = None
+  ):
     import wandb
+
     self._wandb = wandb
-    self._run = wandb.init(project=project, dir=str(workdir), name=name,
-                           resume="allow")
+    self._run = wandb.init(
+      project=project, dir=str(workdir), name=name, resume="allow"
+    )
 
   def write_scalars(self, step, scalars):
-    self._run.log({k: _as_float(v) for k, v in scalars.items()},
-                  step=int(step))
+    self._run.log({k: _as_float(v) for k, v in scalars.items()}, step=int(step))
 
   def write_images(self, step, images):
-    self._run.log({k: self._wandb.Image(_to_uint8(v)) for k, v in
-                   images.items()}, step=int(step))
+    self._run.log(
+      {k: self._wandb.Image(_to_uint8(v)) for k, v in images.items()},
+      step=int(step),
+    )
 
   def write_videos(self, step, videos, fps=15.0):
-    self._run.log({k: self._wandb.Video(
-        np.transpose(_to_uint8(v), (0, 3, 1, 2)), fps=int(fps))
-                   for k, v in videos.items()}, step=int(step))
+    self._run.log(
+      {
+        k: self._wandb.Video(
+          np.transpose(_to_uint8(v), (0, 3, 1, 2)), fps=int(fps)
+        )
+        for k, v in videos.items()
+      },
+      step=int(step),
+    )
 
   def write_hparams(self, hparams):
     self._run.config.update(_flatten(hparams), allow_val_change=True)
@@ -367,12 +398,12 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def create_default_writer(
-    workdir: str | os.PathLike,
-    *,
-    tensorboard: bool = True,
-    wandb_project: str | None = None,
-    wandb_name: str | None = None,
-    just_logging: bool | None = None,
+  workdir: str | os.PathLike,
+  *,
+  tensorboard: bool = True,
+  wandb_project: str | None = None,
+  wandb_name: str | None = None,
+  just_logging: bool | None = None,
 ) -> MetricWriter:
   """JSONL always, TensorBoard if tensorboardX is installed, wandb if asked.
 
@@ -386,6 +417,7 @@ def create_default_writer(
   """
   if just_logging is None:
     import jax
+
     just_logging = jax.process_index() > 0
   if just_logging:
     return NullWriter()

@@ -56,6 +56,7 @@ class OptimizerConfig:
     decay_steps: optimiser updates the cosine spans (> 0 with "cosine").
     decay_to: the final fraction of ``learning_rate``.
   """
+
   learning_rate: float = 1e-5
   weight_decay: float = 0.01
   b1: float = 0.9
@@ -71,25 +72,28 @@ class OptimizerConfig:
   decay_to: float = 0.0
 
   @classmethod
-  def from_mapping(cls, values: Mapping[str, Any] | None) -> "OptimizerConfig":
+  def from_mapping(cls, values: Mapping[str, Any] | None) -> OptimizerConfig:
     """Builds from a (ConfigDict) mapping; unknown keys fail by name."""
-    values = dict(values.to_dict() if hasattr(values, "to_dict") else
-                  (values or {}))
+    values = dict(
+      values.to_dict() if hasattr(values, "to_dict") else (values or {})
+    )
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-      raise ValueError(f"Unknown optimizer settings {unknown}; known: "
-                       f"{sorted(known)}.")
+      raise ValueError(
+        f"Unknown optimizer settings {unknown}; known: {sorted(known)}."
+      )
     config = cls(**values)
     if config.grad_accum_steps < 1:
       raise ValueError(
-          f"grad_accum_steps must be >= 1, got {config.grad_accum_steps}.")
+        f"grad_accum_steps must be >= 1, got {config.grad_accum_steps}."
+      )
     if config.decay not in ("none", "cosine"):
-      raise ValueError(f"decay={config.decay!r}; choose 'none' or "
-                       "'cosine'.")
+      raise ValueError(f"decay={config.decay!r}; choose 'none' or 'cosine'.")
     if config.decay == "cosine" and config.decay_steps <= 0:
-      raise ValueError("decay='cosine' needs decay_steps > 0, got "
-                       f"{config.decay_steps}.")
+      raise ValueError(
+        f"decay='cosine' needs decay_steps > 0, got {config.decay_steps}."
+      )
     return config
 
 
@@ -99,8 +103,9 @@ def constant_lr_warmup(config: OptimizerConfig) -> optax.Schedule:
 
   def schedule(count):
     scheduler_steps = count * config.scheduler_steps_per_update
-    factor = jnp.where(scheduler_steps < config.warmup_steps,
-                       config.warmup_factor, 1.0)
+    factor = jnp.where(
+      scheduler_steps < config.warmup_steps, config.warmup_factor, 1.0
+    )
     if config.decay == "cosine":
       progress = jnp.minimum(count / config.decay_steps, 1.0)
       cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
@@ -121,26 +126,37 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
   chain = []
   if config.grad_clip_norm is not None:
     chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  chain.append(optax.adamw(constant_lr_warmup(config), b1=config.b1,
-                           b2=config.b2, eps=config.eps,
-                           weight_decay=config.weight_decay))
+  chain.append(
+    optax.adamw(
+      constant_lr_warmup(config),
+      b1=config.b1,
+      b2=config.b2,
+      eps=config.eps,
+      weight_decay=config.weight_decay,
+    )
+  )
   optimizer = optax.chain(*chain)
   if config.grad_accum_steps > 1:
-    optimizer = optax.MultiSteps(optimizer,
-                                 every_k_schedule=config.grad_accum_steps)
+    optimizer = optax.MultiSteps(
+      optimizer, every_k_schedule=config.grad_accum_steps
+    )
   return optimizer
 
 
-def learning_rate_at(config: OptimizerConfig, micro_step: jax.Array) -> (
-    jax.Array):
+def learning_rate_at(
+  config: OptimizerConfig, micro_step: jax.Array
+) -> jax.Array:
   """The learning rate used by the update that micro-step ``micro_step``
   (0-based) contributes to."""
   return constant_lr_warmup(config)(micro_step // config.grad_accum_steps)
 
 
-def opt_state_shardings(optimizer: optax.GradientTransformation,
-                        param_shardings: Any, abstract_params: Any,
-                        replicated: Any) -> Any:
+def opt_state_shardings(
+  optimizer: optax.GradientTransformation,
+  param_shardings: Any,
+  abstract_params: Any,
+  replicated: Any,
+) -> Any:
   """Shardings of the optimiser state: like the parameter each slot tracks.
 
   Args:
@@ -151,6 +167,10 @@ def opt_state_shardings(optimizer: optax.GradientTransformation,
   """
   abstract_state = jax.eval_shape(optimizer.init, abstract_params)
   return optax.tree_map_params(
-      optimizer, lambda _, sharding: sharding, abstract_state,
-      param_shardings, transform_non_params=lambda _: replicated,
-      is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    optimizer,
+    lambda _, sharding: sharding,
+    abstract_state,
+    param_shardings,
+    transform_non_params=lambda _: replicated,
+    is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
+  )

@@ -29,6 +29,7 @@ class ProfileConfig:
     start_step: first traced step (< 0: never trace).
     num_steps: steps to trace.
   """
+
   start_step: int = -1
   num_steps: int = 5
 
@@ -49,16 +50,23 @@ class Profiler:
     self.active = False
 
   @classmethod
-  def from_config(cls, profile: Any, workdir: str) -> "Profiler":
+  def from_config(cls, profile: Any, workdir: str) -> Profiler:
     """From a :class:`ProfileConfig` (or a mapping of its fields)."""
     if not hasattr(profile, "start_step"):
       profile = ProfileConfig(**dict(profile or {}))
-    return cls(profile.start_step, int(profile.num_steps),
-               os.path.join(os.fspath(workdir), "profile"))
+    return cls(
+      profile.start_step,
+      int(profile.num_steps),
+      os.path.join(os.fspath(workdir), "profile"),
+    )
 
   def _enabled(self) -> bool:
-    return (self.start_step is not None and self.start_step >= 0 and
-            self.num_steps > 0 and jax.process_index() == 0)
+    return (
+      self.start_step is not None
+      and self.start_step >= 0
+      and self.num_steps > 0
+      and jax.process_index() == 0
+    )
 
   def before_step(self, step: int, state: Any) -> None:
     """Call before running step ``step``."""
@@ -66,8 +74,12 @@ class Profiler:
       jax.block_until_ready(state)  # trace only the profiled steps' work
       jax.profiler.start_trace(self.logdir)
       self.active = True
-      logging.info("Profiling steps [%d, %d) into %s", step,
-                   step + self.num_steps, self.logdir)
+      logging.info(
+        "Profiling steps [%d, %d) into %s",
+        step,
+        step + self.num_steps,
+        self.logdir,
+      )
 
   def after_step(self, step: int, state: Any) -> None:
     """Call after step ``step`` ran; stops after the last traced step."""

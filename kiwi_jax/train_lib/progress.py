@@ -121,15 +121,21 @@ class ReportProgress:
     first_step: the step training (re)starts from.
   """
 
-  def __init__(self, total_steps: int, *, num_chips: int = 1,
-               flops_per_step: float | None = None,
-               peak_flops_per_chip: float | None = None,
-               first_step: int = 0):
+  def __init__(
+    self,
+    total_steps: int,
+    *,
+    num_chips: int = 1,
+    flops_per_step: float | None = None,
+    peak_flops_per_chip: float | None = None,
+    first_step: int = 0,
+  ):
     self.total_steps = total_steps
     self.num_chips = max(1, num_chips)
     self.flops_per_step = flops_per_step
     if peak_flops_per_chip is None:
       from kiwi_jax.flops.peak import peak_flops_per_chip as device_peak
+
       peak_flops_per_chip = device_peak()
     self.peak_flops_per_chip = peak_flops_per_chip
     self._phase_seconds: dict[str, float] = collections.defaultdict(float)
@@ -154,15 +160,22 @@ class ReportProgress:
     finally:
       self._phase_seconds[phase] += time.perf_counter() - start
 
-  def step_done(self, step: int, *, examples: int = 0, frames: int = 0,
-                flops: float | None = None) -> None:
+  def step_done(
+    self,
+    step: int,
+    *,
+    examples: int = 0,
+    frames: int = 0,
+    flops: float | None = None,
+  ) -> None:
     """Counts one finished step; ``flops``: its model FLOPs (default
     ``flops_per_step``)."""
     del step
     self._window_examples += examples
     self._window_frames += frames
-    self._window_flops += float(flops if flops is not None
-                                else self.flops_per_step or 0.0)
+    self._window_flops += float(
+      flops if flops is not None else self.flops_per_step or 0.0
+    )
     self.examples_seen += examples
 
   def report(self, step: int) -> dict[str, float]:
@@ -203,8 +216,7 @@ class ReportProgress:
 
 
 def format_eta(seconds: float) -> str:
-  """``3725.0`` -> ``"1h02m"``; ``245.0`` -> ``"4m05s"``; ``7.2`` -> ``"7s"``.
-  """
+  """``3725.0`` -> ``"1h02m"``; ``245.0`` -> ``"4m05s"``; ``7.2`` -> ``"7s"``."""
   if not np.isfinite(seconds):
     return "?"
   seconds = max(0, int(round(seconds)))
@@ -216,11 +228,18 @@ def format_eta(seconds: float) -> str:
   return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def progress_line(step: int, total_steps: int, loss: float,
-                  report: dict[str, float], prefix: str = "") -> str:
+def progress_line(
+  step: int,
+  total_steps: int,
+  loss: float,
+  report: dict[str, float],
+  prefix: str = "",
+) -> str:
   """``[stage 1/3] step 25/900 | loss 0.0123 | 3.21 steps/s | ETA 4m36s``."""
-  parts = [f"{prefix + ' ' if prefix else ''}step {step}/{total_steps}",
-           f"loss {loss:.4g}"]
+  parts = [
+    f"{prefix + ' ' if prefix else ''}step {step}/{total_steps}",
+    f"loss {loss:.4g}",
+  ]
   if "steps_per_sec" in report:
     parts.append(f"{report['steps_per_sec']:.3g} steps/s")
     parts.append(f"ETA {format_eta(report['eta_seconds'])}")
@@ -249,8 +268,14 @@ class ConsoleProgress:
     stream: where the bar goes (default stderr); lines go to stdout.
   """
 
-  def __init__(self, total_steps: int, first_step: int = 0, *,
-               bar: bool | None = None, stream: TextIO | None = None):
+  def __init__(
+    self,
+    total_steps: int,
+    first_step: int = 0,
+    *,
+    bar: bool | None = None,
+    stream: TextIO | None = None,
+  ):
     self.total_steps = total_steps
     self.prefix = f"[{_label}]" if _label else ""
     self.enabled = jax.process_index() == 0
@@ -260,12 +285,20 @@ class ConsoleProgress:
     self._bar = None
     if self.enabled and bar and first_step < total_steps:
       import tqdm  # pylint: disable=g-import-not-at-top
+
       # A pseudo-terminal may report a size of 0 x 0, which hides the bar.
       sized = min(_terminal_size(stream)) > 0
-      self._bar = tqdm.tqdm(total=total_steps, initial=first_step,
-                            desc=_label or "train", unit="step", file=stream,
-                            dynamic_ncols=sized, ncols=None if sized else 80,
-                            nrows=None if sized else 24, mininterval=0.5)
+      self._bar = tqdm.tqdm(
+        total=total_steps,
+        initial=first_step,
+        desc=_label or "train",
+        unit="step",
+        file=stream,
+        dynamic_ncols=sized,
+        ncols=None if sized else 80,
+        nrows=None if sized else 24,
+        mininterval=0.5,
+      )
       _bars.append(self._bar)
 
   def step_done(self) -> None:
@@ -279,8 +312,7 @@ class ConsoleProgress:
     if self._bar is not None:
       self._bar.set_postfix_str(f"loss {loss:.4g}")
     else:
-      _console(progress_line(step, self.total_steps, loss, report,
-                             self.prefix))
+      _console(progress_line(step, self.total_steps, loss, report, self.prefix))
 
   def close(self) -> None:
     if self._bar is not None:

@@ -49,9 +49,10 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class WandbConfig:
   """Attributes:
-    project: wandb project ("" disables wandb).
-    name: the run's name ("" lets wandb choose).
+  project: wandb project ("" disables wandb).
+  name: the run's name ("" lets wandb choose).
   """
+
   project: str = ""
   name: str = ""
 
@@ -88,13 +89,15 @@ class TrainerConfig:
       environment's JAX_COMPILATION_CACHE_DIR, else <workdir>/jax_cache;
       "off": none; see ``kiwi_jax.utils.compile_cache``).
   """
+
   total_steps: int
   seed: int = 0
   log_every: int = 50
   log_first_steps: int = 10
   mesh: dict[str, int] = dataclasses.field(default_factory=default_mesh)
-  sharding_rules: collections.abc.Sequence[tuple[str, Any]] = (
-      dataclasses.field(default_factory=default_sharding_rules))
+  sharding_rules: collections.abc.Sequence[tuple[str, Any]] = dataclasses.field(
+    default_factory=default_sharding_rules
+  )
   optimizer: OptimizerConfig = OptimizerConfig()
   precision: Precision = Precision()
   checkpoint: CheckpointConfig = CheckpointConfig()
@@ -109,11 +112,12 @@ class TrainerConfig:
   compile_cache_dir: str = ""
 
   def __post_init__(self):
-    object.__setattr__(self, "sharding_rules", tuple(
-        tuple(rule) for rule in self.sharding_rules))
+    object.__setattr__(
+      self, "sharding_rules", tuple(tuple(rule) for rule in self.sharding_rules)
+    )
 
   @classmethod
-  def from_config(cls, config: Any) -> "TrainerConfig":
+  def from_config(cls, config: Any) -> TrainerConfig:
     """Parses the trainer's keys of a run config (others are the task's).
 
     ``None`` at the top level means the default (as an unset key does).
@@ -161,8 +165,9 @@ def _item_hint(hint: Any) -> Any:
   return args[0] if args and (len(args) == 1 or args[-1] is Ellipsis) else None
 
 
-def _coerce(value: Any, hint: Any, key: str,
-            none_is_default: bool = False) -> Any:
+def _coerce(
+  value: Any, hint: Any, key: str, none_is_default: bool = False
+) -> Any:
   """``value`` as the declared type of ``key``."""
   if value is None:
     return None
@@ -170,15 +175,19 @@ def _coerce(value: Any, hint: Any, key: str,
   kind = getattr(hint, "__name__", hint)
   bad = ConfigError(f"config key {key} expects {kind}; got {value!r}.")
   if dataclasses.is_dataclass(hint):
-    return from_mapping(hint, value, where=f"{key}.",
-                        none_is_default=none_is_default)
+    return from_mapping(
+      hint, value, where=f"{key}.", none_is_default=none_is_default
+    )
   if hint is bool:
     if not isinstance(value, (bool, int)):
       raise bad
     return bool(value)
   if hint is int:
-    if isinstance(value, bool) or not isinstance(value, int) and not (
-        isinstance(value, float) and value.is_integer()):
+    if (
+      isinstance(value, bool)
+      or not isinstance(value, int)
+      and not (isinstance(value, float) and value.is_integer())
+    ):
       raise bad
     return int(value)
   if hint is float:
@@ -193,19 +202,27 @@ def _coerce(value: Any, hint: Any, key: str,
     return _plain(value)
   if _is_sequence_hint(hint):
     if isinstance(value, (str, bytes)) or not isinstance(
-        value, collections.abc.Sequence):
+      value, collections.abc.Sequence
+    ):
       raise bad
     item = _item_hint(hint)
     if item is None:
       return tuple(value)
-    return tuple(_coerce(v, item, f"{key}[{i}]", none_is_default)
-                 for i, v in enumerate(value))
+    return tuple(
+      _coerce(v, item, f"{key}[{i}]", none_is_default)
+      for i, v in enumerate(value)
+    )
   return value
 
 
-def from_mapping(cls: type, values: Any, *, where: str = "",
-                 ignore_unknown: bool = False,
-                 none_is_default: bool = False) -> Any:
+def from_mapping(
+  cls: type,
+  values: Any,
+  *,
+  where: str = "",
+  ignore_unknown: bool = False,
+  none_is_default: bool = False,
+) -> Any:
   """A ``cls`` dataclass from a (ConfigDict) mapping, types checked.
 
   Missing keys take the defaults, and so do ``None`` values with
@@ -220,8 +237,10 @@ def from_mapping(cls: type, values: Any, *, where: str = "",
   fields = {f.name: f for f in dataclasses.fields(cls)}
   unknown = sorted(set(values) - set(fields))
   if unknown and not ignore_unknown:
-    raise ConfigError(f"undeclared config keys {[where + k for k in unknown]}"
-                      f"; {cls.__name__} declares {sorted(fields)}.")
+    raise ConfigError(
+      f"undeclared config keys {[where + k for k in unknown]}"
+      f"; {cls.__name__} declares {sorted(fields)}."
+    )
   hints = _hints(cls)
   kwargs = {}
   for name in fields:
@@ -238,12 +257,17 @@ def from_mapping(cls: type, values: Any, *, where: str = "",
         raise ConfigError(f"config group {where}{name}: {e}") from None
       continue
     kwargs[name] = _coerce(value, hints[name], where + name, none_is_default)
-  missing = [n for n, f in fields.items() if n not in kwargs and
-             f.default is dataclasses.MISSING and
-             f.default_factory is dataclasses.MISSING]
+  missing = [
+    n
+    for n, f in fields.items()
+    if n not in kwargs
+    and f.default is dataclasses.MISSING
+    and f.default_factory is dataclasses.MISSING
+  ]
   if missing:
-    raise ConfigError(f"config keys {[where + n for n in missing]} are "
-                      "required.")
+    raise ConfigError(
+      f"config keys {[where + n for n in missing]} are required."
+    )
   try:
     return cls(**kwargs)
   except (TypeError, ValueError) as e:
@@ -260,15 +284,16 @@ def _placeholder(hint: Any) -> Any:
 def _to_config_value(value: Any, hint: Any, in_list: bool = False) -> Any:
   if dataclasses.is_dataclass(value):
     # Items of a list stay plain dicts (ConfigDict leaves lists alone).
-    return (to_config_dict(value).to_dict() if in_list
-            else to_config_dict(value))
+    return to_config_dict(value).to_dict() if in_list else to_config_dict(value)
   if value is None:
     return None if in_list else _placeholder(hint)
   if isinstance(value, (list, tuple)):
     item = _item_hint(_optional_arg(hint))
     items = [_to_config_value(v, item, in_list=True) for v in value]
     as_list = typing.get_origin(_optional_arg(hint)) in (
-        collections.abc.Sequence, list)
+      collections.abc.Sequence,
+      list,
+    )
     return items if as_list else tuple(items)
   if isinstance(value, collections.abc.Mapping):
     return dict(value)
@@ -278,9 +303,12 @@ def _to_config_value(value: Any, hint: Any, in_list: bool = False) -> Any:
 def to_config_dict(obj: Any) -> ml_collections.ConfigDict:
   """A dataclass instance as a ConfigDict declaring all of its keys."""
   hints = _hints(type(obj))
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       f.name: _to_config_value(getattr(obj, f.name), hints[f.name])
-      for f in dataclasses.fields(obj)})
+      for f in dataclasses.fields(obj)
+    }
+  )
 
 
 def as_dict(config: Any) -> dict[str, Any]:
@@ -290,13 +318,15 @@ def as_dict(config: Any) -> dict[str, Any]:
   return _plain(config)
 
 
-def base_config(*, total_steps: int, **blocks: Any
-                ) -> ml_collections.ConfigDict:
+def base_config(
+  *, total_steps: int, **blocks: Any
+) -> ml_collections.ConfigDict:
   """Every trainer key with its default, plus ``blocks`` (``task="kiwi"``,
   ``kiwi=KiwiConfig(...)``: dataclasses become groups). Unlocked: the
   config file sets its values, then locks it."""
   config = to_config_dict(TrainerConfig(total_steps=total_steps))
   for name, value in blocks.items():
-    config[name] = (to_config_dict(value) if dataclasses.is_dataclass(value)
-                    else value)
+    config[name] = (
+      to_config_dict(value) if dataclasses.is_dataclass(value) else value
+    )
   return config

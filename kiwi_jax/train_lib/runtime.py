@@ -29,8 +29,11 @@ from jax.experimental import multihost_utils
 logger = logging.getLogger("kiwi_jax")
 
 # Environment variables that mean "this process is one of several".
-_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS",
-                "MEGASCALE_COORDINATOR_ADDRESS")
+_CLUSTER_ENV = (
+  "JAX_COORDINATOR_ADDRESS",
+  "COORDINATOR_ADDRESS",
+  "MEGASCALE_COORDINATOR_ADDRESS",
+)
 _COUNT_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES")
 
 
@@ -40,8 +43,10 @@ def distributed_args(env: dict[str, str] | None = None) -> dict[str, int]:
   coordinator's address from the environment); empty when unset."""
   env = os.environ if env is None else env
   out = {}
-  for name, key in (("JAX_NUM_PROCESSES", "num_processes"),
-                    ("JAX_PROCESS_ID", "process_id")):
+  for name, key in (
+    ("JAX_NUM_PROCESSES", "num_processes"),
+    ("JAX_PROCESS_ID", "process_id"),
+  ):
     value = env.get(name, "").strip()
     if value:
       try:
@@ -62,8 +67,9 @@ def is_multiprocess_environment(env: dict[str, str] | None = None) -> bool:
   return "," in env.get("TPU_WORKER_HOSTNAMES", "")
 
 
-LOG_FORMAT = ("%(asctime)s %(levelname).1s %(name)s %(filename)s:%(lineno)d]"
-              " %(message)s")
+LOG_FORMAT = (
+  "%(asctime)s %(levelname).1s %(name)s %(filename)s:%(lineno)d] %(message)s"
+)
 
 
 def log_file_in(workdir: str | os.PathLike, name: str = "train.log") -> str:
@@ -72,8 +78,9 @@ def log_file_in(workdir: str | os.PathLike, name: str = "train.log") -> str:
   workdir = os.fspath(workdir)
   if "://" in workdir:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join(tempfile.gettempdir(),
-                        f"kiwi_jax-{stamp}-{os.getpid()}-{name}")
+    return os.path.join(
+      tempfile.gettempdir(), f"kiwi_jax-{stamp}-{os.getpid()}-{name}"
+    )
   os.makedirs(workdir, exist_ok=True)
   return os.path.join(workdir, name)
 
@@ -88,12 +95,14 @@ def route_logs(log_file: str | None) -> None:
   root.setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.INFO)
   logging.getLogger("kiwi_jax").setLevel(logging.INFO)
-  consoles = [h for h in root.handlers
-              if not isinstance(h, logging.FileHandler)]
+  consoles = [
+    h for h in root.handlers if not isinstance(h, logging.FileHandler)
+  ]
   if not consoles:
     consoles = [logging.StreamHandler()]
-    consoles[0].setFormatter(logging.Formatter("%(levelname)s %(name)s: "
-                                               "%(message)s"))
+    consoles[0].setFormatter(
+      logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    )
     root.addHandler(consoles[0])
   for handler in consoles:
     handler.setLevel(max(handler.level, logging.WARNING))
@@ -104,8 +113,9 @@ def route_logs(log_file: str | None) -> None:
     root.addHandler(handler)
 
 
-def initialize(force: bool | None = None, *,
-               log_file: str | None = None) -> None:
+def initialize(
+  force: bool | None = None, *, log_file: str | None = None
+) -> None:
   """Guarded ``jax.distributed.initialize`` plus a log of the runtime.
 
   Args:
@@ -128,19 +138,30 @@ def initialize(force: bool | None = None, *,
 
 def log_runtime() -> None:
   import flax
-  logger.info("JAX %s, Flax %s, backend %s", jax.__version__,
-              flax.__version__, jax.default_backend())
-  logger.info("Process %d of %d; %d local of %d devices: %s",
-              jax.process_index(), jax.process_count(),
-              jax.local_device_count(), jax.device_count(),
-              jax.local_devices())
+
+  logger.info(
+    "JAX %s, Flax %s, backend %s",
+    jax.__version__,
+    flax.__version__,
+    jax.default_backend(),
+  )
+  logger.info(
+    "Process %d of %d; %d local of %d devices: %s",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.local_devices(),
+  )
 
 
 def describe() -> str:
   """``"JAX 0.10.2 on cpu: process 0 of 1, 1 of 1 devices"``."""
-  return (f"JAX {jax.__version__} on {jax.default_backend()}: process "
-          f"{jax.process_index()} of {jax.process_count()}, "
-          f"{jax.local_device_count()} of {jax.device_count()} devices")
+  return (
+    f"JAX {jax.__version__} on {jax.default_backend()}: process "
+    f"{jax.process_index()} of {jax.process_count()}, "
+    f"{jax.local_device_count()} of {jax.device_count()} devices"
+  )
 
 
 def sync(name: str = "kiwi_jax_sync") -> None:

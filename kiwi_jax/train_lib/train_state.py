@@ -60,14 +60,16 @@ class Precision:
     frozen_dtype: storage dtype of frozen floating parameters, None keeps
       the model's ``param_dtype``.
   """
+
   master_dtype: str = "float32"
   compute_dtype: str | None = "bfloat16"
   frozen_dtype: str | None = None
 
   @classmethod
-  def from_mapping(cls, values) -> "Precision":
-    values = dict(values.to_dict() if hasattr(values, "to_dict") else
-                  (values or {}))
+  def from_mapping(cls, values) -> Precision:
+    values = dict(
+      values.to_dict() if hasattr(values, "to_dict") else (values or {})
+    )
     return cls(**values)
 
 
@@ -79,8 +81,9 @@ def cast_floating(tree: Any, dtype: str | None) -> Any:
   def cast(x):
     if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != jnp.dtype(dtype):
       if isinstance(x, jax.ShapeDtypeStruct):
-        return jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype),
-                                    sharding=x.sharding)
+        return jax.ShapeDtypeStruct(
+          x.shape, jnp.dtype(dtype), sharding=x.sharding
+        )
       return x.astype(dtype)
     return x
 
@@ -93,30 +96,35 @@ def path_name(path: Sequence[Any]) -> str:
 
 
 def trainable_filter(
-    abstract_state: nnx.State,
-    trainable: Sequence[str],
-    frozen: Sequence[str] = (),
+  abstract_state: nnx.State,
+  trainable: Sequence[str],
+  frozen: Sequence[str] = (),
 ) -> Callable[[tuple, Any], bool]:
   """An nnx filter selecting the trainable ``nnx.Param``s by regex.
 
   Raises:
     ValueError: a regex matches no parameter (listing some valid paths).
   """
-  names = [path_name(p) for p, v in nnx.to_flat_state(abstract_state)
-           if isinstance(v, nnx.Param)]
+  names = [
+    path_name(p)
+    for p, v in nnx.to_flat_state(abstract_state)
+    if isinstance(v, nnx.Param)
+  ]
   for kind, patterns in (("trainable", trainable), ("frozen", frozen)):
     for pattern in patterns:
       if not any(re.search(pattern, n) for n in names):
         raise ValueError(
-            f"The {kind} regex {pattern!r} matches no parameter; parameter "
-            f"paths look like {names[:5]} ({len(names)} in all).")
+          f"The {kind} regex {pattern!r} matches no parameter; parameter "
+          f"paths look like {names[:5]} ({len(names)} in all)."
+        )
 
   def is_trainable(path, variable) -> bool:
     if not isinstance(variable, nnx.Param):
       return False
     name = path_name(path)
-    return (any(re.search(p, name) for p in trainable) and
-            not any(re.search(p, name) for p in frozen))
+    return any(re.search(p, name) for p in trainable) and not any(
+      re.search(p, name) for p in frozen
+    )
 
   return is_trainable
 
@@ -132,49 +140,70 @@ class ModelSplit:
       (pure dict, master dtype, with target shardings when a mesh is given).
     abstract_frozen: the same for the frozen tree (storage dtype).
   """
+
   graphdef: Any
   is_trainable: Callable[[tuple, Any], bool]
   abstract_params: Any
   abstract_frozen: Any
 
   @classmethod
-  def build(cls, model_ctor: Callable[[], nnx.Module], trainable: Sequence[str],
-            frozen: Sequence[str] = (), *, mesh=None, rules=None,
-            precision: Precision = Precision()) -> "ModelSplit":
+  def build(
+    cls,
+    model_ctor: Callable[[], nnx.Module],
+    trainable: Sequence[str],
+    frozen: Sequence[str] = (),
+    *,
+    mesh=None,
+    rules=None,
+    precision: Precision = Precision(),
+  ) -> ModelSplit:
     """Abstractly builds the model (no memory) and splits it."""
     graphdef, abstract = nnx.split(sharding.abstract_model(model_ctor))
     is_trainable = trainable_filter(abstract, trainable, frozen)
-    _, params, rest = nnx.split(nnx.merge(graphdef, abstract), is_trainable,
-                                ...)
+    _, params, rest = nnx.split(
+      nnx.merge(graphdef, abstract), is_trainable, ...
+    )
 
     def to_abstract(state, dtype):
-      shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                            nnx.to_pure_dict(state))
+      shapes = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+        nnx.to_pure_dict(state),
+      )
       if mesh is not None:
         shardings = nnx.to_pure_dict(
-            sharding.state_shardings(state, mesh, rules))
+          sharding.state_shardings(state, mesh, rules)
+        )
         shapes = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            shapes, shardings)
+          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+          shapes,
+          shardings,
+        )
       return cast_floating(shapes, dtype)
 
-    return cls(graphdef=graphdef, is_trainable=is_trainable,
-               abstract_params=to_abstract(params, precision.master_dtype),
-               abstract_frozen=to_abstract(rest, precision.frozen_dtype))
+    return cls(
+      graphdef=graphdef,
+      is_trainable=is_trainable,
+      abstract_params=to_abstract(params, precision.master_dtype),
+      abstract_frozen=to_abstract(rest, precision.frozen_dtype),
+    )
 
   def split(self, model: nnx.Module, precision: Precision) -> tuple[Any, Any]:
     """A concrete module -> ``(params, frozen)`` pure dicts, cast."""
     _, params, rest = nnx.split(model, self.is_trainable, ...)
-    return (cast_floating(nnx.to_pure_dict(params), precision.master_dtype),
-            cast_floating(nnx.to_pure_dict(rest), precision.frozen_dtype))
+    return (
+      cast_floating(nnx.to_pure_dict(params), precision.master_dtype),
+      cast_floating(nnx.to_pure_dict(rest), precision.frozen_dtype),
+    )
 
   def merge(self, params: Any, frozen: Any) -> nnx.Module:
     """Rebuilds the module from the two trees (e.g. inside a jitted step)."""
     return nnx.merge(self.graphdef, params, frozen)
 
   def trainable_names(self) -> list[str]:
-    return [path_name(p) for p, _ in
-            jax.tree_util.tree_flatten_with_path(self.abstract_params)[0]]
+    return [
+      path_name(p)
+      for p, _ in jax.tree_util.tree_flatten_with_path(self.abstract_params)[0]
+    ]
 
 
 def rng_data(seed: int) -> jax.Array:

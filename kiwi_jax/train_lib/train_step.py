@@ -46,9 +46,11 @@ from kiwi_jax.train_lib.train_state import (
 LossFn = Callable[[nnx.Module, Any, jax.Array], tuple[jax.Array, Any]]
 
 
-def abstract_train_state(split: ModelSplit,
-                         optimizer: optax.GradientTransformation,
-                         mesh: Mesh | None = None) -> TrainState:
+def abstract_train_state(
+  split: ModelSplit,
+  optimizer: optax.GradientTransformation,
+  mesh: Mesh | None = None,
+) -> TrainState:
   """``ShapeDtypeStruct`` train state, with target shardings on ``mesh``.
 
   The Orbax restore target and the jitted step's ``out_shardings``.
@@ -57,20 +59,28 @@ def abstract_train_state(split: ModelSplit,
   rng = jax.eval_shape(lambda: rng_data(0))
   step = jax.ShapeDtypeStruct((), jnp.int32)
   if mesh is None:
-    return TrainState(step=step, params=split.abstract_params,
-                      frozen=split.abstract_frozen, opt_state=opt_state,
-                      rng=rng)
+    return TrainState(
+      step=step,
+      params=split.abstract_params,
+      frozen=split.abstract_frozen,
+      opt_state=opt_state,
+      rng=rng,
+    )
   replicated = NamedSharding(mesh, P())
   param_shardings = jax.tree.map(lambda x: x.sharding, split.abstract_params)
   opt_shardings = optimizers.opt_state_shardings(
-      optimizer, param_shardings, split.abstract_params, replicated)
+    optimizer, param_shardings, split.abstract_params, replicated
+  )
   with_sharding = lambda x, s: jax.ShapeDtypeStruct(  # noqa: E731
-      x.shape, x.dtype, sharding=s)
+    x.shape, x.dtype, sharding=s
+  )
   return TrainState(
-      step=with_sharding(step, replicated), params=split.abstract_params,
-      frozen=split.abstract_frozen,
-      opt_state=jax.tree.map(with_sharding, opt_state, opt_shardings),
-      rng=with_sharding(rng, replicated))
+    step=with_sharding(step, replicated),
+    params=split.abstract_params,
+    frozen=split.abstract_frozen,
+    opt_state=jax.tree.map(with_sharding, opt_state, opt_shardings),
+    rng=with_sharding(rng, replicated),
+  )
 
 
 def shardings_of(abstract: Any) -> Any:
@@ -78,19 +88,28 @@ def shardings_of(abstract: Any) -> Any:
   return jax.tree.map(lambda x: x.sharding, abstract)
 
 
-def _state_shardings(split: ModelSplit,
-                     optimizer: optax.GradientTransformation, mesh: Mesh,
-                     abstract: TrainState | None) -> Any:
+def _state_shardings(
+  split: ModelSplit,
+  optimizer: optax.GradientTransformation,
+  mesh: Mesh,
+  abstract: TrainState | None,
+) -> Any:
   if abstract is None:
     abstract = abstract_train_state(split, optimizer, mesh)
   return shardings_of(abstract)
 
 
-def init_train_state(model_ctor: Callable[[], nnx.Module], split: ModelSplit,
-                     optimizer: optax.GradientTransformation,
-                     precision: Precision, seed: int,
-                     mesh: Mesh | None = None, rules=None, *,
-                     abstract: TrainState | None = None) -> TrainState:
+def init_train_state(
+  model_ctor: Callable[[], nnx.Module],
+  split: ModelSplit,
+  optimizer: optax.GradientTransformation,
+  precision: Precision,
+  seed: int,
+  mesh: Mesh | None = None,
+  rules=None,
+  *,
+  abstract: TrainState | None = None,
+) -> TrainState:
   """Initialises the model and optimiser straight into their shardings.
 
   ``abstract``: :func:`abstract_train_state` of ``split`` on ``mesh``, when
@@ -99,9 +118,13 @@ def init_train_state(model_ctor: Callable[[], nnx.Module], split: ModelSplit,
 
   def init():
     params, frozen = split.split(model_ctor(), precision)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      frozen=frozen, opt_state=optimizer.init(params),
-                      rng=rng_data(seed))
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      frozen=frozen,
+      opt_state=optimizer.init(params),
+      rng=rng_data(seed),
+    )
 
   if mesh is None:
     return jax.jit(init)()
@@ -110,18 +133,28 @@ def init_train_state(model_ctor: Callable[[], nnx.Module], split: ModelSplit,
     return jax.jit(init, out_shardings=out)()
 
 
-def state_from_weights(params: Any, frozen: Any, split: ModelSplit,
-                       optimizer: optax.GradientTransformation, seed: int,
-                       mesh: Mesh | None = None, *,
-                       abstract: TrainState | None = None) -> TrainState:
+def state_from_weights(
+  params: Any,
+  frozen: Any,
+  split: ModelSplit,
+  optimizer: optax.GradientTransformation,
+  seed: int,
+  mesh: Mesh | None = None,
+  *,
+  abstract: TrainState | None = None,
+) -> TrainState:
   """A fresh train state (step 0, new optimiser state) around given weights
   (``model_init``: a converted release or the previous stage); ``abstract``
   as in :func:`init_train_state`."""
 
   def init(params, frozen):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      frozen=frozen, opt_state=optimizer.init(params),
-                      rng=rng_data(seed))
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      frozen=frozen,
+      opt_state=optimizer.init(params),
+      rng=rng_data(seed),
+    )
 
   if mesh is None:
     return jax.jit(init)(params, frozen)
@@ -133,26 +166,24 @@ def _mean_scalars(aux: Any) -> dict[str, jax.Array]:
   """Flat ``{name: mean}`` of the numeric leaves of a loss's aux output."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(aux)[0]:
-    if not hasattr(leaf, "dtype") or not jnp.issubdtype(leaf.dtype,
-                                                        jnp.number):
+    if not hasattr(leaf, "dtype") or not jnp.issubdtype(leaf.dtype, jnp.number):
       continue
-    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k)))
-                    for k in path)
+    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
     out[name] = jnp.mean(leaf.astype(jnp.float32))
   return out
 
 
 def make_train_step(
-    split: ModelSplit,
-    loss_fn: LossFn,
-    optimizer: optax.GradientTransformation,
-    opt_config: optimizers.OptimizerConfig,
-    precision: Precision,
-    *,
-    mesh: Mesh | None = None,
-    rules=None,
-    donate: bool = True,
-    abstract: TrainState | None = None,
+  split: ModelSplit,
+  loss_fn: LossFn,
+  optimizer: optax.GradientTransformation,
+  opt_config: optimizers.OptimizerConfig,
+  precision: Precision,
+  *,
+  mesh: Mesh | None = None,
+  rules=None,
+  donate: bool = True,
+  abstract: TrainState | None = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
   """Builds ``train_step(state, batch) -> (state, metrics)``.
 
@@ -174,46 +205,50 @@ def make_train_step(
       the caller has it already (built here otherwise).
   """
 
-  grad_shardings = (None if mesh is None
-                    else shardings_of(split.abstract_params))
+  grad_shardings = None if mesh is None else shardings_of(split.abstract_params)
 
   def step_fn(state: TrainState, batch: Any):
     rng = state.key()
     frozen = cast_floating(state.frozen, precision.compute_dtype)
 
     def compute_loss(params):
-      model = split.merge(cast_floating(params, precision.compute_dtype),
-                          frozen)
+      model = split.merge(
+        cast_floating(params, precision.compute_dtype), frozen
+      )
       loss, aux = loss_fn(model, batch, rng)
       return loss.astype(jnp.float32), aux
 
     (loss, aux), grads = jax.value_and_grad(compute_loss, has_aux=True)(
-        state.params)
+      state.params
+    )
     if grad_shardings is not None:
       # Each gradient lands on its parameter's FSDP shard: the batch sum
       # becomes a reduce-scatter, not an all-reduce of the whole tensor.
       grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
-    updates, opt_state = optimizer.update(grads, state.opt_state,
-                                          state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
-        "training_loss": loss,
-        "l2_grads": optax.tree.norm(grads),
-        "l2_params": optax.tree.norm(params),
-        "l2_updates": optax.tree.norm(updates),
-        "learning_rate": optimizers.learning_rate_at(opt_config, state.step),
-        **_mean_scalars(aux),
+      "training_loss": loss,
+      "l2_grads": optax.tree.norm(grads),
+      "l2_params": optax.tree.norm(params),
+      "l2_updates": optax.tree.norm(updates),
+      "learning_rate": optimizers.learning_rate_at(opt_config, state.step),
+      **_mean_scalars(aux),
     }
-    new_state = state.replace(step=state.step + 1, params=params,
-                              opt_state=opt_state)
+    new_state = state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state
+    )
     return new_state, metrics
 
   donate_argnums = (0,) if donate else ()
   if mesh is None:
     return jax.jit(step_fn, donate_argnums=donate_argnums)
   state_shardings = _state_shardings(split, optimizer, mesh, abstract)
-  jitted = jax.jit(step_fn, donate_argnums=donate_argnums,
-                   out_shardings=(state_shardings, NamedSharding(mesh, P())))
+  jitted = jax.jit(
+    step_fn,
+    donate_argnums=donate_argnums,
+    out_shardings=(state_shardings, NamedSharding(mesh, P())),
+  )
 
   def sharded_step(state, batch):
     # The mesh must be current while tracing so that the model's logical

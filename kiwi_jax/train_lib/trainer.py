@@ -70,15 +70,13 @@ class Task(Protocol):
   trainable: Sequence[str]
   frozen: Sequence[str]
 
-  def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
-    ...
+  def build_model(self, rngs: nnx.Rngs) -> nnx.Module: ...
 
-  def loss_fn(self, model: nnx.Module, batch: Any,
-              rng: jax.Array) -> tuple[jax.Array, Any]:
-    ...
+  def loss_fn(
+    self, model: nnx.Module, batch: Any, rng: jax.Array
+  ) -> tuple[jax.Array, Any]: ...
 
-  def train_iterator(self, shard_index: int, shard_count: int) -> Iterator:
-    ...
+  def train_iterator(self, shard_index: int, shard_count: int) -> Iterator: ...
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -107,8 +105,9 @@ class _FiniteGuard:
     self._manager = manager
     self._state: TrainState | None = None
 
-  def add(self, step: int, metrics: dict[str, jax.Array],
-          state: TrainState) -> None:
+  def add(
+    self, step: int, metrics: dict[str, jax.Array], state: TrainState
+  ) -> None:
     """Records step ``step``'s measurements and the state it produced."""
     loss = metrics["training_loss"]
     self._pending.append((step, loss, metrics.get("l2_params", loss)))
@@ -125,37 +124,55 @@ class _FiniteGuard:
     if not self._pending:
       return
     steps = [s for s, _, _ in self._pending]
-    losses, norms = (np.asarray(x) for x in jax.device_get(
-        ([loss for _, loss, _ in self._pending],
-         [norm for _, _, norm in self._pending])))
+    losses, norms = (
+      np.asarray(x)
+      for x in jax.device_get(
+        (
+          [loss for _, loss, _ in self._pending],
+          [norm for _, _, norm in self._pending],
+        )
+      )
+    )
     self._pending.clear()
     bad_loss = np.flatnonzero(~np.isfinite(losses))
     bad_norm = np.flatnonzero(~np.isfinite(norms))
     checked = f"steps {steps[0]}..{steps[-1]} checked"
     if bad_loss.size or bad_norm.size:
       leaves, count = checkpointing.nonfinite_leaves(self._state)
-      in_state = "" if not leaves else (
+      in_state = (
+        ""
+        if not leaves
+        else (
           f" In the state at step {steps[-1]}, "
-          f"{checkpointing.describe_nonfinite(leaves, count)}.")
-      params_note = "" if not bad_norm.size else (
+          f"{checkpointing.describe_nonfinite(leaves, count)}."
+        )
+      )
+      params_note = (
+        ""
+        if not bad_norm.size
+        else (
           f" The parameters went non-finite at step {steps[bad_norm[0]]} "
-          f"(l2_params={norms[bad_norm[0]]}).")
-      stop = (f" Stopping; "
-              f"{checkpointing.newest_checkpoint_note(self._manager)}")
+          f"(l2_params={norms[bad_norm[0]]})."
+        )
+      )
+      stop = f" Stopping; {checkpointing.newest_checkpoint_note(self._manager)}"
       if bad_loss.size:
         raise NonFiniteLossError(
-            f"Non-finite training loss {losses[bad_loss[0]]} at step "
-            f"{steps[bad_loss[0]]} ({checked}; the loss was finite up to "
-            f"step {self.last_checked}).{params_note}{in_state}{stop}")
+          f"Non-finite training loss {losses[bad_loss[0]]} at step "
+          f"{steps[bad_loss[0]]} ({checked}; the loss was finite up to "
+          f"step {self.last_checked}).{params_note}{in_state}{stop}"
+        )
       if leaves:
         raise checkpointing.NonFiniteStateError(
-            f"The parameters went non-finite at step {steps[bad_norm[0]]} "
-            f"(l2_params={norms[bad_norm[0]]}) although the loss, computed "
-            f"before the update, was finite ({checked}).{in_state}{stop}")
+          f"The parameters went non-finite at step {steps[bad_norm[0]]} "
+          f"(l2_params={norms[bad_norm[0]]}) although the loss, computed "
+          f"before the update, was finite ({checked}).{in_state}{stop}"
+        )
       logger.warning(
-          "l2_params overflowed at step %d although every parameter is "
-          "finite; the parameters are growing without bound.",
-          steps[bad_norm[0]])
+        "l2_params overflowed at step %d although every parameter is "
+        "finite; the parameters are growing without bound.",
+        steps[bad_norm[0]],
+      )
     self.last_checked = steps[-1]
 
 
@@ -175,9 +192,16 @@ def _batch_counts(task: Task, batch: Any) -> dict[str, int]:
   return {"examples": int(np.shape(leading)[0]) * jax.process_count()}
 
 
-def _run_hooks(task: Task, split: ModelSplit, state: TrainState, step: int,
-               writer: Any, last: bool, sample_every: int,
-               eval_every: int) -> None:
+def _run_hooks(
+  task: Task,
+  split: ModelSplit,
+  state: TrainState,
+  step: int,
+  writer: Any,
+  last: bool,
+  sample_every: int,
+  eval_every: int,
+) -> None:
   """Sample edits and evaluation every N steps (and at the end)."""
   due = lambda every: every and (step % every == 0 or last)  # noqa: E731
   model = None
@@ -189,8 +213,9 @@ def _run_hooks(task: Task, split: ModelSplit, state: TrainState, step: int,
     writer.write_scalars(step, task.evaluate(model, step))
 
 
-def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
-                       task: Task) -> TrainState:
+def train_and_evaluate(
+  config: Any, workdir: str | epath.PathLike, task: Task
+) -> TrainState:
   """Trains ``task`` as ``config`` says, writing to ``workdir``.
 
   Returns:
@@ -205,17 +230,20 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
   run = run_config.TrainerConfig.from_config(config)
   workdir = checkpointing.absolute_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  compile_cache.configure(run.compile_cache_dir,
-                          default=str(workdir / "jax_cache"))
+  compile_cache.configure(
+    run.compile_cache_dir, default=str(workdir / "jax_cache")
+  )
   total_steps = run.total_steps
   mesh = sharding.make_mesh(run.mesh)
   rules = list(run.sharding_rules)
   logger.info("Mesh: %s", dict(zip(mesh.axis_names, mesh.axis_sizes)))
 
   writer = metric_writers.create_default_writer(
-      workdir, tensorboard=run.tensorboard,
-      wandb_project=run.wandb.project or None,
-      wandb_name=run.wandb.name or None)
+    workdir,
+    tensorboard=run.tensorboard,
+    wandb_project=run.wandb.project or None,
+    wandb_name=run.wandb.name or None,
+  )
   config_dict = run_config.as_dict(config)
   _write_config(workdir, config_dict)
   # What makes the workdir loadable as a model (e.g. Kiwi-Edit's config and
@@ -236,40 +264,72 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
   # then still guards the training loop itself.
   with jax.transfer_guard("allow"):
     progress.note("Building the model abstractly and its shardings.")
-    split = ModelSplit.build(model_ctor, task.trainable, task.frozen,
-                             mesh=mesh, rules=rules, precision=precision)
+    split = ModelSplit.build(
+      model_ctor,
+      task.trainable,
+      task.frozen,
+      mesh=mesh,
+      rules=rules,
+      precision=precision,
+    )
     # Built once: the restore target, and the shardings of the initialised
     # state and of the step's output.
     abstract = train_step.abstract_train_state(split, optimizer, mesh)
-    logger.info("Trainable parameters: %d tensors, %d values",
-                len(split.trainable_names()),
-                sum(int(np.prod(x.shape)) for x in
-                    jax.tree.leaves(split.abstract_params)))
+    logger.info(
+      "Trainable parameters: %d tensors, %d values",
+      len(split.trainable_names()),
+      sum(
+        int(np.prod(x.shape)) for x in jax.tree.leaves(split.abstract_params)
+      ),
+    )
 
     data_iter = task.train_iterator(jax.process_index(), jax.process_count())
-    manager = checkpointing.make_manager(workdir / "checkpoints",
-                                         run.checkpoint)
+    manager = checkpointing.make_manager(
+      workdir / "checkpoints", run.checkpoint
+    )
     progress.note("Restoring or initialising the train state.")
     state, source = checkpointing.restore_or_initialize(
-        manager, abstract,
-        init_from_scratch=lambda: train_step.init_train_state(
-            model_ctor, split, optimizer, precision, run.seed, mesh, rules,
-            abstract=abstract),
-        init_from_weights=lambda p, f: train_step.state_from_weights(
-            p, f, split, optimizer, run.seed, mesh, abstract=abstract),
-        split=split, data_iter=data_iter,
-        resume=run.resume or None, model_init=run.model_init or None,
-        load_weights=getattr(task, "load_weights", None))
+      manager,
+      abstract,
+      init_from_scratch=lambda: train_step.init_train_state(
+        model_ctor,
+        split,
+        optimizer,
+        precision,
+        run.seed,
+        mesh,
+        rules,
+        abstract=abstract,
+      ),
+      init_from_weights=lambda p, f: train_step.state_from_weights(
+        p, f, split, optimizer, run.seed, mesh, abstract=abstract
+      ),
+      split=split,
+      data_iter=data_iter,
+      resume=run.resume or None,
+      model_init=run.model_init or None,
+      load_weights=getattr(task, "load_weights", None),
+    )
     step = int(jax.device_get(state.step))
     progress.note(f"Starting at step {step} of {total_steps} from {source}.")
 
-    step_fn = train_step.make_train_step(split, task.loss_fn, optimizer,
-                                         run.optimizer, precision, mesh=mesh,
-                                         rules=rules, abstract=abstract)
+    step_fn = train_step.make_train_step(
+      split,
+      task.loss_fn,
+      optimizer,
+      run.optimizer,
+      precision,
+      mesh=mesh,
+      rules=rules,
+      abstract=abstract,
+    )
     reporter = progress.ReportProgress(
-        total_steps, num_chips=jax.device_count(),
-        flops_per_step=getattr(task, "flops_per_step", None),
-        peak_flops_per_chip=run.peak_flops_per_chip, first_step=step)
+      total_steps,
+      num_chips=jax.device_count(),
+      flops_per_step=getattr(task, "flops_per_step", None),
+      peak_flops_per_chip=run.peak_flops_per_chip,
+      first_step=step,
+    )
     console = progress.ConsoleProgress(total_steps, first_step=step)
     profiler = profiling.Profiler.from_config(run.profile, workdir)
     guard = _FiniteGuard(step, manager)
@@ -282,8 +342,9 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
     # A restart after the last checkpoint: redo the final sample/eval, which
     # the killed run may not have finished.
     with jax.transfer_guard("allow"):
-      _run_hooks(task, split, state, step, writer, True, sample_every,
-                 eval_every)
+      _run_hooks(
+        task, split, state, step, writer, True, sample_every, eval_every
+      )
   try:
     while step < total_steps:
       with reporter.timed("data"):
@@ -301,26 +362,32 @@ def train_and_evaluate(config: Any, workdir: str | epath.PathLike,
       reporter.step_done(step, **counts)
       console.step_done()
       last = step == total_steps
-      if (step % run.log_every == 0 or last or
-          step - first_step <= run.log_first_steps):
+      if (
+        step % run.log_every == 0
+        or last
+        or step - first_step <= run.log_first_steps
+      ):
         guard.check()
-        writer.write_scalars(step, {**jax.device_get(metrics),
-                                    **reporter.report(step)})
+        writer.write_scalars(
+          step, {**jax.device_get(metrics), **reporter.report(step)}
+        )
         writer.flush()  # a killed run keeps what it logged
         console.log_step(step, metrics["training_loss"], reporter.last_report)
       preempted = manager.reached_preemption(step)
       if last or preempted or manager.should_save(step):
         guard.check()  # never save a state that went non-finite
         with reporter.timed("checkpoint"):
-          checkpointing.save(manager, step, state, data_iter,
-                             force=last or preempted)
+          checkpointing.save(
+            manager, step, state, data_iter, force=last or preempted
+          )
         if preempted:
           manager.wait_until_finished()
           progress.note(f"Preempted: saved step {step}; exiting.")
           break
       with jax.transfer_guard("allow"):  # task code, outside the hot loop
-        _run_hooks(task, split, state, step, writer, last, sample_every,
-                   eval_every)
+        _run_hooks(
+          task, split, state, step, writer, last, sample_every, eval_every
+        )
   finally:
     console.close()
     profiler.stop()

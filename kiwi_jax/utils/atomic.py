@@ -56,8 +56,9 @@ def apply_default_modes(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike,
-                suffix: str | None = None) -> Iterator[pathlib.Path]:
+def atomic_path(
+  path: str | os.PathLike, suffix: str | None = None
+) -> Iterator[pathlib.Path]:
   """Yields a temporary path; renames it to ``path`` if the block succeeds.
 
   Args:
@@ -67,9 +68,11 @@ def atomic_path(path: str | os.PathLike,
   """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                             suffix=suffix if suffix is not None
-                             else path.suffix)
+  fd, tmp = tempfile.mkstemp(
+    dir=path.parent,
+    prefix=f".{path.name}.",
+    suffix=suffix if suffix is not None else path.suffix,
+  )
   os.close(fd)
   tmp = pathlib.Path(tmp)
   try:
@@ -94,8 +97,9 @@ def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike,
-                     overwrite: bool = False) -> Iterator[pathlib.Path]:
+def atomic_directory(
+  path: str | os.PathLike, overwrite: bool = False
+) -> Iterator[pathlib.Path]:
   """Yields a fresh temporary folder that becomes ``path`` on success.
 
   With ``overwrite``, an existing ``path`` is replaced whole: it is moved
@@ -108,18 +112,21 @@ def atomic_directory(path: str | os.PathLike,
   """
   path = pathlib.Path(path).absolute()
   if path.exists() and not overwrite:
-    raise FileExistsError(f"{path} already exists; pass overwrite=True "
-                          "(--overwrite) to replace it.")
+    raise FileExistsError(
+      f"{path} already exists; pass overwrite=True (--overwrite) to replace it."
+    )
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent,
-                                      prefix=f".{path.name}.tmp-"))
+  tmp = pathlib.Path(
+    tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+  )
   try:
     yield tmp
     apply_default_modes(tmp)
     old = None
     if path.exists():
-      old = pathlib.Path(tempfile.mkdtemp(dir=path.parent,
-                                          prefix=f".{path.name}.old-"))
+      old = pathlib.Path(
+        tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-")
+      )
       os.replace(path, old / "x")
     os.replace(tmp, path)
     if old is not None:

@@ -40,12 +40,14 @@ _turned_off = False  # by an "off" setting here, not by the user's JAX
 def user_cache_dir() -> str:
   """``$XDG_CACHE_HOME/kiwi_jax/jax_cache`` (``~/.cache`` without it)."""
   base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-      os.path.expanduser("~"), ".cache")
+    os.path.expanduser("~"), ".cache"
+  )
   return os.path.join(base, "kiwi_jax", "jax_cache")
 
 
-def resolve(setting: str | os.PathLike | None, default: str | None
-            ) -> str | None:
+def resolve(
+  setting: str | os.PathLike | None, default: str | None
+) -> str | None:
   """The cache directory (None: no cache) from a setting, the
   environment and a default, in that order (see the module docstring)."""
   if setting is not None and str(setting).strip():
@@ -61,9 +63,12 @@ def _expand(path: str) -> str:
   return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
-def configure(setting: str | os.PathLike | None = None, *,
-              default: str | None = None,
-              min_compile_secs: float | None = None) -> str | None:
+def configure(
+  setting: str | os.PathLike | None = None,
+  *,
+  default: str | None = None,
+  min_compile_secs: float | None = None,
+) -> str | None:
   """Points JAX's persistent compilation cache at :func:`resolve`'s
   directory (creating a local one) and returns it; None leaves the cache
   off. Process-wide, like every ``jax.config`` setting; a call with a new
@@ -86,8 +91,10 @@ def configure(setting: str | os.PathLike | None = None, *,
     return None
   if not jax.config.jax_enable_compilation_cache:
     if not _turned_off:  # JAX_ENABLE_COMPILATION_CACHE=false: the user's
-      logger.info("Persistent compilation cache: off "
-                  "(jax_enable_compilation_cache is False).")
+      logger.info(
+        "Persistent compilation cache: off "
+        "(jax_enable_compilation_cache is False)."
+      )
       return None
     jax.config.update("jax_enable_compilation_cache", True)
     _turned_off = False
@@ -95,20 +102,25 @@ def configure(setting: str | os.PathLike | None = None, *,
     try:
       os.makedirs(path, exist_ok=True)
     except OSError as e:  # a cache is a speed-up, never a reason to stop
-      logger.warning("Persistent compilation cache off: cannot create %s "
-                     "(%s).", path, e)
+      logger.warning(
+        "Persistent compilation cache off: cannot create %s (%s).", path, e
+      )
       return None
   if min_compile_secs is not None:
-    jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                      float(min_compile_secs))
+    jax.config.update(
+      "jax_persistent_cache_min_compile_time_secs", float(min_compile_secs)
+    )
   if jax.config.jax_compilation_cache_dir != path:
     jax.config.update("jax_compilation_cache_dir", path)
     # The cache object binds its directory when first used.
     from jax.experimental.compilation_cache import compilation_cache
+
     compilation_cache.reset_cache()
-  logger.info("Persistent compilation cache: %s (programs compiling in "
-              "at least %g s).", path,
-              jax.config.jax_persistent_cache_min_compile_time_secs)
+  logger.info(
+    "Persistent compilation cache: %s (programs compiling in at least %g s).",
+    path,
+    jax.config.jax_persistent_cache_min_compile_time_secs,
+  )
   return path
 
 

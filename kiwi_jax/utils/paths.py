@@ -32,15 +32,17 @@ def same_file(a: PathLike, b: PathLike) -> bool:
   try:
     return os.path.samefile(a, b)
   except OSError:  # one does not exist (yet): compare where they point
-    return (pathlib.Path(a).resolve(strict=False)
-            == pathlib.Path(b).resolve(strict=False))
+    return pathlib.Path(a).resolve(strict=False) == pathlib.Path(b).resolve(
+      strict=False
+    )
 
 
 def inside(path: PathLike, folder: PathLike) -> bool:
   """True when ``path`` is ``folder`` or lies (after resolving) under it."""
   if _is_remote(path) or _is_remote(folder):
     return (os.fspath(path).rstrip("/") + "/").startswith(
-        os.fspath(folder).rstrip("/") + "/")
+      os.fspath(folder).rstrip("/") + "/"
+    )
   if same_file(path, folder):
     return True
   target = pathlib.Path(path).resolve(strict=False)
@@ -60,9 +62,12 @@ def _identities(path: PathLike) -> list[tuple]:
   return ids + [("inode", st.st_dev, st.st_ino)]
 
 
-def refuse_inputs_as_outputs(outputs: Iterable[tuple[str, PathLike | None]],
-                             inputs: Iterable[tuple[str, PathLike | None]],
-                             *, folders: Iterable[str] = ()) -> None:
+def refuse_inputs_as_outputs(
+  outputs: Iterable[tuple[str, PathLike | None]],
+  inputs: Iterable[tuple[str, PathLike | None]],
+  *,
+  folders: Iterable[str] = (),
+) -> None:
   """Raises when an output would overwrite an input.
 
   The inputs are indexed once by where they resolve to and by inode, so a
@@ -91,14 +96,16 @@ def refuse_inputs_as_outputs(outputs: Iterable[tuple[str, PathLike | None]],
       if identity in index:
         in_name, src = index[identity]
         raise OutputIsInputError(
-            f"{out_name} {os.fspath(out)} is the same file as {in_name} "
-            f"{os.fspath(src)}; writing it would destroy the input. Choose "
-            "another output path.")
+          f"{out_name} {os.fspath(out)} is the same file as {in_name} "
+          f"{os.fspath(src)}; writing it would destroy the input. Choose "
+          "another output path."
+        )
     if out_name not in folders:
       continue
     for in_name, src in inputs:
       if inside(src, out):
         raise OutputIsInputError(
-            f"{in_name} {os.fspath(src)} lies inside the output folder "
-            f"{out_name} {os.fspath(out)}, which this command replaces. "
-            "Choose an output folder outside the inputs.")
+          f"{in_name} {os.fspath(src)} lies inside the output folder "
+          f"{out_name} {os.fspath(out)}, which this command replaces. "
+          "Choose an output folder outside the inputs."
+        )

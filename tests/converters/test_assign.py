@@ -17,13 +17,13 @@ RNG = np.random.default_rng(0)
 
 def _toy_torch_state():
   return {
-      "norm.weight": RNG.normal(size=(16,)).astype(np.float32),
-      "fc1.weight": RNG.normal(size=(32, 16)).astype(np.float32),
-      "fc1.bias": RNG.normal(size=(32,)).astype(np.float32),
-      "fc2.weight": RNG.normal(size=(16, 32)).astype(np.float32),
-      "fc2.bias": RNG.normal(size=(16,)).astype(np.float32),
-      "readout.weight": RNG.normal(size=(8, 16)).astype(np.float32),
-      "readout.bias": RNG.normal(size=(8,)).astype(np.float32),
+    "norm.weight": RNG.normal(size=(16,)).astype(np.float32),
+    "fc1.weight": RNG.normal(size=(32, 16)).astype(np.float32),
+    "fc1.bias": RNG.normal(size=(32,)).astype(np.float32),
+    "fc2.weight": RNG.normal(size=(16, 32)).astype(np.float32),
+    "fc2.bias": RNG.normal(size=(16,)).astype(np.float32),
+    "readout.weight": RNG.normal(size=(8, 16)).astype(np.float32),
+    "readout.bias": RNG.normal(size=(8,)).astype(np.float32),
   }
 
 
@@ -49,7 +49,8 @@ def test_assign_export_round_trip_sharded(tmp_path):
   model = nnx.merge(graphdef, state)
   np.testing.assert_array_equal(model.fc1.kernel[...], sd["fc1.weight"].T)
   assert model.fc1.kernel[...].sharding.spec == jax.sharding.PartitionSpec(
-      "fsdp", "tensor")
+    "fsdp", "tensor"
+  )
   back = dict(A.export(nnx.state(model), _plan()))
   assert set(back) == set(sd)
   for k, v in sd.items():
@@ -61,7 +62,9 @@ def test_mismatches_are_reported_together(tmp_path):
   del sd["fc2.bias"]
   sd["fc1.weight"] = sd["fc1.weight"][:, :15]
   sd["extra.weight"] = np.zeros(3, np.float32)
-  ckpt = open_checkpoint(A.save_safetensors(sd.items(), tmp_path / "x.safetensors"))
+  ckpt = open_checkpoint(
+    A.save_safetensors(sd.items(), tmp_path / "x.safetensors")
+  )
   _, abstract = _abstract()
   with pytest.raises(A.CheckpointMismatchError) as err:
     A.assign(abstract, _plan(), ckpt)
@@ -73,22 +76,30 @@ def test_mismatches_are_reported_together(tmp_path):
   # Ignored extras are fine; an uncovered parameter is reported.
   plan = [km for km in _plan() if km.jax_path != ("norm", "weight")]
   sd = _toy_torch_state()
-  ckpt = open_checkpoint(A.save_safetensors(sd.items(), tmp_path / "y.safetensors"))
+  ckpt = open_checkpoint(
+    A.save_safetensors(sd.items(), tmp_path / "y.safetensors")
+  )
   with pytest.raises(A.CheckpointMismatchError, match="norm/weight"):
     A.assign(abstract, plan, ckpt, ignore_unused=["norm\\..*"])
 
 
 def test_stacked_layers_and_conv_and_pth(tmp_path):
   import torch
+
   conv = RNG.normal(size=(5, 3, 1, 2, 2)).astype(np.float32)
   layers = [RNG.normal(size=(4, 6)).astype(np.float32) for _ in range(3)]
   sd = {"model.conv.weight": torch.from_numpy(conv)}
-  sd.update({f"model.blocks.{i}.w": torch.from_numpy(w)
-             for i, w in enumerate(layers)})
+  sd.update(
+    {f"model.blocks.{i}.w": torch.from_numpy(w) for i, w in enumerate(layers)}
+  )
   torch.save({"model_state": sd}, tmp_path / "m.pth")
   ckpt = open_checkpoint(tmp_path / "m.pth", strip_prefixes=("model.",))
-  assert sorted(ckpt) == ["blocks.0.w", "blocks.1.w", "blocks.2.w",
-                          "conv.weight"]
+  assert sorted(ckpt) == [
+    "blocks.0.w",
+    "blocks.1.w",
+    "blocks.2.w",
+    "conv.weight",
+  ]
 
   class M(nnx.Module):
     def __init__(self):
@@ -97,11 +108,13 @@ def test_stacked_layers_and_conv_and_pth(tmp_path):
 
   graphdef, abstract = nnx.split(nnx.eval_shape(M))
   plan = [A.KeyMap("conv.weight", ("conv",), A.CONV)] + [
-      A.KeyMap(f"blocks.{i}.w", ("w",), A.LINEAR, layer=i) for i in range(3)]
-  state = A.assign(abstract, plan, ckpt,
-                   mesh=sharding.make_mesh({"data": 8}))
+    A.KeyMap(f"blocks.{i}.w", ("w",), A.LINEAR, layer=i) for i in range(3)
+  ]
+  state = A.assign(abstract, plan, ckpt, mesh=sharding.make_mesh({"data": 8}))
   m = nnx.merge(graphdef, state)
-  np.testing.assert_array_equal(m.conv[...], np.transpose(conv, (2, 3, 4, 1, 0)))
+  np.testing.assert_array_equal(
+    m.conv[...], np.transpose(conv, (2, 3, 4, 1, 0))
+  )
   np.testing.assert_array_equal(m.w[...][1], layers[1].T)
   back = dict(A.export(nnx.state(m), plan))
   np.testing.assert_array_equal(back["conv.weight"], conv)

@@ -37,8 +37,9 @@ LATENT_SHAPE = (1, 2, 4, 6, CFG.dit.in_channels)
 
 
 def dict_checkpoint(tensors):
-  index = {k: {"shape": v.shape, "dtype": "float32"}
-           for k, v in tensors.items()}
+  index = {
+    k: {"shape": v.shape, "dtype": "float32"} for k, v in tensors.items()
+  }
   return Checkpoint("truth", index, lambda k, item: tensors[k])
 
 
@@ -70,10 +71,14 @@ def prompt(mode, rng):
     ids += [m.vision_end_token_id]
     images.append(IMAGE_GRID)
   ids += [m.query_token_id] * CFG.num_queries(mode) + [IM_END, NEWLINE]
-  pix_i = [rng.standard_normal((int(np.prod(g)), 1176)).astype(np.float32)
-           for g in images]
-  pix_v = [rng.standard_normal((int(np.prod(g)), 1176)).astype(np.float32)
-           for g in videos]
+  pix_i = [
+    rng.standard_normal((int(np.prod(g)), 1176)).astype(np.float32)
+    for g in images
+  ]
+  pix_v = [
+    rng.standard_normal((int(np.prod(g)), 1176)).astype(np.float32)
+    for g in videos
+  ]
   return np.asarray(ids), images, pix_i, videos, pix_v
 
 
@@ -103,10 +108,10 @@ def jax_inputs(ids, images, pix_i, videos, pix_v, pos):
   # patches up to the metadata's patch count.
   pix = np.pad(pix, ((0, meta["positions"].shape[0] - pix.shape[0]), (0, 0)))
   return {
-      "input_ids": jnp.asarray(ids)[None],
-      "position_ids": jnp.asarray(pos)[:, None],
-      "pixel_values": jnp.asarray(pix)[None],
-      "vision_meta": {k: jnp.asarray(v)[None] for k, v in meta.items()},
+    "input_ids": jnp.asarray(ids)[None],
+    "position_ids": jnp.asarray(pos)[:, None],
+    "pixel_values": jnp.asarray(pix)[None],
+    "vision_meta": {k: jnp.asarray(v)[None] for k, v in meta.items()},
   }
 
 
@@ -122,8 +127,14 @@ def jitted(graphdef, method, **kw):
   return _JITTED[key]
 
 
-def check_model(model, tk, ref_pad_first, modes=("video", "reference"),
-                encode_modes=("video", "reference"), seed=0):
+def check_model(
+  model,
+  tk,
+  ref_pad_first,
+  modes=("video", "reference"),
+  encode_modes=("video", "reference"),
+  seed=0,
+):
   """Runs ``modes`` through the converted model and the torch restatement.
 
   The context of modes not in ``encode_modes`` comes from torch only (the
@@ -132,13 +143,15 @@ def check_model(model, tk, ref_pad_first, modes=("video", "reference"),
   """
   rng = np.random.default_rng(seed)
   graphdef, state = nnx.split(model)
-  encode = jitted(graphdef, "encode_conditions",
-                  static_argnames=("mode", "ref_tokens"))
+  encode = jitted(
+    graphdef, "encode_conditions", static_argnames=("mode", "ref_tokens")
+  )
   step = jitted(graphdef, "denoise_step")
   latents = rng.standard_normal(LATENT_SHAPE).astype(np.float32)
   source = rng.standard_normal(LATENT_SHAPE).astype(np.float32)
-  ref = rng.standard_normal(LATENT_SHAPE[:1] + (1,) + LATENT_SHAPE[2:]
-                            ).astype(np.float32)
+  ref = rng.standard_normal(LATENT_SHAPE[:1] + (1,) + LATENT_SHAPE[2:]).astype(
+    np.float32
+  )
   t, sigma = np.array([700.0], np.float32), np.array([0.7], np.float32)
 
   def to_torch(x):
@@ -148,43 +161,57 @@ def check_model(model, tk, ref_pad_first, modes=("video", "reference"),
   for mode in modes:
     ids, images, pix_i, videos, pix_v = prompt(mode, rng)
     pos = mrope_position_ids(
-        ids, image_grid_thw=images, video_grid_thw=videos,
-        image_token_id=CFG.mllm.image_token_id,
-        video_token_id=CFG.mllm.video_token_id,
-        vision_start_token_id=CFG.mllm.vision_start_token_id)
+      ids,
+      image_grid_thw=images,
+      video_grid_thw=videos,
+      image_token_id=CFG.mllm.image_token_id,
+      video_token_id=CFG.mllm.video_token_id,
+      vision_start_token_id=CFG.mllm.vision_start_token_id,
+    )
     n_ref = int(np.prod(IMAGE_GRID) // 4) if mode == "reference" else 0
-    want_ctx = torch_context(tk, mode, ids, images, pix_i, videos, pix_v,
-                             pos)
+    want_ctx = torch_context(tk, mode, ids, images, pix_i, videos, pix_v, pos)
     if mode in encode_modes:
-      cond = encode(state, jax_inputs(ids, images, pix_i, videos, pix_v,
-                                      pos), mode=mode, ref_tokens=n_ref)
+      cond = encode(
+        state,
+        jax_inputs(ids, images, pix_i, videos, pix_v, pos),
+        mode=mode,
+        ref_tokens=n_ref,
+      )
       assert cond.context.shape == want_ctx.shape
       assert bool(jnp.all(cond.mask))
-      errors[f"{mode}/context"] = np.abs(np.asarray(cond.context)
-                                         - want_ctx).max()
+      errors[f"{mode}/context"] = np.abs(
+        np.asarray(cond.context) - want_ctx
+      ).max()
     kw = dict(source_latents=source, sigma=sigma)
     if mode == "reference":
       kw["ref_latents"] = ref
     vel = step(state, latents, t, jnp.asarray(want_ctx), **kw)
     want = tk.velocity(
-        to_torch(latents), torch.from_numpy(t), torch.from_numpy(want_ctx),
-        source=to_torch(source), sigma=torch.from_numpy(sigma),
-        ref=to_torch(ref) if mode == "reference" else None,
-        ref_pad_first=ref_pad_first).numpy()
+      to_torch(latents),
+      torch.from_numpy(t),
+      torch.from_numpy(want_ctx),
+      source=to_torch(source),
+      sigma=torch.from_numpy(sigma),
+      ref=to_torch(ref) if mode == "reference" else None,
+      ref_pad_first=ref_pad_first,
+    ).numpy()
     errors[f"{mode}/velocity"] = np.abs(
-        np.asarray(vel) - np.moveaxis(want, 1, -1)).max()
+      np.asarray(vel) - np.moveaxis(want, 1, -1)
+    ).max()
     assert np.abs(want).max() > 0.1  # a non-trivial comparison
   print("max abs errors:", errors)
   bad = {k: v for k, v in errors.items() if not v <= TOL}
   assert not bad, f"max abs errors above {TOL}: {errors}"
 
 
-def test_diffsynth_stage3_merged_lora_matches_torch(truth, torch_kiwi,
-                                                    tmp_path):
+def test_diffsynth_stage3_merged_lora_matches_torch(
+  truth, torch_kiwi, tmp_path
+):
   lora = kiwi_fakes.lora_factors(CFG)
   paths = kiwi_fakes.write_diffsynth(truth, lora, CFG, tmp_path / "src")
-  sources = kiwi_sources.from_diffsynth(**paths, lora="merge",
-                                        ref_pad_first=False)
+  sources = kiwi_sources.from_diffsynth(
+    **paths, lora="merge", ref_pad_first=False
+  )
   out, report = kiwi_conv.convert(sources, tmp_path / "out", CFG)
   assert report["components"]["dit"].startswith(str(paths["kiwi_checkpoint"]))
   assert "LoRA" in report["components"]["qwen"]
@@ -195,10 +222,10 @@ def test_diffsynth_stage3_merged_lora_matches_torch(truth, torch_kiwi,
 
 
 @pytest.mark.parametrize("ref_pad_first", [False, True])
-def test_diffusers_layout_matches_torch(truth, torch_kiwi, tmp_path,
-                                        ref_pad_first):
-  root = kiwi_fakes.write_diffusers(truth, CFG, tmp_path / "src",
-                                    ref_pad_first)
+def test_diffusers_layout_matches_torch(
+  truth, torch_kiwi, tmp_path, ref_pad_first
+):
+  root = kiwi_fakes.write_diffusers(truth, CFG, tmp_path / "src", ref_pad_first)
   sources = kiwi_sources.from_diffusers(root)
   assert sources.ref_pad_first is ref_pad_first
   out, _ = kiwi_conv.convert(sources, tmp_path / "out", CFG)
@@ -206,7 +233,6 @@ def test_diffusers_layout_matches_torch(truth, torch_kiwi, tmp_path,
   assert model.cfg.dit.ref_pad_first is ref_pad_first
   if ref_pad_first:
     # Only the DiT differs from the default layout.
-    check_model(model, torch_kiwi, True, modes=("reference",),
-                encode_modes=())
+    check_model(model, torch_kiwi, True, modes=("reference",), encode_modes=())
   else:
     check_model(model, torch_kiwi, False)

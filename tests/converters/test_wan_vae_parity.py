@@ -42,9 +42,17 @@ def test_encode_decode_match_diffusers(pair, frames):
   video = _video(frames, 32, 48, seed=frames)
   want = ref.reference_encode(torch_vae, cfg, video)
   got = np.asarray(runner.encode(video))
-  assert got.shape == want.shape == (
-      1, (frames - 1) // 4 + 1, 32 // cfg.spatial_factor,
-      48 // cfg.spatial_factor, cfg.z_dim)
+  assert (
+    got.shape
+    == want.shape
+    == (
+      1,
+      (frames - 1) // 4 + 1,
+      32 // cfg.spatial_factor,
+      48 // cfg.spatial_factor,
+      cfg.z_dim,
+    )
+  )
   np.testing.assert_allclose(got, want, rtol=0, atol=ENCODE_ATOL)
 
   # Decode the reference latents so both sides start from the same input.
@@ -67,18 +75,34 @@ def test_tiled_matches_reference_tiling(pair):
   tile, stride = (32 // f, 48 // f), (16 // f, 32 // f)
   video = _video(5, 64, 96, seed=3)
   want = ref.reference_tiled(
-      lambda crop: ref.reference_encode(torch_vae, cfg, crop), video,
-      (tile[0] * f, tile[1] * f), (stride[0] * f, stride[1] * f), 1 / f,
-      (tile[0] - stride[0], tile[1] - stride[1]), cfg.z_dim)
-  got = np.asarray(runner.encode(video, tiled=True, tile_size=tile,
-                                 tile_stride=stride))
+    lambda crop: ref.reference_encode(torch_vae, cfg, crop),
+    video,
+    (tile[0] * f, tile[1] * f),
+    (stride[0] * f, stride[1] * f),
+    1 / f,
+    (tile[0] - stride[0], tile[1] - stride[1]),
+    cfg.z_dim,
+  )
+  got = np.asarray(
+    runner.encode(video, tiled=True, tile_size=tile, tile_stride=stride)
+  )
   np.testing.assert_allclose(got, want, rtol=0, atol=ENCODE_ATOL)
 
   latents = ref.reference_encode(torch_vae, cfg, video)
-  want_video = np.clip(ref.reference_tiled(
+  want_video = np.clip(
+    ref.reference_tiled(
       lambda crop: ref.reference_decode(torch_vae, cfg, crop, clamp=False),
-      latents, tile, stride, f,
-      ((tile[0] - stride[0]) * f, (tile[1] - stride[1]) * f), 3), -1, 1)
-  got_video = np.asarray(runner.decode(latents, tiled=True, tile_size=tile,
-                                       tile_stride=stride))
+      latents,
+      tile,
+      stride,
+      f,
+      ((tile[0] - stride[0]) * f, (tile[1] - stride[1]) * f),
+      3,
+    ),
+    -1,
+    1,
+  )
+  got_video = np.asarray(
+    runner.decode(latents, tiled=True, tile_size=tile, tile_stride=stride)
+  )
   np.testing.assert_allclose(got_video, want_video, rtol=0, atol=DECODE_ATOL)

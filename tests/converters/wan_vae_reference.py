@@ -20,13 +20,15 @@ def tiny_config(style: str) -> WanVAEConfig:
   base = WanVAEConfig.from_variant(f"{style}-tiny")
   rng = np.random.default_rng(7)
   return base.replace(
-      latents_mean=tuple(rng.uniform(-0.5, 0.5, base.z_dim).tolist()),
-      latents_std=tuple(rng.uniform(0.5, 2.0, base.z_dim).tolist()))
+    latents_mean=tuple(rng.uniform(-0.5, 0.5, base.z_dim).tolist()),
+    latents_std=tuple(rng.uniform(0.5, 2.0, base.z_dim).tolist()),
+  )
 
 
 def build_diffusers(cfg: WanVAEConfig, seed: int = 0):
   """A random ``AutoencoderKLWan`` in ``cfg``'s shape (gammas randomised)."""
   from diffusers import AutoencoderKLWan
+
   torch.manual_seed(seed)
   vae = AutoencoderKLWan(**diffusers_config(cfg)).eval()
   with torch.no_grad():
@@ -55,8 +57,9 @@ def reference_encode(vae, cfg: WanVAEConfig, video: np.ndarray) -> np.ndarray:
   return to_jax_layout((mu - mean) * inv_std)
 
 
-def reference_decode(vae, cfg: WanVAEConfig, latents: np.ndarray,
-                     clamp: bool = True) -> np.ndarray:
+def reference_decode(
+  vae, cfg: WanVAEConfig, latents: np.ndarray, clamp: bool = True
+) -> np.ndarray:
   """Video from normalised latents; unclamped like DiffSynth's per-tile
   ``model.decode`` when ``clamp=False`` (diffusers' own decode clamps)."""
   z = torch.from_numpy(np.ascontiguousarray(latents.transpose(0, 4, 1, 2, 3)))
@@ -67,13 +70,20 @@ def reference_decode(vae, cfg: WanVAEConfig, latents: np.ndarray,
     if clamp:
       return to_jax_layout(vae.decode(z).sample)
     from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
     vae.clear_cache()
     x = vae.post_quant_conv(z)
     outs = []
     for i in range(z.shape[2]):
       vae._conv_idx = [0]
-      outs.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map,
-                              feat_idx=vae._conv_idx, first_chunk=i == 0))
+      outs.append(
+        vae.decoder(
+          x[:, :, i : i + 1],
+          feat_cache=vae._feat_map,
+          feat_idx=vae._conv_idx,
+          first_chunk=i == 0,
+        )
+      )
     out = torch.cat(outs, 2)
     if cfg.patch_size > 1:
       out = unpatchify(out, cfg.patch_size)
@@ -99,8 +109,15 @@ def _ramp(length, first, last, border):
   return x
 
 
-def reference_tiled(fn, data: np.ndarray, tile, stride, out_factor: float,
-                    border, out_channels: int) -> np.ndarray:
+def reference_tiled(
+  fn,
+  data: np.ndarray,
+  tile,
+  stride,
+  out_factor: float,
+  border,
+  out_channels: int,
+) -> np.ndarray:
   """DiffSynth's tile loop: ``fn`` on each crop of ``data`` [B,T,H,W,C],
   outputs placed at ``start * out_factor`` and averaged with ramp masks."""
   _, _, h, w, _ = data.shape
@@ -110,14 +127,17 @@ def reference_tiled(fn, data: np.ndarray, tile, stride, out_factor: float,
       out = fn(data[:, :, h0:h1, w0:w1])
       if values is None:
         b, t = out.shape[:2]
-        values = np.zeros((b, t, int(h * out_factor), int(w * out_factor),
-                           out_channels), np.float64)
+        values = np.zeros(
+          (b, t, int(h * out_factor), int(w * out_factor), out_channels),
+          np.float64,
+        )
         weight = np.zeros(values.shape[2:4], np.float64)
       mh = _ramp(out.shape[2], h0 == 0, h1 >= h, border[0])
       mw = _ramp(out.shape[3], w0 == 0, w1 >= w, border[1])
       mask = np.minimum(mh[:, None], mw[None, :])
       y0, x0 = int(h0 * out_factor), int(w0 * out_factor)
-      values[:, :, y0:y0 + out.shape[2], x0:x0 + out.shape[3]] += (
-          out * mask[None, None, :, :, None])
-      weight[y0:y0 + out.shape[2], x0:x0 + out.shape[3]] += mask
+      values[:, :, y0 : y0 + out.shape[2], x0 : x0 + out.shape[3]] += (
+        out * mask[None, None, :, :, None]
+      )
+      weight[y0 : y0 + out.shape[2], x0 : x0 + out.shape[3]] += mask
   return values / weight[None, None, :, :, None]

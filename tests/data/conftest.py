@@ -15,15 +15,18 @@ CFG = refvie_mini.MiniConfig(height=64, width=64, num_frames=5, ref_size=32)
 def mini_dir(tmp_path_factory):
   out = tmp_path_factory.mktemp("refvie_mini")
   refvie_mini.write_dataset(
-      out, num_videos=NUM_VIDEOS, num_images=NUM_IMAGES, seed=0, cfg=CFG)
+    out, num_videos=NUM_VIDEOS, num_images=NUM_IMAGES, seed=0, cfg=CFG
+  )
   return out
 
 
 @pytest.fixture(scope="session")
 def mini_records(mini_dir, tmp_path_factory):
   """{"image"|"video"|"ref": record directory}, two shards each."""
-  csvs = {name: mini_dir / f"refvie_mini_{name}.csv"
-          for name in ("image", "video", "ref")}
+  csvs = {
+    name: mini_dir / f"refvie_mini_{name}.csv"
+    for name in ("image", "video", "ref")
+  }
   return refvie_mini.build_records(
-      mini_dir, tmp_path_factory.mktemp("records"), csvs, cfg=CFG,
-      num_shards=2)
+    mini_dir, tmp_path_factory.mktemp("records"), csvs, cfg=CFG, num_shards=2
+  )

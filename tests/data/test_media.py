@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kiwi_jax.data import transforms
-from kiwi_jax.data import video_io
+from kiwi_jax.data import transforms, video_io
 
 
 def _frames(t=5, h=23, w=37, seed=0):
@@ -61,13 +60,16 @@ def test_largest_4k_plus_1(n, want):
   assert transforms.largest_4k_plus_1(n) == want
 
 
-@pytest.mark.parametrize("h,w,budget,want", [
+@pytest.mark.parametrize(
+  "h,w,budget,want",
+  [
     # 720 is not a multiple of 32: the reference loader floors it to 704.
     (720, 1280, 921_600, (704, 1280)),
     (1080, 1920, 921_600, (704, 1280)),
     (600, 600, 360_000, (576, 576)),
     (481, 853, 10**9, (480, 832)),
-])
+  ],
+)
 def test_size_for_pixel_budget(h, w, budget, want):
   out = transforms.size_for_pixel_budget(h, w, budget)
   assert out[0] % 32 == 0 and out[1] % 32 == 0
@@ -86,8 +88,9 @@ def test_resize_cover_and_center_crop():
   assert out.shape == (2, 32, 32, 3) and out.dtype == np.uint8
   assert transforms.resize_cover_and_center_crop(frames, 23, 37) is frames
   # A horizontal ramp keeps its centre column after a centre crop.
-  ramp = np.broadcast_to(np.arange(64, dtype=np.uint8)[None, None, :, None],
-                         (1, 16, 64, 3)).copy()
+  ramp = np.broadcast_to(
+    np.arange(64, dtype=np.uint8)[None, None, :, None], (1, 16, 64, 3)
+  ).copy()
   cropped = transforms.resize_cover_and_center_crop(ramp, 16, 32)
   np.testing.assert_array_equal(cropped[0, 0, :, 0], np.arange(16, 48))
 

@@ -10,9 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from kiwi_jax.data import refvie_mini
-from kiwi_jax.data import video_io
-
+from kiwi_jax.data import refvie_mini, video_io
 from tests.data.conftest import CFG, NUM_IMAGES, NUM_VIDEOS
 
 
@@ -63,16 +61,23 @@ def test_config_rejects_bad_frame_counts():
 def test_written_layout_decodes_exactly(mini_dir):
   with open(mini_dir / "refvie_mini_ref.csv") as f:
     rows = list(csv.DictReader(f))
-  assert list(rows[0]) == ["iid", "src_video", "tgt_video", "ref_image",
-                           "prompt"]
+  assert list(rows[0]) == [
+    "iid",
+    "src_video",
+    "tgt_video",
+    "ref_image",
+    "prompt",
+  ]
   with open(mini_dir / "refvie_mini_video.csv") as f:
     video_rows = list(csv.DictReader(f))
   with open(mini_dir / "refvie_mini_image.csv") as f:
     image_rows = list(csv.DictReader(f))
   assert len(rows) + len(video_rows) == NUM_VIDEOS
   assert len(image_rows) == NUM_IMAGES
-  meta = [json.loads(l) for l in (mini_dir / "metadata.jsonl").read_text()
-          .splitlines()]
+  meta = [
+    json.loads(ln)
+    for ln in (mini_dir / "metadata.jsonl").read_text().splitlines()
+  ]
   assert {m["edit_type"] for m in meta} == set(refvie_mini.EDIT_TYPES)
   row = rows[0]
   index = int(row["iid"][1:])
@@ -84,16 +89,25 @@ def test_written_layout_decodes_exactly(mini_dir):
   np.testing.assert_array_equal(tgt, sample.target)
   np.testing.assert_array_equal(ref, sample.ref_image)
   np.testing.assert_array_equal(
-      refvie_mini.load_mask(mini_dir, row["iid"]), sample.mask)
+    refvie_mini.load_mask(mini_dir, row["iid"]), sample.mask
+  )
   image = video_io.decode_image(
-      (mini_dir / image_rows[0]["src_video"]).read_bytes())
+    (mini_dir / image_rows[0]["src_video"]).read_bytes()
+  )
   assert image.shape == (CFG.height, CFG.width, 3)
 
 
 def test_command_line_writes_dataset_and_records(tmp_path, capsys):
-  rc = refvie_mini.main([
-      f"--out_dir={tmp_path / 'mini'}", "--num_videos=7", "--num_images=2",
-      "--height=32", "--width=32", f"--records_dir={tmp_path / 'rec'}"])
+  rc = refvie_mini.main(
+    [
+      f"--out_dir={tmp_path / 'mini'}",
+      "--num_videos=7",
+      "--num_images=2",
+      "--height=32",
+      "--width=32",
+      f"--records_dir={tmp_path / 'rec'}",
+    ]
+  )
   assert rc == 0
   assert "records in" in capsys.readouterr().out
   for name in ("image", "video", "ref"):
@@ -106,10 +120,21 @@ def test_command_line_refuses_records_over_the_dataset(tmp_path):
   root = pathlib.Path(__file__).resolve().parents[2]
   env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(root))
   result = subprocess.run(
-      [sys.executable, "-m", "kiwi_jax.data.refvie_mini",
-       f"--out_dir={tmp_path / 'video'}", "--num_videos=1",
-       "--num_images=0", f"--records_dir={tmp_path}"],
-      cwd=root, env=env, capture_output=True, text=True, check=False)
+    [
+      sys.executable,
+      "-m",
+      "kiwi_jax.data.refvie_mini",
+      f"--out_dir={tmp_path / 'video'}",
+      "--num_videos=1",
+      "--num_images=0",
+      f"--records_dir={tmp_path}",
+    ],
+    cwd=root,
+    env=env,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert result.returncode == 2, result.stderr
   (line,) = result.stderr.strip().splitlines()
   assert line.startswith("python -m kiwi_jax.data.refvie_mini: error: ")

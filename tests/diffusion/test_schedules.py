@@ -15,6 +15,7 @@ class _TorchFlowMatch:
 
   def __init__(self, sigma_min, num_steps, training=False, strength=1.0):
     import torch
+
     start = sigma_min + (1.0 - sigma_min) * strength
     s = torch.linspace(start, sigma_min, num_steps + 1)[:-1]
     self.sigmas = 5.0 * s / (1 + 4.0 * s)
@@ -27,14 +28,17 @@ class _TorchFlowMatch:
 
   def index(self, timestep):
     import torch
+
     return int(torch.argmin((self.timesteps - timestep).abs()))
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("name,sigma_min", [("diffsynth", 0.0),
-                                            ("diffusers", 0.003 / 1.002)])
-@pytest.mark.parametrize("num_steps,strength", [(50, 1.0), (1000, 1.0),
-                                                (29, 0.7), (1, 1.0)])
+@pytest.mark.parametrize(
+  "name,sigma_min", [("diffsynth", 0.0), ("diffusers", 0.003 / 1.002)]
+)
+@pytest.mark.parametrize(
+  "num_steps,strength", [(50, 1.0), (1000, 1.0), (29, 0.7), (1, 1.0)]
+)
 def test_tables_match_reference(name, sigma_min, num_steps, strength):
   ref = _TorchFlowMatch(sigma_min, num_steps, strength=strength)
   schedule = schedules.get_schedule(name)
@@ -43,40 +47,46 @@ def test_tables_match_reference(name, sigma_min, num_steps, strength):
   assert sigmas.dtype == np.float32 and sigmas.shape == (num_steps,)
   np.testing.assert_allclose(sigmas, ref.sigmas.numpy(), rtol=0, atol=1e-6)
   # Timesteps are 1000x larger: 1e-6 relative.
-  np.testing.assert_allclose(timesteps, ref.timesteps.numpy(), rtol=1e-6,
-                             atol=0)
+  np.testing.assert_allclose(
+    timesteps, ref.timesteps.numpy(), rtol=1e-6, atol=0
+  )
 
 
 @pytest.mark.torch
 def test_training_weights_and_bf16_lookup_match_reference():
   import torch
+
   ref = _TorchFlowMatch(0.0, 1000, training=True)
   grid = TrainingGrid.from_schedule("diffsynth")
   # A 1-ulp timestep difference (torch's vectorised linspace rounds a few
   # entries differently) moves a weight by ~6e-6 relative near t = 1000,
   # where w = y - min(y) is small.
-  np.testing.assert_allclose(grid.weights, ref.weights.numpy(), rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    grid.weights, ref.weights.numpy(), rtol=1e-5, atol=1e-6
+  )
   # The reference's lookup: nearest entry to the bf16 timestep, every id.
   t_bf16 = ref.timesteps.to(torch.bfloat16)
   expected = [ref.index(t_bf16[i]) for i in range(1000)]
-  ours = schedules.nearest_index(grid.timesteps,
-                                 schedules.to_bf16(grid.timesteps))
+  ours = schedules.nearest_index(
+    grid.timesteps, schedules.to_bf16(grid.timesteps)
+  )
   np.testing.assert_array_equal(np.asarray(ours), expected)
   np.testing.assert_array_equal(
-      np.asarray(schedules.to_bf16(grid.timesteps), np.float32),
-      t_bf16.float().numpy())
+    np.asarray(schedules.to_bf16(grid.timesteps), np.float32),
+    t_bf16.float().numpy(),
+  )
 
 
 def test_spot_values_from_the_spec():
   sigmas = schedules.DIFFSYNTH.sigmas(50)
-  np.testing.assert_allclose(sigmas[[0, 1, -2, -1]],
-                             [1.0, 0.99593, 0.17241, 0.09259], atol=1e-5)
-  assert schedules.DIFFUSERS.sigmas(50)[-1] == pytest.approx(0.10504,
-                                                             abs=1e-5)
+  np.testing.assert_allclose(
+    sigmas[[0, 1, -2, -1]], [1.0, 0.99593, 0.17241, 0.09259], atol=1e-5
+  )
+  assert schedules.DIFFUSERS.sigmas(50)[-1] == pytest.approx(0.10504, abs=1e-5)
   # DiT input timesteps in bf16: 1000, 996, 992, ...
-  t = np.asarray(schedules.to_bf16(schedules.DIFFSYNTH.timesteps(50)),
-                 np.float32)
+  t = np.asarray(
+    schedules.to_bf16(schedules.DIFFSYNTH.timesteps(50)), np.float32
+  )
   np.testing.assert_array_equal(t[:3], [1000.0, 996.0, 992.0])
   grid = TrainingGrid.from_schedule()
   assert grid.timesteps[0] == 1000.0
@@ -89,8 +99,9 @@ def test_spot_values_from_the_spec():
 
 def test_bf16_collapse_to_294_effective_sigmas():
   grid = TrainingGrid.from_schedule()
-  index = np.asarray(schedules.nearest_index(
-      grid.timesteps, schedules.to_bf16(grid.timesteps)))
+  index = np.asarray(
+    schedules.nearest_index(grid.timesteps, schedules.to_bf16(grid.timesteps))
+  )
   assert len(np.unique(index)) == 294
   # ids 0..9 land on t = 1000 (weight 0), id 10 does not.
   assert (index[:10] == 0).all() and index[10] != 0

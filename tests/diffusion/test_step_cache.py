@@ -14,8 +14,9 @@ from kiwi_jax.diffusion import sampler, step_cache
 from kiwi_jax.models.dit import WanDiT, WanDiTConfig
 
 STEPS = 6
-CFG = WanDiTConfig.from_variant("tiny", in_channels=4, out_channels=4,
-                                source_condition=True)
+CFG = WanDiTConfig.from_variant(
+  "tiny", in_channels=4, out_channels=4, source_condition=True
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,41 +34,59 @@ def _velocity(graphdef, z, t, sigma, step, state, context, source):
   del step
   b = z.shape[0]
   dit = nnx.merge(graphdef, state)
-  return dit(z, jnp.full((b,), t), context, source_latents=source,
-             sigma=jnp.full((b,), sigma)).velocity
+  return dit(
+    z,
+    jnp.full((b,), t),
+    context,
+    source_latents=source,
+    sigma=jnp.full((b,), sigma),
+  ).velocity
 
 
 def _split(graphdef, z, t, sigma, step, state, context, source):
   del step
   b = z.shape[0]
   dit = nnx.merge(graphdef, state)
-  parts = dit.embed(z, jnp.full((b,), t), context, source_latents=source,
-                    sigma=jnp.full((b,), sigma))
+  parts = dit.embed(
+    z,
+    jnp.full((b,), t),
+    context,
+    source_latents=source,
+    sigma=jnp.full((b,), sigma),
+  )
   return step_cache.SplitStep(
-      tokens=parts.tokens, indicator=dit.first_block_input(parts),
-      blocks=lambda x: dit.run_blocks(parts, x),
-      head=lambda x: dit.unembed(parts, x).velocity,
-      num_blocks=dit.cfg.num_layers)
+    tokens=parts.tokens,
+    indicator=dit.first_block_input(parts),
+    blocks=lambda x: dit.run_blocks(parts, x),
+    head=lambda x: dit.unembed(parts, x).velocity,
+    num_blocks=dit.cfg.num_layers,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _plain(graphdef, noise, plan, operands):
-  return sampler.euler_loop(functools.partial(_velocity, graphdef), noise,
-                            plan, operands)
+  return sampler.euler_loop(
+    functools.partial(_velocity, graphdef), noise, plan, operands
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _cached(graphdef, noise, plan, operands, threshold):
-  return step_cache.cached_euler_loop(functools.partial(_split, graphdef),
-                                      noise, plan, operands,
-                                      threshold=threshold)
+  return step_cache.cached_euler_loop(
+    functools.partial(_split, graphdef),
+    noise,
+    plan,
+    operands,
+    threshold=threshold,
+  )
 
 
 def test_split_forward_is_the_call(setup):
   graphdef, _, noise, operands, plan = setup
   t, sigma = plan.model_timesteps[2], plan.model_sigmas[2]
   whole = jax.jit(functools.partial(_velocity, graphdef))(
-      noise, t, sigma, 2, *operands)
+    noise, t, sigma, 2, *operands
+  )
 
   def split_forward(*args):
     split = _split(graphdef, *args)
@@ -103,12 +122,14 @@ def test_large_threshold_skips_blocks_and_stays_finite(setup):
 def test_relative_l1():
   old = jnp.array([1.0, -2.0, 3.0])
   np.testing.assert_allclose(
-      float(step_cache.relative_l1(old + 0.6, old)), 0.6 / 2.0, rtol=1e-6)
+    float(step_cache.relative_l1(old + 0.6, old)), 0.6 / 2.0, rtol=1e-6
+  )
   assert float(step_cache.relative_l1(old, jnp.zeros(3))) == 0.0
 
 
-@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.1",
-                                 True, [0.1]])
+@pytest.mark.parametrize(
+  "bad", [-0.1, float("nan"), float("inf"), "0.1", True, [0.1]]
+)
 def test_bad_thresholds_are_refused_in_one_line(bad):
   with pytest.raises(ValueError, match="cache_threshold must be") as e:
     step_cache.check_threshold(bad)

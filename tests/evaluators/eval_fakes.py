@@ -12,8 +12,9 @@ FRAMES, HEIGHT, WIDTH = 5, 32, 48
 SHIFT = 40  # the colour-shift editor's offset on the red channel
 
 
-def moving_clip(seed: int, frames: int = FRAMES, height: int = HEIGHT,
-                width: int = WIDTH) -> np.ndarray:
+def moving_clip(
+  seed: int, frames: int = FRAMES, height: int = HEIGHT, width: int = WIDTH
+) -> np.ndarray:
   """A smooth clip with motion: a gradient sliding one step per frame."""
   rng = np.random.default_rng(seed)
   base = rng.integers(40, 200, size=3)
@@ -31,26 +32,32 @@ def colour_shift(frames: np.ndarray) -> np.ndarray:
   return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def make_refvie_mini(root: str, count: int = 4,
-                     with_targets: bool = True) -> str:
+def make_refvie_mini(
+  root: str, count: int = 4, with_targets: bool = True
+) -> str:
   """Writes a RefVIE-mini benchmark under root; returns the YAML path."""
   items = []
   for i in range(count):
-    src = f'videos/src_{i}.mp4'
+    src = f"videos/src_{i}.mp4"
     clip = moving_clip(i)
     video_io.write_video(os.path.join(root, src), clip)
-    ref = f'refs/ref_{i}.png'
-    os.makedirs(os.path.join(root, 'refs'), exist_ok=True)
+    ref = f"refs/ref_{i}.png"
+    os.makedirs(os.path.join(root, "refs"), exist_ok=True)
     Image.fromarray(clip[0]).save(os.path.join(root, ref))
-    item = {'src_video': src, 'instruction': f'Replace item number {i}',
-            'ref_img': ref, 'edit_type': ('subject', 'background')[i % 2]}
+    item = {
+      "src_video": src,
+      "instruction": f"Replace item number {i}",
+      "ref_img": ref,
+      "edit_type": ("subject", "background")[i % 2],
+    }
     if with_targets:
-      item['tgt_video'] = f'videos/tgt_{i}.mp4'
-      video_io.write_video(os.path.join(root, item['tgt_video']),
-                           colour_shift(clip))
+      item["tgt_video"] = f"videos/tgt_{i}.mp4"
+      video_io.write_video(
+        os.path.join(root, item["tgt_video"]), colour_shift(clip)
+      )
     items.append(item)
-  path = os.path.join(root, 'refvie_mini.yaml')
-  with open(path, 'w', encoding='utf-8') as f:
+  path = os.path.join(root, "refvie_mini.yaml")
+  with open(path, "w", encoding="utf-8") as f:
     yaml.safe_dump(items, f)
   return path
 
@@ -75,5 +82,5 @@ class CountingEditor:
   def __call__(self, item):
     self.calls.append(item.output_name)
     if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
-      raise KeyboardInterrupt('simulated interruption')
+      raise KeyboardInterrupt("simulated interruption")
     return video_io.read_video(item.source_video)

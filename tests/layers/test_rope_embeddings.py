@@ -28,11 +28,14 @@ def test_wan_rope_matches_complex_float64_reference():
     return np.exp(1j * np.outer(np.arange(n), freqs))
 
   tt, th, tw = table(dt, f), table(dh, h), table(dw, w)
-  freqs = np.concatenate([
+  freqs = np.concatenate(
+    [
       np.broadcast_to(tt[:, None, None], (f, h, w, tt.shape[-1])),
       np.broadcast_to(th[None, :, None], (f, h, w, th.shape[-1])),
       np.broadcast_to(tw[None, None, :], (f, h, w, tw.shape[-1])),
-  ], -1).reshape(f * h * w, 1, -1)
+    ],
+    -1,
+  ).reshape(f * h * w, 1, -1)
   xc = x.astype(np.float64).reshape(2, f * h * w, heads, hd // 2, 2)
   xc = xc[..., 0] + 1j * xc[..., 1]
   out = xc * freqs
@@ -82,10 +85,11 @@ def test_rotate_half_matches_reference_formula():
 def test_sinusoid_matches_diffusers():
   import torch
   from diffusers.models.embeddings import get_timestep_embedding
+
   t = np.array([0.0, 4.98, 500.0, 996.0, 1000.0], np.float32)
-  want = get_timestep_embedding(torch.from_numpy(t), 256,
-                                flip_sin_to_cos=True,
-                                downscale_freq_shift=0).numpy()
+  want = get_timestep_embedding(
+    torch.from_numpy(t), 256, flip_sin_to_cos=True, downscale_freq_shift=0
+  ).numpy()
   got = timestep_sinusoid(jnp.asarray(t), 256)
   # Both are fp32 angle products of t up to 1000: ~1e-4 apart at most.
   np.testing.assert_allclose(got, want, atol=1e-4)

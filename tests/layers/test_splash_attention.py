@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from kiwi_jax import sharding
-from kiwi_jax.layers import attention, dot_product_attention
-from kiwi_jax.layers import splash
+from kiwi_jax.layers import attention, dot_product_attention, splash
 
 pytestmark = pytest.mark.skipif(
-    splash.unavailable_reason() is not None,
-    reason=f"splash attention cannot run here: {splash.unavailable_reason()}")
+  splash.unavailable_reason() is not None,
+  reason=f"splash attention cannot run here: {splash.unavailable_reason()}",
+)
 
 # Relative to the largest reference value (measured: f32 <= 1.2e-6, bf16
 # <= 7.1e-3): f32 differs in summation order only; bf16 also rounds q * scale,
@@ -35,8 +35,8 @@ def _inputs(seed, b, t, s, n, kv_heads, h, dtype):
 
 def _value_and_grads(implementation, q, k, v, cotangent, **kw):
   def attend(q, k, v):
-    return dot_product_attention(q, k, v, implementation=implementation,
-                                 **kw)
+    return dot_product_attention(q, k, v, implementation=implementation, **kw)
+
   out, pullback = jax.vjp(attend, q, k, v)
   return (out,) + pullback(cotangent)
 
@@ -58,12 +58,12 @@ def _segments(b, t):
 
 
 CASES = {
-    # name: (b, t, s, n, kv_heads, h, extra keyword arguments)
-    "full": (1, 128, 128, 2, 2, 64, {}),
-    "causal_three_blocks": (1, 384, 384, 1, 1, 128, {"is_causal": True}),
-    "segments_windowed": (2, 256, 256, 1, 1, 64, {"segments": True}),
-    "padded_keys_cross": (2, 200, 136, 1, 1, 64, {"padded_keys": True}),
-    "gqa": (1, 128, 128, 4, 2, 64, {}),
+  # name: (b, t, s, n, kv_heads, h, extra keyword arguments)
+  "full": (1, 128, 128, 2, 2, 64, {}),
+  "causal_three_blocks": (1, 384, 384, 1, 1, 128, {"is_causal": True}),
+  "segments_windowed": (2, 256, 256, 1, 1, 64, {"segments": True}),
+  "padded_keys_cross": (2, 200, 136, 1, 1, 64, {"padded_keys": True}),
+  "gqa": (1, 128, 128, 4, 2, 64, {}),
 }
 
 
@@ -79,8 +79,9 @@ def test_splash_matches_xla_forward_and_gradients(case, dtype):
     valid = np.ones((b, s), bool)
     valid[0, 100:] = False  # row 0: 36 padded keys; row 1: none
     kw["mask"] = jnp.asarray(valid)[:, None, None, :]
-  fn = jax.jit(_value_and_grads, static_argnums=0,
-               static_argnames=("is_causal",))
+  fn = jax.jit(
+    _value_and_grads, static_argnums=0, static_argnames=("is_causal",)
+  )
   got = fn("splash", q, k, v, cotangent, **kw)
   want = fn("xla", q, k, v, cotangent, **kw)
   assert got[0].dtype == q.dtype
@@ -92,7 +93,8 @@ def test_splash_under_a_mesh_matches_one_device():
   q, k, v, cotangent = _inputs(7, 2, 256, 128, 2, 2, 64, "float32")
   valid = jnp.asarray(np.arange(128) < 96)[None, None, None, :]
   want = jax.jit(_value_and_grads, static_argnums=0)(
-      "xla", q, k, v, cotangent, mask=valid)
+    "xla", q, k, v, cotangent, mask=valid
+  )
   with sharding.use_mesh(mesh):
     fn = jax.jit(_value_and_grads, static_argnums=0)
     got = fn("splash", q, k, v, cotangent, mask=valid)
@@ -124,8 +126,9 @@ def test_splash_refuses_masks_it_cannot_take():
   with pytest.raises(ValueError, match="key-padding masks"):
     dot_product_attention(q, k, v, mask=square, implementation="splash")
   with pytest.raises(ValueError, match="no additive bias"):
-    dot_product_attention(q, k, v, bias=jnp.zeros((1, 1, 8, 8)),
-                          implementation="splash")
+    dot_product_attention(
+      q, k, v, bias=jnp.zeros((1, 1, 8, 8)), implementation="splash"
+    )
 
 
 def test_none_chooses_per_backend(monkeypatch):
@@ -137,17 +140,23 @@ def test_none_chooses_per_backend(monkeypatch):
   assert attention.choose_implementation(q, k) == "splash"
   assert attention.choose_implementation(q, k, padding) == "splash"
   assert attention.choose_implementation(q, k, square) == "xla"
-  assert attention.choose_implementation(
-      q, k, bias=jnp.zeros((1, 1, 8, 8))) == "xla"
+  assert (
+    attention.choose_implementation(q, k, bias=jnp.zeros((1, 1, 8, 8))) == "xla"
+  )
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  reason = attention.cudnn_unusable_reason(q.astype(jnp.float32),
-                                           k.astype(jnp.float32), None, None)
+  reason = attention.cudnn_unusable_reason(
+    q.astype(jnp.float32), k.astype(jnp.float32), None, None
+  )
   assert "fp16/bf16" in reason
   assert "head_dim" in attention.cudnn_unusable_reason(
-      jnp.zeros((1, 8, 1, 100), jnp.bfloat16),
-      jnp.zeros((1, 8, 1, 100), jnp.bfloat16), None, None)
+    jnp.zeros((1, 8, 1, 100), jnp.bfloat16),
+    jnp.zeros((1, 8, 1, 100), jnp.bfloat16),
+    None,
+    None,
+  )
   assert "even lengths" in attention.cudnn_unusable_reason(
-      jnp.zeros((1, 7, 1, 64), jnp.bfloat16), k, True, None)
+    jnp.zeros((1, 7, 1, 64), jnp.bfloat16), k, True, None
+  )
 
 
 def test_cudnn_bias_from_masks_matches_the_masks():
@@ -155,8 +164,9 @@ def test_cudnn_bias_from_masks_matches_the_masks():
   q, k, v, _ = _inputs(5, 2, 6, 6, 2, 1, 8, "float32")
   seg = jnp.asarray([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
   pad = jnp.asarray([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], bool)
-  mask = jnp.logical_and(attention.segment_mask(seg, seg),
-                         pad[:, None, None, :])
+  mask = jnp.logical_and(
+    attention.segment_mask(seg, seg), pad[:, None, None, :]
+  )
   bias = attention._as_cudnn_bias(q, k, mask, None)
   assert bias.shape == (2, 1, 6, 6)
   want = dot_product_attention(q, k, v, mask=mask)
@@ -168,8 +178,11 @@ def test_cudnn_bias_from_masks_matches_the_masks():
 def test_none_compiles_the_splash_kernel_on_tpu():
   q, k, v, _ = _inputs(0, 1, 256, 256, 2, 2, 128, "bfloat16")
   seg = jnp.asarray(np.repeat([[0, 1]], 128, axis=1), jnp.int32)
-  fn = jax.jit(lambda q, k, v: dot_product_attention(
-      q, k, v, segment_ids=seg, is_causal=True, implementation=None))
+  fn = jax.jit(
+    lambda q, k, v: dot_product_attention(
+      q, k, v, segment_ids=seg, is_causal=True, implementation=None
+    )
+  )
   assert "tpu_custom_call" in fn.lower(q, k, v).as_text()
   want = dot_product_attention(q, k, v, segment_ids=seg, is_causal=True)
   _assert_close((fn(q, k, v),), (want,), "bfloat16")
@@ -181,8 +194,9 @@ def test_none_picks_cudnn_with_segments_and_padding_on_gpu():
   seg = jnp.asarray(np.repeat([[0, 1], [0, 0]], 64, axis=1), jnp.int32)
   valid = jnp.asarray(np.arange(128) < 100)[None, None, None, :]
   kw = {"segment_ids": seg, "mask": valid, "is_causal": True}
-  fn = jax.jit(lambda q, k, v: dot_product_attention(
-      q, k, v, implementation=None, **kw))
+  fn = jax.jit(
+    lambda q, k, v: dot_product_attention(q, k, v, implementation=None, **kw)
+  )
   assert "cudnn" in fn.lower(q, k, v).compile().as_text()
   want = dot_product_attention(q, k, v, **kw)
   _assert_close((fn(q, k, v),), (want,), "bfloat16")
@@ -199,7 +213,9 @@ def test_none_falls_back_to_xla_when_jax_refuses_cudnn(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   monkeypatch.setattr(attention, "cudnn_unusable_reason", lambda *a: None)
   assert attention.choose_implementation(q, k, segment_ids=seg) == "cudnn"
-  got = dot_product_attention(q, k, v, segment_ids=seg, is_causal=True,
-                              implementation=None)
-  np.testing.assert_array_equal(np.asarray(got, np.float32),
-                                np.asarray(want, np.float32))
+  got = dot_product_attention(
+    q, k, v, segment_ids=seg, is_causal=True, implementation=None
+  )
+  np.testing.assert_array_equal(
+    np.asarray(got, np.float32), np.asarray(want, np.float32)
+  )

@@ -17,8 +17,9 @@ def toy_checkpoint(tmp_path_factory, tiny_tokenizer_dir):
   """A tiny Kiwi-Edit checkpoint directory (the demo's codec), what
   ``kiwi-edit --checkpoint`` opens."""
   return tiny_kiwi.save_tiny_kiwi(
-      tmp_path_factory.mktemp("tiny_kiwi") / "ckpt",
-      tokenizer_dir=tiny_tokenizer_dir)
+    tmp_path_factory.mktemp("tiny_kiwi") / "ckpt",
+    tokenizer_dir=tiny_tokenizer_dir,
+  )
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +31,7 @@ def toy_pipeline():
 @pytest.fixture(scope="session")
 def sample():
   """A 10-frame 72x100 clip (not 4k+1, not multiples of 32) + reference."""
-  cfg = refvie_mini.MiniConfig(height=72, width=100, num_frames=9,
-                               ref_size=40)
+  cfg = refvie_mini.MiniConfig(height=72, width=100, num_frames=9, ref_size=40)
   s = refvie_mini.make_sample(0, 5, cfg, edit_type="subject_reference")
   source = np.concatenate([s.source, s.source[-1:]])  # 10 frames
   return source, s.ref_image, s.prompt

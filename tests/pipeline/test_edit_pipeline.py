@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from kiwi_jax import sharding
-from kiwi_jax.pipeline import EditPipeline, EditInputError
+from kiwi_jax.pipeline import EditInputError, EditPipeline
 from tests.pipeline import toy_editor
 
-NOISE = np.random.default_rng(3).standard_normal((1, 3, 4, 6, 4)).astype(
-    np.float32)
+NOISE = (
+  np.random.default_rng(3).standard_normal((1, 3, 4, 6, 4)).astype(np.float32)
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,16 +21,33 @@ def pipe(toy_pipeline):
 
 def test_progress_reports_every_step_once(pipe, sample):
   seen = []
-  result = pipe.edit(sample[0], sample[2], steps=3, noise=NOISE,
-                     on_step=lambda done, total: seen.append((done, total)))
+  result = pipe.edit(
+    sample[0],
+    sample[2],
+    steps=3,
+    noise=NOISE,
+    on_step=lambda done, total: seen.append((done, total)),
+  )
   assert seen == [(i, 3) for i in range(1, 4)]
-  assert set(result.seconds) >= {"mllm_encode", "vae_encode", "denoise",
-                                 "vae_decode", "total"}
+  assert set(result.seconds) >= {
+    "mllm_encode",
+    "vae_encode",
+    "denoise",
+    "vae_decode",
+    "total",
+  }
 
 
 def test_call_returns_uint8_frames(pipe, sample):
-  frames = pipe(sample[0], sample[2], ref_image=sample[1], steps=3,
-                max_frames=5, max_pixels=64 * 96, seed=1)
+  frames = pipe(
+    sample[0],
+    sample[2],
+    ref_image=sample[1],
+    steps=3,
+    max_frames=5,
+    max_pixels=64 * 96,
+    seed=1,
+  )
   # 72x100 over 6144 px: int(72 / 1.0825) = 66, int(100 / 1.0825) = 92,
   # floored to multiples of 32.
   assert frames.dtype == np.uint8 and frames.shape == (5, 64, 64, 3)
@@ -44,13 +62,19 @@ def test_seed_and_reference_matter(pipe, sample):
   assert not np.allclose(a, c) and not np.allclose(a, d)
 
 
-def test_guidance_is_off_by_default_and_scale_one_is_conditional(pipe,
-                                                                  sample):
+def test_guidance_is_off_by_default_and_scale_one_is_conditional(pipe, sample):
   base = pipe.edit(sample[0], sample[2], steps=3, noise=NOISE).latents
-  guided = pipe.edit(sample[0], sample[2], steps=3, noise=NOISE,
-                     guidance_scale=1.0).latents
-  strong = pipe.edit(sample[0], sample[2], steps=3, noise=NOISE,
-                     guidance_scale=4.0, negative_prompt="blurry").latents
+  guided = pipe.edit(
+    sample[0], sample[2], steps=3, noise=NOISE, guidance_scale=1.0
+  ).latents
+  strong = pipe.edit(
+    sample[0],
+    sample[2],
+    steps=3,
+    noise=NOISE,
+    guidance_scale=4.0,
+    negative_prompt="blurry",
+  ).latents
   np.testing.assert_allclose(guided, base, atol=1e-5)
   assert not np.allclose(strong, base, atol=1e-3)
 
@@ -59,13 +83,27 @@ def test_text_and_reference_guidance(pipe, sample):
   source, ref, prompt = sample
   base = pipe.edit(source, prompt, ref, steps=3, noise=NOISE).latents
   # Scales of 1 telescope to the fully conditioned velocity.
-  ones = pipe.edit(source, prompt, ref, steps=3, noise=NOISE,
-                   guidance_scale=1.0, ref_guidance_scale=1.0).latents
+  ones = pipe.edit(
+    source,
+    prompt,
+    ref,
+    steps=3,
+    noise=NOISE,
+    guidance_scale=1.0,
+    ref_guidance_scale=1.0,
+  ).latents
   np.testing.assert_allclose(ones, base, atol=1e-5)
   # A zero reference scale is the text-guided edit without the reference.
   no_ref = pipe.edit(source, prompt, steps=3, noise=NOISE).latents
-  zero = pipe.edit(source, prompt, ref, steps=3, noise=NOISE,
-                   guidance_scale=1.0, ref_guidance_scale=0.0).latents
+  zero = pipe.edit(
+    source,
+    prompt,
+    ref,
+    steps=3,
+    noise=NOISE,
+    guidance_scale=1.0,
+    ref_guidance_scale=0.0,
+  ).latents
   np.testing.assert_allclose(zero, no_ref, atol=1e-5)
   with pytest.raises(EditInputError, match="reference image"):
     pipe.edit(source, prompt, steps=3, ref_guidance_scale=2.0)
@@ -99,8 +137,14 @@ def test_sharded_inference_matches_single_device(pipe, sample):
   assert len(kernel.sharding.device_set) == 8
   assert kernel.addressable_shards[0].data.shape == (8, 16)  # fsdp x tensor
   seen = []
-  got = sharded.edit(sample[0], sample[2], sample[1], steps=3, noise=NOISE,
-                     on_step=lambda done, total: seen.append(done))
+  got = sharded.edit(
+    sample[0],
+    sample[2],
+    sample[1],
+    steps=3,
+    noise=NOISE,
+    on_step=lambda done, total: seen.append(done),
+  )
   want = pipe.edit(sample[0], sample[2], sample[1], steps=3, noise=NOISE)
   assert seen == [1, 2, 3]
   np.testing.assert_allclose(got.latents, want.latents, atol=1e-5)
@@ -110,28 +154,40 @@ def test_sharded_inference_matches_single_device(pipe, sample):
 def test_phases_are_announced_once_in_order(pipe, sample):
   source, ref, prompt = sample
   seen = []
-  kwargs = dict(steps=2, noise=NOISE, guidance_scale=2.0,
-                ref_guidance_scale=2.0, on_phase=seen.append)
+  kwargs = dict(
+    steps=2,
+    noise=NOISE,
+    guidance_scale=2.0,
+    ref_guidance_scale=2.0,
+    on_phase=seen.append,
+  )
   first = pipe.edit(source, prompt, ref, **kwargs)
-  assert seen == ["mllm_encode", "vae_encode", "compile", "denoise",
-                  "vae_decode"]
+  assert seen == [
+    "mllm_encode",
+    "vae_encode",
+    "compile",
+    "denoise",
+    "vae_decode",
+  ]
   seen.clear()  # the same shapes again: the loop is already compiled
   again = pipe.edit(source, prompt, ref, **kwargs)
   assert seen == ["mllm_encode", "vae_encode", "denoise", "vae_decode"]
   np.testing.assert_array_equal(first.latents, again.latents)
   seen.clear()
-  pipe.edit(source[0], prompt, steps=2, use_source=False,
-            on_phase=seen.append)
+  pipe.edit(source[0], prompt, steps=2, use_source=False, on_phase=seen.append)
   assert seen == ["mllm_encode", "compile", "denoise", "vae_decode"]
 
 
 def test_out_of_range_arguments_and_outputs(pipe, sample, media, tmp_path):
   from kiwi_jax.pipeline import EditOutputError
   from kiwi_jax.utils.paths import OutputIsInputError
-  for kwargs, needle in [({"steps": 100_000_000_000}, "1..1000"),
-                         ({"seed": -1}, "seed"),
-                         ({"guidance_scale": float("nan")}, "finite"),
-                         ({"negative_prompt": "\udcff"}, "UTF-8")]:
+
+  for kwargs, needle in [
+    ({"steps": 100_000_000_000}, "1..1000"),
+    ({"seed": -1}, "seed"),
+    ({"guidance_scale": float("nan")}, "finite"),
+    ({"negative_prompt": "\udcff"}, "UTF-8"),
+  ]:
     with pytest.raises(EditInputError, match=needle):
       pipe.edit(sample[0], "x", **{"steps": 2, **kwargs})
   with pytest.raises(EditInputError, match="UTF-8"):

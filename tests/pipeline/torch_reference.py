@@ -43,8 +43,11 @@ def torch_toy_velocity(w, z, t_bf16, sigma, context, source, ref):
   if source is not None:
     x = x + sigma * dense(source.reshape(b, -1, c), "source_proj")
   half = x.shape[-1] // 2
-  freqs = torch.tensor(np.power(
-      10000.0, -np.arange(half, dtype=np.float64) / half).astype(np.float32))
+  freqs = torch.tensor(
+    np.power(10000.0, -np.arange(half, dtype=np.float64) / half).astype(
+      np.float32
+    )
+  )
   args = t_bf16.float()[:, None] * freqs
   s = torch.cat([torch.cos(args), torch.sin(args)], -1)
   x = x + dense(s, "time_proj")[:, None]
@@ -61,8 +64,9 @@ def reference_loop(w, noise, context, source, ref, num_steps, sigma_min):
   z = noise.clone()
   for t in scheduler.timesteps:
     t_model = t.unsqueeze(0).to(torch.bfloat16)
-    v = torch_toy_velocity(w, z, t_model, scheduler.get_sigma(t_model),
-                           context, source, ref)
+    v = torch_toy_velocity(
+      w, z, t_model, scheduler.get_sigma(t_model), context, source, ref
+    )
     z = scheduler.step(v, t, z)
   return z
 
@@ -70,6 +74,7 @@ def reference_loop(w, noise, context, source, ref, num_steps, sigma_min):
 def flat_weights(pipe):
   """The pipeline's parameters as torch tensors keyed 'a/b/kernel'."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
+
   out = {}
 
   def walk(tree, prefix):

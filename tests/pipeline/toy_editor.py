@@ -51,26 +51,33 @@ class ToyEditor(nnx.Module):
   """Toy stand-in for ``KiwiEdit`` in ``EditPipeline``; channels-last,
   float32."""
 
-  def __init__(self, cfg: ToyEditorConfig = ToyEditorConfig(), *,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, cfg: ToyEditorConfig = ToyEditorConfig(), *, rngs: nnx.Rngs
+  ):
     self.cfg = cfg
     self.latent_channels = cfg.latent_channels
     self.temporal_factor = cfg.temporal_factor
     self.spatial_factor = cfg.spatial_factor
     self.latent_dtype = jnp.float32
     c, d = cfg.latent_channels, cfg.dim
-    self.token_embed = nnx.Param(sharding.param(
-        nnx.initializers.normal(1.0), rngs.params(), (cfg.vocab, d),
-        jnp.float32, ("vocab", "embed")))
+    self.token_embed = nnx.Param(
+      sharding.param(
+        nnx.initializers.normal(1.0),
+        rngs.params(),
+        (cfg.vocab, d),
+        jnp.float32,
+        ("vocab", "embed"),
+      )
+    )
     self.pixel_proj = Dense(3, d, kernel_axes=(None, "embed"), rngs=rngs)
     self.vae_in = Dense(3, c, kernel_axes=(None, None), rngs=rngs)
     self.vae_out = Dense(c, 3, kernel_axes=(None, None), rngs=rngs)
     self.in_proj = Dense(c, d, kernel_axes=("embed_in", "embed"), rngs=rngs)
-    self.source_proj = Dense(c, d, kernel_axes=("embed_in", "embed"),
-                             rngs=rngs)
+    self.source_proj = Dense(c, d, kernel_axes=("embed_in", "embed"), rngs=rngs)
     self.ref_proj = Dense(c, d, kernel_axes=("embed_in", "embed"), rngs=rngs)
-    self.context_proj = Dense(d, d, kernel_axes=("embed_in", "embed"),
-                              rngs=rngs)
+    self.context_proj = Dense(
+      d, d, kernel_axes=("embed_in", "embed"), rngs=rngs
+    )
     self.time_proj = Dense(d, d, kernel_axes=("embed_in", "embed"), rngs=rngs)
     self.mlp = GeluTanhMLP(d, cfg.hidden, d, rngs=rngs)
     self.out_proj = Dense(d, c, kernel_axes=("embed", None), rngs=rngs)
@@ -82,8 +89,9 @@ class ToyEditor(nnx.Module):
     ids = mllm_inputs["input_ids"]
     context = self.token_embed[...][ids]
     context = context + self.pixel_proj(mllm_inputs["pixel_mean"])[:, None]
-    return KiwiConditions(context=context,
-                          mask=jnp.ones(context.shape[:2], bool))
+    return KiwiConditions(
+      context=context, mask=jnp.ones(context.shape[:2], bool)
+    )
 
   def encode_video(self, video):
     """float[B, T, H, W, 3] -> [B, (T-1)/4+1, H/16, W/16, c]."""
@@ -102,9 +110,17 @@ class ToyEditor(nnx.Module):
     x = jnp.repeat(jnp.repeat(x, s, axis=2), s, axis=3)
     return jnp.concatenate([x[:, :1], jnp.repeat(x[:, 1:], k, axis=1)], 1)
 
-  def denoise_step(self, latents, timestep, context, *,
-                   source_latents=None, sigma=None, ref_latents=None,
-                   context_mask=None):
+  def denoise_step(
+    self,
+    latents,
+    timestep,
+    context,
+    *,
+    source_latents=None,
+    sigma=None,
+    ref_latents=None,
+    context_mask=None,
+  ):
     """Velocity [B, t, h, w, c]; tokens sharded like the DiT's."""
     b, f, h, w, c = latents.shape
     x = self.in_proj(latents.reshape(b, f * h * w, c))
@@ -133,17 +149,22 @@ class ToyProcessor:
 
   def __call__(self, instruction, *, frames, ref_image=None):
     words = instruction.split() or [""]
-    ids = [int(hashlib.md5(w.encode()).hexdigest(), 16) % self.cfg.vocab
-           for w in words][:self.cfg.context_len]
+    ids = [
+      int(hashlib.md5(w.encode()).hexdigest(), 16) % self.cfg.vocab
+      for w in words
+    ][: self.cfg.context_len]
     ids += [0] * (self.cfg.context_len - len(ids))
     mean = frames.reshape(-1, 3).mean(0) / 127.5 - 1
     if ref_image is not None:
       mean = (mean + ref_image.reshape(-1, 3).mean(0) / 127.5 - 1) / 2
-    return {"input_ids": np.asarray([ids], np.int32),
-            "pixel_mean": np.asarray([mean], np.float32)}, {}
+    return {
+      "input_ids": np.asarray([ids], np.int32),
+      "pixel_mean": np.asarray([mean], np.float32),
+    }, {}
 
 
-def make_toy_editor(cfg: ToyEditorConfig = ToyEditorConfig(),
-                    seed: int = 0) -> tuple[ToyEditor, ToyProcessor]:
+def make_toy_editor(
+  cfg: ToyEditorConfig = ToyEditorConfig(), seed: int = 0
+) -> tuple[ToyEditor, ToyProcessor]:
   """A random toy editor and its processor (``EditPipeline(*...)``)."""
   return ToyEditor(cfg, rngs=nnx.Rngs(seed)), ToyProcessor(cfg)

@@ -14,19 +14,27 @@ from kiwi_jax.plan import batches, hlo_stats, run, topology
 from kiwi_jax.tasks.kiwi_task import KiwiTask
 
 
-@pytest.mark.parametrize("name, chips, topo, hbm", [
-    ("v5p-8", 4, "v5:2x2x1", 95.74), ("v5p-64", 32, "v5:2x4x4", 95.74),
-    ("v5p-256", 128, "v5:4x4x8", 95.74), ("v6e-8", 8, "v6e:2x4", 31.25),
-    ("v6e-64", 64, "v6e:8x8", 31.25), ("V5E-4", 4, "v5e:2x2", 15.75),
-    ("v4-16", 8, "v4:2x2x2", 31.75)])
+@pytest.mark.parametrize(
+  "name, chips, topo, hbm",
+  [
+    ("v5p-8", 4, "v5:2x2x1", 95.74),
+    ("v5p-64", 32, "v5:2x4x4", 95.74),
+    ("v5p-256", 128, "v5:4x4x8", 95.74),
+    ("v6e-8", 8, "v6e:2x4", 31.25),
+    ("v6e-64", 64, "v6e:8x8", 31.25),
+    ("V5E-4", 4, "v5e:2x2", 15.75),
+    ("v4-16", 8, "v4:2x2x2", 31.75),
+  ],
+)
 def test_slice_names(name, chips, topo, hbm):
   s = topology.parse_slice(name)
   assert (s.chips, s.topology, s.hbm_gib) == (chips, topo, hbm)
-  assert s.hbm_bytes == int(hbm * 2 ** 30)
+  assert s.hbm_bytes == int(hbm * 2**30)
 
 
-@pytest.mark.parametrize("name", ["v5p-7", "v5p-4096", "v7-8", "v6e",
-                                  "tpu", "v5p-x", ""])
+@pytest.mark.parametrize(
+  "name", ["v5p-7", "v5p-4096", "v7-8", "v6e", "tpu", "v5p-x", ""]
+)
 def test_unknown_slice_lists_valid_names(name):
   with pytest.raises(topology.UnknownSliceError) as e:
     topology.parse_slice(name)
@@ -55,19 +63,33 @@ ENTRY %main {
 
 def test_counts_collectives_and_matmuls_in_hlo_text():
   assert hlo_stats.count_collectives(_HLO) == {
-      "all-gather": 2, "all-reduce": 1, "reduce-scatter": 1,
-      "all-to-all": 1, "collective-permute": 1}
+    "all-gather": 2,
+    "all-reduce": 1,
+    "reduce-scatter": 1,
+    "all-to-all": 1,
+    "collective-permute": 1,
+  }
   assert hlo_stats.count_matmuls(_HLO) == {"total": 3, "f32": 2}
 
 
 def test_counts_collectives_of_a_compiled_sharded_program():
   mesh = jax.make_mesh((8,), ("x",))
-  fn = jax.jit(lambda a, b: a @ b, in_shardings=(
-      NamedSharding(mesh, P(None, "x")), NamedSharding(mesh, P("x", None))),
-               out_shardings=NamedSharding(mesh, P()))
-  text = fn.lower(jax.ShapeDtypeStruct((16, 64), jnp.float32),
-                  jax.ShapeDtypeStruct((64, 32), jnp.float32)
-                  ).compile().as_text()
+  fn = jax.jit(
+    lambda a, b: a @ b,
+    in_shardings=(
+      NamedSharding(mesh, P(None, "x")),
+      NamedSharding(mesh, P("x", None)),
+    ),
+    out_shardings=NamedSharding(mesh, P()),
+  )
+  text = (
+    fn.lower(
+      jax.ShapeDtypeStruct((16, 64), jnp.float32),
+      jax.ShapeDtypeStruct((64, 32), jnp.float32),
+    )
+    .compile()
+    .as_text()
+  )
   counts = hlo_stats.count_collectives(text)
   assert counts["all-reduce"] + counts["reduce-scatter"] >= 1
   assert counts["all-to-all"] == 0
@@ -76,15 +98,20 @@ def test_counts_collectives_of_a_compiled_sharded_program():
 
 def test_memory_need_from_out_of_memory_messages():
   temps = hlo_stats.memory_need(
-      "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
-      "required for HLO temporaries (43.66G) exceeds available HBM "
-      "(15.75G).")
-  assert temps == {"need_bytes": int(43.66 * 2 ** 30),
-                   "available_bytes": int(15.75 * 2 ** 30),
-                   "what": "HLO temporaries"}
-  used = hlo_stats.memory_need("Ran out of memory in memory space hbm. "
-                               "Used 1.74T of 95.74G hbm. Exceeded by 1.6T")
-  assert used["need_bytes"] == int(1.74 * 2 ** 40)
+    "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
+    "required for HLO temporaries (43.66G) exceeds available HBM "
+    "(15.75G)."
+  )
+  assert temps == {
+    "need_bytes": int(43.66 * 2**30),
+    "available_bytes": int(15.75 * 2**30),
+    "what": "HLO temporaries",
+  }
+  used = hlo_stats.memory_need(
+    "Ran out of memory in memory space hbm. "
+    "Used 1.74T of 95.74G hbm. Exceeded by 1.6T"
+  )
+  assert used["need_bytes"] == int(1.74 * 2**40)
   assert hlo_stats.memory_need("INTERNAL: something else") is None
   assert hlo_stats.is_out_of_memory("RESOURCE_EXHAUSTED: x")
 
@@ -97,7 +124,10 @@ def test_mesh_and_program_flags():
       run.parse_mesh(bad)
   names = ["train/image", "train/video", "edit/mllm_encode", "edit/dit_step"]
   assert run.select(names, "edit,train/video") == [
-      "edit/mllm_encode", "edit/dit_step", "train/video"]
+    "edit/mllm_encode",
+    "edit/dit_step",
+    "train/video",
+  ]
   assert run.select(names, "all") == names
   with pytest.raises(ValueError, match="matches no program"):
     run.select(names, "train/reference")
@@ -109,8 +139,10 @@ def test_shape_only_batches_of_the_5b_config():
   config = kiwi_wan22_5b.get_config("stage=3")
   clips = batches.clip_shapes(config)
   assert [(c.mode, c.frames, c.height, c.width) for c in clips] == [
-      ("image", 1, 704, 1280), ("video", 81, 704, 1280),
-      ("reference", 81, 704, 1280)]
+    ("image", 1, 704, 1280),
+    ("video", 81, 704, 1280),
+    ("reference", 81, 704, 1280),
+  ]
   task = KiwiTask(config)
   batch = batches.train_batch(task, clips[2], 2)
   assert batch["target_video"].shape == (2, 81, 704, 1280, 3)
@@ -133,7 +165,8 @@ def test_shape_only_batches_of_the_demo_config():
   config = demo.get_config("")
   clips = batches.clip_shapes(config)
   assert [(c.mode, c.frames, c.height, c.width) for c in clips] == [
-      ("image", 1, 32, 32)]
+    ("image", 1, 32, 32)
+  ]
   example = batches.mllm_example(KiwiTask(config).model_cfg, clips[0])
   assert example["segment_ids"].sum() < example["input_ids"].size
 
@@ -145,9 +178,14 @@ def test_programs_of_every_mode_build_on_a_cpu_mesh():
     config.kiwi.data.batch_size = 4
   mesh = run.slice_mesh(jax.devices()[:4], {"data": -1})
   from kiwi_jax.plan import programs  # pylint: disable=g-import-not-at-top
+
   builders = programs.all_programs(config, mesh)
-  assert list(builders) == ["train/image", "train/video", "train/reference",
-                            *programs.EDIT_PROGRAMS]
+  assert list(builders) == [
+    "train/image",
+    "train/video",
+    "train/reference",
+    *programs.EDIT_PROGRAMS,
+  ]
   dit = builders["edit/dit_step"]()
   assert dit.batch == 1 and dit.model_flops > 0
   latents, conditions, source, ref = dit.args[1:]
@@ -155,7 +193,8 @@ def test_programs_of_every_mode_build_on_a_cpu_mesh():
   # kiwi.ref_tokens 0 (the demo's) became the reference's count.
   assert 0 < config.kiwi.ref_tokens <= 16
   assert conditions.context.shape[1] == (
-      config.kiwi.ref_tokens + 11)  # tiny: 11 reference queries
+    config.kiwi.ref_tokens + 11
+  )  # tiny: 11 reference queries
   assert dit.lower().as_text()
   train = builders["train/reference"]()
   assert train.batch == 4 and train.model_flops > 0

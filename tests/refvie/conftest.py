@@ -20,26 +20,26 @@ POOL_CSV = "pool.csv"
 
 # Planted pairs: key -> (stage, reason) the pipeline must give.
 PLANTED = {
-    "p_same": ("quality", "no_edit"),
-    "p_noise": ("quality", "no_edit"),
-    "p_flicker": ("quality", "unstable_target"),
-    "p_unrelated": ("quality", "total_change"),
-    "p_global_as_local": ("grounding", "global_change"),
-    "p_style": ("grounding", "style_edit"),
-    "p_missing": ("input", "missing_file"),
-    "p_corrupt": ("input", "unreadable_media"),
-    "p_no_prompt": ("input", "empty_prompt"),
-    "x_dup_exact": ("dedup", "duplicate"),
-    "x_dup_brighter": ("dedup", "duplicate"),
+  "p_same": ("quality", "no_edit"),
+  "p_noise": ("quality", "no_edit"),
+  "p_flicker": ("quality", "unstable_target"),
+  "p_unrelated": ("quality", "total_change"),
+  "p_global_as_local": ("grounding", "global_change"),
+  "p_style": ("grounding", "style_edit"),
+  "p_missing": ("input", "missing_file"),
+  "p_corrupt": ("input", "unreadable_media"),
+  "p_no_prompt": ("input", "empty_prompt"),
+  "x_dup_exact": ("dedup", "duplicate"),
+  "x_dup_brighter": ("dedup", "duplicate"),
 }
 # What the instruction-only RefVIE-mini pairs must give, by edit type.
 EXPECTED_BY_TYPE = {
-    "local_recolor": ("accepted", "subject"),
-    "local_add": ("accepted", "subject"),
-    "subject_reference": ("accepted", "subject"),
-    "background_change": ("accepted", "background"),
-    "background_reference": ("accepted", "background"),
-    "local_remove": ("grounding", "removal_edit"),
+  "local_recolor": ("accepted", "subject"),
+  "local_add": ("accepted", "subject"),
+  "subject_reference": ("accepted", "subject"),
+  "background_change": ("accepted", "background"),
+  "background_reference": ("accepted", "background"),
+  "local_remove": ("grounding", "removal_edit"),
 }
 
 
@@ -66,35 +66,59 @@ def planted_pairs(mini_dir):
   flicker = np.clip(flicker, 0, 255).astype(np.uint8)
   brighter = lambda x: np.clip(x.astype(np.int16) + 2, 0, 255).astype(np.uint8)
   cases = {
-      "p_same": (src, src, recolor.prompt),
-      "p_noise": (src, noisy, recolor.prompt),
-      "p_flicker": (src, flicker, recolor.prompt),
-      # Another clip (graded off the palette, so no pixel matches by chance).
-      "p_unrelated": (src, grade(other.target, (0.5, 1.2, 0.7), 7.0),
-                      recolor.prompt),
-      "p_global_as_local": (src, grade(recolor.target), recolor.prompt),
-      "p_style": (src, recolor.target,
-                  "Make it look like an oil painting."),
-      # Copies of pool pair v000000 (same pair as `recolor`); equal scores,
-      # so the smaller key is kept: the copies' keys sort after it.
-      "x_dup_exact": (src, recolor.target, recolor.prompt),
-      "x_dup_brighter": (brighter(src), brighter(recolor.target),
-                       recolor.prompt),
+    "p_same": (src, src, recolor.prompt),
+    "p_noise": (src, noisy, recolor.prompt),
+    "p_flicker": (src, flicker, recolor.prompt),
+    # Another clip (graded off the palette, so no pixel matches by chance).
+    "p_unrelated": (
+      src,
+      grade(other.target, (0.5, 1.2, 0.7), 7.0),
+      recolor.prompt,
+    ),
+    "p_global_as_local": (src, grade(recolor.target), recolor.prompt),
+    "p_style": (src, recolor.target, "Make it look like an oil painting."),
+    # Copies of pool pair v000000 (same pair as `recolor`); equal scores,
+    # so the smaller key is kept: the copies' keys sort after it.
+    "x_dup_exact": (src, recolor.target, recolor.prompt),
+    "x_dup_brighter": (brighter(src), brighter(recolor.target), recolor.prompt),
   }
   rows = []
   for key, (source, target, prompt) in cases.items():
     _write_video(mini_dir / "planted" / f"{key}_src.mp4", source)
     _write_video(mini_dir / "planted" / f"{key}_tgt.mp4", target)
-    rows.append({"iid": key, "src_video": f"planted/{key}_src.mp4",
-                 "tgt_video": f"planted/{key}_tgt.mp4", "prompt": prompt})
-  rows.append({"iid": "p_missing", "src_video": "planted/nowhere.mp4",
-               "tgt_video": "planted/nowhere_tgt.mp4",
-               "prompt": recolor.prompt})
+    rows.append(
+      {
+        "iid": key,
+        "src_video": f"planted/{key}_src.mp4",
+        "tgt_video": f"planted/{key}_tgt.mp4",
+        "prompt": prompt,
+      }
+    )
+  rows.append(
+    {
+      "iid": "p_missing",
+      "src_video": "planted/nowhere.mp4",
+      "tgt_video": "planted/nowhere_tgt.mp4",
+      "prompt": recolor.prompt,
+    }
+  )
   (mini_dir / "planted" / "corrupt.mp4").write_bytes(b"not a video")
-  rows.append({"iid": "p_corrupt", "src_video": "planted/p_same_src.mp4",
-               "tgt_video": "planted/corrupt.mp4", "prompt": recolor.prompt})
-  rows.append({"iid": "p_no_prompt", "src_video": "planted/p_same_src.mp4",
-               "tgt_video": "planted/x_dup_exact_tgt.mp4", "prompt": " "})
+  rows.append(
+    {
+      "iid": "p_corrupt",
+      "src_video": "planted/p_same_src.mp4",
+      "tgt_video": "planted/corrupt.mp4",
+      "prompt": recolor.prompt,
+    }
+  )
+  rows.append(
+    {
+      "iid": "p_no_prompt",
+      "src_video": "planted/p_same_src.mp4",
+      "tgt_video": "planted/x_dup_exact_tgt.mp4",
+      "prompt": " ",
+    }
+  )
   return rows
 
 
@@ -103,8 +127,9 @@ def mini_pool(tmp_path_factory):
   """(directory, pool CSV path, {key: edit type}) of RefVIE-mini as
   instruction-only pairs (true references withheld) plus planted pairs."""
   out = tmp_path_factory.mktemp("refvie_pool")
-  csvs = refvie_mini.write_dataset(out, num_videos=NUM_VIDEOS,
-                                   num_images=NUM_IMAGES, seed=0, cfg=CFG)
+  csvs = refvie_mini.write_dataset(
+    out, num_videos=NUM_VIDEOS, num_images=NUM_IMAGES, seed=0, cfg=CFG
+  )
   rows = []
   for name in ("video", "ref", "image"):
     with open(csvs[name]) as f:
@@ -114,7 +139,8 @@ def mini_pool(tmp_path_factory):
   rows.extend(planted_pairs(out))
   with open(out / POOL_CSV, "w", newline="") as f:
     writer = csv.DictWriter(
-        f, ["iid", "src_video", "tgt_video", "prompt"], lineterminator="\n")
+      f, ["iid", "src_video", "tgt_video", "prompt"], lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(rows)
   types = {}
@@ -129,7 +155,6 @@ def as_pair(sample) -> Pair:
   return Pair(sample.key, sample.prompt, sample.source, sample.target)
 
 
-
 def pool_rows(pool_csv):
   return metadata.read_csv_rows(pool_csv)
 
@@ -139,6 +164,7 @@ def local_run(mini_pool, tmp_path_factory):
   """(output directory, report) of the single-machine driver on the pool."""
   base, pool_csv, _ = mini_pool
   out = tmp_path_factory.mktemp("refvie_local")
-  report = pipeline_local.run_local(pool_rows(pool_csv), base, out,
-                                    chunk_size=7, progress=False)
+  report = pipeline_local.run_local(
+    pool_rows(pool_csv), base, out, chunk_size=7, progress=False
+  )
   return out, report

@@ -9,8 +9,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
   return float((a & b).sum() / max(1, (a | b).sum()))
 
 
-def object_crop(image: np.ndarray, shown: np.ndarray,
-                size: int = 32) -> np.ndarray:
+def object_crop(
+  image: np.ndarray, shown: np.ndarray, size: int = 32
+) -> np.ndarray:
   """The shown object's bounding box, on white, resized to size x size.
 
   Scaffolds and true references frame the object differently (reference §4.5 only
@@ -18,14 +19,16 @@ def object_crop(image: np.ndarray, shown: np.ndarray,
   """
   ys, xs = np.nonzero(shown)
   crop = np.where(shown[..., None], image, 255).astype(np.uint8)
-  crop = crop[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-  return np.asarray(Image.fromarray(crop).resize(
-      (size, size), Image.Resampling.BILINEAR), np.float64)
+  crop = crop[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+  return np.asarray(
+    Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR),
+    np.float64,
+  )
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
   mse = float(np.mean((a - b) ** 2))
-  return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+  return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -36,9 +39,13 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
   for ch in range(3):
     x, y = a[..., ch], b[..., ch]
     mx, my = f(x), f(y)
-    vx, vy, cov = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
-    values.append((((2 * mx * my + c1) * (2 * cov + c2))
-                   / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean())
+    vx, vy, cov = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
+    values.append(
+      (
+        ((2 * mx * my + c1) * (2 * cov + c2))
+        / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+      ).mean()
+    )
   return float(np.mean(values))
 
 

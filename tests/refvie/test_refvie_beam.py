@@ -26,8 +26,7 @@ from tests.refvie.test_refvie_dedup import _random_signatures
 
 
 @pytest.mark.slow
-def test_beam_and_local_give_the_same_records(mini_pool, local_run,
-                                              tmp_path):
+def test_beam_and_local_give_the_same_records(mini_pool, local_run, tmp_path):
   base, pool_csv, _ = mini_pool
   local_out, local_report = local_run
   from_rows = tmp_path / "rows"
@@ -43,16 +42,30 @@ def test_beam_and_local_give_the_same_records(mini_pool, local_run,
 
 def test_beam_deduplicate_equals_the_local_rule():
   candidates = _random_signatures(random.Random(2), 40, 5)
-  outcomes = [Outcome(key=c.key, origin="", prompt="", status="accepted",
-                      priority=c.priority, signature=list(c.signature))
-              for c in candidates]
-  outcomes.append(Outcome(key="rejected", origin="", prompt="",
-                          stage="quality", reason="no_edit"))
+  outcomes = [
+    Outcome(
+      key=c.key,
+      origin="",
+      prompt="",
+      status="accepted",
+      priority=c.priority,
+      signature=list(c.signature),
+    )
+    for c in candidates
+  ]
+  outcomes.append(
+    Outcome(
+      key="rejected", origin="", prompt="", stage="quality", reason="no_edit"
+    )
+  )
   want = dedup.find_duplicates(candidates, dedup.DedupConfig())
   assert want
   expected = sorted((o.key, want.get(o.key)) for o in outcomes)
   with beam.Pipeline() as p:
-    got = (p | beam.Create(outcomes)
-           | pipeline_beam.Deduplicate(dedup.DedupConfig())
-           | beam.Map(lambda o: (o.key, o.duplicate_of)))
+    got = (
+      p
+      | beam.Create(outcomes)
+      | pipeline_beam.Deduplicate(dedup.DedupConfig())
+      | beam.Map(lambda o: (o.key, o.duplicate_of))
+    )
     util.assert_that(got, util.equal_to(expected))

@@ -25,15 +25,21 @@ OUTPUT_FILES = ("refvie.csv", "provenance.jsonl", "report.json")
 
 
 def _outcomes(out):
-  return {o.key: o for o in map(
-      Outcome.from_json, (out / "provenance.jsonl").read_text().splitlines())}
+  return {
+    o.key: o
+    for o in map(
+      Outcome.from_json, (out / "provenance.jsonl").read_text().splitlines()
+    )
+  }
 
 
 def _snapshot(out):
   """Every output file's bytes (work/ excluded), by relative path."""
-  return {str(p.relative_to(out)): p.read_bytes()
-          for p in sorted(out.rglob("*"))
-          if p.is_file() and p.relative_to(out).parts[0] != "work"}
+  return {
+    str(p.relative_to(out)): p.read_bytes()
+    for p in sorted(out.rglob("*"))
+    if p.is_file() and p.relative_to(out).parts[0] != "work"
+  }
 
 
 def test_every_pair_gets_the_right_outcome(mini_pool, local_run):
@@ -55,7 +61,9 @@ def test_every_pair_gets_the_right_outcome(mini_pool, local_run):
   for key, (stage, reason) in PLANTED.items():
     o = outcomes[key]
     assert (o.status, o.stage, o.reason) == ("rejected", stage, reason), (
-        key, o.detail)
+      key,
+      o.detail,
+    )
     assert o.detail
   # Both planted copies of v000000 go; the original stays.
   assert outcomes["x_dup_exact"].duplicate_of == "v000000"
@@ -82,8 +90,13 @@ def test_output_is_refvie_format_and_loads(local_run):
   out, report = local_run
   with open(out / "refvie.csv") as f:
     rows = list(csv.DictReader(f))
-  assert list(rows[0]) == ["iid", "src_video", "tgt_video", "ref_image",
-                           "prompt"]
+  assert list(rows[0]) == [
+    "iid",
+    "src_video",
+    "tgt_video",
+    "ref_image",
+    "prompt",
+  ]
   assert len(rows) == report["accepted"]
   assert [r["iid"] for r in rows] == sorted(r["iid"] for r in rows)
   # Media of duplicates is gone, the rest is present.
@@ -92,14 +105,16 @@ def test_output_is_refvie_format_and_loads(local_run):
   for row in metadata.read_csv_rows(out / "refvie.csv"):
     frames = 1 if row.key.startswith("i") else 5
     fields, problems = record_builder.check_row(
-        row, out, record_builder.CheckOptions(min_frames=frames))
+      row, out, record_builder.CheckOptions(min_frames=frames)
+    )
     assert not problems and fields["has_ref"]
   ref = video_io.decode_image((out / rows[0]["ref_image"]).read_bytes())
   assert ref.ndim == 3 and (ref[0] == 255).all()  # white canvas border
 
 
 def test_resume_skips_done_chunks_and_gives_the_same_output(
-    mini_pool, local_run, tmp_path):
+  mini_pool, local_run, tmp_path
+):
   base, pool_csv, _ = mini_pool
   first, _ = local_run
   out = tmp_path / "resumed"
@@ -112,28 +127,32 @@ def test_resume_skips_done_chunks_and_gives_the_same_output(
     path.unlink()
   for name in OUTPUT_FILES:
     (out / name).unlink()
-  pipeline_local.run_local(pool_rows(pool_csv), base, out, chunk_size=7,
-                           progress=False)
+  pipeline_local.run_local(
+    pool_rows(pool_csv), base, out, chunk_size=7, progress=False
+  )
   assert chunks[0].stat().st_mtime_ns == kept
   assert _snapshot(out) == _snapshot(first)
 
 
-def test_resume_with_other_settings_is_refused(mini_pool, local_run,
-                                               tmp_path):
+def test_resume_with_other_settings_is_refused(mini_pool, local_run, tmp_path):
   base, pool_csv, _ = mini_pool
   out = tmp_path / "other"
   shutil.copytree(local_run[0], out)
-  other = process.Pipeline(grounder=grounding.DiffGrounder(
-      grounding.GroundingConfig(low_threshold=20.0)))
+  other = process.Pipeline(
+    grounder=grounding.DiffGrounder(
+      grounding.GroundingConfig(low_threshold=20.0)
+    )
+  )
   rows = pool_rows(pool_csv)
   with pytest.raises(ValueError, match="different pipeline"):
-    pipeline_local.run_local(rows, base, out, other, chunk_size=7,
-                             progress=False)
+    pipeline_local.run_local(
+      rows, base, out, other, chunk_size=7, progress=False
+    )
   with pytest.raises(ValueError, match="different num_rows, rows_sha256"):
-    pipeline_local.run_local(rows[:-1], base, out, chunk_size=7,
-                             progress=False)
-  report = pipeline_local.run_local(rows, base, out, other, chunk_size=7,
-                                    progress=False, overwrite=True)
+    pipeline_local.run_local(rows[:-1], base, out, chunk_size=7, progress=False)
+  report = pipeline_local.run_local(
+    rows, base, out, other, chunk_size=7, progress=False, overwrite=True
+  )
   assert report["input"] == len(rows)
 
 
@@ -147,20 +166,33 @@ def test_duplicate_keys_are_refused(mini_pool, tmp_path):
 @pytest.mark.slow
 def test_process_pool_gives_the_same_output(mini_pool, local_run, tmp_path):
   base, pool_csv, _ = mini_pool
-  pipeline_local.run_local(pool_rows(pool_csv), base, tmp_path, chunk_size=7,
-                           num_workers=2, progress=False)
+  pipeline_local.run_local(
+    pool_rows(pool_csv),
+    base,
+    tmp_path,
+    chunk_size=7,
+    num_workers=2,
+    progress=False,
+  )
   assert _snapshot(tmp_path) == _snapshot(local_run[0])
 
 
 def test_command_line(mini_pool, local_run, tmp_path, capsys):
   base, pool_csv, _ = mini_pool
   out, records_dir = tmp_path / "out", tmp_path / "records"
-  rc = cli.main([f"--csv={pool_csv}", f"--base_dir={base}",
-                 f"--out_dir={out}", "--chunk_size=7", "--no_progress",
-                 f"--records_dir={records_dir}"])
+  rc = cli.main(
+    [
+      f"--csv={pool_csv}",
+      f"--base_dir={base}",
+      f"--out_dir={out}",
+      "--chunk_size=7",
+      "--no_progress",
+      f"--records_dir={records_dir}",
+    ]
+  )
   assert rc == 0
   printed = capsys.readouterr().out
-  report = json.loads(printed[:printed.index("ArrayRecord shards")])
+  report = json.loads(printed[: printed.index("ArrayRecord shards")])
   assert report == local_run[1]
   assert _snapshot(out) == _snapshot(local_run[0])
   built = json.loads((records_dir / "refvie.report.json").read_text())
@@ -171,9 +203,9 @@ def test_command_line(mini_pool, local_run, tmp_path, capsys):
 def test_reference_media_mode_lists_original_paths(mini_pool, tmp_path):
   base, pool_csv, _ = mini_pool
   rows = [r for r in pool_rows(pool_csv) if r.key == "v000000"]
-  pipeline_local.run_local(rows, base, tmp_path,
-                           process.Pipeline(media="reference"),
-                           progress=False)
+  pipeline_local.run_local(
+    rows, base, tmp_path, process.Pipeline(media="reference"), progress=False
+  )
   (row,) = metadata.read_csv_rows(tmp_path / "refvie.csv")
   assert row.src_video == str(base / "media/src/v000000.mp4")
   assert not (tmp_path / "media/src").exists()
@@ -193,12 +225,18 @@ def test_rejections_keep_their_provenance(local_run):
 
 
 def test_beam_runner_without_beam_says_what_to_install(
-    mini_pool, tmp_path, monkeypatch, capsys):
+  mini_pool, tmp_path, monkeypatch, capsys
+):
   base, pool_csv, _ = mini_pool
   monkeypatch.setitem(sys.modules, "apache_beam", None)
-  monkeypatch.delitem(sys.modules, "kiwi_jax.refvie.run_beam",
-                      raising=False)
-  rc = cli.main([f"--csv={pool_csv}", f"--base_dir={base}",
-                 f"--out_dir={tmp_path}", "--runner=beam"])
+  monkeypatch.delitem(sys.modules, "kiwi_jax.refvie.run_beam", raising=False)
+  rc = cli.main(
+    [
+      f"--csv={pool_csv}",
+      f"--base_dir={base}",
+      f"--out_dir={tmp_path}",
+      "--runner=beam",
+    ]
+  )
   assert rc == 2
   assert "pip install apache-beam" in capsys.readouterr().err

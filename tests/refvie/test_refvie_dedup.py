@@ -7,7 +7,6 @@ import numpy as np
 
 from kiwi_jax.data import refvie_mini
 from kiwi_jax.refvie import dedup
-
 from tests.refvie.conftest import CFG
 
 
@@ -17,11 +16,16 @@ def test_phash_is_robust_to_small_changes_and_tells_scenes_apart():
   a = samples[0]
   brighter = lambda x: np.clip(x.astype(np.int16) + 3, 0, 255).astype(np.uint8)
   assert dedup.distance(sigs[0], sigs[0]) == 0
-  assert dedup.distance(
-      sigs[0], dedup.signature(brighter(a.source), brighter(a.target))) <= 4
+  assert (
+    dedup.distance(
+      sigs[0], dedup.signature(brighter(a.source), brighter(a.target))
+    )
+    <= 4
+  )
   config = dedup.DedupConfig()
-  closest = min(dedup.distance(x, y) for x, y in itertools.combinations(
-      sigs, 2))
+  closest = min(
+    dedup.distance(x, y) for x, y in itertools.combinations(sigs, 2)
+  )
   assert closest > config.max_distance, closest
 
 
@@ -36,16 +40,22 @@ def _random_signatures(rng, count, clusters):
       for _ in range(rng.randrange(0, 5)):
         h ^= 1 << rng.randrange(64)
       sig.append(f"{h:016x}")
-    out.append(dedup.Candidate(f"k{i:03d}", rng.choice([0.5, 0.7, 0.9]),
-                               tuple(sig)))
+    out.append(
+      dedup.Candidate(f"k{i:03d}", rng.choice([0.5, 0.7, 0.9]), tuple(sig))
+    )
   return out
 
 
 def _brute_force(candidates, max_distance):
   out = {}
   for c in candidates:
-    better = [o for o in candidates if o.key != c.key and o.rank < c.rank
-              and dedup.distance(o.signature, c.signature) <= max_distance]
+    better = [
+      o
+      for o in candidates
+      if o.key != c.key
+      and o.rank < c.rank
+      and dedup.distance(o.signature, c.signature) <= max_distance
+    ]
     if better:
       out[c.key] = min(better, key=lambda o: o.rank).key
   return out

@@ -6,18 +6,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from kiwi_jax.data import metadata
-from kiwi_jax.data import mini_scene
-from kiwi_jax.data import refvie_mini
-from kiwi_jax.data import video_io
-from kiwi_jax.refvie import grounding
-from kiwi_jax.refvie import instructions
-from kiwi_jax.refvie import process
-from kiwi_jax.refvie import quality
-from kiwi_jax.refvie import synthesis
-from kiwi_jax.refvie import verification
+from kiwi_jax.data import metadata, mini_scene, refvie_mini, video_io
+from kiwi_jax.refvie import (
+  grounding,
+  instructions,
+  process,
+  quality,
+  synthesis,
+  verification,
+)
 from kiwi_jax.refvie.types import Pair, Rejected
-
 from tests.refvie import metrics
 from tests.refvie.conftest import CFG, as_pair, grade
 
@@ -33,7 +31,9 @@ SYNTH = synthesis.ReferenceSynthesizer()
 MIN_SSIM, MIN_PSNR, MIN_MATCHING = 0.75, 15.0, 0.9
 
 
-@pytest.mark.parametrize("text, kind", [
+@pytest.mark.parametrize(
+  "text, kind",
+  [
     ("Change the color of the red circle to blue.", "subject"),
     ("Add a green square moving across the scene.", "subject"),
     ("Replace the cat with the object in the reference image.", "subject"),
@@ -43,7 +43,8 @@ MIN_SSIM, MIN_PSNR, MIN_MATCHING = 0.75, 15.0, 0.9
     ("Make it look like an oil painting.", "style"),
     ("Turn the video into anime style.", "style"),
     ("zzz", "unknown"),
-])
+  ],
+)
 def test_instruction_kinds(text, kind):
   assert instructions.edit_kind(text) == kind
 
@@ -89,15 +90,17 @@ def _subject_scores(samples, synth=SYNTH):
     pair = as_pair(sample)
     scaffold = synth(pair, GROUNDER(pair))
     a = metrics.object_crop(scaffold.image, scaffold.alpha)
-    b = metrics.object_crop(sample.ref_image, metrics.not_white(
-        sample.ref_image))
+    b = metrics.object_crop(
+      sample.ref_image, metrics.not_white(sample.ref_image)
+    )
     out.append((metrics.ssim(a, b), metrics.psnr(a, b)))
   return np.array(out)
 
 
 def test_subject_scaffolds_match_true_reference_objects():
-  samples = [refvie_mini.make_sample(0, i, CFG, "subject_reference")
-             for i in range(12)]
+  samples = [
+    refvie_mini.make_sample(0, i, CFG, "subject_reference") for i in range(12)
+  ]
   scores = _subject_scores(samples)
   print(np.round(scores, 2).tolist())
   matching = (scores[:, 0] >= MIN_SSIM) & (scores[:, 1] >= MIN_PSNR)
@@ -105,8 +108,10 @@ def test_subject_scaffolds_match_true_reference_objects():
   assert scores[:, 0].mean() >= 0.85, scores
   # The metric tells the right object from the wrong one: the object the
   # edit replaced (source and target swapped) does not match the reference.
-  wrong = [dataclasses.replace(s, source=s.target, target=s.source)
-           for s in samples[:6]]
+  wrong = [
+    dataclasses.replace(s, source=s.target, target=s.source)
+    for s in samples[:6]
+  ]
   wrong_scores = []
   for sample in wrong:
     try:
@@ -137,7 +142,8 @@ def test_scaffold_follows_reference_image_conventions():
   found = GROUNDER(pair)
   for canvas in (None, 48):
     synth = synthesis.ReferenceSynthesizer(
-        synthesis.SynthesisConfig(canvas_size=canvas))
+      synthesis.SynthesisConfig(canvas_size=canvas)
+    )
     scaffold = synth(pair, found)
     h, w, _ = scaffold.image.shape
     assert h == w and (canvas is None or h == canvas)
@@ -188,8 +194,9 @@ def test_cleaner_slot_fills_the_holes():
 
   default = SYNTH(pair, GROUNDER(pair))
   painted = synthesis.ReferenceSynthesizer(cleaner=paint_red)(
-      pair, GROUNDER(pair))
-  (holes, prompt), = calls
+    pair, GROUNDER(pair)
+  )
+  ((holes, prompt),) = calls
   assert prompt == sample.prompt
   assert holes.any() == (not default.alpha.all())
   assert (painted.image[holes] == (255, 0, 0)).all()
@@ -202,13 +209,17 @@ def test_quality_rules_reject_with_reasons():
   qf = quality.QualityFilter()
   assert qf(pair)["change_fraction"] > 0
   cases = {
-      "too_small": Pair("k", "p", sample.source[:, :40, :40],
-                        sample.target[:, :40, :40]),
-      "bad_aspect": Pair("k", "p", np.tile(sample.source, (1, 1, 4, 1)),
-                         np.tile(sample.target, (1, 1, 4, 1))),
-      "size_mismatch": Pair("k", "p", sample.source,
-                            sample.target[:, :, :48]),
-      "length_mismatch": Pair("k", "p", sample.source, sample.target[:3]),
+    "too_small": Pair(
+      "k", "p", sample.source[:, :40, :40], sample.target[:, :40, :40]
+    ),
+    "bad_aspect": Pair(
+      "k",
+      "p",
+      np.tile(sample.source, (1, 1, 4, 1)),
+      np.tile(sample.target, (1, 1, 4, 1)),
+    ),
+    "size_mismatch": Pair("k", "p", sample.source, sample.target[:, :, :48]),
+    "length_mismatch": Pair("k", "p", sample.source, sample.target[:3]),
   }
   for reason, bad in cases.items():
     with pytest.raises(Rejected) as e:
@@ -235,15 +246,18 @@ def test_global_change_posing_as_background_edit():
   with pytest.raises(Rejected, match="global_change"):
     GROUNDER(graded)
   local = refvie_mini.make_sample(0, 0, CFG, "local_recolor")
-  claims_background = Pair("k", "Replace the background with snow.",
-                           local.source, local.target)
+  claims_background = Pair(
+    "k", "Replace the background with snow.", local.source, local.target
+  )
   with pytest.raises(Rejected, match="kind_mismatch"):
     GROUNDER(claims_background)
 
 
 def test_unknown_instruction_falls_back_to_geometry():
-  for edit_type, kind in (("local_add", "subject"),
-                          ("background_change", "background")):
+  for edit_type, kind in (
+    ("local_add", "subject"),
+    ("background_change", "background"),
+  ):
     sample = refvie_mini.make_sample(0, 2, CFG, edit_type)
     pair = Pair("k", "zzz", sample.source, sample.target)
     assert GROUNDER(pair).kind == kind
@@ -258,7 +272,8 @@ def test_instruction_box_grounder_keeps_the_named_object():
   assert metrics.iou(plain.mask, sample.mask) < 0.85
   truth_boxes = grounding.boxes_of(sample.mask)
   located = grounding.InstructionBoxGrounder(
-      locate=lambda frames, prompt: truth_boxes, margin=2)(pair)
+    locate=lambda frames, prompt: truth_boxes, margin=2
+  )(pair)
   assert metrics.iou(located.mask, sample.mask) >= 0.95
   with pytest.raises(ValueError, match="boxes for 5 frames"):
     grounding.InstructionBoxGrounder(locate=lambda f, p: [None])(pair)
@@ -272,52 +287,64 @@ def test_verifier_rejects_scaffolds_that_show_the_source():
   verifier = verification.Verifier()
   assert verifier(pair, found, scaffold)["margin"] > 0.5
   # The recoloured object's old look: cut from the source instead.
-  old = dataclasses.replace(scaffold, image=np.where(
-      scaffold.alpha[..., None], sample.source[scaffold.frame][
-          found.mask[scaffold.frame]][0], 255).astype(np.uint8))
+  old = dataclasses.replace(
+    scaffold,
+    image=np.where(
+      scaffold.alpha[..., None],
+      sample.source[scaffold.frame][found.mask[scaffold.frame]][0],
+      255,
+    ).astype(np.uint8),
+  )
   with pytest.raises(Rejected, match="scaffold_mismatch"):
     verifier(pair, found, old)
-  lenient = verification.Verifier(verification.VerificationConfig(
-      min_target_similarity=0.0))
+  lenient = verification.Verifier(
+    verification.VerificationConfig(min_target_similarity=0.0)
+  )
   with pytest.raises(Rejected, match="scaffold_matches_source"):
     lenient(pair, found, old)
   # Embedder slot: an embedding that sees no difference rejects everything.
   blind = verification.Verifier(
-      embedder=lambda image, mask: np.array([1.0, 0.0]))
+    embedder=lambda image, mask: np.array([1.0, 0.0])
+  )
   with pytest.raises(Rejected, match="scaffold_matches_source"):
     blind(pair, found, scaffold)
 
 
 def test_analysis_copy_and_full_resolution_scaffold(tmp_path):
-  big = refvie_mini.MiniConfig(height=128, width=128, num_frames=5,
-                               ref_size=64)
+  big = refvie_mini.MiniConfig(height=128, width=128, num_frames=5, ref_size=64)
   sample = refvie_mini.make_sample(0, 0, big, "subject_reference")
   for name, frames in (("s.mp4", sample.source), ("t.mp4", sample.target)):
-    (tmp_path / name).write_bytes(
-        video_io.encode_video(frames, lossless=True))
-  row = metadata.Row(key="big", origin="test", prompt=sample.prompt,
-                     src_video="s.mp4", tgt_video="t.mp4")
+    (tmp_path / name).write_bytes(video_io.encode_video(frames, lossless=True))
+  row = metadata.Row(
+    key="big",
+    origin="test",
+    prompt=sample.prompt,
+    src_video="s.mp4",
+    tgt_video="t.mp4",
+  )
   # min_side 100 holds for the 128 px media though the analysis copy is 64.
   pipe = process.Pipeline(
-      quality=quality.QualityFilter(quality.QualityConfig(min_side=100)),
-      analysis_max_side=64)
+    quality=quality.QualityFilter(quality.QualityConfig(min_side=100)),
+    analysis_max_side=64,
+  )
   outcome = pipe.process(row, tmp_path, tmp_path / "out")
   assert outcome.status == "accepted", outcome.detail
   assert max(max(b[2:]) for b in outcome.boxes) <= 64  # analysis boxes
   scaffold = video_io.decode_image(
-      (tmp_path / "out" / outcome.ref_image).read_bytes())
+    (tmp_path / "out" / outcome.ref_image).read_bytes()
+  )
   shown = metrics.not_white(scaffold)
   ys, xs = np.nonzero(shown)
   assert max(np.ptp(ys), np.ptp(xs)) + 1 > 32  # cut at 128 px, not 64
   a = metrics.object_crop(scaffold, shown)
-  b = metrics.object_crop(sample.ref_image, metrics.not_white(
-      sample.ref_image))
+  b = metrics.object_crop(sample.ref_image, metrics.not_white(sample.ref_image))
   assert metrics.ssim(a, b) >= MIN_SSIM and metrics.psnr(a, b) >= MIN_PSNR
 
 
 def test_lossy_presets_on_separately_encoded_pairs():
   lossy = lambda x, crf: video_io.decode_video(
-      video_io.encode_video(x, crf=crf))
+    video_io.encode_video(x, crf=crf)
+  )
   grounder = grounding.DiffGrounder(grounding.LOSSY)
   qf = quality.QualityFilter(quality.LOSSY)
   ious = []
@@ -327,7 +354,8 @@ def test_lossy_presets_on_separately_encoded_pairs():
     pair = Pair("k", sample.prompt, source, lossy(sample.target, 18))
     qf(pair)  # a real edit passes
     mask, _ = grounder.changed_region(
-        pair, fill_holes="background" not in sample.edit_type)
+      pair, fill_holes="background" not in sample.edit_type
+    )
     ious.append(metrics.iou(mask, sample.mask))
     # The same frames at another quality are no edit.
     with pytest.raises(Rejected, match="no_edit"):
@@ -340,21 +368,23 @@ def test_synthesis_rejects_regions_without_a_new_subject():
   pair = as_pair(sample)
   mask, scores = GROUNDER.changed_region(pair, fill_holes=True)
   # Forced through as a subject edit, a removal shows only background.
-  found = grounding.Grounding("subject", mask, grounding.boxes_of(mask),
-                              scores)
+  found = grounding.Grounding("subject", mask, grounding.boxes_of(mask), scores)
   with pytest.raises(Rejected, match="no_subject_in_target"):
     SYNTH(pair, found)
-  empty = grounding.Grounding("subject", np.zeros_like(mask),
-                              [None] * len(mask), scores)
+  empty = grounding.Grounding(
+    "subject", np.zeros_like(mask), [None] * len(mask), scores
+  )
   with pytest.raises(Rejected, match="no_subject_in_target"):
     SYNTH(pair, empty)
   tiny = synthesis.ReferenceSynthesizer(
-      synthesis.SynthesisConfig(min_subject_pixels=10_000))
+    synthesis.SynthesisConfig(min_subject_pixels=10_000)
+  )
   add = as_pair(refvie_mini.make_sample(0, 0, CFG, "local_add"))
   with pytest.raises(Rejected, match="subject_too_small"):
     tiny(add, GROUNDER(add))
   # A background plate needs the new background to be visible.
-  small = grounding.Grounding("background", mask, grounding.boxes_of(mask),
-                              scores)
+  small = grounding.Grounding(
+    "background", mask, grounding.boxes_of(mask), scores
+  )
   with pytest.raises(Rejected, match="no_background_visible"):
     SYNTH(pair, small)

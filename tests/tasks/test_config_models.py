@@ -13,22 +13,31 @@ from flax import nnx
 from kiwi_jax.tasks import kiwi_task
 from kiwi_jax.train_lib.train_state import path_name
 
-CASES = [("kiwi_wan22_5b", "stage=1", 1), ("kiwi_wan22_5b", "stage=2", 2),
-         ("kiwi_wan22_5b", "stage=3", 3), ("kiwi_wan21_14b", "stage=1", 1),
-         ("kiwi_wan21_14b", "stage=2", 2)]
+CASES = [
+  ("kiwi_wan22_5b", "stage=1", 1),
+  ("kiwi_wan22_5b", "stage=2", 2),
+  ("kiwi_wan22_5b", "stage=3", 3),
+  ("kiwi_wan21_14b", "stage=1", 1),
+  ("kiwi_wan21_14b", "stage=2", 2),
+]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _abstract_params(name, dit_lora):
   """{path: shape} of the config family's model (the same for every stage
   but for the DiT LoRA of the 14B stage 2)."""
-  task = kiwi_task.KiwiTask(importlib.import_module(
-      f"configs.{name}").get_config("stage=2" if dit_lora else ""))
+  task = kiwi_task.KiwiTask(
+    importlib.import_module(f"configs.{name}").get_config(
+      "stage=2" if dit_lora else ""
+    )
+  )
   assert bool(task.model_cfg.dit.lora_rank) == dit_lora
   model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0)))
   state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  return {path_name(p): x.shape
-          for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+  return {
+    path_name(p): x.shape
+    for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+  }
 
 
 @pytest.mark.slow
@@ -40,9 +49,12 @@ def test_config_model_builds_abstractly(name, arg, stage):
   assert sum(int(np.prod(s)) for s in params.values()) > 5e9
   for regex in task.trainable + task.frozen:  # none is a typo
     assert any(re.search(regex, n) for n in params), regex
-  names = [n for n in params
-           if any(re.search(r, n) for r in task.trainable)
-           and not any(re.search(r, n) for r in task.frozen)]
+  names = [
+    n
+    for n in params
+    if any(re.search(r, n) for r in task.trainable)
+    and not any(re.search(r, n) for r in task.frozen)
+  ]
   assert any(n.endswith("lora_a") for n in names)
   assert not any(n.startswith(("vae/", "mllm/visual/")) for n in names)
   dit_trains = {n for n in names if n.startswith("dit/blocks")}

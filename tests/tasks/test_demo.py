@@ -24,10 +24,12 @@ def test_demo_runlocal_end_to_end(tmp_path, capsys):
   assert len(list((tmp_path / "edits").glob("*.mp4"))) == 6
   # Stage handoff through model_init: each stage starts from the previous.
   for stage in (2, 3):
-    config = json.loads((tmp_path / f"stage{stage}" /
-                         "config.json").read_text())
+    config = json.loads(
+      (tmp_path / f"stage{stage}" / "config.json").read_text()
+    )
     assert config["model_init"] == str(
-        tmp_path / f"stage{stage - 1}" / "checkpoints")
+      tmp_path / f"stage{stage - 1}" / "checkpoints"
+    )
     assert config["kiwi"]["stage"] == stage
   # A restart finds every stage finished and only re-evaluates.
   assert demo.run(demo_config.get_config("runlocal"), tmp_path) == table

@@ -14,12 +14,16 @@ from configs import demo as demo_config
 from kiwi_jax.models.dit import WanDiT, WanDiTConfig
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
 from kiwi_jax.models.mllm import vision_preprocess as vp
+from kiwi_jax.tasks import kiwi_task
 from kiwi_jax.train_lib import optimizers, train_step
 from kiwi_jax.train_lib.train_state import ModelSplit, Precision
-from kiwi_jax.tasks import kiwi_task
 
-REAL_SIZE = [("kiwi_wan22_5b", "stage=1"), ("kiwi_wan22_5b", "stage=2"),
-             ("kiwi_wan22_5b", "stage=3"), ("kiwi_wan21_14b", "stage=2")]
+REAL_SIZE = [
+  ("kiwi_wan22_5b", "stage=1"),
+  ("kiwi_wan22_5b", "stage=2"),
+  ("kiwi_wan22_5b", "stage=3"),
+  ("kiwi_wan21_14b", "stage=2"),
+]
 
 
 @pytest.mark.parametrize("name, arg", REAL_SIZE)
@@ -35,8 +39,10 @@ def test_real_size_configs_compute_in_bf16_with_remat_and_flash(name, arg):
   assert cfg.mllm.remat
   assert cfg.dit.attention is None and cfg.mllm.attention is None
   assert cfg.vae.attention_implementation is None
-  rules = dict((name, tuple(axes) if isinstance(axes, (list, tuple))
-                else axes) for name, axes in config.sharding_rules)
+  rules = dict(
+    (name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+    for name, axes in config.sharding_rules
+  )
   assert rules["embed"] == ("fsdp", "sequence")
 
 
@@ -57,8 +63,9 @@ def test_model_overrides_win_over_precision():
 
 def test_bf16_step_keeps_fp32_masters_and_bf16_frozen():
   cfg = WanDiTConfig.from_variant("tiny", dtype=jnp.bfloat16, num_layers=1)
-  precision = Precision(master_dtype="float32", compute_dtype="bfloat16",
-                        frozen_dtype="bfloat16")
+  precision = Precision(
+    master_dtype="float32", compute_dtype="bfloat16", frozen_dtype="bfloat16"
+  )
   opt_config = optimizers.OptimizerConfig(learning_rate=1e-3)
   optimizer = optimizers.make_optimizer(opt_config)
 
@@ -73,31 +80,42 @@ def test_bf16_step_keeps_fp32_masters_and_bf16_frozen():
 
   split = ModelSplit.build(ctor, ("^blocks/",), precision=precision)
   state = train_step.init_train_state(ctor, split, optimizer, precision, 0)
-  floating = lambda tree: [x for x in jax.tree.leaves(tree)  # noqa: E731
-                           if jnp.issubdtype(x.dtype, jnp.floating)]
+  floating = lambda tree: [
+    x
+    for x in jax.tree.leaves(tree)  # noqa: E731
+    if jnp.issubdtype(x.dtype, jnp.floating)
+  ]
   frozen_before = jax.device_get(state.frozen)
-  step = train_step.make_train_step(split, loss_fn, optimizer, opt_config,
-                                    precision, donate=False)
+  step = train_step.make_train_step(
+    split, loss_fn, optimizer, opt_config, precision, donate=False
+  )
   rng = np.random.default_rng(0)
-  batch = {"x": jnp.asarray(rng.normal(size=(2, 1, 4, 4, 48)), jnp.bfloat16),
-           "t": jnp.asarray([100.0, 700.0]),
-           "context": jnp.asarray(rng.normal(size=(2, 5, 48)), jnp.bfloat16)}
+  batch = {
+    "x": jnp.asarray(rng.normal(size=(2, 1, 4, 4, 48)), jnp.bfloat16),
+    "t": jnp.asarray([100.0, 700.0]),
+    "context": jnp.asarray(rng.normal(size=(2, 5, 48)), jnp.bfloat16),
+  }
   new_state, metrics = step(state, batch)
   assert np.isfinite(float(metrics["l2_grads"]))
   assert float(metrics["l2_grads"]) > 0
   assert all(x.dtype == jnp.float32 for x in floating(new_state.params))
   assert all(x.dtype == jnp.float32 for x in floating(new_state.opt_state))
   assert all(x.dtype == jnp.bfloat16 for x in floating(new_state.frozen))
-  jax.tree.map(np.testing.assert_array_equal, frozen_before,
-               jax.device_get(new_state.frozen))
-  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params,
-                       new_state.params)
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    frozen_before,
+    jax.device_get(new_state.frozen),
+  )
+  moved = jax.tree.map(
+    lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params
+  )
   assert any(jax.tree.leaves(moved))
 
 
 def test_mllm_max_frames_is_honoured(tiny_tokenizer_dir):
   config = importlib.import_module("configs.kiwi_wan21_14b").get_config(
-      "stage=2")
+    "stage=2"
+  )
   assert kiwi_task.KiwiTask(config).model_cfg.mllm_max_frames == 10
   tiny = KiwiEditConfig.from_variant("tiny", mllm_max_frames=10)
   processor = kiwi_task.KiwiProcessor(str(tiny_tokenizer_dir), tiny).qwen

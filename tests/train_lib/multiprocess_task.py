@@ -35,14 +35,22 @@ GLOBAL_BATCH = 8
 
 
 def get_config():
-  config = ml_collections.ConfigDict(dict(
-      task="tests.train_lib.multiprocess_task:make", seed=0,
-      total_steps=TOTAL_STEPS, log_every=1, log_first_steps=0,
+  config = ml_collections.ConfigDict(
+    dict(
+      task="tests.train_lib.multiprocess_task:make",
+      seed=0,
+      total_steps=TOTAL_STEPS,
+      log_every=1,
+      log_first_steps=0,
       mesh=dict(data=2, fsdp=2, tensor=2),
       optimizer=dict(learning_rate=1e-2),
-      precision=dict(compute_dtype=None), tensorboard=False,
-      checkpoint=dict(every=2, keep=2, async_save=False), sample_every=2,
-      multiprocess=dict(log_dir="", watch_dir="", kill_at_batch=0)))
+      precision=dict(compute_dtype=None),
+      tensorboard=False,
+      checkpoint=dict(every=2, keep=2, async_save=False),
+      sample_every=2,
+      multiprocess=dict(log_dir="", watch_dir="", kill_at_batch=0),
+    )
+  )
   config.lock()
   return config
 
@@ -61,16 +69,22 @@ def _watch_writes(watch_dir: str, fd: int) -> None:
     if not isinstance(path, (str, bytes, os.PathLike)):
       return False  # a file descriptor
     path = os.path.abspath(os.fsdecode(path))  # under, not the dir itself
-    return (path.startswith(watch_dir + os.sep) and path != checkpoints and
-            not path.startswith(checkpoints + os.sep))
+    return (
+      path.startswith(watch_dir + os.sep)
+      and path != checkpoints
+      and not path.startswith(checkpoints + os.sep)
+    )
 
   def hook(event, args):
     if busy:
       return
     if event == "open":
       path, mode, flags = args
-      writing = (any(c in mode for c in "wax+") if isinstance(mode, str)
-                 else bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
+      writing = (
+        any(c in mode for c in "wax+")
+        if isinstance(mode, str)
+        else bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+      )
       paths = [path] if writing else []
     elif event == "os.rename":
       paths = list(args[:2])
@@ -103,17 +117,23 @@ class MultiprocessToyTask(ToyFlowTask):
     if options.log_dir:
       process = jax.process_index()
       flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-      self.keys_fd = os.open(os.path.join(
-          options.log_dir, f"keys-p{process}.jsonl"), flags)
+      self.keys_fd = os.open(
+        os.path.join(options.log_dir, f"keys-p{process}.jsonl"), flags
+      )
       if options.watch_dir:
-        _watch_writes(options.watch_dir, os.open(os.path.join(
-            options.log_dir, f"writes-p{process}.jsonl"), flags))
+        _watch_writes(
+          options.watch_dir,
+          os.open(
+            os.path.join(options.log_dir, f"writes-p{process}.jsonl"), flags
+          ),
+        )
 
   def global_batch(self, host_batch, mesh):
     self.batches += 1
     if self.keys_fd is not None:
-      _append_line(self.keys_fd, {"keys": np.asarray(
-          host_batch["index"]).tolist()})
+      _append_line(
+        self.keys_fd, {"keys": np.asarray(host_batch["index"]).tolist()}
+      )
     if self.batches == self.kill_at:
       os.kill(os.getpid(), signal.SIGKILL)
     return sharding.host_to_global(host_batch, mesh)
@@ -122,16 +142,21 @@ class MultiprocessToyTask(ToyFlowTask):
     """The prediction for example 0 as a [3, 32, 40, 3] uint8 video."""
     mesh = sharding.mesh_from_config(self.config)
     example = toy_examples(self.num_examples)[0]
-    source = jax.device_put(example["source"][None], jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec()))
+    source = jax.device_put(
+      example["source"][None],
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+    )
     graphdef, state = nnx.split(model)
 
     @jax.jit
     def predict(state, source):
       size = source.shape[0]
       return nnx.merge(graphdef, state)(
-          source, jnp.full((size,), 500.0, jnp.bfloat16),
-          jnp.full((size,), 0.5), source)
+        source,
+        jnp.full((size,), 500.0, jnp.bfloat16),
+        jnp.full((size,), 0.5),
+        source,
+      )
 
     frames = sharding.global_to_host(predict(state, source))[0, ..., :3]
     video = np.clip(np.round((np.tanh(frames) + 1.0) * 127.5), 0, 255)

@@ -18,12 +18,20 @@ def test_overrides_of_every_type_lists_included():
   config.kiwi.data.sources = [{"path": "a", "weight": 1.0}]
   config.lock()
   rest, positional = _apply(
-      config, "--config=configs/demo.py", "--config.demo.stage_steps=[2,8,2]",
-      "--config.demo.learning_rates", "(1e-4, 2e-4, 3e-4)",
-      "--config.seed", "7", "--noconfig.tensorboard", "--workdir=w",
-      "--config.optimizer.learning_rate=1", "--config.model_init=ckpt/3",
-      "--config.kiwi.data.sources[0].weight=2.5",
-      "--config.kiwi.data.fixed_size=(16,16)")
+    config,
+    "--config=configs/demo.py",
+    "--config.demo.stage_steps=[2,8,2]",
+    "--config.demo.learning_rates",
+    "(1e-4, 2e-4, 3e-4)",
+    "--config.seed",
+    "7",
+    "--noconfig.tensorboard",
+    "--workdir=w",
+    "--config.optimizer.learning_rate=1",
+    "--config.model_init=ckpt/3",
+    "--config.kiwi.data.sources[0].weight=2.5",
+    "--config.kiwi.data.fixed_size=(16,16)",
+  )
   assert rest == ["--config=configs/demo.py", "--workdir=w"]
   assert not positional
   assert config.demo.stage_steps == [2, 8, 2]
@@ -39,7 +47,9 @@ def test_overrides_of_every_type_lists_included():
   assert config.tensorboard is True and positional == ["extra"]
 
 
-@pytest.mark.parametrize("arg, message", [
+@pytest.mark.parametrize(
+  "arg, message",
+  [
     ("--config.optimizer.lr=1", "did you mean optimizer.learning_rate?"),
     ("--config.optimizer.lrate=1", "did you mean optimizer.learning_rate?"),
     ("--config.kiwi.dta.batch_size=1", "did you mean kiwi.data.batch_size?"),
@@ -52,7 +62,8 @@ def test_overrides_of_every_type_lists_included():
     ("--config.kiwi.data.sources[0].path=x", "has 0 items; [0] is out"),
     ("--config.seed", "needs a value"),
     ("--noconfig.seed", "is not a boolean"),
-])
+  ],
+)
 def test_mistakes_name_the_key_and_the_closest_ones(arg, message):
   config = demo_config.get_config("runlocal")
   with pytest.raises(co.ConfigOverrideError) as caught:

@@ -18,8 +18,10 @@ def test_jsonl_records_scalars_hparams_videos(tmp_path):
   w.write_videos(3, {"edit/side_by_side": video}, fps=8)
   w.write_images(3, {"ref": np.zeros((4, 4, 3), np.float32)})
   w.close()
-  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text()
-           .splitlines()]
+  lines = [
+    json.loads(ln)
+    for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()
+  ]
   assert lines[0]["hparams"]["model"] == {"variant": "tiny"}
   assert lines[1]["step"] == 3 and lines[1]["training_loss"] == 0.5
   assert lines[1]["bad"] == "nan"
@@ -47,6 +49,7 @@ def test_default_writer_tensorboard_and_non_zero_process(tmp_path):
 
 def test_write_mp4_rejects_bad_input_and_leaves_nothing(tmp_path):
   from kiwi_jax.utils.video_files import write_mp4
+
   with pytest.raises(ValueError, match="uint8"):
     write_mp4(tmp_path / "a.mp4", np.zeros((2, 4, 4, 3), np.float32))
   with pytest.raises(ValueError, match="no frames"):
@@ -69,6 +72,6 @@ def test_jsonl_discard_after_keeps_one_row_per_step(tmp_path):
   w.discard_after(3)
   w.write_scalars(4, {"loss": 40.0})
   w.close()
-  rows = [json.loads(l) for l in path.read_text().splitlines()]
+  rows = [json.loads(ln) for ln in path.read_text().splitlines()]
   assert [r.get("step", "h") for r in rows] == ["h", 1, 2, 3, "h", 4]
   assert rows[-1]["loss"] == 40.0

@@ -36,25 +36,43 @@ def _launch(num_processes, workdir, log_dir, *overrides):
   """Runs train.py in ``num_processes`` processes of 8 // n devices each;
   returns ``[(returncode, console)]`` in process order."""
   log_dir.mkdir(parents=True)
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith(("JAX_", "XLA_"))}
-  env.update(HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-             XLA_FLAGS="--xla_force_host_platform_device_count="
-             f"{8 // num_processes}")
+  env = {
+    k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))
+  }
+  env.update(
+    HF_HUB_OFFLINE="1",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=str(ROOT),
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // num_processes}",
+  )
   if num_processes > 1:
-    env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}",
-               JAX_NUM_PROCESSES=str(num_processes))
-  args = [sys.executable, "train.py", f"--config={CONFIG}",
-          f"--workdir={workdir}", f"--config.multiprocess.log_dir={log_dir}",
-          f"--config.multiprocess.watch_dir={workdir}", *overrides]
+    env.update(
+      JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}",
+      JAX_NUM_PROCESSES=str(num_processes),
+    )
+  args = [
+    sys.executable,
+    "train.py",
+    f"--config={CONFIG}",
+    f"--workdir={workdir}",
+    f"--config.multiprocess.log_dir={log_dir}",
+    f"--config.multiprocess.watch_dir={workdir}",
+    *overrides,
+  ]
   procs = []
   try:
     for index in range(num_processes):
       console = open(log_dir / f"console-p{index}.txt", "w")
-      procs.append(subprocess.Popen(
-          args, cwd=ROOT, stdout=console, stderr=subprocess.STDOUT,
+      procs.append(
+        subprocess.Popen(
+          args,
+          cwd=ROOT,
+          stdout=console,
+          stderr=subprocess.STDOUT,
           env={**env, "JAX_PROCESS_ID": str(index)},
-          start_new_session=True))  # its own process group, killed below
+          start_new_session=True,
+        )
+      )  # its own process group, killed below
       console.close()
     for proc in procs:
       proc.wait(timeout=TIMEOUT_S)
@@ -63,8 +81,10 @@ def _launch(num_processes, workdir, log_dir, *overrides):
       if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-  return [(proc.returncode, (log_dir / f"console-p{i}.txt").read_text())
-          for i, proc in enumerate(procs)]
+  return [
+    (proc.returncode, (log_dir / f"console-p{i}.txt").read_text())
+    for i, proc in enumerate(procs)
+  ]
 
 
 def _lines(path):
@@ -76,24 +96,29 @@ def _lines(path):
 def _steps(workdir):
   """{step: (loss, data_code)}; one row per step (a restart rewrites the
   steps after its checkpoint)."""
-  rows = [r for r in _lines(workdir / "metrics.jsonl")
-          if "training_loss" in r]
+  rows = [r for r in _lines(workdir / "metrics.jsonl") if "training_loss" in r]
   assert len(rows) == len({r["step"] for r in rows}), rows
   return {r["step"]: (r["training_loss"], r["data_code"]) for r in rows}
 
 
 def _global_keys(log_dir, num_processes):
   """The examples of each fetched global batch: process 0's rows first."""
-  per_process = [[r["keys"] for r in _lines(log_dir / f"keys-p{p}.jsonl")]
-                 for p in range(num_processes)]
+  per_process = [
+    [r["keys"] for r in _lines(log_dir / f"keys-p{p}.jsonl")]
+    for p in range(num_processes)
+  ]
   assert len({len(k) for k in per_process}) == 1, per_process
   return [sum(rows, []) for rows in zip(*per_process)]
 
 
 def _written(log_dir, process):
-  return sorted({os.path.relpath(path, log_dir.parent) for r in
-                 _lines(log_dir / f"writes-p{process}.jsonl")
-                 for path in r["paths"]})
+  return sorted(
+    {
+      os.path.relpath(path, log_dir.parent)
+      for r in _lines(log_dir / f"writes-p{process}.jsonl")
+      for path in r["paths"]
+    }
+  )
 
 
 @pytest.mark.slow
@@ -108,10 +133,12 @@ def test_two_processes_train_kill_and_resume_like_one(tmp_path):
   assert all(len(k) == multiprocess_task.GLOBAL_BATCH for k in want_keys)
 
   workdir = tmp_path / "run"
-  killed = _launch(2, workdir, tmp_path / "logs1",
-                   "--config.multiprocess.kill_at_batch=4")
+  killed = _launch(
+    2, workdir, tmp_path / "logs1", "--config.multiprocess.kill_at_batch=4"
+  )
   assert [code for code, _ in killed] == [-signal.SIGKILL] * 2, [
-      console[-3000:] for _, console in killed]
+    console[-3000:] for _, console in killed
+  ]
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]
   # Batches 1-4 were fetched (4 not trained): the reference's, row by row.
   assert _global_keys(tmp_path / "logs1", 2) == want_keys
@@ -119,18 +146,22 @@ def test_two_processes_train_kill_and_resume_like_one(tmp_path):
   resumed = _launch(2, workdir, tmp_path / "logs2")
   for code, console in resumed:
     assert code == 0, console[-3000:]
-  assert ("Starting at step 2 of 4 from this workdir's checkpoint at step 2"
-          in resumed[0][1])
+  assert (
+    "Starting at step 2 of 4 from this workdir's checkpoint at step 2"
+    in resumed[0][1]
+  )
   assert _global_keys(tmp_path / "logs2", 2) == want_keys[2:]
 
   got = _steps(workdir)
   assert sorted(got) == sorted(want)
   # data_code encodes the examples of each step's global batch (exact).
-  assert [got[s][1] for s in sorted(got)] == [want[s][1] for s in
-                                              sorted(want)]
+  assert [got[s][1] for s in sorted(got)] == [want[s][1] for s in sorted(want)]
   # fp32: gloo's cross-process reductions may order sums differently.
-  np.testing.assert_allclose([got[s][0] for s in sorted(got)],
-                             [want[s][0] for s in sorted(want)], rtol=1e-5)
+  np.testing.assert_allclose(
+    [got[s][0] for s in sorted(got)],
+    [want[s][0] for s in sorted(want)],
+    rtol=1e-5,
+  )
 
   checkpoints = sorted(p.name for p in (workdir / "checkpoints").iterdir())
   assert checkpoints == ["2", "4"]

@@ -10,8 +10,9 @@ from kiwi_jax.train_lib import profiling, progress, runtime
 def test_report_progress_throughput_eta_and_mfu(monkeypatch):
   clock = iter([0.0, 0.0, 1.0, 1.5, 2.0, 2.0, 2.0])
   monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
-  reporter = progress.ReportProgress(10, num_chips=2, flops_per_step=4e12,
-                                     peak_flops_per_chip=1e13)
+  reporter = progress.ReportProgress(
+    10, num_chips=2, flops_per_step=4e12, peak_flops_per_chip=1e13
+  )
   with reporter.timed("train_step"):  # 0.0 -> 1.0
     pass
   with reporter.timed("data"):  # 1.5 -> 2.0
@@ -35,8 +36,9 @@ def test_compile_time_is_left_out_of_rates_and_eta(monkeypatch):
   monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
   reporter = progress.ReportProgress(10, peak_flops_per_chip=None)
   # 8 of the window's 10 s go to compiling (as jax.monitoring reports it).
-  monkeypatch.setattr(progress, "_compile_seconds",
-                      progress.compile_seconds() + 8.0)
+  monkeypatch.setattr(
+    progress, "_compile_seconds", progress.compile_seconds() + 8.0
+  )
   reporter.step_done(1)
   reporter.step_done(2)
   out = reporter.report(2)
@@ -54,7 +56,8 @@ def test_compile_events_are_counted():
 
 def test_profiler_traces_the_configured_steps(tmp_path):
   profiler = profiling.Profiler.from_config(
-      {"start_step": 1, "num_steps": 2}, tmp_path)
+    {"start_step": 1, "num_steps": 2}, tmp_path
+  )
   x = jnp.ones(3)
   for step in range(4):
     profiler.before_step(step, x)
@@ -74,9 +77,9 @@ def test_multiprocess_detection():
   assert not runtime.is_multiprocess_environment({"SLURM_NTASKS": "1"})
   assert runtime.is_multiprocess_environment({"SLURM_NTASKS": "4"})
   assert runtime.is_multiprocess_environment(
-      {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
-  assert runtime.is_multiprocess_environment(
-      {"TPU_WORKER_HOSTNAMES": "a,b"})
+    {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}
+  )
+  assert runtime.is_multiprocess_environment({"TPU_WORKER_HOSTNAMES": "a,b"})
   runtime.initialize()  # single process here: no distributed start-up
   assert jax.process_count() == 1
   runtime.sync()
@@ -85,9 +88,9 @@ def test_multiprocess_detection():
 def test_distributed_args_come_from_the_environment():
   # JAX itself reads only JAX_COORDINATOR_ADDRESS (docs/multihost.md).
   assert runtime.distributed_args({}) == {}
-  assert runtime.distributed_args({"JAX_NUM_PROCESSES": "2",
-                                   "JAX_PROCESS_ID": "1"}) == {
-                                       "num_processes": 2, "process_id": 1}
+  assert runtime.distributed_args(
+    {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+  ) == {"num_processes": 2, "process_id": 1}
   with pytest.raises(ValueError, match="JAX_PROCESS_ID='one'"):
     runtime.distributed_args({"JAX_PROCESS_ID": "one"})
 
@@ -112,16 +115,18 @@ def test_console_lines_or_a_bar_on_a_terminal(capsys):
   report = {"steps_per_sec": 2.0, "eta_seconds": 245.0}
   assert progress.format_eta(245.0) == "4m05s"
   assert progress.format_eta(7.2) == "7s"
-  plain = progress.ConsoleProgress(10, first_step=2, stream=_Terminal(),
-                                   bar=False)
+  plain = progress.ConsoleProgress(
+    10, first_step=2, stream=_Terminal(), bar=False
+  )
   with progress.label("stage 2/3"):
     labelled = progress.ConsoleProgress(10, bar=False)
   plain.step_done()
   plain.log_step(3, jnp.float32(0.5), report)
   labelled.log_step(1, 0.25, {})
   assert capsys.readouterr().out.splitlines() == [
-      "step 3/10 | loss 0.5 | 2 steps/s | ETA 4m05s",
-      "[stage 2/3] step 1/10 | loss 0.25"]
+    "step 3/10 | loss 0.5 | 2 steps/s | ETA 4m05s",
+    "[stage 2/3] step 1/10 | loss 0.25",
+  ]
   terminal = _Terminal()
   bar = progress.ConsoleProgress(10, first_step=2, stream=terminal)
   bar.step_done()

@@ -16,10 +16,16 @@ from kiwi_jax.train_lib import trainer
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOTAL_STEPS = 8
 CONFIG = dict(
-    seed=0, total_steps=TOTAL_STEPS, log_every=1, log_first_steps=0,
-    mesh=dict(data=2, fsdp=2, tensor=2),
-    optimizer=dict(learning_rate=1e-2), precision=dict(compute_dtype=None),
-    checkpoint=dict(every=2, keep=2, async_save=True), tensorboard=False)
+  seed=0,
+  total_steps=TOTAL_STEPS,
+  log_every=1,
+  log_first_steps=0,
+  mesh=dict(data=2, fsdp=2, tensor=2),
+  optimizer=dict(learning_rate=1e-2),
+  precision=dict(compute_dtype=None),
+  checkpoint=dict(every=2, keep=2, async_save=True),
+  tensorboard=False,
+)
 
 # The run as a separate process; KillingTask SIGKILLs itself right after
 # fetching the batch of step `kill_at` (an asynchronous checkpoint of the
@@ -50,19 +56,32 @@ SCRIPT = textwrap.dedent("""
 
 
 def _run(workdir, kill_at):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-             HF_HUB_OFFLINE="1")
+  env = dict(
+    os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1"
+  )
   return subprocess.run(
-      [sys.executable, "-c", SCRIPT, str(workdir), json.dumps(CONFIG),
-       str(kill_at)], env=env, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-c",
+      SCRIPT,
+      str(workdir),
+      json.dumps(CONFIG),
+      str(kill_at),
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def _losses_by_step(workdir):
   """Last record per step (a restart rewrites the steps after its
   checkpoint)."""
   out = {}
-  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text(
-  ).splitlines():
+  for line in (
+    (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  ):
     record = json.loads(line)
     if "training_loss" in record:
       out[record["step"]] = (record["training_loss"], record["data_code"])
@@ -72,10 +91,13 @@ def _losses_by_step(workdir):
 @pytest.mark.slow
 def test_sigkill_and_restart_reproduce_the_uninterrupted_run(tmp_path):
   import ml_collections
+
   kill_at = random.randint(3, TOTAL_STEPS)
-  trainer.train_and_evaluate(ml_collections.ConfigDict(CONFIG),
-                             tmp_path / "reference",
-                             ToyFlowTask(batch_size=4))
+  trainer.train_and_evaluate(
+    ml_collections.ConfigDict(CONFIG),
+    tmp_path / "reference",
+    ToyFlowTask(batch_size=4),
+  )
   expected = _losses_by_step(tmp_path / "reference")
   assert sorted(expected) == list(range(1, TOTAL_STEPS + 1))
 
@@ -86,11 +108,13 @@ def test_sigkill_and_restart_reproduce_the_uninterrupted_run(tmp_path):
   # before the kill: resume must use exactly the committed ones.
   ckpt_dir = workdir / "checkpoints"
   committed = ckpt_dir.exists() and any(
-      p.name.isdigit() for p in ckpt_dir.iterdir())
+    p.name.isdigit() for p in ckpt_dir.iterdir()
+  )
   restarted = _run(workdir, 0)
   assert restarted.returncode == 0, restarted.stderr[-3000:]
-  resumed_from = [line for line in restarted.stdout.splitlines()
-                  if "Starting at step" in line]
+  resumed_from = [
+    line for line in restarted.stdout.splitlines() if "Starting at step" in line
+  ]
   if committed:
     assert "this workdir's checkpoint" in resumed_from[0], resumed_from
   else:
@@ -99,9 +123,11 @@ def test_sigkill_and_restart_reproduce_the_uninterrupted_run(tmp_path):
   # Bit-identical on CPU: JSON keeps every digit of the float32 loss, and
   # data_code encodes which examples formed each batch.
   assert got == expected, f"killed before step {kill_at}: {resumed_from}"
-  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
-                 if p.name.isdigit())
+  steps = sorted(
+    int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()
+  )
   assert steps == [TOTAL_STEPS - 2, TOTAL_STEPS]
-  leftovers = [p.name for p in (workdir / "checkpoints").iterdir()
-               if "tmp" in p.name]
+  leftovers = [
+    p.name for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name
+  ]
   assert not leftovers

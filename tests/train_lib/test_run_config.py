@@ -12,10 +12,9 @@ import sys
 
 import pytest
 
-from kiwi_jax.testing.toy_flow import ToyFlowTask
-from kiwi_jax.train_lib import config_overrides, run_config, train_step
-from kiwi_jax.train_lib import trainer
 from kiwi_jax.tasks.kiwi_config import DemoConfig, KiwiConfig
+from kiwi_jax.testing.toy_flow import ToyFlowTask
+from kiwi_jax.train_lib import config_overrides, run_config, train_step, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHIPPED = ("kiwi_wan22_5b", "kiwi_wan21_14b", "demo")
@@ -73,14 +72,21 @@ def test_shipped_configs_declare_every_key_and_parse(name, arg):
 
 def test_overrides_of_the_keys_the_5b_config_lacked():
   config = importlib.import_module("configs.kiwi_wan22_5b").get_config("")
-  _, overrides = config_overrides.split_overrides([
-      "train.py", "--config.peak_flops_per_chip=989e12",
-      "--config.eval_every=100", "--config.wandb.project=kiwi",
-      "--config.wandb.name=s1", "--config.kiwi.sample_steps=4",
-      "--config.kiwi.sample_count=2", "--config.log_first_steps=3",
+  _, overrides = config_overrides.split_overrides(
+    [
+      "train.py",
+      "--config.peak_flops_per_chip=989e12",
+      "--config.eval_every=100",
+      "--config.wandb.project=kiwi",
+      "--config.wandb.name=s1",
+      "--config.kiwi.sample_steps=4",
+      "--config.kiwi.sample_count=2",
+      "--config.log_first_steps=3",
       "--config.optimizer.warmup_steps=7",
       "--config.precision.frozen_dtype=bfloat16",
-      "--config.profile.start_step=20"])
+      "--config.profile.start_step=20",
+    ]
+  )
   config_overrides.apply(config, overrides)
   run = run_config.TrainerConfig.from_config(config)
   kiwi = KiwiConfig.from_config(config.kiwi)
@@ -93,11 +99,14 @@ def test_overrides_of_the_keys_the_5b_config_lacked():
   assert (kiwi.sample_steps, kiwi.sample_count) == (4, 2)
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     ("--config.kiwi.sample_stpes=3", "did you mean kiwi.sample_steps?"),
     ("--config.peak_flops=1", "did you mean peak_flops_per_chip?"),
     ("--config.wandb.projcet=x", "did you mean wandb.project?"),
-])
+  ],
+)
 def test_an_undeclared_key_is_a_one_line_error(override, message):
   config = importlib.import_module("configs.kiwi_wan22_5b").get_config("")
   _, overrides = config_overrides.split_overrides(["train.py", override])
@@ -109,25 +118,32 @@ def test_parse_errors_name_the_key():
   with pytest.raises(run_config.ConfigError, match="required"):
     run_config.TrainerConfig.from_config({})
   with pytest.raises(run_config.ConfigError, match="log_every expects int"):
-    run_config.TrainerConfig.from_config({"total_steps": 1,
-                                          "log_every": "often"})
+    run_config.TrainerConfig.from_config(
+      {"total_steps": 1, "log_every": "often"}
+    )
   with pytest.raises(run_config.ConfigError, match=r"wandb\.entity"):
-    run_config.TrainerConfig.from_config({"total_steps": 1,
-                                          "wandb": {"entity": "me"}})
+    run_config.TrainerConfig.from_config(
+      {"total_steps": 1, "wandb": {"entity": "me"}}
+    )
   with pytest.raises(run_config.ConfigError, match="group optimizer"):
-    run_config.TrainerConfig.from_config({"total_steps": 1,
-                                          "optimizer": {"decay": "linear"}})
+    run_config.TrainerConfig.from_config(
+      {"total_steps": 1, "optimizer": {"decay": "linear"}}
+    )
   with pytest.raises(run_config.ConfigError, match=r"kiwi\.data\.sources"):
-    KiwiConfig.from_config({"variant": "tiny",
-                            "data": {"sources": [{"path": "a"}]}})
+    KiwiConfig.from_config(
+      {"variant": "tiny", "data": {"sources": [{"path": "a"}]}}
+    )
   # Unset keys and None take the declared defaults.
   run = run_config.TrainerConfig.from_config({"total_steps": 2, "seed": None})
   assert run.seed == 0 and run.log_every == 50 and run.profile.start_step < 0
 
 
 # Modules that read the run config: only through the parsed dataclasses.
-_READERS = ("kiwi_jax/train_lib/trainer.py", "kiwi_jax/tasks/kiwi_task.py",
-            "kiwi_jax/tasks/demo.py")
+_READERS = (
+  "kiwi_jax/train_lib/trainer.py",
+  "kiwi_jax/tasks/kiwi_task.py",
+  "kiwi_jax/tasks/demo.py",
+)
 _RAW_NAMES = ("config", "kiwi", "demo", "data", "stage_cfg", "out")
 
 
@@ -165,24 +181,37 @@ class _FlopsTask(ToyFlowTask):
 
 
 def test_the_trainer_uses_overrides_of_the_keys_the_configs_lacked(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   builds = []
   build = train_step.abstract_train_state
-  monkeypatch.setattr(train_step, "abstract_train_state",
-                      lambda *a, **k: builds.append(1) or build(*a, **k))
+  monkeypatch.setattr(
+    train_step,
+    "abstract_train_state",
+    lambda *a, **k: builds.append(1) or build(*a, **k),
+  )
   config = run_config.base_config(total_steps=2, task="toy")
   config.tensorboard = False
   config.precision.compute_dtype = None
   config.optimizer.learning_rate = 1e-2
   config.lock()
-  _, overrides = config_overrides.split_overrides([
-      "train.py", "--config.peak_flops_per_chip=1e9", "--config.eval_every=2",
-      "--config.log_every=1", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
-      "--config.checkpoint.async_save=false"])
+  _, overrides = config_overrides.split_overrides(
+    [
+      "train.py",
+      "--config.peak_flops_per_chip=1e9",
+      "--config.eval_every=2",
+      "--config.log_every=1",
+      "--config.mesh.fsdp=2",
+      "--config.mesh.tensor=2",
+      "--config.checkpoint.async_save=false",
+    ]
+  )
   config_overrides.apply(config, overrides)
   trainer.train_and_evaluate(config, tmp_path, _FlopsTask(batch_size=4))
-  records = [json.loads(line) for line in
-             (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  records = [
+    json.loads(line)
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+  ]
   assert len(builds) == 1  # for the init, the restore target and the step
   assert any("mfu" in r for r in records)  # peak_flops_per_chip was read
   assert [r["step"] for r in records if "eval/step" in r] == [2]
@@ -204,16 +233,33 @@ def get_config():
 def test_train_py_rejects_a_bad_value_in_one_line(tmp_path):
   (tmp_path / "toy_config.py").write_text(TOY_CONFIG)
   (tmp_path / "toy_task.py").write_text(
-      "from kiwi_jax.testing.toy_flow import ToyFlowTask\n"
-      "def make(config):\n  return ToyFlowTask(batch_size=2)\n")
-  env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
+    "from kiwi_jax.testing.toy_flow import ToyFlowTask\n"
+    "def make(config):\n  return ToyFlowTask(batch_size=2)\n"
+  )
+  env = dict(
+    os.environ,
+    HF_HUB_OFFLINE="1",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]),
+  )
   done = subprocess.run(
-      [sys.executable, "train.py", f"--config={tmp_path / 'toy_config.py'}",
-       f"--workdir={tmp_path / 'run'}", "--config.optimizer.decay=linear"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "train.py",
+      f"--config={tmp_path / 'toy_config.py'}",
+      f"--workdir={tmp_path / 'run'}",
+      "--config.optimizer.decay=linear",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == 2, done.stderr[-2000:]
   errors = [line for line in done.stderr.splitlines() if "error" in line]
-  assert errors == ["train.py: error: config group optimizer: "
-                    "decay='linear'; choose 'none' or 'cosine'."], errors
+  assert errors == [
+    "train.py: error: config group optimizer: "
+    "decay='linear'; choose 'none' or 'cosine'."
+  ], errors
   assert not (tmp_path / "run" / "checkpoints").exists()

@@ -42,10 +42,13 @@ def test_step_runs_and_frozen_params_are_untouched(flow_setup):
   # the optimiser state belongs to a trainable path.
   trainable = set(split.trainable_names())
   assert "source_proj/kernel" not in trainable and "in_proj/kernel" in (
-      trainable)
-  slots = [path_name(p) for p, x in
-           jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
-           if np.ndim(x) > 0]
+    trainable
+  )
+  slots = [
+    path_name(p)
+    for p, x in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
+    if np.ndim(x) > 0
+  ]
   assert slots and not any("source_proj" in s for s in slots)
   assert len(slots) == 2 * len(trainable)  # Adam mu and nu
   batch = toy_batch(BATCH)
@@ -54,14 +57,26 @@ def test_step_runs_and_frozen_params_are_untouched(flow_setup):
     for _ in range(2):
       state, metrics = step(state, batch)
   assert int(state.step) == 2
-  for name in ("training_loss", "l2_grads", "l2_params", "l2_updates",
-               "learning_rate", "mse", "sigma", "weight"):
+  for name in (
+    "training_loss",
+    "l2_grads",
+    "l2_params",
+    "l2_updates",
+    "learning_rate",
+    "mse",
+    "sigma",
+    "weight",
+  ):
     assert np.isfinite(metrics[name]), name
   assert float(metrics["learning_rate"]) == pytest.approx(1e-2 / 3)
-  jax.tree.map(np.testing.assert_array_equal, frozen_before,
-               jax.tree.map(np.asarray, state.frozen))
-  changed = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))),
-                         params_before, state.params)
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    frozen_before,
+    jax.tree.map(np.asarray, state.frozen),
+  )
+  changed = jax.tree.map(
+    lambda a, b: bool(np.any(a != np.asarray(b))), params_before, state.params
+  )
   assert all(jax.tree.leaves(changed))
 
 
@@ -88,18 +103,26 @@ def test_sharded_step_equals_single_device(flow_setup):
   single = _fresh(single)
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   _, sharded, sharded_step = _setup(
-      optimizers.OptimizerConfig(learning_rate=1e-2), mesh=mesh)
+    optimizers.OptimizerConfig(learning_rate=1e-2), mesh=mesh
+  )
   kernel = sharded.params["mlp"]["fc1"]["kernel"]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   assert jax.tree.leaves(sharded.opt_state)[1].sharding.mesh == mesh
   indices = BATCH
   for _ in range(2):
     single, m1 = single_step(single, toy_batch(indices))
-    sharded, m2 = sharded_step(sharded, sharding.host_to_global(
-        jax.tree.map(np.asarray, toy_batch(indices)), mesh))
+    sharded, m2 = sharded_step(
+      sharded,
+      sharding.host_to_global(
+        jax.tree.map(np.asarray, toy_batch(indices)), mesh
+      ),
+    )
   assert sharded.params["mlp"]["fc1"]["kernel"].sharding == kernel.sharding
-  np.testing.assert_allclose(m1["training_loss"], m2["training_loss"],
-                             rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                       atol=1e-6),
-               single.params, jax.device_get(sharded.params))
+  np.testing.assert_allclose(
+    m1["training_loss"], m2["training_loss"], rtol=1e-5
+  )
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    single.params,
+    jax.device_get(sharded.params),
+  )

@@ -17,10 +17,16 @@ from kiwi_jax.train_lib.train_state import ModelSplit, Precision
 
 def _config(**overrides):
   config = dict(
-      seed=0, total_steps=2, log_every=100, log_first_steps=0,
-      mesh=dict(data=2, fsdp=2, tensor=2), optimizer=dict(learning_rate=1e-2),
-      precision=dict(compute_dtype=None), tensorboard=False,
-      checkpoint=dict(every=1, keep=5, async_save=True))
+    seed=0,
+    total_steps=2,
+    log_every=100,
+    log_first_steps=0,
+    mesh=dict(data=2, fsdp=2, tensor=2),
+    optimizer=dict(learning_rate=1e-2),
+    precision=dict(compute_dtype=None),
+    tensorboard=False,
+    checkpoint=dict(every=1, keep=5, async_save=True),
+  )
   config.update(overrides)
   return ml_collections.ConfigDict(config)
 
@@ -30,8 +36,11 @@ class PoisonTask(ToyFlowTask):
   (batch size 4: the third batch, so step 3)."""
 
   def dataset(self, shard_index=0, shard_count=1):
-    return (grain.MapDataset.source(toy_examples(self.num_examples))
-            .repeat(None).batch(self.batch_size))
+    return (
+      grain.MapDataset.source(toy_examples(self.num_examples))
+      .repeat(None)
+      .batch(self.batch_size)
+    )
 
   def loss_fn(self, model, batch, rng):
     loss, aux = super().loss_fn(model, batch, rng)
@@ -41,20 +50,21 @@ class PoisonTask(ToyFlowTask):
 def test_preemption_then_non_finite_loss(tmp_path, monkeypatch):
   config = _config(total_steps=5, checkpoint=dict(every=100, keep=5))
   # A preemption notice at step 2: save it, exit cleanly.
-  monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption",
-                      lambda self, step: step == 2)
-  state = trainer.train_and_evaluate(config, tmp_path,
-                                     PoisonTask(batch_size=4))
+  monkeypatch.setattr(
+    ocp.CheckpointManager, "reached_preemption", lambda self, step: step == 2
+  )
+  state = trainer.train_and_evaluate(config, tmp_path, PoisonTask(batch_size=4))
   assert int(state.step) == 2
   monkeypatch.undo()
   # The restart continues at step 3, whose loss is NaN: the run stops naming
   # it and saves nothing from then on.
   with pytest.raises(trainer.NonFiniteLossError, match="at step 3 "):
     trainer.train_and_evaluate(
-        _config(total_steps=5, checkpoint=dict(every=1, keep=5)), tmp_path,
-        PoisonTask(batch_size=4))
-  manager = checkpointing.make_manager(tmp_path / "checkpoints",
-                                       read_only=True)
+      _config(total_steps=5, checkpoint=dict(every=1, keep=5)),
+      tmp_path,
+      PoisonTask(batch_size=4),
+    )
+  manager = checkpointing.make_manager(tmp_path / "checkpoints", read_only=True)
   assert manager.all_steps() == [2]
 
 
@@ -82,9 +92,11 @@ def stage_one(tmp_path_factory):
   task = HookTask(batch_size=4, trainable=("^mlp/",), frozen=())
   config = _config(sample_every=2, eval_every=1)
   state = trainer.train_and_evaluate(config, workdir, task)
-  assert task.calls == [("evaluate", 1, "ToyVelocityNet"),
-                        ("sample", 2, "ToyVelocityNet"),
-                        ("evaluate", 2, "ToyVelocityNet")]
+  assert task.calls == [
+    ("evaluate", 1, "ToyVelocityNet"),
+    ("sample", 2, "ToyVelocityNet"),
+    ("evaluate", 2, "ToyVelocityNet"),
+  ]
   # A restart that finds the final checkpoint redoes the final hooks only.
   task.calls.clear()
   trainer.train_and_evaluate(config, workdir, task)
@@ -94,38 +106,47 @@ def stage_one(tmp_path_factory):
 
 
 def _split(trainable, frozen=(), dim=16, mesh=None):
-  return ModelSplit.build(lambda: ToyVelocityNet(dim=dim, rngs=nnx.Rngs(1)),
-                          trainable, frozen, mesh=mesh,
-                          precision=Precision(compute_dtype=None))
+  return ModelSplit.build(
+    lambda: ToyVelocityNet(dim=dim, rngs=nnx.Rngs(1)),
+    trainable,
+    frozen,
+    mesh=mesh,
+    precision=Precision(compute_dtype=None),
+  )
 
 
 def test_model_init_resplits_weights_for_the_next_stage(stage_one):
   workdir, final = stage_one
   mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
   split = _split(trainable=(".*",), frozen=("^source_proj/",), mesh=mesh)
-  params, frozen = checkpointing.restore_weights(workdir / "checkpoints",
-                                                 split)
+  params, frozen = checkpointing.restore_weights(workdir / "checkpoints", split)
   # Stage 1 trained mlp/*; stage 2 trains everything but source_proj.
-  np.testing.assert_array_equal(params["mlp"]["fc1"]["kernel"],
-                                final.params["mlp"]["fc1"]["kernel"])
-  np.testing.assert_array_equal(params["in_proj"]["kernel"],
-                                final.frozen["in_proj"]["kernel"])
-  np.testing.assert_array_equal(frozen["source_proj"]["kernel"],
-                                final.frozen["source_proj"]["kernel"])
+  np.testing.assert_array_equal(
+    params["mlp"]["fc1"]["kernel"], final.params["mlp"]["fc1"]["kernel"]
+  )
+  np.testing.assert_array_equal(
+    params["in_proj"]["kernel"], final.frozen["in_proj"]["kernel"]
+  )
+  np.testing.assert_array_equal(
+    frozen["source_proj"]["kernel"], final.frozen["source_proj"]["kernel"]
+  )
   assert params["mlp"]["fc1"]["kernel"].sharding.spec == (
-      jax.sharding.PartitionSpec("fsdp", "tensor"))
+    jax.sharding.PartitionSpec("fsdp", "tensor")
+  )
   # A fresh optimiser and step 0 around those weights.
   optimizer = optimizers.make_optimizer(optimizers.OptimizerConfig())
-  state = train_step.state_from_weights(params, frozen, split, optimizer, 0,
-                                        mesh)
+  state = train_step.state_from_weights(
+    params, frozen, split, optimizer, 0, mesh
+  )
   assert int(state.step) == 0
 
 
 def test_model_init_mismatch_lists_every_problem(stage_one):
   workdir, _ = stage_one
   with pytest.raises(ValueError, match="mis-shaped") as error:
-    checkpointing.restore_weights(workdir / "checkpoints",
-                                  _split((".*",), dim=8))
+    checkpointing.restore_weights(
+      workdir / "checkpoints", _split((".*",), dim=8)
+    )
   assert "in_proj/kernel" in str(error.value)
 
 
@@ -139,8 +160,11 @@ class _ToyWithAdapter(ToyVelocityNet):
 
 def test_model_init_starts_named_missing_parameters_fresh(stage_one):
   workdir, final = stage_one
-  split = ModelSplit.build(lambda: _ToyWithAdapter(rngs=nnx.Rngs(1)),
-                           (".*",), precision=Precision(compute_dtype=None))
+  split = ModelSplit.build(
+    lambda: _ToyWithAdapter(rngs=nnx.Rngs(1)),
+    (".*",),
+    precision=Precision(compute_dtype=None),
+  )
   with pytest.raises(ValueError, match="adapter"):
     checkpointing.restore_weights(workdir / "checkpoints", split)
   asked = []
@@ -149,21 +173,23 @@ def test_model_init_starts_named_missing_parameters_fresh(stage_one):
     asked.extend(names)
     return {"adapter": jnp.full((3,), 7.0)}
 
-  params, _ = checkpointing.restore_weights(workdir / "checkpoints", split,
-                                            fresh=fresh)
+  params, _ = checkpointing.restore_weights(
+    workdir / "checkpoints", split, fresh=fresh
+  )
   assert asked == ["adapter"]
   np.testing.assert_array_equal(params["adapter"], 7.0)
-  np.testing.assert_array_equal(params["mlp"]["fc1"]["kernel"],
-                                final.params["mlp"]["fc1"]["kernel"])
+  np.testing.assert_array_equal(
+    params["mlp"]["fc1"]["kernel"], final.params["mlp"]["fc1"]["kernel"]
+  )
 
 
-def test_resume_restores_the_full_state_from_another_run(stage_one,
-                                                         tmp_path):
+def test_resume_restores_the_full_state_from_another_run(stage_one, tmp_path):
   workdir, final = stage_one
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   split = _split(trainable=("^mlp/",), mesh=mesh)
-  optimizer = optimizers.make_optimizer(optimizers.OptimizerConfig(
-      learning_rate=1e-2))
+  optimizer = optimizers.make_optimizer(
+    optimizers.OptimizerConfig(learning_rate=1e-2)
+  )
   abstract = train_step.abstract_train_state(split, optimizer, mesh)
   manager = checkpointing.make_manager(tmp_path / "checkpoints")
 
@@ -171,11 +197,20 @@ def test_resume_restores_the_full_state_from_another_run(stage_one,
     raise AssertionError("must not initialise")
 
   state, source = checkpointing.restore_or_initialize(
-      manager, abstract, init_from_scratch=fail, init_from_weights=fail,
-      split=split, resume=str(workdir / "checkpoints"),
-      model_init="/nonexistent")
+    manager,
+    abstract,
+    init_from_scratch=fail,
+    init_from_weights=fail,
+    split=split,
+    resume=str(workdir / "checkpoints"),
+    model_init="/nonexistent",
+  )
   assert source.startswith("resume") and int(state.step) == 2
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
-               final.params)
-  jax.tree.map(np.testing.assert_array_equal,
-               jax.device_get(state.opt_state), final.opt_state)
+  jax.tree.map(
+    np.testing.assert_array_equal, jax.device_get(state.params), final.params
+  )
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    jax.device_get(state.opt_state),
+    final.opt_state,
+  )

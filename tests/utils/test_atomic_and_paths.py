@@ -5,8 +5,7 @@ import stat
 
 import pytest
 
-from kiwi_jax.utils import atomic
-from kiwi_jax.utils import paths
+from kiwi_jax.utils import atomic, paths
 
 
 @pytest.fixture
@@ -77,8 +76,12 @@ def test_output_folder_holding_an_input_is_refused(tmp_path):
   csv.parent.mkdir()
   csv.write_text("a\n")
   with pytest.raises(paths.OutputIsInputError, match="inside the output"):
-    paths.refuse_inputs_as_outputs([("--out_dir", tmp_path / "records")],
-                                   [("--csv", csv)], folders=["--out_dir"])
+    paths.refuse_inputs_as_outputs(
+      [("--out_dir", tmp_path / "records")],
+      [("--csv", csv)],
+      folders=["--out_dir"],
+    )
   # A distinct new path passes.
-  paths.refuse_inputs_as_outputs([("--out", tmp_path / "new.mp4")],
-                                 [("--video", csv), ("--ref", None)])
+  paths.refuse_inputs_as_outputs(
+    [("--out", tmp_path / "new.mp4")], [("--video", csv), ("--ref", None)]
+  )

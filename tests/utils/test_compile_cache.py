@@ -19,8 +19,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def restore_jax_cache_settings():
-  names = ("jax_compilation_cache_dir", "jax_enable_compilation_cache",
-           "jax_persistent_cache_min_compile_time_secs")
+  names = (
+    "jax_compilation_cache_dir",
+    "jax_enable_compilation_cache",
+    "jax_persistent_cache_min_compile_time_secs",
+  )
   saved = {n: getattr(jax.config, n) for n in names}
   yield
   for name, value in saved.items():
@@ -30,8 +33,7 @@ def restore_jax_cache_settings():
 
 def test_setting_beats_environment_beats_default(monkeypatch, tmp_path):
   monkeypatch.delenv(compile_cache.ENV, raising=False)
-  assert compile_cache.resolve(None, str(tmp_path / "d")) == str(
-      tmp_path / "d")
+  assert compile_cache.resolve(None, str(tmp_path / "d")) == str(tmp_path / "d")
   assert compile_cache.resolve("", None) is None
   monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "env"))
   assert compile_cache.resolve(None, "/elsewhere") == str(tmp_path / "env")
@@ -40,16 +42,19 @@ def test_setting_beats_environment_beats_default(monkeypatch, tmp_path):
   assert compile_cache.resolve("OFF", "/x") is None
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
   assert compile_cache.user_cache_dir() == str(
-      tmp_path / "xdg" / "kiwi_jax" / "jax_cache")
+    tmp_path / "xdg" / "kiwi_jax" / "jax_cache"
+  )
 
 
 def test_configure_points_jax_at_the_directory_and_off_turns_it_off(
-    monkeypatch, tmp_path, restore_jax_cache_settings):
+  monkeypatch, tmp_path, restore_jax_cache_settings
+):
   monkeypatch.delenv(compile_cache.ENV, raising=False)
   assert compile_cache.configure("off", default=str(tmp_path)) is None
   assert not jax.config.jax_enable_compilation_cache
-  path = compile_cache.configure(None, default=str(tmp_path / "c"),
-                                 min_compile_secs=0)
+  path = compile_cache.configure(
+    None, default=str(tmp_path / "c"), min_compile_secs=0
+  )
   assert path == str(tmp_path / "c") and os.path.isdir(path)
   assert jax.config.jax_compilation_cache_dir == path
   assert jax.config.jax_enable_compilation_cache
@@ -86,18 +91,26 @@ _DRIVER = textwrap.dedent("""
 def test_second_start_of_a_run_loads_compiled_programs(tmp_path):
   driver = tmp_path / "driver.py"
   driver.write_text(_DRIVER)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
-             PYTHONPATH=str(ROOT),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    HF_HUB_OFFLINE="1",
+    PYTHONPATH=str(ROOT),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )
   env.pop(compile_cache.ENV, None)
   workdir = tmp_path / "run"
 
   def start(total_steps):
     done = subprocess.run(
-        [sys.executable, str(driver), str(workdir), str(total_steps)],
-        env=env, capture_output=True, text=True, timeout=300)
+      [sys.executable, str(driver), str(workdir), str(total_steps)],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    line = [l for l in done.stdout.splitlines() if l.startswith("COUNTS")]
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("COUNTS")]
     return json.loads(line[-1].split(" ", 1)[1])
 
   first = start(2)
@@ -111,6 +124,7 @@ def test_second_start_of_a_run_loads_compiled_programs(tmp_path):
 @pytest.mark.parametrize("name", ["demo", "kiwi_wan22_5b", "kiwi_wan21_14b"])
 def test_every_shipped_config_takes_a_cache_override(name):
   import importlib
+
   config = importlib.import_module(f"configs.{name}").get_config("")
   assert config.compile_cache_dir == ""  # the default: env, else workdir
   config.compile_cache_dir = "off"  # locked configs take the override

@@ -11,7 +11,6 @@ from kiwi_jax.utils.rngs import cheap_draws
 
 
 class _Plain(nnx.Module):
-
   def __init__(self, *, rngs: nnx.Rngs):
     self.layers = nnx.List([nnx.Linear(3, 5, rngs=rngs) for _ in range(4)])
     self.noise = nnx.Param(rngs.params.normal((2,)))
@@ -36,8 +35,9 @@ def test_same_parameters_and_caller_counts_eager_and_jitted():
     for (_, a), (_, b) in zip(flat_p, flat_c):
       np.testing.assert_array_equal(a.get_value(), b.get_value())
     for a, b in zip(plain[1:], cheap[1:]):  # the next keys drawn after
-      np.testing.assert_array_equal(jax.random.key_data(a),
-                                    jax.random.key_data(b))
+      np.testing.assert_array_equal(
+        jax.random.key_data(a), jax.random.key_data(b)
+      )
 
 
 def test_abstract_build_never_builds_tracer_error_messages(monkeypatch):
@@ -46,8 +46,9 @@ def test_abstract_build_never_builds_tracer_error_messages(monkeypatch):
     pytest.skip("this JAX has no DynamicJaxprTracer._origin_msg")
   calls = []
   original = tracer._origin_msg
-  monkeypatch.setattr(tracer, "_origin_msg",
-                      lambda self: calls.append(1) or original(self))
+  monkeypatch.setattr(
+    tracer, "_origin_msg", lambda self: calls.append(1) or original(self)
+  )
   nnx.eval_shape(lambda: _Cheap(rngs=nnx.Rngs(0)))
   assert not calls
   nnx.eval_shape(lambda: _Plain(rngs=nnx.Rngs(0)))

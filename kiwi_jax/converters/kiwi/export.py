@@ -33,9 +33,13 @@ from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.model import KiwiEdit
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-SCHEDULER_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler",
-                    "shift": 5.0, "num_train_timesteps": 1000,
-                    "base_shift": 0.5, "max_shift": 1.15}
+SCHEDULER_CONFIG = {
+  "_class_name": "FlowMatchEulerDiscreteScheduler",
+  "shift": 5.0,
+  "num_train_timesteps": 1000,
+  "base_shift": 0.5,
+  "max_shift": 1.15,
+}
 
 
 def canonical_items(model: KiwiEdit, prefix: str = ""):
@@ -44,26 +48,32 @@ def canonical_items(model: KiwiEdit, prefix: str = ""):
   cfg = model.cfg
   state = nnx.state(model)
   maps = kiwi_conv.keymaps(cfg)
-  factors = {km.torch_key: km for km in maps if ".lora_" in km.torch_key
-             and km.torch_key.startswith(prefix)}
+  factors = {
+    km.torch_key: km
+    for km in maps
+    if ".lora_" in km.torch_key and km.torch_key.startswith(prefix)
+  }
   lora = dict(export(state, list(factors.values()))) if factors else {}
   for km in maps:
     if km.torch_key in factors or not km.torch_key.startswith(prefix):
       continue
     ((key, value),) = export(state, [km])
-    target = key[:-len(".weight")]
+    target = key[: -len(".weight")]
     if f"{target}.lora_B.weight" in lora:
-      value = (np.asarray(value, np.float32)
-               + np.asarray(lora[f"{target}.lora_B.weight"], np.float32)
-               @ np.asarray(lora[f"{target}.lora_A.weight"], np.float32))
+      value = np.asarray(value, np.float32) + np.asarray(
+        lora[f"{target}.lora_B.weight"], np.float32
+      ) @ np.asarray(lora[f"{target}.lora_A.weight"], np.float32)
     yield key, np.asarray(value)
 
 
-_FILES = (("dit.", f"transformer/{WEIGHTS}"), ("vae.", f"vae/{WEIGHTS}"),
-          ("qwen.", "mllm_encoder/model.safetensors"),
-          ("mllm.", f"mllm_encoder/{WEIGHTS}"),
-          ("vae_condition.", f"source_embedder/{WEIGHTS}"),
-          ("ref_vae_condition.", f"ref_embedder/{WEIGHTS}"))
+_FILES = (
+  ("dit.", f"transformer/{WEIGHTS}"),
+  ("vae.", f"vae/{WEIGHTS}"),
+  ("qwen.", "mllm_encoder/model.safetensors"),
+  ("mllm.", f"mllm_encoder/{WEIGHTS}"),
+  ("vae_condition.", f"source_embedder/{WEIGHTS}"),
+  ("ref_vae_condition.", f"ref_embedder/{WEIGHTS}"),
+)
 
 
 def _route(key: str) -> tuple[str, str] | None:
@@ -77,9 +87,9 @@ def _route(key: str) -> tuple[str, str] | None:
   if key.startswith("mllm."):
     return "mllm_encoder", key[5:]
   if key.startswith("vae_condition."):
-    return "source_embedder", key[len("vae_condition."):]
+    return "source_embedder", key[len("vae_condition.") :]
   if key.startswith("ref_vae_condition."):
-    return "ref_embedder", key[len("ref_vae_condition."):]
+    return "ref_embedder", key[len("ref_vae_condition.") :]
   return None
 
 
@@ -89,17 +99,28 @@ def _json(obj: Any, path: pathlib.Path) -> None:
 
 
 def _vae_config(cfg) -> dict[str, Any]:
-  return {"_class_name": "VAE", "z_dim": cfg.z_dim, "dim": cfg.encoder_dim,
-          "dim_mult": list(cfg.dim_mult),
-          "num_res_blocks": cfg.num_res_blocks, "attn_scales": [],
-          "temperal_downsample": list(cfg.temporal_downsample),
-          "dropout": 0.0, "latents_mean": list(cfg.latents_mean),
-          "latents_std": list(cfg.latents_std), "vae_pth": WEIGHTS}
+  return {
+    "_class_name": "VAE",
+    "z_dim": cfg.z_dim,
+    "dim": cfg.encoder_dim,
+    "dim_mult": list(cfg.dim_mult),
+    "num_res_blocks": cfg.num_res_blocks,
+    "attn_scales": [],
+    "temperal_downsample": list(cfg.temporal_downsample),
+    "dropout": 0.0,
+    "latents_mean": list(cfg.latents_mean),
+    "latents_std": list(cfg.latents_std),
+    "vae_pth": WEIGHTS,
+  }
 
 
-def export_diffusers(model: KiwiEdit, out_dir: str | os.PathLike, *,
-                     processor_dir: str | os.PathLike | None = None,
-                     overwrite: bool = False) -> pathlib.Path:
+def export_diffusers(
+  model: KiwiEdit,
+  out_dir: str | os.PathLike,
+  *,
+  processor_dir: str | os.PathLike | None = None,
+  overwrite: bool = False,
+) -> pathlib.Path:
   """Writes ``model`` as a diffusers Kiwi-Edit directory (atomically).
 
   Args:
@@ -117,24 +138,40 @@ def export_diffusers(model: KiwiEdit, out_dir: str | os.PathLike, *,
       if items:
         save_safetensors(items, tmp / path)
       del items
-    _json(wan_dit.diffusers_config(cfg.dit), tmp / "transformer" /
-          "config.json")
+    _json(
+      wan_dit.diffusers_config(cfg.dit), tmp / "transformer" / "config.json"
+    )
     _json(_vae_config(cfg.vae), tmp / "vae" / "config.json")
-    _json({"_class_name": "MLLMEncoder", "mllm_model_path": ".",
-           "dit_dim": cfg.dit.dim, "hidden_size": cfg.mllm_hidden,
-           "num_image_queries": cfg.num_image_queries,
-           "num_video_queries": cfg.num_video_queries,
-           "num_ref_queries": cfg.num_ref_queries,
-           "max_object_token": cfg.max_ref_tokens,
-           "max_frames": cfg.mllm_max_frames,
-           "max_pixels_per_frame": cfg.mllm_max_pixels_per_frame},
-          tmp / "mllm_encoder" / "config.json")
-    for folder, pad in (("source_embedder", False),
-                        ("ref_embedder", cfg.dit.ref_pad_first)):
-      _json({"_class_name": "ConditionalEmbedder",
-             "in_dim": cfg.dit.in_channels, "dim": cfg.dit.dim,
-             "patch_size": list(cfg.dit.patch_size), "zero_init": True,
-             "ref_pad_first": pad}, tmp / folder / "config.json")
+    _json(
+      {
+        "_class_name": "MLLMEncoder",
+        "mllm_model_path": ".",
+        "dit_dim": cfg.dit.dim,
+        "hidden_size": cfg.mllm_hidden,
+        "num_image_queries": cfg.num_image_queries,
+        "num_video_queries": cfg.num_video_queries,
+        "num_ref_queries": cfg.num_ref_queries,
+        "max_object_token": cfg.max_ref_tokens,
+        "max_frames": cfg.mllm_max_frames,
+        "max_pixels_per_frame": cfg.mllm_max_pixels_per_frame,
+      },
+      tmp / "mllm_encoder" / "config.json",
+    )
+    for folder, pad in (
+      ("source_embedder", False),
+      ("ref_embedder", cfg.dit.ref_pad_first),
+    ):
+      _json(
+        {
+          "_class_name": "ConditionalEmbedder",
+          "in_dim": cfg.dit.in_channels,
+          "dim": cfg.dit.dim,
+          "patch_size": list(cfg.dit.patch_size),
+          "zero_init": True,
+          "ref_pad_first": pad,
+        },
+        tmp / folder / "config.json",
+      )
     _json(SCHEDULER_CONFIG, tmp / "scheduler" / "scheduler_config.json")
     proc = tmp / "processor"
     proc.mkdir()
@@ -142,14 +179,18 @@ def export_diffusers(model: KiwiEdit, out_dir: str | os.PathLike, *,
       for f in sorted(pathlib.Path(processor_dir).iterdir()):
         if f.is_file():
           shutil.copyfile(f, proc / f.name)
-    _json({"_class_name": ["pipeline_kiwi_edit", "KiwiEditPipeline"],
-           "_diffusers_version": "0.32.0",
-           "processor": ["transformers", "AutoProcessor"],
-           "transformer": ["diffusers", "WanTransformer3DModel"],
-           "vae": ["wan_video_vae", "VAE"],
-           "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-           "mllm_encoder": ["mllm_encoder", "MLLMEncoder"],
-           "source_embedder": ["conditional_embedder", "ConditionalEmbedder"],
-           "ref_embedder": ["conditional_embedder", "ConditionalEmbedder"]},
-          tmp / "model_index.json")
+    _json(
+      {
+        "_class_name": ["pipeline_kiwi_edit", "KiwiEditPipeline"],
+        "_diffusers_version": "0.32.0",
+        "processor": ["transformers", "AutoProcessor"],
+        "transformer": ["diffusers", "WanTransformer3DModel"],
+        "vae": ["wan_video_vae", "VAE"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "mllm_encoder": ["mllm_encoder", "MLLMEncoder"],
+        "source_embedder": ["conditional_embedder", "ConditionalEmbedder"],
+        "ref_embedder": ["conditional_embedder", "ConditionalEmbedder"],
+      },
+      tmp / "model_index.json",
+    )
   return pathlib.Path(out_dir).absolute()

@@ -30,41 +30,53 @@ import re
 # (``BLOCK_KEY_MAP`` / ``TOP_LEVEL_KEY_MAP`` of
 # ``utils/convert_diffusers/convert_weights.py``; reference §7.3).
 _BLOCK_RENAMES = (
-    ("self_attn.q.", "attn1.to_q."), ("self_attn.k.", "attn1.to_k."),
-    ("self_attn.v.", "attn1.to_v."), ("self_attn.o.", "attn1.to_out.0."),
-    ("self_attn.norm_q.", "attn1.norm_q."),
-    ("self_attn.norm_k.", "attn1.norm_k."),
-    ("cross_attn.q.", "attn2.to_q."), ("cross_attn.k.", "attn2.to_k."),
-    ("cross_attn.v.", "attn2.to_v."), ("cross_attn.o.", "attn2.to_out.0."),
-    ("cross_attn.norm_q.", "attn2.norm_q."),
-    ("cross_attn.norm_k.", "attn2.norm_k."),
-    ("cross_attn.k_img.", "attn2.add_k_proj."),
-    ("cross_attn.v_img.", "attn2.add_v_proj."),
-    ("cross_attn.norm_k_img.", "attn2.norm_added_k."),
-    ("ffn.0.", "ffn.net.0.proj."), ("ffn.2.", "ffn.net.2."),
-    ("norm3.", "norm2."),
+  ("self_attn.q.", "attn1.to_q."),
+  ("self_attn.k.", "attn1.to_k."),
+  ("self_attn.v.", "attn1.to_v."),
+  ("self_attn.o.", "attn1.to_out.0."),
+  ("self_attn.norm_q.", "attn1.norm_q."),
+  ("self_attn.norm_k.", "attn1.norm_k."),
+  ("cross_attn.q.", "attn2.to_q."),
+  ("cross_attn.k.", "attn2.to_k."),
+  ("cross_attn.v.", "attn2.to_v."),
+  ("cross_attn.o.", "attn2.to_out.0."),
+  ("cross_attn.norm_q.", "attn2.norm_q."),
+  ("cross_attn.norm_k.", "attn2.norm_k."),
+  ("cross_attn.k_img.", "attn2.add_k_proj."),
+  ("cross_attn.v_img.", "attn2.add_v_proj."),
+  ("cross_attn.norm_k_img.", "attn2.norm_added_k."),
+  ("ffn.0.", "ffn.net.0.proj."),
+  ("ffn.2.", "ffn.net.2."),
+  ("norm3.", "norm2."),
 )
 _BLOCK_EXACT = (("modulation", "scale_shift_table"),)
 _TOP_RENAMES = (
-    ("text_embedding.0.", "condition_embedder.text_embedder.linear_1."),
-    ("text_embedding.2.", "condition_embedder.text_embedder.linear_2."),
-    ("time_embedding.0.", "condition_embedder.time_embedder.linear_1."),
-    ("time_embedding.2.", "condition_embedder.time_embedder.linear_2."),
-    ("time_projection.1.", "condition_embedder.time_proj."),
-    ("img_emb.proj.0.", "condition_embedder.image_embedder.norm1."),
-    ("img_emb.proj.1.", "condition_embedder.image_embedder.ff.net.0.proj."),
-    ("img_emb.proj.3.", "condition_embedder.image_embedder.ff.net.2."),
-    ("img_emb.proj.4.", "condition_embedder.image_embedder.norm2."),
-    ("patch_embedding.", "patch_embedding."),
-    ("head.head.", "proj_out."),
+  ("text_embedding.0.", "condition_embedder.text_embedder.linear_1."),
+  ("text_embedding.2.", "condition_embedder.text_embedder.linear_2."),
+  ("time_embedding.0.", "condition_embedder.time_embedder.linear_1."),
+  ("time_embedding.2.", "condition_embedder.time_embedder.linear_2."),
+  ("time_projection.1.", "condition_embedder.time_proj."),
+  ("img_emb.proj.0.", "condition_embedder.image_embedder.norm1."),
+  ("img_emb.proj.1.", "condition_embedder.image_embedder.ff.net.0.proj."),
+  ("img_emb.proj.3.", "condition_embedder.image_embedder.ff.net.2."),
+  ("img_emb.proj.4.", "condition_embedder.image_embedder.norm2."),
+  ("patch_embedding.", "patch_embedding."),
+  ("head.head.", "proj_out."),
 )
 _TOP_EXACT = (("head.modulation", "scale_shift_table"),)
 _BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
 
 # Top-level module names of the original Wan DiT (a key starting with one of
 # these is a DiT key even without the ``dit.`` prefix).
-DIT_TOP_LEVEL = ("blocks.", "patch_embedding.", "text_embedding.",
-                 "time_embedding.", "time_projection.", "img_emb.", "head.")
+DIT_TOP_LEVEL = (
+  "blocks.",
+  "patch_embedding.",
+  "text_embedding.",
+  "time_embedding.",
+  "time_projection.",
+  "img_emb.",
+  "head.",
+)
 DIFFUSERS_DIT_MARKERS = ("condition_embedder.", "proj_out.", "attn1.")
 
 
@@ -76,7 +88,7 @@ def _rename(key: str, pairs, exact, reverse: bool) -> str | None:
   for a, b in pairs:
     src, dst = (b, a) if reverse else (a, b)
     if key.startswith(src):
-      return dst + key[len(src):]
+      return dst + key[len(src) :]
   return None
 
 
@@ -99,8 +111,9 @@ def dit_from_diffusers(key: str) -> str | None:
 
 
 def is_diffusers_dit(keys) -> bool:
-  return any(k.startswith(DIFFUSERS_DIT_MARKERS) or ".attn1." in k
-             for k in keys)
+  return any(
+    k.startswith(DIFFUSERS_DIT_MARKERS) or ".attn1." in k for k in keys
+  )
 
 
 def qwen_hub_name(key: str) -> str:
@@ -111,9 +124,9 @@ def qwen_hub_name(key: str) -> str:
   those names under ``mllm.model.``); the hub files use the older names.
   """
   if key.startswith("model.visual."):
-    return key[len("model."):]
+    return key[len("model.") :]
   if key.startswith("model.language_model."):
-    return "model." + key[len("model.language_model."):]
+    return "model." + key[len("model.language_model.") :]
   return key
 
 
@@ -122,7 +135,7 @@ def qwen_runtime_name(key: str) -> str:
   if key.startswith("visual."):
     return "model." + key
   if key.startswith("model."):
-    return "model.language_model." + key[len("model."):]
+    return "model.language_model." + key[len("model.") :]
   return key
 
 
@@ -134,8 +147,11 @@ def diffsynth_mllm_name(key: str) -> str | None:
   m = re.fullmatch(r"mllm\.(image|video|ref)_queries\.q", key)
   if m:
     return f"mllm.{m.group(1)}_queries"
-  m = re.fullmatch(r"mllm\.(connetor|connector|ref_connector)\.([02])\."
-                   r"(weight|bias)", key)
+  m = re.fullmatch(
+    r"mllm\.(connetor|connector|ref_connector)\.([02])\."
+    r"(weight|bias)",
+    key,
+  )
   if m:
     name = "ref_connector" if m.group(1) == "ref_connector" else "connector"
     return f"mllm.{name}.{m.group(2)}.{m.group(3)}"

@@ -39,12 +39,23 @@ from kiwi_jax.converters.kiwi import names
 from kiwi_jax.models.mllm.config import LORA_TARGET_NAMES
 
 LORA_MODES = ("merge", "keep")
-COMPONENTS = ("dit", "vae", "qwen", "image_queries", "video_queries",
-              "ref_queries", "connector", "ref_connector", "vae_condition",
-              "ref_vae_condition")
+COMPONENTS = (
+  "dit",
+  "vae",
+  "qwen",
+  "image_queries",
+  "video_queries",
+  "ref_queries",
+  "connector",
+  "ref_connector",
+  "vae_condition",
+  "ref_vae_condition",
+)
 # Files of a Qwen directory that are not weights: tokenizer and processor.
-_WEIGHT_FILE = re.compile(r"(model|pytorch_model|diffusion_pytorch_model)"
-                          r"([-.].*)?\.(safetensors|bin)(\.index\.json)?")
+_WEIGHT_FILE = re.compile(
+  r"(model|pytorch_model|diffusion_pytorch_model)"
+  r"([-.].*)?\.(safetensors|bin)(\.index\.json)?"
+)
 
 
 # LoRA that kiwi_jax can keep as separate factors (``kiwi_jax.layers.lora``):
@@ -52,10 +63,13 @@ _WEIGHT_FILE = re.compile(r"(model|pytorch_model|diffusion_pytorch_model)"
 # the Wan DiT blocks' attention q/k/v/o and FFN linears (the 14B scripts).
 # LoRA on anything else is always merged.
 _KEEPABLE_QWEN = re.compile(
-    r"qwen\.model\.layers\.\d+\.(self_attn\.(?P<attn>[qkvo]_proj)|"
-    r"mlp\.(?P<mlp>gate_proj|up_proj|down_proj))")
-_KEEPABLE_DIT = re.compile(r"dit\.blocks\.\d+\.((self|cross)_attn\.[qkvo]|"
-                           r"ffn\.[02])")
+  r"qwen\.model\.layers\.\d+\.(self_attn\.(?P<attn>[qkvo]_proj)|"
+  r"mlp\.(?P<mlp>gate_proj|up_proj|down_proj))"
+)
+_KEEPABLE_DIT = re.compile(
+  r"dit\.blocks\.\d+\.((self|cross)_attn\.[qkvo]|"
+  r"ffn\.[02])"
+)
 
 
 @dataclasses.dataclass
@@ -91,6 +105,7 @@ class KiwiSources:
       ``unexpected``, ``misshaped`` lists); the converter reports them
       together with the model plan's own, before writing anything.
   """
+
   checkpoint: Checkpoint
   layout: str
   report: dict[str, str]
@@ -125,11 +140,19 @@ class _Builder:
     self.missing: list[str] = []
 
   def add(self, key: str, ckpt: Checkpoint, raw: str) -> None:
-    self.tensors[key] = _Tensor(ckpt.shape(raw), ckpt.dtype(raw),
-                                lambda: ckpt.read(raw), f"{ckpt.source}:{raw}")
+    self.tensors[key] = _Tensor(
+      ckpt.shape(raw),
+      ckpt.dtype(raw),
+      lambda: ckpt.read(raw),
+      f"{ckpt.source}:{raw}",
+    )
 
-  def add_all(self, ckpt: Checkpoint, prefix: str,
-              rename: Callable[[str], str | None] = lambda k: k) -> None:
+  def add_all(
+    self,
+    ckpt: Checkpoint,
+    prefix: str,
+    rename: Callable[[str], str | None] = lambda k: k,
+  ) -> None:
     for raw in ckpt:
       key = rename(raw)
       if key is None:
@@ -141,16 +164,17 @@ class _Builder:
     """A fine-tuned tensor replacing a base one of the same shape."""
     base = self.tensors.get(key)
     if base is None:
-      self.unexpected.append(f"{ckpt.source}:{raw} (no such base tensor "
-                             f"{key})")
+      self.unexpected.append(f"{ckpt.source}:{raw} (no such base tensor {key})")
     elif base.shape != ckpt.shape(raw):
-      self.misshaped.append(f"{ckpt.source}:{raw}: {ckpt.shape(raw)}, base "
-                            f"{key} is {base.shape}")
+      self.misshaped.append(
+        f"{ckpt.source}:{raw}: {ckpt.shape(raw)}, base {key} is {base.shape}"
+      )
     else:
       self.add(key, ckpt, raw)
 
-  def add_factor(self, target: str, ab: str, ckpt: Checkpoint,
-                 raw: str) -> None:
+  def add_factor(
+    self, target: str, ab: str, ckpt: Checkpoint, raw: str
+  ) -> None:
     self.factors.setdefault(target, {})[ab] = (ckpt, raw)
 
   def resolve_lora(self) -> dict[str, Any]:
@@ -167,22 +191,31 @@ class _Builder:
         have = next(iter(pair))
         ckpt, raw = pair[have]
         other = "B" if have == "A" else "A"
-        self.missing.append(f"{ckpt.source}:"
-                            f"{raw.replace('lora_' + have, 'lora_' + other)}"
-                            f" (the partner of {raw})")
+        self.missing.append(
+          f"{ckpt.source}:"
+          f"{raw.replace('lora_' + have, 'lora_' + other)}"
+          f" (the partner of {raw})"
+        )
         continue
       (ca, ra), (cb, rb) = pair["A"], pair["B"]
       weight = target + ".weight"
       base = self.tensors.get(weight)
       a_shape, b_shape = ca.shape(ra), cb.shape(rb)
       if base is None:
-        self.unexpected.append(f"{cb.source}:{rb} (LoRA target {weight} is "
-                               "not in the base model)")
+        self.unexpected.append(
+          f"{cb.source}:{rb} (LoRA target {weight} is not in the base model)"
+        )
         continue
-      if (len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]
-          or (b_shape[0], a_shape[1]) != base.shape):
-        self.misshaped.append(f"{cb.source}:{rb} {b_shape} @ {ra} {a_shape} "
-                              f"does not fit {weight} {base.shape}")
+      if (
+        len(a_shape) != 2
+        or len(b_shape) != 2
+        or a_shape[0] != b_shape[1]
+        or (b_shape[0], a_shape[1]) != base.shape
+      ):
+        self.misshaped.append(
+          f"{cb.source}:{rb} {b_shape} @ {ra} {a_shape} "
+          f"does not fit {weight} {base.shape}"
+        )
         continue
       qwen = _KEEPABLE_QWEN.fullmatch(target)
       dit = _KEEPABLE_DIT.fullmatch(target)
@@ -196,21 +229,26 @@ class _Builder:
         self.tensors[weight] = _merged(base, ca, ra, cb, rb)
     for part, name in (("qwen", "MLLM"), ("dit", "DiT")):
       if len(ranks[part]) > 1:
-        self.misshaped.append(f"{name} LoRA factors have different ranks "
-                              f"{sorted(ranks[part])}")
-    return {"qwen": max(ranks["qwen"], default=0),
-            "dit": max(ranks["dit"], default=0),
-            "qwen_targets": tuple(t for t in LORA_TARGET_NAMES
-                                  if t in qwen_targets)}
+        self.misshaped.append(
+          f"{name} LoRA factors have different ranks {sorted(ranks[part])}"
+        )
+    return {
+      "qwen": max(ranks["qwen"], default=0),
+      "dit": max(ranks["dit"], default=0),
+      "qwen_targets": tuple(t for t in LORA_TARGET_NAMES if t in qwen_targets),
+    }
 
   def problems(self) -> dict[str, list[str]]:
-    return {"missing": sorted(self.missing),
-            "unexpected": sorted(self.unexpected),
-            "misshaped": sorted(self.misshaped)}
+    return {
+      "missing": sorted(self.missing),
+      "unexpected": sorted(self.unexpected),
+      "misshaped": sorted(self.misshaped),
+    }
 
   def checkpoint(self, source: str) -> Checkpoint:
-    index = {k: {"shape": t.shape, "dtype": t.dtype}
-             for k, t in self.tensors.items()}
+    index = {
+      k: {"shape": t.shape, "dtype": t.dtype} for k, t in self.tensors.items()
+    }
     tensors = dict(self.tensors)
 
     def reader(key, item):
@@ -229,8 +267,10 @@ def _merged(base: _Tensor, ca, ra, cb, rb) -> _Tensor:
     a = np.asarray(ca.read(ra), np.float32)
     b = np.asarray(cb.read(rb), np.float32)
     return w + b @ a
-  return _Tensor(base.shape, "float32", read,
-                 f"{base.origin} + {cb.source}:{rb} @ {ra}")
+
+  return _Tensor(
+    base.shape, "float32", read, f"{base.origin} + {cb.source}:{rb} @ {ra}"
+  )
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:
@@ -248,8 +288,12 @@ def _processor_files(*dirs: pathlib.Path | None) -> dict[str, pathlib.Path]:
     if d is None or not d.is_dir():
       continue
     for f in sorted(d.iterdir()):
-      if (f.is_file() and not _WEIGHT_FILE.fullmatch(f.name)
-          and f.name != "config.json" and not f.name.endswith(".py")):
+      if (
+        f.is_file()
+        and not _WEIGHT_FILE.fullmatch(f.name)
+        and f.name != "config.json"
+        and not f.name.endswith(".py")
+      ):
         files.setdefault(f.name, f)
   return files
 
@@ -266,19 +310,36 @@ def _qwen_keys(b: _Builder, qwen: Checkpoint) -> None:
 def _component_report(b: _Builder, origins: dict[str, str]) -> dict[str, str]:
   keys = b.tensors.keys()
   prefixes = {
-      "dit": "dit.", "vae": "vae.", "qwen": "qwen.",
-      "image_queries": "mllm.image_queries", "video_queries":
-      "mllm.video_queries", "ref_queries": "mllm.ref_queries",
-      "connector": "mllm.connector.", "ref_connector": "mllm.ref_connector.",
-      "vae_condition": "vae_condition.",
-      "ref_vae_condition": "ref_vae_condition."}
-  return {c: (origins.get(c, "present") if any(k.startswith(p) for k in keys)
-              else "absent") for c, p in prefixes.items()}
+    "dit": "dit.",
+    "vae": "vae.",
+    "qwen": "qwen.",
+    "image_queries": "mllm.image_queries",
+    "video_queries": "mllm.video_queries",
+    "ref_queries": "mllm.ref_queries",
+    "connector": "mllm.connector.",
+    "ref_connector": "mllm.ref_connector.",
+    "vae_condition": "vae_condition.",
+    "ref_vae_condition": "ref_vae_condition.",
+  }
+  return {
+    c: (
+      origins.get(c, "present")
+      if any(k.startswith(p) for k in keys)
+      else "absent"
+    )
+    for c, p in prefixes.items()
+  }
 
 
-def from_diffsynth(kiwi_checkpoint, base_dit, vae, qwen_dir, *,
-                   lora: str = "merge",
-                   ref_pad_first: bool | None = None) -> KiwiSources:
+def from_diffsynth(
+  kiwi_checkpoint,
+  base_dit,
+  vae,
+  qwen_dir,
+  *,
+  lora: str = "merge",
+  ref_pad_first: bool | None = None,
+) -> KiwiSources:
   """A DiffSynth-format Kiwi training checkpoint with its base models.
 
   Args:
@@ -299,14 +360,23 @@ def from_diffsynth(kiwi_checkpoint, base_dit, vae, qwen_dir, *,
   b = _Builder(lora)
   qwen_dir = pathlib.Path(qwen_dir)
   base = open_checkpoint(base_dit, strip_prefixes=("model.",))
-  b.add_all(base, "dit.", (lambda k: names.dit_from_diffusers(k))
-            if names.is_diffusers_dit(base.keys()) else (lambda k: k))
-  b.add_all(open_checkpoint(vae, strip_prefixes=("model.", "module.",
-                                                 "vae.")), "vae.")
+  b.add_all(
+    base,
+    "dit.",
+    (lambda k: names.dit_from_diffusers(k))
+    if names.is_diffusers_dit(base.keys())
+    else (lambda k: k),
+  )
+  b.add_all(
+    open_checkpoint(vae, strip_prefixes=("model.", "module.", "vae.")), "vae."
+  )
   _qwen_keys(b, open_checkpoint(qwen_dir))
   kiwi = open_checkpoint(kiwi_checkpoint, strip_prefixes=("pipe.",))
-  origins = {"dit": f"base {base.source}", "vae": f"{vae}",
-             "qwen": f"base {qwen_dir}"}
+  origins = {
+    "dit": f"base {base.source}",
+    "vae": f"{vae}",
+    "qwen": f"base {qwen_dir}",
+  }
   fine_tuned_dit = False
   lora_on = set()
   for raw in kiwi:
@@ -317,10 +387,9 @@ def from_diffsynth(kiwi_checkpoint, base_dit, vae, qwen_dir, *,
     if lora_match:
       target = lora_match.group("target")
       if target.startswith("mllm.model."):
-        target = "qwen." + names.qwen_hub_name(target[len("mllm.model."):])
+        target = "qwen." + names.qwen_hub_name(target[len("mllm.model.") :])
       elif not target.startswith("dit."):
-        b.unexpected.append(f"{kiwi.source}:{raw} (LoRA on an unknown "
-                            "module)")
+        b.unexpected.append(f"{kiwi.source}:{raw} (LoRA on an unknown module)")
         continue
       b.add_factor(target, lora_match.group("ab"), kiwi, raw)
       lora_on.add("qwen" if target.startswith("qwen.") else "dit")
@@ -332,8 +401,9 @@ def from_diffsynth(kiwi_checkpoint, base_dit, vae, qwen_dir, *,
       b.override(key, kiwi, raw)
       fine_tuned_dit = True
     elif key.startswith("mllm.model."):
-      b.override("qwen." + names.qwen_hub_name(key[len("mllm.model."):]),
-                 kiwi, raw)
+      b.override(
+        "qwen." + names.qwen_hub_name(key[len("mllm.model.") :]), kiwi, raw
+      )
     elif key.startswith(("vae_condition.", "ref_vae_condition.")):
       b.add(key, kiwi, raw)
     else:
@@ -341,21 +411,30 @@ def from_diffsynth(kiwi_checkpoint, base_dit, vae, qwen_dir, *,
   if fine_tuned_dit:
     origins["dit"] = f"{kiwi.source} (fine-tuned over {base.source})"
   for component in lora_on:
-    origins[component] += (f" + LoRA from {kiwi.source} "
-                          f"({dict(merge='merged', keep='kept')[lora]})")
+    origins[component] += (
+      f" + LoRA from {kiwi.source} ({dict(merge='merged', keep='kept')[lora]})"
+    )
   kept = b.resolve_lora()
   source = f"DiffSynth Kiwi checkpoint {kiwi.source}"
   dit_dir = pathlib.Path(base_dit)
   dit_dir = dit_dir if dit_dir.is_dir() else dit_dir.parent
   return KiwiSources(
-      checkpoint=b.checkpoint(source), layout="diffsynth",
-      report=_component_report(b, origins), ref_pad_first=ref_pad_first,
-      qwen_config=_read_json(qwen_dir / "config.json"), mllm_config={},
-      dit_config=_read_json(dit_dir / "config.json"), vae_config={},
-      processor_files=_processor_files(qwen_dir), lora=lora,
-      lora_rank=kept["qwen"], lora_targets=kept["qwen_targets"],
-      dit_lora_rank=kept["dit"], problems=b.problems(),
-      dit_config_path=dit_dir / "config.json")
+    checkpoint=b.checkpoint(source),
+    layout="diffsynth",
+    report=_component_report(b, origins),
+    ref_pad_first=ref_pad_first,
+    qwen_config=_read_json(qwen_dir / "config.json"),
+    mllm_config={},
+    dit_config=_read_json(dit_dir / "config.json"),
+    vae_config={},
+    processor_files=_processor_files(qwen_dir),
+    lora=lora,
+    lora_rank=kept["qwen"],
+    lora_targets=kept["qwen_targets"],
+    dit_lora_rank=kept["dit"],
+    problems=b.problems(),
+    dit_config_path=dit_dir / "config.json",
+  )
 
 
 def _open_weights(folder: pathlib.Path, pattern: str) -> Checkpoint | None:
@@ -363,8 +442,11 @@ def _open_weights(folder: pathlib.Path, pattern: str) -> Checkpoint | None:
   if not files:
     return None
   index = sorted(folder.glob(pattern.split("*")[0] + "*.index.json"))
-  return open_checkpoint(folder if index else files[0]) if (
-      index or len(files) == 1) else _open_shards(folder, files)
+  return (
+    open_checkpoint(folder if index else files[0])
+    if (index or len(files) == 1)
+    else _open_shards(folder, files)
+  )
 
 
 def _open_shards(folder, files) -> Checkpoint:
@@ -374,8 +456,13 @@ def _open_shards(folder, files) -> Checkpoint:
     for k in part:
       index[k] = {"shape": part.shape(k), "dtype": part.dtype(k)}
       owner[k] = part
-  return Checkpoint(str(folder), index, lambda k, item: (
-      owner[k].read(k) if item is None else owner[k].read_slice(k, item)))
+  return Checkpoint(
+    str(folder),
+    index,
+    lambda k, item: (
+      owner[k].read(k) if item is None else owner[k].read_slice(k, item)
+    ),
+  )
 
 
 def from_diffusers(directory) -> KiwiSources:
@@ -388,15 +475,18 @@ def from_diffusers(directory) -> KiwiSources:
   root = pathlib.Path(directory)
   index = _read_json(root / "model_index.json")
   if not index:
-    raise CheckpointError(f"{root}: no model_index.json; not a diffusers "
-                          "Kiwi-Edit directory.")
+    raise CheckpointError(
+      f"{root}: no model_index.json; not a diffusers Kiwi-Edit directory."
+    )
   b = _Builder("merge")
   origins = {}
-  transformer = _open_weights(root / "transformer",
-                              "diffusion_pytorch_model*.safetensors")
+  transformer = _open_weights(
+    root / "transformer", "diffusion_pytorch_model*.safetensors"
+  )
   if transformer is None:
-    raise CheckpointError(f"{root / 'transformer'}: no "
-                          "diffusion_pytorch_model*.safetensors.")
+    raise CheckpointError(
+      f"{root / 'transformer'}: no diffusion_pytorch_model*.safetensors."
+    )
   b.add_all(transformer, "dit.", names.dit_from_diffusers)
   vae = _open_weights(root / "vae", "diffusion_pytorch_model*.safetensors")
   if vae is not None:
@@ -408,27 +498,36 @@ def from_diffusers(directory) -> KiwiSources:
   custom = _open_weights(mllm_dir, "diffusion_pytorch_model*.safetensors")
   if custom is not None:
     b.add_all(custom, "", names.diffusers_mllm_name)
-  for folder, prefix in (("source_embedder", "vae_condition."),
-                         ("ref_embedder", "ref_vae_condition.")):
+  for folder, prefix in (
+    ("source_embedder", "vae_condition."),
+    ("ref_embedder", "ref_vae_condition."),
+  ):
     part = _open_weights(root / folder, "diffusion_pytorch_model*.safetensors")
     if part is not None:
-      b.add_all(part, prefix, lambda k: k if k.startswith(
-          "patch_embedding.") else None)
+      b.add_all(
+        part, prefix, lambda k: k if k.startswith("patch_embedding.") else None
+      )
       origins[prefix[:-1]] = str(root / folder)
   source = f"diffusers Kiwi directory {root}"
   ref_cfg = _read_json(root / "ref_embedder" / "config.json")
   processor = root / "processor"
-  qwen_config = (_read_json(processor / "qwen_config.json")
-                 or _read_json(mllm_dir / "qwen_config.json"))
+  qwen_config = _read_json(processor / "qwen_config.json") or _read_json(
+    mllm_dir / "qwen_config.json"
+  )
   return KiwiSources(
-      checkpoint=b.checkpoint(source), layout="diffusers",
-      report=_component_report(b, origins),
-      ref_pad_first=(bool(ref_cfg["ref_pad_first"])
-                     if "ref_pad_first" in ref_cfg else None),
-      qwen_config=qwen_config,
-      mllm_config=_read_json(mllm_dir / "config.json"),
-      dit_config=_read_json(root / "transformer" / "config.json"),
-      vae_config=_read_json(root / "vae" / "config.json"),
-      processor_files=_processor_files(processor), lora="merge", lora_rank=0,
-      problems=b.problems(),
-      dit_config_path=root / "transformer" / "config.json")
+    checkpoint=b.checkpoint(source),
+    layout="diffusers",
+    report=_component_report(b, origins),
+    ref_pad_first=(
+      bool(ref_cfg["ref_pad_first"]) if "ref_pad_first" in ref_cfg else None
+    ),
+    qwen_config=qwen_config,
+    mllm_config=_read_json(mllm_dir / "config.json"),
+    dit_config=_read_json(root / "transformer" / "config.json"),
+    vae_config=_read_json(root / "vae" / "config.json"),
+    processor_files=_processor_files(processor),
+    lora="merge",
+    lora_rank=0,
+    problems=b.problems(),
+    dit_config_path=root / "transformer" / "config.json",
+  )

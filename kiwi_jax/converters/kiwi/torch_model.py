@@ -39,9 +39,11 @@ def _t(x) -> torch.Tensor:
 
 def _mlp(weights: Mapping[str, np.ndarray], prefix: str) -> nn.Sequential:
   w0, w2 = weights[f"{prefix}.0.weight"], weights[f"{prefix}.2.weight"]
-  mlp = nn.Sequential(nn.Linear(w0.shape[1], w0.shape[0]),
-                      nn.GELU(approximate="tanh"),
-                      nn.Linear(w2.shape[1], w2.shape[0]))
+  mlp = nn.Sequential(
+    nn.Linear(w0.shape[1], w0.shape[0]),
+    nn.GELU(approximate="tanh"),
+    nn.Linear(w2.shape[1], w2.shape[0]),
+  )
   with torch.no_grad():
     for i in (0, 2):
       mlp[i].weight.copy_(_t(weights[f"{prefix}.{i}.weight"]))
@@ -60,14 +62,18 @@ def _conv(weights, prefix) -> nn.Conv3d:
 
 def canonical_tensors(ckpt, prefix: str) -> dict[str, np.ndarray]:
   """All tensors under ``prefix`` with LoRA factors merged (fp32)."""
-  out = {k: np.asarray(ckpt.read(k), np.float32) for k in ckpt
-         if k.startswith(prefix) and ".lora_" not in k}
+  out = {
+    k: np.asarray(ckpt.read(k), np.float32)
+    for k in ckpt
+    if k.startswith(prefix) and ".lora_" not in k
+  }
   for k in ckpt:
     if k.startswith(prefix) and k.endswith(".lora_B.weight"):
-      target = k[:-len(".lora_B.weight")]
+      target = k[: -len(".lora_B.weight")]
       a = np.asarray(ckpt.read(target + ".lora_A.weight"), np.float32)
-      out[target + ".weight"] = out[target + ".weight"] + np.asarray(
-          ckpt.read(k), np.float32) @ a
+      out[target + ".weight"] = (
+        out[target + ".weight"] + np.asarray(ckpt.read(k), np.float32) @ a
+      )
   return out
 
 
@@ -81,41 +87,59 @@ class TorchKiwi(nn.Module):
     from transformers import Qwen2_5_VLModel
 
     from kiwi_jax.converters import wan_dit
+
     self.cfg = cfg
     dit = canonical_tensors(ckpt, "dit.")
     self.transformer = WanTransformer3DModel(
-        **{k: v for k, v in wan_dit.diffusers_config(cfg.dit).items()
-           if not k.startswith("_")}).eval()
+      **{
+        k: v
+        for k, v in wan_dit.diffusers_config(cfg.dit).items()
+        if not k.startswith("_")
+      }
+    ).eval()
     sd = {names.dit_to_diffusers(k[4:]): _t(v) for k, v in dit.items()}
     self.transformer.load_state_dict(sd, strict=True)
     self.qwen = Qwen2_5_VLModel(hf_qwen_config(cfg.mllm)).eval()
     qwen = canonical_tensors(ckpt, "qwen.")
     sd = {}
     for k, v in qwen.items():
-      k = k[len("qwen."):]
+      k = k[len("qwen.") :]
       sd["language_model." + k[6:] if k.startswith("model.") else k] = _t(v)
     self.qwen.load_state_dict(sd, strict=True)
     mllm = canonical_tensors(ckpt, "mllm.")
-    self.queries = {m: _t(mllm[f"mllm.{m}_queries"])
-                    for m in ("image", "video", "ref")
-                    if f"mllm.{m}_queries" in mllm}
+    self.queries = {
+      m: _t(mllm[f"mllm.{m}_queries"])
+      for m in ("image", "video", "ref")
+      if f"mllm.{m}_queries" in mllm
+    }
     self.connector = _mlp(mllm, "mllm.connector")
-    self.ref_connector = (_mlp(mllm, "mllm.ref_connector")
-                          if "mllm.ref_connector.0.weight" in mllm else None)
-    emb = {k: np.asarray(ckpt.read(k), np.float32) for k in ckpt
-           if k.startswith(("vae_condition.", "ref_vae_condition."))}
-    self.source_embedder = (_conv(emb, "vae_condition")
-                            if "vae_condition.patch_embedding.weight" in emb
-                            else None)
-    self.ref_embedder = (_conv(emb, "ref_vae_condition")
-                         if "ref_vae_condition.patch_embedding.weight" in emb
-                         else None)
+    self.ref_connector = (
+      _mlp(mllm, "mllm.ref_connector")
+      if "mllm.ref_connector.0.weight" in mllm
+      else None
+    )
+    emb = {
+      k: np.asarray(ckpt.read(k), np.float32)
+      for k in ckpt
+      if k.startswith(("vae_condition.", "ref_vae_condition."))
+    }
+    self.source_embedder = (
+      _conv(emb, "vae_condition")
+      if "vae_condition.patch_embedding.weight" in emb
+      else None
+    )
+    self.ref_embedder = (
+      _conv(emb, "ref_vae_condition")
+      if "ref_vae_condition.patch_embedding.weight" in emb
+      else None
+    )
 
   # -- MLLM side (QwenVLMLLMEncoder.forward).
 
   @torch.no_grad()
-  def hidden_states(self, input_ids: torch.Tensor, queries: torch.Tensor,
-                    **qwen_kwargs) -> torch.Tensor:
+  def hidden_states(
+    self, input_ids: torch.Tensor, queries: torch.Tensor, **qwen_kwargs
+  ) -> torch.Tensor:
     qid = self.cfg.mllm.query_token_id
 
     def replace(module, args, out):
@@ -126,31 +150,35 @@ class TorchKiwi(nn.Module):
 
     handle = self.qwen.get_input_embeddings().register_forward_hook(replace)
     try:
-      out = self.qwen(input_ids=input_ids, output_hidden_states=True,
-                      **qwen_kwargs)
+      out = self.qwen(
+        input_ids=input_ids, output_hidden_states=True, **qwen_kwargs
+      )
     finally:
       handle.remove()
     return out.hidden_states[-1]
 
   @torch.no_grad()
-  def encode(self, input_ids: torch.Tensor, mode: str,
-             **qwen_kwargs) -> torch.Tensor:
+  def encode(
+    self, input_ids: torch.Tensor, mode: str, **qwen_kwargs
+  ) -> torch.Tensor:
     """context float[1, L, dim] for one unpadded prompt."""
     key = "ref" if mode == "reference" else mode
     q = self.queries[key]
     # ``inputs.to(device, dtype=torch.bfloat16)``: the pixels always reach
     # the vision tower bf16-rounded (it casts them back to its dtype).
-    qwen_kwargs = {k: (v.to(torch.bfloat16) if k.startswith("pixel_values")
-                       else v) for k, v in qwen_kwargs.items()}
+    qwen_kwargs = {
+      k: (v.to(torch.bfloat16) if k.startswith("pixel_values") else v)
+      for k, v in qwen_kwargs.items()
+    }
     hidden = self.hidden_states(input_ids, q, **qwen_kwargs)
-    ctx = self.connector(hidden[:, -q.shape[0]:, :])
+    ctx = self.connector(hidden[:, -q.shape[0] :, :])
     if mode != "reference":
       return ctx
     ids = input_ids[0]
     mllm = self.cfg.mllm
     start = (ids == mllm.vision_start_token_id).nonzero()[-1, 0]
     end = start + (ids[start:] == mllm.vision_end_token_id).nonzero()[0, 0]
-    ref = self.ref_connector(hidden[:, start + 1:end, :])
+    ref = self.ref_connector(hidden[:, start + 1 : end, :])
     return torch.cat([ref, ctx], dim=1)
 
   # -- DiT side (KiwiEditPipeline._model_forward).
@@ -161,15 +189,28 @@ class TorchKiwi(nn.Module):
     out = []
     for table in (rope.freqs_cos, rope.freqs_sin):
       t_, h_, w_ = table.split(sizes, dim=1)
-      full = torch.cat([t_[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
-                        h_[:h].view(1, h, 1, -1).expand(f, h, w, -1),
-                        w_[:w].view(1, 1, w, -1).expand(f, h, w, -1)], -1)
+      full = torch.cat(
+        [
+          t_[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+          h_[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+          w_[:w].view(1, 1, w, -1).expand(f, h, w, -1),
+        ],
+        -1,
+      )
       out.append(full.reshape(1, f * h * w, 1, -1))
     return tuple(out)
 
   @torch.no_grad()
-  def velocity(self, latents, timestep, context, source=None, sigma=None,
-               ref=None, ref_pad_first=False) -> torch.Tensor:
+  def velocity(
+    self,
+    latents,
+    timestep,
+    context,
+    source=None,
+    sigma=None,
+    ref=None,
+    ref_pad_first=False,
+  ) -> torch.Tensor:
     """latents float[B, C, F, H, W] (torch layout) -> velocity, same shape."""
     t = self.transformer
     half = t.config.freq_dim // 2
@@ -203,4 +244,5 @@ class TorchKiwi(nn.Module):
     b = x.shape[0]
     x = x.reshape(b, f, h, w, pt, ph, pw, -1)
     return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(
-        b, -1, f * pt, h * ph, w * pw)
+      b, -1, f * pt, h * ph, w * pw
+    )

@@ -48,13 +48,22 @@ def _prompt(cfg, mode, rng):
   # prompt (the readout takes the last N positions, reference §2.4).
   ids += list(rng.integers(14, 100, size=2))
   ids = np.asarray(ids)
-  pix = {k: [rng.standard_normal((int(np.prod(g)), 1176)).astype(np.float32)
-             for g in gs] for k, gs in (("image", images), ("video", videos))}
+  pix = {
+    k: [
+      rng.standard_normal((int(np.prod(g)), 1176)).astype(np.float32)
+      for g in gs
+    ]
+    for k, gs in (("image", images), ("video", videos))
+  }
   pos = mrope_position_ids(
-      ids, image_grid_thw=images, video_grid_thw=videos,
-      image_token_id=m.image_token_id, video_token_id=m.video_token_id,
-      vision_start_token_id=m.vision_start_token_id,
-      tokens_per_second=m.vision.tokens_per_second)
+    ids,
+    image_grid_thw=images,
+    video_grid_thw=videos,
+    image_token_id=m.image_token_id,
+    video_token_id=m.video_token_id,
+    vision_start_token_id=m.vision_start_token_id,
+    tokens_per_second=m.vision.tokens_per_second,
+  )
   return ids, images, videos, pix, pos
 
 
@@ -77,17 +86,19 @@ def _contexts(model, tk, mode, rng):
   meta = vision_metadata(images + videos, cfg.mllm.vision)
   pixels = np.concatenate(pix["image"] + pix["video"])
   # Window-aligned slots: zero rows after the real patches.
-  pixels = np.pad(pixels, ((0, meta["positions"].shape[0] - len(pixels)),
-                           (0, 0)))
+  pixels = np.pad(
+    pixels, ((0, meta["positions"].shape[0] - len(pixels)), (0, 0))
+  )
   inputs = {
-      "input_ids": jnp.asarray(ids)[None],
-      "position_ids": jnp.asarray(pos)[:, None],
-      "pixel_values": jnp.asarray(pixels)[None],
-      "vision_meta": {k: jnp.asarray(v)[None] for k, v in meta.items()},
+    "input_ids": jnp.asarray(ids)[None],
+    "position_ids": jnp.asarray(pos)[:, None],
+    "pixel_values": jnp.asarray(pixels)[None],
+    "vision_meta": {k: jnp.asarray(v)[None] for k, v in meta.items()},
   }
   n_ref = int(np.prod(IMAGE_GRID)) // 4 if mode == "reference" else 0
-  got = nnx.jit(lambda m, x: m.encode_conditions(
-      x, mode, ref_tokens=n_ref))(model, inputs).context
+  got = nnx.jit(lambda m, x: m.encode_conditions(x, mode, ref_tokens=n_ref))(
+    model, inputs
+  ).context
   return np.asarray(got), want
 
 
@@ -105,31 +116,37 @@ def _velocity(model, tk, mode, context, rng):
   if mode == "reference":
     kw["ref_latents"] = ref
   got = nnx.jit(lambda m, *a, **k: m.denoise_step(*a, **k))(
-      model, lat, t, jnp.asarray(context), **kw)
+    model, lat, t, jnp.asarray(context), **kw
+  )
 
   def tt(x):
     return torch.from_numpy(np.moveaxis(x, -1, 1).copy())
 
   want = tk.velocity(
-      tt(lat), torch.from_numpy(t), torch.from_numpy(context),
-      source=tt(src) if "source_latents" in kw else None,
-      sigma=torch.from_numpy(sigma),
-      ref=tt(ref) if mode == "reference" else None,
-      ref_pad_first=cfg.dit.ref_pad_first).numpy()
+    tt(lat),
+    torch.from_numpy(t),
+    torch.from_numpy(context),
+    source=tt(src) if "source_latents" in kw else None,
+    sigma=torch.from_numpy(sigma),
+    ref=tt(ref) if mode == "reference" else None,
+    ref_pad_first=cfg.dit.ref_pad_first,
+  ).numpy()
   return np.asarray(got), np.moveaxis(want, 1, -1)
 
 
 def _torch_vae(ckpt, cfg):
   """``AutoencoderKLWan`` loaded from the source's original-name tensors."""
   from diffusers import AutoencoderKLWan
+
   orig = {km.jax_path: km for km in wan_vae.keymaps(cfg, "original")}
   diff = {km.jax_path: km for km in wan_vae.keymaps(cfg, "diffusers")}
   tensors = canonical_tensors(ckpt, "vae.")
   sd = {}
   for path, km in orig.items():
     value = km.transform.forward(tensors["vae." + km.torch_key])
-    sd[diff[path].torch_key] = torch.from_numpy(np.ascontiguousarray(
-        diff[path].transform.inverse(value)))
+    sd[diff[path].torch_key] = torch.from_numpy(
+      np.ascontiguousarray(diff[path].transform.inverse(value))
+    )
   vae = AutoencoderKLWan(**wan_vae.diffusers_config(cfg)).eval()
   vae.load_state_dict(sd, strict=True)
   return vae
@@ -146,17 +163,26 @@ def _vae(model, ckpt, rng):
     x = torch.from_numpy(np.moveaxis(video, -1, 1).copy())
     mu = np.moveaxis(vae.encode(x).latent_dist.mode().numpy(), 1, -1)
     want_z = (mu - mean) / std
-    dec = vae.decode(torch.from_numpy(np.moveaxis(
-        want_z * std + mean, -1, 1).copy())).sample.clamp(-1, 1).numpy()
+    dec = (
+      vae.decode(
+        torch.from_numpy(np.moveaxis(want_z * std + mean, -1, 1).copy())
+      )
+      .sample.clamp(-1, 1)
+      .numpy()
+    )
   got_z = np.asarray(nnx.jit(lambda m, v: m.encode_video(v))(model, video))
-  got_v = np.asarray(nnx.jit(lambda m, z: m.decode_latents(z))(
-      model, jnp.asarray(want_z)))
-  return {"vae/encode": (got_z, want_z),
-          "vae/decode": (got_v, np.moveaxis(dec, 1, -1))}
+  got_v = np.asarray(
+    nnx.jit(lambda m, z: m.decode_latents(z))(model, jnp.asarray(want_z))
+  )
+  return {
+    "vae/encode": (got_z, want_z),
+    "vae/decode": (got_v, np.moveaxis(dec, 1, -1)),
+  }
 
 
-def verify(model, sources, components=("mllm", "dit", "vae"),
-           seed=0) -> dict[str, float]:
+def verify(
+  model, sources, components=("mllm", "dit", "vae"), seed=0
+) -> dict[str, float]:
   """Max abs error per component between ``model`` and the torch stack."""
   rng = np.random.default_rng(seed)
   cfg = model.cfg

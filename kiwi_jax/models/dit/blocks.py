@@ -50,12 +50,14 @@ def modulation_param(rngs: nnx.Rngs, chunks: int, dim: int, param_dtype):
   def init(key, shape, dtype):
     return jax.random.normal(key, shape, dtype) / dim**0.5
 
-  return sharding.param(init, rngs.params(), (1, chunks, dim), param_dtype,
-                        (None, None, "norm"))
+  return sharding.param(
+    init, rngs.params(), (1, chunks, dim), param_dtype, (None, None, "norm")
+  )
 
 
-def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array,
-             eps: float) -> jax.Array:
+def modulate(
+  x: jax.Array, shift: jax.Array, scale: jax.Array, eps: float
+) -> jax.Array:
   """``LN(x) * (1 + scale) + shift`` in fp32 (LayerNorm without affine)."""
   x32 = x.astype(jnp.float32)
   mean = jnp.mean(x32, -1, keepdims=True)
@@ -77,24 +79,31 @@ class WanAttention(nnx.Module):
     self.attention = cfg.attention
     self.chunk_size = cfg.attention_chunk_size
     self.context_parallel = cfg.context_parallel
-    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-              rank=cfg.lora_rank, rngs=rngs)
+    kw = dict(
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      rank=cfg.lora_rank,
+      rngs=rngs,
+    )
     d = cfg.dim
     self.q = dense_or_lora(d, d, kernel_axes=("embed", "heads"), **kw)
     self.k = dense_or_lora(d, d, kernel_axes=("embed", "heads"), **kw)
     self.v = dense_or_lora(d, d, kernel_axes=("embed", "heads"), **kw)
     self.o = dense_or_lora(d, d, kernel_axes=("heads", "embed"), **kw)
-    norm_kw = dict(eps=cfg.eps, axis_name="heads",
-                   param_dtype=cfg.param_dtype)
+    norm_kw = dict(eps=cfg.eps, axis_name="heads", param_dtype=cfg.param_dtype)
     self.norm_q = RMSNorm(cfg.dim, **norm_kw)
     self.norm_k = RMSNorm(cfg.dim, **norm_kw)
 
   def _heads(self, x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[:-1] + (self.num_heads, -1))
 
-  def __call__(self, x: jax.Array, context: jax.Array | None = None,
-               rope: tuple[jax.Array, jax.Array] | None = None,
-               context_mask: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    context: jax.Array | None = None,
+    rope: tuple[jax.Array, jax.Array] | None = None,
+    context_mask: jax.Array | None = None,
+  ) -> jax.Array:
     """Self-attention (``context`` None, with ``rope``) or cross-attention.
 
     Args:
@@ -119,21 +128,32 @@ class WanAttention(nnx.Module):
       q = checkpoint_name(q, QUERY)
       k = checkpoint_name(sharding.constrain(k, HEADS), KEY)
       v = checkpoint_name(sharding.constrain(v, HEADS), VALUE)
-      scheme = context_parallel_lib.resolve_mode(self.context_parallel,
-                                                 q.shape, k.shape)
+      scheme = context_parallel_lib.resolve_mode(
+        self.context_parallel, q.shape, k.shape
+      )
       if scheme != "none":
         # Token-sharded self-attention: Ulysses or ring, no k/v gather.
         out = context_parallel_lib.context_parallel_attention(
-            q, k, v, mode=scheme, implementation=self.attention,
-            chunk_size=self.chunk_size)
+          q,
+          k,
+          v,
+          mode=scheme,
+          implementation=self.attention,
+          chunk_size=self.chunk_size,
+        )
         return self._project(out)
     # Keys/values are gathered along the sequence (queries stay sharded).
     k = sharding.constrain(k, KV_HEADS)
     v = sharding.constrain(v, KV_HEADS)
     mask = None if context_mask is None else context_mask[:, None, None, :]
-    out = dot_product_attention(q, k, v, mask=mask,
-                                implementation=self.attention,
-                                chunk_size=self.chunk_size)
+    out = dot_product_attention(
+      q,
+      k,
+      v,
+      mask=mask,
+      implementation=self.attention,
+      chunk_size=self.chunk_size,
+    )
     return self._project(out)
 
   def _project(self, out: jax.Array) -> jax.Array:
@@ -159,14 +179,25 @@ class WanBlock(nnx.Module):
     self.self_attn = WanAttention(cfg, rngs=rngs)
     self.cross_attn = WanAttention(cfg, rngs=rngs)
     self.norm3 = LayerNorm(cfg.dim, eps=cfg.eps, param_dtype=cfg.param_dtype)
-    self.ffn = GeluTanhMLP(cfg.dim, cfg.ffn_dim, cfg.dim, dtype=cfg.dtype,
-                           param_dtype=cfg.param_dtype,
-                           lora_rank=cfg.lora_rank, rngs=rngs)
+    self.ffn = GeluTanhMLP(
+      cfg.dim,
+      cfg.ffn_dim,
+      cfg.dim,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      lora_rank=cfg.lora_rank,
+      rngs=rngs,
+    )
     self.modulation = modulation_param(rngs, 6, cfg.dim, cfg.param_dtype)
 
-  def __call__(self, x: jax.Array, context: jax.Array, t_mod: jax.Array,
-               rope: tuple[jax.Array, jax.Array],
-               context_mask: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    context: jax.Array,
+    t_mod: jax.Array,
+    rope: tuple[jax.Array, jax.Array],
+    context_mask: jax.Array | None = None,
+  ) -> jax.Array:
     """Applies the block.
 
     Args:
@@ -180,22 +211,25 @@ class WanBlock(nnx.Module):
       float[B, S, dim] in the compute dtype.
     """
     x = sharding.constrain(x, TOKENS)
-    mod = (self.modulation[...].astype(jnp.float32)[None]
-           + t_mod.astype(jnp.float32))
+    mod = self.modulation[...].astype(jnp.float32)[None] + t_mod.astype(
+      jnp.float32
+    )
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-        mod[:, :, i] for i in range(6))
+      mod[:, :, i] for i in range(6)
+    )
 
     y = modulate(x, shift_msa, scale_msa, self.eps).astype(self.dtype)
     attn = checkpoint_name(self.self_attn(y, rope=rope), SELF_ATTN_OUT)
     x = (x.astype(jnp.float32) + attn * gate_msa).astype(self.dtype)
 
     y = self.norm3(x).astype(self.dtype)
-    cross = checkpoint_name(self.cross_attn(y, context=context,
-                                            context_mask=context_mask),
-                            CROSS_ATTN_OUT)
+    cross = checkpoint_name(
+      self.cross_attn(y, context=context, context_mask=context_mask),
+      CROSS_ATTN_OUT,
+    )
     x = x + cross.astype(self.dtype)
 
     y = modulate(x, shift_mlp, scale_mlp, self.eps).astype(self.dtype)
     ffn = checkpoint_name(self.ffn(y), FFN_OUT)
-    x = (x.astype(jnp.float32) + ffn.astype(jnp.float32) * gate_mlp)
+    x = x.astype(jnp.float32) + ffn.astype(jnp.float32) * gate_mlp
     return sharding.constrain(x.astype(self.dtype), TOKENS)

@@ -24,20 +24,23 @@ from flax import nnx
 from kiwi_jax.layers import Dense
 
 
-def check_latents(latents: jax.Array, channels: int,
-                  patch_size: tuple[int, int, int], name: str) -> None:
+def check_latents(
+  latents: jax.Array, channels: int, patch_size: tuple[int, int, int], name: str
+) -> None:
   if latents.ndim != 5 or latents.shape[-1] != channels:
-    raise ValueError(f"{name} must be float[B, t, h, w, {channels}], got "
-                     f"shape {tuple(latents.shape)}.")
+    raise ValueError(
+      f"{name} must be float[B, t, h, w, {channels}], got "
+      f"shape {tuple(latents.shape)}."
+    )
   for axis, (size, p) in enumerate(zip(latents.shape[1:4], patch_size)):
     if size % p:
       raise ValueError(
-          f"{name} shape {tuple(latents.shape)}: axis {axis + 1} (size "
-          f"{size}) is not divisible by the patch size {p}.")
+        f"{name} shape {tuple(latents.shape)}: axis {axis + 1} (size "
+        f"{size}) is not divisible by the patch size {p}."
+      )
 
 
-def patchify(latents: jax.Array,
-             patch_size: tuple[int, int, int]) -> jax.Array:
+def patchify(latents: jax.Array, patch_size: tuple[int, int, int]) -> jax.Array:
   """float[B, t, h, w, c] -> float[B, t/pt, h/ph, w/pw, pt*ph*pw*c]."""
   b, t, h, w, c = latents.shape
   pt, ph, pw = patch_size
@@ -46,8 +49,11 @@ def patchify(latents: jax.Array,
   return x.reshape(b, t // pt, h // ph, w // pw, pt * ph * pw * c)
 
 
-def unpatchify(tokens: jax.Array, grid: tuple[int, int, int],
-               patch_size: tuple[int, int, int]) -> jax.Array:
+def unpatchify(
+  tokens: jax.Array,
+  grid: tuple[int, int, int],
+  patch_size: tuple[int, int, int],
+) -> jax.Array:
   """float[B, f*h*w, pt*ph*pw*c] (channel fastest) -> float[B, t, H, W, c]."""
   b = tokens.shape[0]
   f, h, w = grid
@@ -65,19 +71,32 @@ class PatchEmbedding(nnx.Module):
     proj: Dense kernel float[pt*ph*pw*c, dim] (patch order pt, ph, pw, c).
   """
 
-  def __init__(self, in_channels: int, dim: int,
-               patch_size: tuple[int, int, int], *, zero_init: bool = False,
-               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_channels: int,
+    dim: int,
+    patch_size: tuple[int, int, int],
+    *,
+    zero_init: bool = False,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     self.in_channels = in_channels
     self.patch_size = tuple(patch_size)
     extra = {}
     if zero_init:
       zeros = jax.nn.initializers.zeros
       extra = dict(kernel_init=zeros, bias_init=zeros)
-    self.proj = Dense(math.prod(patch_size) * in_channels, dim,
-                      kernel_axes=("conv_in", "embed"), dtype=dtype,
-                      param_dtype=param_dtype, rngs=rngs, **extra)
+    self.proj = Dense(
+      math.prod(patch_size) * in_channels,
+      dim,
+      kernel_axes=("conv_in", "embed"),
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+      **extra,
+    )
 
   def __call__(self, latents: jax.Array, name: str = "latents") -> jax.Array:
     """float[B, t, h, w, c] -> float[B, t/pt, h/ph, w/pw, dim]."""
@@ -94,13 +113,26 @@ class ConditionalEmbedder(nnx.Module):
   ``patch_embedding`` like the reference's Conv3d.
   """
 
-  def __init__(self, in_channels: int, dim: int,
-               patch_size: tuple[int, int, int], *, zero_init: bool = True,
-               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_channels: int,
+    dim: int,
+    patch_size: tuple[int, int, int],
+    *,
+    zero_init: bool = True,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     self.patch_embedding = PatchEmbedding(
-        in_channels, dim, patch_size, zero_init=zero_init, dtype=dtype,
-        param_dtype=param_dtype, rngs=rngs)
+      in_channels,
+      dim,
+      patch_size,
+      zero_init=zero_init,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
 
   def __call__(self, latents: jax.Array, name: str = "latents") -> jax.Array:
     """float[B, t, h, w, c] -> float[B, t/pt, h/ph, w/pw, dim]."""

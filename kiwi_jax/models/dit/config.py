@@ -26,8 +26,15 @@ CROSS_ATTN_OUT = "dit_cross_attn_out"
 FFN_OUT = "dit_ffn_out"
 CHECKPOINT_NAMES = (QUERY, KEY, VALUE, SELF_ATTN_OUT, CROSS_ATTN_OUT, FFN_OUT)
 
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention",
-                  "save_qkv_attention", "save_block_io")
+REMAT_POLICIES = (
+  "none",
+  "full",
+  "dots",
+  "dots_no_batch",
+  "save_attention",
+  "save_qkv_attention",
+  "save_block_io",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +77,7 @@ class WanDiTConfig:
       ``q, k, v, o`` and ``ffn.0`` / ``ffn.2`` (the 14B stage-2 scripts use
       128, scale 1; reference §4.2); 0 builds no LoRA parameters.
   """
+
   dim: int = 3072
   num_layers: int = 30
   num_heads: int = 24
@@ -95,18 +103,23 @@ class WanDiTConfig:
 
   def __post_init__(self):
     if self.dim % self.num_heads:
-      raise ValueError(f"dim {self.dim} is not divisible by num_heads "
-                       f"{self.num_heads}.")
+      raise ValueError(
+        f"dim {self.dim} is not divisible by num_heads {self.num_heads}."
+      )
     if (self.head_dim // 3) % 2 or self.head_dim % 2:
       # The 3-D RoPE gives each of h and w ``head_dim // 3`` dims as complex
       # pairs, so that split must be even (128 -> 44/42/42).
-      raise ValueError(f"head_dim {self.head_dim} must be even with an even "
-                       "head_dim // 3 (Wan's 3-D RoPE split).")
+      raise ValueError(
+        f"head_dim {self.head_dim} must be even with an even "
+        "head_dim // 3 (Wan's 3-D RoPE split)."
+      )
     if self.lora_rank < 0:
       raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}.")
     if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"Unknown remat_policy {self.remat_policy!r}; choose "
-                       f"one of {REMAT_POLICIES}.")
+      raise ValueError(
+        f"Unknown remat_policy {self.remat_policy!r}; choose "
+        f"one of {REMAT_POLICIES}."
+      )
     context_parallel_lib.check_mode(self.context_parallel)
     object.__setattr__(self, "patch_size", tuple(self.patch_size))
 
@@ -123,30 +136,44 @@ class WanDiTConfig:
   def out_patch_features(self) -> int:
     return math.prod(self.patch_size) * self.out_channels
 
-  def replace(self, **changes) -> "WanDiTConfig":
+  def replace(self, **changes) -> WanDiTConfig:
     return dataclasses.replace(self, **changes)
 
   @classmethod
-  def from_variant(cls, name: str, **overrides) -> "WanDiTConfig":
+  def from_variant(cls, name: str, **overrides) -> WanDiTConfig:
     """A named variant (see ``VARIANTS``) with optional field overrides."""
     if name not in VARIANTS:
-      raise KeyError(f"Unknown Wan DiT variant {name!r}; known: "
-                     f"{sorted(VARIANTS)}.")
+      raise KeyError(
+        f"Unknown Wan DiT variant {name!r}; known: {sorted(VARIANTS)}."
+      )
     return dataclasses.replace(VARIANTS[name], **overrides)
 
 
 VARIANTS: dict[str, WanDiTConfig] = {
-    # Kiwi-Edit's released DiT. 4,999,787,712 parameters (reference §1.1).
-    "wan2.2-ti2v-5b": WanDiTConfig(),
-    # Wan2.1-T2V-14B. 14,288,491,584 parameters (reference §1.2).
-    "wan2.1-t2v-14b": WanDiTConfig(
-        dim=5120, num_layers=40, num_heads=40, ffn_dim=13824, in_channels=16,
-        out_channels=16),
-    # Test-sized: 2 heads of 24 (RoPE split 8/8/8), 48 latent channels like
-    # the 5B so the Wan2.2 code paths are exercised.
-    "tiny": WanDiTConfig(
-        dim=48, num_layers=2, num_heads=2, ffn_dim=64, in_channels=48,
-        out_channels=48, text_dim=32, freq_dim=32, rope_max_seq_len=32),
+  # Kiwi-Edit's released DiT. 4,999,787,712 parameters (reference §1.1).
+  "wan2.2-ti2v-5b": WanDiTConfig(),
+  # Wan2.1-T2V-14B. 14,288,491,584 parameters (reference §1.2).
+  "wan2.1-t2v-14b": WanDiTConfig(
+    dim=5120,
+    num_layers=40,
+    num_heads=40,
+    ffn_dim=13824,
+    in_channels=16,
+    out_channels=16,
+  ),
+  # Test-sized: 2 heads of 24 (RoPE split 8/8/8), 48 latent channels like
+  # the 5B so the Wan2.2 code paths are exercised.
+  "tiny": WanDiTConfig(
+    dim=48,
+    num_layers=2,
+    num_heads=2,
+    ffn_dim=64,
+    in_channels=48,
+    out_channels=48,
+    text_dim=32,
+    freq_dim=32,
+    rope_max_seq_len=32,
+  ),
 }
 
 
@@ -164,10 +191,11 @@ def remat_policy(name: str) -> Any:
   if name == "save_attention":
     return policies.save_only_these_names(SELF_ATTN_OUT)
   if name == "save_qkv_attention":
-    return policies.save_only_these_names(
-        QUERY, KEY, VALUE, SELF_ATTN_OUT)
+    return policies.save_only_these_names(QUERY, KEY, VALUE, SELF_ATTN_OUT)
   if name == "save_block_io":
     return policies.save_only_these_names(
-        SELF_ATTN_OUT, CROSS_ATTN_OUT, FFN_OUT)
-  raise ValueError(f"Unknown remat_policy {name!r}; choose one of "
-                   f"{REMAT_POLICIES}.")
+      SELF_ATTN_OUT, CROSS_ATTN_OUT, FFN_OUT
+    )
+  raise ValueError(
+    f"Unknown remat_policy {name!r}; choose one of {REMAT_POLICIES}."
+  )

@@ -24,8 +24,11 @@ from kiwi_jax import sharding
 from kiwi_jax.layers import Dense, GeluTanhMLP, timestep_sinusoid
 from kiwi_jax.layers.rope import rotary_inv_freq, wan_rope_axis_dims
 from kiwi_jax.models.dit import blocks as blocks_lib
-from kiwi_jax.models.dit.conditioning import (ConditionalEmbedder,
-                                              PatchEmbedding, unpatchify)
+from kiwi_jax.models.dit.conditioning import (
+  ConditionalEmbedder,
+  PatchEmbedding,
+  unpatchify,
+)
 from kiwi_jax.models.dit.config import WanDiTConfig, remat_policy
 from kiwi_jax.utils.rngs import cheap_draws
 
@@ -37,6 +40,7 @@ class DiTOutput:
   Attributes:
     velocity: float[B, t, h, w, out_channels] flow-matching prediction.
   """
+
   velocity: jax.Array
 
 
@@ -54,6 +58,7 @@ class DiTParts:
     grid: (f, h, w) video token grid (static).
     video_start: first video token in the sequence (static).
   """
+
   tokens: jax.Array
   context: jax.Array
   t_emb: jax.Array
@@ -85,24 +90,34 @@ class Head(nnx.Module):
   def __init__(self, cfg: WanDiTConfig, *, rngs: nnx.Rngs):
     self.eps = cfg.eps
     self.dtype = cfg.dtype
-    self.modulation = blocks_lib.modulation_param(rngs, 2, cfg.dim,
-                                                  cfg.param_dtype)
-    self.proj = Dense(cfg.dim, cfg.out_patch_features,
-                      kernel_axes=("embed", None), dtype=cfg.dtype,
-                      param_dtype=cfg.param_dtype, rngs=rngs)
+    self.modulation = blocks_lib.modulation_param(
+      rngs, 2, cfg.dim, cfg.param_dtype
+    )
+    self.proj = Dense(
+      cfg.dim,
+      cfg.out_patch_features,
+      kernel_axes=("embed", None),
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      rngs=rngs,
+    )
 
   def __call__(self, x: jax.Array, t_emb: jax.Array) -> jax.Array:
     """x: float[B, S, dim]; t_emb: float[B, 1 or S, dim]."""
-    mod = (self.modulation[...].astype(jnp.float32)[None]
-           + t_emb.astype(jnp.float32)[:, :, None, :])
+    mod = (
+      self.modulation[...].astype(jnp.float32)[None]
+      + t_emb.astype(jnp.float32)[:, :, None, :]
+    )
     y = blocks_lib.modulate(x, mod[:, :, 0], mod[:, :, 1], self.eps)
     return self.proj(y.astype(self.dtype))
 
 
 def _axis_tables(positions: np.ndarray, dim: int, theta: float):
   """Host float64 cos/sin float32[len(positions), dim/2] for one RoPE axis."""
-  angles = positions.astype(np.float64)[:, None] * rotary_inv_freq(
-      dim, theta, xp=np)[None, :]
+  angles = (
+    positions.astype(np.float64)[:, None]
+    * rotary_inv_freq(dim, theta, xp=np)[None, :]
+  )
   return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
@@ -124,9 +139,10 @@ def rope_tables(cfg: WanDiTConfig, segments) -> tuple[jax.Array, jax.Array]:
     longest = max(offset + f, h, w)
     if longest > cfg.rope_max_seq_len:
       raise ValueError(
-          f"Token grid (frames {offset}..{offset + f - 1}, {h} x {w}) needs "
-          f"{longest} RoPE positions; the model has rope_max_seq_len "
-          f"{cfg.rope_max_seq_len}.")
+        f"Token grid (frames {offset}..{offset + f - 1}, {h} x {w}) needs "
+        f"{longest} RoPE positions; the model has rope_max_seq_len "
+        f"{cfg.rope_max_seq_len}."
+      )
     grid = (f, h, w)
     axes = (np.arange(offset, offset + f), np.arange(h), np.arange(w))
     seg_cos, seg_sin = [], []
@@ -169,22 +185,34 @@ class WanDiT(nnx.Module):
   def __init__(self, cfg: WanDiTConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
-    self.patch_embedding = PatchEmbedding(cfg.in_channels, cfg.dim,
-                                          cfg.patch_size, **kw)
-    self.text_embedding = GeluTanhMLP(cfg.text_dim, cfg.dim, cfg.dim,
-                                      in_axis="embed_in", hidden_axis="mlp",
-                                      out_axis="embed", **kw)
+    self.patch_embedding = PatchEmbedding(
+      cfg.in_channels, cfg.dim, cfg.patch_size, **kw
+    )
+    self.text_embedding = GeluTanhMLP(
+      cfg.text_dim,
+      cfg.dim,
+      cfg.dim,
+      in_axis="embed_in",
+      hidden_axis="mlp",
+      out_axis="embed",
+      **kw,
+    )
     self.time_embedding = TimeEmbedding(cfg, rngs=rngs)
-    self.time_projection = Dense(cfg.dim, 6 * cfg.dim,
-                                 kernel_axes=("embed", "mlp"), **kw)
+    self.time_projection = Dense(
+      cfg.dim, 6 * cfg.dim, kernel_axes=("embed", "mlp"), **kw
+    )
     self.blocks = _stacked_blocks(cfg, rngs)
     self.head = Head(cfg, rngs=rngs)
     self.vae_condition = (
-        ConditionalEmbedder(cfg.in_channels, cfg.dim, cfg.patch_size, **kw)
-        if cfg.source_condition else None)
+      ConditionalEmbedder(cfg.in_channels, cfg.dim, cfg.patch_size, **kw)
+      if cfg.source_condition
+      else None
+    )
     self.ref_vae_condition = (
-        ConditionalEmbedder(cfg.in_channels, cfg.dim, cfg.patch_size, **kw)
-        if cfg.reference_condition else None)
+      ConditionalEmbedder(cfg.in_channels, cfg.dim, cfg.patch_size, **kw)
+      if cfg.reference_condition
+      else None
+    )
 
   def embed_text(self, text_states: jax.Array) -> jax.Array:
     """Stock Wan text path: float[B, L, text_dim] -> float[B, L, dim]."""
@@ -201,16 +229,22 @@ class WanDiT(nnx.Module):
     if timestep.ndim == 2:
       t_emb = sharding.constrain(t_emb, blocks_lib.TOKENS)
       t_mod = sharding.constrain(
-          t_mod, ("act_batch", "act_seq", None, "act_embed"))
+        t_mod, ("act_batch", "act_seq", None, "act_embed")
+      )
     return t_emb, t_mod
 
-  def __call__(self, latents: jax.Array, timestep: jax.Array,
-               context: jax.Array, *,
-               source_latents: jax.Array | None = None,
-               sigma: jax.Array | None = None,
-               ref_latents: jax.Array | None = None,
-               context_is_text: bool = False,
-               context_mask: jax.Array | None = None) -> DiTOutput:
+  def __call__(
+    self,
+    latents: jax.Array,
+    timestep: jax.Array,
+    context: jax.Array,
+    *,
+    source_latents: jax.Array | None = None,
+    sigma: jax.Array | None = None,
+    ref_latents: jax.Array | None = None,
+    context_is_text: bool = False,
+    context_mask: jax.Array | None = None,
+  ) -> DiTOutput:
     """Predicts the flow-matching velocity.
 
     Args:
@@ -233,20 +267,30 @@ class WanDiT(nnx.Module):
     Returns:
       ``DiTOutput(velocity=float[B, t, h, w, out_channels])``.
     """
-    parts = self.embed(latents, timestep, context,
-                       source_latents=source_latents, sigma=sigma,
-                       ref_latents=ref_latents,
-                       context_is_text=context_is_text,
-                       context_mask=context_mask)
+    parts = self.embed(
+      latents,
+      timestep,
+      context,
+      source_latents=source_latents,
+      sigma=sigma,
+      ref_latents=ref_latents,
+      context_is_text=context_is_text,
+      context_mask=context_mask,
+    )
     return self.unembed(parts, self.run_blocks(parts))
 
-  def embed(self, latents: jax.Array, timestep: jax.Array,
-            context: jax.Array, *,
-            source_latents: jax.Array | None = None,
-            sigma: jax.Array | None = None,
-            ref_latents: jax.Array | None = None,
-            context_is_text: bool = False,
-            context_mask: jax.Array | None = None) -> DiTParts:
+  def embed(
+    self,
+    latents: jax.Array,
+    timestep: jax.Array,
+    context: jax.Array,
+    *,
+    source_latents: jax.Array | None = None,
+    sigma: jax.Array | None = None,
+    ref_latents: jax.Array | None = None,
+    context_is_text: bool = False,
+    context_mask: jax.Array | None = None,
+  ) -> DiTParts:
     """Everything before the blocks (arguments of :meth:`__call__`).
 
     ``__call__`` is ``unembed(parts, run_blocks(parts))`` with ``parts``
@@ -254,57 +298,85 @@ class WanDiT(nnx.Module):
     three apart so that it can skip the blocks.
     """
     cfg = self.cfg
-    x, (f, h, w), ref_frames = self._tokens(latents, source_latents, sigma,
-                                           ref_latents)
+    x, (f, h, w), ref_frames = self._tokens(
+      latents, source_latents, sigma, ref_latents
+    )
     b, n_video = x.shape[0], f * h * w
 
     # RoPE: video frames 0..f-1 then ref frames f.. (default), or ref
     # frames first at 0.. and the video shifted after them (ref_pad_first).
     video_seg = (ref_frames if cfg.ref_pad_first else 0, f, h, w)
     ref_seg = (0 if cfg.ref_pad_first else f, ref_frames, h, w)
-    segments = [video_seg] if not ref_frames else (
-        [ref_seg, video_seg] if cfg.ref_pad_first else [video_seg, ref_seg])
+    segments = (
+      [video_seg]
+      if not ref_frames
+      else ([ref_seg, video_seg] if cfg.ref_pad_first else [video_seg, ref_seg])
+    )
     rope = rope_tables(cfg, segments)
 
     seq = x.shape[1]
-    if timestep.ndim not in (1, 2) or timestep.shape[0] != b or (
-        timestep.ndim == 2 and timestep.shape[1] != seq):
-      raise ValueError(f"timestep must be float[{b}] or float[{b}, {seq}] "
-                       f"(per token, sequence order), got {timestep.shape}.")
+    if (
+      timestep.ndim not in (1, 2)
+      or timestep.shape[0] != b
+      or (timestep.ndim == 2 and timestep.shape[1] != seq)
+    ):
+      raise ValueError(
+        f"timestep must be float[{b}] or float[{b}, {seq}] "
+        f"(per token, sequence order), got {timestep.shape}."
+      )
     t_emb, t_mod = self.embed_timestep(timestep)
 
     if context_is_text:
       context = self.embed_text(context)
-    if context.ndim != 3 or context.shape[0] != b or (
-        context.shape[-1] != cfg.dim):
-      raise ValueError(f"context must be float[{b}, L, {cfg.dim}], got "
-                       f"{context.shape} (text features need "
-                       "context_is_text=True).")
-    context = sharding.constrain(context.astype(cfg.dtype),
-                                 ("act_batch", None, "act_embed"))
+    if (
+      context.ndim != 3
+      or context.shape[0] != b
+      or (context.shape[-1] != cfg.dim)
+    ):
+      raise ValueError(
+        f"context must be float[{b}, L, {cfg.dim}], got "
+        f"{context.shape} (text features need "
+        "context_is_text=True)."
+      )
+    context = sharding.constrain(
+      context.astype(cfg.dtype), ("act_batch", None, "act_embed")
+    )
 
     if context_mask is not None and context_mask.shape != context.shape[:2]:
-      raise ValueError(f"context_mask must be bool{list(context.shape[:2])},"
-                       f" got {context_mask.shape}.")
-    return DiTParts(tokens=x, context=context, t_emb=t_emb, t_mod=t_mod,
-                    rope=rope, context_mask=context_mask, grid=(f, h, w),
-                    video_start=seq - n_video if cfg.ref_pad_first else 0)
+      raise ValueError(
+        f"context_mask must be bool{list(context.shape[:2])},"
+        f" got {context_mask.shape}."
+      )
+    return DiTParts(
+      tokens=x,
+      context=context,
+      t_emb=t_emb,
+      t_mod=t_mod,
+      rope=rope,
+      context_mask=context_mask,
+      grid=(f, h, w),
+      video_start=seq - n_video if cfg.ref_pad_first else 0,
+    )
 
-  def run_blocks(self, parts: DiTParts,
-                 tokens: jax.Array | None = None) -> jax.Array:
+  def run_blocks(
+    self, parts: DiTParts, tokens: jax.Array | None = None
+  ) -> jax.Array:
     """The block stack on ``tokens`` (default ``parts.tokens``)."""
     x = parts.tokens if tokens is None else tokens
-    return self._run_blocks(x, parts.context, parts.t_mod, parts.rope,
-                            parts.context_mask)
+    return self._run_blocks(
+      x, parts.context, parts.t_mod, parts.rope, parts.context_mask
+    )
 
   def first_block_input(self, parts: DiTParts) -> jax.Array:
     """float32[B, S, dim]: the first block's timestep-modulated
     self-attention input ``LN(x) * (1 + scale) + shift`` (a step cache's
     change indicator)."""
-    mod = (self.blocks.modulation[...][0].astype(jnp.float32)[None]
-           + parts.t_mod.astype(jnp.float32))
-    return blocks_lib.modulate(parts.tokens, mod[:, :, 0], mod[:, :, 1],
-                               self.cfg.eps)
+    mod = self.blocks.modulation[...][0].astype(jnp.float32)[
+      None
+    ] + parts.t_mod.astype(jnp.float32)
+    return blocks_lib.modulate(
+      parts.tokens, mod[:, :, 0], mod[:, :, 1], self.cfg.eps
+    )
 
   def unembed(self, parts: DiTParts, x: jax.Array) -> DiTOutput:
     """The blocks' output tokens -> ``DiTOutput`` (drop ref, head)."""
@@ -328,14 +400,20 @@ class WanDiT(nnx.Module):
     b, f, h, w, _ = x.shape
     if source_latents is not None:
       if self.vae_condition is None:
-        raise ValueError("source_latents given but the model has no "
-                         "vae_condition (set source_condition=True).")
+        raise ValueError(
+          "source_latents given but the model has no "
+          "vae_condition (set source_condition=True)."
+        )
       if source_latents.shape != latents.shape:
-        raise ValueError(f"source_latents shape {source_latents.shape} must "
-                         f"equal latents shape {latents.shape}.")
+        raise ValueError(
+          f"source_latents shape {source_latents.shape} must "
+          f"equal latents shape {latents.shape}."
+        )
       if sigma is None or jnp.shape(sigma) != (b,):
-        raise ValueError(f"sigma must be float[{b}] with source_latents, got "
-                         f"{None if sigma is None else jnp.shape(sigma)}.")
+        raise ValueError(
+          f"sigma must be float[{b}] with source_latents, got "
+          f"{None if sigma is None else jnp.shape(sigma)}."
+        )
       src = self.vae_condition(source_latents, "source_latents")
       x = x + src * sigma.astype(x.dtype)[:, None, None, None, None]
     x = x.reshape(b, f * h * w, cfg.dim)
@@ -343,14 +421,20 @@ class WanDiT(nnx.Module):
     ref_frames = 0
     if ref_latents is not None:
       if self.ref_vae_condition is None:
-        raise ValueError("ref_latents given but the model has no "
-                         "ref_vae_condition (set reference_condition=True).")
-      if (ref_latents.ndim != 5 or ref_latents.shape[0] != b
-          or ref_latents.shape[2:] != latents.shape[2:]):
         raise ValueError(
-            f"ref_latents must be float[{b}, r, {latents.shape[2]}, "
-            f"{latents.shape[3]}, {latents.shape[4]}] (same size as the "
-            f"video latents), got {tuple(ref_latents.shape)}.")
+          "ref_latents given but the model has no "
+          "ref_vae_condition (set reference_condition=True)."
+        )
+      if (
+        ref_latents.ndim != 5
+        or ref_latents.shape[0] != b
+        or ref_latents.shape[2:] != latents.shape[2:]
+      ):
+        raise ValueError(
+          f"ref_latents must be float[{b}, r, {latents.shape[2]}, "
+          f"{latents.shape[3]}, {latents.shape[4]}] (same size as the "
+          f"video latents), got {tuple(ref_latents.shape)}."
+        )
       r = self.ref_vae_condition(ref_latents, "ref_latents")
       ref_frames = r.shape[1]
       r = r.reshape(b, -1, cfg.dim)
@@ -363,17 +447,21 @@ class WanDiT(nnx.Module):
     graphdef, state = nnx.split(self.blocks)
 
     def apply_block(layer_state, x, context, t_mod, rope, context_mask):
-      return nnx.merge(graphdef, layer_state)(x, context, t_mod, rope,
-                                              context_mask)
+      return nnx.merge(graphdef, layer_state)(
+        x, context, t_mod, rope, context_mask
+      )
 
     if self.cfg.remat_policy != "none":
       apply_block = jax.checkpoint(
-          apply_block, policy=remat_policy(self.cfg.remat_policy),
-          prevent_cse=False)
+        apply_block,
+        policy=remat_policy(self.cfg.remat_policy),
+        prevent_cse=False,
+      )
 
     def body(carry, layer_state):
-      return apply_block(layer_state, carry, context, t_mod, rope,
-                         context_mask), None
+      return apply_block(
+        layer_state, carry, context, t_mod, rope, context_mask
+      ), None
 
     x, _ = jax.lax.scan(body, x, state)
     return x
@@ -385,5 +473,4 @@ def parameter_count(model_or_state) -> int:
   return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(state))
 
 
-__all__ = ["DiTOutput", "DiTParts", "WanDiT", "parameter_count",
-           "rope_tables"]
+__all__ = ["DiTOutput", "DiTParts", "WanDiT", "parameter_count", "rope_tables"]

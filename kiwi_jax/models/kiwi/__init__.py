@@ -18,13 +18,24 @@ from kiwi_jax.models.kiwi import checkpoint, codec, readout
 from kiwi_jax.models.kiwi.checkpoint import load as load_checkpoint
 from kiwi_jax.models.kiwi.config import MODES, VARIANTS, KiwiEditConfig
 from kiwi_jax.models.kiwi.model import (
-                                        KiwiConditions,
-                                        KiwiEdit,
-                                        abstract_kiwi,
-                                        pure,
+  KiwiConditions,
+  KiwiEdit,
+  abstract_kiwi,
+  pure,
 )
 from kiwi_jax.models.kiwi.processor import KiwiProcessor
 
-__all__ = ["MODES", "VARIANTS", "KiwiConditions", "KiwiEdit",
-           "KiwiEditConfig", "KiwiProcessor", "abstract_kiwi", "checkpoint",
-           "codec", "load_checkpoint", "pure", "readout"]
+__all__ = [
+  "MODES",
+  "VARIANTS",
+  "KiwiConditions",
+  "KiwiEdit",
+  "KiwiEditConfig",
+  "KiwiProcessor",
+  "abstract_kiwi",
+  "checkpoint",
+  "codec",
+  "load_checkpoint",
+  "pure",
+  "readout",
+]

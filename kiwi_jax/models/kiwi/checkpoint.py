@@ -49,12 +49,16 @@ def _write_json(obj: Any, path: pathlib.Path) -> None:
   path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def save(model_state: nnx.State, cfg: KiwiEditConfig,
-         directory: str | os.PathLike, *,
-         processor_files: Mapping[str, str | os.PathLike] = (),
-         processor_json: Mapping[str, Any] = (),
-         report: Mapping[str, Any] | None = None,
-         overwrite: bool = False) -> pathlib.Path:
+def save(
+  model_state: nnx.State,
+  cfg: KiwiEditConfig,
+  directory: str | os.PathLike,
+  *,
+  processor_files: Mapping[str, str | os.PathLike] = (),
+  processor_json: Mapping[str, Any] = (),
+  report: Mapping[str, Any] | None = None,
+  overwrite: bool = False,
+) -> pathlib.Path:
   """Writes a loadable Kiwi-Edit directory atomically.
 
   Args:
@@ -90,8 +94,9 @@ def save(model_state: nnx.State, cfg: KiwiEditConfig,
 def load_config(directory: str | os.PathLike) -> KiwiEditConfig:
   path = pathlib.Path(directory) / CONFIG_FILE
   if not path.is_file():
-    raise FileNotFoundError(f"{path} is missing; {directory} is not a "
-                            "converted Kiwi-Edit directory.")
+    raise FileNotFoundError(
+      f"{path} is missing; {directory} is not a converted Kiwi-Edit directory."
+    )
   return KiwiEditConfig.from_dict(json.loads(path.read_text()))
 
 
@@ -99,11 +104,17 @@ def is_checkpoint(directory: str | os.PathLike) -> bool:
   """Whether ``directory`` holds a Kiwi-Edit model :func:`load` opens."""
   path = pathlib.Path(directory)
   return (path / CONFIG_FILE).is_file() and (
-      (path / PARAMS_DIR).is_dir() or (path / TRAIN_CHECKPOINTS_DIR).is_dir())
+    (path / PARAMS_DIR).is_dir() or (path / TRAIN_CHECKPOINTS_DIR).is_dir()
+  )
 
 
-def load(directory: str | os.PathLike, *, mesh=None, rules=None,
-         config: KiwiEditConfig | None = None) -> KiwiEdit:
+def load(
+  directory: str | os.PathLike,
+  *,
+  mesh=None,
+  rules=None,
+  config: KiwiEditConfig | None = None,
+) -> KiwiEdit:
   """Restores a Kiwi-Edit directory into a :class:`KiwiEdit`.
 
   Args:
@@ -127,8 +138,10 @@ def load(directory: str | os.PathLike, *, mesh=None, rules=None,
   graphdef, abstract = abstract_kiwi(cfg)
   shardings = sharding.state_shardings(abstract, mesh, rules)
   abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract, shardings)
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    abstract,
+    shardings,
+  )
   if (directory / PARAMS_DIR).is_dir():
     checkpointer = ocp.StandardCheckpointer()
     state = checkpointer.restore(directory / PARAMS_DIR, abstract)
@@ -136,18 +149,23 @@ def load(directory: str | os.PathLike, *, mesh=None, rules=None,
     return nnx.merge(graphdef, state)
   if not (directory / TRAIN_CHECKPOINTS_DIR).is_dir():
     raise FileNotFoundError(
-        f"{directory} has {CONFIG_FILE} but no weights: expected "
-        f"{PARAMS_DIR}/ (converted) or {TRAIN_CHECKPOINTS_DIR}/ (train.py).")
+      f"{directory} has {CONFIG_FILE} but no weights: expected "
+      f"{PARAMS_DIR}/ (converted) or {TRAIN_CHECKPOINTS_DIR}/ (train.py)."
+    )
   # pylint: disable-next=g-import-not-at-top
   from kiwi_jax.train_lib import checkpointing, train_state
+
   pure = nnx.to_pure_dict(abstract)
   paths, treedef = jax.tree_util.tree_flatten_with_path(pure)
   names = [train_state.path_name(p) for p, _ in paths]
   flat = checkpointing.read_weights(
-      directory / TRAIN_CHECKPOINTS_DIR, dict(zip(names, jax.tree.leaves(
-          pure))), what="checkpoint")
-  nnx.replace_by_pure_dict(abstract, jax.tree_util.tree_unflatten(
-      treedef, [flat[n] for n in names]))
+    directory / TRAIN_CHECKPOINTS_DIR,
+    dict(zip(names, jax.tree.leaves(pure))),
+    what="checkpoint",
+  )
+  nnx.replace_by_pure_dict(
+    abstract, jax.tree_util.tree_unflatten(treedef, [flat[n] for n in names])
+  )
   return nnx.merge(graphdef, abstract)
 
 
@@ -156,5 +174,11 @@ def processor_dir(directory: str | os.PathLike) -> pathlib.Path:
   return pathlib.Path(directory) / PROCESSOR_DIR
 
 
-__all__ = ["atomic_directory", "is_checkpoint", "load", "load_config",
-           "processor_dir", "save"]
+__all__ = [
+  "atomic_directory",
+  "is_checkpoint",
+  "load",
+  "load_config",
+  "processor_dir",
+  "save",
+]

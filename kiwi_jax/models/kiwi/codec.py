@@ -36,15 +36,17 @@ class PixelUnshuffle(nnx.Module):
 
   @property
   def channels(self) -> int:
-    return 3 * self.factor ** 2
+    return 3 * self.factor**2
 
   def encode(self, video: jax.Array) -> jax.Array:
     """float[B, T, H, W, 3] in [-1, 1] -> float[B, T, H/s, W/s, 3 s^2]."""
     b, t, h, w, c = video.shape
     s = self.factor
     if h % s or w % s:
-      raise ValueError(f"Frame size {h}x{w} is not a multiple of the "
-                       f"pixel-unshuffle factor {s}.")
+      raise ValueError(
+        f"Frame size {h}x{w} is not a multiple of the "
+        f"pixel-unshuffle factor {s}."
+      )
     x = video.reshape(b, t, h // s, s, w // s, s, c)
     x = jnp.transpose(x, (0, 1, 2, 4, 3, 5, 6))
     return x.reshape(b, t, h // s, w // s, s * s * c) * self.scale

@@ -54,6 +54,7 @@ class KiwiEditConfig:
       then unused and the model holds no VAE weights).
     unshuffle_factor: the stand-in's space-to-depth factor.
   """
+
   dit: WanDiTConfig
   mllm: Qwen25VLConfig
   vae: WanVAEConfig
@@ -70,8 +71,9 @@ class KiwiEditConfig:
 
   def __post_init__(self):
     if self.readout not in READOUT_MODES:
-      raise ValueError(f"readout must be one of {READOUT_MODES}, got "
-                       f"{self.readout!r}.")
+      raise ValueError(
+        f"readout must be one of {READOUT_MODES}, got {self.readout!r}."
+      )
     for name in ("num_image_queries", "num_video_queries", "num_ref_queries"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
@@ -79,18 +81,21 @@ class KiwiEditConfig:
       raise ValueError(f"codec must be one of {CODECS}, got {self.codec!r}.")
     if self.latent_channels != self.dit.in_channels:
       raise ValueError(
-          f"The {self.codec} codec gives {self.latent_channels} latent "
-          f"channels but the DiT takes in_channels={self.dit.in_channels}.")
+        f"The {self.codec} codec gives {self.latent_channels} latent "
+        f"channels but the DiT takes in_channels={self.dit.in_channels}."
+      )
     if self.dit.reference_condition and not self.num_ref_queries:
-      raise ValueError("A DiT with ref_vae_condition needs reference queries "
-                       "(num_ref_queries > 0).")
+      raise ValueError(
+        "A DiT with ref_vae_condition needs reference queries "
+        "(num_ref_queries > 0)."
+      )
 
   # -- Latent geometry of the codec: [B, (T-1)//tf + 1, H/sf, W/sf, c].
 
   @property
   def latent_channels(self) -> int:
     if self.codec == "pixel_unshuffle":
-      return 3 * self.unshuffle_factor ** 2
+      return 3 * self.unshuffle_factor**2
     return self.vae.z_dim
 
   @property
@@ -99,8 +104,11 @@ class KiwiEditConfig:
 
   @property
   def spatial_factor(self) -> int:
-    return (self.unshuffle_factor if self.codec == "pixel_unshuffle"
-            else self.vae.spatial_factor)
+    return (
+      self.unshuffle_factor
+      if self.codec == "pixel_unshuffle"
+      else self.vae.spatial_factor
+    )
 
   @property
   def latent_dtype(self) -> Any:
@@ -113,12 +121,17 @@ class KiwiEditConfig:
     reference's ``torch_dtype``: bf16 rounds, float32 is exact)."""
     return self.dit.dtype
 
-  def latent_shape(self, num_frames: int, height: int, width: int,
-                   batch: int = 1) -> tuple[int, int, int, int, int]:
+  def latent_shape(
+    self, num_frames: int, height: int, width: int, batch: int = 1
+  ) -> tuple[int, int, int, int, int]:
     """The latents of ``batch`` clips of ``num_frames`` x height x width."""
-    return (batch, (num_frames - 1) // self.temporal_factor + 1,
-            height // self.spatial_factor, width // self.spatial_factor,
-            self.latent_channels)
+    return (
+      batch,
+      (num_frames - 1) // self.temporal_factor + 1,
+      height // self.spatial_factor,
+      width // self.spatial_factor,
+      self.latent_channels,
+    )
 
   @property
   def mllm_hidden(self) -> int:
@@ -128,25 +141,32 @@ class KiwiEditConfig:
     """Queries of ``mode`` ("image", "video" or "reference")."""
     if mode not in MODES:
       raise ValueError(f"Unknown mode {mode!r}; choose one of {MODES}.")
-    return {"image": self.num_image_queries, "video": self.num_video_queries,
-            "reference": self.num_ref_queries}[mode]
+    return {
+      "image": self.num_image_queries,
+      "video": self.num_video_queries,
+      "reference": self.num_ref_queries,
+    }[mode]
 
   def modes(self) -> tuple[str, ...]:
     """The edit modes this model can run."""
     out = [m for m in ("image", "video") if self.num_queries(m)]
-    if (self.num_ref_queries and self.ref_connector
-        and self.dit.reference_condition):
+    if (
+      self.num_ref_queries
+      and self.ref_connector
+      and self.dit.reference_condition
+    ):
       out.append("reference")
     return tuple(out)
 
-  def replace(self, **changes) -> "KiwiEditConfig":
+  def replace(self, **changes) -> KiwiEditConfig:
     return dataclasses.replace(self, **changes)
 
   @classmethod
-  def from_variant(cls, name: str, **overrides) -> "KiwiEditConfig":
+  def from_variant(cls, name: str, **overrides) -> KiwiEditConfig:
     if name not in VARIANTS:
-      raise KeyError(f"Unknown Kiwi-Edit variant {name!r}; known: "
-                     f"{sorted(VARIANTS)}.")
+      raise KeyError(
+        f"Unknown Kiwi-Edit variant {name!r}; known: {sorted(VARIANTS)}."
+      )
     return dataclasses.replace(VARIANTS[name], **overrides)
 
   # -- JSON (the converted checkpoint's ``kiwi_config.json``).
@@ -155,14 +175,16 @@ class KiwiEditConfig:
     return _to_jsonable(self)
 
   @classmethod
-  def from_dict(cls, data: dict[str, Any]) -> "KiwiEditConfig":
+  def from_dict(cls, data: dict[str, Any]) -> KiwiEditConfig:
     return _from_jsonable(cls, data)
 
 
 def _to_jsonable(obj):
   if dataclasses.is_dataclass(obj):
-    return {f.name: _to_jsonable(getattr(obj, f.name))
-            for f in dataclasses.fields(obj)}
+    return {
+      f.name: _to_jsonable(getattr(obj, f.name))
+      for f in dataclasses.fields(obj)
+    }
   if isinstance(obj, (tuple, list)):
     return [_to_jsonable(x) for x in obj]
   if obj is None or isinstance(obj, (bool, int, float, str)):
@@ -178,8 +200,9 @@ def _from_jsonable(cls, data: dict[str, Any]):
   known = {f.name for f in dataclasses.fields(cls)}
   unknown = set(data) - known
   if unknown:
-    raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)} in "
-                     "the config file.")
+    raise ValueError(
+      f"{cls.__name__}: unknown fields {sorted(unknown)} in the config file."
+    )
   kwargs = {}
   for f in dataclasses.fields(cls):
     if f.name not in data:
@@ -196,30 +219,47 @@ def _from_jsonable(cls, data: dict[str, Any]):
 
 
 def _variants() -> dict[str, KiwiEditConfig]:
-  dit5 = WanDiTConfig.from_variant("wan2.2-ti2v-5b", source_condition=True,
-                                   reference_condition=True)
-  dit14 = WanDiTConfig.from_variant("wan2.1-t2v-14b", source_condition=True,
-                                    reference_condition=True)
+  dit5 = WanDiTConfig.from_variant(
+    "wan2.2-ti2v-5b", source_condition=True, reference_condition=True
+  )
+  dit14 = WanDiTConfig.from_variant(
+    "wan2.1-t2v-14b", source_condition=True, reference_condition=True
+  )
   qwen = Qwen25VLConfig.from_variant("qwen2.5-vl-3b")
   tiny_qwen = Qwen25VLConfig.from_variant("tiny")
   tiny_dit = WanDiTConfig.from_variant(
-      "tiny", dim=48, in_channels=12, out_channels=12, source_condition=True,
-      reference_condition=True)
+    "tiny",
+    dim=48,
+    in_channels=12,
+    out_channels=12,
+    source_condition=True,
+    reference_condition=True,
+  )
   return {
-      # Stage-3 Wan2.2-TI2V-5B + Qwen2.5-VL-3B (all modes).
-      "kiwi-5b": KiwiEditConfig(dit=dit5, mllm=qwen,
-                                vae=WanVAEConfig.from_variant("wan2.2")),
-      # The 14B scripts (no released checkpoint): 384 reference queries.
-      "kiwi-14b": KiwiEditConfig(dit=dit14, mllm=qwen,
-                                 vae=WanVAEConfig.from_variant("wan2.1"),
-                                 num_ref_queries=384, max_ref_tokens=384,
-                                 mllm_max_frames=10),
-      # Test-sized: tiny Qwen (hidden 64), tiny DiT over the tiny Wan2.2 VAE
-      # latents (12 channels).
-      "tiny": KiwiEditConfig(dit=tiny_dit, mllm=tiny_qwen,
-                             vae=WanVAEConfig.from_variant("wan2.2-tiny"),
-                             num_image_queries=5, num_video_queries=7,
-                             num_ref_queries=11, max_ref_tokens=16),
+    # Stage-3 Wan2.2-TI2V-5B + Qwen2.5-VL-3B (all modes).
+    "kiwi-5b": KiwiEditConfig(
+      dit=dit5, mllm=qwen, vae=WanVAEConfig.from_variant("wan2.2")
+    ),
+    # The 14B scripts (no released checkpoint): 384 reference queries.
+    "kiwi-14b": KiwiEditConfig(
+      dit=dit14,
+      mllm=qwen,
+      vae=WanVAEConfig.from_variant("wan2.1"),
+      num_ref_queries=384,
+      max_ref_tokens=384,
+      mllm_max_frames=10,
+    ),
+    # Test-sized: tiny Qwen (hidden 64), tiny DiT over the tiny Wan2.2 VAE
+    # latents (12 channels).
+    "tiny": KiwiEditConfig(
+      dit=tiny_dit,
+      mllm=tiny_qwen,
+      vae=WanVAEConfig.from_variant("wan2.2-tiny"),
+      num_image_queries=5,
+      num_video_queries=7,
+      num_ref_queries=11,
+      max_ref_tokens=16,
+    ),
   }
 
 

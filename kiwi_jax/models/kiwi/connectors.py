@@ -28,8 +28,9 @@ QUERY_INIT_STD = 0.02
 
 def query_init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
   """``torch.randn(N, D) * 0.02`` (``QueryVector.__init__``)."""
-  return (jax.random.normal(key, shape, jnp.float32)
-          * QUERY_INIT_STD).astype(dtype)
+  return (jax.random.normal(key, shape, jnp.float32) * QUERY_INIT_STD).astype(
+    dtype
+  )
 
 
 class LearnableQueries(nnx.Module):
@@ -40,14 +41,27 @@ class LearnableQueries(nnx.Module):
       Named ``q`` like the reference parameter (DiffSynth key ``*.q``).
   """
 
-  def __init__(self, num_queries: int, hidden: int, *,
-               param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_queries: int,
+    hidden: int,
+    *,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     if num_queries <= 0 or hidden <= 0:
-      raise ValueError(f"LearnableQueries needs positive sizes, got "
-                       f"num_queries={num_queries}, hidden={hidden}.")
+      raise ValueError(
+        f"LearnableQueries needs positive sizes, got "
+        f"num_queries={num_queries}, hidden={hidden}."
+      )
     self.num_queries = num_queries
-    self.q = sharding.param(query_init, rngs.params(), (num_queries, hidden),
-                            param_dtype, ("queries", "embed"))
+    self.q = sharding.param(
+      query_init,
+      rngs.params(),
+      (num_queries, hidden),
+      param_dtype,
+      ("queries", "embed"),
+    )
 
   def __call__(self, dtype: Any = None) -> jax.Array:
     """Returns float[num_queries, hidden] (cast to ``dtype`` if given)."""
@@ -62,11 +76,27 @@ class Connector(GeluTanhMLP):
   starts at zero as in the reference.
   """
 
-  def __init__(self, mllm_hidden: int, dim: int, *, dtype: Any = jnp.float32,
-               param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
-    super().__init__(mllm_hidden, dim, dim, in_axis="embed_in",
-                     hidden_axis="mlp", out_axis="embed", dtype=dtype,
-                     param_dtype=param_dtype, zero_init_out=True, rngs=rngs)
+  def __init__(
+    self,
+    mllm_hidden: int,
+    dim: int,
+    *,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    super().__init__(
+      mllm_hidden,
+      dim,
+      dim,
+      in_axis="embed_in",
+      hidden_axis="mlp",
+      out_axis="embed",
+      dtype=dtype,
+      param_dtype=param_dtype,
+      zero_init_out=True,
+      rngs=rngs,
+    )
     self.mllm_hidden = mllm_hidden
     self.dim = dim
 
@@ -74,8 +104,10 @@ class Connector(GeluTanhMLP):
     """hidden: float[B, N, mllm_hidden] -> float[B, N, dim]."""
     if hidden.shape[-1] != self.mllm_hidden:
       raise ValueError(
-          f"Connector expects features of width {self.mllm_hidden}, got "
-          f"shape {tuple(hidden.shape)}.")
+        f"Connector expects features of width {self.mllm_hidden}, got "
+        f"shape {tuple(hidden.shape)}."
+      )
     out = super().__call__(hidden)
-    return sharding.constrain(out, ("act_batch",) + (None,) * (out.ndim - 2)
-                              + ("act_embed",))
+    return sharding.constrain(
+      out, ("act_batch",) + (None,) * (out.ndim - 2) + ("act_embed",)
+    )

@@ -47,6 +47,7 @@ class KiwiConditions:
       (all true when ``ref_tokens`` is the exact count, the reference case);
       pass it to :meth:`KiwiEdit.denoise_step` as ``context_mask``.
   """
+
   context: jax.Array
   mask: jax.Array
 
@@ -70,22 +71,26 @@ class KiwiEdit(nnx.Module):
     self.mllm = Qwen25VL(cfg.mllm, rngs=rngs)
 
     def queries(n):
-      return (LearnableQueries(n, hidden, param_dtype=pdt, rngs=rngs)
-              if n else None)
+      return (
+        LearnableQueries(n, hidden, param_dtype=pdt, rngs=rngs) if n else None
+      )
 
     self.image_queries = queries(cfg.num_image_queries)
     self.video_queries = queries(cfg.num_video_queries)
     self.ref_queries = queries(cfg.num_ref_queries)
-    kw = dict(dtype=cfg.dit.dtype, param_dtype=cfg.dit.param_dtype,
-              rngs=rngs)
+    kw = dict(dtype=cfg.dit.dtype, param_dtype=cfg.dit.param_dtype, rngs=rngs)
     self.connector = Connector(hidden, dim, **kw)
-    self.ref_connector = (Connector(hidden, dim, **kw) if cfg.ref_connector
-                          else None)
+    self.ref_connector = (
+      Connector(hidden, dim, **kw) if cfg.ref_connector else None
+    )
     self.dit = WanDiT(cfg.dit, rngs=rngs)
     # The latent codec (``cfg.codec``): the Wan VAE or a parameter-free
     # stand-in with the same encode/decode methods.
-    self.vae = (WanVAE(cfg.vae, rngs=rngs) if cfg.codec == "wan_vae"
-                else PixelUnshuffle(cfg.unshuffle_factor))
+    self.vae = (
+      WanVAE(cfg.vae, rngs=rngs)
+      if cfg.codec == "wan_vae"
+      else PixelUnshuffle(cfg.unshuffle_factor)
+    )
 
   # -- MLLM side.
 
@@ -93,16 +98,21 @@ class KiwiEdit(nnx.Module):
     """The query set of ``mode``; a clear error if this model lacks it."""
     if mode not in MODES:
       raise ValueError(f"Unknown mode {mode!r}; choose one of {MODES}.")
-    q = {"image": self.image_queries, "video": self.video_queries,
-         "reference": self.ref_queries}[mode]
+    q = {
+      "image": self.image_queries,
+      "video": self.video_queries,
+      "reference": self.ref_queries,
+    }[mode]
     if q is None:
       raise ValueError(
-          f"This Kiwi-Edit model has no {mode} queries (its checkpoint "
-          f"predates that training stage); modes: {self.cfg.modes()}.")
+        f"This Kiwi-Edit model has no {mode} queries (its checkpoint "
+        f"predates that training stage); modes: {self.cfg.modes()}."
+      )
     return q
 
-  def mllm_hidden_states(self, inputs: Mapping[str, Any],
-                         mode: str) -> jax.Array:
+  def mllm_hidden_states(
+    self, inputs: Mapping[str, Any], mode: str
+  ) -> jax.Array:
     """float[B, T, hidden]: Qwen2.5-VL's last hidden states (after the
     final norm) with the mode's queries in place of the placeholders.
 
@@ -118,16 +128,25 @@ class KiwiEdit(nnx.Module):
     pixels = inputs.get("pixel_values")
     if pixels is not None:  # bf16 into the tower, as the reference's encoder
       pixels = kiwi_encoder_pixels(pixels)
-    out = self.mllm(inputs["input_ids"], inputs["position_ids"],
-                    pixel_values=pixels,
-                    vision_meta=inputs.get("vision_meta"), queries=q,
-                    segment_ids=_token_mask(inputs))
+    out = self.mllm(
+      inputs["input_ids"],
+      inputs["position_ids"],
+      pixel_values=pixels,
+      vision_meta=inputs.get("vision_meta"),
+      queries=q,
+      segment_ids=_token_mask(inputs),
+    )
     return out.last_hidden_state
 
-  def conditions_from_hidden(self, hidden: jax.Array, input_ids: jax.Array,
-                             mode: str, *,
-                             attention_mask: jax.Array | None = None,
-                             ref_tokens: int = 0) -> KiwiConditions:
+  def conditions_from_hidden(
+    self,
+    hidden: jax.Array,
+    input_ids: jax.Array,
+    mode: str,
+    *,
+    attention_mask: jax.Array | None = None,
+    ref_tokens: int = 0,
+  ) -> KiwiConditions:
     """Readout + connectors (reference §2.4) on given MLLM hidden states.
 
     Args:
@@ -142,44 +161,66 @@ class KiwiEdit(nnx.Module):
     cfg = self.cfg
     n = self.queries(mode).num_queries
     feats = readout.read_queries(
-        hidden, input_ids, n, query_token_id=cfg.mllm.query_token_id,
-        attention_mask=attention_mask, mode=cfg.readout)
+      hidden,
+      input_ids,
+      n,
+      query_token_id=cfg.mllm.query_token_id,
+      attention_mask=attention_mask,
+      mode=cfg.readout,
+    )
     context = self.connector(feats)
     mask = jnp.ones(context.shape[:2], bool)
     if mode != "reference":
       return KiwiConditions(context=context, mask=mask)
     if self.ref_connector is None:
-      raise ValueError("Reference mode needs ref_connector, which this "
-                       "model does not have.")
+      raise ValueError(
+        "Reference mode needs ref_connector, which this model does not have."
+      )
     if not 0 < ref_tokens <= cfg.max_ref_tokens:
-      raise ValueError(f"ref_tokens must be in 1..{cfg.max_ref_tokens} "
-                       f"(max_ref_tokens), got {ref_tokens}.")
+      raise ValueError(
+        f"ref_tokens must be in 1..{cfg.max_ref_tokens} "
+        f"(max_ref_tokens), got {ref_tokens}."
+      )
     ref_feats, ref_mask = readout.read_reference(
-        hidden, input_ids, ref_tokens,
-        vision_start_id=cfg.mllm.vision_start_token_id,
-        vision_end_id=cfg.mllm.vision_end_token_id,
-        attention_mask=attention_mask)
+      hidden,
+      input_ids,
+      ref_tokens,
+      vision_start_id=cfg.mllm.vision_start_token_id,
+      vision_end_id=cfg.mllm.vision_end_token_id,
+      attention_mask=attention_mask,
+    )
     ref_context = self.ref_connector(ref_feats)
     return KiwiConditions(
-        context=jnp.concatenate([ref_context, context], axis=1),
-        mask=jnp.concatenate([ref_mask, mask], axis=1))
+      context=jnp.concatenate([ref_context, context], axis=1),
+      mask=jnp.concatenate([ref_mask, mask], axis=1),
+    )
 
-  def encode_conditions(self, inputs: Mapping[str, Any], mode: str, *,
-                        ref_tokens: int = 0) -> KiwiConditions:
+  def encode_conditions(
+    self, inputs: Mapping[str, Any], mode: str, *, ref_tokens: int = 0
+  ) -> KiwiConditions:
     """MLLM inputs -> DiT context (``QwenVLMLLMEncoder.forward``)."""
     hidden = self.mllm_hidden_states(inputs, mode)
     return self.conditions_from_hidden(
-        hidden, inputs["input_ids"], mode,
-        attention_mask=_token_mask(inputs), ref_tokens=ref_tokens)
+      hidden,
+      inputs["input_ids"],
+      mode,
+      attention_mask=_token_mask(inputs),
+      ref_tokens=ref_tokens,
+    )
 
   # -- DiT and VAE.
 
-  def denoise_step(self, latents: jax.Array, timestep: jax.Array,
-                   context: jax.Array, *,
-                   source_latents: jax.Array | None = None,
-                   sigma: jax.Array | None = None,
-                   ref_latents: jax.Array | None = None,
-                   context_mask: jax.Array | None = None) -> jax.Array:
+  def denoise_step(
+    self,
+    latents: jax.Array,
+    timestep: jax.Array,
+    context: jax.Array,
+    *,
+    source_latents: jax.Array | None = None,
+    sigma: jax.Array | None = None,
+    ref_latents: jax.Array | None = None,
+    context_mask: jax.Array | None = None,
+  ) -> jax.Array:
     """Velocity float[B, t, h, w, c] at one timestep (``model_fn_wan_video``).
 
     Args:
@@ -193,36 +234,52 @@ class KiwiEdit(nnx.Module):
       context_mask: bool[B, L] (``KiwiConditions.mask``): needed when a
         batch pads reference rows (different reference sizes per sample).
     """
-    return self.dit(latents, timestep, context,
-                    source_latents=source_latents, sigma=sigma,
-                    ref_latents=ref_latents,
-                    context_mask=context_mask).velocity
+    return self.dit(
+      latents,
+      timestep,
+      context,
+      source_latents=source_latents,
+      sigma=sigma,
+      ref_latents=ref_latents,
+      context_mask=context_mask,
+    ).velocity
 
-  def split_denoise_step(self, latents: jax.Array, timestep: jax.Array,
-                         context: jax.Array, *,
-                         source_latents: jax.Array | None = None,
-                         sigma: jax.Array | None = None,
-                         ref_latents: jax.Array | None = None,
-                         context_mask: jax.Array | None = None
-                         ) -> step_cache.SplitStep:
+  def split_denoise_step(
+    self,
+    latents: jax.Array,
+    timestep: jax.Array,
+    context: jax.Array,
+    *,
+    source_latents: jax.Array | None = None,
+    sigma: jax.Array | None = None,
+    ref_latents: jax.Array | None = None,
+    context_mask: jax.Array | None = None,
+  ) -> step_cache.SplitStep:
     """:meth:`denoise_step` cut around the DiT's blocks, for the step
     cache (``kiwi_jax.diffusion.step_cache``); the same arguments."""
     dit = self.dit
-    parts = dit.embed(latents, timestep, context,
-                      source_latents=source_latents, sigma=sigma,
-                      ref_latents=ref_latents, context_mask=context_mask)
+    parts = dit.embed(
+      latents,
+      timestep,
+      context,
+      source_latents=source_latents,
+      sigma=sigma,
+      ref_latents=ref_latents,
+      context_mask=context_mask,
+    )
     return step_cache.SplitStep(
-        tokens=parts.tokens, indicator=dit.first_block_input(parts),
-        blocks=lambda x: dit.run_blocks(parts, x),
-        head=lambda x: dit.unembed(parts, x).velocity,
-        num_blocks=dit.cfg.num_layers)
+      tokens=parts.tokens,
+      indicator=dit.first_block_input(parts),
+      blocks=lambda x: dit.run_blocks(parts, x),
+      head=lambda x: dit.unembed(parts, x).velocity,
+      num_blocks=dit.cfg.num_layers,
+    )
 
   def encode_video(self, video: jax.Array) -> jax.Array:
     """float[B, T, H, W, 3] in [-1, 1] -> normalised latents."""
     return self.vae.encode(video)
 
-  def decode_latents(self, latents: jax.Array,
-                     clamp: bool = True) -> jax.Array:
+  def decode_latents(self, latents: jax.Array, clamp: bool = True) -> jax.Array:
     """Normalised latents -> float[B, T, H, W, 3] in [-1, 1]."""
     return self.vae.decode(latents, clamp=clamp)
 

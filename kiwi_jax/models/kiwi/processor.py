@@ -44,11 +44,19 @@ class KiwiProcessor:
       (0: the smallest ``bucketing`` ladder entry that fits).
   """
 
-  def __init__(self, tokenizer: Any, cfg: KiwiEditConfig, *,
-               seq_len: int = 0, num_patches: int = 0):
-    self.tokenizer = (os.fspath(tokenizer)
-                      if isinstance(tokenizer, (str, os.PathLike))
-                      else tokenizer)
+  def __init__(
+    self,
+    tokenizer: Any,
+    cfg: KiwiEditConfig,
+    *,
+    seq_len: int = 0,
+    num_patches: int = 0,
+  ):
+    self.tokenizer = (
+      os.fspath(tokenizer)
+      if isinstance(tokenizer, (str, os.PathLike))
+      else tokenizer
+    )
     self.cfg = cfg
     self.seq_len = int(seq_len)
     self.num_patches = int(num_patches)
@@ -64,20 +72,27 @@ class KiwiProcessor:
       if self._qwen is None:
         cfg = self.cfg
         self._qwen = processing.QwenProcessor(
-            self.tokenizer, cfg.mllm, processing.ProcessorConfig(
-                num_image_queries=cfg.num_image_queries,
-                num_video_queries=cfg.num_video_queries,
-                num_ref_queries=cfg.num_ref_queries,
-                max_pixels_per_frame=cfg.mllm_max_pixels_per_frame,
-                max_object_token=cfg.max_ref_tokens,
-                max_frames=cfg.mllm_max_frames))
+          self.tokenizer,
+          cfg.mllm,
+          processing.ProcessorConfig(
+            num_image_queries=cfg.num_image_queries,
+            num_video_queries=cfg.num_video_queries,
+            num_ref_queries=cfg.num_ref_queries,
+            max_pixels_per_frame=cfg.mllm_max_pixels_per_frame,
+            max_object_token=cfg.max_ref_tokens,
+            max_frames=cfg.mllm_max_frames,
+          ),
+        )
       return self._qwen
 
   @property
   def pad_token_id(self) -> int:
     tok = self.qwen.tokenizer
-    return (tok.pad_token_id if tok.pad_token_id is not None
-            else tok.convert_tokens_to_ids("<|endoftext|>"))
+    return (
+      tok.pad_token_id
+      if tok.pad_token_id is not None
+      else tok.convert_tokens_to_ids("<|endoftext|>")
+    )
 
   @staticmethod
   def mode(num_frames: int, has_reference: bool) -> str:
@@ -86,8 +101,12 @@ class KiwiProcessor:
     diffusers pipeline does)."""
     return processing.select_mode(num_frames, has_reference)
 
-  def example(self, frames: np.ndarray, instruction: str,
-              ref_image: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  def example(
+    self,
+    frames: np.ndarray,
+    instruction: str,
+    ref_image: np.ndarray | None = None,
+  ) -> dict[str, np.ndarray]:
     """One padded example (the data pipeline's MLLM hook).
 
     Args:
@@ -100,12 +119,16 @@ class KiwiProcessor:
       int32[S], ``pixel_values``, the vision metadata and ``ref_span``.
     """
     mode = self.mode(len(frames), ref_image is not None)
-    example = self.qwen(instruction, frames=frames, ref_image=ref_image,
-                        mode=mode)
-    out = bucketing.pad_example(example, self.cfg.mllm.vision,
-                                pad_token_id=self.pad_token_id,
-                                seq_len=self.seq_len or None,
-                                num_patches=self.num_patches or None)
+    example = self.qwen(
+      instruction, frames=frames, ref_image=ref_image, mode=mode
+    )
+    out = bucketing.pad_example(
+      example,
+      self.cfg.mllm.vision,
+      pad_token_id=self.pad_token_id,
+      seq_len=self.seq_len or None,
+      num_patches=self.num_patches or None,
+    )
     del out["grid_thw"]  # per-example length; the metadata encodes it
     return out
 
@@ -114,17 +137,23 @@ class KiwiProcessor:
     """Stacked examples (numpy or jax, leading batch axis) ->
     ``KiwiEdit.encode_conditions`` inputs (``position_ids`` to [3, B, S])."""
     return bucketing.model_inputs(
-        {**batch, "position_ids": batch["position_ids"].transpose(1, 0, 2)})
+      {**batch, "position_ids": batch["position_ids"].transpose(1, 0, 2)}
+    )
 
-  def edit_inputs(self, instruction: str, *, frames: np.ndarray,
-                  ref_image: np.ndarray | None = None
-                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+  def edit_inputs(
+    self,
+    instruction: str,
+    *,
+    frames: np.ndarray,
+    ref_image: np.ndarray | None = None,
+  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model inputs of one edit, batch 1, and the static options of
     ``encode_conditions`` (``mode``, and ``ref_tokens`` in reference mode:
     the reference's exact token count)."""
     example = self.example(frames, instruction, ref_image)
     arrays = self.model_inputs(
-        {k: np.asarray(v)[None] for k, v in example.items()})
+      {k: np.asarray(v)[None] for k, v in example.items()}
+    )
     mode = self.mode(len(frames), ref_image is not None)
     options = {"mode": mode}
     if mode == "reference":

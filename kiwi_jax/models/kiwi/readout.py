@@ -28,18 +28,22 @@ import jax.numpy as jnp
 READOUT_MODES = ("last", "queries")
 
 
-def _valid_mask(input_ids: jax.Array,
-                attention_mask: jax.Array | None) -> jax.Array:
+def _valid_mask(
+  input_ids: jax.Array, attention_mask: jax.Array | None
+) -> jax.Array:
   if attention_mask is None:
     return jnp.ones(input_ids.shape, bool)
   if attention_mask.shape != input_ids.shape:
-    raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} "
-                     f"differs from input_ids {tuple(input_ids.shape)}.")
+    raise ValueError(
+      f"attention_mask shape {tuple(attention_mask.shape)} "
+      f"differs from input_ids {tuple(input_ids.shape)}."
+    )
   return attention_mask.astype(bool)
 
 
-def sequence_end(input_ids: jax.Array,
-                 attention_mask: jax.Array | None = None) -> jax.Array:
+def sequence_end(
+  input_ids: jax.Array, attention_mask: jax.Array | None = None
+) -> jax.Array:
   """int32[B]: one past the last valid position of each row."""
   valid = _valid_mask(input_ids, attention_mask)
   pos = jnp.arange(input_ids.shape[1], dtype=jnp.int32)
@@ -52,10 +56,14 @@ def _gather_rows(hidden: jax.Array, index: jax.Array) -> jax.Array:
   return jnp.take_along_axis(hidden, index[..., None], axis=1)
 
 
-def query_indices(input_ids: jax.Array, num_queries: int, *,
-                  query_token_id: int | None = None,
-                  attention_mask: jax.Array | None = None,
-                  mode: str = "last") -> jax.Array:
+def query_indices(
+  input_ids: jax.Array,
+  num_queries: int,
+  *,
+  query_token_id: int | None = None,
+  attention_mask: jax.Array | None = None,
+  mode: str = "last",
+) -> jax.Array:
   """int32[B, num_queries]: the positions the query readout takes.
 
   Args:
@@ -68,27 +76,31 @@ def query_indices(input_ids: jax.Array, num_queries: int, *,
       ``"queries"`` (the first N placeholder positions, in order).
   """
   if mode not in READOUT_MODES:
-    raise ValueError(f"Unknown readout mode {mode!r}; choose one of "
-                     f"{READOUT_MODES}.")
+    raise ValueError(
+      f"Unknown readout mode {mode!r}; choose one of {READOUT_MODES}."
+    )
   if num_queries > input_ids.shape[1]:
-    raise ValueError(f"Cannot read {num_queries} queries from sequences of "
-                     f"length {input_ids.shape[1]}.")
+    raise ValueError(
+      f"Cannot read {num_queries} queries from sequences of "
+      f"length {input_ids.shape[1]}."
+    )
   if mode == "last":
     end = sequence_end(input_ids, attention_mask)
-    return end[:, None] - num_queries + jnp.arange(num_queries,
-                                                   dtype=jnp.int32)
+    return end[:, None] - num_queries + jnp.arange(num_queries, dtype=jnp.int32)
   if query_token_id is None:
     raise ValueError("mode='queries' needs query_token_id.")
-  is_query = (input_ids == query_token_id) & _valid_mask(input_ids,
-                                                         attention_mask)
+  is_query = (input_ids == query_token_id) & _valid_mask(
+    input_ids, attention_mask
+  )
   # A stable sort of "not a query" puts the placeholder positions first, in
   # sequence order.
   order = jnp.argsort(~is_query, axis=1, stable=True)
   return order[:, :num_queries].astype(jnp.int32)
 
 
-def read_queries(hidden: jax.Array, input_ids: jax.Array, num_queries: int,
-                 **kwargs) -> jax.Array:
+def read_queries(
+  hidden: jax.Array, input_ids: jax.Array, num_queries: int, **kwargs
+) -> jax.Array:
   """float[B, N, D]: the query features (see :func:`query_indices`).
 
   Args:
@@ -100,18 +112,22 @@ def read_queries(hidden: jax.Array, input_ids: jax.Array, num_queries: int,
   return _gather_rows(hidden, query_indices(input_ids, num_queries, **kwargs))
 
 
-def count_query_tokens(input_ids: jax.Array, query_token_id: int,
-                       attention_mask: jax.Array | None = None) -> jax.Array:
+def count_query_tokens(
+  input_ids: jax.Array,
+  query_token_id: int,
+  attention_mask: jax.Array | None = None,
+) -> jax.Array:
   """int32[B]: placeholders per row (the reference insists it equals N)."""
   valid = _valid_mask(input_ids, attention_mask)
-  return jnp.sum((input_ids == query_token_id) & valid, axis=1,
-                 dtype=jnp.int32)
+  return jnp.sum((input_ids == query_token_id) & valid, axis=1, dtype=jnp.int32)
 
 
-def reference_span(input_ids: jax.Array, vision_start_id: int,
-                   vision_end_id: int,
-                   attention_mask: jax.Array | None = None
-                   ) -> tuple[jax.Array, jax.Array]:
+def reference_span(
+  input_ids: jax.Array,
+  vision_start_id: int,
+  vision_end_id: int,
+  attention_mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """Where the reference image's tokens are.
 
   Returns:
@@ -125,16 +141,20 @@ def reference_span(input_ids: jax.Array, vision_start_id: int,
   pos = jnp.arange(length, dtype=jnp.int32)
   starts = jnp.where((input_ids == vision_start_id) & valid, pos, -1)
   last_start = jnp.max(starts, axis=1)
-  ends = jnp.where((input_ids == vision_end_id) & valid
-                   & (pos[None] > last_start[:, None]), pos, length)
+  ends = jnp.where(
+    (input_ids == vision_end_id) & valid & (pos[None] > last_start[:, None]),
+    pos,
+    length,
+  )
   first_end = jnp.min(ends, axis=1)
   found = (last_start >= 0) & (first_end < length)
   count = jnp.where(found, first_end - last_start - 1, 0)
   return last_start + 1, count.astype(jnp.int32)
 
 
-def read_span(hidden: jax.Array, start: jax.Array, count: jax.Array,
-              max_len: int) -> tuple[jax.Array, jax.Array]:
+def read_span(
+  hidden: jax.Array, start: jax.Array, count: jax.Array, max_len: int
+) -> tuple[jax.Array, jax.Array]:
   """Gathers ``hidden[b, start[b] : start[b] + count[b]]`` at a static size.
 
   Args:
@@ -153,10 +173,15 @@ def read_span(hidden: jax.Array, start: jax.Array, count: jax.Array,
   return jnp.where(mask[..., None], rows, 0).astype(hidden.dtype), mask
 
 
-def read_reference(hidden: jax.Array, input_ids: jax.Array, max_len: int, *,
-                   vision_start_id: int, vision_end_id: int,
-                   attention_mask: jax.Array | None = None
-                   ) -> tuple[jax.Array, jax.Array]:
+def read_reference(
+  hidden: jax.Array,
+  input_ids: jax.Array,
+  max_len: int,
+  *,
+  vision_start_id: int,
+  vision_end_id: int,
+  attention_mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """The reference image's features: :func:`reference_span` + :func:`read_span`.
 
   ``max_len`` is static; with the reference's limit of
@@ -165,19 +190,22 @@ def read_reference(hidden: jax.Array, input_ids: jax.Array, max_len: int, *,
   the count known on the host), the mask is all true and the features equal
   the reference's slice exactly.
   """
-  start, count = reference_span(input_ids, vision_start_id, vision_end_id,
-                                attention_mask)
+  start, count = reference_span(
+    input_ids, vision_start_id, vision_end_id, attention_mask
+  )
   return read_span(hidden, start, jnp.minimum(count, max_len), max_len)
 
 
-def host_reference_count(input_ids, vision_start_id: int,
-                         vision_end_id: int) -> int:
+def host_reference_count(
+  input_ids, vision_start_id: int, vision_end_id: int
+) -> int:
   """The reference-token count of a host (numpy) batch; rows must agree.
 
   Lets a caller pick ``max_len`` so that no padding is needed (the exact
   reference layout).
   """
   import numpy as np
+
   ids = np.asarray(input_ids)
   counts = set()
   for row in ids:
@@ -185,9 +213,11 @@ def host_reference_count(input_ids, vision_start_id: int,
     if not len(starts):
       counts.add(0)
       continue
-    ends = np.nonzero(row[starts[-1]:] == vision_end_id)[0]
+    ends = np.nonzero(row[starts[-1] :] == vision_end_id)[0]
     counts.add(int(ends[0]) - 1 if len(ends) else 0)
   if len(counts) != 1:
-    raise ValueError(f"Rows have different reference-token counts "
-                     f"{sorted(counts)}; pad with read_reference's mask.")
+    raise ValueError(
+      f"Rows have different reference-token counts "
+      f"{sorted(counts)}; pad with read_reference's mask."
+    )
   return counts.pop()

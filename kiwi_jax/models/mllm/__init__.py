@@ -10,9 +10,17 @@ Public surface:
   * ``rope_index.mrope_position_ids`` and ``vision.vision_metadata``.
 """
 
-from kiwi_jax.models.mllm.config import (Qwen25VLConfig, QwenTextConfig,
-                                         QwenVisionConfig)
+from kiwi_jax.models.mllm.config import (
+  Qwen25VLConfig,
+  QwenTextConfig,
+  QwenVisionConfig,
+)
 from kiwi_jax.models.mllm.model import Qwen25VL, Qwen25VLOutput
 
-__all__ = ["Qwen25VL", "Qwen25VLConfig", "Qwen25VLOutput", "QwenTextConfig",
-           "QwenVisionConfig"]
+__all__ = [
+  "Qwen25VL",
+  "Qwen25VLConfig",
+  "Qwen25VLOutput",
+  "QwenTextConfig",
+  "QwenVisionConfig",
+]

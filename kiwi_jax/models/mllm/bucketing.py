@@ -28,10 +28,34 @@ from kiwi_jax.models.mllm.vision import required_patches, vision_metadata
 # window). Kiwi's inference input (16 frames at 262,144 px + a 768-token
 # reference) needs 15,872 patch slots and ~4,200 tokens; training frames at
 # 560 x 1008 need 26,112 slots. Each bucket is one compiled program.
-PATCH_BUCKETS = (1024, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 20480,
-                 24576, 28672, 32768)
-SEQ_BUCKETS = (256, 512, 1024, 1536, 2048, 3072, 4096, 5120, 6144, 8192,
-               12288, 16384)
+PATCH_BUCKETS = (
+  1024,
+  2048,
+  3072,
+  4096,
+  6144,
+  8192,
+  12288,
+  16384,
+  20480,
+  24576,
+  28672,
+  32768,
+)
+SEQ_BUCKETS = (
+  256,
+  512,
+  1024,
+  1536,
+  2048,
+  3072,
+  4096,
+  5120,
+  6144,
+  8192,
+  12288,
+  16384,
+)
 
 
 def bucket_for(n: int, buckets: Sequence[int]) -> int:
@@ -39,14 +63,21 @@ def bucket_for(n: int, buckets: Sequence[int]) -> int:
   for b in sorted(buckets):
     if n <= b:
       return b
-  raise ValueError(f"{n} exceeds the largest bucket {max(buckets)}; add a "
-                   "larger one.")
+  raise ValueError(
+    f"{n} exceeds the largest bucket {max(buckets)}; add a larger one."
+  )
 
 
-def pad_example(example: dict[str, Any], vision_cfg: QwenVisionConfig, *,
-                pad_token_id: int, patch_buckets=PATCH_BUCKETS,
-                seq_buckets=SEQ_BUCKETS, num_patches: int | None = None,
-                seq_len: int | None = None) -> dict[str, np.ndarray]:
+def pad_example(
+  example: dict[str, Any],
+  vision_cfg: QwenVisionConfig,
+  *,
+  pad_token_id: int,
+  patch_buckets=PATCH_BUCKETS,
+  seq_buckets=SEQ_BUCKETS,
+  num_patches: int | None = None,
+  seq_len: int | None = None,
+) -> dict[str, np.ndarray]:
   """Pads one ``QwenProcessor`` example.
 
   Args:
@@ -67,22 +98,31 @@ def pad_example(example: dict[str, Any], vision_cfg: QwenVisionConfig, *,
   s = seq_len or bucket_for(ids.size, seq_buckets)
   p = num_patches or bucket_for(slots, patch_buckets)
   if s < ids.size or p < slots:
-    raise ValueError(f"Example of {ids.size} tokens / {slots} window-aligned "
-                     f"patch slots does not fit seq_len={s}, num_patches={p}.")
+    raise ValueError(
+      f"Example of {ids.size} tokens / {slots} window-aligned "
+      f"patch slots does not fit seq_len={s}, num_patches={p}."
+    )
   out = dict(example)
-  out["input_ids"] = np.pad(ids, (0, s - ids.size),
-                            constant_values=pad_token_id).astype(np.int32)
-  out["position_ids"] = np.pad(example["position_ids"],
-                               ((0, 0), (0, s - ids.size))).astype(np.int32)
+  out["input_ids"] = np.pad(
+    ids, (0, s - ids.size), constant_values=pad_token_id
+  ).astype(np.int32)
+  out["position_ids"] = np.pad(
+    example["position_ids"], ((0, 0), (0, s - ids.size))
+  ).astype(np.int32)
   out["segment_ids"] = (np.arange(s) < ids.size).astype(np.int32)
   out["pixel_values"] = np.pad(pixels, ((0, p - pixels.shape[0]), (0, 0)))
   out.update(vision_metadata(example["grid_thw"], vision_cfg, p))
   return out
 
 
-def collate(examples: Sequence[dict[str, Any]], vision_cfg: QwenVisionConfig,
-            *, pad_token_id: int, patch_buckets=PATCH_BUCKETS,
-            seq_buckets=SEQ_BUCKETS) -> dict[str, np.ndarray]:
+def collate(
+  examples: Sequence[dict[str, Any]],
+  vision_cfg: QwenVisionConfig,
+  *,
+  pad_token_id: int,
+  patch_buckets=PATCH_BUCKETS,
+  seq_buckets=SEQ_BUCKETS,
+) -> dict[str, np.ndarray]:
   """Pads examples to one shared bucket and stacks them.
 
   ``position_ids`` come out as int32[3, B, S] (the model's layout); every
@@ -90,26 +130,39 @@ def collate(examples: Sequence[dict[str, Any]], vision_cfg: QwenVisionConfig,
   per-example length; the metadata already encodes it).
   """
   s = bucket_for(max(np.size(e["input_ids"]) for e in examples), seq_buckets)
-  p = bucket_for(max(required_patches(e["grid_thw"], vision_cfg)
-                     for e in examples), patch_buckets)
-  padded = [pad_example(e, vision_cfg, pad_token_id=pad_token_id,
-                        num_patches=p, seq_len=s) for e in examples]
-  batch = {k: np.stack([e[k] for e in padded]) for k in padded[0]
-           if k != "grid_thw"}
+  p = bucket_for(
+    max(required_patches(e["grid_thw"], vision_cfg) for e in examples),
+    patch_buckets,
+  )
+  padded = [
+    pad_example(
+      e, vision_cfg, pad_token_id=pad_token_id, num_patches=p, seq_len=s
+    )
+    for e in examples
+  ]
+  batch = {
+    k: np.stack([e[k] for e in padded]) for k in padded[0] if k != "grid_thw"
+  }
   batch["position_ids"] = np.transpose(batch["position_ids"], (1, 0, 2))
   return batch
 
 
-VISION_META_KEYS = ("window_index", "reverse_index", "positions",
-                    "window_segment_ids", "full_segment_ids", "merged_mask")
+VISION_META_KEYS = (
+  "window_index",
+  "reverse_index",
+  "positions",
+  "window_segment_ids",
+  "full_segment_ids",
+  "merged_mask",
+)
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
   """Keyword arguments of ``Qwen25VL.__call__`` from a collated batch."""
   return {
-      "input_ids": batch["input_ids"],
-      "position_ids": batch["position_ids"],
-      "pixel_values": batch["pixel_values"],
-      "vision_meta": {k: batch[k] for k in VISION_META_KEYS},
-      "segment_ids": batch["segment_ids"],
+    "input_ids": batch["input_ids"],
+    "position_ids": batch["position_ids"],
+    "pixel_values": batch["pixel_values"],
+    "vision_meta": {k: batch[k] for k in VISION_META_KEYS},
+    "segment_ids": batch["segment_ids"],
   }

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 @dataclasses.dataclass(frozen=True)
 class QwenVisionConfig:
   """The ViT (``visual.*``): windowed attention, 2-D RoPE, 2x2 merger."""
+
   depth: int = 32
   hidden_size: int = 1280
   intermediate_size: int = 3420
@@ -39,12 +40,16 @@ class QwenVisionConfig:
   @property
   def patch_dim(self) -> int:
     """Length of one flattened patch: C * T * P * P (1176 for Qwen)."""
-    return (self.in_channels * self.temporal_patch_size * self.patch_size
-            * self.patch_size)
+    return (
+      self.in_channels
+      * self.temporal_patch_size
+      * self.patch_size
+      * self.patch_size
+    )
 
   @property
   def merge_unit(self) -> int:
-    return self.spatial_merge_size ** 2
+    return self.spatial_merge_size**2
 
   @property
   def merger_window(self) -> int:
@@ -63,6 +68,7 @@ LORA_TARGET_NAMES = ATTENTION_LORA_TARGETS + MLP_LORA_TARGETS
 @dataclasses.dataclass(frozen=True)
 class QwenTextConfig:
   """The Qwen2 decoder (``model.*`` / ``model.language_model.*``)."""
+
   vocab_size: int = 151936
   hidden_size: int = 2048
   intermediate_size: int = 11008
@@ -82,8 +88,10 @@ class QwenTextConfig:
     targets = tuple(self.lora_targets)
     unknown = sorted(set(targets) - set(LORA_TARGET_NAMES))
     if unknown:
-      raise ValueError(f"QwenTextConfig.lora_targets {unknown} unknown; "
-                       f"choose from {LORA_TARGET_NAMES}.")
+      raise ValueError(
+        f"QwenTextConfig.lora_targets {unknown} unknown; "
+        f"choose from {LORA_TARGET_NAMES}."
+      )
     object.__setattr__(self, "lora_targets", targets)
 
   @property
@@ -106,6 +114,7 @@ class Qwen25VLConfig:
     attention: ``dot_product_attention`` implementation for both towers.
     remat: rematerialise each block in the backward pass.
   """
+
   vision: QwenVisionConfig = QwenVisionConfig()
   text: QwenTextConfig = QwenTextConfig()
   image_token_id: int = 151655
@@ -118,29 +127,45 @@ class Qwen25VLConfig:
   attention: str | None = "xla"
   remat: bool = False
 
-  def replace(self, **changes) -> "Qwen25VLConfig":
+  def replace(self, **changes) -> Qwen25VLConfig:
     return dataclasses.replace(self, **changes)
 
   @classmethod
-  def from_variant(cls, name: str, **overrides) -> "Qwen25VLConfig":
+  def from_variant(cls, name: str, **overrides) -> Qwen25VLConfig:
     """``qwen2.5-vl-3b`` or ``tiny``; keyword overrides replace fields."""
     if name not in VARIANTS:
-      raise ValueError(f"Unknown Qwen2.5-VL variant {name!r}; known: "
-                       f"{sorted(VARIANTS)}.")
+      raise ValueError(
+        f"Unknown Qwen2.5-VL variant {name!r}; known: {sorted(VARIANTS)}."
+      )
     return dataclasses.replace(VARIANTS[name], **overrides)
 
 
 VARIANTS: dict[str, Qwen25VLConfig] = {
-    "qwen2.5-vl-3b": Qwen25VLConfig(),
-    # Ids follow the tiny test tokenizer (kiwi_jax.testing.tokenizer), whose
-    # special tokens take ids 0..13 in Qwen's order.
-    "tiny": Qwen25VLConfig(
-        vision=QwenVisionConfig(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
-            fullatt_block_indexes=(1,), out_hidden_size=64),
-        text=QwenTextConfig(
-            vocab_size=320, hidden_size=64, intermediate_size=128,
-            num_layers=2, num_heads=4, num_kv_heads=2, mrope_section=(2, 3, 3)),
-        image_token_id=12, video_token_id=13, vision_start_token_id=9,
-        vision_end_token_id=10, query_token_id=3),
+  "qwen2.5-vl-3b": Qwen25VLConfig(),
+  # Ids follow the tiny test tokenizer (kiwi_jax.testing.tokenizer), whose
+  # special tokens take ids 0..13 in Qwen's order.
+  "tiny": Qwen25VLConfig(
+    vision=QwenVisionConfig(
+      depth=2,
+      hidden_size=32,
+      intermediate_size=64,
+      num_heads=2,
+      fullatt_block_indexes=(1,),
+      out_hidden_size=64,
+    ),
+    text=QwenTextConfig(
+      vocab_size=320,
+      hidden_size=64,
+      intermediate_size=128,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      mrope_section=(2, 3, 3),
+    ),
+    image_token_id=12,
+    video_token_id=13,
+    vision_start_token_id=9,
+    vision_end_token_id=10,
+    query_token_id=3,
+  ),
 }

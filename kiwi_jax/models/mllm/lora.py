@@ -7,8 +7,13 @@ projections (``LORA_TARGETS``), the 14B scripts also on the MLP
 (``ALL_LORA_TARGETS``; reference §4.2, 7.2).
 """
 
-from kiwi_jax.layers.lora import (LoRADense, dense_or_lora, lora_layers,
-                                  merge_lora, unmerge_lora)
+from kiwi_jax.layers.lora import (
+  LoRADense,
+  dense_or_lora,
+  lora_layers,
+  merge_lora,
+  unmerge_lora,
+)
 from kiwi_jax.models.mllm import config as _config
 
 # The table itself is ``mllm.config``'s (``QwenTextConfig`` checks against
@@ -19,6 +24,14 @@ MLP_TARGETS = _config.MLP_LORA_TARGETS
 LORA_TARGETS = ATTENTION_TARGETS
 ALL_LORA_TARGETS = _config.LORA_TARGET_NAMES
 
-__all__ = ["ALL_LORA_TARGETS", "ATTENTION_TARGETS", "LORA_TARGETS",
-           "LoRADense", "MLP_TARGETS", "dense_or_lora", "lora_layers",
-           "merge_lora", "unmerge_lora"]
+__all__ = [
+  "ALL_LORA_TARGETS",
+  "ATTENTION_TARGETS",
+  "LORA_TARGETS",
+  "LoRADense",
+  "MLP_TARGETS",
+  "dense_or_lora",
+  "lora_layers",
+  "merge_lora",
+  "unmerge_lora",
+]

@@ -32,6 +32,7 @@ class Qwen25VLOutput:
   """last_hidden_state: float[B, T, D] (after the final norm);
   hidden_states: float[L + 1, B, T, D] or None (transformers' tuple,
   stacked)."""
+
   last_hidden_state: jax.Array
   hidden_states: jax.Array | None = None
 
@@ -61,10 +62,13 @@ class Qwen25VL(nnx.Module):
     self.visual = VisionTower(cfg, rngs=rngs)
     self.language_model = TextModel(cfg, rngs=rngs)
 
-  def embed_inputs(self, input_ids: jax.Array,
-                   pixel_values: jax.Array | None = None,
-                   vision_meta: dict[str, jax.Array] | None = None,
-                   queries: jax.Array | None = None) -> jax.Array:
+  def embed_inputs(
+    self,
+    input_ids: jax.Array,
+    pixel_values: jax.Array | None = None,
+    vision_meta: dict[str, jax.Array] | None = None,
+    queries: jax.Array | None = None,
+  ) -> jax.Array:
     """Token embeddings with visual features and queries in place.
 
     Args:
@@ -85,21 +89,27 @@ class Qwen25VL(nnx.Module):
       is_image = input_ids == cfg.image_token_id
       is_video = input_ids == cfg.video_token_id
       embeds = _scatter_rows(embeds, is_image, feats)
-      embeds = _scatter_rows(embeds, is_video, feats,
-                             offset=jnp.sum(is_image, axis=1))
+      embeds = _scatter_rows(
+        embeds, is_video, feats, offset=jnp.sum(is_image, axis=1)
+      )
     if queries is not None:
       if queries.ndim == 2:
-        queries = jnp.broadcast_to(queries[None],
-                                   (input_ids.shape[0],) + queries.shape)
+        queries = jnp.broadcast_to(
+          queries[None], (input_ids.shape[0],) + queries.shape
+        )
       embeds = _scatter_rows(embeds, input_ids == cfg.query_token_id, queries)
     return embeds
 
-  def __call__(self, input_ids: jax.Array, position_ids: jax.Array,
-               pixel_values: jax.Array | None = None,
-               vision_meta: dict[str, jax.Array] | None = None,
-               queries: jax.Array | None = None,
-               segment_ids: jax.Array | None = None,
-               return_all_hidden_states: bool = False) -> Qwen25VLOutput:
+  def __call__(
+    self,
+    input_ids: jax.Array,
+    position_ids: jax.Array,
+    pixel_values: jax.Array | None = None,
+    vision_meta: dict[str, jax.Array] | None = None,
+    queries: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    return_all_hidden_states: bool = False,
+  ) -> Qwen25VLOutput:
     """Encodes a (padded) batch of prompts.
 
     Args:
@@ -114,6 +124,9 @@ class Qwen25VL(nnx.Module):
     """
     embeds = self.embed_inputs(input_ids, pixel_values, vision_meta, queries)
     last, hidden = self.language_model(
-        embeds, position_ids, segment_ids,
-        return_all_hidden_states=return_all_hidden_states)
+      embeds,
+      position_ids,
+      segment_ids,
+      return_all_hidden_states=return_all_hidden_states,
+    )
     return Qwen25VLOutput(last_hidden_state=last, hidden_states=hidden)

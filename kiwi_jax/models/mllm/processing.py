@@ -31,8 +31,9 @@ from kiwi_jax.models.mllm.config import Qwen25VLConfig
 from kiwi_jax.models.mllm.rope_index import mrope_position_ids
 
 SYSTEM_PROMPT = (
-    "You will be given an image and instruction. Please describe the content "
-    "of the image in detail based on instruction in your own words.")
+  "You will be given an image and instruction. Please describe the content "
+  "of the image in detail based on instruction in your own words."
+)
 REFERENCE_SUFFIX = " Use the reference input from last frame."
 QUERY_TOKEN = "<|object_ref_start|>"
 IMAGE_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -54,6 +55,7 @@ class ProcessorConfig:
       quirk), so it sees 16 whatever the scripts say; here the config's
       value is honoured.
   """
+
   num_image_queries: int = 256
   num_video_queries: int = 512
   num_ref_queries: int = 768
@@ -80,9 +82,11 @@ def render_prompt(instruction: str, mode: str, num_queries: int) -> str:
     content = VIDEO_BLOCK + instruction
   else:
     content = VIDEO_BLOCK + instruction + REFERENCE_SUFFIX + IMAGE_BLOCK
-  return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
-          f"<|im_start|>user\n{content}{QUERY_TOKEN * num_queries}"
-          "<|im_end|>\n")
+  return (
+    f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
+    f"<|im_start|>user\n{content}{QUERY_TOKEN * num_queries}"
+    "<|im_end|>\n"
+  )
 
 
 def chat_messages(instruction: str, mode: str, num_queries: int) -> list:
@@ -97,14 +101,16 @@ def chat_messages(instruction: str, mode: str, num_queries: int) -> list:
   else:
     text = {"type": "text", "text": instruction + REFERENCE_SUFFIX}
     content = [{"type": "video"}, text, {"type": "image"}, queries]
-  return [{"role": "system", "content": [{"type": "text",
-                                          "text": SYSTEM_PROMPT}]},
-          {"role": "user", "content": content}]
+  return [
+    {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
+    {"role": "user", "content": content},
+  ]
 
 
 def load_tokenizer(path: str | os.PathLike):
   """A tokenizer from a local directory (never the hub)."""
   from transformers import AutoTokenizer
+
   if not os.path.isdir(path):
     raise FileNotFoundError(f"Tokenizer directory {path} does not exist.")
   return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
@@ -113,33 +119,55 @@ def load_tokenizer(path: str | os.PathLike):
 class QwenProcessor:
   """Per-example transform: raw inputs -> dict of numpy arrays."""
 
-  def __init__(self, tokenizer: Any, model_cfg: Qwen25VLConfig,
-               cfg: ProcessorConfig = ProcessorConfig()):
+  def __init__(
+    self,
+    tokenizer: Any,
+    model_cfg: Qwen25VLConfig,
+    cfg: ProcessorConfig = ProcessorConfig(),
+  ):
     """``tokenizer``: a loaded tokenizer or a local directory."""
     if isinstance(tokenizer, (str, os.PathLike)):
       tokenizer = load_tokenizer(tokenizer)
     self.tokenizer = tokenizer
     self.model_cfg = model_cfg
     self.cfg = cfg
-    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
+    ids = {
+      name: tokenizer.convert_tokens_to_ids(tok)
+      for name, tok in (
         ("image_token_id", "<|image_pad|>"),
         ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"),
         ("vision_end_token_id", "<|vision_end|>"),
-        ("query_token_id", QUERY_TOKEN))}
-    wrong = {k: (v, getattr(model_cfg, k)) for k, v in ids.items()
-             if v != getattr(model_cfg, k)}
+        ("query_token_id", QUERY_TOKEN),
+      )
+    }
+    wrong = {
+      k: (v, getattr(model_cfg, k))
+      for k, v in ids.items()
+      if v != getattr(model_cfg, k)
+    }
     if wrong:
-      raise ValueError("Tokenizer and model config disagree on special token "
-                       f"ids (tokenizer, config): {wrong}.")
+      raise ValueError(
+        "Tokenizer and model config disagree on special token "
+        f"ids (tokenizer, config): {wrong}."
+      )
 
   def num_queries(self, mode: str) -> int:
-    return {"image": self.cfg.num_image_queries,
-            "video": self.cfg.num_video_queries,
-            "reference": self.cfg.num_ref_queries}[mode]
+    return {
+      "image": self.cfg.num_image_queries,
+      "video": self.cfg.num_video_queries,
+      "reference": self.cfg.num_ref_queries,
+    }[mode]
 
-  def __call__(self, instruction: str, *, frames=None, image=None,
-               ref_image=None, mode: str | None = None) -> dict[str, Any]:
+  def __call__(
+    self,
+    instruction: str,
+    *,
+    frames=None,
+    image=None,
+    ref_image=None,
+    mode: str | None = None,
+  ) -> dict[str, Any]:
     """Prepares one example.
 
     Args:
@@ -170,55 +198,70 @@ class QwenProcessor:
       raise ValueError(f"{mode} mode needs source frames.")
     images, videos = [], []
     if mode == "image":
-      images.append(vp.preprocess_image(image if image is not None
-                                        else frames[0]))
+      images.append(
+        vp.preprocess_image(image if image is not None else frames[0])
+      )
     else:
-      videos.append(vp.preprocess_video(
-          frames, max_pixels=self.cfg.max_pixels_per_frame,
-          max_frames=self.cfg.max_frames))
+      videos.append(
+        vp.preprocess_video(
+          frames,
+          max_pixels=self.cfg.max_pixels_per_frame,
+          max_frames=self.cfg.max_frames,
+        )
+      )
     if mode == "reference":
-      images.append(vp.preprocess_image(
-          ref_image, max_pixels=28 * 28 * self.cfg.max_object_token))
+      images.append(
+        vp.preprocess_image(
+          ref_image, max_pixels=28 * 28 * self.cfg.max_object_token
+        )
+      )
     n_queries = self.num_queries(mode)
     text = render_prompt(instruction, mode, n_queries)
-    ids = self._expand(self.tokenizer(text)["input_ids"],
-                       [g for _, g in images], [g for _, g in videos])
+    ids = self._expand(
+      self.tokenizer(text)["input_ids"],
+      [g for _, g in images],
+      [g for _, g in videos],
+    )
     if int(np.sum(ids == mc.query_token_id)) != n_queries:
       raise ValueError(
-          f"Instruction {instruction!r} yields "
-          f"{int(np.sum(ids == mc.query_token_id))} query placeholders, "
-          f"expected {n_queries}.")
+        f"Instruction {instruction!r} yields "
+        f"{int(np.sum(ids == mc.query_token_id))} query placeholders, "
+        f"expected {n_queries}."
+      )
     positions = mrope_position_ids(
-        ids, image_grid_thw=[g for _, g in images],
-        video_grid_thw=[g for _, g in videos],
-        image_token_id=mc.image_token_id, video_token_id=mc.video_token_id,
-        vision_start_token_id=mc.vision_start_token_id,
-        spatial_merge_size=mc.vision.spatial_merge_size,
-        tokens_per_second=mc.vision.tokens_per_second)
+      ids,
+      image_grid_thw=[g for _, g in images],
+      video_grid_thw=[g for _, g in videos],
+      image_token_id=mc.image_token_id,
+      video_token_id=mc.video_token_id,
+      vision_start_token_id=mc.vision_start_token_id,
+      spatial_merge_size=mc.vision.spatial_merge_size,
+      tokens_per_second=mc.vision.tokens_per_second,
+    )
     return {
-        "input_ids": ids.astype(np.int32),
-        "position_ids": positions,
-        "pixel_values": np.concatenate([p for p, _ in images + videos]),
-        "grid_thw": np.asarray([g for _, g in images + videos], np.int32),
-        "num_queries": np.int32(n_queries),
-        "ref_span": self._ref_span(ids) if mode == "reference"
-                    else np.zeros(2, np.int32),
+      "input_ids": ids.astype(np.int32),
+      "position_ids": positions,
+      "pixel_values": np.concatenate([p for p, _ in images + videos]),
+      "grid_thw": np.asarray([g for _, g in images + videos], np.int32),
+      "num_queries": np.int32(n_queries),
+      "ref_span": self._ref_span(ids)
+      if mode == "reference"
+      else np.zeros(2, np.int32),
     }
 
   def _expand(self, ids, image_grids, video_grids) -> np.ndarray:
     """Repeats each pad token ``t * h * w / merge_unit`` times, in order."""
     mc = self.model_cfg
     unit = mc.vision.merge_unit
-    counts = {mc.image_token_id: [int(np.prod(g)) // unit
-                                  for g in image_grids],
-              mc.video_token_id: [int(np.prod(g)) // unit
-                                  for g in video_grids]}
+    counts = {
+      mc.image_token_id: [int(np.prod(g)) // unit for g in image_grids],
+      mc.video_token_id: [int(np.prod(g)) // unit for g in video_grids],
+    }
     out = []
     for token in ids:
       if token in counts:
         if not counts[token]:
-          raise ValueError(f"Prompt has more pad tokens {token} than "
-                           "visuals.")
+          raise ValueError(f"Prompt has more pad tokens {token} than visuals.")
         out.extend([token] * counts[token].pop(0))
       else:
         out.append(token)
@@ -229,6 +272,5 @@ class QwenProcessor:
     ``<|vision_end|>`` after it (``mllm_encoder.py``)."""
     mc = self.model_cfg
     start = int(np.flatnonzero(ids == mc.vision_start_token_id)[-1])
-    end = start + int(np.flatnonzero(ids[start:] ==
-                                     mc.vision_end_token_id)[0])
+    end = start + int(np.flatnonzero(ids[start:] == mc.vision_end_token_id)[0])
     return np.asarray([start + 1, end], np.int32)

@@ -28,16 +28,16 @@ import numpy as np
 
 
 def mrope_position_ids(
-    input_ids: Sequence[int] | np.ndarray,
-    *,
-    image_grid_thw: Sequence[Sequence[int]] = (),
-    video_grid_thw: Sequence[Sequence[int]] = (),
-    second_per_grid_ts: Sequence[float] | None = None,
-    image_token_id: int,
-    video_token_id: int,
-    vision_start_token_id: int,
-    spatial_merge_size: int = 2,
-    tokens_per_second: int = 2,
+  input_ids: Sequence[int] | np.ndarray,
+  *,
+  image_grid_thw: Sequence[Sequence[int]] = (),
+  video_grid_thw: Sequence[Sequence[int]] = (),
+  second_per_grid_ts: Sequence[float] | None = None,
+  image_token_id: int,
+  video_token_id: int,
+  vision_start_token_id: int,
+  spatial_merge_size: int = 2,
+  tokens_per_second: int = 2,
 ) -> np.ndarray:
   """Position ids of one unpadded prompt.
 
@@ -56,20 +56,25 @@ def mrope_position_ids(
   """
   ids = np.asarray(input_ids).reshape(-1)
   images, videos = list(image_grid_thw), list(video_grid_thw)
-  seconds = (list(second_per_grid_ts) if second_per_grid_ts is not None
-             else [1.0] * len(videos))
+  seconds = (
+    list(second_per_grid_ts)
+    if second_per_grid_ts is not None
+    else [1.0] * len(videos)
+  )
   if len(seconds) != len(videos):
-    raise ValueError(f"{len(seconds)} second_per_grid_ts for "
-                     f"{len(videos)} videos.")
+    raise ValueError(
+      f"{len(seconds)} second_per_grid_ts for {len(videos)} videos."
+    )
   starts = np.flatnonzero(ids[:-1] == vision_start_token_id)
   kinds = ids[starts + 1]
   n_img = int(np.sum(kinds == image_token_id))
   n_vid = int(np.sum(kinds == video_token_id))
   if n_img != len(images) or n_vid != len(videos):
     raise ValueError(
-        f"Prompt has {n_img} images and {n_vid} videos after "
-        f"<|vision_start|> but got {len(images)} image and {len(videos)} "
-        "video grids.")
+      f"Prompt has {n_img} images and {n_vid} videos after "
+      f"<|vision_start|> but got {len(images)} image and {len(videos)} "
+      "video grids."
+    )
   parts: list[np.ndarray] = []
   next_pos = 0
   cursor = 0
@@ -88,18 +93,19 @@ def mrope_position_ids(
       continue
     first = int(np.flatnonzero(ids[cursor:] == token)[0]) + cursor
     text_len = first - cursor
-    parts.append(np.broadcast_to(np.arange(text_len) + next_pos,
-                                 (3, text_len)))
+    parts.append(np.broadcast_to(np.arange(text_len) + next_pos, (3, text_len)))
     lh, lw = int(h) // spatial_merge_size, int(w) // spatial_merge_size
-    tt, hh, ww = np.meshgrid(np.arange(int(t)) * step, np.arange(lh),
-                             np.arange(lw), indexing="ij")
+    tt, hh, ww = np.meshgrid(
+      np.arange(int(t)) * step, np.arange(lh), np.arange(lw), indexing="ij"
+    )
     block = np.stack([tt.reshape(-1), hh.reshape(-1), ww.reshape(-1)])
     block = block + next_pos + text_len
     n_tokens = block.shape[1]
-    if not np.all(ids[first:first + n_tokens] == token):
+    if not np.all(ids[first : first + n_tokens] == token):
       raise ValueError(
-          f"Visual at token {first} needs {n_tokens} consecutive pad tokens "
-          f"(grid {(t, h, w)}); the prompt has fewer.")
+        f"Visual at token {first} needs {n_tokens} consecutive pad tokens "
+        f"(grid {(t, h, w)}); the prompt has fewer."
+      )
     parts.append(block)
     next_pos = int(block.max()) + 1
     cursor = first + n_tokens

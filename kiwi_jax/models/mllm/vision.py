@@ -56,18 +56,21 @@ def _visual_layout(t: int, h: int, w: int, cfg: QwenVisionConfig):
   """
   m, ws = cfg.spatial_merge_size, cfg.merger_window
   if h % m or w % m:
-    raise ValueError(f"Grid {(t, h, w)} is not a multiple of the spatial "
-                     f"merge size {m}.")
+    raise ValueError(
+      f"Grid {(t, h, w)} is not a multiple of the spatial merge size {m}."
+    )
   lh, lw = h // m, w // m
   n_wh, n_ww = -(-lh // ws), -(-lw // ws)
-  tt, hh, ww = np.meshgrid(np.arange(t), np.arange(lh), np.arange(lw),
-                           indexing="ij")
+  tt, hh, ww = np.meshgrid(
+    np.arange(t), np.arange(lh), np.arange(lw), indexing="ij"
+  )
   window = ((tt * n_wh + hh // ws) * n_ww + ww // ws).reshape(-1)
   # Within a window the reference keeps row-major order (get_window_index).
   order = np.lexsort((ww.reshape(-1), hh.reshape(-1), window))
   # Patches are block-major over m x m merge blocks (the processor's order).
-  bh, bw, ih, iw = np.meshgrid(np.arange(lh), np.arange(lw), np.arange(m),
-                               np.arange(m), indexing="ij")
+  bh, bw, ih, iw = np.meshgrid(
+    np.arange(lh), np.arange(lw), np.arange(m), np.arange(m), indexing="ij"
+  )
   rows = (bh * m + ih).reshape(-1)
   cols = (bw * m + iw).reshape(-1)
   positions = np.tile(np.stack([rows, cols], -1), (t, 1))
@@ -83,7 +86,7 @@ def _slot_layout(grid_thw, cfg: QwenVisionConfig):
     window_of_slot, frame_of_slot: int[S_units] global ids (-1 for padding).
     positions: int[N_real, 2] patch (row, col) in processor order.
   """
-  wu = cfg.merger_window ** 2
+  wu = cfg.merger_window**2
   slots, slot_windows, slot_frames, positions = [], [], [], []
   unit_offset = window_offset = frame_offset = 0
   for t, h, w in grid_thw:
@@ -92,23 +95,32 @@ def _slot_layout(grid_thw, cfg: QwenVisionConfig):
       units = order[window[order] == win]  # this window's units, in order
       pad = wu - units.size
       slots.append(np.concatenate([units + unit_offset, np.full(pad, -1)]))
-      slot_windows.append(np.concatenate([
-          np.full(units.size, win + window_offset), np.full(pad, -1)]))
-      slot_frames.append(np.concatenate([
-          frame[units] + frame_offset, np.full(pad, -1)]))
+      slot_windows.append(
+        np.concatenate(
+          [np.full(units.size, win + window_offset), np.full(pad, -1)]
+        )
+      )
+      slot_frames.append(
+        np.concatenate([frame[units] + frame_offset, np.full(pad, -1)])
+      )
     positions.append(pos)
     unit_offset += order.size
     window_offset += int(window.max()) + 1
     frame_offset += int(t)
   cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)
-  return (cat(slots), cat(slot_windows), cat(slot_frames),
-          np.concatenate(positions) if positions else np.zeros((0, 2)))
+  return (
+    cat(slots),
+    cat(slot_windows),
+    cat(slot_frames),
+    np.concatenate(positions) if positions else np.zeros((0, 2)),
+  )
 
 
-def required_patches(grid_thw: Sequence[Sequence[int]],
-                     cfg: QwenVisionConfig) -> int:
+def required_patches(
+  grid_thw: Sequence[Sequence[int]], cfg: QwenVisionConfig
+) -> int:
   """Patch slots the visuals need in the window-aligned layout."""
-  wu = cfg.merger_window ** 2
+  wu = cfg.merger_window**2
   total = 0
   for t, h, w in grid_thw:
     lh, lw = int(h) // cfg.spatial_merge_size, int(w) // cfg.spatial_merge_size
@@ -116,8 +128,11 @@ def required_patches(grid_thw: Sequence[Sequence[int]],
   return total * wu * cfg.merge_unit
 
 
-def vision_metadata(grid_thw: Sequence[Sequence[int]], cfg: QwenVisionConfig,
-                    num_patches: int | None = None) -> dict[str, np.ndarray]:
+def vision_metadata(
+  grid_thw: Sequence[Sequence[int]],
+  cfg: QwenVisionConfig,
+  num_patches: int | None = None,
+) -> dict[str, np.ndarray]:
   """Static-shape metadata for a packed sequence of visuals.
 
   On device the patches are reordered into *window-aligned slots*: every
@@ -147,13 +162,14 @@ def vision_metadata(grid_thw: Sequence[Sequence[int]], cfg: QwenVisionConfig,
         order, they come first).
   """
   unit = cfg.merge_unit
-  block = cfg.merger_window ** 2 * unit
+  block = cfg.merger_window**2 * unit
   need = required_patches(grid_thw, cfg)
   n = need if num_patches is None else int(num_patches)
   if n < need or n % block:
     raise ValueError(
-        f"num_patches={n} must be a multiple of {block} (one window) and at "
-        f"least the {need} window-aligned slots of grids {list(grid_thw)}.")
+      f"num_patches={n} must be a multiple of {block} (one window) and at "
+      f"least the {need} window-aligned slots of grids {list(grid_thw)}."
+    )
   slots, slot_window, slot_frame, pos = _slot_layout(grid_thw, cfg)
   m = n // unit
   m_real = int(np.sum(slots >= 0))
@@ -166,16 +182,16 @@ def vision_metadata(grid_thw: Sequence[Sequence[int]], cfg: QwenVisionConfig,
   window_index[slots < 0] = np.arange(m_real, m)
   pos = np.concatenate([pos, np.zeros((n - pos.shape[0], 2), np.int64)])
   return {
-      "window_index": window_index.astype(np.int32),
-      "reverse_index": np.argsort(window_index).astype(np.int32),
-      "positions": pos.astype(np.int32),
-      "window_segment_ids": np.repeat(np.where(slots < 0, PAD_SEGMENT,
-                                               slot_window),
-                                      unit).astype(np.int32),
-      "full_segment_ids": np.repeat(np.where(slots < 0, PAD_SEGMENT,
-                                             slot_frame),
-                                    unit).astype(np.int32),
-      "merged_mask": np.arange(m) < m_real,
+    "window_index": window_index.astype(np.int32),
+    "reverse_index": np.argsort(window_index).astype(np.int32),
+    "positions": pos.astype(np.int32),
+    "window_segment_ids": np.repeat(
+      np.where(slots < 0, PAD_SEGMENT, slot_window), unit
+    ).astype(np.int32),
+    "full_segment_ids": np.repeat(
+      np.where(slots < 0, PAD_SEGMENT, slot_frame), unit
+    ).astype(np.int32),
+    "merged_mask": np.arange(m) < m_real,
   }
 
 
@@ -183,8 +199,9 @@ def vision_metadata(grid_thw: Sequence[Sequence[int]], cfg: QwenVisionConfig,
 # Modules.
 
 
-def vision_rope_cos_sin(positions: jax.Array, head_dim: int,
-                        theta: float) -> tuple[jax.Array, jax.Array]:
+def vision_rope_cos_sin(
+  positions: jax.Array, head_dim: int, theta: float
+) -> tuple[jax.Array, jax.Array]:
   """2-D rotate-half tables: float32[..., N, head_dim] from int[..., N, 2].
 
   Row and column share the frequencies ``theta^(-2j/(head_dim/2))``; the
@@ -215,11 +232,19 @@ def kiwi_encoder_pixels(pixel_values: jax.Array) -> jax.Array:
   pixel_values = jnp.asarray(pixel_values)
   return pixel_values.astype(jnp.bfloat16).astype(pixel_values.dtype)
 
+
 class VisionAttention(nnx.Module):
   """Fused ``qkv`` projection, 2-D RoPE, segment-masked attention, ``proj``."""
 
-  def __init__(self, cfg: QwenVisionConfig, *, dtype, param_dtype,
-               attention: str | None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg: QwenVisionConfig,
+    *,
+    dtype,
+    param_dtype,
+    attention: str | None,
+    rngs: nnx.Rngs,
+  ):
     d = cfg.hidden_size
     self.num_heads = cfg.num_heads
     self.attention = attention
@@ -248,27 +273,46 @@ class VisionAttention(nnx.Module):
     if block:
       split = lambda a: a.reshape((b * n // block, block) + a.shape[2:])
       q, k, v, segment_ids = split(q), split(k), split(v), split(segment_ids)
-    elif n > _DENSE_LIMIT and (impl == "xla" or (
-        impl is None and choose_implementation(
-            q, k, segment_ids=segment_ids) == "xla")):
+    elif n > _DENSE_LIMIT and (
+      impl == "xla"
+      or (
+        impl is None
+        and choose_implementation(q, k, segment_ids=segment_ids) == "xla"
+      )
+    ):
       impl = "chunked"  # the masked [N, N] logits would not fit
-    out = dot_product_attention(q, k, v, segment_ids=segment_ids,
-                                implementation=impl)
+    out = dot_product_attention(
+      q, k, v, segment_ids=segment_ids, implementation=impl
+    )
     return self.proj(out.reshape(b, n, d))
 
 
 class VisionBlock(nnx.Module):
   """Pre-norm block: ``x + attn(norm1(x))``, ``x + mlp(norm2(x))``."""
 
-  def __init__(self, cfg: QwenVisionConfig, *, dtype, param_dtype,
-               attention, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg: QwenVisionConfig,
+    *,
+    dtype,
+    param_dtype,
+    attention,
+    rngs: nnx.Rngs,
+  ):
     d = cfg.hidden_size
     self.norm1 = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
     self.norm2 = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
-    self.attn = VisionAttention(cfg, dtype=dtype, param_dtype=param_dtype,
-                                attention=attention, rngs=rngs)
-    self.mlp = SwiGLU(d, cfg.intermediate_size, use_bias=True, dtype=dtype,
-                      param_dtype=param_dtype, rngs=rngs)
+    self.attn = VisionAttention(
+      cfg, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs
+    )
+    self.mlp = SwiGLU(
+      d,
+      cfg.intermediate_size,
+      use_bias=True,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
 
   def __call__(self, x, cos, sin, segment_ids, block=None):
     x = x + self.attn(self.norm1(x), cos, sin, segment_ids, block)
@@ -279,20 +323,23 @@ class VisionBlock(nnx.Module):
 class PatchMerger(nnx.Module):
   """RMSNorm, group ``merge_unit`` patches, Linear -> GELU(exact) -> Linear."""
 
-  def __init__(self, cfg: QwenVisionConfig, *, dtype, param_dtype,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, cfg: QwenVisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs
+  ):
     d, wide = cfg.hidden_size, cfg.hidden_size * cfg.merge_unit
     self.ln_q = RMSNorm(d, eps=1e-6, param_dtype=param_dtype)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.fc1 = Dense(wide, wide, kernel_axes=("embed_in", "mlp"), **kw)
-    self.fc2 = Dense(wide, cfg.out_hidden_size, kernel_axes=("mlp", "embed"),
-                     **kw)
+    self.fc2 = Dense(
+      wide, cfg.out_hidden_size, kernel_axes=("mlp", "embed"), **kw
+    )
 
   def __call__(self, x):
     """x: float[B, N, D] (window order) -> float[B, N / unit, out]."""
     b, n, d = x.shape
-    h = self.ln_q(x).reshape(b, n * d // self.fc1.in_features,
-                             self.fc1.in_features)
+    h = self.ln_q(x).reshape(
+      b, n * d // self.fc1.in_features, self.fc1.in_features
+    )
     return self.fc2(jax.nn.gelu(self.fc1(h), approximate=False))
 
 
@@ -306,15 +353,25 @@ class VisionTower(nnx.Module):
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     # The reference's Conv3d with kernel == stride == patch is a Dense over
     # the flattened (C, T, P, P) patch the processor already produced.
-    self.patch_embed = Dense(v.patch_dim, v.hidden_size, use_bias=False,
-                             kernel_axes=(None, "embed"), rngs=rngs, **kw)
-    self.blocks = nnx.List([
+    self.patch_embed = Dense(
+      v.patch_dim,
+      v.hidden_size,
+      use_bias=False,
+      kernel_axes=(None, "embed"),
+      rngs=rngs,
+      **kw,
+    )
+    self.blocks = nnx.List(
+      [
         VisionBlock(v, attention=cfg.attention, rngs=rngs, **kw)
-        for _ in range(v.depth)])
+        for _ in range(v.depth)
+      ]
+    )
     self.merger = PatchMerger(v, rngs=rngs, **kw)
 
-  def __call__(self, pixel_values: jax.Array,
-               meta: dict[str, jax.Array]) -> jax.Array:
+  def __call__(
+    self, pixel_values: jax.Array, meta: dict[str, jax.Array]
+  ) -> jax.Array:
     """Encodes a packed, padded sequence of patches.
 
     Args:
@@ -337,11 +394,12 @@ class VisionTower(nnx.Module):
       return x.reshape(b, n, -1)
 
     x = self.patch_embed(pixel_values)
-    x = sharding.constrain(to_window_order(x),
-                           ("act_batch", "act_seq", "act_embed"))
+    x = sharding.constrain(
+      to_window_order(x), ("act_batch", "act_seq", "act_embed")
+    )
     cos, sin = vision_rope_cos_sin(meta["positions"], v.head_dim, v.rope_theta)
     cos, sin = to_window_order(cos), to_window_order(sin)
-    window_tokens = v.merger_window ** 2 * unit
+    window_tokens = v.merger_window**2 * unit
     for i, blk in enumerate(self.blocks):
       if i in v.fullatt_block_indexes:
         args = (meta["full_segment_ids"], None)

@@ -18,31 +18,36 @@ PATCH_SIZE = 14
 MERGE_SIZE = 2
 TEMPORAL_PATCH_SIZE = 2
 IMAGE_FACTOR = PATCH_SIZE * MERGE_SIZE  # 28
-IMAGE_MIN_PIXELS = 4 * IMAGE_FACTOR ** 2
-IMAGE_MAX_PIXELS = 16384 * IMAGE_FACTOR ** 2
+IMAGE_MIN_PIXELS = 4 * IMAGE_FACTOR**2
+IMAGE_MAX_PIXELS = 16384 * IMAGE_FACTOR**2
 MAX_RATIO = 200
 # FPS_MAX_FRAMES; the reference ignores the item's max_frames (reference §2.3).
 VIDEO_MAX_FRAMES = 16
-VIDEO_FRAME_MIN_PIXELS = 128 * IMAGE_FACTOR ** 2  # 100,352
-VIDEO_FRAME_MAX_PIXELS = 768 * IMAGE_FACTOR ** 2  # 602,112
-VIDEO_TOTAL_PIXELS = 128000 * IMAGE_FACTOR ** 2 * 0.9  # MODEL_SEQ_LEN rule
+VIDEO_FRAME_MIN_PIXELS = 128 * IMAGE_FACTOR**2  # 100,352
+VIDEO_FRAME_MAX_PIXELS = 768 * IMAGE_FACTOR**2  # 602,112
+VIDEO_TOTAL_PIXELS = 128000 * IMAGE_FACTOR**2 * 0.9  # MODEL_SEQ_LEN rule
 # OpenAI CLIP statistics (the Qwen processor's defaults).
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 
-def smart_resize(height: int, width: int, factor: int,
-                 min_pixels: int | None = None,
-                 max_pixels: int | None = None) -> tuple[int, int]:
+def smart_resize(
+  height: int,
+  width: int,
+  factor: int,
+  min_pixels: int | None = None,
+  max_pixels: int | None = None,
+) -> tuple[int, int]:
   """Target (height, width): multiples of ``factor`` with the pixel count in
   [min_pixels, max_pixels] and the aspect ratio kept (``qwen_vl_utils``)."""
-  max_pixels = 16384 * factor ** 2 if max_pixels is None else max_pixels
-  min_pixels = 4 * factor ** 2 if min_pixels is None else min_pixels
+  max_pixels = 16384 * factor**2 if max_pixels is None else max_pixels
+  min_pixels = 4 * factor**2 if min_pixels is None else min_pixels
   if max_pixels < min_pixels:
     raise ValueError(f"max_pixels={max_pixels} < min_pixels={min_pixels}.")
   if max(height, width) / min(height, width) > MAX_RATIO:
-    raise ValueError(f"Aspect ratio of a {height}x{width} image exceeds "
-                     f"{MAX_RATIO}.")
+    raise ValueError(
+      f"Aspect ratio of a {height}x{width} image exceeds {MAX_RATIO}."
+    )
   h_bar = max(factor, round(height / factor) * factor)
   w_bar = max(factor, round(width / factor) * factor)
   if h_bar * w_bar > max_pixels:
@@ -59,10 +64,15 @@ def smart_resize(height: int, width: int, factor: int,
 def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
   """RGB PIL image; RGBA is composited on white (``qwen_vl_utils.to_rgb``)."""
   if isinstance(image, np.ndarray):
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (
-        3, 4):
-      raise ValueError("Expected a uint8 [H, W, 3|4] frame, got "
-                       f"{image.dtype}{list(image.shape)}.")
+    if (
+      image.dtype != np.uint8
+      or image.ndim != 3
+      or image.shape[-1] not in (3, 4)
+    ):
+      raise ValueError(
+        "Expected a uint8 [H, W, 3|4] frame, got "
+        f"{image.dtype}{list(image.shape)}."
+      )
     image = Image.fromarray(image)
   if image.mode == "RGBA":
     background = Image.new("RGB", image.size, (255, 255, 255))
@@ -71,20 +81,29 @@ def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
   return image.convert("RGB")
 
 
-def fetch_image(image, *, factor: int = IMAGE_FACTOR,
-                min_pixels: int | None = None,
-                max_pixels: int | None = None) -> Image.Image:
+def fetch_image(
+  image,
+  *,
+  factor: int = IMAGE_FACTOR,
+  min_pixels: int | None = None,
+  max_pixels: int | None = None,
+) -> Image.Image:
   """RGB conversion and one PIL bicubic resize to ``smart_resize``'s size."""
   image = to_rgb(image)
   width, height = image.size
-  h, w = smart_resize(height, width, factor,
-                      4 * factor ** 2 if min_pixels is None else min_pixels,
-                      16384 * factor ** 2 if max_pixels is None else max_pixels)
+  h, w = smart_resize(
+    height,
+    width,
+    factor,
+    4 * factor**2 if min_pixels is None else min_pixels,
+    16384 * factor**2 if max_pixels is None else max_pixels,
+  )
   return image.resize((w, h), Image.BICUBIC)
 
 
-def sample_frame_indices(num_frames: int,
-                         max_frames: int = VIDEO_MAX_FRAMES) -> np.ndarray:
+def sample_frame_indices(
+  num_frames: int, max_frames: int = VIDEO_MAX_FRAMES
+) -> np.ndarray:
   """``linspace(0, n - 1, 16).round()`` (half to even) when n > 16."""
   if num_frames <= max_frames:
     return np.arange(num_frames)
@@ -117,9 +136,12 @@ def normalize(pixels: np.ndarray) -> np.ndarray:
   return out
 
 
-def patchify(frames: np.ndarray, patch_size: int = PATCH_SIZE,
-             merge_size: int = MERGE_SIZE,
-             temporal_patch_size: int = TEMPORAL_PATCH_SIZE):
+def patchify(
+  frames: np.ndarray,
+  patch_size: int = PATCH_SIZE,
+  merge_size: int = MERGE_SIZE,
+  temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
+):
   """Flattens frames into Qwen's patch rows.
 
   Args:
@@ -138,16 +160,18 @@ def patchify(frames: np.ndarray, patch_size: int = PATCH_SIZE,
     frames = np.concatenate([frames, np.repeat(frames[-1:], pad, 0)])
   p, m, tp = patch_size, merge_size, temporal_patch_size
   if height % (p * m) or width % (p * m):
-    raise ValueError(f"Frame size {height}x{width} is not a multiple of "
-                     f"{p * m}.")
+    raise ValueError(
+      f"Frame size {height}x{width} is not a multiple of {p * m}."
+    )
   gt, gh, gw = frames.shape[0] // tp, height // p, width // p
   x = frames.reshape(gt, tp, gh // m, m, p, gw // m, m, p, c)
   x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
   return x.reshape(gt * gh * gw, c * tp * p * p), (gt, gh, gw)
 
 
-def preprocess_image(image, *, min_pixels: int | None = None,
-                     max_pixels: int | None = None):
+def preprocess_image(
+  image, *, min_pixels: int | None = None, max_pixels: int | None = None
+):
   """An image item: ``fetch_image`` (factor 28), normalise, patchify.
 
   Args:
@@ -164,27 +188,39 @@ def preprocess_image(image, *, min_pixels: int | None = None,
   return patchify(np.repeat(frame[None], TEMPORAL_PATCH_SIZE, 0))
 
 
-def video_frame_size(height: int, width: int, num_frames: int,
-                     max_pixels: int | None = None) -> tuple[int, int]:
+def video_frame_size(
+  height: int, width: int, num_frames: int, max_pixels: int | None = None
+) -> tuple[int, int]:
   """Final frame size after the factor-56 then factor-28 resizes."""
-  h1, w1 = smart_resize(height, width, 2 * IMAGE_FACTOR,
-                        4 * (2 * IMAGE_FACTOR) ** 2,
-                        max_pixels or 16384 * (2 * IMAGE_FACTOR) ** 2)
+  h1, w1 = smart_resize(
+    height,
+    width,
+    2 * IMAGE_FACTOR,
+    4 * (2 * IMAGE_FACTOR) ** 2,
+    max_pixels or 16384 * (2 * IMAGE_FACTOR) ** 2,
+  )
   return _video_second_size(h1, w1, num_frames, max_pixels)
 
 
 def _video_second_size(h1, w1, num_frames, max_pixels):
-  limit = max(min(VIDEO_FRAME_MAX_PIXELS,
-                  VIDEO_TOTAL_PIXELS / num_frames * TEMPORAL_PATCH_SIZE),
-              int(VIDEO_FRAME_MIN_PIXELS * 1.05))
+  limit = max(
+    min(
+      VIDEO_FRAME_MAX_PIXELS,
+      VIDEO_TOTAL_PIXELS / num_frames * TEMPORAL_PATCH_SIZE,
+    ),
+    int(VIDEO_FRAME_MIN_PIXELS * 1.05),
+  )
   if max_pixels is not None:
     limit = min(max_pixels, limit)
   return smart_resize(h1, w1, IMAGE_FACTOR, VIDEO_FRAME_MIN_PIXELS, limit)
 
 
-def preprocess_video(frames: np.ndarray | Sequence, *,
-                     max_pixels: int | None = None,
-                     max_frames: int = VIDEO_MAX_FRAMES):
+def preprocess_video(
+  frames: np.ndarray | Sequence,
+  *,
+  max_pixels: int | None = None,
+  max_frames: int = VIDEO_MAX_FRAMES,
+):
   """A video item given as frames (``fetch_video``'s list branch).
 
   1. More than ``max_frames`` (16) frames: keep
@@ -210,11 +246,14 @@ def preprocess_video(frames: np.ndarray | Sequence, *,
   frames = list(frames)
   if not frames:
     raise ValueError("A video needs at least one frame.")
-  frames = [frames[i] for i in sample_frame_indices(len(frames),
-                                                   max_frames)]
+  frames = [frames[i] for i in sample_frame_indices(len(frames), max_frames)]
   factor56 = 2 * IMAGE_FACTOR
-  resized = [fetch_image(f, factor=factor56, min_pixels=4 * factor56 ** 2,
-                         max_pixels=max_pixels) for f in frames]
+  resized = [
+    fetch_image(
+      f, factor=factor56, min_pixels=4 * factor56**2, max_pixels=max_pixels
+    )
+    for f in frames
+  ]
   sizes = {im.size for im in resized}
   if len(sizes) != 1:
     raise ValueError(f"Video frames have different sizes {sorted(sizes)}.")

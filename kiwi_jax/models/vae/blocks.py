@@ -18,8 +18,11 @@ from flax import nnx
 
 from kiwi_jax import sharding
 from kiwi_jax.layers import dot_product_attention
-from kiwi_jax.models.vae.causal_conv import (CACHE_FRAMES, CausalConv3d,
-                                             FrameConv2d)
+from kiwi_jax.models.vae.causal_conv import (
+  CACHE_FRAMES,
+  CausalConv3d,
+  FrameConv2d,
+)
 
 
 class ChannelRMSNorm(nnx.Module):
@@ -33,12 +36,14 @@ class ChannelRMSNorm(nnx.Module):
     gamma: float[C] (torch ``(C, 1, 1, 1)`` or ``(C, 1, 1)``).
   """
 
-  def __init__(self, dim: int, *, dtype: Any = jnp.float32,
-               param_dtype: Any = jnp.float32):
+  def __init__(
+    self, dim: int, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32
+  ):
     self.scale = float(dim) ** 0.5
     self.dtype = dtype
-    self.gamma = sharding.param(jax.nn.initializers.ones, None, (dim,),
-                                param_dtype, ("norm",))
+    self.gamma = sharding.param(
+      jax.nn.initializers.ones, None, (dim,), param_dtype, ("norm",)
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: float[..., C] -> same shape in the compute dtype."""
@@ -52,15 +57,25 @@ class ResidualBlock(nnx.Module):
   """norm, SiLU, conv3 (causal), norm, SiLU, conv3, plus a 1x1x1 shortcut
   when the width changes (reference ``ResidualBlock``; dropout is 0)."""
 
-  def __init__(self, in_dim: int, out_dim: int, *, dtype: Any,
-               param_dtype: Any, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_dim: int,
+    out_dim: int,
+    *,
+    dtype: Any,
+    param_dtype: Any,
+    rngs: nnx.Rngs,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.norm1 = ChannelRMSNorm(in_dim, **kw)
     self.conv1 = CausalConv3d(in_dim, out_dim, 3, rngs=rngs, **kw)
     self.norm2 = ChannelRMSNorm(out_dim, **kw)
     self.conv2 = CausalConv3d(out_dim, out_dim, 3, rngs=rngs, **kw)
-    self.shortcut = (CausalConv3d(in_dim, out_dim, 1, rngs=rngs, **kw)
-                     if in_dim != out_dim else None)
+    self.shortcut = (
+      CausalConv3d(in_dim, out_dim, 1, rngs=rngs, **kw)
+      if in_dim != out_dim
+      else None
+    )
 
   def __call__(self, x: jax.Array, cache=None):
     """x: float[B, T, H, W, in] -> (float[B, T, H, W, out], cache)."""
@@ -75,8 +90,15 @@ class AttentionBlock(nnx.Module):
   """Single-head self-attention over the H*W positions of each frame (no
   mixing in time), with a residual (reference ``AttentionBlock``)."""
 
-  def __init__(self, dim: int, *, dtype: Any, param_dtype: Any,
-               implementation: str | None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    dtype: Any,
+    param_dtype: Any,
+    implementation: str | None,
+    rngs: nnx.Rngs,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.norm = ChannelRMSNorm(dim, **kw)
     self.to_qkv = FrameConv2d(dim, 3 * dim, 1, rngs=rngs, **kw)
@@ -97,8 +119,15 @@ class AttentionBlock(nnx.Module):
 class MidBlock(nnx.Module):
   """ResidualBlock, AttentionBlock, ResidualBlock."""
 
-  def __init__(self, dim: int, *, dtype: Any, param_dtype: Any,
-               implementation: str | None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    dtype: Any,
+    param_dtype: Any,
+    implementation: str | None,
+    rngs: nnx.Rngs,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.res0 = ResidualBlock(dim, dim, **kw)
     self.attn = AttentionBlock(dim, implementation=implementation, **kw)
@@ -134,24 +163,38 @@ class Resample(nnx.Module):
 
   MODES = ("downsample2d", "downsample3d", "upsample2d", "upsample3d")
 
-  def __init__(self, dim: int, mode: str, *, out_dim: int | None = None,
-               dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    mode: str,
+    *,
+    out_dim: int | None = None,
+    dtype: Any,
+    param_dtype: Any,
+    rngs: nnx.Rngs,
+  ):
     if mode not in self.MODES:
       raise ValueError(f"Resample mode {mode!r} not in {self.MODES}.")
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.mode = mode
     if mode.startswith("down"):
-      self.conv = FrameConv2d(dim, dim, 3, stride=2,
-                              padding=((0, 1), (0, 1)), **kw)
-      self.time_conv = (CausalConv3d(dim, dim, (3, 1, 1), padding=0,
-                                     stride_t=2, **kw)
-                        if mode == "downsample3d" else None)
+      self.conv = FrameConv2d(
+        dim, dim, 3, stride=2, padding=((0, 1), (0, 1)), **kw
+      )
+      self.time_conv = (
+        CausalConv3d(dim, dim, (3, 1, 1), padding=0, stride_t=2, **kw)
+        if mode == "downsample3d"
+        else None
+      )
     else:
-      self.conv = FrameConv2d(dim, out_dim or dim, 3,
-                              padding=((1, 1), (1, 1)), **kw)
-      self.time_conv = (CausalConv3d(dim, 2 * dim, (3, 1, 1),
-                                     padding=(1, 0, 0), **kw)
-                        if mode == "upsample3d" else None)
+      self.conv = FrameConv2d(
+        dim, out_dim or dim, 3, padding=((1, 1), (1, 1)), **kw
+      )
+      self.time_conv = (
+        CausalConv3d(dim, 2 * dim, (3, 1, 1), padding=(1, 0, 0), **kw)
+        if mode == "upsample3d"
+        else None
+      )
 
   def __call__(self, x: jax.Array, cache=None):
     """x: float[B, T, H, W, C] -> (resampled x, cache)."""
@@ -159,8 +202,9 @@ class Resample(nnx.Module):
       if cache is None:
         # Reference: cache := 'Rep', no time conv; the next chunk then runs
         # the causal conv with zero history, i.e. a zero cache.
-        cache = jnp.zeros(x.shape[:1] + (CACHE_FRAMES,) + x.shape[2:],
-                          self.conv.dtype)
+        cache = jnp.zeros(
+          x.shape[:1] + (CACHE_FRAMES,) + x.shape[2:], self.conv.dtype
+        )
       else:
         b, t, h, w, c = x.shape
         y, cache = self.time_conv(x, cache)
@@ -174,13 +218,15 @@ class Resample(nnx.Module):
       new_cache = x[:, -1:]
       if cache is not None:
         x = self.time_conv.conv(
-            jnp.concatenate([cache.astype(x.dtype), x], axis=1))
+          jnp.concatenate([cache.astype(x.dtype), x], axis=1)
+        )
       cache = new_cache
     return x, cache
 
 
-def avg_down_3d(x: jax.Array, out_channels: int, factor_t: int,
-                factor_s: int) -> jax.Array:
+def avg_down_3d(
+  x: jax.Array, out_channels: int, factor_t: int, factor_s: int
+) -> jax.Array:
   """Reference ``AvgDown3D``: fold (ft, fs, fs) into channels, average groups.
 
   Time is zero-padded at the front to a multiple of ``factor_t`` (so a
@@ -197,13 +243,19 @@ def avg_down_3d(x: jax.Array, out_channels: int, factor_t: int,
   x = x.reshape(b, t // ft, ft, h // fs, fs, w // fs, fs, c)
   x = x.transpose(0, 1, 3, 5, 7, 2, 4, 6)  # b t h w | c ft fs_h fs_w
   folded = c * ft * fs * fs
-  x = x.reshape(b, t // ft, h // fs, w // fs, out_channels,
-                folded // out_channels)
+  x = x.reshape(
+    b, t // ft, h // fs, w // fs, out_channels, folded // out_channels
+  )
   return jnp.mean(x, axis=-1)
 
 
-def dup_up_3d(x: jax.Array, out_channels: int, factor_t: int, factor_s: int,
-              first_chunk: bool) -> jax.Array:
+def dup_up_3d(
+  x: jax.Array,
+  out_channels: int,
+  factor_t: int,
+  factor_s: int,
+  first_chunk: bool,
+) -> jax.Array:
   """Reference ``DupUp3D``: repeat channels, unfold them into (ft, fs, fs).
 
   On the first chunk the first ``ft - 1`` output frames are dropped.
@@ -217,7 +269,7 @@ def dup_up_3d(x: jax.Array, out_channels: int, factor_t: int, factor_s: int,
   x = x.reshape(b, t, h, w, out_channels, ft, fs, fs)
   x = x.transpose(0, 1, 5, 2, 6, 3, 7, 4)  # b t ft h fs w fs c
   x = x.reshape(b, t * ft, h * fs, w * fs, out_channels)
-  return x[:, ft - 1:] if first_chunk else x
+  return x[:, ft - 1 :] if first_chunk else x
 
 
 def patchify(x: jax.Array, p: int) -> jax.Array:

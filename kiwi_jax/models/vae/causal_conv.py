@@ -35,18 +35,29 @@ def _torch_conv_init(fan_in: int):
   return init
 
 
-def _conv_params(module, kernel_shape: Sequence[int], in_ch: int, out_ch: int,
-                 param_dtype: Any, rngs: nnx.Rngs) -> None:
+def _conv_params(
+  module,
+  kernel_shape: Sequence[int],
+  in_ch: int,
+  out_ch: int,
+  param_dtype: Any,
+  rngs: nnx.Rngs,
+) -> None:
   fan_in = in_ch
   for k in kernel_shape:
     fan_in *= k
   init = _torch_conv_init(fan_in)
   spatial_axes = (None,) * len(kernel_shape)
   module.kernel = sharding.param(
-      init, rngs.params(), tuple(kernel_shape) + (in_ch, out_ch), param_dtype,
-      spatial_axes + ("conv_in", "conv_out"))
-  module.bias = sharding.param(init, rngs.params(), (out_ch,), param_dtype,
-                               ("conv_out",))
+    init,
+    rngs.params(),
+    tuple(kernel_shape) + (in_ch, out_ch),
+    param_dtype,
+    spatial_axes + ("conv_in", "conv_out"),
+  )
+  module.bias = sharding.param(
+    init, rngs.params(), (out_ch,), param_dtype, ("conv_out",)
+  )
 
 
 class CausalConv3d(nnx.Module):
@@ -57,11 +68,18 @@ class CausalConv3d(nnx.Module):
     bias: float[out].
   """
 
-  def __init__(self, in_channels: int, out_channels: int,
-               kernel_size: int | Sequence[int] = 3, *,
-               padding: int | Sequence[int] | None = None,
-               stride_t: int = 1, dtype: Any = jnp.float32,
-               param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | Sequence[int] = 3,
+    *,
+    padding: int | Sequence[int] | None = None,
+    stride_t: int = 1,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     """
     Args:
       in_channels: input channels.
@@ -74,8 +92,9 @@ class CausalConv3d(nnx.Module):
       param_dtype: parameter dtype.
       rngs: random streams for initialisation.
     """
-    ks = ((kernel_size,) * 3 if isinstance(kernel_size, int)
-          else tuple(kernel_size))
+    ks = (
+      (kernel_size,) * 3 if isinstance(kernel_size, int) else tuple(kernel_size)
+    )
     if padding is None:
       padding = tuple(k // 2 for k in ks)
     elif isinstance(padding, int):
@@ -94,14 +113,17 @@ class CausalConv3d(nnx.Module):
     """
     ph, pw = self.spatial_pad
     y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-        window_strides=(self.stride_t, 1, 1),
-        padding=((0, 0), (ph, ph), (pw, pw)),
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+      x.astype(self.dtype),
+      self.kernel[...].astype(self.dtype),
+      window_strides=(self.stride_t, 1, 1),
+      padding=((0, 0), (ph, ph), (pw, pw)),
+      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+    )
     return y + self.bias[...].astype(self.dtype)
 
-  def __call__(self, x: jax.Array, cache: jax.Array | None = None
-               ) -> tuple[jax.Array, jax.Array | None]:
+  def __call__(
+    self, x: jax.Array, cache: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array | None]:
     """Causal convolution of one chunk.
 
     Args:
@@ -120,7 +142,7 @@ class CausalConv3d(nnx.Module):
     if cache is None:
       cache = jnp.zeros(x.shape[:1] + (self.time_pad,) + x.shape[2:], x.dtype)
     x = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
-    return self.conv(x), x[:, -self.time_pad:]
+    return self.conv(x), x[:, -self.time_pad :]
 
 
 class FrameConv2d(nnx.Module):
@@ -131,11 +153,18 @@ class FrameConv2d(nnx.Module):
     bias: float[out].
   """
 
-  def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
-               stride: int = 1,
-               padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0)),
-               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0)),
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     """
     Args:
       padding: ``((top, bottom), (left, right))`` zero padding.
@@ -143,16 +172,25 @@ class FrameConv2d(nnx.Module):
     self.stride = stride
     self.padding = tuple(tuple(p) for p in padding)
     self.dtype = dtype
-    _conv_params(self, (kernel_size, kernel_size), in_channels, out_channels,
-                 param_dtype, rngs)
+    _conv_params(
+      self,
+      (kernel_size, kernel_size),
+      in_channels,
+      out_channels,
+      param_dtype,
+      rngs,
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: float[B, T, H, W, in] -> float[B, T, H', W', out]."""
     b, t = x.shape[:2]
     frames = x.reshape((b * t,) + x.shape[2:]).astype(self.dtype)
     y = jax.lax.conv_general_dilated(
-        frames, self.kernel[...].astype(self.dtype),
-        window_strides=(self.stride, self.stride), padding=self.padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      frames,
+      self.kernel[...].astype(self.dtype),
+      window_strides=(self.stride, self.stride),
+      padding=self.padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     y = y + self.bias[...].astype(self.dtype)
     return y.reshape((b, t) + y.shape[1:])

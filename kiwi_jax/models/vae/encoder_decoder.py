@@ -16,13 +16,24 @@ import jax
 from flax import nnx
 
 from kiwi_jax import sharding
-from kiwi_jax.models.vae.blocks import (ChannelRMSNorm, MidBlock, Resample,
-                                        ResidualBlock, avg_down_3d, dup_up_3d)
+from kiwi_jax.models.vae.blocks import (
+  ChannelRMSNorm,
+  MidBlock,
+  Resample,
+  ResidualBlock,
+  avg_down_3d,
+  dup_up_3d,
+)
 from kiwi_jax.models.vae.causal_conv import CausalConv3d
 from kiwi_jax.models.vae.config import WanVAEConfig
 
-VIDEO_AXES = ("act_batch", "act_frames", "act_height", "act_width",
-              "act_channels")
+VIDEO_AXES = (
+  "act_batch",
+  "act_frames",
+  "act_height",
+  "act_width",
+  "act_channels",
+)
 
 
 def _kw(cfg: WanVAEConfig) -> dict[str, Any]:
@@ -33,23 +44,37 @@ class DownStage(nnx.Module):
   """``num_res_blocks`` ResidualBlocks then an optional downsample; in the
   residual (Wan2.2) style plus ``AvgDown3D`` of the stage input."""
 
-  def __init__(self, in_dim: int, out_dim: int, *, num_res_blocks: int,
-               downsample: str | None, residual: bool, dtype: Any,
-               param_dtype: Any, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_dim: int,
+    out_dim: int,
+    *,
+    num_res_blocks: int,
+    downsample: str | None,
+    residual: bool,
+    dtype: Any,
+    param_dtype: Any,
+    rngs: nnx.Rngs,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.resnets = nnx.List([
+    self.resnets = nnx.List(
+      [
         ResidualBlock(in_dim if i == 0 else out_dim, out_dim, **kw)
-        for i in range(num_res_blocks)])
-    self.downsample = (Resample(out_dim, downsample, **kw)
-                       if downsample else None)
+        for i in range(num_res_blocks)
+      ]
+    )
+    self.downsample = (
+      Resample(out_dim, downsample, **kw) if downsample else None
+    )
     self.residual = residual
     self.out_dim = out_dim
     self.factor_t = 2 if downsample == "downsample3d" else 1
     self.factor_s = 2 if downsample else 1
 
   def __call__(self, x: jax.Array, cache=None):
-    caches = list(cache) if cache is not None else [None] * (
-        len(self.resnets) + 1)
+    caches = (
+      list(cache) if cache is not None else [None] * (len(self.resnets) + 1)
+    )
     stage_input = x
     new = []
     for block, c in zip(self.resnets, caches):
@@ -61,8 +86,9 @@ class DownStage(nnx.Module):
       c = None
     new.append(c)
     if self.residual:
-      x = x + avg_down_3d(stage_input, self.out_dim, self.factor_t,
-                          self.factor_s).astype(x.dtype)
+      x = x + avg_down_3d(
+        stage_input, self.out_dim, self.factor_t, self.factor_s
+      ).astype(x.dtype)
     return x, tuple(new)
 
 
@@ -70,23 +96,40 @@ class UpStage(nnx.Module):
   """``num_res_blocks + 1`` ResidualBlocks then an optional upsample; in the
   residual (Wan2.2) style plus ``DupUp3D`` of the stage input."""
 
-  def __init__(self, in_dim: int, out_dim: int, *, num_res_blocks: int,
-               upsample: str | None, upsample_dim: int, residual: bool,
-               dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_dim: int,
+    out_dim: int,
+    *,
+    num_res_blocks: int,
+    upsample: str | None,
+    upsample_dim: int,
+    residual: bool,
+    dtype: Any,
+    param_dtype: Any,
+    rngs: nnx.Rngs,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.resnets = nnx.List([
+    self.resnets = nnx.List(
+      [
         ResidualBlock(in_dim if i == 0 else out_dim, out_dim, **kw)
-        for i in range(num_res_blocks + 1)])
-    self.upsample = (Resample(out_dim, upsample, out_dim=upsample_dim, **kw)
-                     if upsample else None)
+        for i in range(num_res_blocks + 1)
+      ]
+    )
+    self.upsample = (
+      Resample(out_dim, upsample, out_dim=upsample_dim, **kw)
+      if upsample
+      else None
+    )
     self.shortcut = residual and upsample is not None
     self.out_dim = out_dim
     self.factor_t = 2 if upsample == "upsample3d" else 1
 
   def __call__(self, x: jax.Array, cache=None):
     first_chunk = cache is None
-    caches = list(cache) if cache is not None else [None] * (
-        len(self.resnets) + 1)
+    caches = (
+      list(cache) if cache is not None else [None] * (len(self.resnets) + 1)
+    )
     stage_input = x
     new = []
     for block, c in zip(self.resnets, caches):
@@ -98,8 +141,9 @@ class UpStage(nnx.Module):
       c = None
     new.append(c)
     if self.shortcut:
-      x = x + dup_up_3d(stage_input, self.out_dim, self.factor_t, 2,
-                        first_chunk).astype(x.dtype)
+      x = x + dup_up_3d(
+        stage_input, self.out_dim, self.factor_t, 2, first_chunk
+      ).astype(x.dtype)
     return x, tuple(new)
 
 
@@ -110,21 +154,27 @@ class Encoder(nnx.Module):
     kw = _kw(cfg)
     dims = cfg.encoder_widths()
     n = len(cfg.dim_mult)
-    self.conv_in = CausalConv3d(cfg.pixel_channels, dims[0], 3, rngs=rngs,
-                                **kw)
+    self.conv_in = CausalConv3d(cfg.pixel_channels, dims[0], 3, rngs=rngs, **kw)
     stages = []
     for i in range(n):
       down = None
       if i < n - 1:
-        down = ("downsample3d" if cfg.temporal_downsample[i]
-                else "downsample2d")
-      stages.append(DownStage(dims[i], dims[i + 1],
-                              num_res_blocks=cfg.num_res_blocks,
-                              downsample=down, residual=cfg.residual,
-                              rngs=rngs, **kw))
+        down = "downsample3d" if cfg.temporal_downsample[i] else "downsample2d"
+      stages.append(
+        DownStage(
+          dims[i],
+          dims[i + 1],
+          num_res_blocks=cfg.num_res_blocks,
+          downsample=down,
+          residual=cfg.residual,
+          rngs=rngs,
+          **kw,
+        )
+      )
     self.stages = nnx.List(stages)
-    self.mid = MidBlock(dims[-1], implementation=cfg.attention_implementation,
-                        rngs=rngs, **kw)
+    self.mid = MidBlock(
+      dims[-1], implementation=cfg.attention_implementation, rngs=rngs, **kw
+    )
     self.norm_out = ChannelRMSNorm(dims[-1], **kw)
     self.conv_out = CausalConv3d(dims[-1], 2 * cfg.z_dim, 3, rngs=rngs, **kw)
 
@@ -155,8 +205,9 @@ class Decoder(nnx.Module):
     n = len(cfg.dim_mult)
     temporal_up = tuple(reversed(cfg.temporal_downsample))
     self.conv_in = CausalConv3d(cfg.z_dim, dims[0], 3, rngs=rngs, **kw)
-    self.mid = MidBlock(dims[0], implementation=cfg.attention_implementation,
-                        rngs=rngs, **kw)
+    self.mid = MidBlock(
+      dims[0], implementation=cfg.attention_implementation, rngs=rngs, **kw
+    )
     stages = []
     for i in range(n):
       in_dim, out_dim = dims[i], dims[i + 1]
@@ -165,14 +216,23 @@ class Decoder(nnx.Module):
       up = None
       if i < n - 1:
         up = "upsample3d" if temporal_up[i] else "upsample2d"
-      stages.append(UpStage(
-          in_dim, out_dim, num_res_blocks=cfg.num_res_blocks, upsample=up,
+      stages.append(
+        UpStage(
+          in_dim,
+          out_dim,
+          num_res_blocks=cfg.num_res_blocks,
+          upsample=up,
           upsample_dim=out_dim if cfg.residual else out_dim // 2,
-          residual=cfg.residual, rngs=rngs, **kw))
+          residual=cfg.residual,
+          rngs=rngs,
+          **kw,
+        )
+      )
     self.stages = nnx.List(stages)
     self.norm_out = ChannelRMSNorm(dims[-1], **kw)
-    self.conv_out = CausalConv3d(dims[-1], cfg.pixel_channels, 3, rngs=rngs,
-                                 **kw)
+    self.conv_out = CausalConv3d(
+      dims[-1], cfg.pixel_channels, 3, rngs=rngs, **kw
+    )
 
   def __call__(self, x: jax.Array, cache=None):
     """One latent frame ``x`` float[B, 1, h, w, z_dim] -> (pixels, cache):

@@ -41,33 +41,41 @@ def check_video_shape(cfg: WanVAEConfig, shape) -> None:
   """Raises ``ValueError`` naming the rule and the nearest valid size."""
   if len(shape) != 5 or shape[-1] != cfg.video_channels:
     raise ValueError(
-        f"Wan VAE ({cfg.name}) expects video float[B, T, H, W, "
-        f"{cfg.video_channels}] (channels-last), got shape {tuple(shape)}.")
+      f"Wan VAE ({cfg.name}) expects video float[B, T, H, W, "
+      f"{cfg.video_channels}] (channels-last), got shape {tuple(shape)}."
+    )
   t, h, w = shape[1:4]
   tf = cfg.temporal_factor
   if t < 1 or (t - 1) % tf:
     near = " or ".join(str(n) for n in nearest_valid_frames(t, tf))
     raise ValueError(
-        f"Wan VAE ({cfg.name}): frame count must be {tf}k+1 (1, {tf + 1}, "
-        f"{2 * tf + 1}, ...), got T={t}; nearest valid: {near}.")
+      f"Wan VAE ({cfg.name}): frame count must be {tf}k+1 (1, {tf + 1}, "
+      f"{2 * tf + 1}, ...), got T={t}; nearest valid: {near}."
+    )
   sf = cfg.spatial_factor
   for name, size in (("height", h), ("width", w)):
     if size < sf or size % sf:
       lower = max(sf, size // sf * sf)
       upper = lower + sf if size >= sf else sf
-      near = (str(lower) if size < sf or size - lower < upper - size
-              else str(upper) if upper - size < size - lower
-              else f"{lower} or {upper}")
+      near = (
+        str(lower)
+        if size < sf or size - lower < upper - size
+        else str(upper)
+        if upper - size < size - lower
+        else f"{lower} or {upper}"
+      )
       raise ValueError(
-          f"Wan VAE ({cfg.name}): {name} must be a positive multiple of the "
-          f"spatial factor {sf}, got {size}; nearest valid: {near}.")
+        f"Wan VAE ({cfg.name}): {name} must be a positive multiple of the "
+        f"spatial factor {sf}, got {size}; nearest valid: {near}."
+      )
 
 
 def check_latent_shape(cfg: WanVAEConfig, shape) -> None:
   if len(shape) != 5 or shape[-1] != cfg.z_dim or min(shape[1:4]) < 1:
     raise ValueError(
-        f"Wan VAE ({cfg.name}) expects latents float[B, t, h, w, "
-        f"{cfg.z_dim}] with t, h, w >= 1, got shape {tuple(shape)}.")
+      f"Wan VAE ({cfg.name}) expects latents float[B, t, h, w, "
+      f"{cfg.z_dim}] with t, h, w >= 1, got shape {tuple(shape)}."
+    )
 
 
 def _moveaxis_chunks(x: jax.Array, size: int) -> jax.Array:
@@ -100,10 +108,12 @@ class WanVAE(nnx.Module):
     self.cfg = cfg
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     self.encoder = Encoder(cfg, rngs=rngs)
-    self.quant_conv = CausalConv3d(2 * cfg.z_dim, 2 * cfg.z_dim, 1,
-                                   rngs=rngs, **kw)
-    self.post_quant_conv = CausalConv3d(cfg.z_dim, cfg.z_dim, 1, rngs=rngs,
-                                        **kw)
+    self.quant_conv = CausalConv3d(
+      2 * cfg.z_dim, 2 * cfg.z_dim, 1, rngs=rngs, **kw
+    )
+    self.post_quant_conv = CausalConv3d(
+      cfg.z_dim, cfg.z_dim, 1, rngs=rngs, **kw
+    )
     self.decoder = Decoder(cfg, rngs=rngs)
 
   # -- Chunk functions (pure; used by the scans below and by tiling.py).
@@ -190,7 +200,7 @@ class WanVAE(nnx.Module):
     Returns:
       float[B, (T-1)/4 + 1, H/f, W/f, z_dim].
     """
-    mu = self.encode_moments(video)[..., :self.cfg.z_dim]
+    mu = self.encode_moments(video)[..., : self.cfg.z_dim]
     return self.normalize(mu)
 
   def decode(self, latents: jax.Array, clamp: bool = True) -> jax.Array:
@@ -207,6 +217,7 @@ class WanVAE(nnx.Module):
     first, cache = self.decode_chunk(latents[:, :1])
     rest = None
     if latents.shape[1] > 1:
+
       def step(carry, frame):
         out, carry = self.decode_chunk(frame, carry)
         return carry, out
@@ -225,12 +236,16 @@ def init_wan_vae(cfg: WanVAEConfig, seed: int = 0) -> WanVAE:
   init compiles one RNG program per parameter shape, minutes on a loaded
   2-core CPU. For sharded models use ``kiwi_jax.sharding.create_sharded``.
   """
-  graphdef, abstract = nnx.split(nnx.eval_shape(
-      lambda: WanVAE(cfg, rngs=nnx.Rngs(seed))))
+  graphdef, abstract = nnx.split(
+    nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(seed)))
+  )
   rng = np.random.default_rng(seed)
   flat = nnx.to_flat_state(abstract)
-  kernel_fan_in = {path[:-1]: int(np.prod(var.get_value().shape[:-1]))
-                   for path, var in flat if path[-1] == "kernel"}
+  kernel_fan_in = {
+    path[:-1]: int(np.prod(var.get_value().shape[:-1]))
+    for path, var in flat
+    if path[-1] == "kernel"
+  }
   leaves = []
   for path, var in flat:
     shape, dtype = var.get_value().shape, var.get_value().dtype

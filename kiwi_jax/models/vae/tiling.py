@@ -26,8 +26,11 @@ import numpy as np
 from flax import nnx
 
 from kiwi_jax.models.vae.config import ENCODER_CHUNK_FRAMES
-from kiwi_jax.models.vae.model import (WanVAE, check_latent_shape,
-                                       check_video_shape)
+from kiwi_jax.models.vae.model import (
+  WanVAE,
+  check_latent_shape,
+  check_video_shape,
+)
 
 # DiffSynth's inference defaults (``test_benchmark.py``, ``demo.py``), in
 # latent units.
@@ -38,8 +41,9 @@ DEFAULT_TILE_STRIDE = (15, 26)
 def tile_ranges(size: int, tile: int, stride: int) -> list[tuple[int, int]]:
   """``[(start, end)]`` of the tiles along one axis (``end`` unclipped)."""
   if tile <= 0 or stride <= 0 or stride > tile:
-    raise ValueError(f"Tiles need 0 < stride <= size, got size {tile}, "
-                     f"stride {stride}.")
+    raise ValueError(
+      f"Tiles need 0 < stride <= size, got size {tile}, stride {stride}."
+    )
   out = []
   for start in range(0, size, stride):
     if start - stride >= 0 and start - stride + tile >= size:
@@ -48,8 +52,9 @@ def tile_ranges(size: int, tile: int, stride: int) -> list[tuple[int, int]]:
   return out
 
 
-def ramp_mask_1d(length: int, at_start: bool, at_end: bool,
-                 border: int) -> np.ndarray:
+def ramp_mask_1d(
+  length: int, at_start: bool, at_end: bool, border: int
+) -> np.ndarray:
   """Ones with linear ramps ``(i+1)/border`` on the sides that are not frame
   borders (the end ramp overwrites the start one if they overlap)."""
   mask = np.ones((length,), np.float32)
@@ -61,8 +66,9 @@ def ramp_mask_1d(length: int, at_start: bool, at_end: bool,
   return mask
 
 
-def tile_mask(shape: tuple[int, int], bounds: Sequence[bool],
-              borders: tuple[int, int]) -> np.ndarray:
+def tile_mask(
+  shape: tuple[int, int], bounds: Sequence[bool], borders: tuple[int, int]
+) -> np.ndarray:
   """float32[h, w]: min of the height ramp and the width ramp."""
   mh = ramp_mask_1d(shape[0], bounds[0], bounds[1], borders[0])
   mw = ramp_mask_1d(shape[1], bounds[2], bounds[3], borders[1])
@@ -135,7 +141,7 @@ class VAERunner:
     out, cache = self._enc_first(self.state, video[:, :1])
     outs = [out]
     for start in range(1, video.shape[1], ENCODER_CHUNK_FRAMES):
-      chunk = video[:, start:start + ENCODER_CHUNK_FRAMES]
+      chunk = video[:, start : start + ENCODER_CHUNK_FRAMES]
       out, cache = self._enc_step(self.state, cache, chunk)
       outs.append(out)
     return jnp.concatenate(outs, axis=1)
@@ -144,13 +150,18 @@ class VAERunner:
     moments = self.encode_moments_untiled(video)
     mean = jnp.asarray(self.cfg.latents_mean, moments.dtype)
     std = jnp.asarray(self.cfg.latents_std, moments.dtype)
-    return (moments[..., :self.cfg.z_dim] - mean) * (1.0 / std)
+    return (moments[..., : self.cfg.z_dim] - mean) * (1.0 / std)
 
   # -- Public API.
 
-  def encode(self, video, *, tiled: bool = False,
-             tile_size: tuple[int, int] = DEFAULT_TILE_SIZE,
-             tile_stride: tuple[int, int] = DEFAULT_TILE_STRIDE) -> jax.Array:
+  def encode(
+    self,
+    video,
+    *,
+    tiled: bool = False,
+    tile_size: tuple[int, int] = DEFAULT_TILE_SIZE,
+    tile_stride: tuple[int, int] = DEFAULT_TILE_STRIDE,
+  ) -> jax.Array:
     """Normalised latents, as ``WanVAE.encode``.
 
     Args:
@@ -172,22 +183,26 @@ class VAERunner:
     stride = (tile_stride[0] * f, tile_stride[1] * f)
     borders = (tile_size[0] - tile_stride[0], tile_size[1] - tile_stride[1])
     t_lat = (t - 1) // self.cfg.temporal_factor + 1
-    canvas = jnp.zeros((b, t_lat, h // f, w // f, self.cfg.z_dim),
-                       jnp.float32)
+    canvas = jnp.zeros((b, t_lat, h // f, w // f, self.cfg.z_dim), jnp.float32)
     weight = np.zeros((h // f, w // f), np.float32)
     for h0, h1, w0, w1, bounds in _tiles(h, w, size, stride):
       latent = self._encode_tile(video[:, :, h0:h1, w0:w1])
       mask = tile_mask(latent.shape[2:4], bounds, borders)
-      canvas = _accumulate(canvas, latent, jnp.asarray(mask), h0 // f,
-                           w0 // f)
-      weight[h0 // f:h0 // f + mask.shape[0],
-             w0 // f:w0 // f + mask.shape[1]] += mask
+      canvas = _accumulate(canvas, latent, jnp.asarray(mask), h0 // f, w0 // f)
+      weight[
+        h0 // f : h0 // f + mask.shape[0], w0 // f : w0 // f + mask.shape[1]
+      ] += mask
     return canvas / jnp.asarray(weight)[None, None, :, :, None]
 
-  def decode_stream(self, latents, *, tiled: bool = False,
-                    tile_size: tuple[int, int] = DEFAULT_TILE_SIZE,
-                    tile_stride: tuple[int, int] = DEFAULT_TILE_STRIDE,
-                    clamp: bool = True) -> Iterator[jax.Array]:
+  def decode_stream(
+    self,
+    latents,
+    *,
+    tiled: bool = False,
+    tile_size: tuple[int, int] = DEFAULT_TILE_SIZE,
+    tile_stride: tuple[int, int] = DEFAULT_TILE_STRIDE,
+    clamp: bool = True,
+  ) -> Iterator[jax.Array]:
     """Decodes one latent frame at a time and yields its video frames.
 
     Yields float32[B, 1, H, W, 3] for the first latent frame, then
@@ -200,26 +215,32 @@ class VAERunner:
     f = self.cfg.spatial_factor
     if tiled:
       tiles = _tiles(h, w, tile_size, tile_stride)
-      borders = ((tile_size[0] - tile_stride[0]) * f,
-                 (tile_size[1] - tile_stride[1]) * f)
+      borders = (
+        (tile_size[0] - tile_stride[0]) * f,
+        (tile_size[1] - tile_stride[1]) * f,
+      )
     else:
       tiles = [(0, h, 0, w, (True,) * 4)]
       borders = (0, 0)
-    masks = [tile_mask(((h1 - h0) * f, (w1 - w0) * f), bounds, borders)
-             for h0, h1, w0, w1, bounds in tiles]
+    masks = [
+      tile_mask(((h1 - h0) * f, (w1 - w0) * f), bounds, borders)
+      for h0, h1, w0, w1, bounds in tiles
+    ]
     weight = np.zeros((h * f, w * f), np.float32)
     for (h0, _, w0, _, _), mask in zip(tiles, masks):
-      weight[h0 * f:h0 * f + mask.shape[0],
-             w0 * f:w0 * f + mask.shape[1]] += mask
+      weight[
+        h0 * f : h0 * f + mask.shape[0], w0 * f : w0 * f + mask.shape[1]
+      ] += mask
     inv_weight = jnp.asarray(1.0 / weight)[None, None, :, :, None]
     masks = [jnp.asarray(m) for m in masks]
     caches = [None] * len(tiles)
     for k in range(t):
       frames = 1 if k == 0 else self.cfg.temporal_factor
-      canvas = jnp.zeros((b, frames, h * f, w * f, self.cfg.video_channels),
-                         jnp.float32)
+      canvas = jnp.zeros(
+        (b, frames, h * f, w * f, self.cfg.video_channels), jnp.float32
+      )
       for i, (h0, h1, w0, w1, _) in enumerate(tiles):
-        z = latents[:, k:k + 1, h0:h1, w0:w1]
+        z = latents[:, k : k + 1, h0:h1, w0:w1]
         if caches[i] is None:
           out, caches[i] = self._dec_first(self.state, z)
         else:
@@ -231,11 +252,25 @@ class VAERunner:
       video = canvas if len(tiles) == 1 else canvas * inv_weight
       yield jnp.clip(video, -1.0, 1.0) if clamp else video
 
-  def decode(self, latents, *, tiled: bool = False,
-             tile_size: tuple[int, int] = DEFAULT_TILE_SIZE,
-             tile_stride: tuple[int, int] = DEFAULT_TILE_STRIDE,
-             clamp: bool = True) -> jax.Array:
+  def decode(
+    self,
+    latents,
+    *,
+    tiled: bool = False,
+    tile_size: tuple[int, int] = DEFAULT_TILE_SIZE,
+    tile_stride: tuple[int, int] = DEFAULT_TILE_STRIDE,
+    clamp: bool = True,
+  ) -> jax.Array:
     """float32[B, 4(t-1)+1, H, W, 3]: the frames of :meth:`decode_stream`."""
-    return jnp.concatenate(list(self.decode_stream(
-        latents, tiled=tiled, tile_size=tile_size, tile_stride=tile_stride,
-        clamp=clamp)), axis=1)
+    return jnp.concatenate(
+      list(
+        self.decode_stream(
+          latents,
+          tiled=tiled,
+          tile_size=tile_size,
+          tile_stride=tile_stride,
+          clamp=clamp,
+        )
+      ),
+      axis=1,
+    )

@@ -8,15 +8,21 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kiwi_jax.models.dit import (REMAT_POLICIES, ConditionalEmbedder,
-                                 WanDiT, WanDiTConfig, parameter_count,
-                                 patchify, unpatchify)
+from kiwi_jax.models.dit import (
+  REMAT_POLICIES,
+  ConditionalEmbedder,
+  WanDiT,
+  WanDiTConfig,
+  parameter_count,
+  patchify,
+  unpatchify,
+)
 
 # Reference §1.1 / 1.2 ([ran] counts of WanModel) and 1.7 (592,896 per 5B
 # conditional embedder; 14B: 5120 * 16 * 4 + 5120).
 FULL_SIZE = {
-    "wan2.2-ti2v-5b": (4_999_787_712, 592_896),
-    "wan2.1-t2v-14b": (14_288_491_584, 332_800),
+  "wan2.2-ti2v-5b": (4_999_787_712, 592_896),
+  "wan2.1-t2v-14b": (14_288_491_584, 332_800),
 }
 
 
@@ -46,13 +52,19 @@ def test_full_size_parameter_counts(name):
   count = parameter_count(model)
   print(f"{name}: {count:,} parameters")
   assert count == stock
-  kiwi = nnx.eval_shape(lambda: WanDiT(
+  kiwi = nnx.eval_shape(
+    lambda: WanDiT(
       cfg.replace(source_condition=True, reference_condition=True),
-      rngs=nnx.Rngs(0)))
+      rngs=nnx.Rngs(0),
+    )
+  )
   assert parameter_count(kiwi) == stock + 2 * per_embedder
   blocks = nnx.state(model.blocks)
   assert blocks["self_attn"]["q"]["kernel"].shape == (
-      cfg.num_layers, cfg.dim, cfg.dim)
+    cfg.num_layers,
+    cfg.dim,
+    cfg.dim,
+  )
   assert model.head.proj.kernel.shape == (cfg.dim, cfg.out_patch_features)
 
 
@@ -69,11 +81,19 @@ def test_patchify_roundtrip_and_order():
 
 
 def test_forward_shapes_prime_grid():
-  model = WanDiT(_tiny(source_condition=True, reference_condition=True),
-                 rngs=nnx.Rngs(0))
+  model = WanDiT(
+    _tiny(source_condition=True, reference_condition=True), rngs=nnx.Rngs(0)
+  )
   latents, timestep, context = _inputs(b=2)
-  out = _velocity(model, latents, timestep, context, source_latents=latents,
-                  sigma=jnp.array([0.3, 0.7]), ref_latents=latents[:, :1])
+  out = _velocity(
+    model,
+    latents,
+    timestep,
+    context,
+    source_latents=latents,
+    sigma=jnp.array([0.3, 0.7]),
+    ref_latents=latents[:, :1],
+  )
   assert out.shape == latents.shape
   assert bool(jnp.all(jnp.isfinite(out)))
 
@@ -82,8 +102,14 @@ def test_zero_init_source_condition_is_identity():
   model = WanDiT(_tiny(source_condition=True), rngs=nnx.Rngs(1))
   latents, timestep, context = _inputs()
   plain = _velocity(model, latents, timestep, context)
-  with_src = _velocity(model, latents, timestep, context,
-                       source_latents=latents * 3, sigma=jnp.array([0.9]))
+  with_src = _velocity(
+    model,
+    latents,
+    timestep,
+    context,
+    source_latents=latents * 3,
+    sigma=jnp.array([0.9]),
+  )
   np.testing.assert_array_equal(plain, with_src)
 
 
@@ -91,14 +117,26 @@ def test_source_scaled_by_sigma():
   cfg = _tiny(source_condition=True)
   model = WanDiT(cfg, rngs=nnx.Rngs(1))
   model.vae_condition = ConditionalEmbedder(
-      cfg.in_channels, cfg.dim, cfg.patch_size, zero_init=False,
-      rngs=nnx.Rngs(5))
+    cfg.in_channels, cfg.dim, cfg.patch_size, zero_init=False, rngs=nnx.Rngs(5)
+  )
   latents, timestep, context = _inputs()
   plain = _velocity(model, latents, timestep, context)
-  zero_sigma = _velocity(model, latents, timestep, context,
-                         source_latents=latents, sigma=jnp.array([0.0]))
-  some_sigma = _velocity(model, latents, timestep, context,
-                         source_latents=latents, sigma=jnp.array([0.5]))
+  zero_sigma = _velocity(
+    model,
+    latents,
+    timestep,
+    context,
+    source_latents=latents,
+    sigma=jnp.array([0.0]),
+  )
+  some_sigma = _velocity(
+    model,
+    latents,
+    timestep,
+    context,
+    source_latents=latents,
+    sigma=jnp.array([0.5]),
+  )
   np.testing.assert_allclose(plain, zero_sigma, atol=1e-6)
   assert float(jnp.max(jnp.abs(plain - some_sigma))) > 1e-3
 
@@ -108,10 +146,12 @@ def test_per_token_timesteps_equal_to_global():
   latents, _, context = _inputs(t=3, h=6, w=10)
   ref = latents[:, :1] * 0.5
   seq = 3 * 3 * 5 + 3 * 5  # video tokens + one reference frame
-  scalar = _velocity(model, latents, jnp.array([321.0]), context,
-                     ref_latents=ref)
-  per_token = _velocity(model, latents, jnp.full((1, seq), 321.0), context,
-                        ref_latents=ref)
+  scalar = _velocity(
+    model, latents, jnp.array([321.0]), context, ref_latents=ref
+  )
+  per_token = _velocity(
+    model, latents, jnp.full((1, seq), 321.0), context, ref_latents=ref
+  )
   np.testing.assert_allclose(scalar, per_token, atol=2e-5)
 
 
@@ -121,10 +161,12 @@ def test_reference_order_changes_rope_and_layout():
   latents, timestep, context = _inputs(t=2, h=4, w=6)
   outs = []
   for pad_first in (False, True):
-    model = WanDiT(_tiny(reference_condition=True, ref_pad_first=pad_first),
-                   rngs=nnx.Rngs(3))
-    outs.append(_velocity(model, latents, timestep, context,
-                          ref_latents=latents[:, :1]))
+    model = WanDiT(
+      _tiny(reference_condition=True, ref_pad_first=pad_first), rngs=nnx.Rngs(3)
+    )
+    outs.append(
+      _velocity(model, latents, timestep, context, ref_latents=latents[:, :1])
+    )
   assert outs[0].shape == outs[1].shape == latents.shape
   assert float(jnp.max(jnp.abs(outs[0] - outs[1]))) > 1e-4
 
@@ -144,8 +186,9 @@ def test_remat_policies_same_gradients():
   for policy in ("full", "save_qkv_attention"):
     assert policy in REMAT_POLICIES
     other = grads(_tiny(remat_policy=policy))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-                 base, other)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), base, other
+    )
 
 
 def test_text_path_and_context_checks():
@@ -154,8 +197,8 @@ def test_text_path_and_context_checks():
   text = jnp.ones((1, 5, 32))
   out = _velocity(model, latents, timestep, text, context_is_text=True)
   np.testing.assert_allclose(
-      out, _velocity(model, latents, timestep, model.embed_text(text)),
-      atol=1e-6)
+    out, _velocity(model, latents, timestep, model.embed_text(text)), atol=1e-6
+  )
   with pytest.raises(ValueError, match="context_is_text"):
     model(latents, timestep, text)
 

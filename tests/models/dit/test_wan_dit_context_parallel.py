@@ -17,8 +17,9 @@ from jax.sharding import PartitionSpec as P
 from kiwi_jax import sharding
 from kiwi_jax.models.dit import WanDiT, WanDiTConfig
 
-CFG = WanDiTConfig.from_variant("tiny", num_heads=4, num_layers=1,
-                                reference_condition=True)
+CFG = WanDiTConfig.from_variant(
+  "tiny", num_heads=4, num_layers=1, reference_condition=True
+)
 
 
 def _inputs():
@@ -42,8 +43,9 @@ def _velocity_fn(model, inputs):
   graphdef, state = nnx.split(model)
 
   def velocity(state):
-    return nnx.merge(graphdef, state)(latents, timestep, context,
-                                      ref_latents=ref).velocity
+    return nnx.merge(graphdef, state)(
+      latents, timestep, context, ref_latents=ref
+    ).velocity
 
   return velocity, state
 
@@ -66,12 +68,15 @@ def _one_device_velocity():
   return jax.jit(velocity)(state)
 
 
-@pytest.mark.parametrize("axes,mode,remat,collective", [
+@pytest.mark.parametrize(
+  "axes,mode,remat,collective",
+  [
     ({"data": -1, "sequence": 2}, "ulysses", "none", "all_to_all"),
     ({"data": -1, "sequence": 4}, "auto", "full", "all_to_all"),
     ({"fsdp": 2, "sequence": 4}, "ring", "full", "collective_permute"),
     ({"tensor": 2, "sequence": 4}, "auto", "none", "collective_permute"),
-])
+  ],
+)
 def test_forward_matches_one_device(axes, mode, remat, collective):
   model = _model(CFG.replace(context_parallel=mode, remat_policy=remat))
   mesh = sharding.make_mesh(axes)
@@ -82,9 +87,12 @@ def test_forward_matches_one_device(axes, mode, remat, collective):
   np.testing.assert_allclose(got, _one_device_velocity(), atol=2e-5)
 
 
-@pytest.mark.parametrize("axes,mode", [
+@pytest.mark.parametrize(
+  "axes,mode",
+  [
     ({"fsdp": 2, "sequence": 4}, "ring"),
-])
+  ],
+)
 def test_gradients_match_one_device(axes, mode):
   model = _model(CFG.replace(context_parallel=mode, remat_policy="full"))
   (want_loss, want_grads), _ = _loss_grads(model, _inputs())
@@ -97,8 +105,13 @@ def test_gradients_match_one_device(axes, mode):
   np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
   want = dict(nnx.to_flat_state(want_grads))
   for path, grad in nnx.to_flat_state(got_grads):
-    np.testing.assert_allclose(grad.get_value(), want[path].get_value(),
-                               atol=2e-5, rtol=1e-4, err_msg=str(path))
+    np.testing.assert_allclose(
+      grad.get_value(),
+      want[path].get_value(),
+      atol=2e-5,
+      rtol=1e-4,
+      err_msg=str(path),
+    )
 
 
 def test_none_keeps_gathering_keys_and_values():
@@ -120,7 +133,10 @@ def test_weights_can_shard_over_sequence_too():
   # Context parallelism splits tokens, not samples: with these rules no
   # sequence shard holds its fsdp shard's full weights.
   mesh = sharding.make_mesh({"fsdp": 2, "sequence": 4})
-  _, state = sharding.abstract_state(lambda: WanDiT(CFG, rngs=nnx.Rngs(0)),
-                                     mesh, sharding.FSDP_OVER_SEQUENCE_RULES)
+  _, state = sharding.abstract_state(
+    lambda: WanDiT(CFG, rngs=nnx.Rngs(0)),
+    mesh,
+    sharding.FSDP_OVER_SEQUENCE_RULES,
+  )
   q_kernel = state["blocks"]["self_attn"]["q"]["kernel"].get_value()
   assert q_kernel.sharding.spec == P(None, ("fsdp", "sequence"), None)

@@ -15,8 +15,11 @@ CFG = WanDiTConfig.from_variant("tiny", source_condition=True)
 RANK = 3
 # The block linears that carry LoRA (DiffSynth self_attn/cross_attn
 # q,k,v,o and ffn.0 / ffn.2).
-TARGETS = {(attn, p) for attn in ("self_attn", "cross_attn")
-           for p in ("q", "k", "v", "o")} | {("ffn", "fc1"), ("ffn", "fc2")}
+TARGETS = {
+  (attn, p)
+  for attn in ("self_attn", "cross_attn")
+  for p in ("q", "k", "v", "o")
+} | {("ffn", "fc1"), ("ffn", "fc2")}
 
 
 @nnx.jit
@@ -45,10 +48,12 @@ def test_lora_tree_is_the_base_tree_plus_stacked_factors():
   plain = dict(nnx.to_flat_state(nnx.state(base)))
   extra = set(flat) - set(plain)
   assert set(plain) <= set(flat)
-  assert extra == {("blocks",) + t + (ab,) for t in TARGETS
-                   for ab in ("lora_a", "lora_b")}
-  assert {p for p, _ in nnx.to_flat_state(
-      nnx.state(adapted, nnx.LoRAParam))} == extra
+  assert extra == {
+    ("blocks",) + t + (ab,) for t in TARGETS for ab in ("lora_a", "lora_b")
+  }
+  assert {
+    p for p, _ in nnx.to_flat_state(nnx.state(adapted, nnx.LoRAParam))
+  } == extra
   fc1 = adapted.blocks.ffn.fc1
   assert fc1.lora_a.shape == (CFG.num_layers, CFG.dim, RANK)
   assert fc1.lora_b.shape == (CFG.num_layers, RANK, CFG.ffn_dim)
@@ -67,8 +72,7 @@ def test_zero_b_is_identity_then_merge_equals_unmerged():
   base, adapted = _models()
   inputs = _inputs()
   want = np.asarray(_velocity(base, *inputs))
-  np.testing.assert_array_equal(np.asarray(_velocity(adapted, *inputs)),
-                                want)
+  np.testing.assert_array_equal(np.asarray(_velocity(adapted, *inputs)), want)
   key = jax.random.key(3)
   for layer in lora.lora_layers(adapted):
     key, sub = jax.random.split(key)
@@ -82,13 +86,18 @@ def test_zero_b_is_identity_then_merge_equals_unmerged():
   blk = adapted.blocks.ffn.fc2
   for i in range(CFG.num_layers):
     np.testing.assert_allclose(
-        merged_kernel[i], kernel[i] + np.asarray(blk.lora_a[...])[i]
-        @ np.asarray(blk.lora_b[...])[i], atol=1e-6)
-  np.testing.assert_allclose(np.asarray(_velocity(adapted, *inputs)),
-                             lora_out, atol=2e-5)
+      merged_kernel[i],
+      kernel[i]
+      + np.asarray(blk.lora_a[...])[i] @ np.asarray(blk.lora_b[...])[i],
+      atol=1e-6,
+    )
+  np.testing.assert_allclose(
+    np.asarray(_velocity(adapted, *inputs)), lora_out, atol=2e-5
+  )
   lora.unmerge_lora(adapted)
-  np.testing.assert_allclose(np.asarray(adapted.blocks.ffn.fc2.kernel[...]),
-                             kernel, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(adapted.blocks.ffn.fc2.kernel[...]), kernel, atol=1e-6
+  )
 
 
 def test_gradients_reach_the_factors_only_through_lora_state():
@@ -118,10 +127,16 @@ def test_stacked_factors_shard_and_forward_matches():
   mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
   sharded = sharding.reshard_module(adapted, mesh)
   fc1 = sharded.blocks.ffn.fc1
-  assert fc1.lora_a[...].sharding.spec == P(None, *sharding.logical_to_spec(
-      ("embed", "lora_rank"), fc1.lora_a.shape[1:], mesh))
-  assert fc1.lora_b[...].sharding.spec == P(None, *sharding.logical_to_spec(
-      ("lora_rank", "mlp"), fc1.lora_b.shape[1:], mesh))
+  assert fc1.lora_a[...].sharding.spec == P(
+    None,
+    *sharding.logical_to_spec(
+      ("embed", "lora_rank"), fc1.lora_a.shape[1:], mesh
+    ),
+  )
+  assert fc1.lora_b[...].sharding.spec == P(
+    None,
+    *sharding.logical_to_spec(("lora_rank", "mlp"), fc1.lora_b.shape[1:], mesh),
+  )
   with sharding.use_mesh(mesh):
     got = _velocity(sharded, *inputs)
   np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)

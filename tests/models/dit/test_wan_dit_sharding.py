@@ -10,14 +10,21 @@ from jax.sharding import PartitionSpec as P
 from kiwi_jax import sharding
 from kiwi_jax.models.dit import WanDiT, WanDiTConfig
 
-CFG = WanDiTConfig.from_variant("tiny", source_condition=True,
-                                reference_condition=True)
+CFG = WanDiTConfig.from_variant(
+  "tiny", source_condition=True, reference_condition=True
+)
 
 
 @nnx.jit
 def _velocity(model, latents, timestep, context, source, sigma, ref):
-  return model(latents, timestep, context, source_latents=source,
-               sigma=sigma, ref_latents=ref).velocity
+  return model(
+    latents,
+    timestep,
+    context,
+    source_latents=source,
+    sigma=sigma,
+    ref_latents=ref,
+  ).velocity
 
 
 def _inputs(per_token: bool):
@@ -28,17 +35,23 @@ def _inputs(per_token: bool):
   ref = jax.random.normal(k[2], (b, 1, h, w, CFG.in_channels))
   context = jax.random.normal(k[3], (b, 6, CFG.dim))
   seq = (t + 1) * (h // 2) * (w // 2)  # 48 video + 24 reference tokens
-  timestep = (jnp.linspace(0.0, 999.0, b * seq).reshape(b, seq) if per_token
-              else jnp.array([10.0, 250.0, 600.0, 990.0]))
+  timestep = (
+    jnp.linspace(0.0, 999.0, b * seq).reshape(b, seq)
+    if per_token
+    else jnp.array([10.0, 250.0, 600.0, 990.0])
+  )
   sigma = jnp.array([0.01, 0.25, 0.6, 0.99])
   return latents, timestep, context, source, sigma, ref
 
 
-@pytest.mark.parametrize("axes,per_token", [
+@pytest.mark.parametrize(
+  "axes,per_token",
+  [
     ({"fsdp": 2, "tensor": 2, "sequence": 2}, False),
     ({"data": 2, "fsdp": 2, "tensor": 2}, True),
     ({"sequence": 8}, True),
-])
+  ],
+)
 def test_sharded_forward_matches_unsharded(axes, per_token):
   model = WanDiT(CFG, rngs=nnx.Rngs(0))
   # Make the Kiwi embedders non-trivial (they are zero-initialised).
@@ -51,8 +64,9 @@ def test_sharded_forward_matches_unsharded(axes, per_token):
   mesh = sharding.make_mesh(axes)
   sharded = sharding.reshard_module(model, mesh)
   q_kernel = sharded.blocks.self_attn.q.kernel[...]
-  expected = sharding.logical_to_spec(("embed", "heads"), q_kernel.shape[1:],
-                                      mesh)
+  expected = sharding.logical_to_spec(
+    ("embed", "heads"), q_kernel.shape[1:], mesh
+  )
   assert q_kernel.sharding.spec == P(None, *expected)
   with sharding.use_mesh(mesh):
     got = _velocity(sharded, *inputs)
@@ -62,8 +76,11 @@ def test_sharded_forward_matches_unsharded(axes, per_token):
 def test_partition_specs_of_the_5b_model():
   mesh = sharding.make_mesh({"fsdp": 4, "tensor": 2})
   _, state = sharding.abstract_state(
-      lambda: WanDiT(WanDiTConfig.from_variant("wan2.2-ti2v-5b"),
-                     rngs=nnx.Rngs(0)), mesh)
+    lambda: WanDiT(
+      WanDiTConfig.from_variant("wan2.2-ti2v-5b"), rngs=nnx.Rngs(0)
+    ),
+    mesh,
+  )
   spec = lambda v: v.get_value().sharding.spec
   blocks = state["blocks"]
   assert spec(blocks["self_attn"]["q"]["kernel"]) == P(None, "fsdp", "tensor")

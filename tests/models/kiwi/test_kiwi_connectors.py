@@ -20,8 +20,9 @@ def test_connector_starts_at_zero_and_matches_gelu_tanh_mlp():
   w2, b2 = np.asarray(c.fc2.kernel[...]), np.asarray(c.fc2.bias[...])
   h = x @ w1 + b1
   h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
-  np.testing.assert_allclose(np.asarray(c(x)), h @ w2 + b2, rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(c(x)), h @ w2 + b2, rtol=1e-5, atol=1e-5
+  )
   with pytest.raises(ValueError, match="width 7"):
     c(np.zeros((1, 2, 5), np.float32))
 

@@ -22,28 +22,51 @@ def test_5b_kiwi_parts_have_the_reference_sizes():
   """Reference §1.1 / 1.7 parameter counts of the kiwi-5b variant's parts."""
   cfg = KiwiEditConfig.from_variant("kiwi-5b")
   rngs = lambda: nnx.Rngs(0)  # noqa: E731
-  assert _size(lambda: Connector(cfg.mllm_hidden, cfg.dit.dim,
-                                 rngs=rngs())) == 15_734_784
-  assert _size(lambda: ConditionalEmbedder(
-      cfg.dit.in_channels, cfg.dit.dim, cfg.dit.patch_size,
-      rngs=rngs())) == 592_896
+  assert (
+    _size(lambda: Connector(cfg.mllm_hidden, cfg.dit.dim, rngs=rngs()))
+    == 15_734_784
+  )
+  assert (
+    _size(
+      lambda: ConditionalEmbedder(
+        cfg.dit.in_channels, cfg.dit.dim, cfg.dit.patch_size, rngs=rngs()
+      )
+    )
+    == 592_896
+  )
   # The DiT with both embedders: 4,999,787,712 + 2 * 592,896.
   assert _size(lambda: WanDiT(cfg.dit, rngs=rngs())) == (
-      4_999_787_712 + 2 * 592_896)
-  assert (cfg.num_image_queries, cfg.num_video_queries,
-          cfg.num_ref_queries, cfg.mllm_hidden) == (256, 512, 768, 2048)
+    4_999_787_712 + 2 * 592_896
+  )
+  assert (
+    cfg.num_image_queries,
+    cfg.num_video_queries,
+    cfg.num_ref_queries,
+    cfg.mllm_hidden,
+  ) == (256, 512, 768, 2048)
 
 
 def test_tiny_assembly_has_every_part():
   cfg = KiwiEditConfig.from_variant("tiny")
   _, state = abstract_kiwi(cfg)
   assert set(state.keys()) == {
-      "mllm", "image_queries", "video_queries", "ref_queries", "connector",
-      "ref_connector", "dit", "vae"}
+    "mllm",
+    "image_queries",
+    "video_queries",
+    "ref_queries",
+    "connector",
+    "ref_connector",
+    "dit",
+    "vae",
+  }
   assert state["ref_queries"]["q"].get_value().shape == (
-      cfg.num_ref_queries, cfg.mllm_hidden)
+    cfg.num_ref_queries,
+    cfg.mllm_hidden,
+  )
   assert state["connector"]["fc1"]["kernel"].get_value().shape == (
-      cfg.mllm_hidden, cfg.dit.dim)
+    cfg.mllm_hidden,
+    cfg.dit.dim,
+  )
   assert "ref_vae_condition" in state["dit"]
 
 
@@ -62,10 +85,12 @@ def test_config_validation():
     cfg.replace(readout="middle")
   with pytest.raises(ValueError, match="reference queries"):
     cfg.replace(num_ref_queries=0)
-  stage1 = cfg.replace(num_video_queries=0, num_ref_queries=0,
-                       ref_connector=False, dit=cfg.dit.replace(
-                           source_condition=False,
-                           reference_condition=False))
+  stage1 = cfg.replace(
+    num_video_queries=0,
+    num_ref_queries=0,
+    ref_connector=False,
+    dit=cfg.dit.replace(source_condition=False, reference_condition=False),
+  )
   assert stage1.modes() == ("image",)
   with pytest.raises(ValueError, match="Unknown mode"):
     cfg.num_queries("audio")
@@ -78,25 +103,37 @@ def test_conditions_from_hidden_layout_and_errors():
   fn = pure(graphdef, "conditions_from_hidden")
   m = cfg.mllm
   n_q, n_ref = cfg.num_ref_queries, 3
-  ids = np.array([[1, m.vision_start_token_id] + [m.image_token_id] * n_ref
-                  + [m.vision_end_token_id] + [m.query_token_id] * n_q
-                  + [2, 40]])
+  ids = np.array(
+    [
+      [1, m.vision_start_token_id]
+      + [m.image_token_id] * n_ref
+      + [m.vision_end_token_id]
+      + [m.query_token_id] * n_q
+      + [2, 40]
+    ]
+  )
   hidden = jax.ShapeDtypeStruct(ids.shape + (cfg.mllm_hidden,), np.float32)
-  out = jax.eval_shape(lambda st, h: fn(st, h, ids, "reference",
-                                        ref_tokens=n_ref), state, hidden)
+  out = jax.eval_shape(
+    lambda st, h: fn(st, h, ids, "reference", ref_tokens=n_ref), state, hidden
+  )
   assert out.context.shape == (1, n_ref + n_q, cfg.dit.dim)
   assert out.mask.shape == (1, n_ref + n_q)
   out = jax.eval_shape(lambda st, h: fn(st, h, ids, "video"), state, hidden)
   assert out.context.shape == (1, cfg.num_video_queries, cfg.dit.dim)
   with pytest.raises(ValueError, match="ref_tokens must be in"):
     jax.eval_shape(lambda st, h: fn(st, h, ids, "reference"), state, hidden)
-  stage1 = cfg.replace(num_video_queries=0, num_ref_queries=0,
-                       ref_connector=False, dit=cfg.dit.replace(
-                           source_condition=False,
-                           reference_condition=False))
+  stage1 = cfg.replace(
+    num_video_queries=0,
+    num_ref_queries=0,
+    ref_connector=False,
+    dit=cfg.dit.replace(source_condition=False, reference_condition=False),
+  )
   g1, s1 = abstract_kiwi(stage1)
   with pytest.raises(ValueError, match="no video queries"):
-    jax.eval_shape(lambda st, h: pure(g1, "conditions_from_hidden")(
-        st, h, ids, "video"), s1, hidden)
+    jax.eval_shape(
+      lambda st, h: pure(g1, "conditions_from_hidden")(st, h, ids, "video"),
+      s1,
+      hidden,
+    )
   with pytest.raises(ValueError, match="no public method"):
     pure(graphdef, "_private")

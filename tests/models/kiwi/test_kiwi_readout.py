@@ -33,14 +33,14 @@ def _pad(rows, left):
 
 def _ref_last_n(hidden_row, ids_row, n):
   """The reference: hidden_states[:, -N:] of the unpadded row."""
-  return hidden_row[len(ids_row) - n:len(ids_row)]
+  return hidden_row[len(ids_row) - n : len(ids_row)]
 
 
 def _ref_span(hidden_row, ids_row):
   ids_row = np.asarray(ids_row)
   s = np.nonzero(ids_row == VS)[0][-1]
   e = s + np.nonzero(ids_row[s:] == VE)[0][0]
-  return hidden_row[s + 1:e]
+  return hidden_row[s + 1 : e]
 
 
 @pytest.mark.parametrize("left", [False, True])
@@ -48,8 +48,9 @@ def test_last_n_readout_is_the_reference_slice_under_padding(left):
   rows = [_row(7, 5, 11), _row(3, 2, 11, text=9), _row(5, None, 11)]
   ids, mask = _pad(rows, left)
   hidden = RNG.normal(size=ids.shape + (13,)).astype(np.float32)
-  got = jax.jit(lambda h, i, m: readout.read_queries(
-      h, i, 11, attention_mask=m))(hidden, ids, mask)
+  got = jax.jit(
+    lambda h, i, m: readout.read_queries(h, i, 11, attention_mask=m)
+  )(hidden, ids, mask)
   for b, r in enumerate(rows):
     off = ids.shape[1] - len(r) if left else 0
     want = _ref_last_n(hidden[b, off:], r, 11)
@@ -63,18 +64,21 @@ def test_query_positions_mode_reads_the_placeholders():
   rows = [_row(4, 3, 7), _row(2, None, 7, text=3)]
   ids, mask = _pad(rows, left=False)
   hidden = RNG.normal(size=ids.shape + (5,)).astype(np.float32)
-  got = readout.read_queries(hidden, ids, 7, query_token_id=Q,
-                             attention_mask=mask, mode="queries")
+  got = readout.read_queries(
+    hidden, ids, 7, query_token_id=Q, attention_mask=mask, mode="queries"
+  )
   for b in range(2):
     pos = np.nonzero(ids[b] == Q)[0]
     np.testing.assert_array_equal(np.asarray(got[b]), hidden[b, pos])
   np.testing.assert_array_equal(
-      readout.count_query_tokens(ids, Q, mask), [7, 7])
+    readout.count_query_tokens(ids, Q, mask), [7, 7]
+  )
   # Without padding the default readout differs from the placeholders by
   # exactly two positions.
-  idx_last = readout.query_indices(ids[:1, :len(rows[0])], 7)
-  idx_q = readout.query_indices(ids[:1, :len(rows[0])], 7,
-                                query_token_id=Q, mode="queries")
+  idx_last = readout.query_indices(ids[:1, : len(rows[0])], 7)
+  idx_q = readout.query_indices(
+    ids[:1, : len(rows[0])], 7, query_token_id=Q, mode="queries"
+  )
   np.testing.assert_array_equal(np.asarray(idx_last) - 2, np.asarray(idx_q))
 
 
@@ -83,9 +87,11 @@ def test_reference_span_matches_reference_slice(left):
   rows = [_row(6, 4, 5), _row(3, 7, 5, text=2), _row(4, None, 5)]
   ids, mask = _pad(rows, left)
   hidden = RNG.normal(size=ids.shape + (3,)).astype(np.float32)
-  feats, valid = jax.jit(lambda h, i, m: readout.read_reference(
-      h, i, 8, vision_start_id=VS, vision_end_id=VE, attention_mask=m))(
-          hidden, ids, mask)
+  feats, valid = jax.jit(
+    lambda h, i, m: readout.read_reference(
+      h, i, 8, vision_start_id=VS, vision_end_id=VE, attention_mask=m
+    )
+  )(hidden, ids, mask)
   for b, r in enumerate(rows):
     off = ids.shape[1] - len(r) if left else 0
     # Row 2 has one vision block only (the video): like the reference, the

@@ -12,8 +12,8 @@ from kiwi_jax.models.kiwi.model import KiwiEdit
 
 def test_rounding_keeps_the_dtype_and_is_bf16_representable():
   from kiwi_jax.models.mllm.vision import kiwi_encoder_pixels
-  x = np.random.default_rng(0).standard_normal((2, 5, 1176)).astype(
-      np.float32)
+
+  x = np.random.default_rng(0).standard_normal((2, 5, 1176)).astype(np.float32)
   y = kiwi_encoder_pixels(x)
   assert y.dtype == jnp.float32 and y.shape == x.shape
   np.testing.assert_array_equal(y, x.astype(jnp.bfloat16).astype(np.float32))
@@ -31,18 +31,22 @@ def test_kiwi_encode_path_feeds_the_tower_bf16_pixels():
     return types.SimpleNamespace(last_hidden_state=jnp.zeros((1, 3, 4)))
 
   fake = types.SimpleNamespace(
-      cfg=types.SimpleNamespace(mllm=types.SimpleNamespace(
-          dtype=jnp.float32)),
-      queries=lambda mode: (lambda dtype: jnp.zeros((2, 4), dtype)),
-      mllm=spy_mllm)
-  pixels = np.random.default_rng(1).standard_normal((1, 8, 1176)).astype(
-      np.float32)
-  inputs = {"input_ids": jnp.zeros((1, 3), jnp.int32),
-            "position_ids": jnp.zeros((3, 1, 3), jnp.int32),
-            "pixel_values": jnp.asarray(pixels)}
+    cfg=types.SimpleNamespace(mllm=types.SimpleNamespace(dtype=jnp.float32)),
+    queries=lambda mode: lambda dtype: jnp.zeros((2, 4), dtype),
+    mllm=spy_mllm,
+  )
+  pixels = (
+    np.random.default_rng(1).standard_normal((1, 8, 1176)).astype(np.float32)
+  )
+  inputs = {
+    "input_ids": jnp.zeros((1, 3), jnp.int32),
+    "position_ids": jnp.zeros((3, 1, 3), jnp.int32),
+    "pixel_values": jnp.asarray(pixels),
+  }
   KiwiEdit.mllm_hidden_states(fake, inputs, "image")
   got = np.asarray(seen["pixels"])
   assert got.dtype == np.float32
   np.testing.assert_array_equal(
-      got, pixels.astype(jnp.bfloat16).astype(np.float32))
+    got, pixels.astype(jnp.bfloat16).astype(np.float32)
+  )
   assert (got != pixels).any()

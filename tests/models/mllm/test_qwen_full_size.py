@@ -17,20 +17,36 @@ def test_full_3b_config_under_eval_shape():
   cfg = Qwen25VLConfig.from_variant("qwen2.5-vl-3b")
   model = nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
   v, t = cfg.vision, cfg.text
-  vision_block = (2 * v.hidden_size                                 # norms
-                  + 4 * v.hidden_size ** 2 + 4 * v.hidden_size      # qkv, proj
-                  + 3 * v.hidden_size * v.intermediate_size
-                  + 2 * v.intermediate_size + v.hidden_size)        # SwiGLU
+  vision_block = (
+    2 * v.hidden_size  # norms
+    + 4 * v.hidden_size**2
+    + 4 * v.hidden_size  # qkv, proj
+    + 3 * v.hidden_size * v.intermediate_size
+    + 2 * v.intermediate_size
+    + v.hidden_size
+  )  # SwiGLU
   wide = 4 * v.hidden_size
-  vision = (v.patch_dim * v.hidden_size + v.depth * vision_block
-            + v.hidden_size + wide * wide + wide
-            + wide * v.out_hidden_size + v.out_hidden_size)
+  vision = (
+    v.patch_dim * v.hidden_size
+    + v.depth * vision_block
+    + v.hidden_size
+    + wide * wide
+    + wide
+    + wide * v.out_hidden_size
+    + v.out_hidden_size
+  )
   kv = t.num_kv_heads * t.head_dim
-  text_layer = (2 * t.hidden_size + t.hidden_size * (t.hidden_size + 2 * kv)
-                + t.hidden_size + 2 * kv + t.hidden_size ** 2
-                + 3 * t.hidden_size * t.intermediate_size)
-  text = (t.vocab_size * t.hidden_size + t.num_layers * text_layer
-          + t.hidden_size)
+  text_layer = (
+    2 * t.hidden_size
+    + t.hidden_size * (t.hidden_size + 2 * kv)
+    + t.hidden_size
+    + 2 * kv
+    + t.hidden_size**2
+    + 3 * t.hidden_size * t.intermediate_size
+  )
+  text = (
+    t.vocab_size * t.hidden_size + t.num_layers * text_layer + t.hidden_size
+  )
   assert _count(nnx.state(model.visual)) == vision == 668_684_288
   assert _count(nnx.state(model.language_model)) == text == 3_085_938_688
   # transformers' Qwen2_5_VLModel on the meta device: 3,754,622,976.

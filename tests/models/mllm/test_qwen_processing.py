@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kiwi_jax.models.mllm import Qwen25VLConfig
-from kiwi_jax.models.mllm import processing
+from kiwi_jax.models.mllm import Qwen25VLConfig, processing
 from kiwi_jax.models.mllm import vision_preprocess as vp
 
 CFG = Qwen25VLConfig.from_variant("tiny")
@@ -33,13 +32,17 @@ def test_frame_sampling_is_linspace_round_half_even():
   np.testing.assert_array_equal(vp.sample_frame_indices(7), np.arange(7))
 
 
-@pytest.mark.parametrize("size,max_pixels", [
-    ((97, 131), None), ((150, 230), None), ((300, 410), 28 * 28 * 20)])
+@pytest.mark.parametrize(
+  "size,max_pixels",
+  [((97, 131), None), ((150, 230), None), ((300, 410), 28 * 28 * 20)],
+)
 def test_image_matches_transformers_pil_processor(size, max_pixels):
   from transformers import Qwen2VLImageProcessor
+
   image = Image.fromarray(_image(*size, seed=size[0]))
-  hf = Qwen2VLImageProcessor(min_pixels=vp.IMAGE_MIN_PIXELS,
-                             max_pixels=max_pixels or vp.IMAGE_MAX_PIXELS)
+  hf = Qwen2VLImageProcessor(
+    min_pixels=vp.IMAGE_MIN_PIXELS, max_pixels=max_pixels or vp.IMAGE_MAX_PIXELS
+  )
   ref = hf(images=[image], return_tensors="np")
   patches, grid = vp.preprocess_image(image, max_pixels=max_pixels)
   np.testing.assert_array_equal(grid, ref["image_grid_thw"][0])
@@ -65,8 +68,9 @@ def _unpatchify_reference(patches, grid, c=3, tp=2, p=14, m=2):
           for mw in range(m):
             cube = patches[row].reshape(c, tp, p, p)
             h0, w0 = (bh * m + mh) * p, (bw * m + mw) * p
-            video[ti * tp:(ti + 1) * tp, h0:h0 + p, w0:w0 + p] = (
-                cube.transpose(1, 2, 3, 0))
+            video[ti * tp : (ti + 1) * tp, h0 : h0 + p, w0 : w0 + p] = (
+              cube.transpose(1, 2, 3, 0)
+            )
             row += 1
   return video
 
@@ -83,8 +87,9 @@ def test_video_follows_spec_rules():
     im = Image.fromarray(frames[i]).resize((168, 112), Image.BICUBIC)
     expected.append(np.asarray(im.resize((392, 280), Image.BICUBIC)))
   expected = vp.normalize(np.stack(expected))
-  np.testing.assert_allclose(_unpatchify_reference(patches, grid), expected,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    _unpatchify_reference(patches, grid), expected, atol=1e-6
+  )
 
 
 def test_video_pads_time_by_repeating_the_last_frame():
@@ -101,23 +106,28 @@ def test_video_pads_time_by_repeating_the_last_frame():
 def test_chat_matches_the_tokenizer_template(tiny_tokenizer_dir, mode):
   tok = processing.load_tokenizer(tiny_tokenizer_dir)
   rendered = tok.apply_chat_template(
-      processing.chat_messages("Turn it red.", mode, 4), tokenize=False,
-      add_generation_prompt=False)
+    processing.chat_messages("Turn it red.", mode, 4),
+    tokenize=False,
+    add_generation_prompt=False,
+  )
   assert processing.render_prompt("Turn it red.", mode, 4) == rendered
   if mode == "reference":
     assert " Use the reference input from last frame.<|vision_start|>" in (
-        rendered)
+      rendered
+    )
 
 
 def _processor(tiny_tokenizer_dir, **kw):
-  cfg = processing.ProcessorConfig(num_image_queries=5, num_video_queries=7,
-                                   num_ref_queries=3, **kw)
+  cfg = processing.ProcessorConfig(
+    num_image_queries=5, num_video_queries=7, num_ref_queries=3, **kw
+  )
   return processing.QwenProcessor(tiny_tokenizer_dir, CFG, cfg)
 
 
 def test_processor_reference_mode(tiny_tokenizer_dir):
-  proc = _processor(tiny_tokenizer_dir, max_pixels_per_frame=262144,
-                    max_object_token=6)
+  proc = _processor(
+    tiny_tokenizer_dir, max_pixels_per_frame=262144, max_object_token=6
+  )
   frames = _image(5 * 60, 90).reshape(5, 60, 90, 3)
   ref = Image.fromarray(_image(200, 150, seed=3))
   ex = proc("Add a hat.", frames=frames, ref_image=ref)
@@ -147,5 +157,4 @@ def test_processor_selects_modes_and_rejects_bad_input(tiny_tokenizer_dir):
   with pytest.raises(ValueError, match="needs source frames"):
     proc("x", image=_image(60, 60), mode="video")
   with pytest.raises(ValueError, match="special token"):
-    processing.QwenProcessor(tiny_tokenizer_dir,
-                             CFG.replace(query_token_id=4))
+    processing.QwenProcessor(tiny_tokenizer_dir, CFG.replace(query_token_id=4))

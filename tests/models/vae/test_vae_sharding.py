@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from kiwi_jax import sharding
-from kiwi_jax.models.vae import WanVAEConfig, init_wan_vae
-from kiwi_jax.models.vae import tiling
+from kiwi_jax.models.vae import WanVAEConfig, init_wan_vae, tiling
 
 
 def _video(frames, h, w, seed=0):
@@ -19,8 +18,9 @@ def test_batch_sharded_equals_unsharded():
   """Batch split over 2 fake devices (mesh axis ``data``) gives the
   unsharded result; activations carry logical-axis constraints."""
   runner = tiling.VAERunner(
-      init_wan_vae(WanVAEConfig.from_variant("wan2.2-tiny"), seed=1),
-      compiler_options={"xla_backend_optimization_level": 0})
+    init_wan_vae(WanVAEConfig.from_variant("wan2.2-tiny"), seed=1),
+    compiler_options={"xla_backend_optimization_level": 0},
+  )
   video = np.concatenate([_video(5, 32, 48, seed=5), _video(5, 32, 48, 6)])
   want_z = np.asarray(runner.encode(video))
   want_x = np.asarray(runner.decode(want_z))
