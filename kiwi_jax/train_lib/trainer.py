@@ -231,7 +231,9 @@ def train_and_evaluate(
   workdir = checkpointing.absolute_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   compile_cache.configure(
-    run.compile_cache_dir, default=str(workdir / "jax_cache")
+    run.compile_cache_dir,
+    default=str(workdir / "jax_cache"),
+    create=jax.process_index() == 0,
   )
   total_steps = run.total_steps
   mesh = sharding.make_mesh(run.mesh)

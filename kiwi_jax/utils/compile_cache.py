@@ -68,6 +68,7 @@ def configure(
   *,
   default: str | None = None,
   min_compile_secs: float | None = None,
+  create: bool = True,
 ) -> str | None:
   """Points JAX's persistent compilation cache at :func:`resolve`'s
   directory (creating a local one) and returns it; None leaves the cache
@@ -80,6 +81,9 @@ def configure(
     default: the caller's directory when neither is given.
     min_compile_secs: when given, only programs compiling at least this
       long are written (otherwise JAX's threshold, 1 s by default).
+    create: make a missing local directory; False for the processes of a
+      multi-host run other than process 0, which JAX never lets write
+      entries (they read what process 0 wrote).
   """
   global _turned_off
   path = resolve(setting, default)
@@ -98,7 +102,7 @@ def configure(
       return None
     jax.config.update("jax_enable_compilation_cache", True)
     _turned_off = False
-  if "://" not in path:
+  if create and "://" not in path:
     try:
       os.makedirs(path, exist_ok=True)
     except OSError as e:  # a cache is a speed-up, never a reason to stop
