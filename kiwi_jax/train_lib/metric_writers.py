@@ -195,7 +195,7 @@ class JsonlWriter:
     )
 
   def write_videos(self, step, videos, fps=15.0):
-    from kiwi_jax.utils.video_files import write_mp4
+    from kiwi_jax.media.video_io import write_mp4
 
     paths = {}
     for name, video in videos.items():
