@@ -126,7 +126,7 @@ class EditResult:
     try:
       # The edit is written last: if it exists, the whole set does.
       if side_by_side:
-        panels = outputs_lib.side_by_side(
+        panels = outputs_lib.edit_panels(
           self.source.frames, self.frames, self.ref_image
         )
         for extra in outputs_lib.side_by_side_paths(

@@ -118,10 +118,11 @@ def write_frames(path, frames: np.ndarray, fps: float) -> pathlib.Path:
   raise EditOutputError(f"output {path}: unsupported extension {suffix!r}.")
 
 
-def side_by_side(
+def edit_panels(
   source: np.ndarray, edited: np.ndarray, ref_image: np.ndarray | None = None
 ) -> np.ndarray:
-  """[source | reference | edited] panels, uint8[T, H, k*W, 3].
+  """[source | reference | edited] panels, uint8[T, H, k*W, 3]
+  (`media.compare.side_by_side` of the panels).
 
   The reference panel is the white-padded image the VAE saw. ``demo.py``
   writes [source | edited]; the reference panel is added when there is one.

@@ -84,3 +84,17 @@ def test_read_video_names_the_path(tmp_path):
     video_io.read_video(str(bad))
   with pytest.raises(ValueError, match="missing.mp4: cannot decode video"):
     video_io.read_video(str(tmp_path / "missing.mp4"))
+
+
+def test_remote_atomic_write_leaves_no_temporary(tmp_path, monkeypatch):
+  from kiwi_jax.utils import atomic
+
+  assert atomic.is_remote("gs://bucket/x") and not atomic.is_remote(tmp_path)
+  # The remote branch (unique hidden temporary, then replace), run on a
+  # local epath so the test needs no bucket.
+  monkeypatch.setattr(atomic, "is_remote", lambda path: True)
+  target = tmp_path / "sub" / "a.bin"
+  atomic.write_bytes(target, b"one")
+  atomic.write_text(target, "two")
+  assert target.read_text() == "two"
+  assert [p.name for p in target.parent.iterdir()] == ["a.bin"]
