@@ -36,7 +36,8 @@ from PIL import Image
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from kiwi_jax.data import examples, mini_scene, records, transforms, video_io
+from kiwi_jax.data import examples, mini_scene, records
+from kiwi_jax.media import transforms, video_io
 
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
 H100_BF16_FLOPS = 989e12

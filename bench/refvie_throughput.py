@@ -19,7 +19,8 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from kiwi_jax.data import metadata, refvie_mini, video_io
+from kiwi_jax.data import metadata, refvie_mini
+from kiwi_jax.media import video_io
 from kiwi_jax.refvie import dedup, process
 from kiwi_jax.refvie import run_local as pipeline_local
 from kiwi_jax.refvie.types import Pair

@@ -8,8 +8,9 @@ Modules (import the one you need; nothing heavy is imported here):
   build_folder    a build's output folder: replaced whole, never mixed
   tfds_builder    the same data as a tfds dataset (ArrayRecord, no TF)
   records         the record serialisation and shard writing
-  video_io        PyAV / Pillow encode and decode, in memory
-  transforms      4k+1 frames, pixel budget, crop, reference padding
+  video_io        re-export of `kiwi_jax.media.video_io` (encode/decode)
+  transforms      re-export of `kiwi_jax.media.transforms` (4k+1 frames,
+                  pixel budget, crop, reference padding)
   examples        record -> example (decode, crop, augment, MLLM hook)
   pipeline        sources, process sharding, shuffle, mixing, iterators
   latent_cache    pre-encoded VAE latents read like media records

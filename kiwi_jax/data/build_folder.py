@@ -143,9 +143,5 @@ def write_unfinished_report(
   """Writes the report of a build that did not finish (module docstring)."""
   suffix = UNFINISHED_REPORT_SUFFIX if has_shards(out_dir) else REPORT_SUFFIX
   path = out_dir / f"{prefix}{suffix}"
-  if _is_remote(out_dir):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-  else:
-    atomic.write_text(path, text)
+  atomic.write_text(path, text)  # local or remote
   return path

@@ -9,7 +9,7 @@ A record (see `records` / `tfds_builder`) becomes an example:
   mllm:         dict of arrays      output of the MLLM preprocessing hook
 
 Frames stay uint8 (4x smaller to move than float32); the model maps them to
-[-1, 1] on device (`transforms.to_unit_range` is the host-side equivalent).
+[-1, 1] on device (`media.pixels.to_unit_training` is the host-side equivalent).
 
 Cached-latent records (`latent_cache`) skip decoding and give
 `source_latents`, `target_latents`, optional `ref_latents` (float arrays) and
@@ -23,7 +23,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from kiwi_jax.data import records, transforms, video_io
+from kiwi_jax.data import records
+from kiwi_jax.media import transforms, video_io
 
 # The MLLM preprocessing hook: (source frames uint8[T, H, W, 3], prompt,
 # un-padded reference image uint8[h, w, 3] or None) -> dict of numpy arrays.

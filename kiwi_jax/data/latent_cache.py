@@ -25,7 +25,8 @@ import numpy as np
 from etils import epath
 
 from kiwi_jax.data import examples as examples_lib
-from kiwi_jax.data import records, transforms
+from kiwi_jax.data import records
+from kiwi_jax.media import pixels
 
 # videos float32[B, T, H, W, 3] in [-1, 1] -> latents [B, t, h, w, c].
 VideoEncoder = Callable[[np.ndarray], Any]
@@ -48,9 +49,9 @@ def _latent_records(
       video = batch[field]
       if field == "ref_image":
         video = video[:, None]  # The reference is encoded as a 1-frame clip.
-      encoded[name] = np.asarray(
-        encode(transforms.to_unit_range(video))
-      ).astype(dtype)
+      encoded[name] = np.asarray(encode(pixels.to_unit_training(video))).astype(
+        dtype
+      )
     mllm = batch.get("mllm", {})
     for i in range(len(batch["prompt"])):
       record = {

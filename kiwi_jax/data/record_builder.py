@@ -27,8 +27,9 @@ from typing import Any, Literal
 
 from etils import epath
 
-from kiwi_jax.data import build_folder, records, transforms, video_io
+from kiwi_jax.data import build_folder, records
 from kiwi_jax.data.metadata import Row
+from kiwi_jax.media import transforms, video_io
 
 Policy = Literal["skip", "fail"]
 

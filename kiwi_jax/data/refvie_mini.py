@@ -44,7 +44,8 @@ import numpy as np
 from etils import epath
 
 from kiwi_jax.data import mini_scene as ms
-from kiwi_jax.data import video_io
+from kiwi_jax.media import video_io
+from kiwi_jax.utils import atomic
 
 EDIT_TYPES = (
   "local_recolor",
@@ -234,12 +235,6 @@ def make_sample(
   )
 
 
-def _write_atomic(path: epath.Path, data: bytes) -> None:
-  temp = path.parent / (path.name + ".tmp")
-  temp.write_bytes(data)
-  temp.rename(path)
-
-
 def write_dataset(
   out_dir: str | epath.Path,
   *,
@@ -284,17 +279,17 @@ def write_dataset(
         if is_image
         else video_io.encode_video(frames, fps=cfg.fps, lossless=True)
       )
-      _write_atomic(out / paths[column], data)
+      atomic.write_bytes(out / paths[column], data)
     if sample.ref_image is not None:
       paths["ref_image"] = f"media/ref/{sample.key}.png"
-      _write_atomic(
+      atomic.write_bytes(
         out / paths["ref_image"], video_io.encode_png(sample.ref_image)
       )
       table = "ref"
     mask_buffer = io.BytesIO()
     np.save(mask_buffer, sample.mask)
     mask_path = f"masks/{sample.key}.npy"
-    _write_atomic(out / mask_path, mask_buffer.getvalue())
+    atomic.write_bytes(out / mask_path, mask_buffer.getvalue())
     tables[table].append({"iid": sample.key, **paths, "prompt": sample.prompt})
     meta_lines.append(
       json.dumps(
@@ -322,8 +317,10 @@ def write_dataset(
     writer.writeheader()
     writer.writerows(rows)
     written[name] = out / f"refvie_mini_{name}.csv"
-    _write_atomic(written[name], text.getvalue().encode())
-  _write_atomic(out / "metadata.jsonl", ("\n".join(meta_lines) + "\n").encode())
+    atomic.write_bytes(written[name], text.getvalue().encode())
+  atomic.write_bytes(
+    out / "metadata.jsonl", ("\n".join(meta_lines) + "\n").encode()
+  )
   return written
 
 

@@ -1,124 +1,24 @@
-"""Frame-count, resize/crop and reference-image transforms (numpy + PIL).
+"""Moved to `kiwi_jax.media.transforms` (and `media.pixels`); this name
+stays importable."""
 
-These copy the reference loaders (reference §6.3, `ImageCropAndResize` and
-`LoadVideo` in `diffsynth/trainers/unified_dataset.py`) and the reference
-image handling of the DiT path (reference §4.5 and 5.1, `shrink_and_pad_centered`
-in `diffsynth/pipelines/wan_video_mllm.py`, `ImageOps.pad` in `demo.py`).
-All images are uint8 `[H, W, 3]`, videos uint8 `[T, H, W, 3]`.
-"""
+from kiwi_jax.media.pixels import to_unit_training as to_unit_range
+from kiwi_jax.media.transforms import (
+  WHITE,
+  clip_length,
+  largest_4k_plus_1,
+  pad_to_canvas,
+  resize_cover_and_center_crop,
+  shrink_and_pad_centered,
+  size_for_pixel_budget,
+)
 
-import math
-
-import numpy as np
-from PIL import Image, ImageOps
-
-WHITE = (255, 255, 255)
-
-
-def largest_4k_plus_1(num_frames: int) -> int:
-  """Largest n <= num_frames with n % 4 == 1 (the Wan VAE's frame rule)."""
-  if num_frames < 1:
-    raise ValueError(f"need at least one frame, got {num_frames}")
-  return num_frames - (num_frames - 1) % 4
-
-
-def clip_length(available: int, max_frames: int) -> int:
-  """Frames a clip contributes: the first min(available, max) cut to 4k+1."""
-  return largest_4k_plus_1(min(available, max_frames))
-
-
-def size_for_pixel_budget(
-  height: int, width: int, max_pixels: int, multiple: int = 32
-) -> tuple[int, int]:
-  """Target (height, width) under a pixel budget, sides multiples of `multiple`.
-
-  Copies `ImageCropAndResize.get_height_width`: above the budget both sides
-  are divided by sqrt(h*w / max_pixels) with int truncation; then each side is
-  floored to a multiple (32 for the 5B model: VAE stride 16 x patch 2).
-
-  Raises:
-    ValueError: a side would round down to zero.
-  """
-  if height * width > max_pixels:
-    scale = math.sqrt(height * width / max_pixels)
-    height, width = int(height / scale), int(width / scale)
-  out_h, out_w = height // multiple * multiple, width // multiple * multiple
-  if out_h == 0 or out_w == 0:
-    raise ValueError(
-      f"a {height}x{width} frame is smaller than one {multiple}-pixel block"
-    )
-  return out_h, out_w
-
-
-def resize_cover_and_center_crop(
-  frames: np.ndarray, height: int, width: int
-) -> np.ndarray:
-  """Resizes frames to cover (height, width), then centre-crops to it.
-
-  Bilinear resize to (round(h*s), round(w*s)) with s = max(tw/w, th/h), then
-  a centre crop with torchvision's rounding, as `crop_and_resize` does.
-
-  Args:
-    frames: uint8[T, H, W, 3].
-    height, width: output size.
-
-  Returns:
-    uint8[T, height, width, 3].
-  """
-  _, in_h, in_w, _ = frames.shape
-  if (in_h, in_w) == (height, width):
-    return frames
-  scale = max(width / in_w, height / in_h)
-  new_h, new_w = round(in_h * scale), round(in_w * scale)
-  top = int(round((new_h - height) / 2.0))
-  left = int(round((new_w - width) / 2.0))
-  if (new_h, new_w) == (in_h, in_w):
-    # Crop only (e.g. 720 -> 704 rows at 720p): no per-frame resampling.
-    return np.ascontiguousarray(
-      frames[:, top : top + height, left : left + width]
-    )
-  out = np.empty((frames.shape[0], height, width, 3), np.uint8)
-  for i, frame in enumerate(frames):
-    image = Image.fromarray(frame).resize(
-      (new_w, new_h), Image.Resampling.BILINEAR
-    )
-    out[i] = np.asarray(image)[top : top + height, left : left + width]
-  return out
-
-
-def pad_to_canvas(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Fits an image inside (height, width) keeping aspect, white padding.
-
-  The evaluation-time reference handling (`ImageOps.pad(ref, (W, H),
-  color="white", centering=(0.5, 0.5))`, reference §5.1).
-  """
-  padded = ImageOps.pad(
-    Image.fromarray(image),
-    (width, height),
-    color=WHITE,
-    centering=(0.5, 0.5),
-  )
-  return np.asarray(padded)
-
-
-def shrink_and_pad_centered(
-  image: np.ndarray, height: int, width: int, scale: float
-) -> np.ndarray:
-  """Fits, shrinks by `scale` (bicubic) and centres an image on white.
-
-  The training-time reference augmentation (reference §4.5): `ImageOps.contain`
-  into (W, H), then resize to (int(w*scale), int(h*scale)) and paste at
-  ((W - w') // 2, (H - h') // 2) on a white canvas.
-  """
-  fitted = ImageOps.contain(Image.fromarray(image), (width, height))
-  new_w = max(1, int(fitted.width * scale))
-  new_h = max(1, int(fitted.height * scale))
-  shrunk = fitted.resize((new_w, new_h), Image.Resampling.BICUBIC)
-  canvas = Image.new("RGB", (width, height), WHITE)
-  canvas.paste(shrunk, ((width - new_w) // 2, (height - new_h) // 2))
-  return np.asarray(canvas)
-
-
-def to_unit_range(frames: np.ndarray) -> np.ndarray:
-  """uint8 [0, 255] -> float32 [-1, 1], the model's video range."""
-  return frames.astype(np.float32) / 127.5 - 1.0
+__all__ = [
+  "WHITE",
+  "clip_length",
+  "largest_4k_plus_1",
+  "pad_to_canvas",
+  "resize_cover_and_center_crop",
+  "shrink_and_pad_centered",
+  "size_for_pixel_budget",
+  "to_unit_range",
+]

@@ -1,232 +1,31 @@
-"""Encoding and decoding of videos and images with PyAV and Pillow.
+"""Moved to `kiwi_jax.media.video_io`; this name stays importable."""
 
-Everything here works on bytes in memory, so the same code serves local files,
-`gs://` objects read through `etils.epath`, and media stored inside ArrayRecord
-records. Frames are `uint8[T, H, W, 3]` RGB, channels last.
-
-The reference loads media with imageio (`UnifiedDataset.default_video_operator`
-in `diffsynth/trainers/unified_dataset.py`, reference §6.3) and routes by file
-extension; `media_kind` copies that routing.
-"""
-
-import io
-from typing import Literal
-
-import av
-import numpy as np
-from PIL import Image
-
-MediaKind = Literal["image", "video"]
-
-# Extension routing of `UnifiedDataset` (reference §6.3); gif is decoded as a video.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-VIDEO_EXTENSIONS = (
-  ".mp4",
-  ".avi",
-  ".mov",
-  ".wmv",
-  ".mkv",
-  ".flv",
-  ".webm",
-  ".gif",
+from kiwi_jax.media.video_io import (
+  IMAGE_EXTENSIONS,
+  VIDEO_EXTENSIONS,
+  MediaError,
+  MediaKind,
+  count_video_frames,
+  decode_image,
+  decode_media,
+  decode_video,
+  encode_png,
+  encode_video,
+  media_extension,
+  media_kind,
 )
 
-
-class MediaError(ValueError):
-  """Raised when bytes cannot be decoded as the expected media."""
-
-
-def media_kind(path: str) -> MediaKind:
-  """Returns "image" or "video" from the file extension of `path`."""
-  lower = str(path).lower()
-  if lower.endswith(IMAGE_EXTENSIONS):
-    return "image"
-  if lower.endswith(VIDEO_EXTENSIONS):
-    return "video"
-  raise MediaError(
-    f"{path}: unknown media extension; expected one of "
-    f"{IMAGE_EXTENSIONS + VIDEO_EXTENSIONS}"
-  )
-
-
-def decode_video(data: bytes, max_frames: int | None = None) -> np.ndarray:
-  """Decodes the first `max_frames` frames of an encoded video.
-
-  Args:
-    data: the encoded container (mp4, mkv, ...).
-    max_frames: stop after this many frames; None decodes all of them.
-
-  Returns:
-    uint8[T, H, W, 3] RGB frames, T >= 1.
-
-  Raises:
-    MediaError: the bytes are not a decodable video, or hold no frame.
-  """
-  frames = []
-  out = None  # Preallocated when the frame budget is known: one copy less.
-  count = 0
-  try:
-    with av.open(io.BytesIO(data), mode="r") as container:
-      if not container.streams.video:
-        raise MediaError("container has no video stream")
-      stream = container.streams.video[0]
-      # Frame threading decodes several frames at once; it is the fastest
-      # mode for the long clips of training and harmless for short ones.
-      stream.thread_type = "AUTO"
-      for frame in container.decode(stream):
-        array = frame.to_ndarray(format="rgb24")
-        if max_frames is None:
-          frames.append(array)
-        else:
-          if out is None:
-            out = np.empty((max_frames, *array.shape), np.uint8)
-          out[count] = array
-        count += 1
-        if max_frames is not None and count >= max_frames:
-          break
-  except MediaError:
-    raise
-  except (av.FFmpegError, ValueError, EOFError) as e:
-    raise MediaError(f"cannot decode video: {e}") from e
-  if count == 0:
-    raise MediaError("video holds no decodable frame")
-  return np.stack(frames) if out is None else out[:count]
-
-
-def count_video_frames(data: bytes, max_frames: int | None = None) -> int:
-  """Counts decodable frames (up to `max_frames`) without keeping them.
-
-  Decoding, not the container's frame count, is what proves that the frames
-  a training step will read are intact.
-  """
-  count = 0
-  try:
-    with av.open(io.BytesIO(data), mode="r") as container:
-      if not container.streams.video:
-        raise MediaError("container has no video stream")
-      stream = container.streams.video[0]
-      stream.thread_type = "AUTO"
-      for _ in container.decode(stream):
-        count += 1
-        if max_frames is not None and count >= max_frames:
-          break
-  except MediaError:
-    raise
-  except (av.FFmpegError, ValueError, EOFError) as e:
-    raise MediaError(f"cannot decode video: {e}") from e
-  return count
-
-
-def encode_video(
-  frames: np.ndarray,
-  *,
-  fps: int = 15,
-  lossless: bool = False,
-  crf: int = 18,
-) -> bytes:
-  """Encodes RGB frames as an H.264 mp4.
-
-  Args:
-    frames: uint8[T, H, W, 3]; H and W must be even unless `lossless`.
-    fps: frame rate written in the container (the reference saves at 15).
-    lossless: use libx264rgb with qp 0, so decoding gives back the exact
-      frames (RefVIE-mini relies on this); otherwise yuv420p at `crf`.
-    crf: quality of the lossy mode.
-
-  Returns:
-    The mp4 bytes.
-  """
-  frames = np.asarray(frames)
-  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-    raise ValueError(
-      f"frames must be uint8[T, H, W, 3], got {frames.dtype}{frames.shape}"
-    )
-  _, height, width, _ = frames.shape
-  if not lossless and (height % 2 or width % 2):
-    raise ValueError(f"lossy yuv420p needs even sides, got {height}x{width}")
-  buffer = io.BytesIO()
-  with av.open(buffer, mode="w", format="mp4") as container:
-    if lossless:
-      stream = container.add_stream("libx264rgb", rate=fps)
-      stream.pix_fmt = "rgb24"
-      stream.options = {"qp": "0", "preset": "ultrafast"}
-    else:
-      stream = container.add_stream("libx264", rate=fps)
-      stream.pix_fmt = "yuv420p"
-      stream.options = {"crf": str(crf), "preset": "veryfast"}
-    stream.width, stream.height = width, height
-    for array in frames:
-      frame = av.VideoFrame.from_ndarray(array, format="rgb24")
-      for packet in stream.encode(frame):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
-  return buffer.getvalue()
-
-
-def decode_image(data: bytes) -> np.ndarray:
-  """Decodes image bytes to uint8[H, W, 3] RGB.
-
-  Transparent images are composited on white, as `fetch_image` does
-  (`diffsynth/models/qwen_vl_utils.py`, reference §2.3).
-  """
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      image.load()
-      if image.mode in ("RGBA", "LA", "P"):
-        image = image.convert("RGBA")
-        canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(canvas, image)
-      return np.asarray(image.convert("RGB"))
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise MediaError(f"cannot decode image: {e}") from e
-
-
-def encode_png(image: np.ndarray) -> bytes:
-  """Encodes uint8[H, W, 3] as lossless PNG bytes."""
-  buffer = io.BytesIO()
-  Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
-  return buffer.getvalue()
-
-
-def decode_media(
-  data: bytes, kind: MediaKind, max_frames: int | None = None
-) -> np.ndarray:
-  """Decodes an image or a video to uint8[T, H, W, 3] (T = 1 for images)."""
-  if kind == "image":
-    return decode_image(data)[None]
-  if kind == "video":
-    return decode_video(data, max_frames)
-  raise ValueError(f"unknown media kind {kind!r}")
-
-
-def media_extension(data: bytes) -> str:
-  """The file extension of encoded media, from its leading bytes.
-
-  Used to name files for media that arrive without a path (ArrayRecord
-  records); the result is one of IMAGE_EXTENSIONS + VIDEO_EXTENSIONS.
-
-  Raises:
-    MediaError: the container is none of those.
-  """
-  head = bytes(data[:64])
-  if head.startswith(b"\x89PNG\r\n\x1a\n"):
-    return ".png"
-  if head.startswith(b"\xff\xd8\xff"):
-    return ".jpg"
-  if head.startswith(b"GIF8"):
-    return ".gif"
-  if head.startswith(b"RIFF") and head[8:12] in (b"WEBP", b"AVI "):
-    return ".webp" if head[8:12] == b"WEBP" else ".avi"
-  if head[4:8] == b"ftyp":
-    # QuickTime files carry the "qt  " major brand; the rest are ISO-BMFF.
-    return ".mov" if head[8:12] == b"qt  " else ".mp4"
-  if head.startswith(b"\x1a\x45\xdf\xa3"):
-    return ".webm" if b"webm" in head else ".mkv"
-  if head.startswith(b"FLV"):
-    return ".flv"
-  if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
-    return ".wmv"
-  raise MediaError(
-    f"unrecognised media container (leading bytes {head[:12]!r})"
-  )
+__all__ = [
+  "IMAGE_EXTENSIONS",
+  "VIDEO_EXTENSIONS",
+  "MediaError",
+  "MediaKind",
+  "count_video_frames",
+  "decode_image",
+  "decode_media",
+  "decode_video",
+  "encode_png",
+  "encode_video",
+  "media_extension",
+  "media_kind",
+]

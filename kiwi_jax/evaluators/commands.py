@@ -27,8 +27,8 @@ from kiwi_jax.evaluators import (
   judges,
   metrics,
   protocols,
-  video_io,
 )
+from kiwi_jax.media import video_io
 
 DEFAULT_DATASETS = {
   # bench: (dataset_file, data_root), the defaults of `test_benchmark.py`.

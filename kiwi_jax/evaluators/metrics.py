@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kiwi_jax.evaluators import video_io
+from kiwi_jax.media import compare, transforms
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -46,10 +46,7 @@ def _check_pair(output: np.ndarray, target: np.ndarray) -> None:
 def psnr(output: np.ndarray, target: np.ndarray) -> float:
   """PSNR in dB of uint8[T, H, W, C] clips (MSE over the whole clip)."""
   _check_pair(output, target)
-  mse = np.mean((output.astype(np.float64) - target.astype(np.float64)) ** 2)
-  if mse == 0:
-    return float("inf")
-  return float(10.0 * np.log10(DATA_RANGE**2 / mse))
+  return compare.psnr(output, target)
 
 
 def _gaussian_window() -> np.ndarray:
@@ -114,7 +111,9 @@ def align(
 ) -> tuple[np.ndarray, np.ndarray]:
   """Both clips at the shorter frame count, the target at the output size."""
   count = min(len(output), len(target))
-  target = video_io.fit_frames(target[:count], output.shape[1], output.shape[2])
+  target = transforms.fit_frames(
+    target[:count], output.shape[1], output.shape[2]
+  )
   return output[:count], target
 
 

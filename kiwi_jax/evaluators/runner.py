@@ -20,7 +20,8 @@ from typing import Any
 
 import tqdm
 
-from kiwi_jax.evaluators import benchmarks, video_io
+from kiwi_jax.evaluators import benchmarks
+from kiwi_jax.media import compare, pixels, video_io
 
 # Returns uint8[T, H, W, 3] or float[T, H, W, 3] in [-1, 1] (a leading batch
 # axis of 1 is allowed).
@@ -83,7 +84,7 @@ def run_benchmark(
         edited=len(summary.edited), skipped=len(summary.skipped)
       )
       continue
-    frames = video_io.as_uint8_frames(
+    frames = pixels.as_uint8_frames(
       edit_fn(item),
       where=f"editor output for item {item.index} ({item.output_name})",
     )
@@ -91,7 +92,7 @@ def run_benchmark(
       source = video_io.read_video(item.source_video, max_frames=len(frames))
       video_io.write_video(
         os.path.join(save_dir, side_by_side_name(item.output_name)),
-        video_io.side_by_side(source, frames),
+        compare.side_by_side_fitted(source, frames),
         fps=fps,
       )
     video_io.write_video(out_path, frames, fps=fps)

@@ -42,6 +42,7 @@ from flax import nnx
 
 from kiwi_jax import sharding
 from kiwi_jax.diffusion import sampler, step_cache
+from kiwi_jax.media import pixels as pixels_lib
 from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.processor import KiwiProcessor
 from kiwi_jax.models.vae import tiling
@@ -125,7 +126,7 @@ class EditResult:
     try:
       # The edit is written last: if it exists, the whole set does.
       if side_by_side:
-        panels = outputs_lib.side_by_side(
+        panels = outputs_lib.edit_panels(
           self.source.frames, self.frames, self.ref_image
         )
         for extra in outputs_lib.side_by_side_paths(
@@ -662,7 +663,7 @@ class EditPipeline:
       )
 
     def vae_encode(frames):
-      video = jnp.asarray(inputs_lib.to_model_range(frames))[None]
+      video = jnp.asarray(pixels_lib.to_unit_preprocess_image(frames))[None]
       with self._vae_context():
         if runner is None:
           latents = timed("vae_encode", stage(stages.encode_video), video)
@@ -766,7 +767,7 @@ class EditPipeline:
     evals = batch_evals or [None] * len(per_seed)
     return [
       EditResult(
-        frames=outputs_lib.to_uint8(np.asarray(pixels[0], np.float32)),
+        frames=pixels_lib.to_uint8_truncate(np.asarray(pixels[0], np.float32)),
         source=source,
         ref_image=ref,
         latents=np.asarray(latents, np.float32),

@@ -33,7 +33,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from kiwi_jax.data import transforms, video_io
+from kiwi_jax.media import pixels, transforms, video_io
 
 VIDEO_EXTENSIONS = video_io.VIDEO_EXTENSIONS
 IMAGE_EXTENSIONS = video_io.IMAGE_EXTENSIONS
@@ -127,33 +127,6 @@ def _escapes_only(text: str) -> bool:
   )
 
 
-def crop_and_resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Centre-crops a frame to the target aspect, then PIL-bicubic resizes.
-
-  ``crop_and_resize`` of ``diffsynth/data/video.py``: the cropped side is
-  ``int(other_side / target_other * target_side)``, the offset
-  ``(in - crop) // 2``.
-
-  Args:
-    frame: uint8[h, w, 3].
-    height, width: output size.
-
-  Returns:
-    uint8[height, width, 3].
-  """
-  in_h, in_w, _ = frame.shape
-  if in_h / in_w < height / width:
-    crop_w = int(in_h / height * width)
-    left = (in_w - crop_w) // 2
-    frame = frame[:, left : left + crop_w]
-  else:
-    crop_h = int(in_w / width * height)
-    top = (in_h - crop_h) // 2
-    frame = frame[top : top + crop_h, :]
-  image = Image.fromarray(np.ascontiguousarray(frame))
-  return np.asarray(image.resize((width, height), Image.Resampling.BICUBIC))
-
-
 def resize_frames(
   frames: np.ndarray, max_pixels: int, name: str = "video"
 ) -> np.ndarray:
@@ -180,7 +153,9 @@ def resize_frames(
     ) from e
   if (in_h, in_w) == (height, width):
     return frames
-  return np.stack([crop_and_resize(f, height, width) for f in frames])
+  return np.stack(
+    [transforms.crop_and_resize(f, height, width) for f in frames]
+  )
 
 
 def open_rgb_image(source, name: str = "image") -> np.ndarray:
@@ -346,6 +321,5 @@ def pad_reference(ref_image: np.ndarray, height: int, width: int) -> np.ndarray:
   return transforms.pad_to_canvas(ref_image, height, width)
 
 
-def to_model_range(frames: np.ndarray) -> np.ndarray:
-  """uint8 [0, 255] -> float32 [-1, 1] (``preprocess_image``)."""
-  return frames.astype(np.float32) * np.float32(2 / 255) - np.float32(1)
+# uint8 [0, 255] -> float32 [-1, 1] as ``preprocess_image`` does.
+to_model_range = pixels.to_unit_preprocess_image

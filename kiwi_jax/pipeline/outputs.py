@@ -1,7 +1,8 @@
 """Writing the pipeline's outputs: edited video or image, side-by-side.
 
 Pixels follow ``vae_output_to_video`` (``diffsynth/utils/__init__.py``):
-``((x + 1) * 127.5)`` clipped to [0, 255] and truncated to uint8. The
+``((x + 1) * 127.5)`` clipped to [0, 255] and truncated to uint8
+(``media.pixels.to_uint8_truncate``). The
 reference computes this in the VAE's bf16 output; here it is float32 of the
 decoded values (at most one grey level apart).
 
@@ -19,8 +20,9 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from kiwi_jax.media import compare, video_io
 from kiwi_jax.pipeline import inputs
-from kiwi_jax.utils import atomic, video_files
+from kiwi_jax.utils import atomic
 
 VIDEO_OUTPUT_EXTENSIONS = (".mp4",)
 GIF_EXTENSIONS = (".gif",)
@@ -30,12 +32,6 @@ SIDE_BY_SIDE_SUFFIX = "_concat"  # demo.py's `<name>_concat.mp4`
 
 class EditOutputError(ValueError):
   """An output path cannot be used; names the path and the reason."""
-
-
-def to_uint8(video: np.ndarray) -> np.ndarray:
-  """float[..., 3] in [-1, 1] -> uint8, the reference's truncation."""
-  video = np.asarray(video, np.float32)
-  return ((video + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
 
 
 def check_output_path(path, *, image_mode: bool) -> pathlib.Path:
@@ -110,7 +106,7 @@ def write_frames(path, frames: np.ndarray, fps: float) -> pathlib.Path:
   suffix = pathlib.Path(path).suffix.lower()
   frames = np.asarray(frames)
   if suffix in VIDEO_OUTPUT_EXTENSIONS:
-    return video_files.write_mp4(path, frames, fps=fps)
+    return video_io.write_mp4(path, frames, fps=fps)
   if suffix in GIF_EXTENSIONS:
     return write_gif(path, frames, fps)
   if suffix in IMAGE_OUTPUT_EXTENSIONS:
@@ -122,10 +118,11 @@ def write_frames(path, frames: np.ndarray, fps: float) -> pathlib.Path:
   raise EditOutputError(f"output {path}: unsupported extension {suffix!r}.")
 
 
-def side_by_side(
+def edit_panels(
   source: np.ndarray, edited: np.ndarray, ref_image: np.ndarray | None = None
 ) -> np.ndarray:
-  """[source | reference | edited] panels, uint8[T, H, k*W, 3].
+  """[source | reference | edited] panels, uint8[T, H, k*W, 3]
+  (`media.compare.side_by_side` of the panels).
 
   The reference panel is the white-padded image the VAE saw. ``demo.py``
   writes [source | edited]; the reference panel is added when there is one.
@@ -145,7 +142,7 @@ def side_by_side(
     padded = inputs.pad_reference(ref_image, h, w)
     panels.append(np.broadcast_to(padded[None], (t, h, w, 3)))
   panels.append(edited)
-  return np.concatenate(panels, axis=2)
+  return compare.side_by_side(*panels)
 
 
 def side_by_side_paths(path, *, image_mode: bool) -> list[pathlib.Path]:

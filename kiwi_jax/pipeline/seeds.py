@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from kiwi_jax.media import compare
 from kiwi_jax.pipeline import inputs as inputs_lib
 from kiwi_jax.pipeline import outputs as outputs_lib
 from kiwi_jax.utils import paths
@@ -146,7 +147,7 @@ def grid(source: np.ndarray, edits: Sequence[np.ndarray]) -> np.ndarray:
       raise ValueError(
         f"grid: source {source.shape} and edit {edit.shape} differ."
       )
-  return np.concatenate([source, *edits], axis=2)
+  return compare.side_by_side(source, *edits)
 
 
 @dataclasses.dataclass

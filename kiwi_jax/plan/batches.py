@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from kiwi_jax.data import transforms
+from kiwi_jax.media import transforms
 from kiwi_jax.models.mllm import bucketing
 from kiwi_jax.models.mllm import vision_preprocess as vp
 from kiwi_jax.models.mllm.rope_index import mrope_position_ids

@@ -17,8 +17,8 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from kiwi_jax.data import video_io
 from kiwi_jax.data.metadata import Row
+from kiwi_jax.media import video_io
 from kiwi_jax.refvie import dedup as dedup_lib
 from kiwi_jax.refvie import records
 from kiwi_jax.refvie.grounding import DiffGrounder, Grounding
@@ -27,6 +27,7 @@ from kiwi_jax.refvie.records import Outcome
 from kiwi_jax.refvie.synthesis import ReferenceSynthesizer
 from kiwi_jax.refvie.types import Pair, Rejected, prefixed
 from kiwi_jax.refvie.verification import Verifier
+from kiwi_jax.utils import atomic
 
 MEDIA_MODES = ("copy", "reference")
 
@@ -127,7 +128,7 @@ class Pipeline:
     outcome.priority = outcome.scores["verification.margin"]
     name = records.safe_name(row.key)
     outcome.ref_image = f"media/ref/{name}.png"
-    records.write_atomic(
+    atomic.write_bytes(
       out_dir / outcome.ref_image, video_io.encode_png(scaffold.image)
     )
     for column, relative, (payload, ext) in (
@@ -137,7 +138,7 @@ class Pipeline:
       if self.media == "copy":
         sub = "src" if column == "src_video" else "tgt"
         path = f"media/{sub}/{name}{ext}"
-        records.write_atomic(out_dir / path, payload)
+        atomic.write_bytes(out_dir / path, payload)
       else:
         path = str(base_dir / relative)
       setattr(outcome, column, path)

@@ -22,13 +22,13 @@ import hashlib
 import io
 import json
 import re
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from etils import epath
 
 from kiwi_jax.refvie.types import REASONS, STEPS
+from kiwi_jax.utils import atomic
 
 CSV_COLUMNS = ("iid", "src_video", "tgt_video", "ref_image", "prompt")
 
@@ -85,16 +85,6 @@ def safe_name(key: str) -> str:
   if clean != key:
     clean += "-" + hashlib.sha1(key.encode()).hexdigest()[:8]
   return clean
-
-
-def write_atomic(path: epath.Path, data: bytes) -> None:
-  """Writes under a temporary name, then renames (replacing an existing
-  file): never a partial file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  # A unique temporary name: a retried Beam bundle may write concurrently.
-  temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-  temp.write_bytes(data)
-  temp.replace(path)
 
 
 def mark_duplicates(
@@ -166,12 +156,12 @@ def finalize(
   for o in outcomes:
     if o.status == "accepted":
       writer.writerow([o.key, o.src_video, o.tgt_video, o.ref_image, o.prompt])
-  write_atomic(out_dir / "refvie.csv", text.getvalue().encode())
-  write_atomic(
+  atomic.write_bytes(out_dir / "refvie.csv", text.getvalue().encode())
+  atomic.write_bytes(
     out_dir / "provenance.jsonl",
     "".join(o.to_json() + "\n" for o in outcomes).encode(),
   )
-  write_atomic(
+  atomic.write_bytes(
     out_dir / "report.json", (json.dumps(summary, indent=2) + "\n").encode()
   )
   return summary

@@ -25,6 +25,7 @@ from kiwi_jax.data.metadata import Row
 from kiwi_jax.refvie import dedup, records
 from kiwi_jax.refvie.process import Pipeline
 from kiwi_jax.refvie.records import Outcome
+from kiwi_jax.utils import atomic
 
 _WORKER: dict[str, Any] = {}
 
@@ -84,7 +85,7 @@ def prepare_out_dir(
       )
     return
   work.mkdir(parents=True, exist_ok=True)
-  records.write_atomic(path, json.dumps(expected, indent=1).encode())
+  atomic.write_bytes(path, json.dumps(expected, indent=1).encode())
 
 
 def _init_worker(pipeline: Pipeline, base_dir: str, out_dir: str) -> None:
@@ -171,9 +172,7 @@ def run_local(
       for line in mapper(_process, chunks[i]):
         lines.append(line)
         bar.update(1)
-      records.write_atomic(
-        paths[i], "".join(ln + "\n" for ln in lines).encode()
-      )
+      atomic.write_bytes(paths[i], "".join(ln + "\n" for ln in lines).encode())
   finally:
     bar.close()
     if pool:

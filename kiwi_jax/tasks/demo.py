@@ -29,13 +29,15 @@ import jax
 import numpy as np
 from etils import epath
 
-from kiwi_jax.data import refvie_mini, video_io
+from kiwi_jax.data import refvie_mini
+from kiwi_jax.media import compare, video_io
 from kiwi_jax.pipeline.edit_pipeline import EditPipeline
 from kiwi_jax.tasks import curriculum as stages
 from kiwi_jax.tasks import kiwi_task
 from kiwi_jax.tasks.kiwi_config import DemoConfig
 from kiwi_jax.testing import tokenizer as tiny_tokenizer
 from kiwi_jax.train_lib import progress, trainer
+from kiwi_jax.utils import atomic
 
 logger = logging.getLogger("kiwi_jax")
 
@@ -44,12 +46,6 @@ _STAGE_NAMES = {
   2: "image and video edits",
   3: "plus reference images",
 }
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-  """PSNR in dB between uint8 arrays (inf when equal)."""
-  mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-  return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def prepare_data(config: Any, workdir: epath.Path) -> tuple[dict, str]:
@@ -164,12 +160,13 @@ def evaluate(config: Any, pipe: EditPipeline, workdir: epath.Path) -> str:
       denoising_strength=demo.denoising_strength,
     ).frames
     source, target = sample.source, sample.target
-    scores[sample.edit_type][0].append(psnr(edited, target))
-    scores[sample.edit_type][1].append(psnr(source, target))
-    (edits_dir / f"{sample.key}_{sample.edit_type}.mp4").write_bytes(
+    scores[sample.edit_type][0].append(compare.psnr(edited, target))
+    scores[sample.edit_type][1].append(compare.psnr(source, target))
+    atomic.write_bytes(
+      edits_dir / f"{sample.key}_{sample.edit_type}.mp4",
       video_io.encode_video(
-        kiwi_task.side_by_side(source, edited, target), fps=4, lossless=True
-      )
+        compare.side_by_side(source, edited, target), fps=4, lossless=True
+      ),
     )
   lines = [
     "| edit type | clips | model PSNR (dB) | identity PSNR (dB) |",
@@ -226,6 +223,6 @@ def run(config: Any, workdir: str | epath.PathLike) -> str:
     f"EditPipeline.from_pretrained({str(stage_dir)!r})."
   )
   table = evaluate(stage_cfg, pipe, workdir)
-  (workdir / "results.md").write_text(table + "\n")
+  atomic.write_text(workdir / "results.md", table + "\n")
   print(table, flush=True)
   return table

@@ -38,8 +38,8 @@ from kiwi_jax import flops as flops_lib
 from kiwi_jax.data import examples as examples_lib
 from kiwi_jax.data import loader as data_pipeline
 from kiwi_jax.diffusion import flow_matching
+from kiwi_jax.media import compare, pixels
 from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
-from kiwi_jax.models.kiwi.codec import pixels_to_unit
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
 from kiwi_jax.models.kiwi.model import KiwiEdit
 from kiwi_jax.models.kiwi.processor import KiwiProcessor
@@ -230,7 +230,7 @@ class KiwiTask:
 
   def encode(self, model: KiwiEdit, frames: jax.Array) -> jax.Array:
     """uint8[B, T, H, W, 3] -> latents in the DiT's dtype, no gradient."""
-    latents = model.encode_video(pixels_to_unit(frames))
+    latents = model.encode_video(pixels.to_unit_training(frames))
     return jax.lax.stop_gradient(latents.astype(self.model_cfg.dit.dtype))
 
   def _latents(self, model, batch, name):
@@ -319,7 +319,9 @@ class KiwiTask:
         max_pixels=height * width,
         use_source=self.stage > 1,
       ).frames
-      writer.write_videos(step, {name: side_by_side(source, edited, target)})
+      writer.write_videos(
+        step, {name: compare.side_by_side(source, edited, target)}
+      )
 
   def default_sample_batches(self) -> dict[str, dict[str, Any]]:
     """``{"sample/<source>/<i>": host batch of one}``."""
@@ -347,7 +349,7 @@ class KiwiTask:
     decoded = pipeline_stages.decode_latents(
       pipe.graphdef, pipe.state, jnp.asarray(batch[f"{name}_latents"])
     )
-    return unit_to_uint8(np.asarray(decoded, np.float32)[0])
+    return pixels.to_uint8_round(np.asarray(decoded, np.float32)[0])
 
   # -- Data.
 
@@ -508,15 +510,3 @@ def _numeric(host_batch: dict[str, Any]) -> dict[str, Any]:
 def _mask_or_none(cond: Any, ref: jax.Array | None) -> jax.Array | None:
   """The context mask in reference mode (the only mode that pads rows)."""
   return cond.mask if ref is not None else None
-
-
-def unit_to_uint8(video: np.ndarray) -> np.ndarray:
-  """float in [-1, 1] -> uint8 (round to nearest)."""
-  return np.clip(
-    np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255
-  ).astype(np.uint8)
-
-
-def side_by_side(*videos: np.ndarray) -> np.ndarray:
-  """uint8[T, H, W, 3] clips -> one clip, left to right."""
-  return np.concatenate(videos, axis=2)

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kiwi_jax.data import refvie_mini, transforms
+from kiwi_jax.data import refvie_mini
+from kiwi_jax.media import transforms
 from kiwi_jax.models.dit.config import WanDiTConfig
 from kiwi_jax.models.kiwi import checkpoint
 from kiwi_jax.models.kiwi.config import KiwiEditConfig

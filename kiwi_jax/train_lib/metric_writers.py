@@ -167,7 +167,7 @@ class JsonlWriter:
         atomic.write_text(str(self.path), "".join(kept))
       else:
         self._lines = kept
-        self.path.write_text("".join(kept))
+        atomic.write_text(self.path, "".join(kept))
     if self._file is not None:
       self._file = self._open_for_append()
 
@@ -195,7 +195,7 @@ class JsonlWriter:
     )
 
   def write_videos(self, step, videos, fps=15.0):
-    from kiwi_jax.utils.video_files import write_mp4
+    from kiwi_jax.media.video_io import write_mp4
 
     paths = {}
     for name, video in videos.items():
@@ -211,8 +211,7 @@ class JsonlWriter:
           local = write_mp4(
             pathlib.Path(tmp) / "v.mp4", _to_uint8(video), fps=fps
           )
-          (self.workdir / rel).parent.mkdir(parents=True, exist_ok=True)
-          (self.workdir / rel).write_bytes(local.read_bytes())
+          atomic.write_bytes(self.workdir / rel, local.read_bytes())
       paths[name] = rel
     self._write({"step": int(step), "videos": paths})
 
@@ -223,7 +222,7 @@ class JsonlWriter:
     if self._file is not None:
       self._file.flush()
     else:
-      self.path.write_text("".join(self._lines))
+      atomic.write_text(self.path, "".join(self._lines))
 
   def close(self):
     if self._file is not None:

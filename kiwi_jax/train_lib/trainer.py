@@ -34,7 +34,7 @@ from kiwi_jax.train_lib import (
   train_step,
 )
 from kiwi_jax.train_lib.train_state import ModelSplit, TrainState
-from kiwi_jax.utils import compile_cache
+from kiwi_jax.utils import atomic, compile_cache
 
 logger = logging.getLogger("kiwi_jax")
 
@@ -179,9 +179,11 @@ class _FiniteGuard:
 def _write_config(workdir: epath.Path, data: dict[str, Any]) -> None:
   if jax.process_index() != 0:
     return
-  tmp = workdir / ".config.json.tmp"
-  tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-  tmp.replace(workdir / "config.json")  # atomic, overwrites on restart
+  # Atomic; overwrites on restart.
+  atomic.write_text(
+    workdir / "config.json",
+    json.dumps(data, indent=2, sort_keys=True, default=str),
+  )
 
 
 def _batch_counts(task: Task, batch: Any) -> dict[str, int]:

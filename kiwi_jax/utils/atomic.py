@@ -7,6 +7,11 @@ modes 600/700. Before the rename the final file or folder gets the mode a
 plain ``open()`` / ``mkdir()`` would have given under the process umask
 (666 / 777 less the umask), so outputs are as readable as any other file
 the user writes.
+
+``write_bytes`` / ``write_text`` also take remote ``etils.epath`` paths
+(``gs://...``): there the data goes to a unique hidden temporary name
+beside the target, then ``replace`` (a concurrent writer, such as a retried
+Beam bundle, never shares a temporary name).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 
 
@@ -84,14 +90,35 @@ def atomic_path(
       tmp.unlink()
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> pathlib.Path:
-  """Writes ``data`` to ``path`` atomically."""
+def is_remote(path) -> bool:
+  """True for a URL-like path (``gs://...``) that pathlib cannot hold."""
+  return "://" in str(path)
+
+
+def write_bytes(path, data: bytes):
+  """Writes ``data`` to ``path`` atomically (local or ``epath`` remote).
+
+  Returns the path (a ``pathlib.Path``, or the ``epath.Path`` if remote).
+  """
+  if is_remote(path):
+    from etils import epath
+
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+      temp.write_bytes(data)
+      temp.replace(path)
+    finally:
+      if temp.exists():
+        temp.unlink()
+    return path
   with atomic_path(path) as tmp:
     tmp.write_bytes(data)
   return pathlib.Path(path)
 
 
-def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
+def write_text(path, text: str):
   """Writes UTF-8 ``text`` to ``path`` atomically."""
   return write_bytes(path, text.encode("utf-8"))
 

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kiwi_jax.media import pixels
+
 CODECS = ("wan_vae", "pixel_unshuffle")
 
 
@@ -61,6 +63,5 @@ class PixelUnshuffle(nnx.Module):
     return jnp.clip(x, -1.0, 1.0) if clamp else x
 
 
-def pixels_to_unit(frames: jax.Array) -> jax.Array:
-  """uint8 frames -> float32 in [-1, 1] (``transforms.to_unit_range``)."""
-  return frames.astype(jnp.float32) / 127.5 - 1.0
+# uint8 frames -> float32 in [-1, 1], the training loader's rule.
+pixels_to_unit = pixels.to_unit_training
