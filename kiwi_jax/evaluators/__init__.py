@@ -10,6 +10,8 @@
   protocol (its prompts, reply scoring, sample-weighted aggregation) beside
   Kiwi's; docs/openve_protocols.md compares them.
 * `metrics`: PSNR, SSIM and a temporal measure against ground truth.
+* `edit_success`: did an output make the edit and only the edit, where the
+  edited region and the target are known (RefVIE-mini); rates per type.
 * `commands`: the steps behind `eval.py judge | aggregate | metrics`.
 * `errors`: the one-line failures of `eval.py` (bad input: exit 2;
   incomplete results: exit 1). Outputs that resolve to inputs are refused
