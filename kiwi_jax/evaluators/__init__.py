@@ -17,5 +17,7 @@
   incomplete results: exit 1). Outputs that resolve to inputs are refused
   by `kiwi_jax.utils.paths`, as in every command that writes.
 
-`eval.py` at the repository root is the command line.
+`eval.py` at the repository root is the command line: `cli` (`main`,
+also `kiwi-eval`) joins `cli_flags` (the parser and flag checks) and
+`cli_subcommands` (what each subcommand does).
 """
