@@ -40,6 +40,8 @@ TEXTURE_COLORS = {
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
 TEXTURES = ("striped", "checkered", "dotted", "wavy")
+# One colour (RefVIE-mini's "simple" scenes): ``colors`` holds it twice.
+SOLID = "solid"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +81,8 @@ class Texture:
 
   @property
   def description(self) -> str:
+    if self.kind == SOLID:
+      return self.colors[0]
     return f"{self.colors[0]} and {self.colors[1]} {self.kind}"
 
 
@@ -127,7 +131,9 @@ def render_texture(
   yy, xx = np.mgrid[0:height, 0:width]
   xx = xx + t * texture.scroll
   p = texture.period
-  if texture.kind == "striped":
+  if texture.kind == SOLID:
+    first = np.ones((height, width), bool)
+  elif texture.kind == "striped":
     first = (xx // p) % 2 == 0
   elif texture.kind == "checkered":
     first = (yy // p + xx // p) % 2 == 0

@@ -56,6 +56,15 @@ EDIT_TYPES = (
   "background_reference",
 )
 REFERENCE_EDITS = ("subject_reference", "background_reference")
+SCENES = ("textured", "simple")
+# Where "simple" scenes put an added object, relative to its anchor object
+# (the offset in units of the two objects' sizes, (dy, dx)).
+BESIDE = {
+  "to the left of": (0.0, -1.0),
+  "to the right of": (0.0, 1.0),
+  "above": (-1.0, 0.0),
+  "below": (1.0, 0.0),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +78,13 @@ class MiniConfig:
     ref_size: side of the square reference image.
     max_objects: objects per scene besides an added one (1 or more).
     fps: frame rate written in the mp4 container.
+    scene: "textured" (default): two-colour scrolling textures, added
+      objects anywhere with their own motion. "simple" (the CPU demo's):
+      one-colour backgrounds, objects that never reach a border within
+      the clip, and an added object placed beside an existing one, on the
+      side the instruction names, moving with it. Every edit is then
+      determined by the instruction (and reference) and the source, which
+      a from-scratch DiT without absolute positions can learn.
   """
 
   height: int = 64
@@ -77,8 +93,11 @@ class MiniConfig:
   ref_size: int = 32
   max_objects: int = 2
   fps: int = 8
+  scene: str = "textured"
 
   def __post_init__(self):
+    if self.scene not in SCENES:
+      raise ValueError(f"scene must be one of {SCENES}, got {self.scene!r}")
     if self.num_frames % 4 != 1:
       raise ValueError(f"num_frames must be 4k+1, got {self.num_frames}")
     if min(self.height, self.width) < 16:
@@ -111,8 +130,31 @@ class EditSample:
   subject: str
 
 
-def _random_texture(rng, exclude_colors=()) -> ms.Texture:
+def instruction_vocabulary() -> tuple[str, ...]:
+  """Text covering every word RefVIE-mini's instructions use (object and
+  background colours, shapes, textures, sides, the templates), e.g. to
+  train a tiny tokenizer in which each becomes a token."""
+  words = (
+    list(ms.OBJECT_COLORS)
+    + list(ms.TEXTURE_COLORS)
+    + list(ms.SHAPES)
+    + list(ms.TEXTURES)
+  )
+  return (
+    " ".join(f" {w}" for w in words),
+    " ".join(f" {side}" for side in BESIDE),
+    "Change the color of the to. Remove the. Add a moving across the "
+    "scene. Make the background. Replace the background with a pattern. "
+    "Replace the with the object in the reference image. Replace the "
+    "background with the one in the reference image.",
+  )
+
+
+def _random_texture(rng, exclude_colors=(), simple=False) -> ms.Texture:
   names = [c for c in ms.TEXTURE_COLORS if c not in exclude_colors]
+  if simple:
+    color = str(rng.choice(names))
+    return ms.Texture(kind="solid", colors=(color, color), period=1, scroll=0)
   colors = rng.choice(names, size=2, replace=False)
   return ms.Texture(
     kind=str(rng.choice(ms.TEXTURES)),
@@ -123,6 +165,8 @@ def _random_texture(rng, exclude_colors=()) -> ms.Texture:
 
 
 def _random_object(rng, cfg: MiniConfig, color: str) -> ms.SceneObject:
+  if cfg.scene == "simple":
+    return _simple_object(rng, cfg, color)
   side = min(cfg.height, cfg.width)
   size = float(rng.uniform(0.12, 0.2) * side)
   return ms.SceneObject(
@@ -138,6 +182,58 @@ def _random_object(rng, cfg: MiniConfig, color: str) -> ms.SceneObject:
       float(rng.uniform(-0.06, 0.06) * cfg.width),
     ),
   )
+
+
+def _simple_object(rng, cfg: MiniConfig, color: str) -> ms.SceneObject:
+  """An object whose whole path stays off the borders (no bounce)."""
+  side = min(cfg.height, cfg.width)
+  size = float(rng.uniform(0.14, 0.2) * side)
+  travel = cfg.num_frames - 1
+  velocity = (
+    float(rng.uniform(-0.03, 0.03) * cfg.height),
+    float(rng.uniform(-0.03, 0.03) * cfg.width),
+  )
+  # A diamond reaches 1.2 sizes from its centre; one pixel of margin more.
+  reach = 1.2 * size + 1.0
+  start = []
+  for extent, v in zip((cfg.height, cfg.width), velocity):
+    low = reach + max(0.0, -v * travel)
+    high = extent - reach - max(0.0, v * travel)
+    start.append(float(rng.uniform(low, max(low, high))))
+  return ms.SceneObject(
+    shape=str(rng.choice(ms.SHAPES)),
+    color=color,
+    size=size,
+    start=(start[0], start[1]),
+    velocity=velocity,
+  )
+
+
+def _beside(rng, cfg: MiniConfig, anchor: ms.SceneObject, color: str):
+  """(new object, side) beside ``anchor``, moving with it, in the frame for
+  the whole clip; None when no side has room."""
+  size = float(rng.uniform(0.14, 0.2) * min(cfg.height, cfg.width))
+  gap = anchor.size + size + 1.0
+  travel = cfg.num_frames - 1
+  sides = [str(s) for s in rng.permutation(list(BESIDE))]
+  for side in sides:
+    dy, dx = BESIDE[side]
+    start = (anchor.start[0] + dy * gap, anchor.start[1] + dx * gap)
+    ends = [(c, c + v * travel) for c, v in zip(start, anchor.velocity)]
+    reach = 1.2 * size + 1.0
+    inside = all(
+      reach <= min(a, b) and max(a, b) <= extent - reach
+      for (a, b), extent in zip(ends, (cfg.height, cfg.width))
+    )
+    if inside:
+      return ms.SceneObject(
+        shape=str(rng.choice(ms.SHAPES)),
+        color=color,
+        size=size,
+        start=start,
+        velocity=anchor.velocity,
+      ), side
+  return None
 
 
 def _visible(labels: np.ndarray, index: int) -> np.ndarray:
@@ -158,9 +254,10 @@ def make_sample(
   rng = np.random.default_rng([seed, index, EDIT_TYPES.index(edit_type)])
   # Distinct colours for every object that appears in source or target.
   colors = [str(c) for c in rng.permutation(list(ms.OBJECT_COLORS))]
+  simple = cfg.scene == "simple"
   count = int(rng.integers(1, cfg.max_objects + 1))
   objects = [_random_object(rng, cfg, colors[i]) for i in range(count)]
-  texture = _random_texture(rng)
+  texture = _random_texture(rng, simple=simple)
   spare_color = colors[count]  # unused by any scene object
   target_index = int(rng.integers(count))
   subject = objects[target_index]
@@ -175,13 +272,30 @@ def make_sample(
   elif edit_type == "local_remove":
     del tgt_objects[target_index]
     prompt = f"Remove the {subject.description}."
+  elif edit_type == "local_add" and simple:
+    # Beside an existing object (redrawn until one side has room).
+    placed = None
+    while placed is None:
+      anchor = objects[target_index]
+      placed = _beside(rng, cfg, anchor, spare_color)
+      if placed is None:
+        anchor = _random_object(rng, cfg, anchor.color)
+        objects[target_index] = anchor
+    src_objects, tgt_objects = list(objects), list(objects)
+    subject, side = placed
+    tgt_objects.append(subject)
+    prompt = f"Add a {subject.description} {side} the {anchor.description}."
   elif edit_type == "local_add":
     subject = _random_object(rng, cfg, spare_color)
     tgt_objects.append(subject)
     prompt = f"Add a {subject.description} moving across the scene."
   elif edit_type in ("background_change", "background_reference"):
-    tgt_texture = _random_texture(rng, exclude_colors=texture.colors)
-    if edit_type == "background_change":
+    tgt_texture = _random_texture(
+      rng, exclude_colors=texture.colors, simple=simple
+    )
+    if edit_type == "background_change" and simple:
+      prompt = f"Make the background {tgt_texture.description}."
+    elif edit_type == "background_change":
       prompt = (
         f"Replace the background with a {tgt_texture.description} pattern."
       )

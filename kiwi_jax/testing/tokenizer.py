@@ -61,9 +61,18 @@ _CORPUS = (
 
 
 def build_tiny_qwen_tokenizer(
-  directory: str | os.PathLike, vocab_size: int = 320
+  directory: str | os.PathLike,
+  vocab_size: int = 320,
+  corpus: tuple[str, ...] = (),
 ) -> pathlib.Path:
   """Trains and saves the tiny tokenizer into ``directory``.
+
+  Args:
+    directory: where to save it.
+    vocab_size: BPE vocabulary size (special tokens included).
+    corpus: extra training text, e.g. the demo's instruction vocabulary,
+      so that its words become single tokens; none gives the default
+      tokenizer exactly.
 
   Returns:
     The directory, loadable with ``transformers.AutoTokenizer``.
@@ -80,7 +89,7 @@ def build_tiny_qwen_tokenizer(
     initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     show_progress=False,
   )
-  tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+  tok.train_from_iterator((_CORPUS + tuple(corpus)) * 4, trainer=trainer)
   fast = PreTrainedTokenizerFast(
     tokenizer_object=tok,
     eos_token="<|im_end|>",
