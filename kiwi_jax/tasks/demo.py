@@ -12,28 +12,26 @@
 3. opens the stage-3 workdir as an ordinary Kiwi-Edit checkpoint
    (``EditPipeline.from_pretrained(workdir / "stage3")``, the same model
    ``kiwi-edit --checkpoint`` opens), edits held-out clips (a different
-   generator seed) and prints the PSNR to the true target per edit type,
-   for the model and for the identity baseline (the unchanged source),
-   writes ``workdir/results.md`` and ``source | edit | target`` videos to
-   ``workdir/edits/``.
+   generator seed) and prints two tables per edit type
+   (``kiwi_jax.tasks.demo_eval``): the edit success rate, and PSNR to the
+   true target next to the identity baseline (the unchanged source); both
+   go to ``workdir/results.json`` and ``results.md``, with
+   ``source | edit | target`` videos and a PNG grid in ``workdir/edits/``.
 """
 
 from __future__ import annotations
 
-import collections
 import copy
 import logging
 from typing import Any
 
 import jax
-import numpy as np
 from etils import epath
 
 from kiwi_jax.data import refvie_mini
-from kiwi_jax.media import compare, video_io
 from kiwi_jax.pipeline.edit_pipeline import EditPipeline
 from kiwi_jax.tasks import curriculum as stages
-from kiwi_jax.tasks import kiwi_task
+from kiwi_jax.tasks import demo_eval, kiwi_task
 from kiwi_jax.tasks.kiwi_config import DemoConfig
 from kiwi_jax.testing import tokenizer as tiny_tokenizer
 from kiwi_jax.train_lib import progress, trainer
@@ -48,12 +46,20 @@ _STAGE_NAMES = {
 }
 
 
+def mini_config(demo: DemoConfig) -> refvie_mini.MiniConfig:
+  """The RefVIE-mini clip settings of the demo's data."""
+  return refvie_mini.MiniConfig(
+    height=demo.height,
+    width=demo.width,
+    num_frames=demo.num_frames,
+    scene=demo.scene,
+  )
+
+
 def prepare_data(config: Any, workdir: epath.Path) -> tuple[dict, str]:
   """RefVIE-mini records and the tokenizer; returns (record dirs, tok dir)."""
   demo = DemoConfig.from_config(config.demo)
-  mini = refvie_mini.MiniConfig(
-    height=demo.height, width=demo.width, num_frames=demo.num_frames
-  )
+  mini = mini_config(demo)
   data_dir, records_dir = (
     workdir / "data" / "media",
     workdir / "data" / ("records"),
@@ -70,7 +76,11 @@ def prepare_data(config: Any, workdir: epath.Path) -> tuple[dict, str]:
     refvie_mini.build_records(data_dir, records_dir, csvs, cfg=mini)
   tok_dir = workdir / "tokenizer"
   if not (tok_dir / "tokenizer.json").exists():
-    tiny_tokenizer.build_tiny_qwen_tokenizer(tok_dir)
+    tiny_tokenizer.build_tiny_qwen_tokenizer(
+      tok_dir,
+      demo.tokenizer_vocab,
+      refvie_mini.instruction_vocabulary() * 8 if demo.tokenizer_words else (),
+    )
   return {n: records_dir / n for n in names}, str(tok_dir)
 
 
@@ -116,9 +126,7 @@ def stage_config(
 def heldout_samples(config: Any):
   """The held-out RefVIE-mini samples (a different generator seed)."""
   demo = DemoConfig.from_config(config.demo)
-  mini = refvie_mini.MiniConfig(
-    height=demo.height, width=demo.width, num_frames=demo.num_frames
-  )
+  mini = mini_config(demo)
   for index in range(demo.num_heldout):
     yield refvie_mini.make_sample(
       demo.heldout_seed, index, mini, key_prefix="h"
@@ -139,55 +147,6 @@ def reference_token_count(
     "The held-out set has no reference edit; raise "
     "demo.num_heldout to at least 6."
   )
-
-
-def evaluate(config: Any, pipe: EditPipeline, workdir: epath.Path) -> str:
-  """Edits the held-out clips with ``pipe``; returns the markdown table."""
-  demo = DemoConfig.from_config(config.demo)
-  scores = collections.defaultdict(lambda: ([], []))
-  edits_dir = workdir / "edits"
-  edits_dir.mkdir(parents=True, exist_ok=True)
-  for sample in heldout_samples(config):
-    # The source is already 4k+1 frames at a multiple of 32: kept as is.
-    edited = pipe.edit(
-      sample.source,
-      sample.prompt,
-      sample.ref_image,
-      steps=demo.sample_steps,
-      seed=0,
-      max_frames=demo.num_frames,
-      max_pixels=demo.height * demo.width,
-      denoising_strength=demo.denoising_strength,
-    ).frames
-    source, target = sample.source, sample.target
-    scores[sample.edit_type][0].append(compare.psnr(edited, target))
-    scores[sample.edit_type][1].append(compare.psnr(source, target))
-    atomic.write_bytes(
-      edits_dir / f"{sample.key}_{sample.edit_type}.mp4",
-      video_io.encode_video(
-        compare.side_by_side(source, edited, target), fps=4, lossless=True
-      ),
-    )
-  lines = [
-    "| edit type | clips | model PSNR (dB) | identity PSNR (dB) |",
-    "| --- | --- | --- | --- |",
-  ]
-  all_model, all_identity = [], []
-  for edit_type in refvie_mini.EDIT_TYPES:
-    if edit_type not in scores:
-      continue
-    model_psnr, identity_psnr = scores[edit_type]
-    all_model += model_psnr
-    all_identity += identity_psnr
-    lines.append(
-      f"| {edit_type} | {len(model_psnr)} | "
-      f"{np.mean(model_psnr):.2f} | {np.mean(identity_psnr):.2f} |"
-    )
-  lines.append(
-    f"| **mean** | {len(all_model)} | **{np.mean(all_model):.2f}**"
-    f" | **{np.mean(all_identity):.2f}** |"
-  )
-  return "\n".join(lines)
 
 
 def run(config: Any, workdir: str | epath.PathLike) -> str:
@@ -222,7 +181,9 @@ def run(config: Any, workdir: str | epath.PathLike) -> str:
     f"Editing {DemoConfig.from_config(config.demo).num_heldout} held-out clips with "
     f"EditPipeline.from_pretrained({str(stage_dir)!r})."
   )
-  table = evaluate(stage_cfg, pipe, workdir)
+  table = demo_eval.evaluate(
+    stage_cfg, pipe, workdir, heldout_samples(stage_cfg)
+  )
   atomic.write_text(workdir / "results.md", table + "\n")
   print(table, flush=True)
   return table

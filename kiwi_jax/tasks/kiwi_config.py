@@ -129,6 +129,12 @@ class DemoConfig:
     decay_to: the cosine's final fraction of the learning rate.
     sample_steps: Euler steps of the held-out edits.
     denoising_strength: below 1 the edits start from the noised source.
+    scene: RefVIE-mini's scene style, "textured" or "simple"
+      (``refvie_mini.MiniConfig.scene``).
+    tokenizer_words: train the tiny tokenizer on RefVIE-mini's instruction
+      vocabulary too, so each colour, shape and side is one token (needs
+      the MLLM's ``vocab_size`` to hold ``tokenizer_vocab``).
+    tokenizer_vocab: the tiny tokenizer's vocabulary size.
   """
 
   num_videos: int
@@ -145,6 +151,9 @@ class DemoConfig:
   decay_to: float = 0.0
   sample_steps: int = 1
   denoising_strength: float = 1.0
+  scene: str = "textured"
+  tokenizer_words: bool = False
+  tokenizer_vocab: int = 320
 
   @classmethod
   def from_config(cls, demo: Any) -> DemoConfig:

@@ -11,9 +11,22 @@ from kiwi_jax.tasks import demo
 @pytest.mark.slow
 def test_demo_runlocal_end_to_end(tmp_path, capsys):
   table = demo.run(demo_config.get_config("runlocal"), tmp_path)
-  assert "| **mean** | 6 |" in table
+  # Two tables: edit success, then PSNR; one clip per edit type.
+  assert table.count("| **mean** | 6 |") == 2
+  assert "| edit type | clips | success | inside ok | outside ok |" in table
   for edit_type in ("local_recolor", "subject_reference"):
-    assert f"| {edit_type} | 1 |" in table
+    assert table.count(f"| {edit_type} | 1 |") == 2
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["outside_tolerance"] == 0.5
+  assert len(results["clips"]) == 6
+  overall = results["summary"]["overall"]
+  assert overall["clips"] == 6
+  assert overall["success_rate"] == (
+    sum(c["success"] for c in results["clips"]) / 6
+  )
+  assert (tmp_path / "edits" / "grid.png").read_bytes()[:8] == (
+    b"\x89PNG\r\n\x1a\n"
+  )
   out = capsys.readouterr().out
   assert table in out
   # Each stage shows that it is alive: a note, then a line per log step.
