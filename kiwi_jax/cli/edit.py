@@ -226,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     "~/.cache/kiwi_jax/jax_cache)",
   )
   parser.add_argument(
+    "--plan",
+    action="store_true",
+    help="print the memory plan of an edit and exit (no checkpoint; "
+    "see kiwi-edit --plan --help and docs/low_memory.md)",
+  )
+  parser.add_argument(
     "--no-progress",
     action="store_true",
     help="print no phase lines and no denoising bar on stderr (the "
@@ -502,6 +508,11 @@ def _run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if "--plan" in argv:  # the memory plan: no checkpoint, no inputs
+    from kiwi_jax.cli import edit_plan
+
+    return edit_plan.main(argv)
   args = build_parser().parse_args(argv)
   try:
     print(run(args))
