@@ -226,6 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     "~/.cache/kiwi_jax/jax_cache)",
   )
   parser.add_argument(
+    "--plan",
+    action="store_true",
+    help="print the memory plan of an edit and exit (no checkpoint; "
+    "see kiwi-edit --plan --help and docs/low_memory.md)",
+  )
+  parser.add_argument(
+    "--low-memory",
+    "--low_memory",
+    dest="low_memory",
+    action="store_true",
+    help="one device with little memory (the 5B at 720p x 81 frames in "
+    "24 GB): bf16 weights, and only the running phase's weights on the "
+    "device (the MLLM's, the VAE's or the DiT's; the rest on the host); "
+    "not with --mesh (docs/low_memory.md)",
+  )
+  parser.add_argument(
     "--no-progress",
     action="store_true",
     help="print no phase lines and no denoising bar on stderr (the "
@@ -304,6 +320,10 @@ def check_args(args: argparse.Namespace) -> None:
       f"--max-pixels must be at least {inputs_lib.SIZE_MULTIPLE**2} "
       f"(one {inputs_lib.SIZE_MULTIPLE}x{inputs_lib.SIZE_MULTIPLE} "
       f"block), got {args.max_pixels}."
+    )
+  if args.low_memory and args.mesh:
+    raise inputs_lib.EditInputError(
+      "--low-memory runs on one device; it does not combine with --mesh."
     )
   if args.fps is not None:
     edit_pipeline.check_fps(args.fps, "--fps")
@@ -455,7 +475,10 @@ def _run(
   console.decoded(source, ref)
   clock.start("load model")
   pipe = edit_pipeline.EditPipeline.from_pretrained(
-    args.checkpoint, mesh=mesh, compile_cache_dir=args.compile_cache_dir
+    args.checkpoint,
+    mesh=mesh,
+    compile_cache_dir=args.compile_cache_dir,
+    low_memory=args.low_memory,
   )
   options = dict(
     steps=args.steps,
@@ -502,6 +525,11 @@ def _run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if "--plan" in argv:  # the memory plan: no checkpoint, no inputs
+    from kiwi_jax.cli import edit_plan
+
+    return edit_plan.main(argv)
   args = build_parser().parse_args(argv)
   try:
     print(run(args))

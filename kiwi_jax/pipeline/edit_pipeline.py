@@ -47,6 +47,7 @@ from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.processor import KiwiProcessor
 from kiwi_jax.models.vae import tiling
 from kiwi_jax.pipeline import inputs as inputs_lib
+from kiwi_jax.pipeline import low_memory as low_memory_lib
 from kiwi_jax.pipeline import outputs as outputs_lib
 from kiwi_jax.pipeline import programs as stages
 from kiwi_jax.pipeline import progress as progress_lib
@@ -220,6 +221,14 @@ def check_checkpoint_dir(directory) -> pathlib.Path:
   )
 
 
+def _residency(low_memory: bool, mesh) -> low_memory_lib.Residency | None:
+  if not low_memory:
+    return None
+  if mesh is not None:
+    raise ValueError("low_memory runs on one device; it does not take a mesh.")
+  return low_memory_lib.Residency()
+
+
 def _signature(tree) -> list[tuple[Any, ...]]:
   return [
     (np.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
@@ -260,10 +269,13 @@ class EditPipeline:
     self.can_cache_steps = hasattr(model, "split_denoise_step")
     self._vae_runner = None  # built on first use; False: the model has none
     self._loops = {}  # compiled denoising loops by argument signature
+    # Low-memory mode (``low_memory.Residency``): which weights are on the
+    # device in each phase; None keeps them all there.
+    self.residency = None
 
   @classmethod
   def from_pretrained(
-    cls, directory, *, mesh=None, compile_cache_dir=None
+    cls, directory, *, mesh=None, compile_cache_dir=None, low_memory=False
   ) -> EditPipeline:
     """Opens a Kiwi-Edit checkpoint directory (local, no network): a
     converted release or a train.py workdir (its newest step).
@@ -272,25 +284,51 @@ class EditPipeline:
     process editing at the same sizes loads the compiled programs; None
     uses ``JAX_COMPILATION_CACHE_DIR`` or ``~/.cache/kiwi_jax/jax_cache``,
     ``"off"`` none (``kiwi_jax.utils.compile_cache``).
+
+    ``low_memory``: bf16 weights restored onto the host, each phase's moved
+    to the device as it runs (``kiwi_jax.pipeline.low_memory``); one
+    device, no ``mesh``.
     """
     path = check_checkpoint_dir(directory)
-    model = kiwi_checkpoint.load(path, mesh=mesh)
+    residency = _residency(low_memory, mesh)
+    if residency is None:
+      model = kiwi_checkpoint.load(path, mesh=mesh)
+    else:
+      model = kiwi_checkpoint.load(
+        path,
+        mesh=sharding.make_mesh({"data": 1}, [residency.host]),
+        config=low_memory_lib.low_memory_config(
+          kiwi_checkpoint.load_config(path)
+        ),
+      )
     processor = KiwiProcessor(kiwi_checkpoint.processor_dir(path), model.cfg)
     compile_cache.configure(
       compile_cache_dir, default=compile_cache.user_cache_dir()
     )
-    return cls(model, processor, mesh=mesh)
+    pipe = cls(model, processor, mesh=mesh)
+    pipe.residency = residency
+    return pipe
 
   @classmethod
-  def from_model(cls, model, tokenizer, *, mesh=None) -> EditPipeline:
+  def from_model(
+    cls, model, tokenizer, *, mesh=None, low_memory=False
+  ) -> EditPipeline:
     """A pipeline over an in-memory :class:`KiwiEdit` (e.g. a trainer's)
-    with its tokenizer (or the tokenizer's local directory)."""
-    return cls(model, KiwiProcessor(tokenizer, model.cfg), mesh=mesh)
+    with its tokenizer (or the tokenizer's local directory);
+    ``low_memory`` as :meth:`from_pretrained` (on a bf16 copy)."""
+    residency = _residency(low_memory, mesh)
+    if residency is not None:
+      model = low_memory_lib.cast_model(model, residency.host)
+    pipe = cls(model, KiwiProcessor(tokenizer, model.cfg), mesh=mesh)
+    pipe.residency = residency
+    return pipe
 
   def load_weights(self, model) -> None:
     """Swaps in ``model``'s weights (same graph, shapes and shardings:
     e.g. the trainer's model a few steps later); the compiled programs
     stay."""
+    if self.residency is not None:
+      model = low_memory_lib.cast_model(model, self.residency.host)
     graphdef, state = nnx.split(model)
     if graphdef != self.graphdef:
       raise ValueError(
@@ -402,6 +440,18 @@ class EditPipeline:
       )
 
     return run
+
+  def _phase_hook(self, on_phase):
+    """``on_phase``, after moving the phase's weights in low-memory
+    mode."""
+
+    def phase(name):
+      if self.residency is not None:
+        self.residency.enter(self, name)
+      if on_phase is not None:
+        on_phase(name)
+
+    return phase
 
   def _mesh_context(self):
     return (
@@ -663,7 +713,9 @@ class EditPipeline:
       )
 
     def vae_encode(frames):
-      video = jnp.asarray(pixels_lib.to_unit_preprocess_image(frames))[None]
+      video = pixels_lib.to_unit_preprocess_image(frames)[None]
+      if runner is None or self.residency is None:
+        video = jnp.asarray(video)  # low memory: the runner slices the host's
       with self._vae_context():
         if runner is None:
           latents = timed("vae_encode", stage(stages.encode_video), video)
@@ -671,7 +723,7 @@ class EditPipeline:
           latents = timed("vae_encode", runner.encode, video, tiled=True)
       return latents.astype(self.latent_dtype)
 
-    phase = on_phase or (lambda name: None)
+    phase = self._phase_hook(on_phase)
     with self._mesh_context():
       phase("mllm_encode")
       conditions = mllm(prompt)
@@ -758,6 +810,16 @@ class EditPipeline:
           if runner is None:
             decoded.append(
               timed("vae_decode", stage(stages.decode_latents), latents)
+            )
+          elif self.residency is not None:
+            decoded.append(
+              timed(
+                "vae_decode",
+                low_memory_lib.decode_to_host,
+                runner,
+                latents,
+                tiled=True,
+              )
             )
           else:
             decoded.append(
