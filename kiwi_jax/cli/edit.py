@@ -3,7 +3,15 @@
   kiwi-edit --checkpoint converted/kiwi-5b --video in.mp4 \\
       --prompt "Make it snowy." --out out.mp4 [--ref ref.png] \\
       [--steps 50 --seed 0 --max-pixels 921600 --max-frames 81] \\
-      [--side-by-side] [--mesh fsdp=2,tensor=2] [--seeds 0,1,2,3]
+      [--side-by-side] [--mesh fsdp=2,tensor=2] [--seeds 0,1,2,3] \
+      [--low-memory]
+  kiwi-edit --plan --variant kiwi-5b --height 704 --width 1280 \
+      --frames 81 --memory_budget 24GB
+
+``--low-memory`` runs one device with little memory (bf16 weights, one
+component's weights on the device at a time; ``pipeline/low_memory.py``);
+``--plan`` prints what an edit needs in memory, no weights loaded
+(``cli/edit_plan.py``; docs/low_memory.md).
 
 Also ``python -m kiwi_jax.cli.edit``. An image source (``.png``, ``.jpg``,
 ...) is an image edit: one frame, written as an image (or mp4/gif).

@@ -329,6 +329,7 @@ class EditPipeline:
     stay."""
     if self.residency is not None:
       model = low_memory_lib.cast_model(model, self.residency.host)
+      self.residency.reset()
     graphdef, state = nnx.split(model)
     if graphdef != self.graphdef:
       raise ValueError(

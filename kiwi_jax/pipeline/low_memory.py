@@ -138,6 +138,10 @@ def group_devices(state: Any) -> dict[str, set]:
 class Residency:
   """Keeps on the device only the weights of the running phase.
 
+  The weights' host copies stay (the host holds the whole model for the
+  pipeline's life): a group leaving the device is dropped there, not
+  copied back.
+
   Args:
     device: where the programs run (default ``jax.devices()[0]``).
     host: where the other weights wait (default :func:`host_device`).
@@ -146,16 +150,31 @@ class Residency:
   def __init__(self, device=None, host=None):
     self.device = device or jax.devices()[0]
     self.host = host if host is not None else host_device(self.device)
+    self._host = None  # (treedef, host leaves) of the weights
+
+  def reset(self) -> None:
+    """Forgets the host copies (new weights: ``load_weights``)."""
+    self._host = None
 
   def place(self, state: Any, on_device: Collection[str]) -> Any:
     """``state`` with the groups ``on_device`` on the device and the rest
     on the host (arrays already in place are not copied)."""
-
-    def move(path, x):
-      group = group_of(_child(path))
-      return jax.device_put(x, self.device if group in on_device else self.host)
-
-    return jax.tree_util.tree_map_with_path(move, state)
+    paths, treedef = jax.tree_util.tree_flatten_with_path(state)
+    if self._host is None or self._host[0] != treedef:
+      host = [
+        x if x.devices() == {self.host} else jax.device_put(x, self.host)
+        for _, x in paths
+      ]
+      self._host = (treedef, host)
+    out = []
+    for (path, x), h in zip(paths, self._host[1]):
+      if group_of(_child(path)) not in on_device:
+        out.append(h)
+      elif x.devices() == {self.device}:
+        out.append(x)
+      else:
+        out.append(jax.device_put(h, self.device))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
   def enter(self, pipe, phase: str) -> None:
     """Moves ``pipe``'s weights for ``phase`` (``PHASE_GROUPS``; other

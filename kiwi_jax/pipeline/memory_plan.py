@@ -2,27 +2,35 @@
 shape-only model and add up what must sit in device memory.
 
 No weights are read: the model is built with ``nnx.eval_shape``
-(``kiwi_jax.sharding.abstract_model``, as ``kiwi_jax.plan`` does), the MLLM
+(``kiwi_jax.sharding.abstract_state``, as ``kiwi_jax.plan`` does), the MLLM
 inputs are the plan's shape-only example (``plan.batches.mllm_example``),
-and each program is ``.lower(...).compile()``-d on the default backend;
-its ``compiled.memory_analysis()`` gives argument, output, alias and
+and each program is lowered and compiled for the target
+(:func:`plan_targets`: this machine's GPU, one chip of a compile-only TPU,
+the host CPU, or the TPU chip for the transformers and the CPU for the
+VAE); ``compiled.memory_analysis()`` gives its argument, output, alias and
 temporary bytes (``plan.measure.memory_stats``).
+
+The programs are those ``EditPipeline`` runs, called as it calls them:
+``stages.encode_conditions``, the whole ``stages.denoise`` loop
+(``report=True``) and the four chunk programs of ``tiling.VAERunner`` (the
+pipeline's VAE path for the Wan VAE in both modes) at its largest tile:
+the first chunk without a cache, then one chunk with the cache the first
+returns.
 
 Two modes:
 
-* ``default``: weights in the variant's dtype (float32), all of them
-  resident for the whole edit, the VAE run on the whole clip
-  (``stages.encode_video`` / ``stages.decode_latents``). Peak = all weights
-  + the largest program's non-weight memory.
-* ``low_memory``: bfloat16 weights and compute, the conditioning weights
-  (Qwen2.5-VL, queries, connectors) freed once the conditions are encoded,
-  the VAE run by ``tiling.VAERunner`` in spatial tiles, chunk by chunk.
-  Peak = max over phases of (the phase's resident weights + its largest
-  program's non-weight memory + what the host loop holds between calls:
-  the full video and its latents in float32).
+* ``default``: the variant's dtypes (float32) and attention (``xla``),
+  every weight resident for the whole edit; the runner's host loop keeps
+  the float32 source clip and all decoded float32 frames on the device.
+* ``low_memory`` (``kiwi_jax.pipeline.low_memory``): bf16 weights and
+  compute, attention per backend, on the device only the weight group of
+  the phase (``low_memory.PHASE_GROUPS``), the source and the decoded
+  frames on the host.
 
-A program's non-weight memory is ``argument + output - alias + temp``
-minus the bytes of the model state among its arguments.
+Per phase: resident weights + the phase's largest program's non-weight
+bytes (its arguments other than weights, outputs and temporaries) + what
+the host loop holds on the device between calls (:func:`held_buffers`);
+a mode's peak is the largest phase.
 """
 
 from __future__ import annotations
@@ -31,29 +39,40 @@ import dataclasses
 import functools
 import re
 import time
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from kiwi_jax import sharding
 from kiwi_jax.diffusion import sampler
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
-from kiwi_jax.models.kiwi.model import KiwiEdit
+from kiwi_jax.models.kiwi.model import abstract_kiwi
 from kiwi_jax.models.kiwi.processor import KiwiProcessor
 from kiwi_jax.models.vae import tiling
 from kiwi_jax.models.vae.config import ENCODER_CHUNK_FRAMES
+from kiwi_jax.pipeline import low_memory as low_memory_lib
 from kiwi_jax.pipeline import programs as stages
+from kiwi_jax.pipeline.memory_targets import (
+  TARGETS,
+  Target,
+  flash_stand_in,
+  plan_targets,
+  resolve_target,
+  target_mesh,
+)
+from kiwi_jax.pipeline.memory_targets import (
+  placed as _placed,
+)
 from kiwi_jax.plan import batches as batches_lib
-from kiwi_jax.plan import measure
+from kiwi_jax.plan import cache as cache_lib
+from kiwi_jax.plan import hlo_stats, measure
 
 GIB = 1 << 30
 PHASES = ("mllm_encode", "vae_encode", "denoise", "vae_decode")
-# Top-level model parts used only by ``encode_conditions``.
-KEPT_AFTER_ENCODE = ("dit", "vae")
 _UNITS = {
   "": 1,
   "b": 1,
@@ -85,20 +104,11 @@ def parse_budget(text: str) -> int:
   return int(float(m.group(1)) * _UNITS[unit])
 
 
-def _with_dtype(cfg: KiwiEditConfig, dtype) -> KiwiEditConfig:
-  parts = {
-    name: dataclasses.replace(
-      getattr(cfg, name), dtype=dtype, param_dtype=dtype
-    )
-    for name in ("dit", "mllm", "vae")
-  }
-  return cfg.replace(**parts)
-
-
 def model_config(variant: str, low_memory: bool) -> KiwiEditConfig:
-  """The variant's config; bfloat16 weights and compute in low memory."""
+  """The variant's config; :func:`low_memory.low_memory_config` in low
+  memory."""
   cfg = KiwiEditConfig.from_variant(variant)
-  return _with_dtype(cfg, jnp.bfloat16) if low_memory else cfg
+  return low_memory_lib.low_memory_config(cfg) if low_memory else cfg
 
 
 def check_shape(cfg: KiwiEditConfig, frames: int, height: int, width: int):
@@ -121,7 +131,11 @@ def _nbytes(tree) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class ProgramRow:
-  """One compiled program's memory (bytes, as the compiler reports)."""
+  """One compiled program's memory (bytes, as the compiler reports).
+
+  ``out_of_memory``: the compile failed for memory on the target; ``temp``
+  is then the need its message states and the row a lower bound.
+  """
 
   name: str
   phase: str
@@ -130,7 +144,10 @@ class ProgramRow:
   alias: int
   temp: int
   inputs: int  # the arguments that are not model state
+  group_weights: int  # bytes of the weight group the program reads
   seconds: float = 0.0  # lower + compile
+  out_of_memory: bool = False
+  target: str = ""  # what it compiled for ("tpu", "cpu", "gpu", ...)
 
   @property
   def peak(self) -> int:
@@ -138,8 +155,10 @@ class ProgramRow:
 
   @property
   def weights(self) -> int:
-    """Model-state bytes the program reads (jit drops unused ones)."""
-    return self.argument - self.inputs
+    """Model-state bytes among the arguments (jit drops unused ones), at
+    most the group's (the rest of the arguments is the inputs' layout
+    padding, counted as non-weight)."""
+    return max(0, min(self.argument - self.inputs, self.group_weights))
 
   @property
   def non_weight(self) -> int:
@@ -163,147 +182,241 @@ class ModePlan:
   mode: str
   programs: list[ProgramRow]
   phases: list[PhaseRow]
-  weight_bytes: dict[str, int]  # "all", "kept" (dit + vae)
+  weight_bytes: dict[str, int]  # per group and "all"
+  target: str = ""  # the compile target's label
 
   @property
   def peak(self) -> int:
     return max(p.peak for p in self.phases)
 
+  @property
+  def lower_bound(self) -> bool:
+    """A program did not compile for memory: the peak is at least this."""
+    return any(r.out_of_memory for r in self.programs)
 
-def _compile(name, phase, inputs, lower: Callable[[], Any]) -> ProgramRow:
-  """``inputs``: the non-state arguments (their bytes are counted)."""
-  start = time.perf_counter()
-  m = measure.memory_stats(lower().compile())
-  return ProgramRow(
-    name,
-    phase,
-    m["argument"],
-    m["output"],
-    m["alias"],
-    m["temp"],
-    _nbytes(inputs),
-    round(time.perf_counter() - start, 1),
+
+class _Compiler:
+  """Compiles (or reads from the row cache) one mode's programs."""
+
+  def __init__(self, weights, rows_cache, key_parts, on_row=None):
+    self.weights = weights
+    self.rows, self.key_parts = rows_cache, key_parts
+    self.on_row = on_row or (lambda row, cached: None)
+
+  def __call__(
+    self, target: Target, name, phase, group, inputs, lower
+  ) -> ProgramRow:
+    key = cache_lib.row_key(program=name, on=target.tag, **self.key_parts)
+    cached = self.rows.get(key)
+    if cached is not None:
+      row = ProgramRow(**cached)
+      self.on_row(row, True)
+      return row
+    start = time.perf_counter()
+    oom = False
+    try:
+      with sharding.use_mesh(target.mesh):
+        m = measure.memory_stats(lower().compile())
+    except Exception as e:  # pylint: disable=broad-except
+      message = f"{type(e).__name__}: {e}"
+      need = hlo_stats.memory_need(message)
+      if not hlo_stats.is_out_of_memory(message) or not need:
+        raise
+      m = dict(argument=0, output=0, alias=0, temp=need["need_bytes"])
+      oom = True
+    row = ProgramRow(
+      name,
+      phase,
+      m["argument"],
+      m["output"],
+      m["alias"],
+      m["temp"],
+      _nbytes(inputs),
+      self.weights[group],
+      round(time.perf_counter() - start, 1),
+      oom,
+      target.tag,
+    )
+    self.rows.put(key, dataclasses.asdict(row))
+    self.on_row(row, False)
+    return row
+
+
+def _on(mesh, tree):
+  """Shape structs of ``tree`` replicated on the one-device ``mesh``."""
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(
+      np.shape(x), x.dtype, sharding=NamedSharding(mesh, P())
+    ),
+    tree,
   )
 
 
-def _programs(cfg, frames, height, width, steps, tiled):
-  """Compiles the edit path's programs; yields ``ProgramRow``s."""
-  graphdef, state = nnx.split(
-    sharding.abstract_model(lambda: KiwiEdit(cfg, rngs=nnx.Rngs(0)))
-  )
-  clip = batches_lib.ClipShape("video", frames, height, width)
+def _programs(
+  compile_, main, vae, cfg, graphdef, abstract, frames, height, width, steps
+):
+  """Compiles the edit path's programs, the transformers' for ``main``
+  and the VAE's for ``vae``; yields ``ProgramRow``s."""
+  mesh, state = main.mesh, _placed(abstract, main.mesh)
+  compile_main = functools.partial(compile_, main)
+  mode = "image" if frames == 1 else "video"
+  clip = batches_lib.ClipShape(mode, frames, height, width)
   mllm = {k: v[None] for k, v in batches_lib.mllm_example(cfg, clip).items()}
-  inputs = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-    KiwiProcessor.model_inputs(mllm),
-  )
-  options = (("mode", "video"),)
-  yield _compile(
+  inputs = _on(mesh, KiwiProcessor.model_inputs(mllm))
+  options = (("mode", mode),)
+  yield compile_main(
     "encode_conditions",
     "mllm_encode",
+    low_memory_lib.MLLM,
     inputs,
     lambda: stages.encode_conditions.lower(graphdef, state, inputs, options),
   )
-  conditions = jax.eval_shape(
-    functools.partial(stages.encode_conditions, graphdef, options=options),
-    state,
-    inputs,
-  )
-  vae = cfg.vae
-  grid = (
-    1 + (frames - 1) // vae.temporal_factor,
-    height // vae.spatial_factor,
-    width // vae.spatial_factor,
-  )
-  latent = jax.ShapeDtypeStruct((1, *grid, vae.z_dim), cfg.latent_dtype)
-  video = jax.ShapeDtypeStruct((1, frames, height, width, 3), jnp.float32)
-  if tiled:
-    yield from _runner_programs(cfg, graphdef, state, latent)
-  else:
-    yield _compile(
-      "encode_video",
-      "vae_encode",
-      video,
-      lambda: stages.encode_video.lower(graphdef, state, video),
+  with sharding.use_mesh(mesh):
+    conditions = jax.eval_shape(
+      functools.partial(stages.encode_conditions, graphdef, options=options),
+      state,
+      inputs,
     )
+  conditions = _on(mesh, conditions)
+  latent = jax.ShapeDtypeStruct(
+    cfg.latent_shape(frames, height, width), cfg.latent_dtype
+  )
+  runner = tiling.VAERunner(
+    nnx.merge(graphdef, _placed(abstract, vae.mesh)).vae
+  )
+  compile_vae = functools.partial(compile_, vae)
+  yield from _runner_programs(
+    compile_vae, vae.mesh, cfg, runner, latent, "encode"
+  )
+  latent = _on(mesh, latent)
   plan = sampler.SamplingPlan.build(
     steps, "diffsynth", 1.0, timestep_dtype=cfg.timestep_dtype
   )
-  yield _compile(
+  yield compile_main(
     f"denoise ({steps} steps)",
     "denoise",
+    low_memory_lib.DIT,
     (latent, plan, conditions, latent),
     lambda: stages.denoise.lower(
       graphdef, state, latent, plan, conditions, latent, None, report=True
     ),
   )
-  if not tiled:
-    yield _compile(
-      "decode_latents",
-      "vae_decode",
-      latent,
-      lambda: stages.decode_latents.lower(graphdef, state, latent),
-    )
+  yield from _runner_programs(
+    compile_vae, vae.mesh, cfg, runner, latent, "decode"
+  )
+
+
+def tiles(h: int, w: int) -> list[tuple[int, int]]:
+  """The (latent) tile sizes ``VAERunner`` cuts an h x w latent into."""
+  # pylint: disable-next=protected-access
+  found = tiling._tiles(
+    h, w, tiling.DEFAULT_TILE_SIZE, tiling.DEFAULT_TILE_STRIDE
+  )
+  return [(h1 - h0, w1 - w0) for h0, h1, w0, w1, _ in found]
 
 
 def largest_tile(h: int, w: int) -> tuple[int, int]:
   """The largest (latent) tile ``VAERunner`` cuts an h x w latent into."""
-  # pylint: disable-next=protected-access
-  tiles = tiling._tiles(
-    h, w, tiling.DEFAULT_TILE_SIZE, tiling.DEFAULT_TILE_STRIDE
-  )
-  return max(((h1 - h0, w1 - w0) for h0, h1, w0, w1, _ in tiles), key=np.prod)
+  return max(tiles(h, w), key=np.prod)
 
 
-def _runner_programs(cfg, graphdef, state, latent):
-  """The runner's four chunk programs at its largest tile, as it calls
-  them (first chunk without a cache, then one chunk with the cache)."""
-  vae_model = nnx.merge(graphdef, state).vae
-  runner = tiling.VAERunner(vae_model)
+def _runner_programs(compile_, mesh, cfg, runner, latent, which):
+  """The runner's two chunk programs of ``which`` ("encode" or "decode")
+  at its largest tile, as it calls them (the first chunk without a cache,
+  then one chunk with the cache the first returns)."""
   s = runner.state
   f = cfg.vae.spatial_factor
   th, tw = largest_tile(*latent.shape[2:4])
   b = latent.shape[0]
-  x1 = jax.ShapeDtypeStruct((b, 1, th * f, tw * f, 3), jnp.float32)
-  xk = jax.ShapeDtypeStruct(
-    (b, ENCODER_CHUNK_FRAMES, th * f, tw * f, 3), jnp.float32
-  )
-  z = jax.ShapeDtypeStruct((b, 1, th, tw, latent.shape[-1]), latent.dtype)
-  # pylint: disable=protected-access
-  _, enc_cache = jax.eval_shape(runner._enc_first, s, x1)
-  _, dec_cache = jax.eval_shape(runner._dec_first, s, z)
   tile = f"tile {th}x{tw}"
-  yield _compile(
-    f"vae encode first chunk ({tile})",
-    "vae_encode",
+  group, phase = low_memory_lib.VAE, f"vae_{which}"
+  # pylint: disable=protected-access
+  if which == "encode":
+    first, step = runner._enc_first, runner._enc_step
+    x1 = _on(mesh, jax.ShapeDtypeStruct((b, 1, th * f, tw * f, 3), jnp.float32))
+    xk = _on(
+      mesh,
+      jax.ShapeDtypeStruct(
+        (b, ENCODER_CHUNK_FRAMES, th * f, tw * f, 3), jnp.float32
+      ),
+    )
+  else:
+    first, step = runner._dec_first, runner._dec_step
+    x1 = xk = _on(
+      mesh,
+      jax.ShapeDtypeStruct((b, 1, th, tw, latent.shape[-1]), latent.dtype),
+    )
+  with sharding.use_mesh(mesh):
+    _, cache = jax.eval_shape(first, s, x1)
+  cache = _on(mesh, cache)
+  yield compile_(
+    f"vae {which} first chunk ({tile})",
+    phase,
+    group,
     x1,
-    lambda: runner._enc_first.lower(s, x1),
+    lambda: first.lower(s, x1),
   )
-  yield _compile(
-    f"vae encode chunk ({tile})",
-    "vae_encode",
-    (enc_cache, xk),
-    lambda: runner._enc_step.lower(s, enc_cache, xk),
-  )
-  yield _compile(
-    f"vae decode first chunk ({tile})",
-    "vae_decode",
-    z,
-    lambda: runner._dec_first.lower(s, z),
-  )
-  yield _compile(
-    f"vae decode chunk ({tile})",
-    "vae_decode",
-    (dec_cache, z),
-    lambda: runner._dec_step.lower(s, dec_cache, z),
+  yield compile_(
+    f"vae {which} chunk ({tile})",
+    phase,
+    group,
+    (cache, xk),
+    lambda: step.lower(s, cache, xk),
   )
 
 
-def _weight_bytes(cfg) -> dict[str, int]:
-  model = sharding.abstract_model(lambda: KiwiEdit(cfg, rngs=nnx.Rngs(0)))
-  state = nnx.state(model)
-  kept = sum(_nbytes(state[k]) for k in KEPT_AFTER_ENCODE if k in state)
-  return {"all": _nbytes(state), "kept": kept}
+def held_buffers(
+  cfg: KiwiEditConfig, frames: int, height: int, width: int, low_memory: bool
+) -> dict[str, dict[str, int]]:
+  """``{phase: {buffer: bytes}}``: what ``EditPipeline._edit`` and the VAE
+  runner keep on the device between program calls (the conditions and
+  latents carried across phases included; the programs' own arguments
+  and outputs are in their rows).
+
+  * ``vae_encode``: the latent canvas and its weights' sum (float32), one
+    tile's moments (float32, twice while concatenated); default mode also
+    the float32 source clip and, with more than one tile, a tile's slice of
+    it; the conditions.
+  * ``denoise``: nothing beyond the loop's arguments.
+  * ``vae_decode``: the final and the source latents, one latent frame's
+    float32 canvas; default mode also every decoded float32 frame (twice
+    while concatenated); the conditions.
+  """
+  f, z = cfg.vae.spatial_factor, cfg.latent_channels
+  t, h, w = cfg.latent_shape(frames, height, width)[1:4]
+  th, tw = largest_tile(h, w)
+  n_tiles = len(tiles(h, w))
+  f32 = 4
+  latent_item = jnp.dtype(cfg.latent_dtype).itemsize
+  context = cfg.num_queries("image" if frames == 1 else "video")
+  conditions = context * cfg.dit.dim * jnp.dtype(cfg.dit.dtype).itemsize
+  conditions += context  # the bool mask
+  video = frames * height * width * 3 * f32
+  encode = {
+    "conditions": conditions,
+    "latent canvas": t * h * w * z * f32,
+    "tile moments x2": 2 * t * th * tw * 2 * z * f32,
+  }
+  decode = {
+    "conditions": conditions,
+    "latents (final, source)": 2 * t * h * w * z * latent_item,
+    "frame canvas": min(frames, cfg.vae.temporal_factor)
+    * height
+    * width
+    * 3
+    * f32,
+  }
+  if not low_memory:
+    encode["source clip"] = video
+    if n_tiles > 1:
+      encode["tile slice"] = frames * th * f * tw * f * 3 * f32
+    decode["decoded frames x2"] = 2 * video
+  return {
+    "mllm_encode": {},
+    "vae_encode": encode,
+    "denoise": {},
+    "vae_decode": decode,
+  }
 
 
 def plan_mode(
@@ -314,40 +427,73 @@ def plan_mode(
   width: int,
   steps: int = 50,
   low_memory: bool = False,
-  on_row: Callable[[ProgramRow], None] | None = None,
+  target: str = "cpu",
+  cache_dir=None,
+  cfg: KiwiEditConfig | None = None,
+  on_row=None,
 ) -> ModePlan:
-  """Compiles one mode's programs and returns its rows and phases
-  (``on_row`` sees each row as its program is compiled)."""
-  cfg = model_config(variant, low_memory)
+  """Compiles one mode's programs for ``target`` and returns its rows and
+  phases. ``cfg`` (e.g. a checkpoint's) replaces the variant's;
+  ``cache_dir``: the plan's row cache (``plan.cache``; None: none);
+  ``on_row(row, cached)`` after each program."""
+  if cfg is None:
+    cfg = KiwiEditConfig.from_variant(variant)
+  if low_memory:
+    cfg = low_memory_lib.low_memory_config(cfg)
+    if resolve_target(target) == "cpu":
+      cfg = flash_stand_in(cfg)
   check_shape(cfg, frames, height, width)
-  rows = list(_programs(cfg, frames, height, width, steps, tiled=low_memory))
-  weights = _weight_bytes(cfg)
-  video = frames * height * width * 3 * 4
-  t_lat = 1 + (frames - 1) // cfg.vae.temporal_factor
-  f = cfg.vae.spatial_factor
-  lat = t_lat * (height // f) * (width // f) * cfg.vae.z_dim * 4
+  main, vae, label = plan_targets(target)
+  graphdef, abstract = abstract_kiwi(cfg)
+  weights = low_memory_lib.group_bytes(abstract)
+  weights["all"] = sum(weights.values())
+  rows_cache = cache_lib.RowCache(cache_dir)
+  if cache_dir is not None and resolve_target(target) == "cpu":
+    cache_lib.enable_compilation_cache(cache_dir)
+  key_parts = dict(
+    kind="edit_memory_plan",
+    config=cfg.to_dict(),
+    shape=[frames, height, width, steps],
+    target=label,
+    jax=jax.__version__,
+  )
+  compile_ = _Compiler(weights, rows_cache, key_parts, on_row)
+  rows = list(
+    _programs(
+      compile_, main, vae, cfg, graphdef, abstract, frames, height, width, steps
+    )
+  )
+  held = held_buffers(cfg, frames, height, width, low_memory)
   phases = []
   for phase in PHASES:
     mine = [r.non_weight for r in rows if r.phase == phase]
     if low_memory:
-      resident = weights["all" if phase == "mllm_encode" else "kept"]
-      held = video + lat if phase.startswith("vae") else 0
+      resident = sum(weights[g] for g in low_memory_lib.PHASE_GROUPS[phase])
     else:
-      resident, held = weights["all"], 0
-    phases.append(PhaseRow(phase, resident, max(mine), held))
+      resident = weights["all"]
+    phases.append(
+      PhaseRow(phase, resident, max(mine), sum(held[phase].values()))
+    )
   return ModePlan(
-    "low_memory" if low_memory else "default", rows, phases, weights
+    "low_memory" if low_memory else "default", rows, phases, weights, label
   )
 
 
 __all__ = [
   "GIB",
+  "PHASES",
+  "TARGETS",
   "ModePlan",
   "PhaseRow",
   "ProgramRow",
   "check_shape",
+  "flash_stand_in",
+  "held_buffers",
   "largest_tile",
   "model_config",
   "parse_budget",
   "plan_mode",
+  "plan_targets",
+  "resolve_target",
+  "target_mesh",
 ]

@@ -71,6 +71,14 @@ def test_residency_moves_each_group_and_the_vae_runner():
     assert runner == {DEVICE if group == "vae" else HOST}, phase
   residency.enter(pipe, "write")  # not a phase with weights: nothing moves
   assert low_memory.group_devices(pipe.state)["vae"] == {DEVICE}
+  # Leaving the device drops the group there: the host arrays are the
+  # very buffers loaded, not copies made on the way back.
+  residency.enter(pipe, "mllm_encode")
+  pointers = [
+    [x.unsafe_buffer_pointer() for x in jax.tree.leaves(t["dit"])]
+    for t in (pipe.state, state)
+  ]
+  assert pointers[0] == pointers[1]
 
 
 def test_cast_model_rounds_each_weight_to_bf16():
@@ -134,6 +142,7 @@ def edits(toy_checkpoint, sample):
   return default, low, where, pipe
 
 
+@pytest.mark.slow  # the fixture compiles two tiny pipelines (~50 s)
 def test_low_memory_weights_are_bf16_and_on_the_host_when_idle(edits):
   *_, pipe = edits
   leaves = jax.tree.leaves(pipe.state)
@@ -146,6 +155,7 @@ def test_low_memory_weights_are_bf16_and_on_the_host_when_idle(edits):
   assert where["mllm"] == {HOST} and where["dit"] == {HOST}
 
 
+@pytest.mark.slow  # the fixture compiles two tiny pipelines (~50 s)
 def test_mllm_is_off_the_device_while_the_dit_runs(edits):
   *_, where, _ = edits
   assert where["mllm_encode"]["mllm"] == {DEVICE}
@@ -155,6 +165,7 @@ def test_mllm_is_off_the_device_while_the_dit_runs(edits):
     assert where[phase]["dit"] == {DEVICE}, phase
 
 
+@pytest.mark.slow  # the fixture compiles two tiny pipelines (~50 s)
 def test_low_memory_edit_is_close_to_the_default(edits):
   """bf16 weights and compute against float32, the same noise (rounded to
   bf16), 3 steps on the tiny random model. Measured: mean |latent diff| /
