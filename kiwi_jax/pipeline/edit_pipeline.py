@@ -25,15 +25,9 @@ the batch of noises (``kiwi_jax.pipeline.seeds``).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import math
-import numbers
-import os
-import pathlib
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,178 +41,29 @@ from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.processor import KiwiProcessor
 from kiwi_jax.models.vae import tiling
 from kiwi_jax.pipeline import inputs as inputs_lib
+from kiwi_jax.pipeline import loops as loops_lib
 from kiwi_jax.pipeline import low_memory as low_memory_lib
-from kiwi_jax.pipeline import outputs as outputs_lib
 from kiwi_jax.pipeline import programs as stages
 from kiwi_jax.pipeline import progress as progress_lib
 from kiwi_jax.pipeline import seeds as seeds_lib
-from kiwi_jax.utils import compile_cache, paths
+from kiwi_jax.pipeline import vae_io
+from kiwi_jax.pipeline.edit_checks import (
+  MAX_STEPS,
+  CheckpointDirError,
+  check_checkpoint_dir,
+  check_edit_options,
+  check_sampling_args,
+)
+from kiwi_jax.pipeline.edit_result import MAX_FPS, EditResult, check_fps
+from kiwi_jax.pipeline.loops import MAX_COMPILED_LOOPS
+from kiwi_jax.pipeline.vae_io import VAE_UNSHARDED
+from kiwi_jax.utils import compile_cache
 
 # The stages of one edit, in order. "compile" is the denoising loop's
 # compilation, apart so that the first step's time is the step's own; it
 # happens once per clip shape and guidance setting (``EditPipeline``
 # keeps the compiled loops).
 PHASES = ("mllm_encode", "vae_encode", "compile", "denoise", "vae_decode")
-# Compiled denoising loops one pipeline keeps (the oldest goes first).
-MAX_COMPILED_LOOPS = 8
-# Most denoising steps of one edit (the reference uses 50). The step tables
-# grow with the square of the count, so absurd counts are refused early.
-MAX_STEPS = 1000
-# Output frame rates accepted by ``EditResult.save``: (0, MAX_FPS].
-MAX_FPS = 1000.0
-# Logical activation names the VAE passes leave unsharded. Sharding the
-# VAE's frame height over `sequence` gives wrong pixels on the CPU backend
-# (up to 0.07 off on 8 fake devices, see the sharded pipeline test), so the
-# VAE runs with its spatial axes whole; its weights stay sharded.
-VAE_UNSHARDED = ("act_height", "act_width")
-
-
-class CheckpointDirError(ValueError):
-  """A checkpoint directory is missing or is not one kiwi_jax can load."""
-
-
-@dataclasses.dataclass
-class EditResult:
-  """One finished edit.
-
-  Attributes:
-    frames: uint8[T, H, W, 3] edited frames (T = 1 in image mode).
-    source: the shaped source clip the model saw.
-    ref_image: uint8[h, w, 3] un-padded reference image, or None.
-    latents: float32[1, t, h, w, c] final latents.
-    steps: denoising steps.
-    seconds: wall time per phase (``PHASES``) plus ``total``.
-    block_evals: with the step cache on, the DiT blocks evaluated (the
-      full loop evaluates ``steps`` times the model's blocks); None when
-      it is off.
-  """
-
-  frames: np.ndarray
-  source: inputs_lib.SourceClip
-  ref_image: np.ndarray | None
-  latents: np.ndarray
-  steps: int
-  seconds: dict[str, float]
-  block_evals: int | None = None
-
-  def save(
-    self, path, *, side_by_side: bool = False, fps: float | None = None
-  ) -> list[pathlib.Path]:
-    """Writes the edit (mp4/gif, or an image in image mode) and optionally
-    ``<stem>_concat.mp4|png`` and ``<stem>_concat.gif`` (source |
-    reference | edited). Returns the written paths, the edit first.
-
-    Raises:
-      EditOutputError: a bad path or ``fps`` (not in (0, ``MAX_FPS``]).
-      paths.OutputIsInputError: an output is the source file.
-    """
-    fps = self.source.fps if fps is None else check_fps(fps)
-    image_mode = self.frames.shape[0] == 1
-    outputs_lib.check_output_path(path, image_mode=image_mode)
-    targets = [("output", path)]
-    if side_by_side:
-      targets += [
-        ("side-by-side output", extra)
-        for extra in outputs_lib.side_by_side_paths(path, image_mode=image_mode)
-      ]
-    if os.path.isfile(self.source.name):
-      paths.refuse_inputs_as_outputs(targets, [("source", self.source.name)])
-    written = []
-    try:
-      # The edit is written last: if it exists, the whole set does.
-      if side_by_side:
-        panels = outputs_lib.edit_panels(
-          self.source.frames, self.frames, self.ref_image
-        )
-        for extra in outputs_lib.side_by_side_paths(
-          path, image_mode=image_mode
-        ):
-          written.append(outputs_lib.write_frames(extra, panels, fps))
-      written.append(outputs_lib.write_frames(path, self.frames, fps))
-    except BaseException:
-      for done in written:
-        done.unlink(missing_ok=True)
-      raise
-    return written[-1:] + written[:-1]
-
-
-def check_fps(fps, name: str = "fps") -> float:
-  """A finite output frame rate in (0, ``MAX_FPS``], else EditOutputError."""
-  fps = float(fps)
-  if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
-    raise outputs_lib.EditOutputError(
-      f"{name} must be a frame rate in (0, {MAX_FPS:g}], got {fps:g}."
-    )
-  return fps
-
-
-def check_sampling_args(
-  *,
-  steps: int,
-  seed: int | None = None,
-  guidance_scale: float | None = None,
-  ref_guidance_scale: float | None = None,
-  names: dict[str, str] | None = None,
-) -> None:
-  """Checks the numbers of one edit before any work.
-
-  Args:
-    steps: denoising steps, 1..``MAX_STEPS``.
-    seed: an integer noise seed, 0..2**32 - 1 (JAX keys keep 32 bits, so
-      larger or negative seeds would repeat another seed's noise); other
-      values (None, a key array) are not checked.
-    guidance_scale, ref_guidance_scale: finite, or None.
-    names: what to call each argument in messages (e.g. ``--steps``).
-
-  Raises:
-    EditInputError: naming the argument and its accepted range.
-  """
-  names = names or {}
-  name = lambda key: names.get(key, key)  # noqa: E731
-  if (
-    isinstance(steps, bool)
-    or not isinstance(steps, numbers.Integral)
-    or not 1 <= steps <= MAX_STEPS
-  ):
-    raise inputs_lib.EditInputError(
-      f"{name('steps')} must be an integer in 1..{MAX_STEPS} (the "
-      f"reference uses 50), got {steps}."
-    )
-  if isinstance(seed, numbers.Integral) and not 0 <= seed < 2**32:
-    raise inputs_lib.EditInputError(
-      f"{name('seed')} must be in 0..{2**32 - 1}, got {seed}."
-    )
-  for key, value in (
-    ("guidance_scale", guidance_scale),
-    ("ref_guidance_scale", ref_guidance_scale),
-  ):
-    if value is not None and not math.isfinite(value):
-      raise inputs_lib.EditInputError(
-        f"{name(key)} must be a finite number, got {value}."
-      )
-
-
-def check_checkpoint_dir(directory) -> pathlib.Path:
-  """The checkpoint directory, checked without loading anything.
-
-  Raises:
-    CheckpointDirError: it is missing, not a directory, or holds no
-      Kiwi-Edit model (``kiwi_jax.models.kiwi.checkpoint.is_checkpoint``:
-      a converted directory or a trainer's workdir).
-  """
-  path = pathlib.Path(os.fspath(directory))
-  if not path.exists():
-    raise CheckpointDirError(f"checkpoint directory not found: {path}")
-  if not path.is_dir():
-    raise CheckpointDirError(f"checkpoint {path} is not a directory.")
-  if kiwi_checkpoint.is_checkpoint(path):
-    return path
-  raise CheckpointDirError(
-    f"{path} is not a kiwi_jax checkpoint directory: expected "
-    f"{kiwi_checkpoint.CONFIG_FILE} with params/ (written by `python -m "
-    "kiwi_jax.converters.cli`) or with checkpoints/ (a train.py workdir); "
-    f"found {sorted(p.name for p in path.iterdir())[:10] or 'nothing'}."
-  )
 
 
 def _residency(low_memory: bool, mesh) -> low_memory_lib.Residency | None:
@@ -227,13 +72,6 @@ def _residency(low_memory: bool, mesh) -> low_memory_lib.Residency | None:
   if mesh is not None:
     raise ValueError("low_memory runs on one device; it does not take a mesh.")
   return low_memory_lib.Residency()
-
-
-def _signature(tree) -> list[tuple[Any, ...]]:
-  return [
-    (np.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
-    for x in jax.tree.leaves(tree)
-  ]
 
 
 class EditPipeline:
@@ -336,7 +174,7 @@ class EditPipeline:
         "load_weights: the model's graph differs from the "
         "pipeline's; build a new EditPipeline."
       )
-    if _signature(state) != _signature(self.state):
+    if loops_lib.signature(state) != loops_lib.signature(self.state):
       self._loops = {}  # compiled for other dtypes or shardings
     self.state = state
     self._vae_runner = None
@@ -383,64 +221,11 @@ class EditPipeline:
     return value
 
   def _denoise_loop(self, args, scales, branches, on_compile, cached=False):
-    """The compiled Euler loop for these arguments (compiled on first use).
-
-    Args:
-      args: ``(noise, plan, conditions, source_latents, ref_latents,
-        clean_latents)``.
-      scales, branches: the guidance scales and branch operands.
-      on_compile: called before compiling (not when the loop is kept).
-      cached: the step-cache loop (its threshold before ``clean_latents``
-        in ``args``; no guidance), which returns ``(latents, CacheStats)``.
-
-    Returns:
-      ``run(*args) -> latents``.
-    """
-    leaves, treedef = jax.tree.flatten((args, branches))
-    key = (
-      treedef,
-      scales,
-      cached,
-      tuple(
-        (np.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
-        for x in leaves
-      ),
+    """The compiled Euler loop for these arguments (``loops.denoise_loop``):
+    ``run(*args) -> latents``."""
+    return loops_lib.denoise_loop(
+      self, args, scales, branches, on_compile, cached=cached
     )
-    loop = self._loops.get(key)
-    if loop is None:
-      on_compile()
-      *loop_args, clean = args
-      if cached:
-        loop = stages.denoise_cached.lower(
-          self.graphdef,
-          self.state,
-          *loop_args,
-          report=True,
-          clean_latents=clean,
-        ).compile()
-      else:
-        loop = stages.denoise.lower(
-          self.graphdef,
-          self.state,
-          *loop_args,
-          report=True,
-          clean_latents=clean,
-          guidance_scales=scales,
-          guidance_branches=branches,
-        ).compile()
-      if len(self._loops) >= MAX_COMPILED_LOOPS:
-        self._loops.pop(next(iter(self._loops)))
-      self._loops[key] = loop
-
-    def run(*a):
-      *loop_args, clean = a
-      if cached:
-        return loop(self.state, *loop_args, clean_latents=clean)
-      return loop(
-        self.state, *loop_args, clean_latents=clean, guidance_branches=branches
-      )
-
-    return run
 
   def _phase_hook(self, on_phase):
     """``on_phase``, after moving the phase's weights in low-memory
@@ -462,14 +247,7 @@ class EditPipeline:
     )
 
   def _vae_context(self):
-    if self.mesh is None:
-      return contextlib.nullcontext()
-    return sharding.axis_rules(
-      tuple(
-        (name, None if name in VAE_UNSHARDED else axes)
-        for name, axes in sharding.current_rules()
-      )
-    )
+    return vae_io.vae_context(self.mesh)
 
   def edit(
     self,
@@ -637,25 +415,16 @@ class EditPipeline:
   ) -> list[EditResult]:
     """The edits of ``seeds`` (or of ``noise``, one edit), in order."""
     single = seeds[0] if len(seeds) == 1 and noise is None else None
-    inputs_lib.check_text(prompt, "the prompt")
-    inputs_lib.check_text(
-      negative_prompt, "the negative prompt", allow_empty=True
-    )
-    check_sampling_args(
+    strength = check_edit_options(
+      prompt=prompt,
+      negative_prompt=negative_prompt,
       steps=steps,
       seed=single,
       guidance_scale=guidance_scale,
       ref_guidance_scale=ref_guidance_scale,
+      denoising_strength=denoising_strength,
+      has_reference=ref_image is not None,
     )
-    strength = float(denoising_strength)
-    if not 0.0 < strength <= 1.0:
-      raise inputs_lib.EditInputError(
-        f"denoising_strength must be in (0, 1], got {strength:g}."
-      )
-    if ref_guidance_scale is not None and ref_image is None:
-      raise inputs_lib.EditInputError(
-        "ref_guidance_scale needs a reference image."
-      )
     cache_threshold = self.check_cache_threshold(
       cache_threshold,
       guided=guidance_scale is not None or ref_guidance_scale is not None,
@@ -714,15 +483,7 @@ class EditPipeline:
       )
 
     def vae_encode(frames):
-      video = pixels_lib.to_unit_preprocess_image(frames)[None]
-      if runner is None or self.residency is None:
-        video = jnp.asarray(video)  # low memory: the runner slices the host's
-      with self._vae_context():
-        if runner is None:
-          latents = timed("vae_encode", stage(stages.encode_video), video)
-        else:
-          latents = timed("vae_encode", runner.encode, video, tiled=True)
-      return latents.astype(self.latent_dtype)
+      return vae_io.encode_frames(self, runner, frames, timed)
 
     phase = self._phase_hook(on_phase)
     with self._mesh_context():
@@ -805,27 +566,10 @@ class EditPipeline:
         for b in batches
         for i in range(b.shape[0])
       ]
-      decoded = []
-      with self._vae_context():
-        for latents in per_seed:
-          if runner is None:
-            decoded.append(
-              timed("vae_decode", stage(stages.decode_latents), latents)
-            )
-          elif self.residency is not None:
-            decoded.append(
-              timed(
-                "vae_decode",
-                low_memory_lib.decode_to_host,
-                runner,
-                latents,
-                tiled=True,
-              )
-            )
-          else:
-            decoded.append(
-              timed("vae_decode", runner.decode, latents, tiled=True)
-            )
+      decoded = [
+        vae_io.decode_latents(self, runner, latents, timed)
+        for latents in per_seed
+      ]
     seconds["total"] = time.perf_counter() - start
     evals = batch_evals or [None] * len(per_seed)
     return [
@@ -840,3 +584,20 @@ class EditPipeline:
       )
       for pixels, latents, block_evals in zip(decoded, per_seed, evals)
     ]
+
+
+# The names this module has always offered (several now live in
+# edit_checks, edit_result, loops and vae_io).
+__all__ = [
+  "MAX_COMPILED_LOOPS",
+  "MAX_FPS",
+  "MAX_STEPS",
+  "PHASES",
+  "VAE_UNSHARDED",
+  "CheckpointDirError",
+  "EditPipeline",
+  "EditResult",
+  "check_checkpoint_dir",
+  "check_fps",
+  "check_sampling_args",
+]
