@@ -4,13 +4,15 @@
       --prompt "Make it snowy." --out out.mp4 [--ref ref.png] \\
       [--steps 50 --seed 0 --max-pixels 921600 --max-frames 81] \\
       [--side-by-side] [--mesh fsdp=2,tensor=2] [--seeds 0,1,2,3] \
-      [--low-memory]
+      [--low-memory] [--window 81 --overlap 16]
   kiwi-edit --plan --variant kiwi-5b --height 704 --width 1280 \
       --frames 81 --memory_budget 24GB
 
 ``--low-memory`` runs one device with little memory (bf16 weights, one
 component's weights on the device at a time; ``pipeline/low_memory.py``);
-``--plan`` prints what an edit needs in memory, no weights loaded
+``--window F --overlap K`` edits a long video in overlapping windows
+(``cli/window_flags.py``, docs/long_video.md); ``--plan`` prints what an
+edit needs in memory, no weights loaded
 (``cli/edit_plan.py``; docs/low_memory.md).
 
 Also ``python -m kiwi_jax.cli.edit``. An image source (``.png``, ``.jpg``,
@@ -52,6 +54,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from kiwi_jax.cli import window_flags
 from kiwi_jax.diffusion import step_cache
 from kiwi_jax.pipeline import edit_pipeline
 from kiwi_jax.pipeline import inputs as inputs_lib
@@ -161,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "--max-frames",
     type=int,
-    default=81,
+    default=None,
     help="use the first frames of the source, at most this many (1 to "
-    f"{inputs_lib.MAX_FRAMES}), cut to a 4k+1 count",
+    f"{inputs_lib.MAX_FRAMES}), cut to a 4k+1 count; default 81, or "
+    f"{inputs_lib.MAX_FRAMES} with --window",
   )
   parser.add_argument(
     "--scheduler",
@@ -201,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     "0.05 to 0.3 skips steps, faster and coarser; 0 skips none); off "
     "without it, as the reference. Not with guidance",
   )
+  window_flags.add_window_flags(parser)
   parser.add_argument(
     "--fps",
     type=float,
@@ -297,6 +302,7 @@ def check_seed_flags(args: argparse.Namespace) -> None:
 
 def check_args(args: argparse.Namespace) -> None:
   """Checks every flag's value; raises a user error naming the flag."""
+  window_flags.check_window_flags(args)
   check_seed_flags(args)
   inputs_lib.check_text(args.prompt, "--prompt")
   inputs_lib.check_text(
@@ -498,6 +504,7 @@ def _run(
     cache_threshold=args.cache_threshold,
     on_step=console.on_step,
     on_phase=lambda name: clock.start(PHASE_NAMES[name]),
+    **window_flags.edit_options(args),
   )
   if args.seed_list:
     result = pipe.edit_seeds(

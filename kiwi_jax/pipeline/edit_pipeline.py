@@ -25,8 +25,6 @@ the batch of noises (``kiwi_jax.pipeline.seeds``).
 from __future__ import annotations
 
 import contextlib
-import functools
-import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -36,22 +34,20 @@ from flax import nnx
 
 from kiwi_jax import sharding
 from kiwi_jax.diffusion import sampler, step_cache
-from kiwi_jax.media import pixels as pixels_lib
 from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.processor import KiwiProcessor
 from kiwi_jax.models.vae import tiling
+from kiwi_jax.pipeline import edit_run, vae_io
 from kiwi_jax.pipeline import inputs as inputs_lib
 from kiwi_jax.pipeline import loops as loops_lib
 from kiwi_jax.pipeline import low_memory as low_memory_lib
-from kiwi_jax.pipeline import programs as stages
-from kiwi_jax.pipeline import progress as progress_lib
+from kiwi_jax.pipeline import programs as stages  # noqa: F401 (patched)
 from kiwi_jax.pipeline import seeds as seeds_lib
-from kiwi_jax.pipeline import vae_io
+from kiwi_jax.pipeline import windows as windows_lib
 from kiwi_jax.pipeline.edit_checks import (
   MAX_STEPS,
   CheckpointDirError,
   check_checkpoint_dir,
-  check_edit_options,
   check_sampling_args,
 )
 from kiwi_jax.pipeline.edit_result import MAX_FPS, EditResult, check_fps
@@ -258,7 +254,7 @@ class EditPipeline:
     steps: int = 50,
     seed: int = 0,
     max_pixels: int = 720 * 1280,
-    max_frames: int = 81,
+    max_frames: int | None = None,
     scheduler: str = "diffsynth",
     use_source: bool = True,
     guidance_scale: float | None = None,
@@ -268,6 +264,10 @@ class EditPipeline:
     denoising_strength: float = 1.0,
     vae_tiling: bool | None = None,
     cache_threshold: float | None = None,
+    window: int | None = None,
+    overlap: int | None = None,
+    window_mode: str = "auto",
+    window_blend: str = "linear",
     on_step: Callable[[int, int], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
   ) -> EditResult:
@@ -281,7 +281,8 @@ class EditPipeline:
       steps: Euler steps (50 in the reference).
       seed: noise seed (:meth:`edit_seeds` runs several in one batch).
       max_pixels: per-frame pixel budget (sides then floored to 32).
-      max_frames: keep the first frames, at most this many, 4k+1.
+      max_frames: keep the first frames, at most this many, 4k+1 (None:
+        81 as the reference, or with ``window`` ``inputs.MAX_FRAMES``).
       scheduler: "diffsynth" (the released demo) or "diffusers".
       use_source: inject the source latents (False = ImgEdit's
         ``--source_free``).
@@ -311,6 +312,19 @@ class EditPipeline:
         the cached loop without skipping; about 0.1 to 0.3 skips steps.
         Not with guidance. ``EditResult.block_evals`` counts the blocks
         run.
+      window, overlap: long videos (docs/long_video.md): denoise in
+        windows of ``window`` frames (4k+1, e.g. 81) sharing ``overlap``
+        frames (a multiple of 4, less than ``window``), blended in latent
+        space at every step (``kiwi_jax.pipeline.windows``), with the
+        whole clip's MLLM conditions; a clip that fits one window is the
+        plain edit, bit for bit. Not with guidance or the step cache.
+      window_mode: ``"batched"``: the windows as one batch in one jitted
+        loop; ``"streamed"``: one window at a time per step (the DiT's
+        memory is one window's); ``"auto"``: batched when the windows hold
+        at most ``windows.MAX_BATCHED_LATENT_FRAMES`` latent frames.
+      window_blend: ``"linear"`` (cross-fade the overlaps at every step)
+        or ``"none"`` (denoise the windows apart, cut each overlap at its
+        middle: the baseline of the seam test).
       on_step: ``on_step(done, total)`` after each denoising step.
       on_phase: ``on_phase(phase)`` as each phase of ``PHASES`` begins,
         in that order, each at most once (``vae_encode`` is skipped when
@@ -321,6 +335,11 @@ class EditPipeline:
     Returns:
       The :class:`EditResult`.
     """
+    windows_lib.check_window_options(
+      window, overlap, window_mode, window_blend, self.temporal_factor
+    )
+    if max_frames is None:
+      max_frames = 81 if window is None else inputs_lib.MAX_FRAMES
     return self._edit(
       video,
       prompt,
@@ -338,6 +357,9 @@ class EditPipeline:
       denoising_strength=denoising_strength,
       vae_tiling=vae_tiling,
       cache_threshold=cache_threshold,
+      windows=None if window is None else (window, overlap),
+      window_mode=window_mode,
+      window_blend=window_blend,
       on_step=on_step,
       on_phase=on_phase,
     )[0]
@@ -370,7 +392,7 @@ class EditPipeline:
     Returns:
       :class:`~kiwi_jax.pipeline.seeds.SeedResults`, in the order given.
     """
-    for name in ("seed", "noise"):
+    for name in ("seed", "noise", "window", "overlap"):
       if name in options:
         raise TypeError(f"edit_seeds takes seeds=, not {name}=.")
     seeds = seeds_lib.check_seeds(seeds)
@@ -390,200 +412,9 @@ class EditPipeline:
       [sampler.initial_noise(k, shape, self.latent_dtype) for k in seeds]
     )
 
-  def _edit(
-    self,
-    video,
-    prompt: str,
-    ref_image=None,
-    *,
-    seeds,
-    seed_batch: int | None = None,
-    noise: jax.Array | None = None,
-    steps: int = 50,
-    max_pixels: int = 720 * 1280,
-    max_frames: int = 81,
-    scheduler: str = "diffsynth",
-    use_source: bool = True,
-    guidance_scale: float | None = None,
-    ref_guidance_scale: float | None = None,
-    negative_prompt: str = "",
-    denoising_strength: float = 1.0,
-    vae_tiling: bool | None = None,
-    cache_threshold: float | None = None,
-    on_step: Callable[[int, int], None] | None = None,
-    on_phase: Callable[[str], None] | None = None,
-  ) -> list[EditResult]:
-    """The edits of ``seeds`` (or of ``noise``, one edit), in order."""
-    single = seeds[0] if len(seeds) == 1 and noise is None else None
-    strength = check_edit_options(
-      prompt=prompt,
-      negative_prompt=negative_prompt,
-      steps=steps,
-      seed=single,
-      guidance_scale=guidance_scale,
-      ref_guidance_scale=ref_guidance_scale,
-      denoising_strength=denoising_strength,
-      has_reference=ref_image is not None,
-    )
-    cache_threshold = self.check_cache_threshold(
-      cache_threshold,
-      guided=guidance_scale is not None or ref_guidance_scale is not None,
-    )
-    start = time.perf_counter()
-    source = inputs_lib.load_source(
-      video, max_frames=max_frames, max_pixels=max_pixels
-    )
-    ref = None if ref_image is None else inputs_lib.load_reference(ref_image)
-    num_frames, (height, width) = source.num_frames, source.size
-    shape = (
-      1,
-      (num_frames - 1) // self.temporal_factor + 1,
-      height // self.spatial_factor,
-      width // self.spatial_factor,
-      self.latent_channels,
-    )
-    if noise is not None and tuple(noise.shape) != shape:
-      raise ValueError(
-        f"noise shape {tuple(noise.shape)} != latent shape "
-        f"{shape} of a {num_frames}x{height}x{width} clip."
-      )
-    plan = sampler.SamplingPlan.build(
-      steps, scheduler, strength, timestep_dtype=self.timestep_dtype
-    )
-    seconds = {"vae_encode": 0.0, "compile": 0.0}
-    runner = None if vae_tiling is False else self.vae_runner()
-    if vae_tiling and runner is None:
-      raise ValueError("vae_tiling=True: this model has no tiled VAE runner.")
-
-    def timed(name, fn, *args, **kwargs):
-      t0 = time.perf_counter()
-      out = jax.block_until_ready(fn(*args, **kwargs))
-      seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
-      return out
-
-    def stage(fn):
-      return functools.partial(fn, self.graphdef, self.state)
-
-    def mllm(text, with_ref=True):
-      arrays, options = self.processor(
-        text, frames=source.frames, ref_image=ref if with_ref else None
-      )
-      mode = options.get("mode")
-      if mode is not None and mode not in self.cfg.modes():
-        raise inputs_lib.EditInputError(
-          f"This Kiwi-Edit checkpoint cannot run {mode} edits (it has the "
-          f"modes {self.cfg.modes()}; reference edits need a stage-3 "
-          "model)."
-        )
-      return timed(
-        "mllm_encode",
-        stage(stages.encode_conditions),
-        jax.tree.map(jnp.asarray, arrays),
-        tuple(sorted(options.items())),
-      )
-
-    def vae_encode(frames):
-      return vae_io.encode_frames(self, runner, frames, timed)
-
-    phase = self._phase_hook(on_phase)
-    with self._mesh_context():
-      phase("mllm_encode")
-      conditions = mllm(prompt)
-      scales, branch_conditions = (), ()
-      if ref_guidance_scale is not None:
-        text_scale = 1.0 if guidance_scale is None else guidance_scale
-        scales = (float(text_scale), float(ref_guidance_scale))
-        branch_conditions = (
-          mllm(negative_prompt, with_ref=False),
-          mllm(prompt, with_ref=False),
-        )
-      elif guidance_scale is not None:
-        scales = (float(guidance_scale),)
-        branch_conditions = (mllm(negative_prompt),)
-      source_latents = ref_latents = clean_latents = None
-      if use_source or ref is not None or strength < 1.0:
-        phase("vae_encode")
-      if use_source or strength < 1.0:
-        encoded = vae_encode(source.frames)
-        source_latents = encoded if use_source else None
-        clean_latents = encoded if strength < 1.0 else None
-      if ref is not None:
-        ref_latents = vae_encode(
-          inputs_lib.pad_reference(ref, height, width)[None]
-        )
-      # Only plain instruction guidance shows its unconditional branch the
-      # reference latents; reference guidance's lower branches see none.
-      branch_refs = ref_latents if len(scales) == 1 else None
-      branches = tuple((c, branch_refs) for c in branch_conditions)
-      if noise is not None:
-        noises = [noise]
-      else:
-        noises = [
-          self._seed_noise(chunk, shape)
-          for chunk in seeds_lib.chunks(seeds, seed_batch)
-        ]
-      cached = cache_threshold is not None
-      compiling = []
-
-      def on_compile():
-        if not compiling:  # one "compile" phase for every batch size
-          compiling.append(True)
-          phase("compile")
-
-      t0 = time.perf_counter()
-      runs = []
-      for batch_noise in noises:
-        args = (batch_noise, plan, conditions, source_latents, ref_latents)
-        if cached:
-          args += (jnp.float32(cache_threshold),)
-        args += (clean_latents,)
-        runs.append(
-          (
-            self._denoise_loop(
-              args, scales, branches, on_compile=on_compile, cached=cached
-            ),
-            args,
-          )
-        )
-      seconds["compile"] = time.perf_counter() - t0
-      phase("denoise")
-      counter = progress_lib.StepCounter(steps * len(runs), on_step)
-      batches, batch_evals = [], []
-      for i, (loop, args) in enumerate(runs):
-        sink = functools.partial(
-          lambda done, step: counter(done + step), i * steps
-        )
-        with progress_lib.reporting_to(sink):
-          out = timed("denoise", loop, *args)
-        if cached:
-          out, stats = out
-          batch_evals += [int(stats.block_evals)] * out.shape[0]
-        batches.append(out)
-      phase("vae_decode")
-      # One seed at a time: the decode's peak is a single edit's.
-      per_seed = [
-        b if b.shape[0] == 1 else b[i : i + 1]
-        for b in batches
-        for i in range(b.shape[0])
-      ]
-      decoded = [
-        vae_io.decode_latents(self, runner, latents, timed)
-        for latents in per_seed
-      ]
-    seconds["total"] = time.perf_counter() - start
-    evals = batch_evals or [None] * len(per_seed)
-    return [
-      EditResult(
-        frames=pixels_lib.to_uint8_truncate(np.asarray(pixels[0], np.float32)),
-        source=source,
-        ref_image=ref,
-        latents=np.asarray(latents, np.float32),
-        steps=steps,
-        seconds=dict(seconds),
-        block_evals=block_evals,
-      )
-      for pixels, latents, block_evals in zip(decoded, per_seed, evals)
-    ]
+  def _edit(self, video, prompt, ref_image=None, **options):
+    """The edits of ``seeds`` (``edit_run.run_edit``)."""
+    return edit_run.run_edit(self, video, prompt, ref_image, **options)
 
 
 # The names this module has always offered (several now live in

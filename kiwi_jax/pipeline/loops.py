@@ -8,6 +8,8 @@ of them (the oldest goes first).
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kiwi_jax.pipeline import programs as stages
+from kiwi_jax.pipeline import progress as progress_lib
 
 # Compiled denoising loops one pipeline keeps (the oldest goes first).
 MAX_COMPILED_LOOPS = 8
@@ -97,3 +100,76 @@ def denoise_loop(
     )
 
   return run
+
+
+def run_batches(
+  pipe,
+  noises,
+  rest: tuple,
+  *,
+  scales,
+  branches,
+  cache_threshold: float | None,
+  steps: int,
+  phase: Callable[[str], None],
+  on_step: Callable[[int, int], None] | None,
+  timed,
+  seconds: dict[str, float],
+) -> tuple[list, list[int]]:
+  """Denoises each batch of noises with ``pipe``'s compiled loop.
+
+  Args:
+    pipe: the ``EditPipeline`` (its ``_denoise_loop``).
+    noises: the batches of initial noise, in order.
+    rest: ``(plan, conditions, source_latents, ref_latents,
+      clean_latents)``.
+    scales, branches: guidance.
+    cache_threshold: the step cache's, or None (off).
+    steps: steps per batch (the progress total is steps x batches).
+    phase: announces ``compile`` (once, if anything compiles) and
+      ``denoise``.
+    on_step: ``on_step(done, total)``.
+    timed: ``timed(phase, fn, *args)`` (``EditPipeline._edit``).
+    seconds: the phase times; ``compile`` is set here.
+
+  Returns:
+    ``(batches, block_evals)``: the denoised batches, and with the cache
+    one block count per sample (else empty).
+  """
+  *head, clean_latents = rest
+  cached = cache_threshold is not None
+  compiling = []
+
+  def on_compile():
+    if not compiling:  # one "compile" phase for every batch size
+      compiling.append(True)
+      phase("compile")
+
+  t0 = time.perf_counter()
+  runs = []
+  for batch_noise in noises:
+    args = (batch_noise, *head)
+    if cached:
+      args += (jnp.float32(cache_threshold),)
+    args += (clean_latents,)
+    runs.append(
+      (
+        pipe._denoise_loop(  # pylint: disable=protected-access
+          args, scales, branches, on_compile=on_compile, cached=cached
+        ),
+        args,
+      )
+    )
+  seconds["compile"] = time.perf_counter() - t0
+  phase("denoise")
+  counter = progress_lib.StepCounter(steps * len(runs), on_step)
+  batches, batch_evals = [], []
+  for i, (loop, args) in enumerate(runs):
+    sink = functools.partial(lambda done, step: counter(done + step), i * steps)
+    with progress_lib.reporting_to(sink):
+      out = timed("denoise", loop, *args)
+    if cached:
+      out, stats = out
+      batch_evals += [int(stats.block_evals)] * out.shape[0]
+    batches.append(out)
+  return batches, batch_evals

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable
 
 import jax.numpy as jnp
+import numpy as np
 
 from kiwi_jax import sharding
 from kiwi_jax.media import pixels as pixels_lib
@@ -24,6 +25,10 @@ from kiwi_jax.pipeline import programs as stages
 # (up to 0.07 off on 8 fake devices, see the sharded pipeline test), so the
 # VAE runs with its spatial axes whole; its weights stay sharded.
 VAE_UNSHARDED = ("act_height", "act_width")
+
+# Frames per pass of a frame-local codec (no temporal compression, no
+# runner) when a long clip is encoded or decoded from the host.
+HOST_CHUNK_FRAMES = 16
 
 # ``timed(phase, fn, *args, **kwargs)``: runs ``fn`` and adds its time to
 # ``phase``'s (``EditPipeline._edit``).
@@ -42,13 +47,24 @@ def vae_context(mesh):
   )
 
 
-def encode_frames(pipe, runner, frames, timed: Timed, *, host: bool = False):
+def encode_frames(
+  pipe, runner, frames, timed: Timed, *, host: bool = False, tiled=True
+):
   """uint8[T, H, W, 3] -> latents [1, t, h, w, c] in the latent dtype.
 
   ``host``: the source stays a host array, the runner sends one chunk of
-  one tile to the device at a time (low-memory mode; long videos).
+  one tile to the device at a time (low-memory mode; long videos); a
+  frame-local codec without a runner (pixel-unshuffle) is encoded
+  ``HOST_CHUNK_FRAMES`` frames at a time. ``tiled``: the runner's spatial
+  tiles.
   """
   video = pixels_lib.to_unit_preprocess_image(frames)[None]
+  if runner is None and host and pipe.temporal_factor == 1:
+    chunks = [
+      encode_frames(pipe, None, frames[i : i + HOST_CHUNK_FRAMES], timed)
+      for i in range(0, len(frames), HOST_CHUNK_FRAMES)
+    ]
+    return jnp.concatenate(chunks, axis=1)
   if runner is None or not (host or pipe.residency is not None):
     video = jnp.asarray(video)
   with vae_context(pipe.mesh):
@@ -57,17 +73,30 @@ def encode_frames(pipe, runner, frames, timed: Timed, *, host: bool = False):
         "vae_encode", stages.encode_video, pipe.graphdef, pipe.state, video
       )
     else:
-      latents = timed("vae_encode", runner.encode, video, tiled=True)
+      latents = timed("vae_encode", runner.encode, video, tiled=tiled)
   return latents.astype(pipe.latent_dtype)
 
 
-def decode_latents(pipe, runner, latents, timed: Timed, *, host: bool = False):
+def decode_latents(
+  pipe, runner, latents, timed: Timed, *, host: bool = False, tiled=True
+):
   """latents [1, t, h, w, c] -> float[1, T, H, W, 3] in [-1, 1].
 
   With the runner, ``host`` (or low-memory mode) streams each latent
   frame's pixels to the host as they are decoded
-  (``low_memory.decode_to_host``).
+  (``low_memory.decode_to_host``); without one, ``host`` decodes a
+  frame-local codec ``HOST_CHUNK_FRAMES`` latent frames at a time into a
+  host array.
   """
+  if runner is None and host and pipe.temporal_factor == 1:
+    return np.concatenate(
+      [
+        np.asarray(decode_latents(pipe, None, latents[:, i : i + n], timed))
+        for n in (HOST_CHUNK_FRAMES,)
+        for i in range(0, latents.shape[1], n)
+      ],
+      axis=1,
+    )
   with vae_context(pipe.mesh):
     if runner is None:
       return timed(
@@ -79,6 +108,6 @@ def decode_latents(pipe, runner, latents, timed: Timed, *, host: bool = False):
         low_memory_lib.decode_to_host,
         runner,
         latents,
-        tiled=True,
+        tiled=tiled,
       )
-    return timed("vae_decode", runner.decode, latents, tiled=True)
+    return timed("vae_decode", runner.decode, latents, tiled=tiled)
