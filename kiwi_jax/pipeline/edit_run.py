@@ -102,14 +102,15 @@ def run_edit(
     steps, scheduler, strength, timestep_dtype=pipe.timestep_dtype
   )
   seconds = {"vae_encode": 0.0, "compile": 0.0}
+  window_plan = None
   if windows is not None:
-    windows = windows_lib.WindowPlan.build(
+    window_plan = windows_lib.WindowPlan.build(
       num_frames, windows[0], windows[1], pipe.temporal_factor, window_blend
     )
   # A clip that fits one window is today's edit; a longer one keeps its
   # frames on the host and runs the causal chunked VAE (untiled with
   # vae_tiling=False).
-  windowed = windows is not None and windows.num_windows > 1
+  windowed = window_plan is not None and window_plan.num_windows > 1
   tiled = not (windowed and vae_tiling is False)
   runner = None if vae_tiling is False and not windowed else pipe.vae_runner()
   if vae_tiling and runner is None:
@@ -190,7 +191,7 @@ def run_edit(
       batches = [
         window_edit.denoise(
           pipe,
-          windows,
+          window_plan,
           window_mode,
           (noises[0], *rest),
           phase=phase,

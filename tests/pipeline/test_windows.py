@@ -135,8 +135,25 @@ def test_41_frames_without_seams(pipe):
 def test_batched_equals_streamed(pipe):
   clip = moving_clip()
   kw = dict(window=9, overlap=4, seed=3)
-  streamed = edit(pipe, clip, window_mode="streamed", **kw)
-  batched = edit(pipe, clip, window_mode="batched", **kw)
+  seen = {"streamed": ([], []), "batched": ([], [])}
+  streamed, batched = (
+    edit(
+      pipe,
+      clip,
+      window_mode=mode,
+      on_phase=seen[mode][0].append,
+      on_step=lambda done, total, m=mode: seen[m][1].append((done, total)),
+      **kw,
+    )
+    for mode in ("streamed", "batched")
+  )
+  phases = ["mllm_encode", "vae_encode", "compile", "denoise", "vae_decode"]
+  assert seen["batched"] == (phases, [(1, 2), (2, 2)])
+  # The per-window step compiles on its first call, inside "denoise".
+  assert seen["streamed"] == (
+    [p for p in phases if p != "compile"],
+    [(1, 2), (2, 2)],
+  )
   # Equal within float32 rounding (a batch of N windows and N batches of
   # one order the DiT's sums differently; latents here reach ~30).
   np.testing.assert_allclose(
