@@ -49,6 +49,9 @@ class KiwiEditConfig:
       ``"queries"`` (the placeholder positions).
     mllm_max_frames: source frames the MLLM sees (16; reference §2.3).
     mllm_max_pixels_per_frame: per-frame pixel cap (262,144 at inference).
+    mllm_video_min_pixels: per-frame floor of the MLLM's video resize (None:
+      Qwen's 100,352; the CPU demo lowers it so its 32 x 32 clips are not
+      upsampled to 336 x 336 for a tiny Qwen).
     codec: the latent codec (``codec.CODECS``): ``"wan_vae"`` (the released
       models) or ``"pixel_unshuffle"`` (the CPU demo's stand-in; ``vae`` is
       then unused and the model holds no VAE weights).
@@ -66,6 +69,7 @@ class KiwiEditConfig:
   readout: str = "last"
   mllm_max_frames: int = 16
   mllm_max_pixels_per_frame: int | None = 262144
+  mllm_video_min_pixels: int | None = None
   codec: str = "wan_vae"
   unshuffle_factor: int = 2
 

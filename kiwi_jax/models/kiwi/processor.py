@@ -81,6 +81,7 @@ class KiwiProcessor:
             max_pixels_per_frame=cfg.mllm_max_pixels_per_frame,
             max_object_token=cfg.max_ref_tokens,
             max_frames=cfg.mllm_max_frames,
+            video_min_pixels=cfg.mllm_video_min_pixels,
           ),
         )
       return self._qwen

@@ -54,6 +54,8 @@ class ProcessorConfig:
       frame-list branch ignores the item's ``max_frames`` (reference §2.3, a
       quirk), so it sees 16 whatever the scripts say; here the config's
       value is honoured.
+    video_min_pixels: per-frame floor of the source video's final resize
+      (None: Qwen's 100,352, which upsamples small videos to 316 x 316).
   """
 
   num_image_queries: int = 256
@@ -62,6 +64,7 @@ class ProcessorConfig:
   max_pixels_per_frame: int | None = None
   max_object_token: int = 768
   max_frames: int = vp.VIDEO_MAX_FRAMES
+  video_min_pixels: int | None = None
 
 
 def select_mode(num_source_frames: int, has_reference: bool) -> str:
@@ -207,6 +210,7 @@ class QwenProcessor:
           frames,
           max_pixels=self.cfg.max_pixels_per_frame,
           max_frames=self.cfg.max_frames,
+          min_pixels=self.cfg.video_min_pixels,
         )
       )
     if mode == "reference":

@@ -189,7 +189,11 @@ def preprocess_image(
 
 
 def video_frame_size(
-  height: int, width: int, num_frames: int, max_pixels: int | None = None
+  height: int,
+  width: int,
+  num_frames: int,
+  max_pixels: int | None = None,
+  min_pixels: int | None = None,
 ) -> tuple[int, int]:
   """Final frame size after the factor-56 then factor-28 resizes."""
   h1, w1 = smart_resize(
@@ -199,20 +203,21 @@ def video_frame_size(
     4 * (2 * IMAGE_FACTOR) ** 2,
     max_pixels or 16384 * (2 * IMAGE_FACTOR) ** 2,
   )
-  return _video_second_size(h1, w1, num_frames, max_pixels)
+  return _video_second_size(h1, w1, num_frames, max_pixels, min_pixels)
 
 
-def _video_second_size(h1, w1, num_frames, max_pixels):
+def _video_second_size(h1, w1, num_frames, max_pixels, min_pixels=None):
+  low = VIDEO_FRAME_MIN_PIXELS if min_pixels is None else min_pixels
   limit = max(
     min(
       VIDEO_FRAME_MAX_PIXELS,
       VIDEO_TOTAL_PIXELS / num_frames * TEMPORAL_PATCH_SIZE,
     ),
-    int(VIDEO_FRAME_MIN_PIXELS * 1.05),
+    int(low * 1.05),
   )
   if max_pixels is not None:
     limit = min(max_pixels, limit)
-  return smart_resize(h1, w1, IMAGE_FACTOR, VIDEO_FRAME_MIN_PIXELS, limit)
+  return smart_resize(h1, w1, IMAGE_FACTOR, low, limit)
 
 
 def preprocess_video(
@@ -220,6 +225,7 @@ def preprocess_video(
   *,
   max_pixels: int | None = None,
   max_frames: int = VIDEO_MAX_FRAMES,
+  min_pixels: int | None = None,
 ):
   """A video item given as frames (``fetch_video``'s list branch).
 
@@ -239,6 +245,9 @@ def preprocess_video(
     max_pixels: per-frame cap (``max_pixels_per_frame``; None in 5B
       training, 262,144 at inference).
     max_frames: frames kept (16, the reference's fixed count).
+    min_pixels: the second resize's per-frame floor (None: Qwen's
+      100,352; a smaller one lets tiny models see tiny videos at their own
+      size, e.g. the CPU demo's 32 x 32 clips).
 
   Returns:
     ``(patches float32[N, 1176], grid (t, h, w))`` with t = ceil(T' / 2).
@@ -258,7 +267,7 @@ def preprocess_video(
   if len(sizes) != 1:
     raise ValueError(f"Video frames have different sizes {sorted(sizes)}.")
   w1, h1 = resized[0].size
-  h2, w2 = _video_second_size(h1, w1, len(resized), max_pixels)
+  h2, w2 = _video_second_size(h1, w1, len(resized), max_pixels, min_pixels)
   if (h2, w2) != (h1, w1):
     resized = [im.resize((w2, h2), Image.BICUBIC) for im in resized]
   video = normalize(np.stack([np.asarray(im) for im in resized]))

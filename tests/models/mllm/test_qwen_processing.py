@@ -158,3 +158,14 @@ def test_processor_selects_modes_and_rejects_bad_input(tiny_tokenizer_dir):
     proc("x", image=_image(60, 60), mode="video")
   with pytest.raises(ValueError, match="special token"):
     processing.QwenProcessor(tiny_tokenizer_dir, CFG.replace(query_token_id=4))
+
+
+def test_video_min_pixels_keeps_small_videos_small():
+  frames = _image(5 * 32, 32).reshape(5, 32, 32, 3)
+  _, default = vp.preprocess_video(frames)
+  _, small = vp.preprocess_video(frames, min_pixels=112 * 112)
+  # 32x32 -> factor 56: 112x112; Qwen's 100,352 px floor then upsamples it
+  # to 336x336 (24x24 patches); a 112*112 floor keeps 112x112 (8x8).
+  assert default == (3, 24, 24)
+  assert small == (3, 8, 8)
+  assert vp.video_frame_size(32, 32, 5, min_pixels=112 * 112) == (112, 112)
