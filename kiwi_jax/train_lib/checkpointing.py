@@ -51,6 +51,7 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 from orbax.checkpoint import checkpoint_managers as managers
 
+from kiwi_jax.train_lib import weights_file
 from kiwi_jax.train_lib.train_state import ModelSplit, TrainState, path_name
 
 STATE = "state"
@@ -307,7 +308,8 @@ def read_weights(
   shardings.
 
   Args:
-    path: a checkpoint directory of this trainer (or one step of it).
+    path: a checkpoint directory of this trainer (or one step of it), or
+      a ``.safetensors`` weights file (``weights_file``).
     want: ``{"/"-joined name: ShapeDtypeStruct}`` of the model to fill.
     fresh: ``missing names -> {name: array}`` for parameters that may start
       fresh although the checkpoint lacks them; names it does not return
@@ -317,6 +319,8 @@ def read_weights(
   Returns:
     ``{name: array}`` for every name of ``want``.
   """
+  if weights_file.is_weights_file(path):
+    return weights_file.read(path, want, fresh=fresh, what=what)
   item_dir = _step_directory(path) / STATE
   checkpointer = ocp.PyTreeCheckpointer()
   saved = checkpointer.metadata(item_dir).item_metadata.tree
