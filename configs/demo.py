@@ -34,8 +34,15 @@ Where the demo departs from the released recipe, and why (measured in
   More steps give sharper samples that score lower at this budget.
 """
 
+import pathlib
+
 from configs import common
 from kiwi_jax.tasks import kiwi_config
+
+# The pretrained tiny base (``python -m kiwi_jax.tasks.demo_base``).
+BASE_FILE = (
+  pathlib.Path(__file__).parent.parent / "assets" / "demo_base.safetensors"
+)
 
 
 def get_config(arg: str | None = None):
@@ -49,15 +56,23 @@ def get_config(arg: str | None = None):
     num_frames=5,
     data_seed=0,
     heldout_seed=1,
-    stage_steps=[2, 2, 2] if arg.runlocal else [20, 900, 300],
+    stage_steps=[2, 2, 2] if arg.runlocal else [20, 2000, 1000],
     learning_rates=[1e-3, 2e-3, 2e-3],
     lr_decay="cosine",
     decay_to=0.05,
-    sample_steps=2 if arg.runlocal else 1,
-    denoising_strength=1.0 if arg.runlocal else 0.7,
+    sample_steps=2 if arg.runlocal else 10,
+    denoising_strength=1.0 if arg.runlocal else 0.9,
     scene="simple",
+    max_objects=1,
     tokenizer_words=True,
     tokenizer_vocab=512,
+    base="" if arg.runlocal else str(BASE_FILE),
+    base_steps=6000,
+    base_learning_rate=1e-3,
+    base_batch_size=4,
+    base_videos=600,
+    base_images=200,
+    base_seed=2,
   )
   config = common.base(
     task="kiwi_demo",
@@ -74,13 +89,14 @@ def get_config(arg: str | None = None):
       fixed_size=(32, 32),
       codec="pixel_unshuffle",
       ref_tokens=0,
-      seq_len=0,
-      num_patches=0,
-      batch_size=2,
+      seq_len=160,
+      num_patches=256,
+      batch_size=4,
       loss_weighting="uniform",
       model={
         "dit": {"dim": 128, "num_heads": 4, "ffn_dim": 256},
         "mllm": {"text": {"vocab_size": 512}},
+        "mllm_video_min_pixels": 112 * 112,
       },
     ),
   )

@@ -143,6 +143,7 @@ def instruction_vocabulary() -> tuple[str, ...]:
   return (
     " ".join(f" {w}" for w in words),
     " ".join(f" {side}" for side in BESIDE),
+    "A red circle and a blue square on a teal background. "
     "Change the color of the to. Remove the. Add a moving across the "
     "scene. Make the background. Replace the background with a pattern. "
     "Replace the with the object in the reference image. Replace the "
@@ -356,11 +357,14 @@ def write_dataset(
   num_images: int = 0,
   seed: int = 0,
   cfg: MiniConfig = MiniConfig(),
+  make=None,
 ) -> dict[str, epath.Path]:
   """Generates and writes RefVIE-mini in the RefVIE CSV + media layout.
 
   Image samples (1 frame, written as PNG) use the instruction-only edit
-  types, like the reference's image stage.
+  types, like the reference's image stage. ``make`` replaces
+  :func:`make_sample` (same signature; it is given no edit type), e.g.
+  ``refvie_mini_captions.make_caption_sample``.
 
   Returns:
     The CSV paths by name: "video", "ref" and (if num_images) "image".
@@ -377,7 +381,10 @@ def write_dataset(
     for i in range(num_images)
   ]
   for table, index, sample_cfg, edit, prefix in jobs:
-    sample = make_sample(seed, index, sample_cfg, edit, prefix)
+    if make is None:
+      sample = make_sample(seed, index, sample_cfg, edit, prefix)
+    else:
+      sample = make(seed, index, sample_cfg, None, prefix)
     is_image = table == "image"
     ext = "png" if is_image else "mp4"
     paths = {

@@ -53,6 +53,7 @@ def mini_config(demo: DemoConfig) -> refvie_mini.MiniConfig:
     width=demo.width,
     num_frames=demo.num_frames,
     scene=demo.scene,
+    max_objects=demo.max_objects,
   )
 
 
@@ -75,13 +76,36 @@ def prepare_data(config: Any, workdir: epath.Path) -> tuple[dict, str]:
     )
     refvie_mini.build_records(data_dir, records_dir, csvs, cfg=mini)
   tok_dir = workdir / "tokenizer"
+  build_tokenizer(demo, tok_dir)
+  return {n: records_dir / n for n in names}, str(tok_dir)
+
+
+def build_tokenizer(demo: DemoConfig, tok_dir: epath.Path) -> None:
+  """The demo's tiny Qwen tokenizer in ``tok_dir`` (kept when there)."""
   if not (tok_dir / "tokenizer.json").exists():
     tiny_tokenizer.build_tiny_qwen_tokenizer(
       tok_dir,
       demo.tokenizer_vocab,
       refvie_mini.instruction_vocabulary() * 8 if demo.tokenizer_words else (),
     )
-  return {n: records_dir / n for n in names}, str(tok_dir)
+
+
+def base_weights(demo: DemoConfig) -> str:
+  """Stage 1's ``model_init``: the pretrained tiny base file, or "" when
+  the demo starts from scratch.
+
+  Raises:
+    FileNotFoundError: ``demo.base`` names a file that is not there.
+  """
+  if not demo.base:
+    return ""
+  path = epath.Path(demo.base)
+  if not path.exists():
+    raise FileNotFoundError(
+      f"demo.base {path} does not exist; make it with "
+      "`python -m kiwi_jax.tasks.demo_base`."
+    )
+  return str(path)
 
 
 def stage_config(
@@ -158,7 +182,9 @@ def run(config: Any, workdir: str | epath.PathLike) -> str:
     stage_config(config, 1, records, tok_dir, 0, "")
   )
   ref_tokens = reference_token_count(config, base_task.processor)
-  model_init = ""
+  model_init = base_weights(DemoConfig.from_config(config.demo))
+  if model_init:
+    progress.note(f"Stage 1 starts from the pretrained tiny base {model_init}.")
   for stage in (1, 2, 3):
     stage_cfg = stage_config(
       config, stage, records, tok_dir, ref_tokens, model_init

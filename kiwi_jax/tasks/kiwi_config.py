@@ -83,6 +83,9 @@ class KiwiConfig:
       fewer MLLM tokens are padded and masked out of the cross-attention.
     sample_steps: Euler steps of the sample edits (``sample_every``).
     sample_count: sample edits per data source.
+    train_also: regexes of parameters trained on top of the stage's sets
+      (``curriculum.trainable_sets``), e.g. ``"^mllm/language_model/"`` to
+      pretrain the whole tiny Qwen text side (``tasks.demo_base``).
     data: the data block.
   """
 
@@ -102,6 +105,7 @@ class KiwiConfig:
   ref_tokens: int = 768
   sample_steps: int = 10
   sample_count: int = 1
+  train_also: tuple[str, ...] = ()
   data: KiwiDataConfig = KiwiDataConfig()
 
   @classmethod
@@ -131,10 +135,19 @@ class DemoConfig:
     denoising_strength: below 1 the edits start from the noised source.
     scene: RefVIE-mini's scene style, "textured" or "simple"
       (``refvie_mini.MiniConfig.scene``).
+    max_objects: objects per scene besides an added one
+      (``refvie_mini.MiniConfig.max_objects``).
     tokenizer_words: train the tiny tokenizer on RefVIE-mini's instruction
       vocabulary too, so each colour, shape and side is one token (needs
       the MLLM's ``vocab_size`` to hold ``tokenizer_vocab``).
     tokenizer_vocab: the tiny tokenizer's vocabulary size.
+    base: a ``.safetensors`` weights file stage 1 starts from (its
+      ``model_init``): the pretrained tiny base of ``tasks.demo_base``;
+      empty: stage 1 starts from scratch.
+    base_steps, base_learning_rate, base_batch_size: the base run's
+      training (``python -m kiwi_jax.tasks.demo_base``).
+    base_videos, base_images: its caption clips and images.
+    base_seed: its generator, data and initialisation seed.
   """
 
   num_videos: int
@@ -152,8 +165,16 @@ class DemoConfig:
   sample_steps: int = 1
   denoising_strength: float = 1.0
   scene: str = "textured"
+  max_objects: int = 2
   tokenizer_words: bool = False
   tokenizer_vocab: int = 320
+  base: str = ""
+  base_steps: int = 0
+  base_learning_rate: float = 1e-3
+  base_batch_size: int = 4
+  base_videos: int = 0
+  base_images: int = 0
+  base_seed: int = 2
 
   @classmethod
   def from_config(cls, demo: Any) -> DemoConfig:

@@ -138,6 +138,7 @@ class KiwiTask:
       kiwi.variant_family,
       dit_lora=bool(self.model_cfg.dit.lora_rank),
     )
+    self.trainable += tuple(kiwi.train_also)
     self.ref_tokens = kiwi.ref_tokens
     self.grid = flow_matching.TrainingGrid.from_schedule(
       "diffsynth", kiwi.loss_weighting, timestep_dtype=self.model_cfg.dit.dtype

@@ -80,3 +80,18 @@ def test_unknown_stages_and_variants_fail():
   with pytest.raises(ValueError, match="variant"):
     stages.trainable_sets(1, "7b")
   assert stages.stage_modes(3) == ("image", "video", "reference")
+
+
+def test_train_also_adds_to_the_stage_sets(tmp_path):
+  from kiwi_jax.tasks import kiwi_task  # pylint: disable=g-import-not-at-top
+  from kiwi_jax.testing import tokenizer as tiny_tokenizer  # pylint: disable=g-import-not-at-top
+  from tests.tasks.conftest import kiwi_config  # pylint: disable=g-import-not-at-top
+
+  tiny_tokenizer.build_tiny_qwen_tokenizer(tmp_path, 512)
+  config = kiwi_config(2, tmp_path, 0)
+  plain = kiwi_task.KiwiTask(config).trainable
+  config.unlock()
+  config.kiwi.train_also = (r"^mllm/language_model/",)
+  config.lock()
+  task = kiwi_task.KiwiTask(config)
+  assert task.trainable == plain + (r"^mllm/language_model/",)
