@@ -17,21 +17,27 @@ stand-in for the Wan VAE (``KiwiEditConfig.codec = "pixel_unshuffle"``,
 Where the demo departs from the released recipe, and why (measured in
 ``docs/demo_results.md``):
 
-* The DiT starts from scratch, not from a pretrained Wan, so it is wider
-  (dim 128) than the test-sized one and trains with uniform flow-matching
-  weights (``kiwi.loss_weighting``): the reference's Gaussian bump gives
-  the noisiest fifth of the draws 3% of the weight, and a from-scratch DiT
-  then never learns to cancel the noise where sampling starts.
+* Stage 1 starts from a **pretrained tiny base** (``demo.base``,
+  ``assets/demo_base.safetensors``), as Kiwi-Edit starts from a pretrained
+  Wan and Qwen2.5-VL. The project makes it with one command,
+  ``python -m kiwi_jax.tasks.demo_base``, bit for bit on one CPU
+  (``demo.base_*``): the same model, trained at stage 2 on caption clips
+  (a grey layout and a caption in, the coloured scene out) with the whole
+  tiny Qwen text side trainable. Without it the DiT learns to copy the
+  source and the conditions ignore the words.
+* The DiT is wider (dim 128) than the test-sized one and trains with
+  uniform flow-matching weights (``kiwi.loss_weighting``).
 * Learning rates are 1e-3..2e-3 with a cosine decay per stage
-  (``demo.lr_decay``), instead of 1e-5 constant: a few hundred steps, not
+  (``demo.lr_decay``), instead of 1e-5 constant: a few thousand steps, not
   tens of thousands.
-* Edits use one Euler step (``demo.sample_steps``) from the source
-  latents noised to sigma 0.92 (``demo.denoising_strength`` 0.7, the
-  reference pipeline's ``input_video`` + ``denoising_strength``; the
-  released demo edits from pure noise, strength 1): one step gives the
-  model's estimate of the conditional mean, which is what PSNR rewards,
-  and starting below sigma 1 skips the noisiest, least-trained levels.
-  More steps give sharper samples that score lower at this budget.
+* The MLLM sees the 32 x 32 clips at 112 x 112
+  (``mllm_video_min_pixels``), not upsampled to Qwen's 336 x 336 floor:
+  48 video tokens instead of 432, so the instruction is a real part of a
+  tiny Qwen's input and a step is 3-5x faster.
+* One object per scene (``demo.max_objects``).
+* Edits take 10 Euler steps from the source noised at strength 0.9
+  (``demo.sample_steps``, ``demo.denoising_strength``; the released demo
+  edits from pure noise, strength 1).
 """
 
 import pathlib

@@ -127,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     "and coarser",
   )
   parser.add_argument(
+    "--denoising-strength",
+    "--denoising_strength",
+    type=float,
+    default=1.0,
+    help="in (0, 1]: 1 edits from pure noise (the reference's default); "
+    "below 1 the loop starts from the source latents noised to that "
+    "level (the reference's input_video + denoising_strength; the CPU "
+    "demo edits at 0.9)",
+  )
+  parser.add_argument(
     "--seed",
     type=int,
     default=None,
@@ -324,6 +334,11 @@ def check_args(args: argparse.Namespace) -> None:
     raise inputs_lib.EditInputError(
       "--ref-guidance-scale needs a reference image: add --ref."
     )
+  if not 0.0 < args.denoising_strength <= 1.0:
+    raise inputs_lib.EditInputError(
+      f"--denoising-strength must be in (0, 1], got "
+      f"{args.denoising_strength:g}."
+    )
   if not 1 <= args.max_frames <= inputs_lib.MAX_FRAMES:
     raise inputs_lib.EditInputError(
       f"--max-frames must be in 1..{inputs_lib.MAX_FRAMES}, got "
@@ -496,6 +511,7 @@ def _run(
   )
   options = dict(
     steps=args.steps,
+    denoising_strength=args.denoising_strength,
     scheduler=args.scheduler,
     use_source=not args.source_free,
     guidance_scale=args.guidance_scale,

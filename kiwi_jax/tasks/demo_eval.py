@@ -12,7 +12,8 @@ the clip's instruction (and reference). Two measures per edit type:
 
 ``evaluate`` writes ``results.json`` (both measures per type, and per
 clip), ``results.md`` (both tables), ``edits/<key>_<type>.mp4``
-(``source | edit | target``) and ``edits/grid.png`` (the middle frame of
+(``source | edit | target``), the held-out inputs
+(``edits/<key>_source.mp4``, ``edits/<key>_ref.png``, for ``kiwi-edit``) and ``edits/grid.png`` (the middle frame of
 the first clips of each type, ``source | edit | target`` per row, scaled
 up 4x for the eye).
 """
@@ -111,6 +112,12 @@ def evaluate(config: Any, pipe, workdir: epath.Path, samples) -> str:
         "key": sample.key,
         "edit_type": sample.edit_type,
         "prompt": sample.prompt,
+        "source_video": f"edits/{sample.key}_source.mp4",
+        **(
+          {"ref_image": f"edits/{sample.key}_ref.png"}
+          if sample.ref_image is not None
+          else {}
+        ),
         "psnr": pair[0],
         "identity_psnr": pair[1],
         **score.to_json(),
@@ -118,6 +125,16 @@ def evaluate(config: Any, pipe, workdir: epath.Path, samples) -> str:
     )
     if len(grid_rows[sample.edit_type]) < GRID_ROWS_PER_TYPE:
       grid_rows[sample.edit_type].append(_grid_row(source, edited, target))
+    # The held-out inputs as files, for ``kiwi-edit`` (README).
+    atomic.write_bytes(
+      edits_dir / f"{sample.key}_source.mp4",
+      video_io.encode_video(source, fps=4, lossless=True),
+    )
+    if sample.ref_image is not None:
+      atomic.write_bytes(
+        edits_dir / f"{sample.key}_ref.png",
+        video_io.encode_png(sample.ref_image),
+      )
     atomic.write_bytes(
       edits_dir / f"{sample.key}_{sample.edit_type}.mp4",
       video_io.encode_video(

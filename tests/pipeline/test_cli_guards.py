@@ -158,6 +158,9 @@ def test_output_over_reference_or_checkpoint_is_refused(
     ("--negative-prompt", "bad \udcff", "UTF-8"),
     ("--stepz", "3", "did you mean --steps"),
     ("--steps", "many", "invalid int"),
+    ("--denoising-strength", "0", "(0, 1]"),
+    ("--denoising-strength", "1.5", "(0, 1]"),
+    ("--denoising-strength", "nan", "(0, 1]"),
   ],
 )
 def test_bad_flag_values_get_one_line_before_loading(
