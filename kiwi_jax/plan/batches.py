@@ -108,9 +108,15 @@ def _image_grid(height: int, width: int, max_pixels: int | None):
   return (1, h // vp.PATCH_SIZE, w // vp.PATCH_SIZE)
 
 
-def _video_grid(frames: int, height: int, width: int, max_pixels: int | None):
+def _video_grid(
+  frames: int,
+  height: int,
+  width: int,
+  max_pixels: int | None,
+  min_pixels: int | None = None,
+):
   kept = len(vp.sample_frame_indices(frames))
-  h, w = vp.video_frame_size(height, width, kept, max_pixels)
+  h, w = vp.video_frame_size(height, width, kept, max_pixels, min_pixels)
   return (
     -(-kept // vp.TEMPORAL_PATCH_SIZE),
     h // vp.PATCH_SIZE,
@@ -137,7 +143,15 @@ def mllm_example(
   if clip.mode == "image":
     images.append(_image_grid(clip.height, clip.width, None))
   else:
-    videos.append(_video_grid(clip.frames, clip.height, clip.width, per_frame))
+    videos.append(
+      _video_grid(
+        clip.frames,
+        clip.height,
+        clip.width,
+        per_frame,
+        model_cfg.mllm_video_min_pixels,
+      )
+    )
   if clip.mode == "reference":
     images.append(
       _image_grid(clip.height, clip.width, 28 * 28 * model_cfg.max_ref_tokens)

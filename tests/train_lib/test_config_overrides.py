@@ -53,7 +53,7 @@ def test_overrides_of_every_type_lists_included():
     ("--config.optimizer.lr=1", "did you mean optimizer.learning_rate?"),
     ("--config.optimizer.lrate=1", "did you mean optimizer.learning_rate?"),
     ("--config.kiwi.dta.batch_size=1", "did you mean kiwi.data.batch_size?"),
-    ("--config.demo.zzz=1", "demo has: data_seed, decay_to,"),
+    ("--config.demo.zzz=1", "demo has: base, base_batch_size,"),
     ("--config.seed.x=1", "seed is a setting (seed=0), not a group"),
     ("--config.seed=1.5", "seed expects an integer; got '1.5'"),
     ("--config.tensorboard=maybe", "expects true or false"),
