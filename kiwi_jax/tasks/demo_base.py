@@ -28,7 +28,6 @@ and the SHA-256 of the full file and of a reduced run
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import sys
@@ -49,7 +48,6 @@ def base_stage_config(config: Any, records: dict, tok_dir: str, steps: int):
 
   settings = DemoConfig.from_config(config.demo)
   out = demo.stage_config(config, 2, records, tok_dir, 0, "")
-  out = copy.deepcopy(out)
   out.unlock()
   out.total_steps = steps
   out.seed = settings.base_seed
@@ -96,18 +94,16 @@ def export(stage_dir: epath.Path, out: epath.Path) -> str:
 
   from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
   from kiwi_jax.train_lib import weights_file
+  from kiwi_jax.train_lib.train_state import path_name
 
   model = kiwi_checkpoint.load(stage_dir)
   state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  flat = {}
-  for path, value in jax.tree_util.tree_flatten_with_path(state)[0]:
-    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-    flat[name] = np.asarray(value)
-  data = weights_file.to_bytes(flat)
-  from kiwi_jax.utils import atomic  # pylint: disable=g-import-not-at-top
-
-  atomic.write_bytes(out, data)
-  return hashlib.sha256(data).hexdigest()
+  flat = {
+    path_name(p): np.asarray(v)
+    for p, v in jax.tree_util.tree_flatten_with_path(state)[0]
+  }
+  weights_file.save(out, flat)
+  return hashlib.sha256(out.read_bytes()).hexdigest()
 
 
 def build(config: Any, out: epath.Path, steps: int, workdir: epath.Path) -> str:

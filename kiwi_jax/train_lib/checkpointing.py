@@ -329,21 +329,13 @@ def read_weights(
     for name, meta in _flat(saved.get(part, {})).items():
       saved_flat[f"{part}/{name}"] = (name, meta)
   by_name = {name: (key, meta) for key, (name, meta) in saved_flat.items()}
-  missing = sorted(set(want) - set(by_name))
-  fresh_values = fresh(missing) if (fresh is not None and missing) else {}
-  missing = [n for n in missing if n not in fresh_values]
-  unexpected = sorted(set(by_name) - set(want))
-  misshaped = sorted(
-    f"{n}: checkpoint {tuple(by_name[n][1].shape)} vs model "
-    f"{tuple(want[n].shape)}"
-    for n in set(want) & set(by_name)
-    if tuple(by_name[n][1].shape) != tuple(want[n].shape)
+  fresh_values = weights_file.check_fits(
+    {name: tuple(meta.shape) for name, (_, meta) in by_name.items()},
+    want,
+    fresh=fresh,
+    what=f"{what} {item_dir}",
+    label="checkpoint",
   )
-  if missing or unexpected or misshaped:
-    raise ValueError(
-      f"{what} {item_dir} does not fit the model: missing "
-      f"{missing}, unexpected {unexpected}, mis-shaped {misshaped}."
-    )
   # Restore target: the saved layout, with the wanted dtypes and shardings.
   default_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target: dict[str, dict[str, Any]] = {"params": {}, "frozen": {}}

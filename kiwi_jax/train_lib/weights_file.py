@@ -56,6 +56,38 @@ def load(path: str | epath.PathLike) -> dict[str, np.ndarray]:
     raise ValueError(f"{path} is not a safetensors weights file: {e}") from e
 
 
+def check_fits(
+  saved: dict[str, tuple[int, ...]],
+  want: dict[str, Any],
+  *,
+  fresh: Callable[[list[str]], dict[str, Any]] | None,
+  what: str,
+  label: str,
+) -> dict[str, Any]:
+  """Checks saved names and shapes against ``want``; returns the fresh
+  values ``fresh`` gives for missing names.
+
+  Raises:
+    ValueError: naming every missing, unexpected and mis-shaped name
+      (``"<name>: <label> (shape) vs model (shape)"``) in one message.
+  """
+  missing = sorted(set(want) - set(saved))
+  fresh_values = fresh(missing) if (fresh is not None and missing) else {}
+  missing = [n for n in missing if n not in fresh_values]
+  unexpected = sorted(set(saved) - set(want))
+  misshaped = sorted(
+    f"{n}: {label} {tuple(saved[n])} vs model {tuple(want[n].shape)}"
+    for n in set(want) & set(saved)
+    if tuple(saved[n]) != tuple(want[n].shape)
+  )
+  if missing or unexpected or misshaped:
+    raise ValueError(
+      f"{what} does not fit the model: missing {missing}, "
+      f"unexpected {unexpected}, mis-shaped {misshaped}."
+    )
+  return fresh_values
+
+
 def read(
   path: str | epath.PathLike,
   want: dict[str, Any],
@@ -76,20 +108,13 @@ def read(
     what: what the file is called in the error message.
   """
   saved = load(path)
-  missing = sorted(set(want) - set(saved))
-  fresh_values = fresh(missing) if (fresh is not None and missing) else {}
-  missing = [n for n in missing if n not in fresh_values]
-  unexpected = sorted(set(saved) - set(want))
-  misshaped = sorted(
-    f"{n}: file {tuple(saved[n].shape)} vs model {tuple(want[n].shape)}"
-    for n in set(want) & set(saved)
-    if tuple(saved[n].shape) != tuple(want[n].shape)
+  fresh_values = check_fits(
+    {n: v.shape for n, v in saved.items()},
+    want,
+    fresh=fresh,
+    what=f"{what} {path}",
+    label="file",
   )
-  if missing or unexpected or misshaped:
-    raise ValueError(
-      f"{what} {path} does not fit the model: missing {missing}, "
-      f"unexpected {unexpected}, mis-shaped {misshaped}."
-    )
   default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   out = {}
   for name, value in saved.items():
