@@ -98,7 +98,10 @@ def set_real_size_run(config: ml_collections.ConfigDict) -> None:
   reference keeps every weight in bf16 and only DeepSpeed's fp32 masters of
   the trained ones); ``sharding.FSDP_OVER_SEQUENCE_RULES`` (the default
   rules while ``sequence`` is 1; above 1 the weights shard over
-  ``fsdp`` x ``sequence``)."""
+  ``fsdp`` x ``sequence``); ``fit_mesh_to_batch``, so the released one
+  clip per step shards its tokens over the devices the batch cannot use
+  (on v5p-8, ``fsdp=4`` becomes ``sequence=4``)."""
+  config.fit_mesh_to_batch = True
   config.precision.master_dtype = "float32"
   config.precision.compute_dtype = "bfloat16"
   config.precision.frozen_dtype = "bfloat16"

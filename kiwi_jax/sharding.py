@@ -109,6 +109,44 @@ LogicalAxes = Sequence[str | None]
 # Meshes.
 
 
+def resolve_mesh_axes(
+  axes: Mapping[str, int] | Sequence[tuple[str, int]] | None,
+  device_count: int,
+) -> dict[str, int]:
+  """Every axis of ``MESH_AXES`` with its size for ``device_count`` devices:
+  axes left out are 1 and the one ``-1`` axis takes the rest (``None``: all
+  on ``data``).
+
+  Raises:
+    ValueError: an unknown axis, two ``-1`` axes, or sizes that do not
+      multiply to ``device_count``.
+  """
+  sizes = dict(axes or {"data": -1})
+  unknown = set(sizes) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(
+      f"Unknown mesh axes {sorted(unknown)}; valid axes are {MESH_AXES}."
+    )
+  shape = [int(sizes.get(name, 1)) for name in MESH_AXES]
+  fills = [i for i, s in enumerate(shape) if s == -1]
+  if len(fills) > 1:
+    raise ValueError(f"At most one mesh axis may be -1, got {sizes}.")
+  known = math.prod(s for s in shape if s != -1)
+  if fills:
+    if device_count % known:
+      raise ValueError(
+        f"Mesh {sizes}: {device_count} devices are not divisible by the "
+        f"fixed axes' product {known}."
+      )
+    shape[fills[0]] = device_count // known
+  if math.prod(shape) != device_count:
+    raise ValueError(
+      f"Mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices "
+      f"but {device_count} are available."
+    )
+  return dict(zip(MESH_AXES, shape))
+
+
 def make_mesh(
   axes: Mapping[str, int] | Sequence[tuple[str, int]] | None = None,
   devices: Sequence[jax.Device] | None = None,
@@ -125,29 +163,7 @@ def make_mesh(
     A ``jax.sharding.Mesh`` with axis names ``MESH_AXES`` in that order.
   """
   devices = list(jax.devices() if devices is None else devices)
-  sizes = dict(axes or {"data": -1})
-  unknown = set(sizes) - set(MESH_AXES)
-  if unknown:
-    raise ValueError(
-      f"Unknown mesh axes {sorted(unknown)}; valid axes are {MESH_AXES}."
-    )
-  shape = [int(sizes.get(name, 1)) for name in MESH_AXES]
-  fills = [i for i, s in enumerate(shape) if s == -1]
-  if len(fills) > 1:
-    raise ValueError(f"At most one mesh axis may be -1, got {sizes}.")
-  known = math.prod(s for s in shape if s != -1)
-  if fills:
-    if len(devices) % known:
-      raise ValueError(
-        f"Mesh {sizes}: {len(devices)} devices are not divisible by the "
-        f"fixed axes' product {known}."
-      )
-    shape[fills[0]] = len(devices) // known
-  if math.prod(shape) != len(devices):
-    raise ValueError(
-      f"Mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices "
-      f"but {len(devices)} are available."
-    )
+  shape = list(resolve_mesh_axes(axes, len(devices)).values())
   device_grid = np.asarray(devices, dtype=object).reshape(shape)
   return Mesh(
     device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES)
@@ -410,24 +426,38 @@ class IndivisibleBatchError(ValueError):
   """A global batch that the mesh's batch axes do not divide."""
 
 
+def fit_batch_axes(
+  sizes: Mapping[str, int],
+  global_batch_size: int,
+  batch_axes: Sequence[str] = ("data", "fsdp"),
+) -> dict[str, int]:
+  """Mesh axis sizes whose batch axes divide ``global_batch_size``.
+
+  Each batch axis keeps the share of its devices that the batch still
+  divides (``gcd``); the devices it gives up move to ``sequence`` (context
+  parallelism), so the mesh keeps its device count. With
+  ``FSDP_OVER_SEQUENCE_RULES`` the weights stay sharded over all of them.
+  ``sizes`` must be resolved (no ``-1``).
+  """
+  new = {name: int(sizes.get(name, 1)) for name in MESH_AXES}
+  left, spare = max(int(global_batch_size), 1), 1
+  for axis in batch_axes:
+    keep = math.gcd(new[axis], left)
+    left //= keep
+    spare *= new[axis] // keep
+    new[axis] = keep
+  new["sequence"] *= spare
+  return new
+
+
 def suggest_batch_mesh(
   global_batch_size: int,
   mesh: Mesh,
   batch_axes: Sequence[str] = ("data", "fsdp"),
 ) -> str:
-  """Which mesh fits a batch: the batch axes' share that the batch divides
-  stays, the rest of those devices move to ``sequence`` (context
-  parallelism), with the weights still sharded over all of them by
-  ``FSDP_OVER_SEQUENCE_RULES``."""
+  """Which mesh fits a batch (``fit_batch_axes``), as config flags."""
   sizes = _mesh_axis_sizes(mesh)
-  new = dict(sizes)
-  left, spare = max(global_batch_size, 1), 1
-  for axis in batch_axes:
-    keep = math.gcd(sizes[axis], left)
-    left //= keep
-    spare *= sizes[axis] // keep
-    new[axis] = keep
-  new["sequence"] = sizes.get("sequence", 1) * spare
+  new = fit_batch_axes(sizes, global_batch_size, batch_axes)
   flags = " ".join(f"--config.mesh.{k}={v}" for k, v in new.items())
   return (
     f"use a global batch that is a multiple of "

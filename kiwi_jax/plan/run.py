@@ -59,6 +59,18 @@ def mesh_sizes(config: Any, override: dict[str, int] | None) -> dict:
   return dict(mesh_cfg or {"data": -1})
 
 
+def fitted_mesh_sizes(
+  config: Any, override: dict[str, int] | None, device_count: int
+) -> dict[str, int]:
+  """``mesh_sizes`` resolved for ``device_count`` chips and, when the config
+  sets ``fit_mesh_to_batch`` and ``--mesh`` is not given, fitted to the
+  global batch ``kiwi.data.batch_size`` as the trainer fits it."""
+  sizes = sharding.resolve_mesh_axes(mesh_sizes(config, override), device_count)
+  if override is None and config.get("fit_mesh_to_batch", False):
+    sizes = sharding.fit_batch_axes(sizes, int(config.kiwi.data.batch_size))
+  return sizes
+
+
 def slice_mesh(devices: Sequence[Any], sizes: dict[str, int]) -> Mesh:
   """``sharding.make_mesh``'s axes, devices placed by the slice's physical
   topology (``mesh_utils.create_device_mesh``) where it can."""
@@ -137,7 +149,7 @@ def plan(
 ) -> dict[str, Any]:
   """Compiles the selected programs for ``tpu_slice``; returns the plan."""
   devices = topology.devices(tpu_slice)
-  sizes = mesh_sizes(config, mesh_override)
+  sizes = fitted_mesh_sizes(config, mesh_override, len(devices))
   mesh = slice_mesh(devices, sizes)
   mesh_dict = dict(zip(mesh.axis_names, (int(s) for s in mesh.axis_sizes)))
   builders = programs.all_programs(config, mesh, aspect=aspect)
@@ -216,4 +228,11 @@ def plan(
   }
 
 
-__all__ = ["mesh_sizes", "parse_mesh", "plan", "select", "slice_mesh"]
+__all__ = [
+  "fitted_mesh_sizes",
+  "mesh_sizes",
+  "parse_mesh",
+  "plan",
+  "select",
+  "slice_mesh",
+]

@@ -363,6 +363,11 @@ class KiwiTask:
       fixed_size=data.fixed_size or None,
     )
 
+  @property
+  def global_batch_size(self) -> int:
+    """Examples per step over all processes (``kiwi.data.batch_size``)."""
+    return int(self.kiwi.data.batch_size)
+
   def source_specs(self) -> list[data_pipeline.SourceSpec]:
     return [
       data_pipeline.SourceSpec(

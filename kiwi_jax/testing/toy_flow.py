@@ -108,6 +108,10 @@ class ToyFlowTask:
     self.frozen = tuple(frozen)
     self.dim = dim
 
+  @property
+  def global_batch_size(self) -> int:
+    return self.batch_size
+
   def build_model(self, rngs: nnx.Rngs) -> ToyVelocityNet:
     return ToyVelocityNet(dim=self.dim, rngs=rngs)
 

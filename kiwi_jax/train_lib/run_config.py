@@ -78,6 +78,10 @@ class TrainerConfig:
     log_first_steps: also log each of the first this many steps.
     mesh: sizes per mesh axis (``-1`` fills with the remaining devices).
     sharding_rules: the logical-axis rules, ``(name, mesh axes)`` pairs.
+    fit_mesh_to_batch: give the devices of the batch axes (``data``,
+      ``fsdp``) that the task's ``global_batch_size`` does not divide to
+      ``sequence`` (``sharding.fit_batch_axes``), so one clip per step
+      trains with context parallelism instead of failing to shard.
     optimizer, precision, checkpoint, profile, wandb: groups.
     resume: another run's step directory to resume from ("" none).
     model_init: weights to start from ("" none; see ``checkpointing``).
@@ -98,6 +102,7 @@ class TrainerConfig:
   sharding_rules: collections.abc.Sequence[tuple[str, Any]] = dataclasses.field(
     default_factory=default_sharding_rules
   )
+  fit_mesh_to_batch: bool = False
   optimizer: OptimizerConfig = OptimizerConfig()
   precision: Precision = Precision()
   checkpoint: CheckpointConfig = CheckpointConfig()

@@ -215,6 +215,30 @@ def _run_hooks(
     writer.write_scalars(step, task.evaluate(model, step))
 
 
+def _mesh_axes(run: run_config.TrainerConfig, task: Task) -> dict[str, int]:
+  """The run's mesh axes, fitted to the task's global batch when
+  ``fit_mesh_to_batch`` asks for it."""
+  sizes = sharding.resolve_mesh_axes(run.mesh, jax.device_count())
+  if not run.fit_mesh_to_batch:
+    return sizes
+  batch = getattr(task, "global_batch_size", None)
+  if batch is None:
+    raise run_config.ConfigError(
+      f"fit_mesh_to_batch: the task {type(task).__name__} has no "
+      "global_batch_size to fit the mesh to."
+    )
+  fitted = sharding.fit_batch_axes(sizes, int(batch))
+  if fitted != sizes:
+    logger.info(
+      "Mesh %s fitted to global batch %d: %s (the spare batch devices "
+      "shard the sequence).",
+      sizes,
+      batch,
+      fitted,
+    )
+  return fitted
+
+
 def train_and_evaluate(
   config: Any, workdir: str | epath.PathLike, task: Task
 ) -> TrainState:
@@ -238,7 +262,7 @@ def train_and_evaluate(
     create=jax.process_index() == 0,
   )
   total_steps = run.total_steps
-  mesh = sharding.make_mesh(run.mesh)
+  mesh = sharding.make_mesh(_mesh_axes(run, task))
   rules = list(run.sharding_rules)
   logger.info("Mesh: %s", dict(zip(mesh.axis_names, mesh.axis_sizes)))
 
