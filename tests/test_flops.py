@@ -271,3 +271,58 @@ def test_5b_dit_forward_at_704x1280x81():
   assert count.train == 3 * count.forward - sum(
     count.by_prefix(p).forward for p in no_input_grad
   )
+
+
+def _doubling_kernel(x_ref, o_ref):
+  # A loop over Refs inside the kernel: not an XLA loop, and its body
+  # cannot be compiled on its own.
+  def add(_, acc):
+    return acc + x_ref[...]
+
+  o_ref[...] = jax.lax.fori_loop(0, 2, add, jnp.zeros(x_ref.shape, x_ref.dtype))
+
+
+def _kernel_layers(h, w, *, scanned):
+  from jax.experimental import pallas as pl  # pylint: disable=g-import-not-at-top
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+  def layer(h, wl):
+    h = jax.lax.with_sharding_constraint(jnp.tanh(h @ wl), P("data"))
+    out = jax.ShapeDtypeStruct(h.shape, h.dtype)
+    return pl.pallas_call(_doubling_kernel, out_shape=out, interpret=True)(h)
+
+  if scanned:
+    return jax.lax.scan(lambda c, wl: (layer(c, wl), None), h, w)[0]
+  for i in range(w.shape[0]):
+    h = layer(h, w[i])
+  return h
+
+
+def test_scan_corrected_count_skips_kernels_and_compiles_bodies_on_the_mesh():
+  from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+  from kiwi_jax import sharding  # pylint: disable=g-import-not-at-top
+
+  mesh = sharding.make_mesh({"data": 8})
+  with sharding.use_mesh(mesh):
+    h = jax.ShapeDtypeStruct(
+      (64, 32), jnp.float32, sharding=NamedSharding(mesh, P("data"))
+    )
+    w = jax.ShapeDtypeStruct(
+      (3, 32, 32), jnp.float32, sharding=NamedSharding(mesh, P())
+    )
+    scanned = functools.partial(_kernel_layers, scanned=True)
+    compiled = jax.jit(scanned).lower(h, w).compile()
+    corrected = flops.scan_corrected_xla_flops(
+      scanned, h, w, compiled=compiled, partitions=8
+    )
+    unrolled = flops.xla_flops(
+      jax.jit(functools.partial(_kernel_layers, scanned=False))
+      .lower(h, w)
+      .compile()
+    )
+  # Per device: the body compiled on the program's mesh is partitioned by
+  # its constraint as the program is (not counted whole on every device).
+  assert flops.xla_flops(compiled) < 0.6 * corrected
+  assert corrected == pytest.approx(unrolled, rel=0.1)

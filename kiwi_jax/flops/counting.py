@@ -132,38 +132,74 @@ def scan_corrected_xla_flops(
     *args: its arguments (arrays or ``jax.ShapeDtypeStruct``).
     compiled: the compiled program, if already built (else compiled here).
     partitions: devices the compiled program is partitioned over. XLA
-      reports a partitioned program's count per device; the bodies are
-      compiled unpartitioned, so their count is divided by ``partitions``
+      reports a partitioned program's count per device. Bodies compile
+      replicated over the program's own mesh when it has one, where GSPMD
+      partitions them by their sharding constraints as it partitions the
+      program, so their count is per device already; a body compiled on
+      one device (a program without a mesh) is divided by ``partitions``
       (an even split).
   """
   if compiled is None:
     compiled = jax.jit(fn).lower(*args).compile()
   closed = jax.make_jaxpr(fn)(*args)
-  return xla_flops(compiled) + _missing_iterations(closed, 1) / partitions
+  placement = _body_placement(compiled)
+  on_mesh = isinstance(placement, jax.sharding.NamedSharding)
+  missing = _missing_iterations(closed, 1, placement)
+  return xla_flops(compiled) + missing / (1 if on_mesh else partitions)
 
 
-def _body_xla_flops(body) -> float:
-  """XLA's count of a closed scan body compiled alone."""
+# Primitives whose inner jaxpr is a kernel, not XLA ops: XLA sees one custom
+# call, and the kernel's own loops (over Refs) are not XLA loops.
+_KERNEL_PRIMITIVES = frozenset({"pallas_call", "triton_kernel_call"})
+
+
+def _body_placement(compiled) -> Any:
+  """Where scan bodies compile: replicated over the compiled program's mesh
+  (a TPU kernel in a body does not compile for the host, and a
+  ``shard_map`` in it needs its mesh), or on its one device; ``None`` when
+  unknown (the default device)."""
+  try:
+    shardings = jax.tree.leaves(compiled.input_shardings)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  for sharding in shardings:
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is not None and not getattr(mesh, "empty", False):
+      return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  for sharding in shardings:
+    devices = getattr(sharding, "device_set", None)
+    if devices:
+      return jax.sharding.SingleDeviceSharding(min(devices, key=lambda d: d.id))
+  return None
+
+
+def _body_xla_flops(body, placement=None) -> float:
+  """XLA's count of a closed scan body compiled alone (at ``placement``)."""
+  extra = {} if placement is None else {"sharding": placement}
   avals = [
-    jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in body.jaxpr.invars
+    jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, **extra)
+    for v in body.jaxpr.invars
   ]
   return xla_flops(jax.jit(jex_core.jaxpr_as_fun(body)).lower(*avals).compile())
 
 
-def _missing_iterations(jaxpr, times: int) -> float:
+def _missing_iterations(jaxpr, times: int, device=None) -> float:
   """FLOPs of the scan iterations XLA does not count, ``times`` being the
   iterations of the enclosing scans."""
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
   total = 0.0
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "scan":
+    name = eqn.primitive.name
+    if name in _KERNEL_PRIMITIVES:
+      continue
+    if name == "scan":
       body, length = eqn.params["jaxpr"], int(eqn.params["length"])
-      total += times * (length - 1) * _body_xla_flops(body)
-      total += _missing_iterations(body, times * length)
+      total += times * (length - 1) * _body_xla_flops(body, device)
+      total += _missing_iterations(body, times * length, device)
       continue
     for value in eqn.params.values():
       for inner in _inner_jaxprs(value):
-        total += _missing_iterations(inner, times)
+        total += _missing_iterations(inner, times, device)
   return total
 
 
