@@ -67,7 +67,16 @@ def parse_mesh(text: str) -> dict[str, int]:
   return {k: int(v) for k, v in (p.split("=") for p in text.split(","))}
 
 
-def compile_step(cfg: WanDiTConfig, mesh, batch: int, rules):
+def latent_grid(video: str) -> tuple[int, int, int]:
+  """``HxWxF`` -> the Wan2.2 VAE's latent grid (4x in time after the first
+  frame, 16x in space; sides floored to multiples of 32 as the pipeline
+  does)."""
+  height, width, frames = (int(x) for x in video.lower().split("x"))
+  height, width = height // 32 * 32, width // 32 * 32
+  return ((frames - 1) // 4 + 1, height // 16, width // 16)
+
+
+def compile_step(cfg: WanDiTConfig, mesh, batch: int, rules, grid=LATENT_GRID):
   """Compiled ``grad(mean(v^2))`` of the DiT: f32 masters cast to bf16."""
   with sharding.use_mesh(mesh, rules):
     graphdef, abstract = nnx.split(
@@ -79,7 +88,7 @@ def compile_step(cfg: WanDiTConfig, mesh, batch: int, rules):
       nnx.to_pure_dict(abstract),
       shardings,
     )
-  t, h, w = LATENT_GRID
+  t, h, w = grid
   bspec = sharding.logical_to_spec(("act_batch",), (batch,), mesh, rules)
   act = lambda shape, dt=jnp.bfloat16: jax.ShapeDtypeStruct(  # noqa: E731
     shape,
@@ -112,7 +121,9 @@ def compile_step(cfg: WanDiTConfig, mesh, batch: int, rules):
     return jax.jit(step, donate_argnums=0).lower(params, *inputs).compile()
 
 
-def measure(policy: str, layers: int, mesh, batch: int, rules) -> dict:
+def measure(
+  policy: str, layers: int, mesh, batch: int, rules, grid=LATENT_GRID
+) -> dict:
   cfg = WanDiTConfig.from_variant(
     "wan2.2-ti2v-5b",
     num_layers=layers,
@@ -124,7 +135,7 @@ def measure(policy: str, layers: int, mesh, batch: int, rules) -> dict:
   start = time.time()
   row = {"policy": policy, "layers": layers}
   try:
-    compiled = compile_step(cfg, mesh, batch, rules)
+    compiled = compile_step(cfg, mesh, batch, rules, grid)
   except Exception as error:  # noqa: BLE001  (an OOM is a result)
     if os.environ.get("REMAT_FIT_RAISE"):
       raise
@@ -140,7 +151,7 @@ def measure(policy: str, layers: int, mesh, batch: int, rules) -> dict:
   formula = dit_flops_lib.dit_flops(
     cfg,
     batch=batch,
-    latent_grid=LATENT_GRID,
+    latent_grid=grid,
     context_len=CONTEXT_LEN,
     source=True,
   )
@@ -166,8 +177,14 @@ def main() -> None:
   parser.add_argument("--policies", default="full,dots_no_batch")
   parser.add_argument("--layers", default="1,2")
   parser.add_argument("--fsdp_over_sequence", action="store_true")
+  parser.add_argument(
+    "--video",
+    default="704x1280x81",
+    help="HEIGHTxWIDTHxFRAMES of the training clip (default the released)",
+  )
   parser.add_argument("--out", default="")
   args = parser.parse_args()
+  grid = latent_grid(args.video)
   mesh = sharding.make_mesh(parse_mesh(args.mesh), tpu_devices(args.topology))
   rules = (
     sharding.FSDP_OVER_SEQUENCE_RULES
@@ -177,8 +194,15 @@ def main() -> None:
   rows = []
   for policy in args.policies.split(","):
     for layers in (int(x) for x in args.layers.split(",")):
-      row = measure(policy, layers, mesh, args.batch, rules)
-      row.update(topology=args.topology, mesh=args.mesh, batch=args.batch)
+      row = measure(policy, layers, mesh, args.batch, rules, grid)
+      row.update(
+        topology=args.topology,
+        mesh=args.mesh,
+        batch=args.batch,
+        video=args.video,
+        latent_grid=list(grid),
+        tokens=grid[0] * (grid[1] // 2) * (grid[2] // 2),
+      )
       print(json.dumps(row), flush=True)
       rows.append(row)
       if args.out:
