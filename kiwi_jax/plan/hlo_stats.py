@@ -66,6 +66,68 @@ def count_collectives(hlo_text: str) -> dict[str, int]:
   return counts
 
 
+# A computation's header, ``%name (params) -> type {`` (ENTRY optional), and
+# the computations an instruction calls.
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$")
+_CALLED = re.compile(
+  r"\b(?:body|condition|calls|to_apply|branch_computations|"
+  r"called_computations)=\{?([%\w.\-, ]+)\}?"
+)
+_WHILE_BODY = re.compile(r"\bwhile\(.*\bbody=%?([\w.\-]+)")
+
+
+def _computations(hlo_text: str) -> dict[str, list[str]]:
+  """``{computation name: its instruction lines}`` of an HLO module."""
+  out: dict[str, list[str]] = {}
+  current = None
+  for line in hlo_text.splitlines():
+    match = _COMPUTATION.match(line.strip())
+    if match and not line.startswith(" "):
+      current = match.group(1)
+      out[current] = []
+    elif current is not None and line.strip() == "}":
+      current = None
+    elif current is not None:
+      out[current].append(line)
+  return out
+
+
+def collectives_in_loops(hlo_text: str) -> dict[str, int]:
+  """:func:`count_collectives` of the computations a ``while`` body runs
+  (the body, and whatever it calls, transitively): the collectives a scan
+  over layers issues once per layer, rather than once per step.
+
+  A gradient that is all-reduced here, instead of reduce-scattered, is
+  reduced whole inside the backward loop.
+  """
+  computations = _computations(hlo_text)
+  calls = {
+    name: {
+      callee.strip().lstrip("%")
+      for line in lines
+      for match in _CALLED.finditer(line)
+      for callee in match.group(1).split(",")
+    }
+    for name, lines in computations.items()
+  }
+  pending = [
+    m.group(1)
+    for lines in computations.values()
+    for line in lines
+    if (m := _WHILE_BODY.search(line))
+  ]
+  seen: set[str] = set()
+  while pending:
+    name = pending.pop()
+    if name in seen or name not in computations:
+      continue
+    seen.add(name)
+    pending.extend(calls[name])
+  return count_collectives(
+    "\n".join(line for name in seen for line in computations[name])
+  )
+
+
 def count_matmuls(hlo_text: str) -> dict[str, int]:
   """Dots and convolutions: ``{"total": n, "f32": n}`` (f32 results)."""
   total = f32 = 0
@@ -112,6 +174,7 @@ def is_out_of_memory(message: str) -> bool:
 
 __all__ = [
   "COLLECTIVES",
+  "collectives_in_loops",
   "count_collectives",
   "count_matmuls",
   "is_out_of_memory",

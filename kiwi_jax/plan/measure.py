@@ -91,6 +91,7 @@ def measure(
   )
   text = compiled.as_text()
   row["collectives"] = hlo_stats.count_collectives(text)
+  row["collectives_in_loops"] = hlo_stats.collectives_in_loops(text)
   row["matmuls"] = hlo_stats.count_matmuls(text)
   row["xla_flops_per_chip"] = flops_lib.xla_flops(compiled)
   row["xla_flops_scan_corrected"] = None

@@ -27,6 +27,7 @@ HEADER = (
   "model PFLOP",
   "XLA PFLOP (scan-corr.)",
   "/".join(_SHORT[c] for c in COLLECTIVES),
+  "of which in loops",
   "f32 matmuls",
   "t_min s",
   "compile s",
@@ -54,9 +55,12 @@ def _fits(row: dict[str, Any]) -> str:
   return "error"
 
 
+def _collectives(counts) -> str:
+  return "-" if not counts else "/".join(str(counts[c]) for c in COLLECTIVES)
+
+
 def table_row(row: dict[str, Any]) -> list[str]:
   memory = row.get("memory_per_chip") or {}
-  collectives = row.get("collectives")
   matmuls = row.get("matmuls")
   bound = row.get("step_seconds_lower_bound")
   return [
@@ -68,9 +72,8 @@ def table_row(row: dict[str, Any]) -> list[str]:
     _fits(row),
     _pflop(row.get("model_flops")),
     _pflop(row.get("xla_flops_scan_corrected")),
-    "-"
-    if not collectives
-    else "/".join(str(collectives[c]) for c in COLLECTIVES),
+    _collectives(row.get("collectives")),
+    _collectives(row.get("collectives_in_loops")),
     "-" if not matmuls else f"{matmuls['f32']}/{matmuls['total']}",
     "-" if bound is None else f"{bound:.3g}",
     f"{row.get('compile_seconds', 0):.0f}"

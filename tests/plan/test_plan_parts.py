@@ -96,6 +96,42 @@ def test_counts_collectives_of_a_compiled_sharded_program():
   assert hlo_stats.count_matmuls(text)["total"] >= 1
 
 
+def test_counts_the_collectives_a_scan_body_issues():
+  """The all-reduce of a sharded contraction inside a scan is in a loop; the
+  one after it is not."""
+  mesh = jax.make_mesh((8,), ("x",))
+  row = NamedSharding(mesh, P(None, "x"))
+
+  def fn(a, ws):
+    def body(h, w):
+      return jnp.tanh(h @ w), None
+
+    h, _ = jax.lax.scan(body, a, ws)
+    return h @ a.T
+
+  compiled = (
+    jax.jit(
+      fn,
+      in_shardings=(row, NamedSharding(mesh, P(None, "x", None))),
+      out_shardings=NamedSharding(mesh, P()),
+    )
+    .lower(
+      jax.ShapeDtypeStruct((16, 64), jnp.float32),
+      jax.ShapeDtypeStruct((3, 64, 64), jnp.float32),
+    )
+    .compile()
+  )
+  text = compiled.as_text()
+  total = hlo_stats.count_collectives(text)
+  looped = hlo_stats.collectives_in_loops(text)
+  reduces = ("all-reduce", "reduce-scatter")
+  assert sum(looped[c] for c in reduces) >= 1
+  assert sum(total[c] for c in reduces) > sum(looped[c] for c in reduces)
+  assert hlo_stats.collectives_in_loops(_HLO) == dict.fromkeys(
+    hlo_stats.COLLECTIVES, 0
+  )
+
+
 def test_memory_need_from_out_of_memory_messages():
   temps = hlo_stats.memory_need(
     "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
