@@ -58,14 +58,6 @@ _NEED_PATTERNS = (
 )
 
 
-def count_collectives(hlo_text: str) -> dict[str, int]:
-  """``{op: instructions}`` for each of :data:`COLLECTIVES`."""
-  counts = dict.fromkeys(COLLECTIVES, 0)
-  for match in _OPCODE.finditer(hlo_text):
-    counts[match.group(1)] += 1
-  return counts
-
-
 # A computation's header, ``%name (params) -> type {`` (ENTRY optional), and
 # the computations an instruction calls.
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$")
@@ -76,9 +68,10 @@ _CALLED = re.compile(
 _WHILE_BODY = re.compile(r"\bwhile\(.*\bbody=%?([\w.\-]+)")
 
 
-def _computations(hlo_text: str) -> dict[str, list[str]]:
-  """``{computation name: its instruction lines}`` of an HLO module."""
+def _split(hlo_text: str) -> tuple[dict[str, list[str]], list[str]]:
+  """``({computation name: its instruction lines}, the other lines)``."""
   out: dict[str, list[str]] = {}
+  loose: list[str] = []
   current = None
   for line in hlo_text.splitlines():
     match = _COMPUTATION.match(line.strip())
@@ -89,7 +82,37 @@ def _computations(hlo_text: str) -> dict[str, list[str]]:
       current = None
     elif current is not None:
       out[current].append(line)
-  return out
+    else:
+      loose.append(line)
+  return out, loose
+
+
+# TPU's compiler writes a reduce-scatter as a fusion around an all-reduce
+# (``fusion(...), kind=kCustom, calls=%all-reduce-scatter``): it counts as
+# one reduce-scatter where it is called, and its inner all-reduce not at all.
+_FUSED_REDUCE_SCATTER = "all-reduce-scatter"
+_FUSED_REDUCE_SCATTER_CALL = re.compile(
+  r"\bcalls=%?" + _FUSED_REDUCE_SCATTER + r"(?![\w\-])(?:\.[\w.\-]*)?"
+)
+
+
+def _tally(lines_by_computation: dict[str, list[str]]) -> dict[str, int]:
+  counts = dict.fromkeys(COLLECTIVES, 0)
+  for name, lines in lines_by_computation.items():
+    if name.startswith(_FUSED_REDUCE_SCATTER):
+      continue
+    for line in lines:
+      for match in _OPCODE.finditer(line):
+        counts[match.group(1)] += 1
+      counts["reduce-scatter"] += len(_FUSED_REDUCE_SCATTER_CALL.findall(line))
+  return counts
+
+
+def count_collectives(hlo_text: str) -> dict[str, int]:
+  """``{op: instructions}`` for each of :data:`COLLECTIVES` (a TPU
+  ``all-reduce-scatter`` fusion counts as one reduce-scatter)."""
+  computations, loose = _split(hlo_text)
+  return _tally({**computations, "": loose})
 
 
 def collectives_in_loops(hlo_text: str) -> dict[str, int]:
@@ -100,7 +123,7 @@ def collectives_in_loops(hlo_text: str) -> dict[str, int]:
   A gradient that is all-reduced here, instead of reduce-scattered, is
   reduced whole inside the backward loop.
   """
-  computations = _computations(hlo_text)
+  computations, _ = _split(hlo_text)
   calls = {
     name: {
       callee.strip().lstrip("%")
@@ -123,9 +146,7 @@ def collectives_in_loops(hlo_text: str) -> dict[str, int]:
       continue
     seen.add(name)
     pending.extend(calls[name])
-  return count_collectives(
-    "\n".join(line for name in seen for line in computations[name])
-  )
+  return _tally({name: computations[name] for name in seen})
 
 
 def count_matmuls(hlo_text: str) -> dict[str, int]:

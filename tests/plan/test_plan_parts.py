@@ -72,6 +72,26 @@ def test_counts_collectives_and_matmuls_in_hlo_text():
   assert hlo_stats.count_matmuls(_HLO) == {"total": 3, "f32": 2}
 
 
+_FUSED_RS_HLO = """
+%all-reduce-scatter (input: f32[128,128]) -> f32[128,32] {
+  %input = f32[128,128]{0,1} parameter(0)
+  %all-reduce.74 = f32[128,128]{0,1} all-reduce(%input), to_apply=%add
+  ROOT %ds = f32[128,32]{0,1} dynamic-slice(%all-reduce.74, %i, %j)
+}
+
+ENTRY %main.1 (p: f32[128,128]) -> f32[128,32] {
+  %p = f32[128,128]{0,1} parameter(0)
+  %all-reduce.2 = f32[128,128]{0,1} all-reduce(%p), to_apply=%add
+  ROOT %fusion = f32[128,32]{0,1} fusion(%p), kind=kCustom, calls=%all-reduce-scatter
+}
+"""
+
+
+def test_a_tpu_reduce_scatter_fusion_counts_as_one_reduce_scatter():
+  counts = hlo_stats.count_collectives(_FUSED_RS_HLO)
+  assert (counts["all-reduce"], counts["reduce-scatter"]) == (1, 1)
+
+
 def test_counts_collectives_of_a_compiled_sharded_program():
   mesh = jax.make_mesh((8,), ("x",))
   fn = jax.jit(
