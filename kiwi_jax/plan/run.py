@@ -66,7 +66,8 @@ def fitted_mesh_sizes(
   sets ``fit_mesh_to_batch`` and ``--mesh`` is not given, fitted to the
   global batch ``kiwi.data.batch_size`` as the trainer fits it."""
   sizes = sharding.resolve_mesh_axes(mesh_sizes(config, override), device_count)
-  if override is None and config.get("fit_mesh_to_batch", False):
+  # No --mesh parses to {} as well as None: both mean "the config's mesh".
+  if not override and config.get("fit_mesh_to_batch", False):
     sizes = sharding.fit_batch_axes(sizes, int(config.kiwi.data.batch_size))
   return sizes
 

@@ -107,5 +107,8 @@ def test_plan_mesh_is_the_trainers_unless_mesh_is_given():
   assert config.fit_mesh_to_batch and config.kiwi.data.batch_size == 1
   fitted = plan_run.fitted_mesh_sizes(config, None, 4)
   assert fitted == {"data": 1, "fsdp": 1, "tensor": 1, "sequence": 4}
+  # The command without --mesh: the flag's empty string parses to {}.
+  no_flag = plan_run.fitted_mesh_sizes(config, plan_run.parse_mesh(""), 4)
+  assert no_flag == fitted
   given = plan_run.fitted_mesh_sizes(config, {"fsdp": 4}, 4)
   assert given["fsdp"] == 4 and given["sequence"] == 1
