@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from configs import demo as demo_config
@@ -36,9 +37,11 @@ def _plain_env():
   return env
 
 
-def test_the_command_reproduces_its_bytes_at_reduced_steps(tmp_path):
-  """The documented command at REDUCED_STEPS steps: byte for byte the
-  recorded run (assets/demo_base.json)."""
+def test_the_command_reproduces_its_run_at_reduced_steps(tmp_path):
+  """The documented command at REDUCED_STEPS steps lands on the recorded run
+  (assets/demo_base.json): byte for byte on the CPU model it was recorded on,
+  and on any CPU within a small fraction of how far one training step moves the
+  weights' fingerprint."""
   manifest = _manifest()
   steps = manifest["reduced_steps"]
   out = tmp_path / "base.safetensors"
@@ -54,7 +57,36 @@ def test_the_command_reproduces_its_bytes_at_reduced_steps(tmp_path):
   assert run.returncode == 0, run.stderr[-2000:]
   digest = hashlib.sha256(out.read_bytes()).hexdigest()
   assert f"sha256 {digest}" in run.stdout
-  assert digest == manifest[f"sha256_steps_{steps}"]
+  got = demo_base.fingerprint(demo_base.load_flat(out))
+  distance = demo_base.fingerprint_distance(
+    got, manifest[f"fingerprint_steps_{steps}"]
+  )
+  step = manifest[f"step_distance_steps_{steps}"]
+  bitwise = digest == manifest[f"sha256_steps_{steps}"]
+  print(
+    f"bitwise {bitwise}; {distance:.3e} from the record, one step {step:.3e}"
+  )
+  assert distance <= demo_base.REPRODUCE_FRACTION * step
+  if demo_base.cpu_model() == manifest["recorded_on_cpu"]:
+    assert bitwise, "same CPU model as the record, other bytes"
+
+
+def test_fingerprint_sees_any_change_and_nothing_else():
+  rng = np.random.default_rng(0)
+  flat = {
+    "a/kernel": rng.standard_normal((16, 8)).astype(np.float32),
+    "b/bias": rng.standard_normal(8).astype(np.float32),
+  }
+  base = demo_base.fingerprint(flat)
+  assert demo_base.fingerprint_distance(demo_base.fingerprint(flat), base) == 0
+  nudged = {**flat, "a/kernel": flat["a/kernel"].copy()}
+  nudged["a/kernel"][3, 5] += 1e-3
+  moved = demo_base.fingerprint_distance(demo_base.fingerprint(nudged), base)
+  assert 0 < moved < 1e-3
+  renamed = {"a/kernel": flat["a/kernel"], "c/bias": flat["b/bias"]}
+  assert demo_base.fingerprint_distance(
+    demo_base.fingerprint(renamed), base
+  ) == float("inf")
 
 
 @pytest.mark.parametrize(
