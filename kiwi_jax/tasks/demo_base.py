@@ -135,14 +135,6 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
-def load_flat(path: epath.Path) -> dict:
-  """A weights file's arrays by name."""
-  # pylint: disable-next=g-import-not-at-top
-  from kiwi_jax.train_lib import weights_file
-
-  return weights_file.load(path)
-
-
 def fingerprint(flat: dict) -> dict[str, float]:
   """Each weight's float64 projection on a fixed N(0, 1) probe / sqrt(size).
 
@@ -160,6 +152,14 @@ def fingerprint(flat: dict) -> dict[str, float]:
     probe = rng.standard_normal(value.size)
     out[name] = float(value @ probe) / math.sqrt(max(value.size, 1))
   return out
+
+
+def fingerprint_file(path: epath.Path) -> dict[str, float]:
+  """:func:`fingerprint` of a weights file."""
+  # pylint: disable-next=g-import-not-at-top
+  from kiwi_jax.train_lib import weights_file
+
+  return fingerprint(weights_file.load(path))
 
 
 def fingerprint_distance(a: dict, b: dict) -> float:
@@ -277,12 +277,12 @@ def main(argv=None) -> int:
 
 def reduced_fingerprints(config: Any, out: epath.Path, steps: int, tmp: str):
   """The reduced run's fingerprint, and how far one step fewer moves it."""
-  first = fingerprint(load_flat(out))
+  first = fingerprint_file(out)
   fewer = epath.Path(tmp) / "fewer"
   fewer_out = fewer / "base.safetensors"
   fewer.mkdir()
   build(config, fewer_out, steps - 1, fewer / "work")
-  step = fingerprint_distance(fingerprint(load_flat(fewer_out)), first)
+  step = fingerprint_distance(fingerprint_file(fewer_out), first)
   print(f"one step fewer moves the fingerprint by {step:.3e}")
   return {
     f"fingerprint_steps_{steps}": first,

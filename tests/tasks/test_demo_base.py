@@ -57,7 +57,7 @@ def test_the_command_reproduces_its_run_at_reduced_steps(tmp_path):
   assert run.returncode == 0, run.stderr[-2000:]
   digest = hashlib.sha256(out.read_bytes()).hexdigest()
   assert f"sha256 {digest}" in run.stdout
-  got = demo_base.fingerprint(demo_base.load_flat(out))
+  got = demo_base.fingerprint_file(out)
   distance = demo_base.fingerprint_distance(
     got, manifest[f"fingerprint_steps_{steps}"]
   )
