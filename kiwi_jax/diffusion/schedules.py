@@ -112,16 +112,40 @@ DIFFUSERS = FlowMatchSchedule(sigma_min=0.003 / 1.002)
 SCHEDULES = {"diffsynth": DIFFSYNTH, "diffusers": DIFFUSERS}
 
 
-def get_schedule(name: str | FlowMatchSchedule) -> FlowMatchSchedule:
-  """``"diffsynth"`` (training and the released demo) or ``"diffusers"``."""
+def get_schedule(
+  name: str | FlowMatchSchedule, shift: float | None = None
+) -> FlowMatchSchedule:
+  """``"diffsynth"`` (training and the released demo) or ``"diffusers"``.
+
+  Args:
+    name: a schedule or its name.
+    shift: replaces the schedule's sigma shift (None keeps it: 5, Wan's
+      shift at 720p; 1 spaces sigmas evenly). With shift 5, ten steps end
+      with a jump from sigma 0.33 to 0, and 9% of training draws lie below
+      0.33. ``KiwiEditConfig.flow_shift`` carries a model's shift into
+      training and sampling.
+  """
   if isinstance(name, FlowMatchSchedule):
-    return name
-  if name not in SCHEDULES:
+    schedule = name
+  elif name not in SCHEDULES:
     raise ValueError(
       f"Unknown flow-matching schedule {name!r}; choose one of "
       f"{sorted(SCHEDULES)}."
     )
-  return SCHEDULES[name]
+  else:
+    schedule = SCHEDULES[name]
+  if shift is None or float(shift) == schedule.shift:
+    return schedule
+  check_shift(shift)
+  return dataclasses.replace(schedule, shift=float(shift))
+
+
+def check_shift(shift: float) -> None:
+  """Raises ``ValueError`` unless ``shift`` is a finite number above 0."""
+  if not (isinstance(shift, (int, float)) and np.isfinite(shift)) or (
+    shift <= 0
+  ):
+    raise ValueError(f"sigma shift must be a number above 0, got {shift!r}.")
 
 
 def to_bf16(t: jax.Array) -> jax.Array:

@@ -119,3 +119,27 @@ def test_lookup_any_shape_and_errors():
     schedules.get_schedule("ddim")
   with pytest.raises(ValueError, match="denoising_strength"):
     schedules.DIFFSYNTH.sigmas(5, denoising_strength=0.0)
+
+
+def test_shift_replaces_the_schedules_shift():
+  assert schedules.get_schedule("diffsynth") is schedules.DIFFSYNTH
+  assert schedules.get_schedule("diffsynth", 5.0) is schedules.DIFFSYNTH
+  even = schedules.get_schedule("diffsynth", 1.0)
+  # Shift 1 leaves the raw grid as it is: 10 steps from strength 0.9 end
+  # with a step from 0.09, not from 5 * 0.09 / (1 + 4 * 0.09) = 0.33.
+  np.testing.assert_allclose(
+    even.sigmas(10, 0.9), np.linspace(0.9, 0.0, 11)[:-1], atol=1e-6
+  )
+  np.testing.assert_allclose(
+    schedules.DIFFSYNTH.sigmas(10, 0.9)[-1], 0.45 / 1.36, rtol=1e-6
+  )
+  three = schedules.get_schedule("diffusers", 3.0)
+  assert three.sigma_min == schedules.DIFFUSERS.sigma_min
+  s = schedules.DIFFUSERS.sigmas(7) / (5 - 4 * schedules.DIFFUSERS.sigmas(7))
+  np.testing.assert_allclose(three.sigmas(7), 3 * s / (1 + 2 * s), rtol=1e-5)
+  # The training grid follows the shift: shift 1 draws sigmas uniformly.
+  grid = TrainingGrid.from_schedule(even, "uniform")
+  assert abs(float(np.mean(grid.sigmas < 0.33)) - 0.33) < 0.01
+  for bad in (0.0, -1.0, float("nan"), float("inf")):
+    with pytest.raises(ValueError, match="shift"):
+      schedules.get_schedule("diffsynth", bad)
