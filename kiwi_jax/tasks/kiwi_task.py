@@ -37,7 +37,7 @@ from flax import nnx
 from kiwi_jax import flops as flops_lib
 from kiwi_jax.data import examples as examples_lib
 from kiwi_jax.data import loader as data_pipeline
-from kiwi_jax.diffusion import flow_matching
+from kiwi_jax.diffusion import flow_matching, schedules
 from kiwi_jax.media import compare, pixels
 from kiwi_jax.models.kiwi import checkpoint as kiwi_checkpoint
 from kiwi_jax.models.kiwi.config import KiwiEditConfig
@@ -141,7 +141,9 @@ class KiwiTask:
     self.trainable += tuple(kiwi.train_also)
     self.ref_tokens = kiwi.ref_tokens
     self.grid = flow_matching.TrainingGrid.from_schedule(
-      "diffsynth", kiwi.loss_weighting, timestep_dtype=self.model_cfg.dit.dtype
+      schedules.get_schedule("diffsynth", self.model_cfg.flow_shift),
+      kiwi.loss_weighting,
+      timestep_dtype=self.model_cfg.dit.dtype,
     )
     self.sample_batches: dict[str, Any] | None = None
     self._flops_cache: dict[tuple, Any] = {}

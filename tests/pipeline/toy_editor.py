@@ -38,6 +38,7 @@ class ToyEditorConfig:
   temporal_factor: int = 4
   spatial_factor: int = 16
   codec: str = "toy"  # no tiled VAE runner
+  flow_shift: float = 5.0  # the schedule's sigma shift, as KiwiEditConfig
 
   # float32 latents and bf16 timesteps (the released runs' rounding).
   latent_dtype = jnp.float32

@@ -326,3 +326,21 @@ def test_cached_latents_give_the_pixel_loss(kiwi_batches, tiny_tokenizer_dir):
     float(loss(state, _global(task, pixels))),
     rtol=1e-6,
   )
+
+
+def test_training_grid_follows_the_models_flow_shift(tiny_tokenizer_dir):
+  """``kiwi.model.flow_shift`` sets the sigmas training draws from."""
+  from kiwi_jax.diffusion import schedules  # pylint: disable=g-import-not-at-top
+
+  config = kiwi_config(2, tiny_tokenizer_dir, 0)
+  default = kiwi_task.KiwiTask(config).grid.sigmas
+  config.unlock()
+  config.kiwi.model.flow_shift = 2.0
+  config.lock()
+  shifted = kiwi_task.KiwiTask(config).grid.sigmas
+  n = schedules.DIFFSYNTH.num_train_timesteps
+  np.testing.assert_allclose(default, schedules.DIFFSYNTH.sigmas(n))
+  np.testing.assert_allclose(
+    shifted, schedules.get_schedule("diffsynth", 2.0).sigmas(n)
+  )
+  assert not np.allclose(shifted, default)

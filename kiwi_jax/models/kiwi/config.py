@@ -20,6 +20,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from kiwi_jax.diffusion.schedules import check_shift
 from kiwi_jax.models.dit.config import WanDiTConfig
 from kiwi_jax.models.kiwi.codec import CODECS
 from kiwi_jax.models.kiwi.readout import READOUT_MODES
@@ -56,6 +57,11 @@ class KiwiEditConfig:
       models) or ``"pixel_unshuffle"`` (the CPU demo's stand-in; ``vae`` is
       then unused and the model holds no VAE weights).
     unshuffle_factor: the stand-in's space-to-depth factor.
+    flow_shift: the sigma shift of the flow-matching schedule the model
+      trains and samples with (``diffusion.schedules``): 5, Wan's, for the
+      released models and the CPU demo (whose edits get worse with a
+      smaller one: docs/demo_results.md). Checkpoints carry it, so
+      ``EditPipeline`` samples a model with its own shift.
   """
 
   dit: WanDiTConfig
@@ -72,8 +78,10 @@ class KiwiEditConfig:
   mllm_video_min_pixels: int | None = None
   codec: str = "wan_vae"
   unshuffle_factor: int = 2
+  flow_shift: float = 5.0
 
   def __post_init__(self):
+    check_shift(self.flow_shift)
     if self.readout not in READOUT_MODES:
       raise ValueError(
         f"readout must be one of {READOUT_MODES}, got {self.readout!r}."

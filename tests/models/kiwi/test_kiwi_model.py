@@ -85,6 +85,16 @@ def test_config_validation():
     cfg.replace(readout="middle")
   with pytest.raises(ValueError, match="reference queries"):
     cfg.replace(num_ref_queries=0)
+  with pytest.raises(ValueError, match="shift"):
+    cfg.replace(flow_shift=0.0)
+
+
+def test_flow_shift_travels_with_the_config():
+  cfg = KiwiEditConfig.from_variant("tiny").replace(flow_shift=1.0)
+  assert KiwiEditConfig.from_dict(cfg.to_dict()).flow_shift == 1.0
+  # A config written before the field existed keeps Wan's shift.
+  old = {k: v for k, v in cfg.to_dict().items() if k != "flow_shift"}
+  assert KiwiEditConfig.from_dict(old).flow_shift == 5.0
   stage1 = cfg.replace(
     num_video_queries=0,
     num_ref_queries=0,
