@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 import pathlib
 import sys
@@ -185,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     default="diffsynth",
     help="sigma schedule: diffsynth (training and the released demo, "
     "sigma_min 0) or diffusers (the diffusers pipeline's sigma_min)",
+  )
+  parser.add_argument(
+    "--shift",
+    type=float,
+    default=None,
+    help="sigma shift of the schedule, above 0; default the one the "
+    "checkpoint trained with (5 for the released models and the CPU demo)",
   )
   parser.add_argument(
     "--guidance-scale",
@@ -338,6 +346,12 @@ def check_args(args: argparse.Namespace) -> None:
     raise inputs_lib.EditInputError(
       f"--denoising-strength must be in (0, 1], got "
       f"{args.denoising_strength:g}."
+    )
+  if args.shift is not None and not (
+    math.isfinite(args.shift) and args.shift > 0
+  ):
+    raise inputs_lib.EditInputError(
+      f"--shift must be a number above 0, got {args.shift:g}."
     )
   if not 1 <= args.max_frames <= inputs_lib.MAX_FRAMES:
     raise inputs_lib.EditInputError(
@@ -513,6 +527,7 @@ def _run(
     steps=args.steps,
     denoising_strength=args.denoising_strength,
     scheduler=args.scheduler,
+    shift=args.shift,
     use_source=not args.source_free,
     guidance_scale=args.guidance_scale,
     ref_guidance_scale=args.ref_guidance_scale,

@@ -256,6 +256,7 @@ class EditPipeline:
     max_pixels: int = 720 * 1280,
     max_frames: int | None = None,
     scheduler: str = "diffsynth",
+    shift: float | None = None,
     use_source: bool = True,
     guidance_scale: float | None = None,
     ref_guidance_scale: float | None = None,
@@ -284,6 +285,9 @@ class EditPipeline:
       max_frames: keep the first frames, at most this many, 4k+1 (None:
         81 as the reference, or with ``window`` ``inputs.MAX_FRAMES``).
       scheduler: "diffsynth" (the released demo) or "diffusers".
+      shift: the schedule's sigma shift; None (default) uses the one the
+        model trained with (``KiwiEditConfig.flow_shift``: 5 for the
+        released models, as the reference).
       use_source: inject the source latents (False = ImgEdit's
         ``--source_free``).
       guidance_scale: classifier-free guidance on the instruction, with
@@ -350,6 +354,7 @@ class EditPipeline:
       max_pixels=max_pixels,
       max_frames=max_frames,
       scheduler=scheduler,
+      shift=shift,
       use_source=use_source,
       guidance_scale=guidance_scale,
       ref_guidance_scale=ref_guidance_scale,

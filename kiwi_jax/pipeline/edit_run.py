@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kiwi_jax.diffusion import sampler
+from kiwi_jax.diffusion import sampler, schedules
 from kiwi_jax.media import pixels as pixels_lib
 from kiwi_jax.pipeline import inputs as inputs_lib
 from kiwi_jax.pipeline import loops as loops_lib
@@ -43,6 +43,7 @@ def run_edit(
   max_pixels: int = 720 * 1280,
   max_frames: int = 81,
   scheduler: str = "diffsynth",
+  shift: float | None = None,
   use_source: bool = True,
   guidance_scale: float | None = None,
   ref_guidance_scale: float | None = None,
@@ -98,8 +99,11 @@ def run_edit(
       f"noise shape {tuple(noise.shape)} != latent shape "
       f"{shape} of a {num_frames}x{height}x{width} clip."
     )
+  schedule = schedules.get_schedule(
+    scheduler, pipe.cfg.flow_shift if shift is None else shift
+  )
   plan = sampler.SamplingPlan.build(
-    steps, scheduler, strength, timestep_dtype=pipe.timestep_dtype
+    steps, schedule, strength, timestep_dtype=pipe.timestep_dtype
   )
   seconds = {"vae_encode": 0.0, "compile": 0.0}
   window_plan = None

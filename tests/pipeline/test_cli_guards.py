@@ -161,6 +161,8 @@ def test_output_over_reference_or_checkpoint_is_refused(
     ("--denoising-strength", "0", "(0, 1]"),
     ("--denoising-strength", "1.5", "(0, 1]"),
     ("--denoising-strength", "nan", "(0, 1]"),
+    ("--shift", "0", "--shift must be a number above 0"),
+    ("--shift", "inf", "--shift must be a number above 0"),
   ],
 )
 def test_bad_flag_values_get_one_line_before_loading(

@@ -201,3 +201,19 @@ def test_out_of_range_arguments_and_outputs(pipe, sample, media, tmp_path):
     result.save(tmp_path / "." / "v.mp4")
   assert video.read_bytes() == (media / "video.mp4").read_bytes()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
+
+
+def test_shift_defaults_to_the_models_own(pipe, sample):
+  def latents(p, **kw):
+    return p.edit(sample[0], sample[2], steps=3, noise=NOISE, **kw).latents
+
+  default = latents(pipe)
+  np.testing.assert_array_equal(default, latents(pipe, shift=5.0))
+  assert not np.allclose(default, latents(pipe, shift=1.0), atol=1e-4)
+  # A model trained with shift 1 samples with it unless told otherwise.
+  cfg = toy_editor.ToyEditorConfig(flow_shift=1.0)
+  even = EditPipeline(*toy_editor.make_toy_editor(cfg))
+  np.testing.assert_array_equal(latents(even), latents(even, shift=1.0))
+  np.testing.assert_array_equal(latents(even, shift=5.0), default)
+  with pytest.raises(ValueError, match="shift"):
+    latents(pipe, shift=0.0)
