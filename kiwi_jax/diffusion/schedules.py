@@ -24,6 +24,7 @@ vector width).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 import jax
@@ -134,16 +135,21 @@ def get_schedule(
     )
   else:
     schedule = SCHEDULES[name]
-  if shift is None or float(shift) == schedule.shift:
+  if shift is None:
     return schedule
   check_shift(shift)
+  if float(shift) == schedule.shift:
+    return schedule
   return dataclasses.replace(schedule, shift=float(shift))
 
 
 def check_shift(shift: float) -> None:
   """Raises ``ValueError`` unless ``shift`` is a finite number above 0."""
-  if not (isinstance(shift, (int, float)) and np.isfinite(shift)) or (
-    shift <= 0
+  if not (
+    isinstance(shift, numbers.Real)
+    and not isinstance(shift, bool)
+    and np.isfinite(shift)
+    and shift > 0
   ):
     raise ValueError(f"sigma shift must be a number above 0, got {shift!r}.")
 

@@ -87,14 +87,6 @@ def test_config_validation():
     cfg.replace(num_ref_queries=0)
   with pytest.raises(ValueError, match="shift"):
     cfg.replace(flow_shift=0.0)
-
-
-def test_flow_shift_travels_with_the_config():
-  cfg = KiwiEditConfig.from_variant("tiny").replace(flow_shift=1.0)
-  assert KiwiEditConfig.from_dict(cfg.to_dict()).flow_shift == 1.0
-  # A config written before the field existed keeps Wan's shift.
-  old = {k: v for k, v in cfg.to_dict().items() if k != "flow_shift"}
-  assert KiwiEditConfig.from_dict(old).flow_shift == 5.0
   stage1 = cfg.replace(
     num_video_queries=0,
     num_ref_queries=0,
@@ -104,6 +96,14 @@ def test_flow_shift_travels_with_the_config():
   assert stage1.modes() == ("image",)
   with pytest.raises(ValueError, match="Unknown mode"):
     cfg.num_queries("audio")
+
+
+def test_flow_shift_travels_with_the_config():
+  cfg = KiwiEditConfig.from_variant("tiny").replace(flow_shift=1.0)
+  assert KiwiEditConfig.from_dict(cfg.to_dict()).flow_shift == 1.0
+  # A config written before the field existed keeps Wan's shift.
+  old = {k: v for k, v in cfg.to_dict().items() if k != "flow_shift"}
+  assert KiwiEditConfig.from_dict(old).flow_shift == 5.0
 
 
 def test_conditions_from_hidden_layout_and_errors():
